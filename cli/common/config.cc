@@ -1,0 +1,69 @@
+#include "common/config.h"
+
+#include <fmt/format.h>
+
+#include <cstdlib>
+#include <fstream>
+
+#include "commands/commands.h"
+
+namespace spool::cli {
+namespace {
+
+std::string Trim(const std::string& s) {
+  const auto b = s.find_first_not_of(" \t\r");
+  if (b == std::string::npos) return {};
+  const auto e = s.find_last_not_of(" \t\r");
+  return s.substr(b, e - b + 1);
+}
+
+}  // namespace
+
+std::optional<std::string> SpoolRc::Get(const std::string& key) const {
+  auto it = values.find(key);
+  if (it == values.end()) return std::nullopt;
+  return it->second;
+}
+
+std::optional<SpoolRc> ReadSpoolRc(const std::filesystem::path& dir) {
+  SpoolRc rc;
+  rc.path = dir / ".spoolrc";
+  std::ifstream in(rc.path);
+  if (!in) return std::nullopt;
+  std::string line;
+  int line_no = 0;
+  while (std::getline(in, line)) {
+    ++line_no;
+    line = Trim(line);
+    if (line.empty() || line[0] == '#') continue;
+    const auto eq = line.find('=');
+    if (eq == std::string::npos) {
+      throw CommandError(
+          fmt::format("{}:{}: expected key=value, got \"{}\"", rc.path.string(), line_no, line));
+    }
+    std::string key = Trim(line.substr(0, eq));
+    std::string value = Trim(line.substr(eq + 1));
+    if (value.size() >= 2 && (value.front() == '"' || value.front() == '\'') &&
+        value.back() == value.front()) {
+      value = value.substr(1, value.size() - 2);
+    }
+    rc.values[key] = value;
+  }
+  return rc;
+}
+
+std::string ResolveDatabaseUrl(const std::string& flag_value) {
+  if (!flag_value.empty()) return flag_value;
+  if (const char* env = std::getenv("SPOOL_DATABASE_URL"); env != nullptr && *env != '\0') {
+    return env;
+  }
+  if (auto rc = ReadSpoolRc(std::filesystem::current_path())) {
+    if (auto url = rc->Get("database_url"); url && !url->empty()) return *url;
+  }
+  throw CommandError(
+      "no database url: pass --database-url URL (e.g. sqlite://app.db), set SPOOL_DATABASE_URL, "
+      "or add database_url=... to .spoolrc in this directory",
+      kExitUsage);
+}
+
+}  // namespace spool::cli

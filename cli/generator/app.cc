@@ -1,0 +1,62 @@
+#include "generator/app.h"
+
+#include <fmt/format.h>
+
+#include "commands/commands.h"
+#include "common/config.h"
+#include "generator/names.h"
+
+namespace spool::cli {
+
+const char* DbKindName(DbKind kind) { return kind == DbKind::kPostgres ? "postgres" : "sqlite"; }
+
+DbKind ParseDbKind(const std::string& value, const std::string& what, int exit_code) {
+  if (value == "sqlite") return DbKind::kSqlite;
+  if (value == "postgres") return DbKind::kPostgres;
+  throw CommandError(fmt::format("{} is \"{}\": valid values are sqlite and postgres", what, value),
+                     exit_code);
+}
+
+std::string DefaultDatabaseUrl(DbKind kind, const std::string& app) {
+  if (kind == DbKind::kSqlite) return "sqlite://app.db";
+  std::string db = app;
+  for (char& c : db) {
+    if (c == '-') c = '_';
+  }
+  return fmt::format("postgres://127.0.0.1:5432/{}", db);
+}
+
+void CheckUrlMatchesDb(DbKind kind, const std::string& url, const std::string& where) {
+  const std::string scheme = url.substr(0, url.find("://"));
+  const bool matches = kind == DbKind::kSqlite ? scheme == "sqlite"
+                                               : (scheme == "postgres" || scheme == "postgresql");
+  if (!matches) {
+    throw CommandError(fmt::format("{}: database_url \"{}\" does not match db={}: use a {} URL",
+                                   where, url, DbKindName(kind),
+                                   kind == DbKind::kSqlite ? "sqlite://" : "postgres://"));
+  }
+}
+
+AppInfo LoadApp(const std::filesystem::path& dir) {
+  auto rc = ReadSpoolRc(dir);
+  if (!rc) {
+    throw CommandError("no .spoolrc here: run spool new, or cd into the app");
+  }
+  AppInfo app;
+  app.root = dir;
+  auto name = rc->Get("app");
+  if (!name || name->empty()) {
+    throw CommandError(
+        fmt::format("{} has no app=NAME line: add one (e.g. app=my_app)", rc->path.string()));
+  }
+  app.name = *name;
+  ValidateAppName(app.name);
+  app.db = ParseDbKind(rc->Get("db").value_or("sqlite"), fmt::format("db in {}", rc->path.string()),
+                       kExitFailed);
+  app.database_url = rc->Get("database_url").value_or("");
+  if (app.database_url.empty()) app.database_url = DefaultDatabaseUrl(app.db, app.name);
+  CheckUrlMatchesDb(app.db, app.database_url, rc->path.string());
+  return app;
+}
+
+}  // namespace spool::cli

@@ -1,0 +1,453 @@
+#include "generator/generator.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <ctime>
+#include <map>
+#include <set>
+#include <system_error>
+
+#include "commands/commands.h"
+#include "generator/names.h"
+#include "generator/templates.h"
+
+namespace spool::cli {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr std::string_view kMainPath = "src/main.cpp";
+constexpr std::string_view kCMakePath = "CMakeLists.txt";
+constexpr std::string_view kRegistryHeader = "jobs/registry.h";
+constexpr std::string_view kRegistrySource = "jobs/registry.cc";
+constexpr std::string_view kMigrationsDir = "database/migrations";
+constexpr std::string_view kQueueMigrationSuffix = "_setup_spool_queue.sql";
+
+std::string SpoolVersion() {
+  return fmt::format("{}.{}", SPOOL_VERSION_MAJOR, SPOOL_VERSION_MINOR);
+}
+
+std::string DbTitle(DbKind db) { return db == DbKind::kPostgres ? "PostgreSQL" : "SQLite"; }
+
+std::map<std::string, std::string> AppVars(const AppInfo& app) {
+  return {{"app", app.name},
+          {"db", DbKindName(app.db)},
+          {"db_title", DbTitle(app.db)},
+          {"database_url", app.database_url},
+          {"spool_version", SpoolVersion()}};
+}
+
+// Adds a file, as an edit when it exists (only reachable with --force) so the diff is exact.
+void Put(Plan& plan, const std::string& path, std::string content) {
+  if (auto existing = plan.Read(path)) {
+    plan.Edit(path, std::move(*existing), std::move(content));
+  } else {
+    plan.Create(path, std::move(content));
+  }
+}
+
+std::string Indent(const std::string& block, std::string_view indent) {
+  std::string out;
+  size_t start = 0;
+  while (start < block.size()) {
+    size_t end = block.find('\n', start);
+    if (end == std::string::npos) end = block.size();
+    const std::string_view line(block.data() + start, end - start);
+    if (!line.empty()) out += std::string(indent) + std::string(line);
+    out += '\n';
+    start = end + 1;
+  }
+  return out;
+}
+
+// The job files in jobs/: (name, is_task) for every jobs/*.h whose first line is
+// `// spool:job NAME` or `// spool:task NAME`, NAME matching the file name.
+std::vector<std::pair<std::string, bool>> ScanJobs(const Plan& plan,
+                                                   std::vector<std::string>& notes) {
+  std::vector<std::pair<std::string, bool>> jobs;
+  std::error_code ec;
+  const fs::path dir = plan.root() / "jobs";
+  if (!fs::is_directory(dir, ec)) return jobs;
+  std::vector<fs::path> headers;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    if (entry.path().extension() == ".h") headers.push_back(entry.path());
+  }
+  std::sort(headers.begin(), headers.end());
+  for (const auto& header : headers) {
+    const std::string stem = header.stem().string();
+    if (stem == "registry") continue;
+    const auto text = plan.Read("jobs/" + header.filename().string());
+    if (!text) continue;
+    const std::string first = text->substr(0, text->find('\n'));
+    bool is_task = false;
+    std::string name;
+    if (first.rfind("// spool:job ", 0) == 0) {
+      name = first.substr(13);
+    } else if (first.rfind("// spool:task ", 0) == 0) {
+      name = first.substr(14);
+      is_task = true;
+    } else {
+      continue;  // a helper header of the user's: not a job
+    }
+    if (name != stem) {
+      notes.push_back(
+          fmt::format("jobs/{} says spool:{} {} but is named {}: left out of the registry",
+                      stem + ".h", is_task ? "task" : "job", name, stem));
+      continue;
+    }
+    jobs.emplace_back(name, is_task);
+  }
+  return jobs;
+}
+
+std::string MigrationTimestamp(std::chrono::system_clock::time_point now, const Plan& plan) {
+  std::error_code ec;
+  std::set<std::string> taken;
+  for (const auto& entry : fs::directory_iterator(plan.root() / kMigrationsDir, ec)) {
+    taken.insert(entry.path().filename().string().substr(0, 14));
+  }
+  for (;;) {
+    const std::time_t t = std::chrono::system_clock::to_time_t(now);
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    char buf[32];
+    std::strftime(buf, sizeof buf, "%Y%m%d%H%M%S", &tm);
+    if (!taken.contains(buf)) return buf;
+    now += std::chrono::seconds(1);  // a migration already has this second: take the next one
+  }
+}
+
+std::optional<std::string> ExistingQueueMigration(const Plan& plan) {
+  std::error_code ec;
+  std::vector<std::string> found;
+  for (const auto& entry : fs::directory_iterator(plan.root() / kMigrationsDir, ec)) {
+    const std::string file = entry.path().filename().string();
+    if (file.size() > kQueueMigrationSuffix.size() && file.ends_with(kQueueMigrationSuffix)) {
+      found.push_back(file);
+    }
+  }
+  if (found.empty()) return std::nullopt;
+  std::sort(found.begin(), found.end());
+  return fmt::format("{}/{}", kMigrationsDir, found.front());
+}
+
+// `block` without the #include lines `text` already has, and without blank lines left at its
+// start: injected code must compile without duplicating what the app includes.
+std::string DropPresentIncludes(const std::string& block, const std::string& text) {
+  std::string out;
+  size_t start = 0;
+  while (start < block.size()) {
+    size_t end = block.find('\n', start);
+    if (end == std::string::npos) end = block.size();
+    const std::string line = block.substr(start, end - start);
+    start = end + 1;
+    if (line.rfind("#include ", 0) == 0 &&
+        (text.find("\n" + line + "\n") != std::string::npos || text.rfind(line + "\n", 0) == 0)) {
+      continue;
+    }
+    if (line.empty() && (out.empty() || out.ends_with("\n\n"))) continue;
+    out += line + "\n";
+  }
+  return out;
+}
+
+struct MarkerEdit {
+  std::string_view marker;
+  std::string block;
+  std::string_view sentinel;
+  std::string where;  // for the manual instructions
+};
+
+}  // namespace
+
+std::optional<std::string> InsertAtMarker(const std::string& text, std::string_view marker,
+                                          const std::string& block, std::string_view sentinel) {
+  size_t line_start = 0;
+  while (line_start < text.size()) {
+    size_t line_end = text.find('\n', line_start);
+    if (line_end == std::string::npos) line_end = text.size();
+    const std::string_view line(text.data() + line_start, line_end - line_start);
+    const size_t first = line.find_first_not_of(" \t");
+    const size_t last = line.find_last_not_of(" \t\r");
+    if (first != std::string_view::npos && line.substr(first, last - first + 1) == marker) {
+      if (!sentinel.empty() && text.find(sentinel) != std::string::npos) return text;
+      return text.substr(0, line_start) + block + text.substr(line_start);
+    }
+    line_start = line_end + 1;
+  }
+  return std::nullopt;
+}
+
+Generated PlanNew(const NewOptions& options) {
+  ValidateAppName(options.name);
+  Generated out(options.dir);
+  std::error_code ec;
+  if (fs::exists(options.dir, ec)) {
+    if (!fs::is_directory(options.dir, ec)) {
+      throw CommandError(fmt::format("{} exists and is not a folder", options.dir.string()));
+    }
+    if (!options.force && !fs::is_empty(options.dir, ec)) {
+      throw CommandError(fmt::format(
+          "{} exists and is not empty: choose another --dir (or --force to overwrite the "
+          "generated files)",
+          options.dir.string()));
+    }
+  }
+  AppInfo app;
+  app.root = options.dir;
+  app.name = options.name;
+  app.db = options.db;
+  app.database_url = options.database_url.empty() ? DefaultDatabaseUrl(options.db, options.name)
+                                                  : options.database_url;
+  CheckUrlMatchesDb(app.db, app.database_url, "--database-url");
+  auto vars = AppVars(app);
+  Put(out.plan, ".spoolrc", RenderTemplate("new/spoolrc.tmpl", vars));
+  Put(out.plan, ".gitignore", RenderTemplate("new/gitignore.tmpl", vars));
+  Put(out.plan, "CMakeLists.txt", RenderTemplate("new/CMakeLists.txt.tmpl", vars));
+  Put(out.plan, "README.md", RenderTemplate("new/README.md.tmpl", vars));
+  Put(out.plan, "src/main.cpp", RenderTemplate("new/main.cpp.tmpl", vars));
+  Put(out.plan, "database/migrations/.gitkeep", "");
+  out.summary =
+      fmt::format("created app {} ({}) in {}", app.name, DbTitle(app.db), options.dir.string());
+  out.next_steps = {
+      fmt::format("cd {}", options.dir.string()),
+      "spool serve    (builds into ./build and serves http://127.0.0.1:8080/; PORT=... to change)",
+      "spool gen queue    (adds background jobs)",
+  };
+  return out;
+}
+
+std::string RenderQueueMigration(std::string_view driver,
+                                 const std::vector<std::pair<std::string, std::string>>& up,
+                                 const std::vector<std::pair<std::string, std::string>>& down) {
+  std::string out = fmt::format(
+      "-- spool's job queue tables for {}, generated by `spool gen queue` from the migrations\n"
+      "-- built into spool {} (spool::MigrationSql), for review and for your migration history.\n"
+      "-- Apply it with `spool migration up`, which runs these statements and records the schema\n"
+      "-- version spool checks at start (another tool would not record it). Do not edit.\n\n"
+      "-- +goose Up\n",
+      driver, SPOOL_VERSION);
+  auto section = [&out](const std::pair<std::string, std::string>& m) {
+    std::string sql = m.second;
+    if (!sql.empty() && sql.back() != '\n') sql += '\n';
+    out +=
+        fmt::format("-- +goose StatementBegin\n-- spool migration: {}\n{}-- +goose StatementEnd\n",
+                    m.first, sql);
+  };
+  for (const auto& m : up) section(m);
+  out += "\n-- +goose Down\n";
+  for (auto it = down.rbegin(); it != down.rend(); ++it) section(*it);
+  return out;
+}
+
+std::string RenderRegistry(std::vector<std::pair<std::string, bool>> jobs) {
+  std::sort(jobs.begin(), jobs.end());
+  std::string includes;
+  std::string adds;
+  std::string kinds;
+  std::string periodic;
+  for (const auto& [name, is_task] : jobs) {
+    const std::string camel = CamelCase(name);
+    includes += fmt::format("#include \"jobs/{}.h\"\n", name);
+    adds += fmt::format("  workers.Add<{}Worker>();\n", camel);
+    kinds += fmt::format("      {}Args::kKind,\n", camel);
+    if (is_task) {
+      periodic +=
+          fmt::format("      {{\"{0}\", {1}Args::kSchedule, {1}Args::kKind}},\n", name, camel);
+    }
+  }
+  std::string out =
+      "// Generated by spool from the job files in jobs/ (those starting with a spool:job or\n"
+      "// spool:task line). Do not edit: `spool gen job` and `spool gen task` rewrite it whole.\n"
+      "#include \"jobs/registry.h\"\n\n#include <algorithm>\n";
+  if (!includes.empty()) out += "\n" + includes;
+  out += "\nnamespace jobs {\n\nspool::Workers MakeWorkers() {\n  spool::Workers workers;\n";
+  out += adds;
+  out += "  return workers;\n}\n\n";
+  out += "const std::vector<std::string_view>& Kinds() {\n";
+  out += kinds.empty()
+             ? "  static const std::vector<std::string_view> kinds;\n"
+             : "  static const std::vector<std::string_view> kinds = {\n" + kinds + "  };\n";
+  out += "  return kinds;\n}\n\n";
+  out +=
+      "bool IsKnownKind(std::string_view kind) {\n"
+      "  const auto& kinds = Kinds();\n"
+      "  return std::find(kinds.begin(), kinds.end(), kind) != kinds.end();\n}\n\n";
+  out += "const std::vector<PeriodicJob>& PeriodicJobs() {\n";
+  out += periodic.empty()
+             ? "  static const std::vector<PeriodicJob> periodic;\n"
+             : "  static const std::vector<PeriodicJob> periodic = {\n" + periodic + "  };\n";
+  out += "  return periodic;\n}\n\n}  // namespace jobs\n";
+  return out;
+}
+
+Generated PlanQueue(const AppInfo& app, const QueueOptions& options) {
+  Generated out(app.root);
+  Plan& plan = out.plan;
+  const auto existing_registry = plan.Read(std::string(kRegistryHeader));
+  const auto existing_migration = ExistingQueueMigration(plan);
+  if ((existing_registry || existing_migration) && !options.force) {
+    throw CommandError(
+        fmt::format("queue already set up ({} exists): nothing changed",
+                    existing_registry ? std::string(kRegistryHeader) : *existing_migration));
+  }
+  const auto vars = AppVars(app);
+
+  // Every edit is computed and every marker checked before anything is planned for writing.
+  const auto main_text = plan.Read(std::string(kMainPath));
+  const auto cmake_text = plan.Read(std::string(kCMakePath));
+  if (!main_text || !cmake_text) {
+    throw CommandError(fmt::format(
+        "{} not found: spool gen queue edits the files `spool new` creates; nothing was written",
+        !main_text ? kMainPath : kCMakePath));
+  }
+  std::map<std::string, std::string> setup_vars = vars;
+  setup_vars["db_options"] = app.db == DbKind::kSqlite
+                                 ? "  // SQLite: one file shared by the app's threads; a writer "
+                                   "waits this long for a lock.\n"
+                                   "  spool_options.sqlite.busy_timeout = std::chrono::seconds(5);"
+                                 : "";
+  const std::vector<MarkerEdit> main_edits = {
+      {"// spool:includes",
+       DropPresentIncludes(RenderTemplate("queue/includes.tmpl", vars), *main_text),
+       "\"jobs/registry.h\"", "with the other #include lines"},
+      {"// spool:setup", RenderTemplate("queue/setup.tmpl", setup_vars), "spool::Client::Open(",
+       "in main(), after the signals are blocked and before the server is created"},
+      {"// spool:routes", RenderTemplate("queue/routes.tmpl", vars), "jobs::IsKnownKind(",
+       "in main(), with the other routes"},
+      {"// spool:shutdown", RenderTemplate("queue/shutdown.tmpl", vars), "spool_client->Stop(",
+       "in main(), after the server has stopped"},
+  };
+  const std::vector<MarkerEdit> cmake_edits = {
+      {"# spool:find-packages", RenderTemplate("queue/cmake_find.tmpl", vars), "find_package(spool",
+       "after the other find_package lines"},
+      {"# spool:sources", RenderTemplate("queue/cmake_sources.tmpl", vars), "/jobs/*.cc",
+       fmt::format("after add_executable({})", app.name)},
+      {"# spool:link", RenderTemplate("queue/cmake_link.tmpl", vars), "spool::spool)",
+       fmt::format("after target_link_libraries({} ...)", app.name)},
+      {"# spool:tests", RenderTemplate("queue/cmake_tests.tmpl", vars), "_job_tests",
+       "at the end of the file"},
+  };
+  std::string new_main = *main_text;
+  std::string new_cmake = *cmake_text;
+  std::string manual;
+  auto apply = [&manual](std::string& text, std::string_view file,
+                         const std::vector<MarkerEdit>& edits) {
+    for (const auto& e : edits) {
+      auto edited = InsertAtMarker(text, e.marker, e.block, e.sentinel);
+      if (edited) {
+        text = std::move(*edited);
+      } else if (text.find(e.sentinel) == std::string::npos) {
+        manual += fmt::format("\n{}: no `{}` marker. Add, {}:\n{}", file, e.marker, e.where,
+                              Indent(e.block, "    "));
+      }
+    }
+  };
+  apply(new_main, kMainPath, main_edits);
+  apply(new_cmake, kCMakePath, cmake_edits);
+  if (!manual.empty()) {
+    throw CommandError(fmt::format(
+        "cannot wire the job queue in automatically; nothing was written.\n"
+        "Add the marker lines (then run spool gen queue again) or make these edits by hand:\n{}",
+        manual));
+  }
+
+  const std::string driver = DbKindName(app.db);
+  if (!options.migrations) throw CommandError("internal: no migration source");
+  const auto up = options.migrations(driver, true);
+  const auto down = options.migrations(driver, false);
+  if (up.empty()) {
+    throw CommandError(fmt::format("the spool library has no {} migrations", driver));
+  }
+  const std::string migration_path =
+      existing_migration
+          ? *existing_migration
+          : fmt::format("{}/{}{}", kMigrationsDir, MigrationTimestamp(options.now, plan),
+                        kQueueMigrationSuffix);
+  Put(plan, migration_path, RenderQueueMigration(driver, up, down));
+  Put(plan, std::string(kRegistryHeader), RenderTemplate("queue/registry.h.tmpl", vars));
+  Put(plan, std::string(kRegistrySource), RenderRegistry(ScanJobs(plan, out.notes)));
+  plan.Edit(std::string(kMainPath), *main_text, new_main);
+  plan.Edit(std::string(kCMakePath), *cmake_text, new_cmake);
+
+  out.summary = fmt::format("set up the job queue ({})", DbTitle(app.db));
+  out.next_steps = {
+      "spool gen job send_email    (a job: jobs/send_email.{h,cc} and its test)",
+      fmt::format("spool migration up    (creates the queue tables in {})", app.database_url),
+      fmt::format("spool serve    (spool {} must be installed where CMake finds it, e.g. "
+                  "CMAKE_PREFIX_PATH=/opt/spool)",
+                  SpoolVersion()),
+  };
+  return out;
+}
+
+Generated PlanJob(const AppInfo& app, std::string_view name_input,
+                  const std::optional<std::string>& schedule, bool force) {
+  const JobName name = NormalizeJobName(name_input);
+  if (schedule) ValidateCron(*schedule);
+  Generated out(app.root);
+  Plan& plan = out.plan;
+  if (!name.note.empty()) out.notes.push_back(name.note);
+  if (!plan.Read(std::string(kRegistryHeader))) {
+    throw CommandError(fmt::format(
+        "no job queue in this app ({} is missing): run spool gen queue first", kRegistryHeader));
+  }
+  const std::string header = fmt::format("jobs/{}.h", name.snake);
+  const std::string source = fmt::format("jobs/{}.cc", name.snake);
+  const std::string test = fmt::format("tests/jobs/{}_test.cc", name.snake);
+  if (!force) {
+    for (const auto& path : {header, source, test}) {
+      if (plan.Read(path)) {
+        throw CommandError(
+            fmt::format("job {} already exists ({}): nothing changed (use --force to overwrite it)",
+                        name.snake, path));
+      }
+    }
+  }
+  const std::string camel = CamelCase(name.snake);
+  std::map<std::string, std::string> vars = AppVars(app);
+  vars["name"] = name.snake;
+  vars["camel"] = camel;
+  vars["marker"] = schedule ? "task" : "job";
+  vars["command"] = schedule ? fmt::format("gen task {} --schedule \"{}\"", name.snake, *schedule)
+                             : fmt::format("gen job {}", name.snake);
+  vars["schedule_decl"] =
+      schedule
+          ? fmt::format(
+                "  // When the task runs, in UTC: minute hour day-of-month month day-of-week.\n"
+                "  static constexpr std::string_view kSchedule = \"{}\";",
+                *schedule)
+          : "";
+  Put(plan, header, RenderTemplate("job/job.h.tmpl", vars));
+  Put(plan, source, RenderTemplate("job/job.cc.tmpl", vars));
+  Put(plan, test, RenderTemplate("job/job_test.cc.tmpl", vars));
+
+  auto jobs = ScanJobs(plan, out.notes);
+  jobs.erase(std::remove_if(jobs.begin(), jobs.end(),
+                            [&](const auto& j) { return j.first == name.snake; }),
+             jobs.end());
+  jobs.emplace_back(name.snake, schedule.has_value());
+  const std::string registry_path(kRegistrySource);
+  Put(plan, registry_path, RenderRegistry(jobs));
+
+  out.summary = schedule ? fmt::format("created task {} ({})", name.snake, *schedule)
+                         : fmt::format("created job {}", name.snake);
+  out.next_steps = {
+      fmt::format("write the job: its arguments in {} ({}Args), the work in {} ({}Worker::Work)",
+                  header, camel, source, camel),
+      fmt::format("enqueue it from a handler: jobs_client.Insert(jobs::{}Args{{...}}), or try "
+                  "curl -d '{{\"message\":\"hi\"}}' http://127.0.0.1:8080/jobs/{}",
+                  camel, name.snake),
+      "spool serve",
+      fmt::format("test it: cmake --build build && ctest --test-dir build -R {}Test", camel),
+  };
+  if (schedule) {
+    out.notes.push_back(fmt::format(
+        "jobs::PeriodicJobs() in {} now lists {} with \"{}\"; main.cpp does not schedule it yet "
+        "(spool's periodic-job client option is still to come)",
+        registry_path, name.snake, *schedule));
+  }
+  return out;
+}
+
+}  // namespace spool::cli

@@ -1,0 +1,37 @@
+#pragma once
+
+#include <string>
+#include <string_view>
+
+namespace spool::cli {
+
+// A job name after normalisation: `snake` is what files, kinds and the registry use; `note` says
+// what was changed from the input (empty when the input was already snake_case).
+struct JobName {
+  std::string snake;
+  std::string note;
+};
+
+// The rule job names follow, for error messages and help.
+inline constexpr std::string_view kJobNameRule =
+    "a job name is a snake_case C++ identifier: a lowercase letter, then lowercase letters, "
+    "digits and single underscores (e.g. send_email), and not a C++ keyword";
+
+// Turns `input` into a snake_case job name: CamelCase and kebab-case are converted (with a note);
+// anything else that is not a valid identifier (empty, leading digit, keyword, path, spaces)
+// throws CommandError (exit 1) quoting the input and kJobNameRule.
+JobName NormalizeJobName(std::string_view input);
+
+// The C++ type-name stem of a snake_case name, keeping common initialisms upper case:
+// send_email -> SendEmail, sync_api -> SyncAPI, html_url -> HTMLURL. Every generated type name
+// comes from this one function.
+std::string CamelCase(std::string_view snake);
+
+// True for C++20 keywords and alternative tokens (`class`, `and`, `co_await`, ...).
+bool IsCppKeyword(std::string_view word);
+
+// Checks an app name for `spool new`: a lowercase letter, then lowercase letters, digits, '_'
+// or '-'; at most 64 characters. Throws CommandError (exit 1) with the rule otherwise.
+void ValidateAppName(std::string_view name);
+
+}  // namespace spool::cli

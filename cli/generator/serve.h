@@ -1,0 +1,20 @@
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "generator/app.h"
+
+namespace spool::cli {
+
+// `spool serve`: unless `no_build`, configures and builds the app with CMake into app.root/build
+// (-j2), then runs build/<app> in the foreground from app.root, forwarding SIGINT and SIGTERM to
+// it. Returns the app's exit code (128+N when a signal N ended it). Throws CommandError when the
+// build fails or there is no binary.
+int RunServe(const AppInfo& app, bool no_build);
+
+// Runs `argv` in `dir` and waits; forwards SIGINT/SIGTERM while it runs. Returns its exit code
+// (128+N for signal N); throws CommandError when it cannot be started.
+int RunForeground(const std::vector<std::string>& argv, const std::string& dir);
+
+}  // namespace spool::cli

@@ -1,0 +1,171 @@
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "spool/job.h"
+#include "spool/options.h"
+#include "spool/result.h"
+#include "spool/status.h"
+#include "spool/worker.h"
+
+// The caller's own database handles, for transactional insert. Declared, never defined here, so
+// this header pulls in neither sqlite3.h nor libpq-fe.h.
+struct sqlite3;
+struct pg_conn;
+
+namespace spool {
+
+// A borrowed handle to the caller's open transaction. The caller owns the connection and the
+// transaction; spool only runs its INSERT on it.
+class TxRef {
+ public:
+  enum class Kind { kSqlite, kPostgres };
+  Kind kind() const { return kind_; }
+  void* handle() const { return handle_; }
+
+ private:
+  friend TxRef SqliteTx(sqlite3* db);
+  friend TxRef PostgresTx(pg_conn* conn);
+  TxRef(Kind kind, void* handle) : kind_(kind), handle_(handle) {}
+  Kind kind_{};
+  void* handle_;
+};
+
+// `db` must be a connection to the same database file as the client, inside BEGIN ... COMMIT.
+inline TxRef SqliteTx(sqlite3* db) { return TxRef(TxRef::Kind::kSqlite, db); }
+// `conn` must be connected to the client's database, inside BEGIN ... COMMIT.
+inline TxRef PostgresTx(pg_conn* conn) { return TxRef(TxRef::Kind::kPostgres, conn); }
+
+// One job to insert: kind, args as JSON text, options.
+struct InsertParams {
+  std::string kind{};
+  std::string args = "{}";
+  InsertOptions options{};
+
+  template <JobArgs A>
+  static InsertParams From(const A& args, InsertOptions options = {}) {
+    return InsertParams{std::string(A::kKind), nlohmann::json(args).dump(), std::move(options)};
+  }
+};
+
+struct InsertResult {
+  JobRow job{};
+  // True when a unique job with the same key already existed and was returned instead.
+  bool duplicate = false;
+};
+
+// Something that happened to a job or queue, delivered to subscribers after it is written.
+struct Event {
+  enum class Kind {
+    kJobCompleted,
+    kJobFailed,     // an attempt failed; the job is retryable
+    kJobDiscarded,  // an attempt failed and no attempts are left (or the kind is unknown)
+    kJobSnoozed,
+    kJobCancelled,
+  };
+  Kind kind{};
+  JobRow job{};         // the row as it was when the worker finished, with the new state
+  Duration run_time{};  // how long Work ran
+};
+
+std::string_view EventKindName(Event::Kind kind);
+
+struct JobListParams {
+  std::vector<JobState> states{};  // empty: any
+  std::string queue{};             // empty: any
+  std::string kind{};              // empty: any
+  int64_t after_id = 0;            // cursor: only ids greater than this
+  int limit = 100;
+};
+
+// The job queue: inserts jobs into the database and, once started, works the configured queues
+// with a pool of threads. All methods are thread safe. Destroying a started client stops it
+// (soft, then hard after ClientOptions-independent 5 s); call Stop to choose the timeout.
+class Client {
+ public:
+  // Opens the database at `database_url` ("sqlite:///abs/app.db", "sqlite://relative.db",
+  // "postgres://..."), checks the schema version and validates the options and workers.
+  // Errors: InvalidArgument (bad option, url or worker set), FailedPrecondition (schema too old or
+  // too new; the message names the command that fixes it), ConnectionLost (cannot open).
+  static Result<std::unique_ptr<Client>> Open(std::string_view database_url, ClientOptions options,
+                                              Workers workers = {});
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  // Starts fetching and working jobs of the configured queues. FailedPrecondition if already
+  // started or stopped.
+  Status Start();
+  // Soft stop: no new fetches; running jobs finish. When `timeout` passes, running jobs' contexts
+  // are cancelled (hard stop) and Stop waits for them to return. All finished outcomes are
+  // written before Stop returns. Idempotent; safe before Start.
+  Status Stop(Duration timeout);
+  // Hard stop at once: cancels running jobs' contexts, waits for them, writes outcomes.
+  Status StopAndCancel();
+
+  // Inserts one job. InvalidArgument for bad options or args that are not a JSON object.
+  template <JobArgs A>
+  Result<InsertResult> Insert(const A& args, InsertOptions options = {}) {
+    return InsertRaw(InsertParams::From(args, std::move(options)));
+  }
+  Result<InsertResult> InsertRaw(InsertParams params);
+  // Inserts many jobs in as few statements as possible; all or none.
+  Result<std::vector<InsertResult>> InsertMany(std::vector<InsertParams> params);
+  // Like InsertMany but returns only the number inserted: the fastest path for bulk loads.
+  Result<int64_t> InsertManyFast(std::vector<InsertParams> params);
+
+  // Inserts inside the caller's open transaction: the job exists only if the caller commits.
+  template <JobArgs A>
+  Result<InsertResult> InsertTx(TxRef tx, const A& args, InsertOptions options = {}) {
+    return InsertRawTx(tx, InsertParams::From(args, std::move(options)));
+  }
+  Result<InsertResult> InsertRawTx(TxRef tx, InsertParams params);
+  Result<std::vector<InsertResult>> InsertManyTx(TxRef tx, std::vector<InsertParams> params);
+
+  // NotFound if there is no job with this id.
+  Result<JobRow> JobGet(int64_t id);
+  // Jobs ordered by id, filtered; use the last id as after_id for the next page.
+  Result<std::vector<JobRow>> JobList(const JobListParams& params);
+  // Number of jobs in each state (states with none are absent). Empty queue: all queues.
+  Result<std::map<JobState, int64_t>> JobCountByState(std::string_view queue = {});
+
+  // Calls `fn` after each job outcome is written, on a client thread: keep it short and do not
+  // call Stop from it. Returns an id for Unsubscribe.
+  int Subscribe(std::function<void(const Event&)> fn);
+  void Unsubscribe(int id);
+
+  const std::string& client_id() const;
+  const ClientOptions& options() const;
+  // "sqlite" or "postgres".
+  std::string_view driver_name() const;
+
+  class Impl;
+
+ private:
+  explicit Client(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_{};
+};
+
+// The schema version this build of spool needs, and the migrations it knows, for a driver.
+struct MigrationInfo {
+  int version{};
+  std::string name{};
+  bool applied{};
+};
+// Applies (up) or reverts (down) migrations of spool's tables at `database_url`.
+// up: to the newest version (or `target`). down: one step (or to `target`; 0 removes all).
+Status MigrateUp(std::string_view database_url, std::optional<int> target = std::nullopt);
+Status MigrateDown(std::string_view database_url, std::optional<int> target = std::nullopt);
+Result<std::vector<MigrationInfo>> MigrationStatus(std::string_view database_url);
+// The DDL of spool's migrations for a driver ("sqlite" or "postgres"), for generators.
+Result<std::vector<std::pair<std::string, std::string>>> MigrationSql(std::string_view driver,
+                                                                      bool up);
+
+}  // namespace spool

@@ -1,0 +1,132 @@
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "spool/clock.h"
+#include "spool/job.h"
+
+namespace spool {
+
+inline constexpr std::string_view kDefaultQueue = "default";
+inline constexpr int kDefaultMaxAttempts = 25;
+inline constexpr int kDefaultPriority = 1;
+inline constexpr int kMinPriority = 1;  // highest
+inline constexpr int kMaxPriority = 4;  // lowest
+
+// Makes a job unique: while a job with the same key is in one of `by_states`, inserting another
+// returns the existing job (InsertResult::duplicate) instead. The key is always the kind plus
+// whichever of args, period and queue are selected. Enforced by a unique index, so racing
+// inserts from several processes cannot both succeed.
+struct UniqueOptions {
+  // Jobs with equal args are duplicates. Default: false.
+  bool by_args = false;
+  // Only these top-level args fields are compared; empty compares all. REQUIRES: by_args.
+  std::vector<std::string> by_args_fields{};
+  // Jobs whose scheduled_at falls in the same period (e.g. 1h: one per hour, aligned to the
+  // Unix epoch) are duplicates. Default: zero, any time.
+  Duration by_period = Duration::zero();
+  // Jobs in the same queue only. Default: false (any queue).
+  bool by_queue = false;
+  // States in which an existing job blocks a new one. Must include every non-final state
+  // (available, pending, running, retryable, scheduled) so a job cannot collide with its
+  // duplicate as it moves; add completed, cancelled or discarded to block those too.
+  // Default: the non-final states.
+  std::vector<JobState> by_states{JobState::kAvailable, JobState::kPending, JobState::kRunning,
+                                  JobState::kRetryable, JobState::kScheduled};
+};
+
+// Options for one insert. Every field has a default, so `{}` inserts into "default" now.
+struct InsertOptions {
+  // Queue to put the job in: 1-128 characters of [A-Za-z0-9_.:-]. Default: "default".
+  std::string queue = std::string(kDefaultQueue);
+  // 1 (highest) to 4 (lowest); within a queue jobs run by priority, then scheduled_at, then id.
+  // Default: 1.
+  int priority = kDefaultPriority;
+  // Attempts before the job is discarded; at least 1. Default: 25.
+  int max_attempts = kDefaultMaxAttempts;
+  // Run no earlier than this. Default: now (the job is available at once).
+  std::optional<TimePoint> scheduled_at{};
+  // Free-form labels, each 1-255 characters with no commas. Default: none.
+  std::vector<std::string> tags{};
+  // A JSON object stored with the job, for the application's own use. Default: "{}".
+  std::string metadata = "{}";
+  // Insert on hold (state pending): the job runs only once something moves it to available.
+  // Default: false.
+  bool pending = false;
+  // Set to make the job unique. Default: not unique.
+  std::optional<UniqueOptions> unique{};
+};
+
+// Computes how long a failed job waits before its next attempt.
+// Implementations must be thread safe.
+class RetryPolicy {
+ public:
+  virtual ~RetryPolicy() = default;
+  // `job.attempt` is the attempt that just failed (1 for the first run).
+  virtual Duration NextRetry(const JobRow& job) const = 0;
+};
+
+// attempt^4 seconds with +-10% jitter: 1s, 16s, 81s, 4m16s, ... about 3 weeks over 25 attempts.
+class DefaultRetryPolicy final : public RetryPolicy {
+ public:
+  Duration NextRetry(const JobRow& job) const override;
+};
+
+enum class LogLevel { kDebug, kInfo, kWarn, kError };
+
+// Receives the client's log lines. Called from background threads: must be thread safe.
+using Logger = std::function<void(LogLevel, std::string_view message)>;
+
+// Per-queue settings.
+struct QueueConfig {
+  // Jobs of this queue that may run at once; 1-10000. Default: 100.
+  int max_workers = 100;
+};
+
+// SQLite-only settings; ignored by other drivers.
+struct SqliteOptions {
+  // synchronous=FULL makes every commit durable against power loss at the cost of an fsync per
+  // commit. The default NORMAL (in WAL mode) can lose the last commits on power loss, never on
+  // a process crash, and never corrupts the database.
+  bool synchronous_full = false;
+  // How long a writer waits on a lock held by another process before failing. Default: 5s.
+  Duration busy_timeout = std::chrono::seconds(5);
+};
+
+struct ClientOptions {
+  // Queues this client works, by name. Empty: the client only inserts (no worker pool).
+  std::map<std::string, QueueConfig> queues{};
+  // How often to look for jobs inserted by other processes, and the fallback fetch period.
+  // 1ms-1h. Default: 1s.
+  Duration poll_interval = std::chrono::seconds(1);
+  // How often due scheduled and retryable jobs are made available. Default: 1s.
+  Duration schedule_interval = std::chrono::seconds(1);
+  // Time limit for one attempt of a job when its worker sets none; 0 means none. When it passes
+  // the job's context is cancelled and the attempt fails with a timeout error. Default: 0.
+  Duration job_timeout = Duration::zero();
+  // Backoff for failed jobs whose worker does not override NextRetry. Default: attempt^4 s +-10%.
+  std::shared_ptr<const RetryPolicy> retry_policy{};
+  // Where log lines go. Default: warnings and errors to stderr.
+  Logger logger{};
+  // Source of time. Default: the system clock.
+  std::shared_ptr<const Clock> clock{};
+  // Identifies this client in attempted_by and in logs. Default: "<hostname>-<pid>-<random>".
+  std::string client_id{};
+  // Apply missing migrations at Open instead of refusing to start. Default: false.
+  bool auto_migrate = false;
+  SqliteOptions sqlite{};
+};
+
+// Returns InvalidArgument naming the first bad field, or OK.
+Status ValidateInsertOptions(const InsertOptions& opts);
+Status ValidateClientOptions(const ClientOptions& opts);
+// Queue names: 1-128 characters of [A-Za-z0-9_.:-].
+Status ValidateQueueName(std::string_view name);
+
+}  // namespace spool

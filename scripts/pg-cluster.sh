@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# A throwaway PostgreSQL 15 cluster for spool's tests.
+#
+#   scripts/pg-cluster.sh start DIR   # writes DIR/url, DIR/pid, DIR/datadir; prints the url
+#   scripts/pg-cluster.sh stop DIR    # stops the postmaster in DIR/pid, removes DIR and the data
+#
+# The data directory lives in a fresh mktemp dir (short path: it also holds the Unix socket),
+# owned by the postgres user when run as root, because PostgreSQL refuses to run as root. The
+# server listens on that socket and on 127.0.0.1 at a free port, with fsync and synchronous_commit
+# on so that tests see the same durability as production. Needs no running services.
+set -euo pipefail
+
+PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
+DB_NAME="spool_test"
+
+die() {
+  echo "pg-cluster: $*" >&2
+  exit 1
+}
+
+usage() {
+  echo "usage: $0 start|stop DIR" >&2
+  exit 2
+}
+
+# Runs a command as the cluster owner: postgres when we are root, else ourselves.
+as_owner() {
+  if [[ "$(id -u)" == 0 ]]; then
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
+port_in_use() {
+  ss -Htan "sport = :$1" 2>/dev/null | grep -q .
+}
+
+pick_port() {
+  local port
+  for _ in $(seq 1 100); do
+    port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+    if ! port_in_use "$port"; then
+      echo "$port"
+      return 0
+    fi
+  done
+  die "no free TCP port found on 127.0.0.1"
+}
+
+cmd_start() {
+  local dir="$1"
+  [[ -x "$PG_BIN/initdb" ]] || die "$PG_BIN/initdb not found: install postgresql-15"
+  if [[ -f "$dir/pid" ]] && kill -0 "$(cat "$dir/pid")" 2>/dev/null; then
+    die "a cluster is already running from $dir (pid $(cat "$dir/pid")): stop it first"
+  fi
+  mkdir -p "$dir"
+  dir="$(cd "$dir" && pwd)"
+
+  local tmp
+  tmp="$(mktemp -d /tmp/spool-pg.XXXXXX)"
+  echo "$tmp" >"$dir/datadir"
+  if [[ "$(id -u)" == 0 ]]; then
+    id postgres >/dev/null 2>&1 || die "running as root but there is no postgres user"
+    chown postgres:postgres "$tmp"
+  fi
+  chmod 700 "$tmp"
+
+  as_owner "$PG_BIN/initdb" -D "$tmp/data" -U postgres --auth=trust -E UTF8 --locale=C \
+    --no-instructions >"$tmp/initdb.log" 2>&1 || {
+    cat "$tmp/initdb.log" >&2
+    die "initdb failed"
+  }
+
+  local port attempt started=0
+  for attempt in 1 2 3 4 5; do
+    port="$(pick_port)"
+    # pg_ctl -w waits until the server accepts connections (or fails).
+    if as_owner "$PG_BIN/pg_ctl" -D "$tmp/data" -l "$tmp/server.log" -w -t 60 \
+      -o "-k $tmp -h 127.0.0.1 -p $port -c fsync=on -c synchronous_commit=on \
+          -c max_connections=300 -c shared_buffers=64MB" start >/dev/null; then
+      started=1
+      break
+    fi
+    # Lost a race for the port (or worse): try another port, then give up with the log.
+    echo "pg-cluster: start on port $port failed (attempt $attempt)" >&2
+  done
+  if [[ "$started" != 1 ]]; then
+    cat "$tmp/server.log" >&2 || true
+    die "could not start postgres"
+  fi
+
+  head -n1 "$tmp/data/postmaster.pid" >"$dir/pid"
+  for _ in $(seq 1 100); do
+    if "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$port" -U postgres; then break; fi
+    sleep 0.1
+  done
+  "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$port" -U postgres || die "server not ready on port $port"
+  "$PG_BIN/psql" -q -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres \
+    -c "CREATE DATABASE $DB_NAME" >/dev/null || die "CREATE DATABASE $DB_NAME failed"
+
+  local url="postgres://postgres@127.0.0.1:$port/$DB_NAME"
+  echo "$url" >"$dir/url"
+  echo "$url"
+}
+
+cmd_stop() {
+  local dir="$1"
+  [[ -d "$dir" ]] || return 0
+  if [[ -f "$dir/pid" ]]; then
+    local pid
+    pid="$(cat "$dir/pid")"
+    if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
+      # SIGINT is the "fast" shutdown: disconnect clients, checkpoint, exit.
+      kill -INT "$pid"
+      for _ in $(seq 1 300); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+      done
+      if kill -0 "$pid" 2>/dev/null; then
+        echo "pg-cluster: postmaster $pid ignored SIGINT for 30s; sending SIGQUIT" >&2
+        kill -QUIT "$pid" 2>/dev/null || true
+      fi
+    fi
+  fi
+  if [[ -f "$dir/datadir" ]]; then
+    local tmp
+    tmp="$(cat "$dir/datadir")"
+    # Only ever remove a directory this script made.
+    if [[ "$tmp" == /tmp/spool-pg.* && -d "$tmp" ]]; then rm -rf "$tmp"; fi
+  fi
+  rm -rf "$dir"
+}
+
+[[ $# == 2 ]] || usage
+case "$1" in
+  start) cmd_start "$2" ;;
+  stop) cmd_stop "$2" ;;
+  *) usage ;;
+esac

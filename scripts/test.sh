@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every test: the dev build (warnings are errors) with all of CTest, including PostgreSQL
+# (CTest starts a throwaway cluster), then the unit tests under ASan+UBSan and the concurrency
+# tests under TSan. Exits non-zero on the first failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+jobs=${SPOOL_BUILD_JOBS:-2}
+scripts/install-deps.sh
+
+echo "== dev build (warnings are errors) and every test"
+cmake --preset dev >/dev/null
+cmake --build --preset dev -j"$jobs"
+SPOOL_REQUIRE_POSTGRES=${SPOOL_REQUIRE_POSTGRES:-1} \
+  ctest --preset dev -j"$jobs" --output-on-failure
+
+echo "== ASan+UBSan: unit and conformance tests"
+cmake --preset asan-ubsan >/dev/null
+cmake --build --preset asan-ubsan -j"$jobs" --target spool_unit_tests spool_conformance_tests
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  ctest --preset asan-ubsan -j"$jobs" -L 'unit-concurrency|conformance-sqlite' --output-on-failure
+
+echo "== TSan: concurrency tests"
+cmake --preset tsan >/dev/null
+cmake --build --preset tsan -j"$jobs" --target spool_unit_tests
+TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
+  ctest --preset tsan -j"$jobs" -L concurrency --output-on-failure

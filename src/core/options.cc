@@ -1,0 +1,105 @@
+#include "spool/options.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <random>
+
+namespace spool {
+namespace {
+
+constexpr int kMaxWorkersLimit = 10'000;
+constexpr size_t kMaxQueueNameLength = 128;
+constexpr size_t kMaxTagLength = 255;
+
+bool IsQueueChar(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+         c == '-' || c == '.' || c == ':';
+}
+
+}  // namespace
+
+Duration DefaultRetryPolicy::NextRetry(const JobRow& job) const {
+  const double attempt = std::max(1, job.attempt);
+  const double base_s = std::pow(attempt, 4.0);
+  // Jitter spreads retries of jobs that failed together (an outage) so they do not all come back
+  // at the same instant.
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  std::uniform_real_distribution<double> jitter(-0.1, 0.1);
+  const double s = base_s * (1.0 + jitter(rng));
+  return Duration(static_cast<int64_t>(s * 1e6));
+}
+
+Status ValidateQueueName(std::string_view name) {
+  if (name.empty()) return Status::InvalidArgument("queue name is empty");
+  if (name.size() > kMaxQueueNameLength) {
+    return Status::InvalidArgument(fmt::format("queue name \"{}...\" is longer than {} characters",
+                                               name.substr(0, 20), kMaxQueueNameLength));
+  }
+  for (char c : name) {
+    if (!IsQueueChar(c)) {
+      return Status::InvalidArgument(fmt::format(
+          "queue name \"{}\" has an invalid character '{}': use letters, digits, _ - . :", name,
+          c));
+    }
+  }
+  return Status::Ok();
+}
+
+Status ValidateInsertOptions(const InsertOptions& opts) {
+  SPOOL_RETURN_IF_ERROR(ValidateQueueName(opts.queue).WithContext("InsertOptions.queue"));
+  if (opts.priority < kMinPriority || opts.priority > kMaxPriority) {
+    return Status::InvalidArgument(
+        fmt::format("InsertOptions.priority is {}: it must be between {} (highest) and {} (lowest)",
+                    opts.priority, kMinPriority, kMaxPriority));
+  }
+  if (opts.max_attempts < 1) {
+    return Status::InvalidArgument(
+        fmt::format("InsertOptions.max_attempts is {}: it must be at least 1", opts.max_attempts));
+  }
+  for (const auto& tag : opts.tags) {
+    if (tag.empty() || tag.size() > kMaxTagLength || tag.find(',') != std::string::npos) {
+      return Status::InvalidArgument(fmt::format(
+          "InsertOptions.tags has \"{}\": a tag is 1-255 characters without commas", tag));
+    }
+  }
+  if (opts.metadata != "{}") {
+    const auto j = nlohmann::json::parse(opts.metadata, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object()) {
+      return Status::InvalidArgument("InsertOptions.metadata must be a JSON object, e.g. {}");
+    }
+  }
+  return Status::Ok();
+}
+
+Status ValidateClientOptions(const ClientOptions& opts) {
+  for (const auto& [name, q] : opts.queues) {
+    SPOOL_RETURN_IF_ERROR(ValidateQueueName(name).WithContext("ClientOptions.queues"));
+    if (q.max_workers < 1 || q.max_workers > kMaxWorkersLimit) {
+      return Status::InvalidArgument(
+          fmt::format("ClientOptions.queues[\"{}\"].max_workers is {}: it must be between 1 and {}",
+                      name, q.max_workers, kMaxWorkersLimit));
+    }
+  }
+  const auto check_interval = [](std::string_view field, Duration d) -> Status {
+    if (d < std::chrono::milliseconds(1) || d > std::chrono::hours(1)) {
+      return Status::InvalidArgument(
+          fmt::format("ClientOptions.{} is {}us: it must be between 1ms and 1h", field, d.count()));
+    }
+    return Status::Ok();
+  };
+  SPOOL_RETURN_IF_ERROR(check_interval("poll_interval", opts.poll_interval));
+  SPOOL_RETURN_IF_ERROR(check_interval("schedule_interval", opts.schedule_interval));
+  if (opts.job_timeout < Duration::zero()) {
+    return Status::InvalidArgument(
+        fmt::format("ClientOptions.job_timeout is negative ({}us): use 0 for no timeout",
+                    opts.job_timeout.count()));
+  }
+  if (opts.sqlite.busy_timeout < Duration::zero()) {
+    return Status::InvalidArgument("ClientOptions.sqlite.busy_timeout is negative");
+  }
+  return Status::Ok();
+}
+
+}  // namespace spool

@@ -1,0 +1,64 @@
+#include "core/unique.h"
+
+#include <fmt/format.h>
+
+#include <nlohmann/json.hpp>
+
+#include "core/sha256.h"
+
+namespace spool::internal {
+
+Result<std::optional<UniqueKey>> ComputeUniqueKey(std::string_view kind, std::string_view args,
+                                                  std::string_view queue, TimePoint scheduled_at,
+                                                  const std::optional<UniqueOptions>& opts) {
+  if (!opts) return std::optional<UniqueKey>();
+  UniqueKey out;
+  for (JobState s : opts->by_states) out.states |= UniqueStateBit(s);
+  for (JobState s : {JobState::kAvailable, JobState::kPending, JobState::kRunning,
+                     JobState::kRetryable, JobState::kScheduled}) {
+    if ((out.states & UniqueStateBit(s)) == 0) {
+      return Status::InvalidArgument(fmt::format(
+          "UniqueOptions.by_states lacks \"{}\": it must include every non-final state "
+          "(available, pending, running, retryable, scheduled), else a job could collide with "
+          "its duplicate as it moves between states",
+          JobStateName(s)));
+    }
+  }
+  if (!opts->by_args && !opts->by_args_fields.empty()) {
+    return Status::InvalidArgument("UniqueOptions.by_args_fields is set but by_args is false");
+  }
+  if (opts->by_period < Duration::zero()) {
+    return Status::InvalidArgument("UniqueOptions.by_period is negative");
+  }
+
+  // Length-prefixed parts, so no choice of kind or queue can forge another key.
+  std::string material = fmt::format("kind:{}:{}", kind.size(), kind);
+  if (opts->by_queue) material += fmt::format("|queue:{}:{}", queue.size(), queue);
+  if (opts->by_args) {
+    auto j = nlohmann::json::parse(args, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object()) return Status::InvalidArgument("unique by args needs args to be an object");
+    nlohmann::json picked = nlohmann::json::object();
+    if (opts->by_args_fields.empty()) {
+      picked = std::move(j);
+    } else {
+      for (const auto& f : opts->by_args_fields) {
+        if (auto it = j.find(f); it != j.end()) picked[f] = *it;
+      }
+    }
+    // nlohmann's object is a std::map: dump() sorts keys, so {"a":1,"b":2} and {"b":2,"a":1}
+    // give the same key.
+    const std::string canon = picked.dump();
+    material += fmt::format("|args:{}:{}", canon.size(), canon);
+  }
+  if (opts->by_period > Duration::zero()) {
+    const int64_t us = scheduled_at.time_since_epoch().count();
+    const int64_t p = opts->by_period.count();
+    const int64_t bucket = (us >= 0 ? us / p : (us - p + 1) / p) * p;
+    material += fmt::format("|period:{}", bucket);
+  }
+  const auto digest = Sha256(material);
+  out.key.assign(reinterpret_cast<const char*>(digest.data()), digest.size());
+  return std::optional<UniqueKey>(std::move(out));
+}
+
+}  // namespace spool::internal

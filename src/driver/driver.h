@@ -1,0 +1,169 @@
+#pragma once
+
+// INTERNAL, NOT SEMVER-STABLE. The seam between spool's runtime and a database. Nothing above
+// src/driver/ sees SQL or a C database handle: the runtime calls these methods with parameter
+// structs. tests/conformance runs one suite against every driver: it is the specification.
+// Do not implement outside spool.
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "spool/client.h"
+#include "spool/job.h"
+#include "spool/result.h"
+#include "spool/status.h"
+
+namespace spool::internal {
+
+// ---- parameters -------------------------------------------------------------------------------
+
+struct JobInsertParams {
+  std::string kind{};
+  std::string args = "{}";      // JSON object text, already validated
+  std::string metadata = "{}";  // JSON object text, already validated
+  std::string queue{};
+  int priority = 1;
+  int max_attempts = 25;
+  JobState state = JobState::kAvailable;  // available, scheduled or pending
+  TimePoint scheduled_at{};
+  std::vector<std::string> tags{};
+};
+
+struct JobInsertManyParams {
+  std::vector<JobInsertParams> jobs{};
+  TimePoint now{};  // created_at of every row
+};
+
+// Claims up to `max` available jobs of `queue` whose scheduled_at <= now, in order priority,
+// scheduled_at, id: state -> running, attempt + 1, attempted_at = now, client_id appended to
+// attempted_by. Returns the claimed rows after the update.
+struct JobGetAvailableParams {
+  std::string queue{};
+  int max = 1;
+  std::string client_id{};
+  TimePoint now{};
+};
+
+// One worker outcome. Applied only if the job is still running (an admin may have moved it).
+struct JobSetStateParams {
+  int64_t id = 0;
+  // completed, cancelled, discarded: finalized_at = `at`.
+  // retryable: scheduled_at = `at`.
+  // scheduled (snooze): scheduled_at = `at` and attempt - 1 (a snooze does not use an attempt).
+  JobState state = JobState::kCompleted;
+  TimePoint at{};
+  std::optional<AttemptError> error{};  // appended to the job's errors when set
+};
+
+struct JobSetStateIfRunningManyParams {
+  std::vector<JobSetStateParams> jobs{};
+};
+
+// Moves up to `max` scheduled and retryable jobs with scheduled_at <= now to available.
+struct JobScheduleParams {
+  TimePoint now{};
+  int max = 10'000;
+};
+
+struct JobScheduleResult {
+  int64_t count = 0;
+  std::vector<std::string> queues{};  // distinct queues that got available jobs
+};
+
+// ---- interfaces -------------------------------------------------------------------------------
+
+// Runs queries. The driver's own executor (Driver::executor()) is thread safe; a Tx or an
+// executor over a caller's transaction is used by one thread at a time.
+class Executor {
+ public:
+  virtual ~Executor() = default;
+
+  // Inserts all rows in as few statements as possible; returns the rows in input order.
+  virtual Result<std::vector<JobRow>> JobInsertMany(const JobInsertManyParams& params) = 0;
+  // Same, returning only the count (no rows read back).
+  virtual Result<int64_t> JobInsertManyFast(const JobInsertManyParams& params) = 0;
+  virtual Result<std::vector<JobRow>> JobGetAvailable(const JobGetAvailableParams& params) = 0;
+  // Returns how many rows changed (jobs no longer running are skipped).
+  virtual Result<int64_t> JobSetStateIfRunningMany(
+      const JobSetStateIfRunningManyParams& params) = 0;
+  virtual Result<JobScheduleResult> JobSchedule(const JobScheduleParams& params) = 0;
+  // NotFound naming the id.
+  virtual Result<JobRow> JobGetByID(int64_t id) = 0;
+  virtual Result<std::vector<JobRow>> JobList(const JobListParams& params) = 0;
+  virtual Result<std::map<JobState, int64_t>> JobCountByState(std::string_view queue) = 0;
+};
+
+// An executor inside a transaction the driver began. Destroying it without Commit rolls back.
+class Tx : public Executor {
+ public:
+  virtual Status Commit() = 0;
+  virtual Status Rollback() = 0;
+};
+
+// One numbered schema migration.
+struct Migration {
+  int version{};
+  std::string name{};
+  std::string up{};
+  std::string down{};
+};
+
+struct DriverOptions {
+  SqliteOptions sqlite{};
+};
+
+class Driver {
+ public:
+  virtual ~Driver() = default;
+
+  // Opens a driver for `url` by its scheme: sqlite:// or postgres:// / postgresql://.
+  // InvalidArgument for an unknown scheme; ConnectionLost naming the path or host if it fails.
+  static Result<std::unique_ptr<Driver>> Open(std::string_view url, const DriverOptions& options);
+
+  // "sqlite" or "postgres".
+  virtual std::string_view Name() const = 0;
+  // The shared, thread-safe executor.
+  virtual Executor& executor() = 0;
+  // Begins a transaction. On SQLite this holds the single writer until Commit/Rollback.
+  virtual Result<std::unique_ptr<Tx>> Begin() = 0;
+  // An executor over the caller's transaction. InvalidArgument if `tx` is another driver's kind.
+  virtual Result<std::unique_ptr<Executor>> ExecutorFor(TxRef tx) = 0;
+
+  // The migrations this build knows, ascending by version.
+  virtual const std::vector<Migration>& Migrations() const = 0;
+  // The applied version of spool's schema; 0 when none of its tables exist.
+  virtual Result<int> SchemaVersion() = 0;
+  // Applies migrations above the current version up to `target`, each in its own transaction.
+  virtual Status MigrateUp(int target) = 0;
+  // Reverts migrations above `target`, newest first.
+  virtual Status MigrateDown(int target) = 0;
+
+  // Wake-ups from other processes. Blocks up to `timeout` and returns true when something may
+  // have changed (SQLite: PRAGMA data_version moved; PostgreSQL: a notification arrived), false
+  // on timeout. Interrupt() makes a blocked call return at once. Called by one thread.
+  virtual Result<bool> WaitForChange(Duration timeout) = 0;
+  virtual void Interrupt() = 0;
+  // Tells other processes that `queue` has new jobs (PostgreSQL: NOTIFY; SQLite: nothing, since
+  // they see data_version move).
+  virtual Status NotifyInsert(std::string_view queue) = 0;
+};
+
+// The embedded migrations of a driver kind ("sqlite" or "postgres") without opening a database;
+// nullptr for an unknown kind or one not built in. Each driver defines its own
+// (SqliteMigrations(), PostgresMigrations()).
+const std::vector<Migration>* MigrationsFor(std::string_view driver_name);
+const std::vector<Migration>& SqliteMigrations();
+const std::vector<Migration>& PostgresMigrations();
+
+// The newest schema version of a driver's migrations.
+inline int LatestVersion(const Driver& driver) {
+  const auto& m = driver.Migrations();
+  return m.empty() ? 0 : m.back().version;
+}
+
+}  // namespace spool::internal

@@ -1,0 +1,189 @@
+#include "driver/postgres/pg_conn.h"
+
+#include <fmt/format.h>
+
+#include <cstring>
+
+namespace spool::internal::pg {
+namespace {
+
+// One line: libpq's messages end in newlines and continue on tab-indented lines.
+std::string TrimMessage(const char* msg) {
+  std::string s;
+  for (const char* p = msg ? msg : ""; *p != '\0'; ++p) {
+    if (*p == '\n' || *p == '\t') {
+      if (!s.empty() && s.back() != ' ') s += ' ';
+    } else {
+      s += *p;
+    }
+  }
+  while (!s.empty() && s.back() == ' ') s.pop_back();
+  return s;
+}
+
+// libpq prints "connection to server at "127.0.0.1", port 1 failed: ..." which names host and
+// port already, but never the password: it is safe to pass through.
+std::string ConnErrorText(PGconn* conn) { return TrimMessage(PQerrorMessage(conn)); }
+
+}  // namespace
+
+std::string DescribeTarget(const std::string& url) {
+  char* err = nullptr;
+  PQconninfoOption* opts = PQconninfoParse(url.c_str(), &err);
+  if (opts == nullptr) {
+    if (err != nullptr) PQfreemem(err);
+    return "an unparseable PostgreSQL url";
+  }
+  std::string host, hostaddr, port;
+  for (PQconninfoOption* o = opts; o->keyword != nullptr; ++o) {
+    if (o->val == nullptr) continue;
+    if (std::strcmp(o->keyword, "host") == 0) host = o->val;
+    if (std::strcmp(o->keyword, "hostaddr") == 0) hostaddr = o->val;
+    if (std::strcmp(o->keyword, "port") == 0) port = o->val;
+  }
+  PQconninfoFree(opts);
+  if (host.empty()) host = hostaddr;
+  if (host.empty()) host = "localhost";
+  if (port.empty()) port = "5432";
+  if (host.starts_with("/")) return fmt::format("socket {}/.s.PGSQL.{}", host, port);
+  return fmt::format("{}:{}", host, port);
+}
+
+Status::Code ClassifySqlState(std::string_view s) {
+  using Code = Status::Code;
+  if (s.size() != 5) return Code::kInternal;
+  if (s == "40001" || s == "40P01" || s == "55P03" || s == "57014") return Code::kRetryable;
+  if (s.starts_with("08") || s == "57P01" || s == "57P02" || s == "57P03") {
+    return Code::kConnectionLost;
+  }
+  if (s == "23505") return Code::kAlreadyExists;
+  if (s.starts_with("23") || s.starts_with("22")) return Code::kInvalidArgument;
+  // Undefined table or column: the schema is missing or older than this build.
+  if (s == "42P01" || s == "42703") return Code::kFailedPrecondition;
+  return Code::kInternal;
+}
+
+Result<std::unique_ptr<Conn>> Conn::Connect(const std::string& url, const std::string& target) {
+  PGconn* raw = PQconnectdb(url.c_str());
+  if (raw == nullptr) {
+    return Status::ConnectionLost(
+        fmt::format("cannot connect to PostgreSQL at {}: out of memory", target));
+  }
+  std::unique_ptr<Conn> conn(new Conn(raw, true));
+  // libpq prints NOTICEs (e.g. "table does not exist, skipping") to stderr by default; a library
+  // must not write to the application's stderr.
+  PQsetNoticeProcessor(
+      raw, [](void*, const char*) {}, nullptr);
+  if (PQstatus(raw) != CONNECTION_OK) {
+    return Status::ConnectionLost(
+        fmt::format("cannot connect to PostgreSQL at {}: {}", target, ConnErrorText(raw)));
+  }
+  return conn;
+}
+
+std::unique_ptr<Conn> Conn::Borrow(PGconn* conn) {
+  return std::unique_ptr<Conn>(new Conn(conn, false));
+}
+
+Conn::~Conn() {
+  if (owned_ && conn_ != nullptr) PQfinish(conn_);
+}
+
+Status Conn::ErrorFrom(const PGresult* res, std::string_view what) const {
+  const char* state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : nullptr;
+  // The primary message and detail, without the "ERROR:" prefix and the echoed SQL of the
+  // verbose form.
+  std::string msg = TrimMessage(res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : nullptr);
+  if (const char* detail = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL) : nullptr) {
+    msg += fmt::format(" ({})", TrimMessage(detail));
+  }
+  if (msg.empty()) msg = ConnErrorText(conn_);
+  if (state == nullptr || PQstatus(conn_) != CONNECTION_OK) {
+    // No SQLSTATE or a dead connection: the network or server went away.
+    if (PQstatus(conn_) != CONNECTION_OK) {
+      return Status(Status::Code::kConnectionLost,
+                    fmt::format("{}: connection to PostgreSQL lost: {}", what, msg),
+                    state ? state : "08006");
+    }
+    return Status(Status::Code::kInternal, fmt::format("{}: {}", what, msg));
+  }
+  Status::Code code = ClassifySqlState(state);
+  if (code == Status::Code::kFailedPrecondition) {
+    msg += " (is spool's schema migrated? run: spool migration up)";
+  }
+  return Status(code, fmt::format("{}: {}", what, msg), state);
+}
+
+Status Conn::Exec(std::string_view sql) {
+  PgResult res(PQexec(conn_, std::string(sql).c_str()));
+  ExecStatusType st = res ? PQresultStatus(res.get()) : PGRES_FATAL_ERROR;
+  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+    return ErrorFrom(res.get(), "postgres");
+  }
+  return Status::Ok();
+}
+
+Result<PgResult> Conn::Query(std::string_view name, const std::string& sql,
+                             const std::vector<Param>& params) {
+  std::vector<const char*> values;
+  values.reserve(params.size());
+  for (const Param& p : params) values.push_back(p ? p->c_str() : nullptr);
+  const int n = static_cast<int>(params.size());
+
+  PgResult res;
+  if (owned_ && !name.empty()) {
+    std::string key(name);
+    if (!prepared_.contains(key)) {
+      PgResult prep(PQprepare(conn_, key.c_str(), sql.c_str(), n, nullptr));
+      if (!prep || PQresultStatus(prep.get()) != PGRES_COMMAND_OK) {
+        return ErrorFrom(prep.get(), name);
+      }
+      prepared_.insert(key);
+    }
+    res.reset(PQexecPrepared(conn_, key.c_str(), n, values.data(), nullptr, nullptr, 0));
+  } else {
+    res.reset(PQexecParams(conn_, sql.c_str(), n, nullptr, values.data(), nullptr, nullptr, 0));
+  }
+  ExecStatusType st = res ? PQresultStatus(res.get()) : PGRES_FATAL_ERROR;
+  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+    return ErrorFrom(res.get(), name.empty() ? std::string_view("postgres") : name);
+  }
+  return res;
+}
+
+namespace {
+void AppendElement(std::string& out, std::string_view s) {
+  out += '"';
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  out += '"';
+}
+}  // namespace
+
+std::string ArrayLiteral(const std::vector<std::optional<std::string>>& items) {
+  std::string out = "{";
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (i > 0) out += ',';
+    if (items[i]) {
+      AppendElement(out, *items[i]);
+    } else {
+      out += "NULL";
+    }
+  }
+  out += '}';
+  return out;
+}
+
+std::string ArrayLiteral(const std::vector<std::string>& items) {
+  std::string out = "{";
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (i > 0) out += ',';
+    AppendElement(out, items[i]);
+  }
+  out += '}';
+  return out;
+}
+
+}  // namespace spool::internal::pg

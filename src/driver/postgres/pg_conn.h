@@ -1,0 +1,77 @@
+#pragma once
+
+// RAII over libpq for the PostgreSQL driver. Only files under src/driver/postgres/ include this.
+
+#include <libpq-fe.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_set>
+#include <vector>
+
+#include "spool/result.h"
+#include "spool/status.h"
+
+namespace spool::internal::pg {
+
+struct ResultDeleter {
+  void operator()(PGresult* r) const { PQclear(r); }
+};
+using PgResult = std::unique_ptr<PGresult, ResultDeleter>;
+
+struct ConnDeleter {
+  void operator()(PGconn* c) const { PQfinish(c); }
+};
+
+// Where a URL points, for error messages: "host:port" (or the socket dir), never the password.
+std::string DescribeTarget(const std::string& url);
+
+// Maps a SQLSTATE to the code sorted by what the caller can do next.
+Status::Code ClassifySqlState(std::string_view sqlstate);
+
+// A text-format query parameter; nullopt is SQL NULL.
+using Param = std::optional<std::string>;
+
+// One connection, owned or borrowed (a caller's PGconn* inside its own transaction). Used by one
+// thread at a time. Owned connections cache prepared statements by name.
+class Conn {
+ public:
+  // Connects to `url`. ConnectionLost naming `target` (host and port) if it fails.
+  static Result<std::unique_ptr<Conn>> Connect(const std::string& url, const std::string& target);
+  // Wraps a caller's connection: never closed, never given prepared statements.
+  static std::unique_ptr<Conn> Borrow(PGconn* conn);
+
+  Conn(const Conn&) = delete;
+  Conn& operator=(const Conn&) = delete;
+  ~Conn();
+
+  PGconn* get() const { return conn_; }
+  bool owned() const { return owned_; }
+  // False once the server or network dropped it; the pool discards such connections.
+  bool ok() const { return PQstatus(conn_) == CONNECTION_OK; }
+
+  // Runs one or more statements without parameters (DDL, BEGIN/COMMIT).
+  Status Exec(std::string_view sql);
+  // Runs `sql` with text parameters. With a non-empty `name` on an owned connection the statement
+  // is prepared once per connection and reused.
+  Result<PgResult> Query(std::string_view name, const std::string& sql,
+                         const std::vector<Param>& params);
+
+  // The error of a failed command (or of the connection when `res` is null) as a Status.
+  Status ErrorFrom(const PGresult* res, std::string_view what) const;
+
+ private:
+  Conn(PGconn* conn, bool owned) : conn_(conn), owned_(owned) {}
+
+  PGconn* conn_;
+  bool owned_;
+  std::unordered_set<std::string> prepared_;
+};
+
+// Encodes strings as a PostgreSQL array literal: {"a","b\"c"}; nullopt elements become NULL.
+std::string ArrayLiteral(const std::vector<std::optional<std::string>>& items);
+std::string ArrayLiteral(const std::vector<std::string>& items);
+
+}  // namespace spool::internal::pg

@@ -1,0 +1,15 @@
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "driver/driver.h"
+
+namespace spool::internal {
+
+// Opens the PostgreSQL driver for a postgres:// or postgresql:// URL (libpq syntax; options such
+// as ?options=-csearch_path%3Dmyschema select the schema spool's tables live in). Connects once
+// to check the URL: ConnectionLost naming host and port (never the password) if that fails.
+Result<std::unique_ptr<Driver>> OpenPostgresDriver(std::string url, const DriverOptions& options);
+
+}  // namespace spool::internal

@@ -1,0 +1,104 @@
+#include "driver/postgres/postgres_migrations.h"
+
+namespace spool::internal {
+namespace {
+
+// Tables are created unqualified, in the first schema of the connection's search_path, so an
+// application (or a test) can keep spool in its own schema with options=-csearch_path=...
+// Mirrors the SQLite schema column for column (src/driver/sqlite/sqlite_migrations.cc) with
+// native types: timestamptz (microsecond precision, like TimePoint), jsonb, text[], bytea. The bit
+// positions of unique_states follow JobState's order: available 0, scheduled 1, running 2,
+// retryable 3, completed 4, cancelled 5, discarded 6, pending 7.
+constexpr const char* kUp1 = R"sql(
+CREATE TABLE spool_migration (
+  line text NOT NULL,
+  version bigint NOT NULL,
+  name text NOT NULL,
+  applied_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (line, version)
+);
+
+CREATE TABLE spool_job (
+  id bigserial PRIMARY KEY,
+  state text NOT NULL DEFAULT 'available' CHECK (state IN ('available', 'scheduled', 'running',
+    'retryable', 'completed', 'cancelled', 'discarded', 'pending')),
+  attempt smallint NOT NULL DEFAULT 0 CHECK (attempt >= 0),
+  max_attempts smallint NOT NULL DEFAULT 25 CHECK (max_attempts > 0),
+  attempted_at timestamptz,
+  attempted_by text[] NOT NULL DEFAULT '{}',
+  created_at timestamptz NOT NULL DEFAULT now(),
+  scheduled_at timestamptz NOT NULL DEFAULT now(),
+  finalized_at timestamptz,
+  priority smallint NOT NULL DEFAULT 1 CHECK (priority BETWEEN 1 AND 4),
+  queue text NOT NULL DEFAULT 'default' CHECK (char_length(queue) BETWEEN 1 AND 128),
+  kind text NOT NULL CHECK (char_length(kind) > 0),
+  args jsonb NOT NULL DEFAULT '{}',
+  metadata jsonb NOT NULL DEFAULT '{}',
+  tags text[] NOT NULL DEFAULT '{}',
+  errors jsonb NOT NULL DEFAULT '[]',
+  unique_key bytea,
+  unique_states integer,
+  CHECK ((state IN ('completed', 'cancelled', 'discarded')) = (finalized_at IS NOT NULL))
+);
+
+-- Fetch: state = 'available' AND queue = $1 ORDER BY priority, scheduled_at, id.
+CREATE INDEX spool_job_fetch_idx ON spool_job (state, queue, priority, scheduled_at, id);
+
+-- Scheduler: due scheduled and retryable jobs. Partial, so inserting available jobs skips it.
+CREATE INDEX spool_job_schedule_idx ON spool_job (state, scheduled_at)
+  WHERE state IN ('scheduled', 'retryable');
+
+-- Cleaner: finalized jobs by age.
+CREATE INDEX spool_job_finalized_idx ON spool_job (state, finalized_at)
+  WHERE finalized_at IS NOT NULL;
+
+CREATE INDEX spool_job_kind_idx ON spool_job (kind);
+
+-- Unique jobs: one row per key among the rows whose state is in the key's state set.
+CREATE UNIQUE INDEX spool_job_unique_idx ON spool_job (unique_key)
+  WHERE unique_key IS NOT NULL AND unique_states IS NOT NULL AND
+    (unique_states >> CASE state
+      WHEN 'available' THEN 0 WHEN 'scheduled' THEN 1 WHEN 'running' THEN 2
+      WHEN 'retryable' THEN 3 WHEN 'completed' THEN 4 WHEN 'cancelled' THEN 5
+      WHEN 'discarded' THEN 6 WHEN 'pending' THEN 7 END) & 1 = 1;
+
+CREATE TABLE spool_leader (
+  name text PRIMARY KEY DEFAULT 'default' CHECK (name = 'default'),
+  leader_id text NOT NULL CHECK (char_length(leader_id) BETWEEN 1 AND 128),
+  elected_at timestamptz NOT NULL,
+  expires_at timestamptz NOT NULL
+);
+
+CREATE TABLE spool_queue (
+  name text PRIMARY KEY CHECK (char_length(name) BETWEEN 1 AND 128),
+  paused_at timestamptz,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  metadata jsonb NOT NULL DEFAULT '{}'
+);
+
+CREATE TABLE spool_client (
+  id text PRIMARY KEY CHECK (char_length(id) BETWEEN 1 AND 255),
+  started_at timestamptz NOT NULL DEFAULT now(),
+  heartbeat_at timestamptz NOT NULL DEFAULT now(),
+  queues jsonb NOT NULL DEFAULT '[]'
+);
+)sql";
+
+constexpr const char* kDown1 = R"sql(
+DROP TABLE IF EXISTS spool_client;
+DROP TABLE IF EXISTS spool_queue;
+DROP TABLE IF EXISTS spool_leader;
+DROP TABLE IF EXISTS spool_job;
+DROP TABLE IF EXISTS spool_migration;
+)sql";
+
+}  // namespace
+
+const std::vector<Migration>& PostgresMigrations() {
+  static const std::vector<Migration>* const kMigrations =
+      new std::vector<Migration>{{1, "create_tables", kUp1, kDown1}};
+  return *kMigrations;
+}
+
+}  // namespace spool::internal

@@ -1,0 +1,432 @@
+#include "driver/sqlite/sqlite_driver.h"
+
+#include <fmt/format.h>
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <optional>
+#include <utility>
+
+#include "driver/sqlite/sqlite_conn.h"
+#include "driver/sqlite/sqlite_migrations.h"
+#include "driver/sqlite/sqlite_queries.h"
+
+namespace spool::internal {
+
+namespace {
+
+// How often WaitForChange looks at data_version. The pragma reads shared memory only, so a short
+// step buys low latency for jobs inserted by other processes at almost no cost.
+constexpr Duration kDataVersionPollStep = std::chrono::milliseconds(5);
+// Page cache of the writer: 32 MiB (negative = KiB), enough for the hot part of the job table and
+// its indexes in a busy queue.
+constexpr const char* kWriterCacheSize = "PRAGMA cache_size = -32768";
+
+constexpr std::string_view kMigrationLine = "main";
+
+// Runs every executor method of `Queries` under `mu`: the driver's shared, thread-safe executor.
+class LockedExecutor final : public Executor {
+ public:
+  LockedExecutor(std::mutex& mu, SqliteQueries& queries) : mu_(mu), q_(queries) {}
+
+  Result<std::vector<JobRow>> JobInsertMany(const JobInsertManyParams& params) override {
+    std::lock_guard lock(mu_);
+    return q_.JobInsertMany(params);
+  }
+  Result<int64_t> JobInsertManyFast(const JobInsertManyParams& params) override {
+    std::lock_guard lock(mu_);
+    return q_.JobInsertManyFast(params);
+  }
+  Result<std::vector<JobRow>> JobGetAvailable(const JobGetAvailableParams& params) override {
+    std::lock_guard lock(mu_);
+    return q_.JobGetAvailable(params);
+  }
+  Result<int64_t> JobSetStateIfRunningMany(const JobSetStateIfRunningManyParams& params) override {
+    std::lock_guard lock(mu_);
+    return q_.JobSetStateIfRunningMany(params);
+  }
+  Result<JobScheduleResult> JobSchedule(const JobScheduleParams& params) override {
+    std::lock_guard lock(mu_);
+    return q_.JobSchedule(params);
+  }
+  Result<JobRow> JobGetByID(int64_t id) override {
+    std::lock_guard lock(mu_);
+    return q_.JobGetByID(id);
+  }
+  Result<std::vector<JobRow>> JobList(const JobListParams& params) override {
+    std::lock_guard lock(mu_);
+    return q_.JobList(params);
+  }
+  Result<std::map<JobState, int64_t>> JobCountByState(std::string_view queue) override {
+    std::lock_guard lock(mu_);
+    return q_.JobCountByState(queue);
+  }
+
+ private:
+  std::mutex& mu_;
+  SqliteQueries& q_;
+};
+
+// A BEGIN IMMEDIATE transaction on the writer. Holds the writer mutex from Begin until Commit,
+// Rollback or destruction, so the driver's other users wait instead of writing into it.
+class SqliteTx final : public Tx {
+ public:
+  SqliteTx(std::unique_lock<std::mutex> lock, SqliteQueries& queries)
+      : lock_(std::move(lock)), q_(queries) {}
+  ~SqliteTx() override {
+    if (lock_.owns_lock()) (void)Rollback();
+  }
+
+  Result<std::vector<JobRow>> JobInsertMany(const JobInsertManyParams& params) override {
+    SPOOL_RETURN_IF_ERROR(CheckOpen());
+    return q_.JobInsertMany(params);
+  }
+  Result<int64_t> JobInsertManyFast(const JobInsertManyParams& params) override {
+    SPOOL_RETURN_IF_ERROR(CheckOpen());
+    return q_.JobInsertManyFast(params);
+  }
+  Result<std::vector<JobRow>> JobGetAvailable(const JobGetAvailableParams& params) override {
+    SPOOL_RETURN_IF_ERROR(CheckOpen());
+    return q_.JobGetAvailable(params);
+  }
+  Result<int64_t> JobSetStateIfRunningMany(const JobSetStateIfRunningManyParams& params) override {
+    SPOOL_RETURN_IF_ERROR(CheckOpen());
+    return q_.JobSetStateIfRunningMany(params);
+  }
+  Result<JobScheduleResult> JobSchedule(const JobScheduleParams& params) override {
+    SPOOL_RETURN_IF_ERROR(CheckOpen());
+    return q_.JobSchedule(params);
+  }
+  Result<JobRow> JobGetByID(int64_t id) override {
+    SPOOL_RETURN_IF_ERROR(CheckOpen());
+    return q_.JobGetByID(id);
+  }
+  Result<std::vector<JobRow>> JobList(const JobListParams& params) override {
+    SPOOL_RETURN_IF_ERROR(CheckOpen());
+    return q_.JobList(params);
+  }
+  Result<std::map<JobState, int64_t>> JobCountByState(std::string_view queue) override {
+    SPOOL_RETURN_IF_ERROR(CheckOpen());
+    return q_.JobCountByState(queue);
+  }
+
+  Status Commit() override {
+    SPOOL_RETURN_IF_ERROR(CheckOpen());
+    Status s = Run("COMMIT");
+    if (!s.ok()) {
+      // A failed COMMIT can leave the transaction open (e.g. busy): end it so the writer is
+      // usable again and the outcome is unambiguous.
+      if (sqlite3_get_autocommit(q_.cache().db()) == 0) (void)Run("ROLLBACK");
+    }
+    lock_.unlock();
+    return s;
+  }
+
+  Status Rollback() override {
+    SPOOL_RETURN_IF_ERROR(CheckOpen());
+    Status s = Status::Ok();
+    if (sqlite3_get_autocommit(q_.cache().db()) == 0) s = Run("ROLLBACK");
+    lock_.unlock();
+    return s;
+  }
+
+ private:
+  Status CheckOpen() const {
+    if (!lock_.owns_lock()) {
+      return Status::FailedPrecondition("transaction already committed or rolled back");
+    }
+    return Status::Ok();
+  }
+  Status Run(std::string_view sql) {
+    SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt, q_.cache().Get(sql));
+    StmtScope use(stmt);
+    return StepDone(stmt, sql);
+  }
+
+  std::unique_lock<std::mutex> lock_;
+  SqliteQueries& q_;
+};
+
+// Runs queries on a caller's connection inside the caller's transaction. Owns only its prepared
+// statements, which it finalizes when destroyed: destroy it before closing the connection.
+class BorrowedExecutor final : public Executor {
+ public:
+  explicit BorrowedExecutor(sqlite3* db) : q_(db) {}
+
+  Result<std::vector<JobRow>> JobInsertMany(const JobInsertManyParams& params) override {
+    return q_.JobInsertMany(params);
+  }
+  Result<int64_t> JobInsertManyFast(const JobInsertManyParams& params) override {
+    return q_.JobInsertManyFast(params);
+  }
+  Result<std::vector<JobRow>> JobGetAvailable(const JobGetAvailableParams& params) override {
+    return q_.JobGetAvailable(params);
+  }
+  Result<int64_t> JobSetStateIfRunningMany(const JobSetStateIfRunningManyParams& params) override {
+    return q_.JobSetStateIfRunningMany(params);
+  }
+  Result<JobScheduleResult> JobSchedule(const JobScheduleParams& params) override {
+    return q_.JobSchedule(params);
+  }
+  Result<JobRow> JobGetByID(int64_t id) override { return q_.JobGetByID(id); }
+  Result<std::vector<JobRow>> JobList(const JobListParams& params) override {
+    return q_.JobList(params);
+  }
+  Result<std::map<JobState, int64_t>> JobCountByState(std::string_view queue) override {
+    return q_.JobCountByState(queue);
+  }
+
+ private:
+  SqliteQueries q_;
+};
+
+Status RunPragma(sqlite3* db, const std::string& sql, const std::string& path) {
+  Status s = SqliteExec(db, sql.c_str());
+  if (!s.ok()) return s.WithContext(fmt::format("setting up SQLite database \"{}\"", path));
+  return s;
+}
+
+class SqliteDriver final : public Driver {
+ public:
+  SqliteDriver(std::string path, SqliteDbPtr writer, SqliteDbPtr watcher)
+      : path_(std::move(path)),
+        writer_(std::move(writer)),
+        queries_(writer_.get()),
+        executor_(mu_, queries_),
+        watcher_(std::move(watcher)) {}
+
+  Status Init(const DriverOptions& options) {
+    const auto busy_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(options.sqlite.busy_timeout).count();
+    for (sqlite3* db : {writer_.get(), watcher_.get()}) {
+      sqlite3_busy_timeout(db, static_cast<int>(std::clamp<int64_t>(busy_ms, 0, INT32_MAX)));
+    }
+    // journal_mode is the first statement that reads the file, so it is where a file that is not
+    // a database fails.
+    SPOOL_RETURN_IF_ERROR(RunPragma(writer_.get(), "PRAGMA journal_mode = WAL", path_));
+    SPOOL_RETURN_IF_ERROR(RunPragma(
+        writer_.get(),
+        fmt::format("PRAGMA synchronous = {}", options.sqlite.synchronous_full ? "FULL" : "NORMAL"),
+        path_));
+    SPOOL_RETURN_IF_ERROR(RunPragma(writer_.get(), "PRAGMA foreign_keys = ON", path_));
+    SPOOL_RETURN_IF_ERROR(RunPragma(writer_.get(), kWriterCacheSize, path_));
+    SPOOL_RETURN_IF_ERROR(RunPragma(writer_.get(), "PRAGMA temp_store = MEMORY", path_));
+    SPOOL_RETURN_IF_ERROR(RunPragma(watcher_.get(), "PRAGMA query_only = ON", path_));
+
+    sqlite3_stmt* raw = nullptr;
+    const int rc = sqlite3_prepare_v3(watcher_.get(), "PRAGMA data_version", -1,
+                                      SQLITE_PREPARE_PERSISTENT, &raw, nullptr);
+    data_version_stmt_.reset(raw);
+    if (rc != SQLITE_OK) return SqliteStatus(rc, watcher_.get(), "prepare data_version");
+    SPOOL_ASSIGN_OR_RETURN(int64_t version, ReadDataVersion());
+    last_data_version_ = version;
+    return Status::Ok();
+  }
+
+  std::string_view Name() const override { return "sqlite"; }
+  Executor& executor() override { return executor_; }
+
+  Result<std::unique_ptr<Tx>> Begin() override {
+    std::unique_lock lock(mu_);
+    SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt, queries_.cache().Get("BEGIN IMMEDIATE"));
+    {
+      StmtScope use(stmt);
+      SPOOL_RETURN_IF_ERROR(StepDone(stmt, "begin transaction"));
+    }
+    return std::unique_ptr<Tx>(new SqliteTx(std::move(lock), queries_));
+  }
+
+  Result<std::unique_ptr<Executor>> ExecutorFor(TxRef tx) override {
+    if (tx.kind() != TxRef::Kind::kSqlite) {
+      return Status::InvalidArgument(
+          "the transaction is not a SQLite one: this client uses SQLite, pass spool::SqliteTx(db)");
+    }
+    if (tx.handle() == nullptr) {
+      return Status::InvalidArgument("SqliteTx(db) was given a null sqlite3*");
+    }
+    return std::unique_ptr<Executor>(new BorrowedExecutor(static_cast<sqlite3*>(tx.handle())));
+  }
+
+  const std::vector<Migration>& Migrations() const override { return SqliteMigrations(); }
+
+  Result<int> SchemaVersion() override {
+    std::lock_guard lock(mu_);
+    return SchemaVersionLocked();
+  }
+
+  Status MigrateUp(int target) override {
+    const int latest = LatestVersion(*this);
+    if (target < 0 || target > latest) {
+      return Status::InvalidArgument(
+          fmt::format("cannot migrate up to version {}: this build of spool knows versions 1..{}",
+                      target, latest));
+    }
+    std::lock_guard lock(mu_);
+    SPOOL_ASSIGN_OR_RETURN(int current, SchemaVersionLocked());
+    for (const Migration& m : Migrations()) {
+      if (m.version <= current || m.version > target) continue;
+      SPOOL_RETURN_IF_ERROR(ApplyLocked(m, /*up=*/true));
+    }
+    return Status::Ok();
+  }
+
+  Status MigrateDown(int target) override {
+    if (target < 0) {
+      return Status::InvalidArgument(
+          fmt::format("cannot migrate down to version {}: use 0 to remove every table", target));
+    }
+    std::lock_guard lock(mu_);
+    SPOOL_ASSIGN_OR_RETURN(int current, SchemaVersionLocked());
+    const auto& migrations = Migrations();
+    for (auto it = migrations.rbegin(); it != migrations.rend(); ++it) {
+      if (it->version > current || it->version <= target) continue;
+      SPOOL_RETURN_IF_ERROR(ApplyLocked(*it, /*up=*/false));
+    }
+    return Status::Ok();
+  }
+
+  Result<bool> WaitForChange(Duration timeout) override {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    std::unique_lock lock(wait_mu_);
+    for (;;) {
+      if (interrupted_) {
+        interrupted_ = false;
+        return true;
+      }
+      SPOOL_ASSIGN_OR_RETURN(int64_t version, ReadDataVersion());
+      if (version != last_data_version_) {
+        last_data_version_ = version;
+        return true;
+      }
+      const auto now = std::chrono::steady_clock::now();
+      if (now >= deadline) return false;
+      wait_cv_.wait_until(lock, std::min(deadline, now + kDataVersionPollStep),
+                          [&] { return interrupted_; });
+    }
+  }
+
+  void Interrupt() override {
+    {
+      std::lock_guard lock(wait_mu_);
+      interrupted_ = true;
+    }
+    wait_cv_.notify_all();
+  }
+
+  Status NotifyInsert(std::string_view /*queue*/) override { return Status::Ok(); }
+
+ private:
+  Result<int> SchemaVersionLocked() {
+    SPOOL_ASSIGN_OR_RETURN(
+        sqlite3_stmt * exists,
+        queries_.cache().Get(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'spool_migration'"));
+    {
+      StmtScope use(exists);
+      const int rc = sqlite3_step(exists);
+      if (rc == SQLITE_DONE) return 0;
+      if (rc != SQLITE_ROW) return SqliteStatus(rc, writer_.get(), "read schema version");
+    }
+    // Prepared only once the table exists; cached afterwards (SQLite re-prepares it if the
+    // schema changes, and it fails cleanly if the table is dropped again).
+    SPOOL_ASSIGN_OR_RETURN(
+        sqlite3_stmt * version,
+        queries_.cache().Get("SELECT coalesce(max(version), 0) FROM spool_migration "
+                             "WHERE line = ?1"));
+    StmtScope use(version);
+    SPOOL_RETURN_IF_ERROR(
+        SqliteStatus(BindText(version, 1, kMigrationLine), writer_.get(), "bind"));
+    const int rc = sqlite3_step(version);
+    if (rc != SQLITE_ROW) return SqliteStatus(rc, writer_.get(), "read schema version");
+    return sqlite3_column_int(version, 0);
+  }
+
+  // Runs one migration and records it in spool_migration, in one transaction.
+  Status ApplyLocked(const Migration& m, bool up) {
+    const std::string context =
+        fmt::format("migration {} ({}) {}", m.version, m.name, up ? "up" : "down");
+    auto fail = [&](const Status& s) { return s.WithContext(context); };
+    SPOOL_ASSIGN_OR_RETURN(auto scope, WriteScope::Begin(queries_.cache()));
+    sqlite3* db = writer_.get();
+    // Statements are prepared per run (not cached): each migration runs once, and the DDL
+    // changes the tables a cached statement would point at.
+    auto run = [&](const char* sql, auto bind) -> Status {
+      sqlite3_stmt* raw = nullptr;
+      int rc = sqlite3_prepare_v2(db, sql, -1, &raw, nullptr);
+      SqliteStmtPtr stmt(raw);
+      if (rc != SQLITE_OK) return SqliteStatus(rc, db, "prepare");
+      rc = bind(stmt.get());
+      if (rc != SQLITE_OK) return SqliteStatus(rc, db, "bind");
+      return StepDone(stmt.get(), sql);
+    };
+    if (up) {
+      Status s = SqliteExec(db, m.up.c_str());
+      if (!s.ok()) return fail(s);
+      s = run(
+          "INSERT INTO spool_migration (line, version, name, applied_at) VALUES (?1, ?2, ?3, ?4)",
+          [&](sqlite3_stmt* st) {
+            const auto now =
+                std::chrono::time_point_cast<Duration>(std::chrono::system_clock::now());
+            int rc = BindText(st, 1, kMigrationLine);
+            if (rc == SQLITE_OK) rc = sqlite3_bind_int(st, 2, m.version);
+            if (rc == SQLITE_OK) rc = BindText(st, 3, m.name);
+            if (rc == SQLITE_OK) rc = sqlite3_bind_int64(st, 4, now.time_since_epoch().count());
+            return rc;
+          });
+      if (!s.ok()) return fail(s);
+    } else {
+      // Delete the record first: the first migration's down drops spool_migration itself.
+      Status s = run("DELETE FROM spool_migration WHERE line = ?1 AND version = ?2",
+                     [&](sqlite3_stmt* st) {
+                       int rc = BindText(st, 1, kMigrationLine);
+                       if (rc == SQLITE_OK) rc = sqlite3_bind_int(st, 2, m.version);
+                       return rc;
+                     });
+      if (!s.ok()) return fail(s);
+      s = SqliteExec(db, m.down.c_str());
+      if (!s.ok()) return fail(s);
+    }
+    Status s = scope->Commit();
+    if (!s.ok()) return fail(s);
+    return Status::Ok();
+  }
+
+  Result<int64_t> ReadDataVersion() {
+    sqlite3_stmt* stmt = data_version_stmt_.get();
+    StmtScope use(stmt);
+    const int rc = sqlite3_step(stmt);
+    if (rc != SQLITE_ROW) return SqliteStatus(rc, watcher_.get(), "read data_version");
+    return sqlite3_column_int64(stmt, 0);
+  }
+
+  const std::string path_;
+
+  // Guards the writer connection and everything run on it. Begin() holds it for the Tx's life.
+  std::mutex mu_;
+  SqliteDbPtr writer_;
+  SqliteQueries queries_;  // declared after writer_: its statements die first
+  LockedExecutor executor_;
+
+  // WaitForChange's connection; used by one waiting thread at a time, guarded by wait_mu_.
+  std::mutex wait_mu_;
+  std::condition_variable wait_cv_;
+  bool interrupted_ = false;
+  SqliteDbPtr watcher_;
+  SqliteStmtPtr data_version_stmt_;  // declared after watcher_: finalized before it closes
+  int64_t last_data_version_ = 0;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Driver>> OpenSqliteDriver(std::string path, const DriverOptions& options) {
+  SPOOL_ASSIGN_OR_RETURN(SqliteDbPtr writer, SqliteOpen(path));
+  SPOOL_ASSIGN_OR_RETURN(SqliteDbPtr watcher, SqliteOpen(path));
+  auto driver = std::make_unique<SqliteDriver>(path, std::move(writer), std::move(watcher));
+  SPOOL_RETURN_IF_ERROR(driver->Init(options));
+  return std::unique_ptr<Driver>(std::move(driver));
+}
+
+}  // namespace spool::internal

@@ -1,0 +1,108 @@
+#include "driver/sqlite/sqlite_migrations.h"
+
+namespace spool::internal {
+
+namespace {
+
+// Times are INTEGER microseconds since the Unix epoch (TimePoint's resolution). JSON columns are
+// TEXT. The bit positions of unique_states follow JobState's order: available 0, scheduled 1,
+// running 2, retryable 3, completed 4, cancelled 5, discarded 6, pending 7.
+constexpr const char* kMigration1Up = R"sql(
+CREATE TABLE spool_migration (
+  line TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  name TEXT NOT NULL,
+  applied_at INTEGER NOT NULL,
+  PRIMARY KEY (line, version)
+) STRICT;
+
+-- AUTOINCREMENT: ids are never reused after the cleaner deletes the newest rows, so an id in a
+-- log line or an event always means one job.
+CREATE TABLE spool_job (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  state TEXT NOT NULL DEFAULT 'available' CHECK (state IN ('available', 'scheduled', 'running',
+    'retryable', 'completed', 'cancelled', 'discarded', 'pending')),
+  attempt INTEGER NOT NULL DEFAULT 0 CHECK (attempt >= 0),
+  max_attempts INTEGER NOT NULL DEFAULT 25 CHECK (max_attempts > 0),
+  attempted_at INTEGER,
+  attempted_by TEXT NOT NULL DEFAULT '[]',
+  created_at INTEGER NOT NULL,
+  scheduled_at INTEGER NOT NULL,
+  finalized_at INTEGER,
+  priority INTEGER NOT NULL DEFAULT 1 CHECK (priority BETWEEN 1 AND 4),
+  queue TEXT NOT NULL DEFAULT 'default' CHECK (length(queue) BETWEEN 1 AND 128),
+  kind TEXT NOT NULL CHECK (length(kind) > 0),
+  args TEXT NOT NULL DEFAULT '{}',
+  metadata TEXT NOT NULL DEFAULT '{}',
+  tags TEXT NOT NULL DEFAULT '[]',
+  errors TEXT NOT NULL DEFAULT '[]',
+  unique_key BLOB,
+  unique_states INTEGER,
+  CHECK ((state IN ('completed', 'cancelled', 'discarded')) = (finalized_at IS NOT NULL))
+) STRICT;
+
+-- Indexes are partial wherever a query reads one state, so a job moving available -> running ->
+-- completed touches only the indexes of the states it enters and leaves: each index entry
+-- written costs B-tree pages on every claim and completion, the hot path.
+-- Fetch: state = 'available' AND queue = ? ORDER BY priority, scheduled_at, id. The rowid (id) is
+-- the implicit last key of every index, so it need not be listed.
+CREATE INDEX spool_job_fetch_idx ON spool_job (queue, priority, scheduled_at)
+  WHERE state = 'available';
+-- Scheduler: due scheduled and retryable jobs.
+CREATE INDEX spool_job_schedule_idx ON spool_job (state, scheduled_at)
+  WHERE state IN ('scheduled', 'retryable');
+-- Rescuer: running jobs by when they started.
+CREATE INDEX spool_job_running_idx ON spool_job (attempted_at) WHERE state = 'running';
+-- Cleaner: finalized jobs by age.
+CREATE INDEX spool_job_finalized_idx ON spool_job (state, finalized_at)
+  WHERE finalized_at IS NOT NULL;
+-- Admin listing by kind scans instead: an index on kind would cost every insert.
+-- Unique jobs: one row per key among the rows whose state is in the key's state set.
+CREATE UNIQUE INDEX spool_job_unique_idx ON spool_job (unique_key)
+  WHERE unique_key IS NOT NULL AND unique_states IS NOT NULL AND
+    (unique_states >> CASE state
+      WHEN 'available' THEN 0 WHEN 'scheduled' THEN 1 WHEN 'running' THEN 2
+      WHEN 'retryable' THEN 3 WHEN 'completed' THEN 4 WHEN 'cancelled' THEN 5
+      WHEN 'discarded' THEN 6 WHEN 'pending' THEN 7 END) & 1 = 1;
+
+CREATE TABLE spool_leader (
+  name TEXT PRIMARY KEY NOT NULL DEFAULT 'default' CHECK (name = 'default'),
+  leader_id TEXT NOT NULL CHECK (length(leader_id) BETWEEN 1 AND 128),
+  elected_at INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE spool_queue (
+  name TEXT PRIMARY KEY NOT NULL CHECK (length(name) BETWEEN 1 AND 128),
+  paused_at INTEGER,
+  created_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL,
+  metadata TEXT NOT NULL DEFAULT '{}'
+) STRICT;
+
+CREATE TABLE spool_client (
+  id TEXT PRIMARY KEY NOT NULL CHECK (length(id) BETWEEN 1 AND 255),
+  started_at INTEGER NOT NULL,
+  heartbeat_at INTEGER NOT NULL,
+  queues TEXT NOT NULL DEFAULT '[]'
+) STRICT;
+)sql";
+
+constexpr const char* kMigration1Down = R"sql(
+DROP TABLE IF EXISTS spool_client;
+DROP TABLE IF EXISTS spool_queue;
+DROP TABLE IF EXISTS spool_leader;
+DROP TABLE IF EXISTS spool_job;
+DROP TABLE IF EXISTS spool_migration;
+)sql";
+
+}  // namespace
+
+const std::vector<Migration>& SqliteMigrations() {
+  static const std::vector<Migration>* const kMigrations = new std::vector<Migration>{
+      {1, "create_tables", kMigration1Up, kMigration1Down},
+  };
+  return *kMigrations;
+}
+
+}  // namespace spool::internal

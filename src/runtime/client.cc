@@ -1,0 +1,410 @@
+#include "spool/client.h"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <random>
+
+#include "driver/driver.h"
+#include "runtime/completer.h"
+#include "runtime/deadline_watcher.h"
+#include "runtime/queue_runner.h"
+
+namespace spool {
+
+using internal::Completer;
+using internal::Completion;
+using internal::DeadlineWatcher;
+using internal::Driver;
+using internal::QueueRunner;
+
+namespace {
+
+constexpr auto kDestructorStopTimeout = std::chrono::seconds(5);
+constexpr auto kLoopErrorBackoff = std::chrono::milliseconds(200);
+
+void DefaultLog(LogLevel level, std::string_view message) {
+  if (level < LogLevel::kWarn) return;
+  fmt::print(stderr, "spool {}: {}\n", level == LogLevel::kWarn ? "warning" : "error", message);
+}
+
+std::string MakeClientId() {
+  char host[256] = {};
+  if (gethostname(host, sizeof(host) - 1) != 0) host[0] = '\0';
+  std::random_device rd;
+  return fmt::format("{}-{}-{:06x}", host[0] ? host : "host", getpid(), rd() & 0xffffffu);
+}
+
+// True when `args` is JSON text holding an object. "{}" is by far the most common and skips the
+// parser.
+bool IsJsonObject(std::string_view args) {
+  if (args == "{}") return true;
+  const auto first = args.find_first_not_of(" \t\r\n");
+  return first != std::string_view::npos && args[first] == '{' && nlohmann::json::accept(args);
+}
+
+}  // namespace
+
+std::string_view EventKindName(Event::Kind kind) {
+  switch (kind) {
+    case Event::Kind::kJobCompleted:
+      return "job_completed";
+    case Event::Kind::kJobFailed:
+      return "job_failed";
+    case Event::Kind::kJobDiscarded:
+      return "job_discarded";
+    case Event::Kind::kJobSnoozed:
+      return "job_snoozed";
+    case Event::Kind::kJobCancelled:
+      return "job_cancelled";
+  }
+  return "unknown";
+}
+
+class Client::Impl {
+ public:
+  Impl(std::unique_ptr<Driver> driver, ClientOptions options, Workers workers)
+      : driver_(std::move(driver)),
+        options_(std::move(options)),
+        workers_(std::move(workers)),
+        clock_(options_.clock ? options_.clock : std::make_shared<SystemClock>()),
+        retry_policy_(options_.retry_policy ? options_.retry_policy
+                                            : std::make_shared<DefaultRetryPolicy>()),
+        logger_(options_.logger ? options_.logger : Logger(DefaultLog)),
+        client_id_(options_.client_id.empty() ? MakeClientId() : options_.client_id),
+        completer_(
+            driver_->executor(), [this](const auto& batch) { Deliver(batch); }, logger_),
+        deadlines_(*clock_) {}
+
+  ~Impl() = default;
+
+  Status Start(Client& self) {
+    std::lock_guard lock(lifecycle_mu_);
+    if (state_ != LifeState::kNew) {
+      return Status::FailedPrecondition(state_ == LifeState::kStarted
+                                            ? "client already started"
+                                            : "client was stopped: open a new one to start again");
+    }
+    if (options_.queues.empty()) {
+      return Status::FailedPrecondition(
+          "no queues to work: set ClientOptions.queues, e.g. {{\"default\", {.max_workers = 10}}}");
+    }
+    completer_.Start();
+    deadlines_.Start();
+    internal::RuntimeEnv env{driver_->executor(), *clock_,    workers_, options_, *retry_policy_,
+                             completer_,          deadlines_, self,     logger_,  client_id_};
+    for (const auto& [name, q] : options_.queues) {
+      auto runner = std::make_unique<QueueRunner>(name, q.max_workers, env);
+      runner->Start();
+      std::lock_guard rl(lifecycle_mu_runners_);
+      runners_.emplace(name, std::move(runner));
+    }
+    background_stop_ = false;
+    scheduler_ = std::thread([this] { ScheduleLoop(); });
+    notifier_ = std::thread([this] { NotifyLoop(); });
+    state_ = LifeState::kStarted;
+    return Status::Ok();
+  }
+
+  Status Stop(std::optional<Duration> timeout) {
+    std::lock_guard lock(lifecycle_mu_);
+    if (state_ != LifeState::kStarted) {
+      state_ = LifeState::kStopped;
+      return Status::Ok();
+    }
+    for (auto& [_, r] : runners_) r->StopFetching();
+    bool idle = true;
+    if (timeout) {
+      const auto deadline = std::chrono::steady_clock::now() + *timeout;
+      for (auto& [_, r] : runners_) idle = r->WaitIdle(deadline) && idle;
+    } else {
+      idle = false;
+    }
+    if (!idle) {
+      if (timeout) {
+        logger_(LogLevel::kWarn, "stop timeout passed with jobs still running: cancelling them");
+      }
+      for (auto& [_, r] : runners_) r->CancelAll();
+    }
+    for (auto& [_, r] : runners_) r->Join();
+    {
+      std::lock_guard bg(background_mu_);
+      background_stop_ = true;
+    }
+    background_cv_.notify_all();
+    driver_->Interrupt();
+    if (scheduler_.joinable()) scheduler_.join();
+    if (notifier_.joinable()) notifier_.join();
+    deadlines_.Stop();
+    Status st = completer_.Stop();
+    {
+      std::lock_guard rl(lifecycle_mu_runners_);
+      runners_.clear();
+    }
+    state_ = LifeState::kStopped;
+    return st;
+  }
+
+  bool started() {
+    std::lock_guard lock(lifecycle_mu_);
+    return state_ == LifeState::kStarted;
+  }
+
+  Result<std::vector<InsertResult>> Insert(internal::Executor& ex, std::vector<InsertParams> params,
+                                           bool fast, int64_t* count, bool wake) {
+    internal::JobInsertManyParams p;
+    p.now = clock_->Now();
+    p.jobs.reserve(params.size());
+    for (auto& in : params) {
+      if (in.kind.empty()) return Status::InvalidArgument("job kind is empty");
+      SPOOL_RETURN_IF_ERROR(ValidateInsertOptions(in.options));
+      if (!IsJsonObject(in.args)) {
+        return Status::InvalidArgument(
+            fmt::format("args of kind \"{}\" are not a JSON object: {:.80}", in.kind, in.args));
+      }
+      internal::JobInsertParams j;
+      j.kind = std::move(in.kind);
+      j.args = std::move(in.args);
+      j.metadata = std::move(in.options.metadata);
+      j.queue = std::move(in.options.queue);
+      j.priority = in.options.priority;
+      j.max_attempts = in.options.max_attempts;
+      j.tags = std::move(in.options.tags);
+      j.scheduled_at = in.options.scheduled_at.value_or(p.now);
+      j.state = in.options.pending       ? JobState::kPending
+                : j.scheduled_at > p.now ? JobState::kScheduled
+                                         : JobState::kAvailable;
+      p.jobs.push_back(std::move(j));
+    }
+    std::vector<InsertResult> out;
+    if (fast) {
+      SPOOL_ASSIGN_OR_RETURN(*count, ex.JobInsertManyFast(p));
+    } else {
+      SPOOL_ASSIGN_OR_RETURN(auto rows, ex.JobInsertMany(p));
+      out.reserve(rows.size());
+      for (auto& row : rows) out.push_back(InsertResult{std::move(row), false});
+    }
+    if (wake) WakeQueues(p.jobs);
+    return out;
+  }
+
+  void Subscribe(int id, std::function<void(const Event&)> fn) {
+    std::lock_guard lock(subscribers_mu_);
+    subscribers_.emplace(id, std::move(fn));
+  }
+  void Unsubscribe(int id) {
+    std::lock_guard lock(subscribers_mu_);
+    subscribers_.erase(id);
+  }
+
+  Driver& driver() { return *driver_; }
+  const ClientOptions& options() const { return options_; }
+  const std::string& client_id() const { return client_id_; }
+  std::atomic<int> next_subscription_{1};
+
+ private:
+  enum class LifeState { kNew, kStarted, kStopped };
+
+  // Wakes the producers of queues this process works that just got available jobs, and tells
+  // other processes (PostgreSQL NOTIFY; SQLite needs nothing, data_version moves).
+  void WakeQueues(const std::vector<internal::JobInsertParams>& jobs) {
+    std::string_view last;
+    for (const auto& j : jobs) {
+      if (j.state != JobState::kAvailable || j.queue == last) continue;
+      last = j.queue;
+      {
+        std::lock_guard lock(lifecycle_mu_runners_);
+        if (auto it = runners_.find(j.queue); it != runners_.end()) it->second->Wake();
+      }
+      if (Status st = driver_->NotifyInsert(j.queue); !st.ok()) {
+        logger_(LogLevel::kDebug, "notify insert failed: " + st.ToString());
+      }
+    }
+  }
+
+  void WakeAll() {
+    std::lock_guard lock(lifecycle_mu_runners_);
+    for (auto& [_, r] : runners_) r->Wake();
+  }
+
+  void Deliver(const std::vector<Completion>& batch) {
+    std::lock_guard lock(subscribers_mu_);
+    if (subscribers_.empty()) return;
+    for (const auto& c : batch) {
+      for (auto& [_, fn] : subscribers_) fn(c.event);
+    }
+  }
+
+  // Makes due scheduled and retryable jobs available, and wakes their producers.
+  void ScheduleLoop() {
+    std::unique_lock lock(background_mu_);
+    while (!background_stop_) {
+      lock.unlock();
+      auto r = driver_->executor().JobSchedule({.now = clock_->Now(), .max = 10'000});
+      lock.lock();
+      Duration wait = options_.schedule_interval;
+      if (!r) {
+        logger_(LogLevel::kWarn, "scheduling due jobs failed: " + r.error().ToString());
+        wait = std::max<Duration>(wait, kLoopErrorBackoff);
+      } else if (r->count > 0) {
+        std::lock_guard rl(lifecycle_mu_runners_);
+        for (const auto& q : r->queues) {
+          if (auto it = runners_.find(q); it != runners_.end()) it->second->Wake();
+        }
+        // A full batch: there may be more due right now.
+        if (r->count >= 10'000) wait = Duration::zero();
+      }
+      background_cv_.wait_for(lock, wait, [&] { return background_stop_; });
+    }
+  }
+
+  // Wakes producers when another process changed the database.
+  void NotifyLoop() {
+    for (;;) {
+      {
+        std::lock_guard lock(background_mu_);
+        if (background_stop_) return;
+      }
+      auto changed = driver_->WaitForChange(options_.poll_interval);
+      if (!changed) {
+        std::unique_lock lock(background_mu_);
+        background_cv_.wait_for(lock, kLoopErrorBackoff, [&] { return background_stop_; });
+        continue;
+      }
+      if (*changed) WakeAll();
+    }
+  }
+
+  std::unique_ptr<Driver> driver_;
+  const ClientOptions options_;
+  Workers workers_;
+  std::shared_ptr<const Clock> clock_;
+  std::shared_ptr<const RetryPolicy> retry_policy_;
+  Logger logger_;
+  std::string client_id_;
+  Completer completer_;
+  DeadlineWatcher deadlines_;
+
+  std::mutex lifecycle_mu_;  // serialises Start and Stop
+  LifeState state_ = LifeState::kNew;
+  // runners_ is filled by Start and cleared by Stop under both mutexes; readers (inserts, the
+  // scheduler) take only this one.
+  std::mutex lifecycle_mu_runners_;
+  std::map<std::string, std::unique_ptr<QueueRunner>, std::less<>> runners_;
+
+  std::mutex background_mu_;
+  std::condition_variable background_cv_;
+  bool background_stop_ = false;
+  std::thread scheduler_;
+  std::thread notifier_;
+
+  std::mutex subscribers_mu_;
+  std::map<int, std::function<void(const Event&)>> subscribers_;
+};
+
+// ---- Client -----------------------------------------------------------------------------------
+
+Result<std::unique_ptr<Client>> Client::Open(std::string_view database_url, ClientOptions options,
+                                             Workers workers) {
+  SPOOL_RETURN_IF_ERROR(ValidateClientOptions(options));
+  SPOOL_RETURN_IF_ERROR(workers.status());
+  SPOOL_ASSIGN_OR_RETURN(auto driver,
+                         Driver::Open(database_url, internal::DriverOptions{options.sqlite}));
+  SPOOL_ASSIGN_OR_RETURN(const int version, driver->SchemaVersion());
+  const int latest = internal::LatestVersion(*driver);
+  if (version < latest && options.auto_migrate) {
+    SPOOL_RETURN_IF_ERROR(driver->MigrateUp(latest));
+  } else if (version == 0) {
+    return Status::FailedPrecondition(fmt::format(
+        "the database at {} has no spool tables: run `spool migration up --database-url {}` "
+        "(or set ClientOptions.auto_migrate)",
+        database_url, database_url));
+  } else if (version < latest) {
+    return Status::FailedPrecondition(fmt::format(
+        "the spool schema at {} is at version {}, this spool needs {}: run `spool migration up "
+        "--database-url {}`",
+        database_url, version, latest, database_url));
+  } else if (version > latest) {
+    return Status::FailedPrecondition(fmt::format(
+        "the spool schema at {} is at version {}, newer than this spool knows ({}): upgrade "
+        "spool, or run `spool migration down` with the newer spool to go back to {}",
+        database_url, version, latest, latest));
+  }
+  auto impl = std::make_unique<Impl>(std::move(driver), std::move(options), std::move(workers));
+  return std::unique_ptr<Client>(new Client(std::move(impl)));
+}
+
+Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Client::~Client() {
+  if (impl_ && impl_->started()) (void)impl_->Stop(kDestructorStopTimeout);
+}
+
+Status Client::Start() { return impl_->Start(*this); }
+Status Client::Stop(Duration timeout) { return impl_->Stop(std::max(Duration::zero(), timeout)); }
+Status Client::StopAndCancel() { return impl_->Stop(std::nullopt); }
+
+Result<InsertResult> Client::InsertRaw(InsertParams params) {
+  std::vector<InsertParams> v;
+  v.push_back(std::move(params));
+  SPOOL_ASSIGN_OR_RETURN(auto out, InsertMany(std::move(v)));
+  return std::move(out.front());
+}
+
+Result<std::vector<InsertResult>> Client::InsertMany(std::vector<InsertParams> params) {
+  if (params.empty()) return std::vector<InsertResult>{};
+  return impl_->Insert(impl_->driver().executor(), std::move(params), false, nullptr, true);
+}
+
+Result<int64_t> Client::InsertManyFast(std::vector<InsertParams> params) {
+  if (params.empty()) return int64_t{0};
+  int64_t count = 0;
+  SPOOL_RETURN_IF_ERROR(
+      impl_->Insert(impl_->driver().executor(), std::move(params), true, &count, true).status());
+  return count;
+}
+
+Result<InsertResult> Client::InsertRawTx(TxRef tx, InsertParams params) {
+  std::vector<InsertParams> v;
+  v.push_back(std::move(params));
+  SPOOL_ASSIGN_OR_RETURN(auto out, InsertManyTx(tx, std::move(v)));
+  return std::move(out.front());
+}
+
+Result<std::vector<InsertResult>> Client::InsertManyTx(TxRef tx, std::vector<InsertParams> params) {
+  if (params.empty()) return std::vector<InsertResult>{};
+  SPOOL_ASSIGN_OR_RETURN(auto ex, impl_->driver().ExecutorFor(tx));
+  // No wake-up: the rows are invisible until the caller commits; producers see them at the next
+  // change check (SQLite data_version) or poll.
+  return impl_->Insert(*ex, std::move(params), false, nullptr, false);
+}
+
+Result<JobRow> Client::JobGet(int64_t id) { return impl_->driver().executor().JobGetByID(id); }
+
+Result<std::vector<JobRow>> Client::JobList(const JobListParams& params) {
+  if (params.limit < 1 || params.limit > 10'000) {
+    return Status::InvalidArgument(
+        fmt::format("JobListParams.limit is {}: it must be between 1 and 10000", params.limit));
+  }
+  return impl_->driver().executor().JobList(params);
+}
+
+Result<std::map<JobState, int64_t>> Client::JobCountByState(std::string_view queue) {
+  return impl_->driver().executor().JobCountByState(queue);
+}
+
+int Client::Subscribe(std::function<void(const Event&)> fn) {
+  const int id = impl_->next_subscription_.fetch_add(1);
+  impl_->Subscribe(id, std::move(fn));
+  return id;
+}
+
+void Client::Unsubscribe(int id) { impl_->Unsubscribe(id); }
+
+const std::string& Client::client_id() const { return impl_->client_id(); }
+const ClientOptions& Client::options() const { return impl_->options(); }
+std::string_view Client::driver_name() const { return impl_->driver().Name(); }
+
+}  // namespace spool

@@ -1,0 +1,113 @@
+#include "runtime/completer.h"
+
+#include <fmt/format.h>
+
+namespace spool::internal {
+namespace {
+
+// Transient errors (busy database, dropped connection) are retried with this backoff; the
+// outcomes stay queued meanwhile, so nothing is lost while the database is away.
+constexpr auto kRetryBackoffStart = std::chrono::milliseconds(10);
+constexpr auto kRetryBackoffMax = std::chrono::seconds(2);
+// At Stop, how long to keep trying to write outcomes before giving up on them.
+constexpr auto kStopWriteDeadline = std::chrono::seconds(10);
+
+}  // namespace
+
+Completer::Completer(Executor& executor, Deliver deliver, Logger logger)
+    : executor_(executor), deliver_(std::move(deliver)), logger_(std::move(logger)) {}
+
+Completer::~Completer() {
+  if (thread_.joinable()) (void)Stop();
+}
+
+void Completer::Start() {
+  thread_ = std::thread([this] { Run(); });
+}
+
+void Completer::Add(Completion c) {
+  std::unique_lock lock(mu_);
+  space_cv_.wait(lock, [&] { return pending_.size() < kBacklogLimit || stopping_; });
+  pending_.push_back(std::move(c));
+  if (pending_.size() == 1 || pending_.size() >= kBatchTarget) cv_.notify_one();
+}
+
+Status Completer::Stop() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  space_cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  std::lock_guard lock(mu_);
+  return last_error_;
+}
+
+void Completer::Run() {
+  auto backoff = std::chrono::duration_cast<std::chrono::microseconds>(kRetryBackoffStart);
+  // max() means not stopping yet; an optional here trips g++ 12's maybe-uninitialized.
+  auto give_up_at = std::chrono::steady_clock::time_point::max();
+  std::vector<Completion> batch;
+  for (;;) {
+    {
+      std::unique_lock lock(mu_);
+      if (batch.empty()) {
+        cv_.wait(lock, [&] { return !pending_.empty() || stopping_; });
+        if (pending_.empty() && stopping_) return;
+        // A short linger lets a trickle of outcomes share one transaction.
+        if (pending_.size() < kBatchTarget && !stopping_) {
+          cv_.wait_for(lock, kLinger, [&] { return pending_.size() >= kBatchTarget || stopping_; });
+        }
+        const size_t n = std::min(pending_.size(), kMaxBatch);
+        batch.reserve(n);
+        for (size_t i = 0; i < n; ++i) {
+          batch.push_back(std::move(pending_.front()));
+          pending_.pop_front();
+        }
+      }
+    }
+    space_cv_.notify_all();
+
+    Status st = Write(batch);
+    if (st.ok()) {
+      deliver_(batch);
+      batch.clear();
+      backoff = kRetryBackoffStart;
+      give_up_at = std::chrono::steady_clock::time_point::max();
+      continue;
+    }
+    std::unique_lock lock(mu_);
+    last_error_ = st;
+    if (stopping_) {
+      if (give_up_at == std::chrono::steady_clock::time_point::max()) {
+        give_up_at = std::chrono::steady_clock::now() + kStopWriteDeadline;
+      }
+      if (std::chrono::steady_clock::now() >= give_up_at) {
+        if (logger_) {
+          logger_(LogLevel::kError,
+                  fmt::format("could not write the outcomes of {} jobs before stopping ({}); they "
+                              "stay running until rescued and will run again",
+                              batch.size() + pending_.size(), st.ToString()));
+        }
+        return;
+      }
+    }
+    if (logger_) {
+      logger_(LogLevel::kWarn, fmt::format("writing {} job outcomes failed, retrying in {}ms: {}",
+                                           batch.size(), backoff.count() / 1000, st.ToString()));
+    }
+    cv_.wait_for(lock, backoff);
+    backoff = std::min<std::chrono::microseconds>(backoff * 2, kRetryBackoffMax);
+  }
+}
+
+Status Completer::Write(const std::vector<Completion>& batch) {
+  JobSetStateIfRunningManyParams params;
+  params.jobs.reserve(batch.size());
+  for (const auto& c : batch) params.jobs.push_back(c.params);
+  auto r = executor_.JobSetStateIfRunningMany(params);
+  return r.status();
+}
+
+}  // namespace spool::internal

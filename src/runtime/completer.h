@@ -1,0 +1,58 @@
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "driver/driver.h"
+#include "spool/client.h"
+
+namespace spool::internal {
+
+// One finished attempt on its way to the database.
+struct Completion {
+  JobSetStateParams params;
+  Event event;  // delivered to subscribers once params is written
+};
+
+// Writes worker outcomes in batches: one JobSetStateIfRunningMany per batch, so completing N jobs
+// costs one transaction, not N. Batches form by themselves under load (outcomes pile up while the
+// previous batch is written); under light load an outcome waits at most `linger`. Thread safe.
+class Completer {
+ public:
+  using Deliver = std::function<void(const std::vector<Completion>&)>;
+  Completer(Executor& executor, Deliver deliver, Logger logger);
+  ~Completer();
+
+  void Start();
+  // Queues one outcome. Blocks while the backlog is over its limit (backpressure on workers).
+  void Add(Completion c);
+  // Writes everything queued, then stops the thread. Returns the last write error, if any, when
+  // outcomes could not be written (those jobs stay running until rescued).
+  Status Stop();
+
+  static constexpr size_t kBatchTarget = 512;
+  static constexpr size_t kMaxBatch = 5'000;
+  static constexpr size_t kBacklogLimit = 20'000;
+  static constexpr auto kLinger = std::chrono::microseconds(500);
+
+ private:
+  void Run();
+  Status Write(const std::vector<Completion>& batch);
+
+  Executor& executor_;
+  Deliver deliver_;
+  Logger logger_;
+  std::mutex mu_;
+  std::condition_variable cv_;        // wakes the writer thread
+  std::condition_variable space_cv_;  // wakes workers blocked on backpressure
+  std::deque<Completion> pending_;    // guarded by mu_
+  bool stopping_ = false;             // guarded by mu_
+  Status last_error_;                 // guarded by mu_
+  std::thread thread_;
+};
+
+}  // namespace spool::internal

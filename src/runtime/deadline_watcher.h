@@ -1,0 +1,47 @@
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <stop_token>
+#include <thread>
+
+#include "spool/clock.h"
+
+namespace spool::internal {
+
+// Cancels jobs whose attempt deadline has passed. Deadlines are read against the client's Clock
+// so a FakeClock drives timeouts in tests; the thread re-checks at least every kMaxNap of real
+// time because a fake clock cannot wake it. Thread safe.
+class DeadlineWatcher {
+ public:
+  explicit DeadlineWatcher(const Clock& clock) : clock_(clock) {}
+  ~DeadlineWatcher() { Stop(); }
+
+  void Start();
+  void Stop();
+  // Watches `source` until Remove(id); `timed_out` is set before the stop is requested.
+  void Add(int64_t id, TimePoint deadline, std::stop_source source, std::atomic<bool>* timed_out);
+  void Remove(int64_t id);
+
+  static constexpr auto kMaxNap = std::chrono::milliseconds(5);
+
+ private:
+  struct Entry {
+    TimePoint deadline;
+    std::stop_source source;
+    std::atomic<bool>* timed_out;
+  };
+  void Run();
+
+  const Clock& clock_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<int64_t, Entry> entries_;  // guarded by mu_
+  bool stopping_ = false;             // guarded by mu_
+  std::thread thread_;
+};
+
+}  // namespace spool::internal

@@ -1,0 +1,67 @@
+// The migration entry points of the public API: thin wrappers over the driver seam.
+#include <fmt/format.h>
+
+#include "driver/driver.h"
+#include "spool/client.h"
+
+namespace spool {
+
+using internal::Driver;
+
+namespace {
+
+Result<std::unique_ptr<Driver>> OpenForMigration(std::string_view url) {
+  return Driver::Open(url, internal::DriverOptions{});
+}
+
+Status CheckTarget(const Driver& driver, int target) {
+  const int latest = internal::LatestVersion(driver);
+  if (target < 0 || target > latest) {
+    return Status::InvalidArgument(fmt::format(
+        "migration target {} is out of range: this spool knows versions 0 to {}", target, latest));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status MigrateUp(std::string_view database_url, std::optional<int> target) {
+  SPOOL_ASSIGN_OR_RETURN(auto driver, OpenForMigration(database_url));
+  const int to = target.value_or(internal::LatestVersion(*driver));
+  SPOOL_RETURN_IF_ERROR(CheckTarget(*driver, to));
+  return driver->MigrateUp(to);
+}
+
+Status MigrateDown(std::string_view database_url, std::optional<int> target) {
+  SPOOL_ASSIGN_OR_RETURN(auto driver, OpenForMigration(database_url));
+  SPOOL_ASSIGN_OR_RETURN(const int current, driver->SchemaVersion());
+  const int to = target.value_or(std::max(0, current - 1));
+  SPOOL_RETURN_IF_ERROR(CheckTarget(*driver, to));
+  return driver->MigrateDown(to);
+}
+
+Result<std::vector<MigrationInfo>> MigrationStatus(std::string_view database_url) {
+  SPOOL_ASSIGN_OR_RETURN(auto driver, OpenForMigration(database_url));
+  SPOOL_ASSIGN_OR_RETURN(const int current, driver->SchemaVersion());
+  std::vector<MigrationInfo> out;
+  for (const auto& m : driver->Migrations()) {
+    out.push_back(MigrationInfo{m.version, m.name, m.version <= current});
+  }
+  return out;
+}
+
+Result<std::vector<std::pair<std::string, std::string>>> MigrationSql(std::string_view driver,
+                                                                      bool up) {
+  const std::vector<internal::Migration>* migrations = internal::MigrationsFor(driver);
+  if (migrations == nullptr) {
+    return Status::InvalidArgument(
+        fmt::format("unknown database kind \"{}\": valid kinds are sqlite and postgres", driver));
+  }
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& m : *migrations) {
+    out.emplace_back(fmt::format("{:03}_{}", m.version, m.name), up ? m.up : m.down);
+  }
+  return out;
+}
+
+}  // namespace spool

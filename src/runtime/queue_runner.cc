@@ -1,0 +1,304 @@
+#include "runtime/queue_runner.h"
+
+#include <cxxabi.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <memory>
+#include <typeinfo>
+
+namespace spool::internal {
+namespace {
+
+// Upper bound on one fetch even when more slots are free: keeps a claim statement short so the
+// single SQLite writer is not held for long.
+constexpr int kMaxFetch = 1'000;
+constexpr auto kFetchErrorBackoff = std::chrono::milliseconds(100);
+// How long a producer woken by a freed slot waits for fetch_batch_ free slots before fetching
+// what is free. Short enough not to matter for slow jobs, long enough for fast ones to pile up.
+constexpr auto kFetchLinger = std::chrono::microseconds(500);
+constexpr int kMaxFetchBatch = 200;
+
+std::string Demangle(const char* name) {
+  int status = 0;
+  std::unique_ptr<char, decltype(&std::free)> out(
+      abi::__cxa_demangle(name, nullptr, nullptr, &status), &std::free);
+  return status == 0 && out ? std::string(out.get()) : std::string(name);
+}
+
+std::string FormatDuration(Duration d) {
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
+  if (ms % 1000 == 0) return fmt::format("{}s", ms / 1000);
+  return fmt::format("{}ms", ms);
+}
+
+}  // namespace
+
+QueueRunner::QueueRunner(std::string name, int max_workers, RuntimeEnv env)
+    : name_(std::move(name)),
+      max_workers_(max_workers),
+      fetch_batch_(std::clamp(max_workers / 2, 1, kMaxFetchBatch)),
+      env_(env) {}
+
+QueueRunner::~QueueRunner() {
+  StopFetching();
+  CancelAll();
+  Join();
+}
+
+void QueueRunner::Start() {
+  workers_.reserve(static_cast<size_t>(max_workers_));
+  for (int i = 0; i < max_workers_; ++i) workers_.emplace_back([this] { WorkLoop(); });
+  producer_ = std::thread([this] { ProduceLoop(); });
+}
+
+void QueueRunner::Wake() {
+  {
+    std::lock_guard lock(mu_);
+    wake_ = true;
+    urgent_ = true;
+  }
+  producer_cv_.notify_one();
+}
+
+void QueueRunner::StopFetching() {
+  {
+    std::lock_guard lock(mu_);
+    stop_fetching_ = true;
+  }
+  producer_cv_.notify_all();
+}
+
+bool QueueRunner::WaitIdle(std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock lock(mu_);
+  return idle_cv_.wait_until(lock, deadline, [&] { return busy_ == 0; });
+}
+
+void QueueRunner::CancelAll() {
+  std::lock_guard lock(mu_);
+  cancel_all_ = true;
+  for (auto& [id, running] : running_) running->source.request_stop();
+  worker_cv_.notify_all();
+}
+
+void QueueRunner::Join() {
+  if (producer_.joinable()) producer_.join();
+  {
+    std::unique_lock lock(mu_);
+    // Claimed jobs still waiting for a thread are run (soft stop) or handed back (hard stop) by
+    // the worker threads before they exit, so no claimed job is left behind.
+    idle_cv_.wait(lock, [&] { return busy_ == 0; });
+    exit_workers_ = true;
+  }
+  worker_cv_.notify_all();
+  for (auto& t : workers_) {
+    if (t.joinable()) t.join();
+  }
+  workers_.clear();
+}
+
+void QueueRunner::ProduceLoop() {
+  std::unique_lock lock(mu_);
+  while (!stop_fetching_) {
+    if (!wake_ || busy_ >= max_workers_) {
+      const bool woken = producer_cv_.wait_for(lock, env_.options.poll_interval, [&] {
+        return stop_fetching_ || (wake_ && busy_ < max_workers_);
+      });
+      if (stop_fetching_) break;
+      // On timeout fetch anyway (fallback poll), provided a slot is free.
+      if (!woken && busy_ >= max_workers_) continue;
+    }
+    if (!urgent_ && max_workers_ - busy_ < fetch_batch_) {
+      producer_cv_.wait_for(lock, kFetchLinger, [&] {
+        return stop_fetching_ || urgent_ || max_workers_ - busy_ >= fetch_batch_;
+      });
+      if (stop_fetching_) break;
+    }
+    wake_ = false;
+    urgent_ = false;
+    const int n = std::min(max_workers_ - busy_, kMaxFetch);
+    busy_ += n;  // reserve the slots while the fetch runs unlocked
+    lock.unlock();
+    auto rows = env_.executor.JobGetAvailable(
+        {.queue = name_, .max = n, .client_id = env_.client_id, .now = env_.clock.Now()});
+    lock.lock();
+    if (!rows) {
+      busy_ -= n;
+      if (busy_ == 0) idle_cv_.notify_all();
+      if (env_.logger) {
+        env_.logger(LogLevel::kWarn, fmt::format("queue {}: fetching jobs failed: {}", name_,
+                                                 rows.error().ToString()));
+      }
+      wake_ = true;
+      producer_cv_.wait_for(lock, kFetchErrorBackoff, [&] { return stop_fetching_; });
+      continue;
+    }
+    const int got = static_cast<int>(rows->size());
+    busy_ -= n - got;
+    if (busy_ == 0) idle_cv_.notify_all();
+    for (auto& row : *rows) ready_.push_back(std::move(row));
+    // A full batch means more may be waiting: fetch again as soon as a slot frees.
+    if (got == n) wake_ = true;
+    WakeWorkerLocked();
+  }
+}
+
+void QueueRunner::WorkLoop() {
+  std::unique_lock lock(mu_);
+  for (;;) {
+    worker_cv_.wait(lock, [&] { return !ready_.empty() || exit_workers_; });
+    if (ready_.empty()) return;
+    JobRow job = std::move(ready_.front());
+    ready_.pop_front();
+    waking_ = false;
+    WakeWorkerLocked();
+    if (cancel_all_) {
+      // Hard stop before this claimed job started: give it back without using an attempt.
+      lock.unlock();
+      Completion c;
+      c.params = {.id = job.id, .state = JobState::kScheduled, .at = env_.clock.Now(), .error = {}};
+      c.event = {.kind = Event::Kind::kJobSnoozed, .job = std::move(job), .run_time = {}};
+      c.event.job.state = JobState::kScheduled;
+      c.event.job.attempt -= 1;
+      env_.completer.Add(std::move(c));
+      lock.lock();
+    } else {
+      Running running;
+      running_.emplace(job.id, &running);
+      const int64_t id = job.id;
+      lock.unlock();
+      // Work runs here; RunJob never throws.
+      [&] {
+        WorkerBase* worker = env_.workers.Find(job.kind);
+        Duration timeout = env_.options.job_timeout;
+        if (worker != nullptr) {
+          if (auto t = worker->Timeout(job)) timeout = *t;
+        }
+        std::atomic<bool> timed_out{false};
+        std::optional<TimePoint> deadline;
+        if (timeout > Duration::zero()) {
+          deadline = env_.clock.Now() + timeout;
+          env_.deadlines.Add(id, *deadline, running.source, &timed_out);
+        }
+        JobContext ctx(job, env_.client, running.source.get_token(), deadline, env_.logger);
+        const auto t0 = std::chrono::steady_clock::now();
+        Outcome outcome = Outcome::Done();
+        std::string trace;
+        if (worker == nullptr) {
+          outcome = Outcome::Fail(fmt::format(
+              "no worker registered for kind \"{}\": register one with Workers::Add in the "
+              "process that works queue \"{}\", or delete the job",
+              job.kind, name_));
+        } else {
+          try {
+            outcome = worker->WorkJob(ctx);
+          } catch (const std::exception& e) {
+            trace = Demangle(typeid(e).name());
+            outcome = Outcome::Fail(fmt::format("{} thrown: {}", trace, e.what()));
+          } catch (...) {
+            const std::type_info* ti = abi::__cxa_current_exception_type();
+            trace = ti != nullptr ? Demangle(ti->name()) : "unknown";
+            outcome = Outcome::Fail(fmt::format("non-standard exception thrown: {}", trace));
+          }
+        }
+        const auto run_time =
+            std::chrono::duration_cast<Duration>(std::chrono::steady_clock::now() - t0);
+        if (deadline) env_.deadlines.Remove(id);
+        Completion c = MakeCompletion(std::move(job), outcome, timed_out.load(), timeout, run_time);
+        if (c.params.error && !trace.empty()) {
+          c.params.error->trace = trace;
+          c.event.job.errors.back().trace = trace;
+        }
+        env_.completer.Add(std::move(c));
+      }();
+      lock.lock();
+      running_.erase(id);
+    }
+    --busy_;
+    SlotFreedLocked();
+  }
+}
+
+void QueueRunner::WakeWorkerLocked() {
+  // At most one wake-up in flight: a woken worker that takes a job wakes the next if jobs remain.
+  // Fast jobs are then drained by the few threads already running instead of every idle thread
+  // being woken (and context-switched) for one job each; slow jobs still fan out, one wake-up
+  // per job taken.
+  if (ready_.empty() || waking_) return;
+  waking_ = true;
+  worker_cv_.notify_one();
+}
+
+void QueueRunner::SlotFreedLocked() {
+  if (busy_ == 0) idle_cv_.notify_all();
+  // The producer needs to hear of the first free slot (to start lingering) and of enough free
+  // slots for a batch (to stop lingering); every other free slot would be a wasted wake-up.
+  const int free = max_workers_ - busy_;
+  if (free == 1 || free == fetch_batch_ || busy_ == 0) producer_cv_.notify_one();
+}
+
+Completion QueueRunner::MakeCompletion(JobRow job, const Outcome& outcome, bool timed_out,
+                                       Duration timeout, Duration run_time) const {
+  const TimePoint now = env_.clock.Now();
+  Completion c;
+  c.params.id = job.id;
+  c.event.run_time = run_time;
+  auto record_error = [&](std::string message) {
+    AttemptError e{.at = now, .attempt = job.attempt, .error = std::move(message), .trace = {}};
+    job.errors.push_back(e);
+    c.params.error = std::move(e);
+  };
+  switch (outcome.kind()) {
+    case Outcome::Kind::kDone:
+      c.params.state = JobState::kCompleted;
+      c.params.at = now;
+      c.event.kind = Event::Kind::kJobCompleted;
+      break;
+    case Outcome::Kind::kSnooze:
+      c.params.state = JobState::kScheduled;
+      c.params.at = now + std::max(Duration::zero(), outcome.snooze_delay());
+      c.event.kind = Event::Kind::kJobSnoozed;
+      job.attempt -= 1;
+      break;
+    case Outcome::Kind::kCancel:
+      c.params.state = JobState::kCancelled;
+      c.params.at = now;
+      c.event.kind = Event::Kind::kJobCancelled;
+      record_error(outcome.message().empty() ? "cancelled by its worker"
+                                             : "cancelled: " + outcome.message());
+      break;
+    case Outcome::Kind::kFail: {
+      std::string message =
+          outcome.message().empty() ? "job failed (no message)" : outcome.message();
+      if (timed_out) {
+        message = fmt::format("job timed out after {}; Work returned: {}", FormatDuration(timeout),
+                              message);
+      }
+      record_error(std::move(message));
+      if (job.attempt >= job.max_attempts) {
+        c.params.state = JobState::kDiscarded;
+        c.params.at = now;
+        c.event.kind = Event::Kind::kJobDiscarded;
+      } else {
+        std::optional<Duration> delay;
+        if (WorkerBase* w = env_.workers.Find(job.kind)) delay = w->NextRetry(job);
+        c.params.state = JobState::kRetryable;
+        c.params.at =
+            now + std::max(Duration::zero(), delay.value_or(env_.retry_policy.NextRetry(job)));
+        c.event.kind = Event::Kind::kJobFailed;
+      }
+      break;
+    }
+  }
+  job.state = c.params.state;
+  if (IsFinalState(c.params.state)) {
+    job.finalized_at = c.params.at;
+  } else {
+    job.scheduled_at = c.params.at;
+  }
+  c.event.job = std::move(job);
+  return c;
+}
+
+}  // namespace spool::internal

@@ -1,0 +1,93 @@
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <stop_token>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "driver/driver.h"
+#include "runtime/completer.h"
+#include "runtime/deadline_watcher.h"
+#include "spool/client.h"
+
+namespace spool::internal {
+
+// What a queue runner borrows from its client; all outlive the runner.
+struct RuntimeEnv {
+  Executor& executor;
+  const Clock& clock;
+  const Workers& workers;
+  const ClientOptions& options;
+  const RetryPolicy& retry_policy;
+  Completer& completer;
+  DeadlineWatcher& deadlines;
+  Client& client;
+  const Logger& logger;
+  const std::string& client_id;
+};
+
+// Works one queue: a producer thread claims batches of available jobs, never more than the free
+// worker slots, and `max_workers` threads run them and hand outcomes to the completer.
+class QueueRunner {
+ public:
+  QueueRunner(std::string name, int max_workers, RuntimeEnv env);
+  ~QueueRunner();
+
+  void Start();
+  // Asks the producer to fetch now (jobs were inserted or became due).
+  void Wake();
+  // Soft stop: no more fetches. Running and already-claimed jobs continue.
+  void StopFetching();
+  // Waits until no job is running or `deadline` passes; true if none is running.
+  bool WaitIdle(std::chrono::steady_clock::time_point deadline);
+  // Hard stop: cancels every running job's context; claimed jobs that have not started are
+  // handed back (available again, attempt not used).
+  void CancelAll();
+  // Joins every thread. REQUIRES: StopFetching, and the runner is idle or cancelled.
+  void Join();
+
+  const std::string& name() const { return name_; }
+
+ private:
+  struct Running {
+    std::stop_source source;
+  };
+  void ProduceLoop();
+  void WorkLoop();
+  void RunJob(JobRow job);
+  Completion MakeCompletion(JobRow job, const Outcome& outcome, bool timed_out, Duration timeout,
+                            Duration run_time) const;
+  // Called with mu_ held after a job finished: wakes the producer only when it is worth a fetch.
+  void SlotFreedLocked();
+  void WakeWorkerLocked();
+
+  const std::string name_;
+  const int max_workers_;
+  // Free slots worth a fetch without lingering: fetching one job per freed slot would cost one
+  // statement per job under load.
+  const int fetch_batch_;
+  RuntimeEnv env_;
+
+  std::mutex mu_;
+  std::condition_variable producer_cv_;  // wake or free slot or stop
+  std::condition_variable worker_cv_;    // ready job or stop
+  std::condition_variable idle_cv_;      // busy_ reached 0
+  std::deque<JobRow> ready_;             // claimed, waiting for a thread; guarded by mu_
+  int busy_ = 0;                         // claimed and not finished; guarded by mu_
+  bool waking_ = false;                  // a worker was woken and has not taken a job yet
+  bool wake_ = true;                     // guarded by mu_
+  bool urgent_ = true;                   // a wake from an insert: fetch without lingering
+  bool stop_fetching_ = false;           // guarded by mu_
+  bool cancel_all_ = false;              // guarded by mu_
+  bool exit_workers_ = false;            // guarded by mu_
+  std::map<int64_t, Running*> running_;  // guarded by mu_
+
+  std::thread producer_;
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace spool::internal

@@ -1,0 +1,241 @@
+// The commands as a user runs them: parsed by CLI11 in-process, in a temp working directory,
+// with the real spool library's migrations.
+#include "commands/commands.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "cli_test_util.h"
+#include "generator/generator.h"
+#include "spool/client.h"
+
+namespace spool::cli {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::ScopedCwd;
+using testing::Slurp;
+using testing::Snapshot;
+using testing::TempDir;
+using testing::WriteText;
+
+struct CliRun {
+  int code = 0;
+  std::string out;
+  std::string err;
+};
+
+// Runs `spool args...` like cli/main.cc does, capturing its output.
+CliRun Spool(std::vector<std::string> args) {
+  args.insert(args.begin(), "spool");
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  CLI::App app{"spool", "spool"};
+  app.require_subcommand(1);
+  RegisterScaffold(app);
+  CliRun run;
+  ::testing::internal::CaptureStdout();
+  ::testing::internal::CaptureStderr();
+  try {
+    app.parse(static_cast<int>(argv.size()), argv.data());
+  } catch (const CLI::CallForHelp& e) {
+    run.code = app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);
+    run.code = kExitUsage;
+  } catch (const CommandError& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    run.code = e.exit_code;
+  }
+  std::fflush(stdout);
+  std::fflush(stderr);
+  run.out = ::testing::internal::GetCapturedStdout();
+  run.err = ::testing::internal::GetCapturedStderr();
+  return run;
+}
+
+class CommandsTest : public ::testing::Test {
+ protected:
+  CommandsTest() : cwd_(tmp_.path()) {}
+  fs::path app() const { return tmp_.path() / "demo"; }
+  // Creates ./demo and makes it the working directory.
+  void NewApp(const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> args = {"new", "demo"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    const CliRun r = Spool(args);
+    ASSERT_EQ(r.code, 0) << r.err;
+    fs::current_path(app());
+  }
+  std::string MigrationFile() const {
+    for (const auto& e : fs::directory_iterator(app() / "database/migrations")) {
+      if (e.path().filename().string().ends_with("_setup_spool_queue.sql")) {
+        return e.path().string();
+      }
+    }
+    return {};
+  }
+
+  TempDir tmp_;
+  ScopedCwd cwd_;
+};
+
+TEST_F(CommandsTest, NewQueueJobHappyPathOutput) {
+  CliRun r = Spool({"new", "demo"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("created src/main.cpp"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("Next steps:\n  1. cd "), std::string::npos) << r.out;
+  fs::current_path(app());
+
+  r = Spool({"gen", "queue"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(std::regex_search(
+      r.out, std::regex("created database/migrations/[0-9]{14}_setup_spool_queue\\.sql")))
+      << r.out;
+  EXPECT_NE(r.out.find("changed src/main.cpp"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("changed CMakeLists.txt"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("created jobs/registry.cc"), std::string::npos) << r.out;
+
+  r = Spool({"gen", "job", "send-email"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("note: job name \"send-email\" was converted to \"send_email\""),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("created jobs/send_email.h"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("changed jobs/registry.cc"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("jobs::SendEmailArgs"), std::string::npos) << r.out;
+}
+
+TEST_F(CommandsTest, QueueMigrationDdlEqualsTheLibrarys) {
+  for (const char* db : {"sqlite", "postgres"}) {
+    SCOPED_TRACE(db);
+    fs::current_path(tmp_.path());
+    fs::remove_all(app());
+    NewApp({"--db", db});
+    const CliRun r = Spool({"gen", "queue"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    auto up = spool::MigrationSql(db, true);
+    auto down = spool::MigrationSql(db, false);
+    ASSERT_TRUE(up) << up.error().ToString();
+    ASSERT_TRUE(down) << down.error().ToString();
+    ASSERT_FALSE(up->empty());
+    EXPECT_EQ(Slurp(MigrationFile()), RenderQueueMigration(db, *up, *down));
+    // And every statement of the library is in the file verbatim.
+    const std::string file = Slurp(MigrationFile());
+    for (const auto& [name, sql] : *up) {
+      EXPECT_NE(file.find(sql), std::string::npos) << name;
+    }
+  }
+}
+
+TEST_F(CommandsTest, RefusedCommandsChangeNothingAndExitOne) {
+  NewApp();
+  ASSERT_EQ(Spool({"gen", "queue"}).code, 0);
+  ASSERT_EQ(Spool({"gen", "job", "send_email"}).code, 0);
+  const auto before = Snapshot(app());
+  const std::vector<std::vector<std::string>> refused = {
+      {"gen", "queue"},         {"gen", "job", "send_email"},
+      {"gen", "job", "9lives"}, {"gen", "job", "class"},
+      {"gen", "job", "../x"},   {"gen", "job", "a b"},
+      {"gen", "job", ""},       {"gen", "task", "report", "--schedule", "99 * * * *"},
+  };
+  for (const auto& args : refused) {
+    const CliRun r = Spool(args);
+    EXPECT_EQ(r.code, kExitFailed) << args.back() << "\n" << r.out << r.err;
+    EXPECT_NE(r.err.find("error: "), std::string::npos) << r.err;
+    EXPECT_EQ(Snapshot(app()), before) << args.back();
+  }
+  const CliRun dup = Spool({"gen", "job", "send_email"});
+  EXPECT_NE(dup.err.find("jobs/send_email.h"), std::string::npos) << dup.err;
+  const CliRun again = Spool({"gen", "queue"});
+  EXPECT_NE(again.err.find("queue already set up"), std::string::npos) << again.err;
+}
+
+TEST_F(CommandsTest, DryRunPrintsTheDiffAndWritesNothing) {
+  CliRun r = Spool({"new", "demo", "--dry-run"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("+++ b/src/main.cpp"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(app()));
+  NewApp();
+  const auto before = Snapshot(app());
+  r = Spool({"gen", "queue", "--dry-run"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("--- a/src/main.cpp\n+++ b/src/main.cpp\n@@"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("+#include <spool/spool.h>"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("nothing was written"), std::string::npos) << r.out;
+  EXPECT_EQ(Snapshot(app()), before);
+  ASSERT_EQ(Spool({"gen", "queue"}).code, 0);
+  const auto queued = Snapshot(app());
+  r = Spool({"gen", "task", "nightly", "--schedule", "@daily", "--dry-run"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("+++ b/jobs/nightly.h"), std::string::npos) << r.out;
+  EXPECT_EQ(Snapshot(app()), queued);
+}
+
+TEST_F(CommandsTest, BadUsageExitsTwo) {
+  EXPECT_EQ(Spool({"new"}).code, kExitUsage);
+  EXPECT_EQ(Spool({"new", "demo", "--db", "mysql"}).code, kExitUsage);
+  EXPECT_EQ(Spool({"gen"}).code, kExitUsage);
+  EXPECT_EQ(Spool({"gen", "frob"}).code, kExitUsage);
+  NewApp();
+  ASSERT_EQ(Spool({"gen", "queue"}).code, 0);
+  EXPECT_EQ(Spool({"gen", "job"}).code, kExitUsage);
+  EXPECT_EQ(Spool({"gen", "task", "report"}).code, kExitUsage);  // --schedule is required
+  EXPECT_EQ(Spool({"gen", "queue", "extra"}).code, kExitUsage);
+}
+
+TEST_F(CommandsTest, OutsideAnApp) {
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"gen", "queue"}, {"gen", "job", "x"}, {"serve", "--no-build"}}) {
+    const CliRun r = Spool(args);
+    EXPECT_EQ(r.code, kExitFailed);
+    EXPECT_NE(r.err.find("no .spoolrc here: run spool new, or cd into the app"), std::string::npos)
+        << r.err;
+  }
+}
+
+TEST_F(CommandsTest, UnknownDbKindInSpoolrc) {
+  WriteText(tmp_.path() / ".spoolrc", "app=demo\ndb=oracle\n");
+  const CliRun r = Spool({"gen", "queue"});
+  EXPECT_EQ(r.code, kExitFailed);
+  EXPECT_NE(r.err.find("db in"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("valid values are sqlite and postgres"), std::string::npos) << r.err;
+}
+
+TEST_F(CommandsTest, HelpHasUsageOptionsAndExamples) {
+  for (const auto& args : std::vector<std::vector<std::string>>{{"new", "--help"},
+                                                                {"gen", "queue", "-h"},
+                                                                {"gen", "job", "--help"},
+                                                                {"gen", "task", "--help"},
+                                                                {"serve", "--help"}}) {
+    const CliRun r = Spool(args);
+    EXPECT_EQ(r.code, 0);
+    EXPECT_NE(r.out.find("Usage:"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("Options:"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("Examples:"), std::string::npos) << r.out;
+  }
+}
+
+TEST_F(CommandsTest, ServeWithoutABuildSaysSo) {
+  NewApp();
+  const CliRun r = Spool({"serve", "--no-build"});
+  EXPECT_EQ(r.code, kExitFailed);
+  EXPECT_NE(r.err.find("build/demo not found"), std::string::npos) << r.err;
+}
+
+TEST_F(CommandsTest, ServeRunsTheAppAndReturnsItsExitCode) {
+  NewApp();
+  // A stand-in for the built app: a script that exits with a known code.
+  WriteText(app() / "build/demo", "#!/bin/sh\nexit 7\n");
+  fs::permissions(app() / "build/demo", fs::perms::owner_all);
+  const CliRun r = Spool({"serve", "--no-build"});
+  EXPECT_EQ(r.code, 7) << r.err;
+  EXPECT_NE(r.err.find("demo exited with code 7"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace spool::cli

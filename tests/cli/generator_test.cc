@@ -1,0 +1,399 @@
+// The generators on temp-dir apps, with a fixed clock and fake library migrations so the golden
+// files do not change when spool's schema does (commands_test checks the real migrations).
+#include "generator/generator.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <filesystem>
+#include <string>
+
+#include "cli_test_util.h"
+#include "commands/commands.h"
+#include "common/config.h"
+
+namespace spool::cli {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::ExpectGolden;
+using testing::Slurp;
+using testing::Snapshot;
+using testing::TempDir;
+using testing::WriteText;
+
+// 2026-11-27 21:07:51 UTC.
+const std::chrono::system_clock::time_point kNow =
+    std::chrono::system_clock::from_time_t(1795813671);
+
+std::vector<std::pair<std::string, std::string>> FakeMigrations(std::string_view driver, bool up) {
+  const std::string d(driver);
+  if (up) {
+    return {{"1_create_jobs", "CREATE TABLE spool_jobs_" + d + " (id INTEGER);\n"},
+            {"2_add_tags", "ALTER TABLE spool_jobs_" + d + " ADD COLUMN tags TEXT;"}};
+  }
+  return {{"1_create_jobs", "DROP TABLE spool_jobs_" + d + ";\n"},
+          {"2_add_tags", "ALTER TABLE spool_jobs_" + d + " DROP COLUMN tags;\n"}};
+}
+
+std::string Flat(const std::string& path) {
+  std::string out = path;
+  for (char& c : out) {
+    if (c == '/') c = '~';
+  }
+  return out + ".golden";
+}
+
+class GeneratorTest : public ::testing::Test {
+ protected:
+  // Creates the app with `spool new` in tmp_/app and returns its AppInfo.
+  AppInfo NewApp(DbKind db = DbKind::kSqlite) {
+    NewOptions options;
+    options.name = "demo";
+    options.db = db;
+    options.dir = root();
+    PlanNew(options).plan.Apply(false);
+    return LoadApp(root());
+  }
+  Generated Queue(const AppInfo& app, bool force = false) {
+    QueueOptions options;
+    options.migrations = FakeMigrations;
+    options.now = kNow;
+    options.force = force;
+    return PlanQueue(app, options);
+  }
+  fs::path root() const { return tmp_.path() / "app"; }
+  std::string Read(const std::string& rel) const { return Slurp(root() / rel); }
+
+  // Expects `fn` to throw CommandError containing `needle` and to leave the app untouched.
+  template <typename Fn>
+  void ExpectRefused(Fn fn, const std::string& needle) {
+    const auto before = Snapshot(root());
+    try {
+      fn();
+      ADD_FAILURE() << "not refused; expected: " << needle;
+    } catch (const CommandError& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(Snapshot(root()), before) << "a refused command changed the app";
+  }
+
+  TempDir tmp_;
+};
+
+TEST_F(GeneratorTest, NewMatchesGoldenFiles) {
+  NewOptions options;
+  options.name = "demo";
+  options.dir = root();
+  const Generated gen = PlanNew(options);
+  for (const auto& c : gen.plan.changes()) {
+    EXPECT_FALSE(c.before.has_value()) << c.path;
+    ExpectGolden("new_sqlite/" + Flat(c.path), c.after);
+  }
+  EXPECT_EQ(gen.plan.changes().size(), 6u);
+}
+
+TEST_F(GeneratorTest, NewRecordsDbKindAndUrlInSpoolrc) {
+  NewOptions options;
+  options.name = "shop";
+  options.db = DbKind::kPostgres;
+  options.dir = root();
+  PlanNew(options).plan.Apply(false);
+  const AppInfo app = LoadApp(root());
+  EXPECT_EQ(app.name, "shop");
+  EXPECT_EQ(app.db, DbKind::kPostgres);
+  EXPECT_EQ(app.database_url, "postgres://127.0.0.1:5432/shop");
+
+  const AppInfo sqlite = [&] {
+    TempDir other;
+    NewOptions o;
+    o.name = "lite";
+    o.dir = other.path() / "lite";
+    PlanNew(o).plan.Apply(false);
+    return LoadApp(o.dir);
+  }();
+  EXPECT_EQ(sqlite.db, DbKind::kSqlite);
+  EXPECT_EQ(sqlite.database_url, "sqlite://app.db");
+}
+
+TEST_F(GeneratorTest, NewRefusesANonEmptyFolder) {
+  WriteText(root() / "mine.txt", "x");
+  NewOptions options;
+  options.name = "demo";
+  options.dir = root();
+  ExpectRefused([&] { PlanNew(options); }, "not empty");
+}
+
+TEST_F(GeneratorTest, QueueMatchesGoldenFiles) {
+  const AppInfo app = NewApp();
+  const Generated gen = Queue(app);
+  gen.plan.Apply(false);
+  for (const char* path : {"src/main.cpp", "CMakeLists.txt", "jobs/registry.h", "jobs/registry.cc",
+                           "database/migrations/20261127210751_setup_spool_queue.sql"}) {
+    ExpectGolden("queue_sqlite/" + Flat(path), Read(path));
+  }
+}
+
+TEST_F(GeneratorTest, QueueOnPostgresAppGetsPostgresCodeAndMigrations) {
+  const AppInfo app = NewApp(DbKind::kPostgres);
+  Queue(app).plan.Apply(false);
+  ExpectGolden("queue_postgres/" + Flat("src/main.cpp"), Read("src/main.cpp"));
+  const std::string main = Read("src/main.cpp");
+  EXPECT_NE(main.find("\"postgres://127.0.0.1:5432/demo\""), std::string::npos);
+  EXPECT_NE(main.find("driver_name() != \"postgres\""), std::string::npos);
+  EXPECT_EQ(main.find("sqlite"), std::string::npos);
+  const std::string sql = Read("database/migrations/20261127210751_setup_spool_queue.sql");
+  EXPECT_NE(sql.find("spool_jobs_postgres"), std::string::npos);
+  EXPECT_EQ(sql.find("spool_jobs_sqlite"), std::string::npos);
+}
+
+TEST_F(GeneratorTest, QueueWiresEverythingMainNeedsOnce) {
+  const AppInfo app = NewApp();
+  Queue(app).plan.Apply(false);
+  const std::string main = Read("src/main.cpp");
+  for (const char* needed :
+       {"#include <spool/spool.h>", "#include \"jobs/registry.h\"", "#include <memory>",
+        "spool::Client::Open(database_url, std::move(spool_options), jobs::MakeWorkers())",
+        "spool_client->Start()", "spool_client->Stop(std::chrono::seconds(30))", "[&jobs_client]",
+        "jobs_client.InsertRaw("}) {
+    EXPECT_NE(main.find(needed), std::string::npos) << needed;
+    EXPECT_EQ(main.find(needed), main.rfind(needed)) << "twice: " << needed;
+  }
+  // Setup precedes the routes that use it, and Stop follows the server's shutdown.
+  EXPECT_LT(main.find("spool::Client::Open("), main.find("server.Post("));
+  EXPECT_LT(main.find("signal_waiter.join()"), main.find("spool_client->Stop("));
+  // The markers stay for later commands.
+  for (const char* marker :
+       {"// spool:includes", "// spool:setup", "// spool:routes", "// spool:shutdown"}) {
+    EXPECT_NE(main.find(marker), std::string::npos) << marker;
+  }
+  const std::string cmake = Read("CMakeLists.txt");
+  EXPECT_NE(cmake.find("find_package(spool 0.1 CONFIG REQUIRED)"), std::string::npos) << cmake;
+  EXPECT_NE(cmake.find("target_link_libraries(demo PRIVATE spool::spool)"), std::string::npos);
+  EXPECT_NE(cmake.find("jobs/*.cc"), std::string::npos);
+}
+
+TEST_F(GeneratorTest, QueueAddsOnlyIncludesTheAppLacks) {
+  const AppInfo app = NewApp();
+  std::string main = Read("src/main.cpp");
+  main.insert(main.find("#include <string>\n"), "#include <memory>\n");
+  WriteText(root() / "src/main.cpp", main);
+  Queue(app).plan.Apply(false);
+  main = Read("src/main.cpp");
+  EXPECT_EQ(main.find("#include <memory>"), main.rfind("#include <memory>")) << main;
+  EXPECT_NE(main.find("#include <utility>"), std::string::npos);
+  EXPECT_NE(main.find("#include <spool/spool.h>"), std::string::npos);
+}
+
+TEST_F(GeneratorTest, SecondQueueIsRefusedAndChangesNothing) {
+  const AppInfo app = NewApp();
+  Queue(app).plan.Apply(false);
+  ExpectRefused([&] { Queue(app); }, "queue already set up (jobs/registry.h exists)");
+}
+
+TEST_F(GeneratorTest, QueueWithForceRefreshesTheRegistryWithoutWiringTwice) {
+  const AppInfo app = NewApp();
+  Queue(app).plan.Apply(false);
+  PlanJob(app, "send_email", std::nullopt, false).plan.Apply(false);
+  const std::string main = Read("src/main.cpp");
+  const std::string cmake = Read("CMakeLists.txt");
+  WriteText(root() / "jobs/registry.cc", "garbage\n");
+  Queue(app, /*force=*/true).plan.Apply(true);
+  EXPECT_EQ(Read("src/main.cpp"), main);
+  EXPECT_EQ(Read("CMakeLists.txt"), cmake);
+  EXPECT_EQ(Read("jobs/registry.cc"), RenderRegistry({{"send_email", false}}));
+  // The same migration file is rewritten, not a second one added.
+  int migrations = 0;
+  for (const auto& e : fs::directory_iterator(root() / "database/migrations")) {
+    migrations += e.path().filename().string().ends_with("_setup_spool_queue.sql") ? 1 : 0;
+  }
+  EXPECT_EQ(migrations, 1);
+}
+
+TEST_F(GeneratorTest, NewRefusesAUrlOfTheOtherDbKind) {
+  NewOptions options;
+  options.name = "demo";
+  options.db = DbKind::kPostgres;
+  options.database_url = "sqlite://app.db";
+  options.dir = root();
+  EXPECT_THROW(PlanNew(options), CommandError);
+  EXPECT_FALSE(fs::exists(root()));
+}
+
+TEST_F(GeneratorTest, QueueWithoutMarkersGivesTheManualEditAndWritesNothing) {
+  const AppInfo app = NewApp();
+  std::string main = Read("src/main.cpp");
+  const std::string marker = "  // spool:setup\n";
+  main.erase(main.find(marker), marker.size());
+  WriteText(root() / "src/main.cpp", main);
+  std::string cmake = Read("CMakeLists.txt");
+  cmake.erase(cmake.find("# spool:link\n"), 13);
+  WriteText(root() / "CMakeLists.txt", cmake);
+  const auto before = Snapshot(root());
+  try {
+    Queue(app);
+    FAIL() << "wired without markers";
+  } catch (const CommandError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("nothing was written"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("src/main.cpp: no `// spool:setup` marker"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("spool::Client::Open("), std::string::npos) << msg;
+    EXPECT_NE(msg.find("CMakeLists.txt: no `# spool:link` marker"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("target_link_libraries(demo PRIVATE spool::spool)"), std::string::npos)
+        << msg;
+    // Markers that are present are not part of the manual instructions.
+    EXPECT_EQ(msg.find("// spool:routes"), std::string::npos) << msg;
+  }
+  EXPECT_EQ(Snapshot(root()), before);
+}
+
+TEST_F(GeneratorTest, QueueMigrationTimestampSkipsATakenSecond) {
+  const AppInfo app = NewApp();
+  WriteText(root() / "database/migrations/20261127210751_create_users.sql", "-- users\n");
+  Queue(app).plan.Apply(false);
+  EXPECT_TRUE(fs::exists(root() / "database/migrations/20261127210752_setup_spool_queue.sql"));
+}
+
+TEST_F(GeneratorTest, QueueMigrationHoldsTheLibraryDdlUpThenDownReversed) {
+  const std::string text = RenderQueueMigration("sqlite", FakeMigrations("sqlite", true),
+                                                FakeMigrations("sqlite", false));
+  const size_t up = text.find("-- +goose Up");
+  const size_t down = text.find("-- +goose Down");
+  ASSERT_LT(up, down);
+  EXPECT_LT(text.find("CREATE TABLE spool_jobs_sqlite"), text.find("ADD COLUMN tags"));
+  EXPECT_LT(down, text.find("DROP COLUMN tags"));
+  EXPECT_LT(text.find("DROP COLUMN tags"), text.find("DROP TABLE"));
+}
+
+TEST_F(GeneratorTest, JobMatchesGoldenFiles) {
+  const AppInfo app = NewApp();
+  Queue(app).plan.Apply(false);
+  const Generated gen = PlanJob(app, "send_email", std::nullopt, false);
+  EXPECT_TRUE(gen.notes.empty());
+  gen.plan.Apply(false);
+  for (const char* path : {"jobs/send_email.h", "jobs/send_email.cc",
+                           "tests/jobs/send_email_test.cc", "jobs/registry.cc"}) {
+    ExpectGolden("job_send_email/" + Flat(path), Read(path));
+  }
+}
+
+TEST_F(GeneratorTest, JobTypeNamesAllComeFromCamelCase) {
+  const AppInfo app = NewApp();
+  Queue(app).plan.Apply(false);
+  PlanJob(app, "sync_api", std::nullopt, false).plan.Apply(false);
+  const std::string all = Read("jobs/sync_api.h") + Read("jobs/sync_api.cc") +
+                          Read("tests/jobs/sync_api_test.cc") + Read("jobs/registry.cc");
+  EXPECT_EQ(all.find("SyncApi"), std::string::npos);
+  for (const char* name : {"SyncAPIArgs", "SyncAPIWorker", "SyncAPITest"}) {
+    EXPECT_NE(all.find(name), std::string::npos) << name;
+  }
+  EXPECT_NE(Read("jobs/sync_api.h").find("kKind = \"sync_api\""), std::string::npos);
+}
+
+TEST_F(GeneratorTest, JobNameIsConvertedWithANote) {
+  const AppInfo app = NewApp();
+  Queue(app).plan.Apply(false);
+  const Generated gen = PlanJob(app, "SendEmail", std::nullopt, false);
+  ASSERT_EQ(gen.notes.size(), 1u);
+  EXPECT_NE(gen.notes[0].find("send_email"), std::string::npos);
+  EXPECT_EQ(gen.plan.changes()[0].path, "jobs/send_email.h");
+}
+
+TEST_F(GeneratorTest, JobRefusals) {
+  const AppInfo app = NewApp();
+  ExpectRefused([&] { PlanJob(app, "send_email", std::nullopt, false); },
+                "run spool gen queue first");
+  Queue(app).plan.Apply(false);
+  PlanJob(app, "send_email", std::nullopt, false).plan.Apply(false);
+  ExpectRefused([&] { PlanJob(app, "send_email", std::nullopt, false); },
+                "job send_email already exists (jobs/send_email.h)");
+  ExpectRefused([&] { PlanJob(app, "SendEmail", std::nullopt, false); },
+                "already exists (jobs/send_email.h)");
+  for (const char* bad : {"9lives", "class", "../x", "a b", ""}) {
+    ExpectRefused([&] { PlanJob(app, bad, std::nullopt, false); }, "snake_case C++ identifier");
+  }
+}
+
+TEST_F(GeneratorTest, ForceRewritesAJobAsAnEdit) {
+  const AppInfo app = NewApp();
+  Queue(app).plan.Apply(false);
+  PlanJob(app, "send_email", std::nullopt, false).plan.Apply(false);
+  WriteText(root() / "jobs/send_email.cc", "// broken by hand\n");
+  const Generated gen = PlanJob(app, "send_email", std::nullopt, true);
+  ASSERT_EQ(gen.plan.changes().size(), 1u);  // only the changed file
+  EXPECT_EQ(gen.plan.changes()[0].path, "jobs/send_email.cc");
+  EXPECT_TRUE(gen.plan.changes()[0].before.has_value());
+  gen.plan.Apply(true);
+  EXPECT_NE(Read("jobs/send_email.cc").find("SendEmailWorker::Work"), std::string::npos);
+}
+
+TEST_F(GeneratorTest, RegistryIsRegeneratedWholeFromTheJobFiles) {
+  const AppInfo app = NewApp();
+  Queue(app).plan.Apply(false);
+  PlanJob(app, "alpha", std::nullopt, false).plan.Apply(false);
+  PlanJob(app, "beta", std::nullopt, false).plan.Apply(false);
+  // The user deletes alpha and scribbles over the registry; a helper header is not a job.
+  fs::remove(root() / "jobs/alpha.h");
+  fs::remove(root() / "jobs/alpha.cc");
+  WriteText(root() / "jobs/registry.cc", "garbage\n");
+  WriteText(root() / "jobs/helpers.h", "#pragma once\n");
+  PlanJob(app, "gamma", std::nullopt, false).plan.Apply(false);
+  EXPECT_EQ(Read("jobs/registry.cc"), RenderRegistry({{"beta", false}, {"gamma", false}}));
+  EXPECT_EQ(Read("jobs/registry.cc").find("alpha"), std::string::npos);
+}
+
+TEST_F(GeneratorTest, TaskMatchesGoldenAndRegistersItsSchedule) {
+  const AppInfo app = NewApp();
+  Queue(app).plan.Apply(false);
+  PlanJob(app, "send_email", std::nullopt, false).plan.Apply(false);
+  PlanJob(app, "nightly_report", std::string("0 3 * * *"), false).plan.Apply(false);
+  ExpectGolden("task_nightly_report/" + Flat("jobs/nightly_report.h"),
+               Read("jobs/nightly_report.h"));
+  ExpectGolden("task_nightly_report/" + Flat("jobs/registry.cc"), Read("jobs/registry.cc"));
+  EXPECT_NE(
+      Read("jobs/registry.cc")
+          .find("{\"nightly_report\", NightlyReportArgs::kSchedule, NightlyReportArgs::kKind}"),
+      std::string::npos);
+}
+
+TEST_F(GeneratorTest, BadCronIsRefusedBeforeAnythingIsWritten) {
+  const AppInfo app = NewApp();
+  Queue(app).plan.Apply(false);
+  for (const char* bad : {"61 * * * *", "* * *", "every day", "0 0 30 2 *", ""}) {
+    ExpectRefused([&] { PlanJob(app, "report", std::string(bad), false); }, "cron");
+  }
+}
+
+TEST_F(GeneratorTest, LoadAppErrors) {
+  try {
+    LoadApp(tmp_.path());
+    FAIL();
+  } catch (const CommandError& e) {
+    EXPECT_STREQ(e.what(), "no .spoolrc here: run spool new, or cd into the app");
+  }
+  WriteText(tmp_.path() / ".spoolrc", "app=demo\ndb=mysql\n");
+  try {
+    LoadApp(tmp_.path());
+    FAIL();
+  } catch (const CommandError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("db in"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("\"mysql\""), std::string::npos) << msg;
+    EXPECT_NE(msg.find("sqlite and postgres"), std::string::npos) << msg;
+  }
+  WriteText(tmp_.path() / ".spoolrc", "app=demo\ndb=postgres\ndatabase_url=sqlite://x.db\n");
+  EXPECT_THROW(LoadApp(tmp_.path()), CommandError);
+}
+
+TEST(InsertAtMarkerTest, InsertsBeforeTheMarkerOnceAndReportsAMissingOne) {
+  const std::string text = "a\n  // m\nb\n";
+  EXPECT_EQ(InsertAtMarker(text, "// m", "  x\n", "x"), "a\n  x\n  // m\nb\n");
+  EXPECT_EQ(InsertAtMarker("a\n  x\n  // m\n", "// m", "  x\n", "x"), "a\n  x\n  // m\n");
+  EXPECT_EQ(InsertAtMarker(text, "// other", "x\n", "x"), std::nullopt);
+  EXPECT_EQ(InsertAtMarker("// m  \r\n", "// m", "x\n", "x"), "x\n// m  \r\n");
+  // A marker must be the whole line, not part of one.
+  EXPECT_EQ(InsertAtMarker("int a;  // m\n", "// m", "x\n", "x"), std::nullopt);
+}
+
+}  // namespace
+}  // namespace spool::cli

@@ -1,0 +1,886 @@
+// The specification of the driver seam. Generic: every driver runs these cases unchanged, so they
+// speak only through driver.h. See conformance.h for how a driver instantiates them.
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "conformance/conformance.h"
+#include "driver/driver.h"
+#include "spool/job.h"
+
+using spool::JobRow;
+using spool::JobState;
+using spool::Status;
+using spool::TimePoint;
+using spool::internal::Driver;
+using spool::internal::JobGetAvailableParams;
+using spool::internal::JobInsertManyParams;
+using spool::internal::JobInsertParams;
+using spool::internal::JobScheduleParams;
+using spool::internal::JobSetStateIfRunningManyParams;
+using spool::internal::JobSetStateParams;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+namespace {
+
+// A fixed "now", far from the epoch and from the test run's real time.
+const TimePoint kT0{seconds(1'800'000'000)};
+
+JobInsertParams Job(std::string kind = "test_kind", std::string queue = "default") {
+  JobInsertParams p;
+  p.kind = std::move(kind);
+  p.queue = std::move(queue);
+  p.scheduled_at = kT0;
+  return p;
+}
+
+JobInsertParams JobAt(std::string queue, TimePoint scheduled_at, int priority = 1,
+                      JobState state = JobState::kAvailable) {
+  JobInsertParams p = Job("test_kind", std::move(queue));
+  p.scheduled_at = scheduled_at;
+  p.priority = priority;
+  p.state = state;
+  return p;
+}
+
+JobInsertManyParams Many(std::vector<JobInsertParams> jobs, TimePoint now = kT0) {
+  return JobInsertManyParams{std::move(jobs), now};
+}
+
+JobGetAvailableParams Fetch(std::string queue, int max, TimePoint now = kT0,
+                            std::string client_id = "client-1") {
+  JobGetAvailableParams p;
+  p.queue = std::move(queue);
+  p.max = max;
+  p.now = now;
+  p.client_id = std::move(client_id);
+  return p;
+}
+
+JobSetStateParams Outcome(int64_t id, JobState state, TimePoint at,
+                          std::optional<spool::AttemptError> error = std::nullopt) {
+  JobSetStateParams p;
+  p.id = id;
+  p.state = state;
+  p.at = at;
+  p.error = std::move(error);
+  return p;
+}
+
+std::vector<int64_t> Ids(const std::vector<JobRow>& rows) {
+  std::vector<int64_t> ids;
+  for (const auto& r : rows) ids.push_back(r.id);
+  return ids;
+}
+
+// JSON compared by value: a driver may normalise whitespace or key order.
+nlohmann::json Json(const std::string& text) { return nlohmann::json::parse(text); }
+
+}  // namespace
+
+void DriverConformanceTest::SetUp() {
+  auto driver = GetParam().open_fresh();
+  ASSERT_TRUE(driver.has_value()) << driver.error().ToString();
+  driver_ = std::move(*driver);
+}
+
+// ---- insert -----------------------------------------------------------------------------------
+
+TEST_P(DriverConformanceTest, InsertManyReturnsRowsInInputOrderWithDefaults) {
+  JobInsertParams a = Job("kind_a", "q1");
+  JobInsertParams b = Job("kind_b", "q2");
+  b.priority = 3;
+  b.max_attempts = 7;
+  b.args = R"({"to":"a@b.c","n":2})";
+  b.metadata = R"({"m":{"k":[1,2]}})";
+  b.tags = {"urgent", "mail"};
+  b.scheduled_at = kT0 - seconds(5);
+  JobInsertParams c = Job("kind_c", "q1");
+  c.tags = {"with \"quote\" and \\ backslash", "ünïcödé"};
+
+  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobInsertMany(Many({a, b, c}, kT0 + seconds(1))));
+  ASSERT_EQ(rows.size(), 3u);
+  EXPECT_EQ(rows[0].kind, "kind_a");
+  EXPECT_EQ(rows[1].kind, "kind_b");
+  EXPECT_EQ(rows[2].kind, "kind_c");
+  EXPECT_LT(rows[0].id, rows[1].id);
+  EXPECT_LT(rows[1].id, rows[2].id);
+
+  const JobRow& r = rows[1];
+  EXPECT_EQ(r.state, JobState::kAvailable);
+  EXPECT_EQ(r.attempt, 0);
+  EXPECT_EQ(r.max_attempts, 7);
+  EXPECT_FALSE(r.attempted_at.has_value());
+  EXPECT_TRUE(r.attempted_by.empty());
+  EXPECT_EQ(r.created_at, kT0 + seconds(1));
+  EXPECT_EQ(r.scheduled_at, kT0 - seconds(5));
+  EXPECT_FALSE(r.finalized_at.has_value());
+  EXPECT_EQ(r.priority, 3);
+  EXPECT_EQ(r.queue, "q2");
+  EXPECT_EQ(Json(r.args), Json(b.args));
+  EXPECT_EQ(Json(r.metadata), Json(b.metadata));
+  EXPECT_EQ(r.tags, b.tags);
+  EXPECT_TRUE(r.errors.empty());
+
+  EXPECT_EQ(rows[0].priority, 1);
+  EXPECT_EQ(rows[0].max_attempts, 25);
+  EXPECT_EQ(Json(rows[0].args), nlohmann::json::object());
+  EXPECT_EQ(Json(rows[0].metadata), nlohmann::json::object());
+  EXPECT_TRUE(rows[0].tags.empty());
+  EXPECT_EQ(rows[2].tags, c.tags);
+
+  // What was returned is what is stored.
+  CONF_ASSIGN_OR_FAIL(JobRow got, exec().JobGetByID(r.id));
+  EXPECT_EQ(got.kind, "kind_b");
+  EXPECT_EQ(got.created_at, r.created_at);
+  EXPECT_EQ(got.scheduled_at, r.scheduled_at);
+  EXPECT_EQ(got.tags, r.tags);
+  EXPECT_EQ(Json(got.args), Json(b.args));
+  CONF_ASSIGN_OR_FAIL(JobRow got_c, exec().JobGetByID(rows[2].id));
+  EXPECT_EQ(got_c.tags, c.tags);
+}
+
+TEST_P(DriverConformanceTest, InsertManyKeepsInputOrderAcrossManyRows) {
+  std::vector<JobInsertParams> jobs;
+  for (int i = 0; i < 601; ++i) jobs.push_back(Job("kind_" + std::to_string(i)));
+  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobInsertMany(Many(jobs)));
+  ASSERT_EQ(rows.size(), jobs.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    EXPECT_EQ(rows[i].kind, jobs[i].kind) << i;
+    if (i > 0) {
+      EXPECT_LT(rows[i - 1].id, rows[i].id);
+    }
+  }
+}
+
+TEST_P(DriverConformanceTest, InsertStoresAvailableScheduledAndPendingAsGiven) {
+  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobInsertMany(Many({
+                                     JobAt("q", kT0 - seconds(1), 1, JobState::kAvailable),
+                                     JobAt("q", kT0 + seconds(60), 1, JobState::kScheduled),
+                                     JobAt("q", kT0 - seconds(1), 1, JobState::kPending),
+                                 })));
+  ASSERT_EQ(rows.size(), 3u);
+  EXPECT_EQ(rows[0].state, JobState::kAvailable);
+  EXPECT_EQ(rows[1].state, JobState::kScheduled);
+  EXPECT_EQ(rows[2].state, JobState::kPending);
+  for (const auto& r : rows) EXPECT_FALSE(r.finalized_at.has_value());
+
+  // Only the available one can be fetched, even when pending's scheduled_at has passed.
+  CONF_ASSIGN_OR_FAIL(auto fetched, exec().JobGetAvailable(Fetch("q", 10, kT0 + seconds(120))));
+  ASSERT_EQ(fetched.size(), 1u);
+  EXPECT_EQ(fetched[0].id, rows[0].id);
+}
+
+TEST_P(DriverConformanceTest, InsertManyFastReturnsCountAndStoresRows) {
+  std::vector<JobInsertParams> jobs;
+  for (int i = 0; i < 1037; ++i) jobs.push_back(Job("fast", i % 3 == 0 ? "qa" : "qb"));
+  jobs[5].tags = {"t"};
+  CONF_ASSIGN_OR_FAIL(int64_t n, exec().JobInsertManyFast(Many(jobs)));
+  EXPECT_EQ(n, 1037);
+  CONF_ASSIGN_OR_FAIL(auto all, exec().JobCountByState(""));
+  EXPECT_EQ(all, (std::map<JobState, int64_t>{{JobState::kAvailable, 1037}}));
+  CONF_ASSIGN_OR_FAIL(auto qa, exec().JobCountByState("qa"));
+  EXPECT_EQ(qa[JobState::kAvailable], 346);
+  spool::JobListParams list;
+  list.limit = 10;
+  CONF_ASSIGN_OR_FAIL(auto first, exec().JobList(list));
+  ASSERT_EQ(first.size(), 10u);
+  EXPECT_EQ(first[5].tags, std::vector<std::string>{"t"});
+  EXPECT_EQ(first[0].created_at, kT0);
+}
+
+TEST_P(DriverConformanceTest, InsertNothingIsANoOp) {
+  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobInsertMany(Many({})));
+  EXPECT_TRUE(rows.empty());
+  CONF_ASSIGN_OR_FAIL(int64_t n, exec().JobInsertManyFast(Many({})));
+  EXPECT_EQ(n, 0);
+}
+
+TEST_P(DriverConformanceTest, InsertRejectsInvalidRowsAndInsertsNothing) {
+  std::vector<JobInsertParams> jobs(300, Job());
+  jobs[250].state = JobState::kRunning;
+  auto r1 = exec().JobInsertMany(Many(jobs));
+  EXPECT_TRUE(r1.error().IsInvalidArgument()) << r1.error().ToString();
+  jobs[250].state = JobState::kAvailable;
+  jobs[299].priority = 9;
+  auto r2 = exec().JobInsertManyFast(Many(jobs));
+  EXPECT_TRUE(r2.error().IsInvalidArgument()) << r2.error().ToString();
+  jobs[299].priority = 1;
+  jobs[0].max_attempts = 0;
+  auto r3 = exec().JobInsertManyFast(Many(jobs));
+  EXPECT_TRUE(r3.error().IsInvalidArgument()) << r3.error().ToString();
+  CONF_ASSIGN_OR_FAIL(auto counts, exec().JobCountByState(""));
+  EXPECT_TRUE(counts.empty());
+}
+
+TEST_P(DriverConformanceTest, SharedExecutorIsThreadSafe) {
+  constexpr int kThreads = 4;
+  constexpr int kPerThread = 50;
+  std::vector<std::future<Status>> done;
+  for (int t = 0; t < kThreads; ++t) {
+    done.push_back(std::async(std::launch::async, [this] {
+      for (int i = 0; i < kPerThread; ++i) {
+        auto r = exec().JobInsertMany(Many({Job(), Job()}));
+        if (!r) return r.error();
+      }
+      return Status::Ok();
+    }));
+  }
+  for (auto& f : done) CONF_ASSERT_OK(f.get());
+  CONF_ASSIGN_OR_FAIL(auto counts, exec().JobCountByState(""));
+  EXPECT_EQ(counts[JobState::kAvailable], kThreads * kPerThread * 2);
+}
+
+// ---- fetch ------------------------------------------------------------------------------------
+
+TEST_P(DriverConformanceTest, FetchRespectsQueueMaxStateAndScheduledAt) {
+  std::vector<JobInsertParams> jobs;
+  for (int i = 0; i < 5; ++i) jobs.push_back(JobAt("q1", kT0 - seconds(10)));
+  jobs.push_back(JobAt("q2", kT0 - seconds(10)));
+  jobs.push_back(JobAt("q2", kT0 - seconds(10)));
+  jobs.push_back(JobAt("q1", kT0 - seconds(20), 1, JobState::kScheduled));  // due, not available
+  jobs.push_back(JobAt("q1", kT0 - seconds(20), 1, JobState::kPending));
+  jobs.push_back(JobAt("q1", kT0 + seconds(1)));  // available but in the future
+  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobInsertMany(Many(jobs)));
+
+  CONF_ASSIGN_OR_FAIL(auto none, exec().JobGetAvailable(Fetch("q1", 0)));
+  EXPECT_TRUE(none.empty());
+  CONF_ASSIGN_OR_FAIL(auto first, exec().JobGetAvailable(Fetch("q1", 3)));
+  ASSERT_EQ(first.size(), 3u);
+  CONF_ASSIGN_OR_FAIL(auto second, exec().JobGetAvailable(Fetch("q1", 10)));
+  ASSERT_EQ(second.size(), 2u);
+  CONF_ASSIGN_OR_FAIL(auto third, exec().JobGetAvailable(Fetch("q1", 10)));
+  EXPECT_TRUE(third.empty());
+
+  std::set<int64_t> got;
+  for (const auto& r : first) got.insert(r.id);
+  for (const auto& r : second) got.insert(r.id);
+  EXPECT_EQ(got, (std::set<int64_t>{rows[0].id, rows[1].id, rows[2].id, rows[3].id, rows[4].id}));
+  for (const auto& r : first) {
+    EXPECT_EQ(r.queue, "q1");
+    EXPECT_EQ(r.state, JobState::kRunning);
+  }
+
+  CONF_ASSIGN_OR_FAIL(auto q2, exec().JobCountByState("q2"));
+  EXPECT_EQ(q2, (std::map<JobState, int64_t>{{JobState::kAvailable, 2}}));
+
+  // Once its time comes the future job is fetched too.
+  CONF_ASSIGN_OR_FAIL(auto later, exec().JobGetAvailable(Fetch("q1", 10, kT0 + seconds(1))));
+  ASSERT_EQ(later.size(), 1u);
+  EXPECT_EQ(later[0].id, rows[9].id);
+}
+
+TEST_P(DriverConformanceTest, FetchOrdersByPriorityThenScheduledAtThenId) {
+  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobInsertMany(Many({
+                                     JobAt("q", kT0 - seconds(1), 2),    // A
+                                     JobAt("q", kT0 - seconds(1), 1),    // B
+                                     JobAt("q", kT0 - seconds(5), 1),    // C
+                                     JobAt("q", kT0 - seconds(1), 1),    // D
+                                     JobAt("q", kT0 - seconds(100), 4),  // E
+                                 })));
+  const std::vector<int64_t> want = {rows[2].id, rows[1].id, rows[3].id, rows[0].id, rows[4].id};
+
+  CONF_ASSIGN_OR_FAIL(auto all, exec().JobGetAvailable(Fetch("q", 10)));
+  EXPECT_EQ(Ids(all), want);
+
+  // The order also decides which jobs a smaller batch takes.
+  CONF_ASSERT_OK(driver().MigrateDown(0));
+  CONF_ASSERT_OK(driver().MigrateUp(spool::internal::LatestVersion(driver())));
+  CONF_ASSIGN_OR_FAIL(auto again, exec().JobInsertMany(Many({
+                                      JobAt("q", kT0 - seconds(1), 2),
+                                      JobAt("q", kT0 - seconds(1), 1),
+                                      JobAt("q", kT0 - seconds(5), 1),
+                                      JobAt("q", kT0 - seconds(1), 1),
+                                      JobAt("q", kT0 - seconds(100), 4),
+                                  })));
+  std::vector<int64_t> one_by_one;
+  for (int i = 0; i < 5; ++i) {
+    CONF_ASSIGN_OR_FAIL(auto one, exec().JobGetAvailable(Fetch("q", 1)));
+    ASSERT_EQ(one.size(), 1u);
+    one_by_one.push_back(one[0].id);
+  }
+  EXPECT_EQ(one_by_one, (std::vector<int64_t>{again[2].id, again[1].id, again[3].id, again[0].id,
+                                              again[4].id}));
+}
+
+TEST_P(DriverConformanceTest, FetchIncrementsAttemptAndRecordsClient) {
+  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobInsertMany(Many({Job("k", "q")})));
+  const int64_t id = rows[0].id;
+
+  CONF_ASSIGN_OR_FAIL(auto f1, exec().JobGetAvailable(Fetch("q", 1, kT0, "client-a")));
+  ASSERT_EQ(f1.size(), 1u);
+  EXPECT_EQ(f1[0].id, id);
+  EXPECT_EQ(f1[0].state, JobState::kRunning);
+  EXPECT_EQ(f1[0].attempt, 1);
+  EXPECT_EQ(f1[0].attempted_at, std::optional<TimePoint>(kT0));
+  EXPECT_EQ(f1[0].attempted_by, std::vector<std::string>{"client-a"});
+  EXPECT_EQ(f1[0].scheduled_at, kT0);
+
+  // Fail it, make it due again, fetch with another client.
+  CONF_ASSIGN_OR_FAIL(int64_t n, exec().JobSetStateIfRunningMany(
+                                     {{Outcome(id, JobState::kRetryable, kT0 + seconds(1))}}));
+  EXPECT_EQ(n, 1);
+  CONF_ASSIGN_OR_FAIL(auto sched, exec().JobSchedule({kT0 + seconds(1), 100}));
+  EXPECT_EQ(sched.count, 1);
+  CONF_ASSIGN_OR_FAIL(auto f2, exec().JobGetAvailable(Fetch("q", 1, kT0 + seconds(2), "client-b")));
+  ASSERT_EQ(f2.size(), 1u);
+  EXPECT_EQ(f2[0].attempt, 2);
+  EXPECT_EQ(f2[0].attempted_at, std::optional<TimePoint>(kT0 + seconds(2)));
+  EXPECT_EQ(f2[0].attempted_by, (std::vector<std::string>{"client-a", "client-b"}));
+
+  CONF_ASSIGN_OR_FAIL(JobRow stored, exec().JobGetByID(id));
+  EXPECT_EQ(stored.state, JobState::kRunning);
+  EXPECT_EQ(stored.attempt, 2);
+  EXPECT_EQ(stored.attempted_by, f2[0].attempted_by);
+}
+
+TEST_P(DriverConformanceTest, AttemptedByKeepsTheLast100Clients) {
+  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobInsertMany(Many({Job("k", "q")})));
+  const int64_t id = rows[0].id;
+  for (int i = 0; i < 103; ++i) {
+    CONF_ASSIGN_OR_FAIL(auto got,
+                        exec().JobGetAvailable(Fetch("q", 1, kT0, "c" + std::to_string(i))));
+    ASSERT_EQ(got.size(), 1u) << i;
+    // Snooze to now (does not use an attempt), then make it available again.
+    CONF_ASSIGN_OR_FAIL(
+        int64_t n, exec().JobSetStateIfRunningMany({{Outcome(id, JobState::kScheduled, kT0)}}));
+    ASSERT_EQ(n, 1);
+    CONF_ASSIGN_OR_FAIL(auto s, exec().JobSchedule({kT0, 10}));
+    ASSERT_EQ(s.count, 1);
+  }
+  CONF_ASSIGN_OR_FAIL(JobRow job, exec().JobGetByID(id));
+  ASSERT_EQ(job.attempted_by.size(), 100u);
+  EXPECT_EQ(job.attempted_by.front(), "c3");
+  EXPECT_EQ(job.attempted_by.back(), "c102");
+  EXPECT_EQ(job.attempt, 0);
+}
+
+TEST_P(DriverConformanceTest, ConcurrentFetchersNeverGetTheSameJob) {
+  constexpr int kJobs = 1500;
+  std::vector<JobInsertParams> jobs(kJobs, Job("k", "shared"));
+  CONF_ASSIGN_OR_FAIL(int64_t inserted, exec().JobInsertManyFast(Many(jobs)));
+  ASSERT_EQ(inserted, kJobs);
+  CONF_ASSIGN_OR_FAIL(auto other, GetParam().open_again());
+
+  // Two fetchers per driver instance: within one process and across "processes".
+  auto fetch_all = [](spool::internal::Executor* ex, std::string client) {
+    std::vector<int64_t> ids;
+    for (;;) {
+      auto got = ex->JobGetAvailable(Fetch("shared", 7, kT0, client));
+      if (!got) {
+        if (got.error().IsTransient()) continue;  // a contended lock: what a producer retries
+        ADD_FAILURE() << got.error().ToString();
+        return ids;
+      }
+      if (got->empty()) return ids;
+      for (const auto& r : *got) ids.push_back(r.id);
+    }
+  };
+  std::vector<std::future<std::vector<int64_t>>> workers;
+  workers.push_back(std::async(std::launch::async, fetch_all, &exec(), "a1"));
+  workers.push_back(std::async(std::launch::async, fetch_all, &exec(), "a2"));
+  workers.push_back(std::async(std::launch::async, fetch_all, &other->executor(), "b1"));
+  workers.push_back(std::async(std::launch::async, fetch_all, &other->executor(), "b2"));
+  std::vector<int64_t> all;
+  for (auto& w : workers) {
+    auto ids = w.get();
+    all.insert(all.end(), ids.begin(), ids.end());
+  }
+  std::set<int64_t> unique(all.begin(), all.end());
+  EXPECT_EQ(unique.size(), all.size()) << "a job was handed to two fetchers";
+  EXPECT_EQ(all.size(), static_cast<size_t>(kJobs));
+  CONF_ASSIGN_OR_FAIL(auto counts, exec().JobCountByState("shared"));
+  EXPECT_EQ(counts, (std::map<JobState, int64_t>{{JobState::kRunning, kJobs}}));
+}
+
+// ---- outcomes ---------------------------------------------------------------------------------
+
+TEST_P(DriverConformanceTest, SetStateAppliesEachOutcome) {
+  std::vector<JobInsertParams> jobs(6, Job("k", "q"));
+  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobInsertMany(Many(jobs)));
+  CONF_ASSIGN_OR_FAIL(auto running, exec().JobGetAvailable(Fetch("q", 10)));
+  ASSERT_EQ(running.size(), 6u);
+  const spool::AttemptError err{kT0 + seconds(1), 1, "boom: \"quoted\"", "std::runtime_error"};
+
+  CONF_ASSIGN_OR_FAIL(int64_t n,
+                      exec().JobSetStateIfRunningMany({{
+                          Outcome(rows[0].id, JobState::kCompleted, kT0 + seconds(1)),
+                          Outcome(rows[1].id, JobState::kRetryable, kT0 + seconds(10), err),
+                          Outcome(rows[2].id, JobState::kDiscarded, kT0 + seconds(2), err),
+                          Outcome(rows[3].id, JobState::kCancelled, kT0 + seconds(3)),
+                          Outcome(rows[4].id, JobState::kScheduled, kT0 + seconds(60)),
+                      }}));
+  EXPECT_EQ(n, 5);
+
+  CONF_ASSIGN_OR_FAIL(JobRow completed, exec().JobGetByID(rows[0].id));
+  EXPECT_EQ(completed.state, JobState::kCompleted);
+  EXPECT_EQ(completed.finalized_at, std::optional<TimePoint>(kT0 + seconds(1)));
+  EXPECT_EQ(completed.attempt, 1);
+  EXPECT_TRUE(completed.errors.empty());
+
+  CONF_ASSIGN_OR_FAIL(JobRow retryable, exec().JobGetByID(rows[1].id));
+  EXPECT_EQ(retryable.state, JobState::kRetryable);
+  EXPECT_EQ(retryable.scheduled_at, kT0 + seconds(10));
+  EXPECT_FALSE(retryable.finalized_at.has_value());
+  EXPECT_EQ(retryable.attempt, 1);
+  ASSERT_EQ(retryable.errors.size(), 1u);
+  EXPECT_EQ(retryable.errors[0].at, err.at);
+  EXPECT_EQ(retryable.errors[0].attempt, 1);
+  EXPECT_EQ(retryable.errors[0].error, err.error);
+  EXPECT_EQ(retryable.errors[0].trace, err.trace);
+
+  CONF_ASSIGN_OR_FAIL(JobRow discarded, exec().JobGetByID(rows[2].id));
+  EXPECT_EQ(discarded.state, JobState::kDiscarded);
+  EXPECT_EQ(discarded.finalized_at, std::optional<TimePoint>(kT0 + seconds(2)));
+  ASSERT_EQ(discarded.errors.size(), 1u);
+  EXPECT_EQ(discarded.errors[0].error, err.error);
+
+  CONF_ASSIGN_OR_FAIL(JobRow cancelled, exec().JobGetByID(rows[3].id));
+  EXPECT_EQ(cancelled.state, JobState::kCancelled);
+  EXPECT_EQ(cancelled.finalized_at, std::optional<TimePoint>(kT0 + seconds(3)));
+
+  CONF_ASSIGN_OR_FAIL(JobRow snoozed, exec().JobGetByID(rows[4].id));
+  EXPECT_EQ(snoozed.state, JobState::kScheduled);
+  EXPECT_EQ(snoozed.scheduled_at, kT0 + seconds(60));
+  EXPECT_EQ(snoozed.attempt, 0) << "a snooze does not use an attempt";
+  EXPECT_FALSE(snoozed.finalized_at.has_value());
+
+  CONF_ASSIGN_OR_FAIL(JobRow untouched, exec().JobGetByID(rows[5].id));
+  EXPECT_EQ(untouched.state, JobState::kRunning);
+
+  // None of them is running any more: a second write changes nothing.
+  CONF_ASSIGN_OR_FAIL(int64_t again,
+                      exec().JobSetStateIfRunningMany({{
+                          Outcome(rows[0].id, JobState::kRetryable, kT0 + seconds(5), err),
+                          Outcome(rows[1].id, JobState::kCompleted, kT0 + seconds(5)),
+                          Outcome(rows[4].id, JobState::kCancelled, kT0 + seconds(5)),
+                      }}));
+  EXPECT_EQ(again, 0);
+  CONF_ASSIGN_OR_FAIL(JobRow still, exec().JobGetByID(rows[0].id));
+  EXPECT_EQ(still.state, JobState::kCompleted);
+  EXPECT_TRUE(still.errors.empty());
+  CONF_ASSIGN_OR_FAIL(JobRow still_retryable, exec().JobGetByID(rows[1].id));
+  EXPECT_EQ(still_retryable.state, JobState::kRetryable);
+}
+
+TEST_P(DriverConformanceTest, SetStateAppendsErrorsInOrder) {
+  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobInsertMany(Many({Job("k", "q")})));
+  const int64_t id = rows[0].id;
+  for (int attempt = 1; attempt <= 3; ++attempt) {
+    const TimePoint now = kT0 + seconds(attempt);
+    CONF_ASSIGN_OR_FAIL(auto got, exec().JobGetAvailable(Fetch("q", 1, now)));
+    ASSERT_EQ(got.size(), 1u);
+    ASSERT_EQ(got[0].attempt, attempt);
+    spool::AttemptError e{now, attempt, "failure " + std::to_string(attempt), ""};
+    CONF_ASSIGN_OR_FAIL(
+        int64_t n, exec().JobSetStateIfRunningMany({{Outcome(id, JobState::kRetryable, now, e)}}));
+    ASSERT_EQ(n, 1);
+    CONF_ASSIGN_OR_FAIL(auto s, exec().JobSchedule({now, 10}));
+    ASSERT_EQ(s.count, 1);
+  }
+  CONF_ASSIGN_OR_FAIL(JobRow job, exec().JobGetByID(id));
+  ASSERT_EQ(job.errors.size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(job.errors[static_cast<size_t>(i)].attempt, i + 1);
+    EXPECT_EQ(job.errors[static_cast<size_t>(i)].error, "failure " + std::to_string(i + 1));
+    EXPECT_EQ(job.errors[static_cast<size_t>(i)].at, kT0 + seconds(i + 1));
+  }
+}
+
+TEST_P(DriverConformanceTest, SetStateSkipsJobsThatAreNotRunning) {
+  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobInsertMany(Many({Job("k", "q"), Job("k", "q")})));
+  CONF_ASSIGN_OR_FAIL(
+      int64_t n,
+      exec().JobSetStateIfRunningMany({{
+          Outcome(rows[0].id, JobState::kCompleted, kT0),
+          Outcome(rows[1].id, JobState::kDiscarded, kT0, spool::AttemptError{kT0, 1, "x", ""}),
+          Outcome(999'999, JobState::kCompleted, kT0),  // no such job
+      }}));
+  EXPECT_EQ(n, 0);
+  CONF_ASSIGN_OR_FAIL(auto counts, exec().JobCountByState(""));
+  EXPECT_EQ(counts, (std::map<JobState, int64_t>{{JobState::kAvailable, 2}}));
+  CONF_ASSIGN_OR_FAIL(int64_t empty, exec().JobSetStateIfRunningMany({}));
+  EXPECT_EQ(empty, 0);
+}
+
+TEST_P(DriverConformanceTest, SetStateCompletesLargeBatchesInOneCall) {
+  constexpr int kJobs = 700;
+  std::vector<JobInsertParams> jobs(kJobs, Job("k", "q"));
+  CONF_ASSIGN_OR_FAIL(int64_t inserted, exec().JobInsertManyFast(Many(jobs)));
+  ASSERT_EQ(inserted, kJobs);
+  CONF_ASSIGN_OR_FAIL(auto running, exec().JobGetAvailable(Fetch("q", kJobs)));
+  ASSERT_EQ(running.size(), static_cast<size_t>(kJobs));
+  JobSetStateIfRunningManyParams params;
+  for (size_t i = 0; i < running.size(); ++i) {
+    // Mostly completions, with a few failures mixed in.
+    if (i % 100 == 7) {
+      params.jobs.push_back(Outcome(running[i].id, JobState::kRetryable, kT0 + seconds(30),
+                                    spool::AttemptError{kT0, 1, "e", ""}));
+    } else {
+      params.jobs.push_back(
+          Outcome(running[i].id, JobState::kCompleted, kT0 + milliseconds(static_cast<int>(i))));
+    }
+  }
+  CONF_ASSIGN_OR_FAIL(int64_t n, exec().JobSetStateIfRunningMany(params));
+  EXPECT_EQ(n, kJobs);
+  CONF_ASSIGN_OR_FAIL(auto counts, exec().JobCountByState("q"));
+  EXPECT_EQ(counts, (std::map<JobState, int64_t>{{JobState::kCompleted, kJobs - 7},
+                                                 {JobState::kRetryable, 7}}));
+  // Each row got its own finalized_at.
+  CONF_ASSIGN_OR_FAIL(JobRow last, exec().JobGetByID(running[kJobs - 1].id));
+  EXPECT_EQ(last.finalized_at, std::optional<TimePoint>(kT0 + milliseconds(kJobs - 1)));
+}
+
+// ---- scheduler --------------------------------------------------------------------------------
+
+TEST_P(DriverConformanceTest, ScheduleMovesDueJobsOnlyAndReportsQueues) {
+  CONF_ASSIGN_OR_FAIL(auto rows,
+                      exec().JobInsertMany(Many({
+                          JobAt("q1", kT0 - seconds(1), 1, JobState::kScheduled),
+                          JobAt("q2", kT0, 1, JobState::kScheduled),
+                          JobAt("q2", kT0 - seconds(3), 1, JobState::kScheduled),
+                          JobAt("q3", kT0 + seconds(1), 1, JobState::kScheduled),  // not due
+                          JobAt("q4", kT0 - seconds(50)),                          // to fail below
+                          JobAt("q5", kT0 - seconds(50), 1, JobState::kPending),
+                          JobAt("q6", kT0 - seconds(50)),  // available already
+                      })));
+  CONF_ASSIGN_OR_FAIL(auto running, exec().JobGetAvailable(Fetch("q4", 1, kT0 - seconds(50))));
+  ASSERT_EQ(running.size(), 1u);
+  CONF_ASSIGN_OR_FAIL(
+      int64_t n, exec().JobSetStateIfRunningMany({{Outcome(
+                     rows[4].id, JobState::kRetryable, kT0 - seconds(5), spool::AttemptError{})}}));
+  ASSERT_EQ(n, 1);
+
+  CONF_ASSIGN_OR_FAIL(auto result, exec().JobSchedule({kT0, 1000}));
+  EXPECT_EQ(result.count, 4);
+  std::vector<std::string> queues = result.queues;
+  std::sort(queues.begin(), queues.end());
+  EXPECT_EQ(queues, (std::vector<std::string>{"q1", "q2", "q4"}));
+
+  std::vector<JobState> states;
+  for (const auto& r : rows) {
+    CONF_ASSIGN_OR_FAIL(JobRow j, exec().JobGetByID(r.id));
+    states.push_back(j.state);
+  }
+  EXPECT_EQ(states,
+            (std::vector<JobState>{JobState::kAvailable, JobState::kAvailable, JobState::kAvailable,
+                                   JobState::kScheduled, JobState::kAvailable, JobState::kPending,
+                                   JobState::kAvailable}));
+  CONF_ASSIGN_OR_FAIL(JobRow failed, exec().JobGetByID(rows[4].id));
+  EXPECT_EQ(failed.attempt, 1) << "scheduling does not touch the attempt count";
+
+  CONF_ASSIGN_OR_FAIL(auto nothing, exec().JobSchedule({kT0, 1000}));
+  EXPECT_EQ(nothing.count, 0);
+  EXPECT_TRUE(nothing.queues.empty());
+}
+
+TEST_P(DriverConformanceTest, ScheduleMovesAtMostMax) {
+  std::vector<JobInsertParams> jobs(5, JobAt("q", kT0 - seconds(1), 1, JobState::kScheduled));
+  CONF_ASSIGN_OR_FAIL(int64_t inserted, exec().JobInsertManyFast(Many(jobs)));
+  ASSERT_EQ(inserted, 5);
+  std::vector<int64_t> counts;
+  for (int i = 0; i < 4; ++i) {
+    CONF_ASSIGN_OR_FAIL(auto r, exec().JobSchedule({kT0, 2}));
+    counts.push_back(r.count);
+  }
+  EXPECT_EQ(counts, (std::vector<int64_t>{2, 2, 1, 0}));
+}
+
+// ---- reads ------------------------------------------------------------------------------------
+
+TEST_P(DriverConformanceTest, GetByIDReportsNotFoundNamingTheId) {
+  auto r = exec().JobGetByID(987'654'321);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_TRUE(r.error().IsNotFound()) << r.error().ToString();
+  EXPECT_NE(r.error().message().find("987654321"), std::string::npos) << r.error().message();
+}
+
+TEST_P(DriverConformanceTest, ListFiltersAndPagesById) {
+  std::vector<JobInsertParams> jobs;
+  for (int i = 0; i < 10; ++i) {
+    jobs.push_back(Job(i % 2 == 0 ? "k1" : "k2", i < 5 ? "qa" : "qb"));
+  }
+  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobInsertMany(Many(jobs)));
+  CONF_ASSIGN_OR_FAIL(auto running, exec().JobGetAvailable(Fetch("qa", 2)));
+  ASSERT_EQ(running.size(), 2u);  // rows 0 and 1 (same priority and time: by id)
+
+  auto list = [&](spool::JobListParams p) {
+    auto r = exec().JobList(p);
+    EXPECT_TRUE(r.has_value()) << r.error().ToString();
+    return r.has_value() ? Ids(*r) : std::vector<int64_t>{};
+  };
+  const auto id = [&](size_t i) { return rows[i].id; };
+
+  EXPECT_EQ(list({}), Ids(rows));
+  EXPECT_EQ(list({.queue = "qa"}), (std::vector<int64_t>{id(0), id(1), id(2), id(3), id(4)}));
+  EXPECT_EQ(list({.kind = "k2"}), (std::vector<int64_t>{id(1), id(3), id(5), id(7), id(9)}));
+  EXPECT_EQ(list({.queue = "qb", .kind = "k1"}), (std::vector<int64_t>{id(6), id(8)}));
+  EXPECT_EQ(list({.states = {JobState::kRunning}}), (std::vector<int64_t>{id(0), id(1)}));
+  EXPECT_EQ(list({.states = {JobState::kRunning, JobState::kAvailable}}), Ids(rows));
+  EXPECT_EQ(list({.states = {JobState::kCompleted}}), std::vector<int64_t>{});
+  EXPECT_EQ(list({.states = {JobState::kAvailable}, .queue = "qa", .kind = "k1"}),
+            (std::vector<int64_t>{id(2), id(4)}));
+  EXPECT_EQ(list({.queue = "nope"}), std::vector<int64_t>{});
+
+  // Pages of 3 by cursor cover every row once, in id order.
+  std::vector<int64_t> paged;
+  int64_t after = 0;
+  for (int page = 0; page < 10; ++page) {
+    auto ids = list({.after_id = after, .limit = 3});
+    if (ids.empty()) break;
+    EXPECT_LE(ids.size(), 3u);
+    paged.insert(paged.end(), ids.begin(), ids.end());
+    after = ids.back();
+  }
+  EXPECT_EQ(paged, Ids(rows));
+
+  CONF_ASSIGN_OR_FAIL(auto full, exec().JobList({.queue = "qa", .limit = 1}));
+  ASSERT_EQ(full.size(), 1u);
+  EXPECT_EQ(full[0].state, JobState::kRunning);
+  EXPECT_EQ(full[0].attempted_by, std::vector<std::string>{"client-1"});
+}
+
+TEST_P(DriverConformanceTest, CountByStateCountsPerQueueAndOverall) {
+  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobInsertMany(Many({
+                                     JobAt("qa", kT0),
+                                     JobAt("qa", kT0),
+                                     JobAt("qa", kT0),
+                                     JobAt("qb", kT0 + seconds(9), 1, JobState::kScheduled),
+                                     JobAt("qb", kT0 + seconds(9), 1, JobState::kScheduled),
+                                     JobAt("qa", kT0, 1, JobState::kPending),
+                                 })));
+  CONF_ASSIGN_OR_FAIL(auto running, exec().JobGetAvailable(Fetch("qa", 1)));
+  ASSERT_EQ(running.size(), 1u);
+
+  CONF_ASSIGN_OR_FAIL(auto all, exec().JobCountByState(""));
+  EXPECT_EQ(all, (std::map<JobState, int64_t>{{JobState::kAvailable, 2},
+                                              {JobState::kRunning, 1},
+                                              {JobState::kScheduled, 2},
+                                              {JobState::kPending, 1}}));
+  CONF_ASSIGN_OR_FAIL(auto qa, exec().JobCountByState("qa"));
+  EXPECT_EQ(qa, (std::map<JobState, int64_t>{
+                    {JobState::kAvailable, 2}, {JobState::kRunning, 1}, {JobState::kPending, 1}}));
+  CONF_ASSIGN_OR_FAIL(auto none, exec().JobCountByState("nope"));
+  EXPECT_TRUE(none.empty());
+}
+
+// ---- transactions -----------------------------------------------------------------------------
+
+TEST_P(DriverConformanceTest, TxCommitMakesWritesVisible) {
+  CONF_ASSIGN_OR_FAIL(auto tx, driver().Begin());
+  CONF_ASSIGN_OR_FAIL(auto rows, tx->JobInsertMany(Many({Job("in_tx", "q")})));
+  ASSERT_EQ(rows.size(), 1u);
+  CONF_ASSIGN_OR_FAIL(JobRow inside, tx->JobGetByID(rows[0].id));
+  EXPECT_EQ(inside.kind, "in_tx");
+  CONF_ASSIGN_OR_FAIL(int64_t fast, tx->JobInsertManyFast(Many({Job("in_tx", "q")})));
+  EXPECT_EQ(fast, 1);
+  CONF_ASSERT_OK(tx->Commit());
+
+  CONF_ASSIGN_OR_FAIL(JobRow after, exec().JobGetByID(rows[0].id));
+  EXPECT_EQ(after.kind, "in_tx");
+  CONF_ASSIGN_OR_FAIL(auto counts, exec().JobCountByState("q"));
+  EXPECT_EQ(counts[JobState::kAvailable], 2);
+
+  // A finished transaction refuses further use.
+  EXPECT_FALSE(tx->JobInsertMany(Many({Job()})).has_value());
+  EXPECT_FALSE(tx->Commit().ok());
+  EXPECT_FALSE(tx->Rollback().ok());
+}
+
+TEST_P(DriverConformanceTest, TxRollbackDiscardsWrites) {
+  CONF_ASSIGN_OR_FAIL(auto before, exec().JobInsertMany(Many({Job("k", "q")})));
+  CONF_ASSIGN_OR_FAIL(auto tx, driver().Begin());
+  CONF_ASSIGN_OR_FAIL(auto rows, tx->JobInsertMany(Many({Job("k", "q")})));
+  CONF_ASSIGN_OR_FAIL(auto fetched, tx->JobGetAvailable(Fetch("q", 10)));
+  EXPECT_EQ(fetched.size(), 2u);
+  CONF_ASSERT_OK(tx->Rollback());
+
+  EXPECT_TRUE(exec().JobGetByID(rows[0].id).error().IsNotFound());
+  CONF_ASSIGN_OR_FAIL(JobRow kept, exec().JobGetByID(before[0].id));
+  EXPECT_EQ(kept.state, JobState::kAvailable);
+  EXPECT_EQ(kept.attempt, 0);
+}
+
+TEST_P(DriverConformanceTest, TxDestroyedWithoutCommitRollsBack) {
+  int64_t id = 0;
+  {
+    CONF_ASSIGN_OR_FAIL(auto tx, driver().Begin());
+    CONF_ASSIGN_OR_FAIL(auto rows, tx->JobInsertMany(Many({Job("k", "q")})));
+    id = rows[0].id;
+  }
+  EXPECT_TRUE(exec().JobGetByID(id).error().IsNotFound());
+  // The driver is usable again: the transaction released everything it held.
+  CONF_ASSIGN_OR_FAIL(int64_t n, exec().JobInsertManyFast(Many({Job()})));
+  EXPECT_EQ(n, 1);
+  CONF_ASSIGN_OR_FAIL(auto tx2, driver().Begin());
+  CONF_ASSERT_OK(tx2->Commit());
+}
+
+TEST_P(DriverConformanceTest, FailedInsertInsideTxLeavesEarlierWritesIntact) {
+  CONF_ASSIGN_OR_FAIL(auto tx, driver().Begin());
+  CONF_ASSIGN_OR_FAIL(auto rows, tx->JobInsertMany(Many({Job("k", "q")})));
+  JobInsertParams bad = Job();
+  bad.priority = 0;
+  EXPECT_FALSE(tx->JobInsertMany(Many({Job(), bad})).has_value());
+  CONF_ASSERT_OK(tx->Commit());
+  CONF_ASSIGN_OR_FAIL(auto counts, exec().JobCountByState(""));
+  EXPECT_EQ(counts, (std::map<JobState, int64_t>{{JobState::kAvailable, 1}}));
+  CONF_ASSERT_OK(exec().JobGetByID(rows[0].id));
+}
+
+// ---- migrations -------------------------------------------------------------------------------
+
+TEST_P(DriverConformanceTest, MigrationsAreNumberedAndComplete) {
+  const auto& migrations = driver().Migrations();
+  ASSERT_FALSE(migrations.empty());
+  for (size_t i = 0; i < migrations.size(); ++i) {
+    EXPECT_EQ(migrations[i].version, static_cast<int>(i) + 1);
+    EXPECT_FALSE(migrations[i].name.empty());
+    EXPECT_FALSE(migrations[i].up.empty());
+    EXPECT_FALSE(migrations[i].down.empty());
+  }
+  CONF_ASSIGN_OR_FAIL(int version, driver().SchemaVersion());
+  EXPECT_EQ(version, spool::internal::LatestVersion(driver()));
+}
+
+TEST_P(DriverConformanceTest, MigrateDownAndUpAgain) {
+  const int latest = spool::internal::LatestVersion(driver());
+  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobInsertMany(Many({Job()})));
+
+  CONF_ASSERT_OK(driver().MigrateDown(0));
+  CONF_ASSIGN_OR_FAIL(int empty, driver().SchemaVersion());
+  EXPECT_EQ(empty, 0) << "no spool table left: version 0";
+  EXPECT_FALSE(exec().JobGetByID(rows[0].id).has_value()) << "the job table is gone";
+  CONF_ASSERT_OK(driver().MigrateDown(0));  // nothing left to revert
+
+  CONF_ASSERT_OK(driver().MigrateUp(latest));
+  CONF_ASSIGN_OR_FAIL(int version, driver().SchemaVersion());
+  EXPECT_EQ(version, latest);
+  CONF_ASSERT_OK(driver().MigrateUp(latest));  // already there
+  CONF_ASSIGN_OR_FAIL(auto counts, exec().JobCountByState(""));
+  EXPECT_TRUE(counts.empty()) << "the tables were recreated empty";
+  CONF_ASSIGN_OR_FAIL(int64_t n, exec().JobInsertManyFast(Many({Job()})));
+  EXPECT_EQ(n, 1);
+
+  // Step by step, newest first.
+  for (int v = latest - 1; v >= 0; --v) {
+    CONF_ASSERT_OK(driver().MigrateDown(v));
+    CONF_ASSIGN_OR_FAIL(int now_at, driver().SchemaVersion());
+    EXPECT_EQ(now_at, v);
+  }
+  for (int v = 1; v <= latest; ++v) {
+    CONF_ASSERT_OK(driver().MigrateUp(v));
+    CONF_ASSIGN_OR_FAIL(int now_at, driver().SchemaVersion());
+    EXPECT_EQ(now_at, v);
+  }
+}
+
+TEST_P(DriverConformanceTest, MigrateRejectsUnknownVersions) {
+  const int latest = spool::internal::LatestVersion(driver());
+  EXPECT_TRUE(driver().MigrateUp(latest + 1).IsInvalidArgument());
+  EXPECT_TRUE(driver().MigrateDown(-1).IsInvalidArgument());
+  CONF_ASSIGN_OR_FAIL(int version, driver().SchemaVersion());
+  EXPECT_EQ(version, latest);
+}
+
+TEST_P(DriverConformanceTest, SchemaVersionIsVisibleToAnotherInstance) {
+  CONF_ASSIGN_OR_FAIL(auto other, GetParam().open_again());
+  CONF_ASSIGN_OR_FAIL(int version, other->SchemaVersion());
+  EXPECT_EQ(version, spool::internal::LatestVersion(driver()));
+  CONF_ASSERT_OK(driver().MigrateDown(0));
+  CONF_ASSIGN_OR_FAIL(int after, other->SchemaVersion());
+  EXPECT_EQ(after, 0);
+}
+
+// ---- wake-ups ---------------------------------------------------------------------------------
+
+TEST_P(DriverConformanceTest, WaitForChangeTimesOutWithoutChange) {
+  CONF_ASSIGN_OR_FAIL(bool ignored, driver().WaitForChange(spool::Duration::zero()));
+  (void)ignored;  // absorbs changes made while setting up (the migration)
+  const auto start = std::chrono::steady_clock::now();
+  CONF_ASSIGN_OR_FAIL(bool changed, driver().WaitForChange(milliseconds(100)));
+  const auto elapsed = std::chrono::steady_clock::now() - start;
+  EXPECT_FALSE(changed);
+  EXPECT_GE(elapsed, milliseconds(95));
+  EXPECT_LT(elapsed, seconds(5));
+}
+
+TEST_P(DriverConformanceTest, WaitForChangeSeesAnotherInstanceCommit) {
+  CONF_ASSIGN_OR_FAIL(auto other, GetParam().open_again());
+  CONF_ASSIGN_OR_FAIL(bool ignored, driver().WaitForChange(spool::Duration::zero()));
+  (void)ignored;
+
+  // A change made before the wait starts still counts (it came after the previous call).
+  CONF_ASSIGN_OR_FAIL(int64_t n, other->executor().JobInsertManyFast(Many({Job("k", "q")})));
+  ASSERT_EQ(n, 1);
+  CONF_ASSERT_OK(other->NotifyInsert("q"));
+  auto start = std::chrono::steady_clock::now();
+  CONF_ASSIGN_OR_FAIL(bool changed, driver().WaitForChange(seconds(20)));
+  EXPECT_TRUE(changed);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, seconds(10));
+
+  // And one made while a thread is waiting wakes it.
+  std::promise<void> waiting;
+  auto waiter = std::async(std::launch::async, [&] {
+    waiting.set_value();
+    return driver().WaitForChange(seconds(20));
+  });
+  waiting.get_future().wait();
+  start = std::chrono::steady_clock::now();
+  CONF_ASSIGN_OR_FAIL(int64_t n2, other->executor().JobInsertManyFast(Many({Job("k", "q")})));
+  ASSERT_EQ(n2, 1);
+  CONF_ASSERT_OK(other->NotifyInsert("q"));
+  CONF_ASSIGN_OR_FAIL(bool woke, waiter.get());
+  EXPECT_TRUE(woke);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, seconds(10));
+}
+
+TEST_P(DriverConformanceTest, InterruptWakesAWaiterAtOnce) {
+  CONF_ASSIGN_OR_FAIL(bool ignored, driver().WaitForChange(spool::Duration::zero()));
+  (void)ignored;
+  std::promise<void> waiting;
+  const auto start = std::chrono::steady_clock::now();
+  auto waiter = std::async(std::launch::async, [&] {
+    waiting.set_value();
+    return driver().WaitForChange(seconds(30));
+  });
+  waiting.get_future().wait();
+  driver().Interrupt();
+  CONF_ASSERT_OK(waiter.get());
+  EXPECT_LT(std::chrono::steady_clock::now() - start, seconds(10));
+}
+
+TEST_P(DriverConformanceTest, InterruptBeforeTheWaitIsNotLost) {
+  CONF_ASSIGN_OR_FAIL(bool ignored, driver().WaitForChange(spool::Duration::zero()));
+  (void)ignored;
+  driver().Interrupt();
+  const auto start = std::chrono::steady_clock::now();
+  CONF_ASSERT_OK(driver().WaitForChange(seconds(30)));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, seconds(10));
+  // Consumed: the next wait times out normally.
+  CONF_ASSIGN_OR_FAIL(bool changed, driver().WaitForChange(milliseconds(20)));
+  EXPECT_FALSE(changed);
+}
+
+TEST_P(DriverConformanceTest, NotifyInsertSucceeds) { CONF_ASSERT_OK(driver().NotifyInsert("q")); }
+
+TEST_P(DriverConformanceTest, ExecutorForRejectsNullAndForeignTransactions) {
+  // A driver accepts only its own kind of TxRef, and never a null handle: with null handles,
+  // both kinds must be refused whichever driver this is.
+  for (spool::TxRef tx : {spool::SqliteTx(nullptr), spool::PostgresTx(nullptr)}) {
+    auto r = driver().ExecutorFor(tx);
+    ASSERT_FALSE(r.has_value());
+    EXPECT_TRUE(r.error().IsInvalidArgument()) << r.error().ToString();
+  }
+}

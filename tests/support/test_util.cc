@@ -1,0 +1,81 @@
+#include "support/test_util.h"
+
+#include <stdlib.h>
+
+#include <stdexcept>
+
+namespace spool::testing {
+
+TempDir::TempDir() {
+  std::string tmpl = (std::filesystem::temp_directory_path() / "spool-test-XXXXXX").string();
+  if (mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+  path_ = tmpl;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+std::string TempDir::SqliteUrl(const std::string& name) const {
+  return "sqlite://" + (path_ / name).string();
+}
+
+EventLog::EventLog(Client& client) : client_(client) {
+  sub_ = client_.Subscribe([this](const Event& e) {
+    {
+      std::lock_guard lock(mu_);
+      events_.push_back(e);
+    }
+    cv_.notify_all();
+  });
+}
+
+EventLog::~EventLog() { client_.Unsubscribe(sub_); }
+
+bool EventLog::WaitFor(const std::function<bool(const std::vector<Event>&)>& pred) {
+  std::unique_lock lock(mu_);
+  return cv_.wait_for(lock, kWaitLimit, [&] { return pred(events_); });
+}
+
+bool EventLog::WaitForJob(int64_t id, Event::Kind kind) {
+  return WaitFor([&](const std::vector<Event>& evs) {
+    for (const auto& e : evs) {
+      if (e.job.id == id && e.kind == kind) return true;
+    }
+    return false;
+  });
+}
+
+bool EventLog::WaitForCount(Event::Kind kind, size_t n) {
+  return WaitFor([&](const std::vector<Event>& evs) {
+    size_t c = 0;
+    for (const auto& e : evs) c += e.kind == kind ? 1 : 0;
+    return c >= n;
+  });
+}
+
+std::vector<Event> EventLog::events() {
+  std::lock_guard lock(mu_);
+  return events_;
+}
+
+void Signal::Notify() {
+  {
+    std::lock_guard lock(mu_);
+    set_ = true;
+  }
+  cv_.notify_all();
+}
+
+bool Signal::WaitFor(std::chrono::milliseconds limit) {
+  std::unique_lock lock(mu_);
+  return cv_.wait_for(lock, limit, [&] { return set_; });
+}
+
+bool Signal::notified() {
+  std::lock_guard lock(mu_);
+  return set_;
+}
+
+}  // namespace spool::testing

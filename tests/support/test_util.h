@@ -1,0 +1,68 @@
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <filesystem>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "spool/spool.h"
+
+namespace spool::testing {
+
+// A fresh directory under /tmp, removed with everything in it on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+  // "sqlite:///tmp/spool-test-XXXX/<name>"
+  std::string SqliteUrl(const std::string& name = "test.db") const;
+
+ private:
+  std::filesystem::path path_;
+};
+
+// Real-time bound for waits on other threads: generous, because a loaded CI box is slow, and
+// never reached when the code is right.
+inline constexpr auto kWaitLimit = std::chrono::seconds(20);
+
+// Records a client's events and lets a test wait for them with a deadline.
+class EventLog {
+ public:
+  explicit EventLog(Client& client);
+  ~EventLog();
+  // Waits until `pred(events)` holds or kWaitLimit passes; returns whether it held.
+  bool WaitFor(const std::function<bool(const std::vector<Event>&)>& pred);
+  // Waits for an event of `kind` about job `id`.
+  bool WaitForJob(int64_t id, Event::Kind kind);
+  // Waits until `n` events of `kind` have been seen.
+  bool WaitForCount(Event::Kind kind, size_t n);
+  std::vector<Event> events();
+
+ private:
+  Client& client_;
+  int sub_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<Event> events_;
+};
+
+// A one-shot signal threads wait on with a deadline.
+class Signal {
+ public:
+  void Notify();
+  bool WaitFor(std::chrono::milliseconds limit = kWaitLimit);
+  bool notified();
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool set_ = false;
+};
+
+}  // namespace spool::testing

@@ -1,0 +1,555 @@
+// The runtime end to end on SQLite in a temp dir, with a fake clock. Waits are on events with a
+// deadline; nothing sleeps to wait for a thread.
+#include <gtest/gtest.h>
+#include <sqlite3.h>
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <stop_token>
+#include <thread>
+
+#include "spool/spool.h"
+#include "support/test_util.h"
+
+namespace spool {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::EventLog;
+using testing::Signal;
+using testing::TempDir;
+
+struct EmailArgs {
+  static constexpr std::string_view kKind = "email";
+  std::string to;
+  NLOHMANN_DEFINE_TYPE_INTRUSIVE(EmailArgs, to)
+};
+
+// Behaviour chosen per test through a callback, so one worker type covers every outcome.
+struct Behaviour {
+  std::function<Outcome(JobContext&, const EmailArgs&)> fn;
+};
+
+class EmailWorker final : public Worker<EmailArgs> {
+ public:
+  explicit EmailWorker(std::shared_ptr<Behaviour> b) : b_(std::move(b)) {}
+  Outcome Work(JobContext& ctx, const EmailArgs& args) override { return b_->fn(ctx, args); }
+
+ private:
+  std::shared_ptr<Behaviour> b_;
+};
+
+// Always 10 s, so tests can step the fake clock exactly.
+class FixedRetry final : public RetryPolicy {
+ public:
+  Duration NextRetry(const JobRow&) const override { return 10s; }
+};
+
+// Blocks until the job's context is cancelled.
+Outcome WaitForCancel(JobContext& ctx) {
+  std::mutex m;
+  std::condition_variable_any cv;
+  std::unique_lock lock(m);
+  cv.wait(lock, ctx.stop_token(), [] { return false; });
+  return Outcome::Fail("stopped: context cancelled");
+}
+
+class ClientTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    behaviour_ = std::make_shared<Behaviour>();
+    behaviour_->fn = [](JobContext&, const EmailArgs&) { return Outcome::Done(); };
+    ASSERT_TRUE(MigrateUp(url_).ok());
+  }
+
+  ClientOptions Options(int max_workers = 4) {
+    ClientOptions o;
+    o.queues["default"] = {.max_workers = max_workers};
+    o.clock = clock_;
+    o.retry_policy = std::make_shared<FixedRetry>();
+    o.schedule_interval = 2ms;
+    o.poll_interval = 1h;  // every wake-up in these tests must come from a notification
+    o.logger = [](LogLevel, std::string_view) {};
+    return o;
+  }
+
+  std::unique_ptr<Client> Open(ClientOptions o) {
+    Workers w;
+    w.Add<EmailWorker>(behaviour_);
+    auto c = Client::Open(url_, std::move(o), std::move(w));
+    EXPECT_TRUE(c.has_value()) << c.error().ToString();
+    return c ? std::move(*c) : nullptr;
+  }
+
+  std::unique_ptr<Client> Start(int max_workers = 4) {
+    auto c = Open(Options(max_workers));
+    if (c) {
+      EXPECT_TRUE(c->Start().ok());
+    }
+    return c;
+  }
+
+  JobRow Get(Client& c, int64_t id) {
+    auto r = c.JobGet(id);
+    EXPECT_TRUE(r.has_value()) << r.error().ToString();
+    return r ? *r : JobRow{};
+  }
+
+  TempDir dir_;
+  std::string url_ = dir_.SqliteUrl();
+  std::shared_ptr<FakeClock> clock_ = std::make_shared<FakeClock>();
+  std::shared_ptr<Behaviour> behaviour_;
+};
+
+TEST_F(ClientTest, SuccessCompletesWithFinalizedAt) {
+  auto c = Start();
+  EventLog log(*c);
+  auto r = c->Insert(EmailArgs{"a@b.c"});
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->job.state, JobState::kAvailable);
+  EXPECT_EQ(r->job.kind, "email");
+  ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobCompleted));
+  JobRow j = Get(*c, r->job.id);
+  EXPECT_EQ(j.state, JobState::kCompleted);
+  EXPECT_EQ(j.attempt, 1);
+  ASSERT_TRUE(j.finalized_at.has_value());
+  EXPECT_EQ(*j.finalized_at, clock_->Now());
+  ASSERT_EQ(j.attempted_by.size(), 1u);
+  EXPECT_EQ(j.attempted_by[0], c->client_id());
+  EXPECT_TRUE(c->Stop(10s).ok());
+}
+
+TEST_F(ClientTest, FailureRetriesAfterBackoffThenCompletes) {
+  behaviour_->fn = [](JobContext& ctx, const EmailArgs&) {
+    return ctx.attempt() == 1 ? Outcome::Fail("smtp down") : Outcome::Done();
+  };
+  auto c = Start();
+  EventLog log(*c);
+  auto r = c->Insert(EmailArgs{"a@b.c"});
+  ASSERT_TRUE(r.has_value());
+  ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobFailed));
+  JobRow j = Get(*c, r->job.id);
+  EXPECT_EQ(j.state, JobState::kRetryable);
+  EXPECT_EQ(j.scheduled_at, clock_->Now() + 10s);
+  ASSERT_EQ(j.errors.size(), 1u);
+  EXPECT_EQ(j.errors[0].attempt, 1);
+  EXPECT_EQ(j.errors[0].error, "smtp down");
+  EXPECT_EQ(j.errors[0].at, clock_->Now());
+
+  clock_->Advance(9s);  // not due yet: the scheduler must leave it alone
+  clock_->Advance(1s);
+  ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobCompleted));
+  j = Get(*c, r->job.id);
+  EXPECT_EQ(j.state, JobState::kCompleted);
+  EXPECT_EQ(j.attempt, 2);
+  EXPECT_EQ(j.errors.size(), 1u);
+  EXPECT_TRUE(c->Stop(10s).ok());
+}
+
+TEST_F(ClientTest, DiscardedAfterMaxAttemptsWithEveryError) {
+  behaviour_->fn = [](JobContext& ctx, const EmailArgs&) {
+    return Outcome::Fail("boom " + std::to_string(ctx.attempt()));
+  };
+  auto c = Start();
+  EventLog log(*c);
+  auto r = c->Insert(EmailArgs{"x"}, {.max_attempts = 3});
+  ASSERT_TRUE(r.has_value());
+  for (size_t i = 1; i <= 2; ++i) {
+    ASSERT_TRUE(log.WaitForCount(Event::Kind::kJobFailed, i));
+    clock_->Advance(10s);
+  }
+  ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobDiscarded));
+  JobRow j = Get(*c, r->job.id);
+  EXPECT_EQ(j.state, JobState::kDiscarded);
+  EXPECT_EQ(j.attempt, 3);
+  ASSERT_EQ(j.errors.size(), 3u);
+  EXPECT_EQ(j.errors[2].error, "boom 3");
+  EXPECT_TRUE(j.finalized_at.has_value());
+  EXPECT_TRUE(c->Stop(10s).ok());
+}
+
+TEST_F(ClientTest, ExceptionsOfAnyTypeAreRecordedAndThePoolSurvives) {
+  behaviour_->fn = [](JobContext&, const EmailArgs& a) -> Outcome {
+    if (a.to == "std") throw std::runtime_error("disk full");
+    if (a.to == "int") throw 42;
+    return Outcome::Done();
+  };
+  auto c = Start(1);
+  EventLog log(*c);
+  auto std_job = c->Insert(EmailArgs{"std"});
+  auto int_job = c->Insert(EmailArgs{"int"});
+  auto ok_job = c->Insert(EmailArgs{"ok"});
+  ASSERT_TRUE(std_job && int_job && ok_job);
+  ASSERT_TRUE(log.WaitForJob(ok_job->job.id, Event::Kind::kJobCompleted));
+  ASSERT_TRUE(log.WaitForCount(Event::Kind::kJobFailed, 2));
+  JobRow a = Get(*c, std_job->job.id);
+  ASSERT_EQ(a.errors.size(), 1u);
+  EXPECT_EQ(a.errors[0].error, "std::runtime_error thrown: disk full");
+  EXPECT_EQ(a.errors[0].trace, "std::runtime_error");
+  JobRow b = Get(*c, int_job->job.id);
+  ASSERT_EQ(b.errors.size(), 1u);
+  EXPECT_EQ(b.errors[0].error, "non-standard exception thrown: int");
+  EXPECT_TRUE(c->Stop(10s).ok());
+}
+
+TEST_F(ClientTest, SnoozeReschedulesWithoutUsingAnAttempt) {
+  behaviour_->fn = [](JobContext& ctx, const EmailArgs&) {
+    return ctx.attempt() == 1 && ctx.job().scheduled_at < ctx.job().created_at + 1s
+               ? Outcome::Snooze(30s)
+               : Outcome::Done();
+  };
+  auto c = Start();
+  EventLog log(*c);
+  auto r = c->Insert(EmailArgs{"a"});
+  ASSERT_TRUE(r.has_value());
+  ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobSnoozed));
+  JobRow j = Get(*c, r->job.id);
+  EXPECT_EQ(j.state, JobState::kScheduled);
+  EXPECT_EQ(j.attempt, 0);
+  EXPECT_EQ(j.scheduled_at, clock_->Now() + 30s);
+  EXPECT_TRUE(j.errors.empty());
+  clock_->Advance(30s);
+  ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobCompleted));
+  EXPECT_EQ(Get(*c, r->job.id).attempt, 1);
+  EXPECT_TRUE(c->Stop(10s).ok());
+}
+
+TEST_F(ClientTest, CancelFinalizesWithReason) {
+  behaviour_->fn = [](JobContext&, const EmailArgs&) { return Outcome::Cancel("user deleted"); };
+  auto c = Start();
+  EventLog log(*c);
+  auto r = c->Insert(EmailArgs{"a"});
+  ASSERT_TRUE(r.has_value());
+  ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobCancelled));
+  JobRow j = Get(*c, r->job.id);
+  EXPECT_EQ(j.state, JobState::kCancelled);
+  ASSERT_EQ(j.errors.size(), 1u);
+  EXPECT_EQ(j.errors[0].error, "cancelled: user deleted");
+  EXPECT_TRUE(j.finalized_at.has_value());
+  EXPECT_TRUE(c->Stop(10s).ok());
+}
+
+TEST_F(ClientTest, UnknownKindIsRetriedThenDiscardedNeverLost) {
+  auto c = Start();
+  EventLog log(*c);
+  auto r = c->InsertRaw({"no_such_kind", "{}", {.max_attempts = 2}});
+  ASSERT_TRUE(r.has_value());
+  ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobFailed));
+  clock_->Advance(10s);
+  ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobDiscarded));
+  JobRow j = Get(*c, r->job.id);
+  ASSERT_EQ(j.errors.size(), 2u);
+  EXPECT_NE(j.errors[0].error.find("no worker registered for kind \"no_such_kind\""),
+            std::string::npos);
+  EXPECT_TRUE(c->Stop(10s).ok());
+}
+
+TEST_F(ClientTest, ArgsThatDoNotParseRecordTheParseError) {
+  auto c = Start();
+  EventLog log(*c);
+  auto r = c->InsertRaw({"email", R"({"to": 5})", {.max_attempts = 1}});
+  ASSERT_TRUE(r.has_value());
+  ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobDiscarded));
+  JobRow j = Get(*c, r->job.id);
+  ASSERT_EQ(j.errors.size(), 1u);
+  EXPECT_NE(j.errors[0].error.find("cannot parse args of kind email"), std::string::npos);
+  EXPECT_TRUE(c->Stop(10s).ok());
+}
+
+TEST_F(ClientTest, InsertRejectsArgsThatAreNotAJsonObject) {
+  auto c = Open(Options());
+  auto r = c->InsertRaw({"email", "not json", {}});
+  ASSERT_FALSE(r.has_value());
+  EXPECT_TRUE(r.error().IsInvalidArgument());
+  EXPECT_NE(r.error().message().find("not a JSON object"), std::string::npos);
+  auto bad_opts = c->Insert(EmailArgs{"a"}, {.priority = 9});
+  ASSERT_FALSE(bad_opts);
+  EXPECT_NE(bad_opts.error().message().find("priority"), std::string::npos);
+  auto counts = c->JobCountByState();
+  ASSERT_TRUE(counts.has_value());
+  EXPECT_TRUE(counts->empty()) << "nothing may be inserted by a rejected call";
+}
+
+TEST_F(ClientTest, TimeoutCancelsTheContextAndRecordsATimeoutError) {
+  Signal started;
+  behaviour_->fn = [&](JobContext& ctx, const EmailArgs&) {
+    started.Notify();
+    return WaitForCancel(ctx);
+  };
+  auto o = Options();
+  o.job_timeout = 5s;
+  auto c = Open(o);
+  ASSERT_TRUE(c->Start().ok());
+  EventLog log(*c);
+  auto r = c->Insert(EmailArgs{"slow"});
+  ASSERT_TRUE(r.has_value());
+  ASSERT_TRUE(started.WaitFor());
+  clock_->Advance(6s);
+  ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobFailed));
+  JobRow j = Get(*c, r->job.id);
+  ASSERT_EQ(j.errors.size(), 1u);
+  EXPECT_EQ(j.errors[0].error, "job timed out after 5s; Work returned: stopped: context cancelled");
+  EXPECT_TRUE(c->Stop(10s).ok());
+}
+
+TEST_F(ClientTest, RunsByPriorityThenScheduledAtThenId) {
+  std::mutex mu;
+  std::vector<std::string> order;
+  behaviour_->fn = [&](JobContext&, const EmailArgs& a) {
+    std::lock_guard lock(mu);
+    order.push_back(a.to);
+    return Outcome::Done();
+  };
+  auto c = Open(Options(1));
+  ASSERT_TRUE(c->Insert(EmailArgs{"p4"}, {.priority = 4}).has_value());
+  ASSERT_TRUE(c->Insert(EmailArgs{"p1-late"}, {.priority = 1}).has_value());
+  InsertOptions early{.priority = 1};
+  early.scheduled_at = clock_->Now() - 1s;
+  ASSERT_TRUE(c->Insert(EmailArgs{"p1-early"}, early).has_value());
+  ASSERT_TRUE(c->Insert(EmailArgs{"p2"}, {.priority = 2}).has_value());
+  EventLog log(*c);
+  ASSERT_TRUE(c->Start().ok());
+  ASSERT_TRUE(log.WaitForCount(Event::Kind::kJobCompleted, 4));
+  EXPECT_EQ(order, (std::vector<std::string>{"p1-early", "p1-late", "p2", "p4"}));
+  EXPECT_TRUE(c->Stop(10s).ok());
+}
+
+TEST_F(ClientTest, ScheduledJobRunsOnlyWhenDue) {
+  auto c = Start();
+  EventLog log(*c);
+  InsertOptions o;
+  o.scheduled_at = clock_->Now() + 1h;
+  auto r = c->Insert(EmailArgs{"later"}, o);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->job.state, JobState::kScheduled);
+  auto now_job = c->Insert(EmailArgs{"now"});
+  ASSERT_TRUE(log.WaitForJob(now_job->job.id, Event::Kind::kJobCompleted));
+  EXPECT_EQ(Get(*c, r->job.id).state, JobState::kScheduled);
+  clock_->Advance(1h);
+  ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobCompleted));
+  EXPECT_TRUE(c->Stop(10s).ok());
+}
+
+TEST_F(ClientTest, PendingJobNeverRuns) {
+  auto c = Start();
+  EventLog log(*c);
+  auto pending = c->Insert(EmailArgs{"held"}, {.pending = true});
+  ASSERT_TRUE(pending.has_value());
+  EXPECT_EQ(pending->job.state, JobState::kPending);
+  auto other = c->Insert(EmailArgs{"go"});
+  ASSERT_TRUE(log.WaitForJob(other->job.id, Event::Kind::kJobCompleted));
+  clock_->Advance(24h);
+  auto after = c->Insert(EmailArgs{"go2"});
+  ASSERT_TRUE(log.WaitForJob(after->job.id, Event::Kind::kJobCompleted));
+  EXPECT_EQ(Get(*c, pending->job.id).state, JobState::kPending);
+  EXPECT_TRUE(c->Stop(10s).ok());
+}
+
+TEST_F(ClientTest, WorkerCanEnqueueFollowUpJobs) {
+  behaviour_->fn = [](JobContext& ctx, const EmailArgs& a) -> Outcome {
+    if (a.to == "parent") return ctx.client().Insert(EmailArgs{"child"}).status();
+    return Outcome::Done();
+  };
+  auto c = Start();
+  EventLog log(*c);
+  ASSERT_TRUE(c->Insert(EmailArgs{"parent"}).has_value());
+  ASSERT_TRUE(log.WaitForCount(Event::Kind::kJobCompleted, 2));
+  EXPECT_TRUE(c->Stop(10s).ok());
+}
+
+TEST_F(ClientTest, SoftStopLetsRunningJobsFinish) {
+  Signal started, release;
+  std::atomic<bool> saw_cancel{false};
+  behaviour_->fn = [&](JobContext& ctx, const EmailArgs&) {
+    started.Notify();
+    release.WaitFor();
+    saw_cancel = ctx.Cancelled();
+    return Outcome::Done();
+  };
+  auto c = Start();
+  auto r = c->Insert(EmailArgs{"a"});
+  ASSERT_TRUE(started.WaitFor());
+  std::thread stopper([&] { EXPECT_TRUE(c->Stop(60s).ok()); });
+  release.Notify();
+  stopper.join();
+  EXPECT_FALSE(saw_cancel);
+  EXPECT_EQ(Get(*c, r->job.id).state, JobState::kCompleted);
+}
+
+TEST_F(ClientTest, HardStopCancelsRunningJobsAndLeavesNoneRunning) {
+  Signal started;
+  behaviour_->fn = [&](JobContext& ctx, const EmailArgs&) {
+    started.Notify();
+    return WaitForCancel(ctx);
+  };
+  auto c = Start();
+  auto r = c->Insert(EmailArgs{"a"});
+  ASSERT_TRUE(started.WaitFor());
+  EXPECT_TRUE(c->Stop(10ms).ok());
+  JobRow j = Get(*c, r->job.id);
+  EXPECT_EQ(j.state, JobState::kRetryable);
+  ASSERT_EQ(j.errors.size(), 1u);
+  EXPECT_EQ(j.errors[0].error, "stopped: context cancelled");
+}
+
+TEST_F(ClientTest, StopAndCancelCancelsAtOnce) {
+  Signal started;
+  behaviour_->fn = [&](JobContext& ctx, const EmailArgs&) {
+    started.Notify();
+    return WaitForCancel(ctx);
+  };
+  auto c = Start();
+  auto r = c->Insert(EmailArgs{"a"});
+  ASSERT_TRUE(started.WaitFor());
+  EXPECT_TRUE(c->StopAndCancel().ok());
+  EXPECT_EQ(Get(*c, r->job.id).state, JobState::kRetryable);
+  EXPECT_TRUE(c->Stop(1s).ok()) << "Stop after stop is a no-op";
+  EXPECT_TRUE(c->Start().IsFailedPrecondition());
+}
+
+TEST_F(ClientTest, NoJobLeftRunningAfterACleanStopMidRun) {
+  std::atomic<int> ran{0};
+  behaviour_->fn = [&](JobContext&, const EmailArgs&) {
+    ran++;
+    return Outcome::Done();
+  };
+  auto c = Start(8);
+  EventLog log(*c);
+  std::vector<InsertParams> many;
+  for (int i = 0; i < 2000; ++i) many.push_back(InsertParams::From(EmailArgs{"m"}));
+  ASSERT_TRUE(c->InsertMany(std::move(many)).has_value());
+  ASSERT_TRUE(log.WaitForCount(Event::Kind::kJobCompleted, 10));
+  ASSERT_TRUE(c->Stop(30s).ok());
+  auto counts = c->JobCountByState();
+  ASSERT_TRUE(counts.has_value());
+  EXPECT_EQ(counts->count(JobState::kRunning), 0u);
+  EXPECT_EQ((*counts)[JobState::kCompleted], ran.load());
+  EXPECT_EQ((*counts)[JobState::kCompleted] + (*counts)[JobState::kAvailable], 2000);
+}
+
+TEST_F(ClientTest, InsertFromAnotherClientIsSeenWithoutWaitingForThePoll) {
+  auto worker_client = Start();
+  EventLog log(*worker_client);
+  auto o = Options();
+  o.queues.clear();  // insert-only
+  auto inserter = Open(o);
+  auto r = inserter->Insert(EmailArgs{"remote"});
+  ASSERT_TRUE(r.has_value());
+  // poll_interval is 1h: only the data_version check can have woken the producer.
+  ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobCompleted));
+  EXPECT_TRUE(worker_client->Stop(10s).ok());
+}
+
+TEST_F(ClientTest, InsertManyReturnsRowsInOrderAndFastReturnsCount) {
+  auto c = Open(Options());
+  std::vector<InsertParams> v;
+  for (int i = 0; i < 300; ++i) v.push_back(InsertParams::From(EmailArgs{std::to_string(i)}));
+  auto rows = c->InsertMany(v);
+  ASSERT_TRUE(rows.has_value());
+  ASSERT_EQ(rows->size(), 300u);
+  for (size_t i = 0; i < rows->size(); ++i) {
+    EXPECT_EQ((*rows)[i].job.args, nlohmann::json(EmailArgs{std::to_string(i)}).dump());
+    if (i > 0) {
+      EXPECT_GT((*rows)[i].job.id, (*rows)[i - 1].job.id);
+    }
+  }
+  auto n = c->InsertManyFast(std::move(v));
+  ASSERT_TRUE(n.has_value());
+  EXPECT_EQ(*n, 300);
+  EXPECT_EQ((*c->JobCountByState())[JobState::kAvailable], 600);
+}
+
+TEST_F(ClientTest, InsertTxIsVisibleOnlyIfTheCallersTransactionCommits) {
+  auto c = Start();
+  EventLog log(*c);
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir_.path() / "test.db").c_str(), &db), SQLITE_OK);
+  sqlite3_busy_timeout(db, 5000);
+  ASSERT_EQ(sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+  auto rolled_back = c->InsertTx(SqliteTx(db), EmailArgs{"never"});
+  ASSERT_TRUE(rolled_back.has_value()) << rolled_back.error().ToString();
+  ASSERT_EQ(sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
+  ASSERT_TRUE(c->JobGet(rolled_back->job.id).error().IsNotFound());
+
+  ASSERT_EQ(sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+  auto committed = c->InsertTx(SqliteTx(db), EmailArgs{"yes"});
+  ASSERT_TRUE(committed.has_value());
+  ASSERT_EQ(sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr), SQLITE_OK);
+  ASSERT_TRUE(log.WaitForJob(committed->job.id, Event::Kind::kJobCompleted));
+  sqlite3_close(db);
+  EXPECT_TRUE(c->Stop(10s).ok());
+}
+
+TEST_F(ClientTest, WrongKindOfTransactionIsRefused) {
+  auto c = Open(Options());
+  auto r = c->InsertTx(PostgresTx(nullptr), EmailArgs{"x"});
+  ASSERT_FALSE(r.has_value());
+  EXPECT_TRUE(r.error().IsInvalidArgument());
+}
+
+TEST(ClientOpenTest, RefusesMissingSchemaNamingTheCommand) {
+  TempDir dir;
+  auto c = Client::Open(dir.SqliteUrl(), {});
+  ASSERT_FALSE(c.has_value());
+  EXPECT_TRUE(c.error().IsFailedPrecondition());
+  EXPECT_NE(c.error().message().find("spool migration up"), std::string::npos);
+  ClientOptions o;
+  o.auto_migrate = true;
+  EXPECT_TRUE(Client::Open(dir.SqliteUrl(), o).has_value());
+}
+
+TEST(ClientOpenTest, RefusesASchemaNewerThanItKnows) {
+  TempDir dir;
+  ASSERT_TRUE(MigrateUp(dir.SqliteUrl()).ok());
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir.path() / "test.db").c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db,
+                         "INSERT INTO spool_migration (line, version, name, applied_at) "
+                         "VALUES ('main', 999, 'from_the_future', 0)",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3_close(db);
+  auto c = Client::Open(dir.SqliteUrl(), {});
+  ASSERT_FALSE(c.has_value());
+  EXPECT_TRUE(c.error().IsFailedPrecondition());
+  EXPECT_NE(c.error().message().find("newer than this spool knows"), std::string::npos);
+}
+
+TEST(ClientOpenTest, BadUrlsAndOptionsAreInvalidArguments) {
+  EXPECT_TRUE(Client::Open("mysql://x", {}).error().IsInvalidArgument());
+  EXPECT_TRUE(Client::Open("sqlite://", {}).error().IsInvalidArgument());
+  EXPECT_TRUE(Client::Open("sqlite://:memory:", {}).error().IsInvalidArgument());
+  auto missing = Client::Open("sqlite:///nonexistent-dir-spool/x.db", {});
+  ASSERT_FALSE(missing.has_value());
+  EXPECT_NE(missing.error().message().find("/nonexistent-dir-spool/x.db"), std::string::npos);
+  ClientOptions o;
+  o.queues["q"] = {.max_workers = 0};
+  TempDir dir;
+  EXPECT_TRUE(Client::Open(dir.SqliteUrl(), o).error().IsInvalidArgument());
+}
+
+struct DupArgs {
+  static constexpr std::string_view kKind = "dup";
+  int x = 0;
+  NLOHMANN_DEFINE_TYPE_INTRUSIVE(DupArgs, x)
+};
+struct DupWorker : Worker<DupArgs> {
+  Outcome Work(JobContext&, const DupArgs&) override { return Outcome::Done(); }
+};
+
+TEST(ClientOpenTest, DuplicateWorkerKindIsRefused) {
+  using W = DupWorker;
+  Workers w;
+  w.Add<W>().Add<W>();
+  TempDir dir;
+  ClientOptions o;
+  o.auto_migrate = true;
+  auto c = Client::Open(dir.SqliteUrl(), o, std::move(w));
+  ASSERT_FALSE(c.has_value());
+  EXPECT_NE(c.error().message().find("two workers are registered for kind \"dup\""),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace spool

@@ -1,0 +1,148 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <set>
+
+#include "spool/spool.h"
+
+namespace spool {
+namespace {
+
+TEST(StatusTest, OkIsDefaultAndCheap) {
+  Status s;
+  EXPECT_TRUE(s.ok());
+  EXPECT_EQ(s.ToString(), "OK");
+  EXPECT_EQ(s.code(), Status::Code::kOk);
+}
+
+TEST(StatusTest, ErrorCarriesCodeMessageAndContext) {
+  Status s = Status::InvalidArgument("bad thing").WithContext("Open");
+  EXPECT_TRUE(s.IsInvalidArgument());
+  EXPECT_EQ(s.message(), "Open: bad thing");
+  EXPECT_EQ(s.ToString(), "InvalidArgument: Open: bad thing");
+  Status copy = s;
+  EXPECT_EQ(copy.ToString(), s.ToString());
+  EXPECT_TRUE(Status::ConnectionLost("x").IsTransient());
+  EXPECT_FALSE(Status::InvalidArgument("x").IsTransient());
+}
+
+TEST(ResultTest, HoldsValueOrError) {
+  Result<int> v = 5;
+  ASSERT_TRUE(v.has_value());
+  EXPECT_EQ(*v, 5);
+  Result<int> e = Status::NotFound("no job 7");
+  EXPECT_FALSE(e);
+  EXPECT_TRUE(e.error().IsNotFound());
+  EXPECT_EQ(e.value_or(3), 3);
+  Result<int> from_ok = Status::Ok();
+  EXPECT_FALSE(from_ok.has_value());
+  EXPECT_EQ(from_ok.error().code(), Status::Code::kInternal);
+}
+
+TEST(JobStateTest, NamesRoundTripAndUnknownListsValid) {
+  for (JobState s : kAllJobStates) {
+    auto parsed = ParseJobState(JobStateName(s));
+    ASSERT_TRUE(parsed.has_value());
+    EXPECT_EQ(*parsed, s);
+  }
+  auto bad = ParseJobState("bogus");
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message().find("available, scheduled, running"), std::string::npos);
+  EXPECT_TRUE(IsFinalState(JobState::kDiscarded));
+  EXPECT_FALSE(IsFinalState(JobState::kRetryable));
+}
+
+TEST(FormatTimeTest, Rfc3339WithMicros) {
+  EXPECT_EQ(FormatTime(TimePoint(Duration(1'700'000'000'123'456))), "2023-11-14T22:13:20.123456Z");
+  EXPECT_EQ(FormatTime(TimePoint(Duration(-1))), "1969-12-31T23:59:59.999999Z");
+}
+
+TEST(RetryPolicyTest, AttemptToTheFourthWithTenPercentJitter) {
+  DefaultRetryPolicy policy;
+  JobRow job;
+  std::set<int64_t> seen;
+  for (int attempt = 1; attempt <= 25; ++attempt) {
+    job.attempt = attempt;
+    const double base_us = std::pow(attempt, 4) * 1e6;
+    for (int i = 0; i < 20; ++i) {
+      const auto d = policy.NextRetry(job).count();
+      EXPECT_GE(static_cast<double>(d), base_us * 0.9 - 1) << "attempt " << attempt;
+      EXPECT_LE(static_cast<double>(d), base_us * 1.1 + 1) << "attempt " << attempt;
+      if (attempt == 10) seen.insert(d);
+    }
+  }
+  EXPECT_GT(seen.size(), 10u) << "jitter should spread retries";
+}
+
+TEST(OptionsTest, InsertOptionsNameTheBadField) {
+  InsertOptions o;
+  EXPECT_TRUE(ValidateInsertOptions(o).ok());
+  o.priority = 5;
+  EXPECT_NE(ValidateInsertOptions(o).message().find("priority"), std::string::npos);
+  o = {};
+  o.priority = 0;
+  EXPECT_TRUE(ValidateInsertOptions(o).IsInvalidArgument());
+  o = {};
+  o.queue = "";
+  EXPECT_NE(ValidateInsertOptions(o).message().find("queue name is empty"), std::string::npos);
+  o.queue = "has space";
+  EXPECT_NE(ValidateInsertOptions(o).message().find("invalid character ' '"), std::string::npos);
+  o = {};
+  o.max_attempts = 0;
+  EXPECT_NE(ValidateInsertOptions(o).message().find("max_attempts"), std::string::npos);
+  o = {};
+  o.metadata = "[1]";
+  EXPECT_NE(ValidateInsertOptions(o).message().find("metadata"), std::string::npos);
+  o = {};
+  o.tags = {"a,b"};
+  EXPECT_NE(ValidateInsertOptions(o).message().find("tags"), std::string::npos);
+}
+
+TEST(OptionsTest, ClientOptionsNameTheBadField) {
+  ClientOptions o;
+  EXPECT_TRUE(ValidateClientOptions(o).ok());
+  o.queues["default"] = {.max_workers = 0};
+  Status s = ValidateClientOptions(o);
+  EXPECT_TRUE(s.IsInvalidArgument());
+  EXPECT_NE(s.message().find("max_workers"), std::string::npos);
+  o = {};
+  o.queues["bad queue"] = {};
+  EXPECT_NE(ValidateClientOptions(o).message().find("bad queue"), std::string::npos);
+  o = {};
+  o.job_timeout = -std::chrono::seconds(1);
+  EXPECT_NE(ValidateClientOptions(o).message().find("job_timeout"), std::string::npos);
+  o = {};
+  o.poll_interval = Duration::zero();
+  EXPECT_NE(ValidateClientOptions(o).message().find("poll_interval"), std::string::npos);
+}
+
+struct A {
+  static constexpr std::string_view kKind = "a";
+  int x = 0;
+  NLOHMANN_DEFINE_TYPE_INTRUSIVE(A, x)
+};
+class AWorker : public Worker<A> {
+  Outcome Work(JobContext&, const A&) override { return Outcome::Done(); }
+};
+
+TEST(WorkersTest, DuplicateKindIsReported) {
+  Workers w;
+  w.Add<AWorker>();
+  EXPECT_TRUE(w.status().ok());
+  EXPECT_NE(w.Find("a"), nullptr);
+  EXPECT_EQ(w.Find("b"), nullptr);
+  w.Add<AWorker>();
+  EXPECT_TRUE(w.status().IsInvalidArgument());
+  EXPECT_NE(w.status().message().find("\"a\""), std::string::npos);
+}
+
+TEST(OutcomeTest, StatusConvertsToOutcome) {
+  Outcome ok = Status::Ok();
+  EXPECT_EQ(ok.kind(), Outcome::Kind::kDone);
+  Outcome fail = Status::NotFound("user 7");
+  EXPECT_EQ(fail.kind(), Outcome::Kind::kFail);
+  EXPECT_EQ(fail.message(), "NotFound: user 7");
+}
+
+}  // namespace
+}  // namespace spool
