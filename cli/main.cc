@@ -12,6 +12,8 @@ int main(int argc, char** argv) {
   spool::cli::RegisterMigration(app);
   spool::cli::RegisterBench(app);
   spool::cli::RegisterDemo(app);
+  spool::cli::RegisterJobs(app);
+  spool::cli::RegisterQueues(app);
   spool::cli::RegisterScaffold(app);
   try {
     app.parse(argc, argv);

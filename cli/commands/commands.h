@@ -22,6 +22,9 @@ struct CommandError : std::runtime_error {
 void RegisterMigration(CLI::App& app);
 void RegisterBench(CLI::App& app);
 void RegisterDemo(CLI::App& app);
+// Admin commands over the public client API; defined in commands/jobs.cc.
+void RegisterJobs(CLI::App& app);
+void RegisterQueues(CLI::App& app);
 // Scaffolding commands (new, gen, serve); defined in commands/scaffold.cc.
 void RegisterScaffold(CLI::App& app);
 

@@ -69,11 +69,34 @@ struct Event {
     kJobDiscarded,  // an attempt failed and no attempts are left (or the kind is unknown)
     kJobSnoozed,
     kJobCancelled,
+    kQueuePaused,  // by this client (other processes' pauses are not events here)
+    kQueueResumed,
   };
   Kind kind{};
-  JobRow job{};         // the row as it was when the worker finished, with the new state
-  Duration run_time{};  // how long Work ran
+  JobRow job{};         // job events: the row when the worker finished, with the new state
+  Duration run_time{};  // job events: how long Work ran
+  std::string queue{};  // the job's queue, or the queue paused or resumed
 };
+
+// A queue as stored: its pause state and how many jobs it has in each state.
+struct QueueInfo {
+  std::string name{};
+  std::optional<TimePoint> paused_at{};
+  std::map<JobState, int64_t> counts{};
+};
+
+// Builds a periodic job from typed args.
+template <JobArgs A>
+PeriodicJob MakePeriodicJob(std::string name, std::string schedule, const A& args,
+                            InsertOptions options = {}) {
+  PeriodicJob p;
+  p.name = std::move(name);
+  p.schedule = std::move(schedule);
+  p.kind = std::string(A::kKind);
+  p.args = nlohmann::json(args).dump();
+  p.options = std::move(options);
+  return p;
+}
 
 std::string_view EventKindName(Event::Kind kind);
 
@@ -138,6 +161,24 @@ class Client {
 
   // Calls `fn` after each job outcome is written, on a client thread: keep it short and do not
   // call Stop from it. Returns an id for Unsubscribe.
+  // Cancels a job. Not yet running: cancelled at once. Running: its context is cancelled (at once
+  // on this client, within the poll interval on another) and it ends cancelled unless it
+  // completes first. Final: returned unchanged. NotFound naming the id.
+  Result<JobRow> JobCancel(int64_t id);
+  // Makes a job that is not running available now; attempts already used are kept (max_attempts
+  // grows by one if they are used up). FailedPrecondition for a running job.
+  Result<JobRow> JobRetry(int64_t id);
+  // Deletes a job that is not running and returns it. FailedPrecondition for a running job.
+  Result<JobRow> JobDelete(int64_t id);
+
+  // Pauses a queue in every process (no new fetches; running jobs finish) until resumed.
+  Status QueuePause(std::string_view name);
+  Status QueueResume(std::string_view name);
+  // Every queue with jobs or a pause record, by name.
+  Result<std::vector<QueueInfo>> QueueList();
+  // True while this client holds the leader lease (runs maintenance and periodic jobs).
+  bool IsLeader() const;
+
   int Subscribe(std::function<void(const Event&)> fn);
   void Unsubscribe(int id);
 

@@ -83,6 +83,35 @@ enum class LogLevel { kDebug, kInfo, kWarn, kError };
 // Receives the client's log lines. Called from background threads: must be thread safe.
 using Logger = std::function<void(LogLevel, std::string_view message)>;
 
+// A job enqueued on a cron schedule by whichever client is the leader, each tick exactly once
+// across all processes. The last enqueued tick is stored in the database under `name`, so a
+// restart neither repeats a tick nor silently drops one (see `missed`).
+struct PeriodicJob {
+  // Identifies the schedule across restarts and processes; unique within ClientOptions.
+  std::string name{};
+  // Cron: 5 fields (minute hour day-of-month month day-of-week) with ranges, steps, lists and
+  // names (MON, JAN), or @hourly/@daily/@weekly/@monthly/@yearly.
+  std::string schedule{};
+  // IANA time zone the schedule is read in, e.g. "Europe/Kyiv". Default: UTC.
+  std::string time_zone{};
+  std::string kind{};
+  std::string args = "{}";
+  InsertOptions options{};
+  // Ticks that passed while no leader was running (all processes down): run once at start, or
+  // skip them. Default: run once.
+  enum class Missed { kRunOnce, kSkip };
+  Missed missed = Missed::kRunOnce;
+  // Also enqueue once when the schedule is first seen, instead of waiting for the first tick.
+  bool run_on_start = false;
+};
+
+// How long finalized jobs are kept before the cleaner deletes them; negative keeps them forever.
+struct RetentionOptions {
+  Duration completed = std::chrono::hours(24);
+  Duration cancelled = std::chrono::hours(24);
+  Duration discarded = std::chrono::hours(24 * 7);
+};
+
 // Per-queue settings.
 struct QueueConfig {
   // Jobs of this queue that may run at once; 1-10000. Default: 100.
@@ -118,6 +147,24 @@ struct ClientOptions {
   std::shared_ptr<const Clock> clock{};
   // Identifies this client in attempted_by and in logs. Default: "<hostname>-<pid>-<random>".
   std::string client_id{};
+  // Periodic (cron) jobs; names must be unique. Default: none.
+  std::vector<PeriodicJob> periodic_jobs{};
+  // How often this client records that it is alive. Default: 5s.
+  Duration heartbeat_interval = std::chrono::seconds(5);
+  // A client silent this long is dead: the leader moves its running jobs back to retryable.
+  // Default: 30s.
+  Duration client_stale_after = std::chrono::seconds(30);
+  // The leader's lease; when the leader dies another client takes over within it. Default: 15s.
+  Duration leader_ttl = std::chrono::seconds(15);
+  // How often the leader looks for stuck jobs. Default: 5s.
+  Duration rescue_interval = std::chrono::seconds(5);
+  // A job running longer than this is rescued even if its client is alive. Default: 1h.
+  Duration rescue_after = std::chrono::hours(1);
+  // A job running past its per-attempt timeout by more than this is rescued. Default: 1min.
+  Duration rescue_timeout_margin = std::chrono::minutes(1);
+  // How often the leader deletes old finalized jobs, and how old they must be. Default: 30s.
+  Duration clean_interval = std::chrono::seconds(30);
+  RetentionOptions retention{};
   // Apply missing migrations at Open instead of refusing to start. Default: false.
   bool auto_migrate = false;
   SqliteOptions sqlite{};

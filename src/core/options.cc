@@ -91,6 +91,25 @@ Status ValidateClientOptions(const ClientOptions& opts) {
   };
   SPOOL_RETURN_IF_ERROR(check_interval("poll_interval", opts.poll_interval));
   SPOOL_RETURN_IF_ERROR(check_interval("schedule_interval", opts.schedule_interval));
+  const std::pair<std::string_view, Duration> positive[] = {
+      {"heartbeat_interval", opts.heartbeat_interval},
+      {"client_stale_after", opts.client_stale_after},
+      {"leader_ttl", opts.leader_ttl},
+      {"rescue_interval", opts.rescue_interval},
+      {"rescue_after", opts.rescue_after},
+      {"rescue_timeout_margin", opts.rescue_timeout_margin},
+      {"clean_interval", opts.clean_interval}};
+  for (const auto& [field, d] : positive) {
+    if (d <= Duration::zero()) {
+      return Status::InvalidArgument(
+          fmt::format("ClientOptions.{} is {}us: it must be positive", field, d.count()));
+    }
+  }
+  if (opts.client_stale_after <= opts.heartbeat_interval) {
+    return Status::InvalidArgument(
+        "ClientOptions.client_stale_after must be longer than heartbeat_interval, or live "
+        "clients would be taken for dead");
+  }
   if (opts.job_timeout < Duration::zero()) {
     return Status::InvalidArgument(
         fmt::format("ClientOptions.job_timeout is negative ({}us): use 0 for no timeout",

@@ -32,6 +32,16 @@ struct JobInsertParams {
   JobState state = JobState::kAvailable;  // available, scheduled or pending
   TimePoint scheduled_at{};
   std::vector<std::string> tags{};
+  // Raw key bytes (a 32-byte SHA-256); empty: the job is not unique. While a row with the same
+  // key is in a state whose bit (1 << int(JobState)) is set in that row's unique_states, an
+  // insert returns that row (duplicate) instead of inserting.
+  std::string unique_key{};
+  uint8_t unique_states = 0;
+};
+
+struct JobInsertResult {
+  JobRow job{};
+  bool duplicate = false;  // an existing row with the same unique key was returned instead
 };
 
 struct JobInsertManyParams {
@@ -75,6 +85,55 @@ struct JobScheduleResult {
   std::vector<std::string> queues{};  // distinct queues that got available jobs
 };
 
+// Not running and not final: cancelled now (finalized_at = now, error "cancelled by an admin"
+// appended). Running: metadata key "cancel_requested_at" set to now (microseconds) and the row
+// returned still running; the runtime cancels its context. Final: returned unchanged.
+struct JobCancelParams {
+  int64_t id = 0;
+  TimePoint now{};
+};
+
+// Not running: available now (scheduled_at = now, finalized_at cleared); if attempt >=
+// max_attempts, max_attempts = attempt + 1. Running: FailedPrecondition.
+struct JobRetryParams {
+  int64_t id = 0;
+  TimePoint now{};
+};
+
+// Running jobs that are stuck, oldest attempted_at first: those whose client (the last entry of
+// attempted_by) has no spool_client row with heartbeat_at >= heartbeat_stale_before, and those
+// attempted before attempted_before whatever their client.
+struct JobGetStuckParams {
+  TimePoint heartbeat_stale_before{};
+  TimePoint attempted_before{};
+  int max = 1'000;
+};
+
+// Deletes up to `max` jobs in `state` (completed, cancelled or discarded) finalized before.
+struct JobDeleteFinalizedParams {
+  JobState state = JobState::kCompleted;
+  TimePoint finalized_before{};
+  int max = 10'000;
+};
+
+struct LeaderElectParams {
+  std::string leader_id{};
+  TimePoint now{};
+  Duration ttl{};
+};
+
+struct LeaderInfo {
+  std::string leader_id{};
+  TimePoint elected_at{};
+  TimePoint expires_at{};
+};
+
+struct ClientHeartbeatParams {
+  std::string id{};
+  TimePoint now{};
+  std::vector<std::string> queues{};
+};
+
 // ---- interfaces -------------------------------------------------------------------------------
 
 // Runs queries. The driver's own executor (Driver::executor()) is thread safe; a Tx or an
@@ -83,9 +142,10 @@ class Executor {
  public:
   virtual ~Executor() = default;
 
-  // Inserts all rows in as few statements as possible; returns the rows in input order.
-  virtual Result<std::vector<JobRow>> JobInsertMany(const JobInsertManyParams& params) = 0;
-  // Same, returning only the count (no rows read back).
+  // Inserts all rows in as few statements as possible; returns the rows in input order, with
+  // the existing row (duplicate = true) for a unique job whose key is taken.
+  virtual Result<std::vector<JobInsertResult>> JobInsertMany(const JobInsertManyParams& params) = 0;
+  // Same, returning only the number of rows inserted (duplicates skipped, no rows read back).
   virtual Result<int64_t> JobInsertManyFast(const JobInsertManyParams& params) = 0;
   virtual Result<std::vector<JobRow>> JobGetAvailable(const JobGetAvailableParams& params) = 0;
   // Returns how many rows changed (jobs no longer running are skipped).
@@ -96,6 +156,44 @@ class Executor {
   virtual Result<JobRow> JobGetByID(int64_t id) = 0;
   virtual Result<std::vector<JobRow>> JobList(const JobListParams& params) = 0;
   virtual Result<std::map<JobState, int64_t>> JobCountByState(std::string_view queue) = 0;
+
+  // ---- admin (see the params structs). NotFound naming the id.
+  virtual Result<JobRow> JobCancel(const JobCancelParams& params) = 0;
+  virtual Result<JobRow> JobRetry(const JobRetryParams& params) = 0;
+  // Deletes a job that is not running and returns it; FailedPrecondition when running.
+  virtual Result<JobRow> JobDelete(int64_t id) = 0;
+  // Of `ids`, the jobs still running whose cancel was requested.
+  virtual Result<std::vector<int64_t>> JobGetCancelRequested(const std::vector<int64_t>& ids) = 0;
+
+  // ---- maintenance
+  virtual Result<std::vector<JobRow>> JobGetStuck(const JobGetStuckParams& params) = 0;
+  virtual Result<int64_t> JobDeleteFinalized(const JobDeleteFinalizedParams& params) = 0;
+
+  // Takes the lease if nobody holds it or it expired (expires_at <= now): expires_at = now + ttl.
+  // True if leader_id holds the lease afterwards.
+  virtual Result<bool> LeaderAttemptElect(const LeaderElectParams& params) = 0;
+  // Extends the lease only if leader_id holds it (even if expired and not yet taken); true then.
+  virtual Result<bool> LeaderAttemptReelect(const LeaderElectParams& params) = 0;
+  // Gives the lease up if leader_id holds it.
+  virtual Status LeaderResign(std::string_view leader_id) = 0;
+  virtual Result<std::optional<LeaderInfo>> LeaderGet() = 0;
+
+  // Upserts the client's row: started_at on first sight, heartbeat_at = now, queues.
+  virtual Status ClientHeartbeat(const ClientHeartbeatParams& params) = 0;
+  virtual Status ClientDelete(std::string_view id) = 0;
+  // Deletes client rows with heartbeat_at < before; returns how many.
+  virtual Result<int64_t> ClientDeleteStale(TimePoint before) = 0;
+
+  // Pause state lives in spool_queue (a row is created on first pause). JobGetAvailable returns
+  // nothing for a paused queue.
+  virtual Status QueuePause(std::string_view name, TimePoint now) = 0;
+  virtual Status QueueResume(std::string_view name, TimePoint now) = 0;
+  // Every queue that has a spool_queue row or any job, by name, with counts by state.
+  virtual Result<std::vector<QueueInfo>> QueueList() = 0;
+
+  // The last tick enqueued for a periodic job; nullopt when never.
+  virtual Result<std::optional<TimePoint>> PeriodicGetLastTick(std::string_view name) = 0;
+  virtual Status PeriodicSetLastTick(std::string_view name, TimePoint tick, TimePoint now) = 0;
 };
 
 // An executor inside a transaction the driver began. Destroying it without Commit rolls back.
@@ -151,6 +249,10 @@ class Driver {
   // Tells other processes that `queue` has new jobs (PostgreSQL: NOTIFY; SQLite: nothing, since
   // they see data_version move).
   virtual Status NotifyInsert(std::string_view queue) = 0;
+  // Tells other processes that job or queue state changed under them (a running job's cancel
+  // was requested, a queue paused): PostgreSQL NOTIFY on a control channel that WaitForChange
+  // also listens to; SQLite: nothing.
+  virtual Status NotifyControl() = 0;
 };
 
 // The embedded migrations of a driver kind ("sqlite" or "postgres") without opening a database;

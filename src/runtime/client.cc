@@ -7,7 +7,9 @@
 #include <cstdio>
 #include <random>
 
+#include "core/unique.h"
 #include "driver/driver.h"
+#include "maintenance/maintenance.h"
 #include "runtime/completer.h"
 #include "runtime/deadline_watcher.h"
 #include "runtime/queue_runner.h"
@@ -18,12 +20,16 @@ using internal::Completer;
 using internal::Completion;
 using internal::DeadlineWatcher;
 using internal::Driver;
+using internal::Maintenance;
 using internal::QueueRunner;
 
 namespace {
 
 constexpr auto kDestructorStopTimeout = std::chrono::seconds(5);
 constexpr auto kLoopErrorBackoff = std::chrono::milliseconds(200);
+// Other processes' cancel requests for our running jobs are looked up at most this often when
+// changes stream in, and at least every poll interval.
+constexpr auto kCancelCheckMinInterval = std::chrono::milliseconds(50);
 
 void DefaultLog(LogLevel level, std::string_view message) {
   if (level < LogLevel::kWarn) return;
@@ -59,6 +65,10 @@ std::string_view EventKindName(Event::Kind kind) {
       return "job_snoozed";
     case Event::Kind::kJobCancelled:
       return "job_cancelled";
+    case Event::Kind::kQueuePaused:
+      return "queue_paused";
+    case Event::Kind::kQueueResumed:
+      return "queue_resumed";
   }
   return "unknown";
 }
@@ -95,13 +105,19 @@ class Client::Impl {
     deadlines_.Start();
     internal::RuntimeEnv env{driver_->executor(), *clock_,    workers_, options_, *retry_policy_,
                              completer_,          deadlines_, self,     logger_,  client_id_};
+    background_stop_ = false;
+    // Before any runner claims a job: Maintenance::Start writes this client's first heartbeat,
+    // and a running job whose client has no heartbeat row looks abandoned to the leader.
+    maintenance_ = std::make_unique<Maintenance>(internal::MaintenanceEnv{
+        *driver_, *clock_, workers_, options_, *retry_policy_, logger_, client_id_,
+        [this](const std::string& queue) { WakeQueue(queue); }});
+    if (Status st = maintenance_->Start(); !st.ok()) return st;
     for (const auto& [name, q] : options_.queues) {
       auto runner = std::make_unique<QueueRunner>(name, q.max_workers, env);
       runner->Start();
       std::lock_guard rl(lifecycle_mu_runners_);
       runners_.emplace(name, std::move(runner));
     }
-    background_stop_ = false;
     scheduler_ = std::thread([this] { ScheduleLoop(); });
     notifier_ = std::thread([this] { NotifyLoop(); });
     state_ = LifeState::kStarted;
@@ -139,6 +155,9 @@ class Client::Impl {
     if (notifier_.joinable()) notifier_.join();
     deadlines_.Stop();
     Status st = completer_.Stop();
+    // After the last outcome is written: the rescuer must not see this client's jobs as
+    // abandoned, and resigning lets another process lead at once.
+    if (maintenance_) maintenance_->Stop();
     {
       std::lock_guard rl(lifecycle_mu_runners_);
       runners_.clear();
@@ -176,6 +195,13 @@ class Client::Impl {
       j.state = in.options.pending       ? JobState::kPending
                 : j.scheduled_at > p.now ? JobState::kScheduled
                                          : JobState::kAvailable;
+      if (in.options.unique) {
+        SPOOL_ASSIGN_OR_RETURN(
+            auto key,
+            internal::ComputeUniqueKey(j.kind, j.args, j.queue, j.scheduled_at, in.options.unique));
+        j.unique_key = std::move(key->key);
+        j.unique_states = key->states;
+      }
       p.jobs.push_back(std::move(j));
     }
     std::vector<InsertResult> out;
@@ -184,7 +210,7 @@ class Client::Impl {
     } else {
       SPOOL_ASSIGN_OR_RETURN(auto rows, ex.JobInsertMany(p));
       out.reserve(rows.size());
-      for (auto& row : rows) out.push_back(InsertResult{std::move(row), false});
+      for (auto& r : rows) out.push_back(InsertResult{std::move(r.job), r.duplicate});
     }
     if (wake) WakeQueues(p.jobs);
     return out;
@@ -197,6 +223,64 @@ class Client::Impl {
   void Unsubscribe(int id) {
     std::lock_guard lock(subscribers_mu_);
     subscribers_.erase(id);
+  }
+
+  Result<JobRow> Cancel(int64_t id) {
+    SPOOL_ASSIGN_OR_RETURN(JobRow row,
+                           driver_->executor().JobCancel({.id = id, .now = clock_->Now()}));
+    if (row.state == JobState::kRunning) {
+      bool here = false;
+      {
+        std::lock_guard lock(lifecycle_mu_runners_);
+        if (auto it = runners_.find(row.queue); it != runners_.end()) {
+          here = it->second->CancelJob(id);
+        }
+      }
+      if (!here) {
+        if (Status st = driver_->NotifyControl(); !st.ok()) {
+          logger_(LogLevel::kWarn,
+                  "notifying other processes of a cancel failed: " + st.ToString());
+        }
+      }
+    }
+    return row;
+  }
+
+  Result<JobRow> Retry(int64_t id) {
+    SPOOL_ASSIGN_OR_RETURN(JobRow row,
+                           driver_->executor().JobRetry({.id = id, .now = clock_->Now()}));
+    WakeQueue(row.queue);
+    if (Status st = driver_->NotifyInsert(row.queue); !st.ok()) {
+      logger_(LogLevel::kDebug, "notify insert failed: " + st.ToString());
+    }
+    return row;
+  }
+
+  Status SetPaused(std::string_view queue, bool paused) {
+    SPOOL_RETURN_IF_ERROR(ValidateQueueName(queue));
+    auto& ex = driver_->executor();
+    SPOOL_RETURN_IF_ERROR(paused ? ex.QueuePause(queue, clock_->Now())
+                                 : ex.QueueResume(queue, clock_->Now()));
+    if (!paused) WakeQueue(std::string(queue));
+    if (Status st = driver_->NotifyControl(); !st.ok()) {
+      logger_(LogLevel::kWarn, "notifying other processes of a pause failed: " + st.ToString());
+    }
+    Event e;
+    e.kind = paused ? Event::Kind::kQueuePaused : Event::Kind::kQueueResumed;
+    e.queue = std::string(queue);
+    std::lock_guard lock(subscribers_mu_);
+    for (auto& [_, fn] : subscribers_) fn(e);
+    return Status::Ok();
+  }
+
+  bool IsLeader() {
+    std::lock_guard lock(lifecycle_mu_);
+    return maintenance_ != nullptr && maintenance_->is_leader();
+  }
+
+  void WakeQueue(const std::string& queue) {
+    std::lock_guard lock(lifecycle_mu_runners_);
+    if (auto it = runners_.find(queue); it != runners_.end()) it->second->Wake();
   }
 
   Driver& driver() { return *driver_; }
@@ -260,6 +344,28 @@ class Client::Impl {
     }
   }
 
+  // Cancels the contexts of jobs running here whose cancel another process requested.
+  void CancelRequestedJobs() {
+    std::vector<int64_t> ids;
+    {
+      std::lock_guard lock(lifecycle_mu_runners_);
+      for (auto& [_, r] : runners_) r->AppendRunningIds(&ids);
+    }
+    if (ids.empty()) return;
+    auto requested = driver_->executor().JobGetCancelRequested(ids);
+    if (!requested) {
+      logger_(LogLevel::kWarn,
+              "checking for cancelled jobs failed: " + requested.error().ToString());
+      return;
+    }
+    std::lock_guard lock(lifecycle_mu_runners_);
+    for (int64_t id : *requested) {
+      for (auto& [_, r] : runners_) {
+        if (r->CancelJob(id)) break;
+      }
+    }
+  }
+
   // Wakes producers when another process changed the database.
   void NotifyLoop() {
     for (;;) {
@@ -274,6 +380,11 @@ class Client::Impl {
         continue;
       }
       if (*changed) WakeAll();
+      const auto now = std::chrono::steady_clock::now();
+      if (!*changed || now - last_cancel_check_ >= kCancelCheckMinInterval) {
+        last_cancel_check_ = now;
+        CancelRequestedJobs();
+      }
     }
   }
 
@@ -299,6 +410,8 @@ class Client::Impl {
   bool background_stop_ = false;
   std::thread scheduler_;
   std::thread notifier_;
+  std::unique_ptr<Maintenance> maintenance_;                   // set by Start under lifecycle_mu_
+  std::chrono::steady_clock::time_point last_cancel_check_{};  // notifier thread only
 
   std::mutex subscribers_mu_;
   std::map<int, std::function<void(const Event&)>> subscribers_;
@@ -309,6 +422,7 @@ class Client::Impl {
 Result<std::unique_ptr<Client>> Client::Open(std::string_view database_url, ClientOptions options,
                                              Workers workers) {
   SPOOL_RETURN_IF_ERROR(ValidateClientOptions(options));
+  SPOOL_RETURN_IF_ERROR(internal::ValidatePeriodicJobs(options));
   SPOOL_RETURN_IF_ERROR(workers.status());
   SPOOL_ASSIGN_OR_RETURN(auto driver,
                          Driver::Open(database_url, internal::DriverOptions{options.sqlite}));
@@ -394,6 +508,16 @@ Result<std::vector<JobRow>> Client::JobList(const JobListParams& params) {
 Result<std::map<JobState, int64_t>> Client::JobCountByState(std::string_view queue) {
   return impl_->driver().executor().JobCountByState(queue);
 }
+
+Result<JobRow> Client::JobCancel(int64_t id) { return impl_->Cancel(id); }
+Result<JobRow> Client::JobRetry(int64_t id) { return impl_->Retry(id); }
+Result<JobRow> Client::JobDelete(int64_t id) { return impl_->driver().executor().JobDelete(id); }
+Status Client::QueuePause(std::string_view name) { return impl_->SetPaused(name, true); }
+Status Client::QueueResume(std::string_view name) { return impl_->SetPaused(name, false); }
+Result<std::vector<QueueInfo>> Client::QueueList() {
+  return impl_->driver().executor().QueueList();
+}
+bool Client::IsLeader() const { return impl_->IsLeader(); }
 
 int Client::Subscribe(std::function<void(const Event&)> fn) {
   const int id = impl_->next_subscription_.fetch_add(1);

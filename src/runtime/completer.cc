@@ -71,6 +71,11 @@ void Completer::Run() {
 
     Status st = Write(batch);
     if (st.ok()) {
+      {
+        // A failure that a retry got past is not the error Stop reports.
+        std::lock_guard lock(mu_);
+        last_error_ = Status::Ok();
+      }
       deliver_(batch);
       batch.clear();
       backoff = kRetryBackoffStart;

@@ -82,6 +82,20 @@ void QueueRunner::CancelAll() {
   worker_cv_.notify_all();
 }
 
+bool QueueRunner::CancelJob(int64_t id) {
+  std::lock_guard lock(mu_);
+  auto it = running_.find(id);
+  if (it == running_.end()) return false;
+  it->second->admin_cancelled = true;
+  it->second->source.request_stop();
+  return true;
+}
+
+void QueueRunner::AppendRunningIds(std::vector<int64_t>* ids) {
+  std::lock_guard lock(mu_);
+  for (const auto& [id, _] : running_) ids->push_back(id);
+}
+
 void QueueRunner::Join() {
   if (producer_.joinable()) producer_.join();
   {
@@ -159,6 +173,7 @@ void QueueRunner::WorkLoop() {
       Completion c;
       c.params = {.id = job.id, .state = JobState::kScheduled, .at = env_.clock.Now(), .error = {}};
       c.event = {.kind = Event::Kind::kJobSnoozed, .job = std::move(job), .run_time = {}};
+      c.event.queue = c.event.job.queue;
       c.event.job.state = JobState::kScheduled;
       c.event.job.attempt -= 1;
       env_.completer.Add(std::move(c));
@@ -205,7 +220,8 @@ void QueueRunner::WorkLoop() {
         const auto run_time =
             std::chrono::duration_cast<Duration>(std::chrono::steady_clock::now() - t0);
         if (deadline) env_.deadlines.Remove(id);
-        Completion c = MakeCompletion(std::move(job), outcome, timed_out.load(), timeout, run_time);
+        Completion c = MakeCompletion(std::move(job), outcome, timed_out.load(),
+                                      running.admin_cancelled.load(), timeout, run_time);
         if (c.params.error && !trace.empty()) {
           c.params.error->trace = trace;
           c.event.job.errors.back().trace = trace;
@@ -239,7 +255,8 @@ void QueueRunner::SlotFreedLocked() {
 }
 
 Completion QueueRunner::MakeCompletion(JobRow job, const Outcome& outcome, bool timed_out,
-                                       Duration timeout, Duration run_time) const {
+                                       bool admin_cancelled, Duration timeout,
+                                       Duration run_time) const {
   const TimePoint now = env_.clock.Now();
   Completion c;
   c.params.id = job.id;
@@ -249,46 +266,56 @@ Completion QueueRunner::MakeCompletion(JobRow job, const Outcome& outcome, bool 
     job.errors.push_back(e);
     c.params.error = std::move(e);
   };
-  switch (outcome.kind()) {
-    case Outcome::Kind::kDone:
-      c.params.state = JobState::kCompleted;
-      c.params.at = now;
-      c.event.kind = Event::Kind::kJobCompleted;
-      break;
-    case Outcome::Kind::kSnooze:
-      c.params.state = JobState::kScheduled;
-      c.params.at = now + std::max(Duration::zero(), outcome.snooze_delay());
-      c.event.kind = Event::Kind::kJobSnoozed;
-      job.attempt -= 1;
-      break;
-    case Outcome::Kind::kCancel:
-      c.params.state = JobState::kCancelled;
-      c.params.at = now;
-      c.event.kind = Event::Kind::kJobCancelled;
-      record_error(outcome.message().empty() ? "cancelled by its worker"
-                                             : "cancelled: " + outcome.message());
-      break;
-    case Outcome::Kind::kFail: {
-      std::string message =
-          outcome.message().empty() ? "job failed (no message)" : outcome.message();
-      if (timed_out) {
-        message = fmt::format("job timed out after {}; Work returned: {}", FormatDuration(timeout),
-                              message);
-      }
-      record_error(std::move(message));
-      if (job.attempt >= job.max_attempts) {
-        c.params.state = JobState::kDiscarded;
+  if (admin_cancelled && outcome.kind() != Outcome::Kind::kDone) {
+    // An admin's cancel wins over a retry or snooze: the job stops for good.
+    c.params.state = JobState::kCancelled;
+    c.params.at = now;
+    c.event.kind = Event::Kind::kJobCancelled;
+    record_error(outcome.message().empty()
+                     ? std::string("cancelled by an admin while running")
+                     : "cancelled by an admin while running; Work returned: " + outcome.message());
+  } else {
+    switch (outcome.kind()) {
+      case Outcome::Kind::kDone:
+        c.params.state = JobState::kCompleted;
         c.params.at = now;
-        c.event.kind = Event::Kind::kJobDiscarded;
-      } else {
-        std::optional<Duration> delay;
-        if (WorkerBase* w = env_.workers.Find(job.kind)) delay = w->NextRetry(job);
-        c.params.state = JobState::kRetryable;
-        c.params.at =
-            now + std::max(Duration::zero(), delay.value_or(env_.retry_policy.NextRetry(job)));
-        c.event.kind = Event::Kind::kJobFailed;
+        c.event.kind = Event::Kind::kJobCompleted;
+        break;
+      case Outcome::Kind::kSnooze:
+        c.params.state = JobState::kScheduled;
+        c.params.at = now + std::max(Duration::zero(), outcome.snooze_delay());
+        c.event.kind = Event::Kind::kJobSnoozed;
+        job.attempt -= 1;
+        break;
+      case Outcome::Kind::kCancel:
+        c.params.state = JobState::kCancelled;
+        c.params.at = now;
+        c.event.kind = Event::Kind::kJobCancelled;
+        record_error(outcome.message().empty() ? "cancelled by its worker"
+                                               : "cancelled: " + outcome.message());
+        break;
+      case Outcome::Kind::kFail: {
+        std::string message =
+            outcome.message().empty() ? "job failed (no message)" : outcome.message();
+        if (timed_out) {
+          message = fmt::format("job timed out after {}; Work returned: {}",
+                                FormatDuration(timeout), message);
+        }
+        record_error(std::move(message));
+        if (job.attempt >= job.max_attempts) {
+          c.params.state = JobState::kDiscarded;
+          c.params.at = now;
+          c.event.kind = Event::Kind::kJobDiscarded;
+        } else {
+          std::optional<Duration> delay;
+          if (WorkerBase* w = env_.workers.Find(job.kind)) delay = w->NextRetry(job);
+          c.params.state = JobState::kRetryable;
+          c.params.at =
+              now + std::max(Duration::zero(), delay.value_or(env_.retry_policy.NextRetry(job)));
+          c.event.kind = Event::Kind::kJobFailed;
+        }
+        break;
       }
-      break;
     }
   }
   job.state = c.params.state;
@@ -297,6 +324,7 @@ Completion QueueRunner::MakeCompletion(JobRow job, const Outcome& outcome, bool 
   } else {
     job.scheduled_at = c.params.at;
   }
+  c.event.queue = job.queue;
   c.event.job = std::move(job);
   return c;
 }

@@ -49,18 +49,24 @@ class QueueRunner {
   void CancelAll();
   // Joins every thread. REQUIRES: StopFetching, and the runner is idle or cancelled.
   void Join();
+  // Cancels the context of running job `id` because an admin cancelled it; it then ends
+  // cancelled unless it completes. False if the job is not running here.
+  bool CancelJob(int64_t id);
+  // Ids of the jobs running here now.
+  void AppendRunningIds(std::vector<int64_t>* ids);
 
   const std::string& name() const { return name_; }
 
  private:
   struct Running {
     std::stop_source source;
+    std::atomic<bool> admin_cancelled{false};
   };
   void ProduceLoop();
   void WorkLoop();
   void RunJob(JobRow job);
-  Completion MakeCompletion(JobRow job, const Outcome& outcome, bool timed_out, Duration timeout,
-                            Duration run_time) const;
+  Completion MakeCompletion(JobRow job, const Outcome& outcome, bool timed_out,
+                            bool admin_cancelled, Duration timeout, Duration run_time) const;
   // Called with mu_ held after a job finished: wakes the producer only when it is worth a fetch.
   void SlotFreedLocked();
   void WakeWorkerLocked();

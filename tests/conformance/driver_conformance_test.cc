@@ -9,6 +9,7 @@
 #include <future>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -22,14 +23,23 @@ using spool::JobRow;
 using spool::JobState;
 using spool::Status;
 using spool::TimePoint;
+using spool::internal::ClientHeartbeatParams;
 using spool::internal::Driver;
+using spool::internal::JobCancelParams;
+using spool::internal::JobDeleteFinalizedParams;
 using spool::internal::JobGetAvailableParams;
+using spool::internal::JobGetStuckParams;
 using spool::internal::JobInsertManyParams;
 using spool::internal::JobInsertParams;
+using spool::internal::JobInsertResult;
+using spool::internal::JobRetryParams;
 using spool::internal::JobScheduleParams;
 using spool::internal::JobSetStateIfRunningManyParams;
 using spool::internal::JobSetStateParams;
+using spool::internal::LeaderElectParams;
+using std::chrono::hours;
 using std::chrono::milliseconds;
+using std::chrono::minutes;
 using std::chrono::seconds;
 
 namespace {
@@ -78,6 +88,18 @@ JobSetStateParams Outcome(int64_t id, JobState state, TimePoint at,
   return p;
 }
 
+// JobInsertMany's rows, for cases that insert no unique jobs (every result must be new).
+spool::Result<std::vector<JobRow>> InsertRows(spool::internal::Executor& ex,
+                                              const JobInsertManyParams& params) {
+  SPOOL_ASSIGN_OR_RETURN(auto results, ex.JobInsertMany(params));
+  std::vector<JobRow> rows;
+  for (auto& r : results) {
+    if (r.duplicate) return Status::Internal("a job without a unique key came back duplicate");
+    rows.push_back(std::move(r.job));
+  }
+  return rows;
+}
+
 std::vector<int64_t> Ids(const std::vector<JobRow>& rows) {
   std::vector<int64_t> ids;
   for (const auto& r : rows) ids.push_back(r.id);
@@ -109,7 +131,7 @@ TEST_P(DriverConformanceTest, InsertManyReturnsRowsInInputOrderWithDefaults) {
   JobInsertParams c = Job("kind_c", "q1");
   c.tags = {"with \"quote\" and \\ backslash", "ünïcödé"};
 
-  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobInsertMany(Many({a, b, c}, kT0 + seconds(1))));
+  CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(exec(), Many({a, b, c}, kT0 + seconds(1))));
   ASSERT_EQ(rows.size(), 3u);
   EXPECT_EQ(rows[0].kind, "kind_a");
   EXPECT_EQ(rows[1].kind, "kind_b");
@@ -154,7 +176,7 @@ TEST_P(DriverConformanceTest, InsertManyReturnsRowsInInputOrderWithDefaults) {
 TEST_P(DriverConformanceTest, InsertManyKeepsInputOrderAcrossManyRows) {
   std::vector<JobInsertParams> jobs;
   for (int i = 0; i < 601; ++i) jobs.push_back(Job("kind_" + std::to_string(i)));
-  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobInsertMany(Many(jobs)));
+  CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(exec(), Many(jobs)));
   ASSERT_EQ(rows.size(), jobs.size());
   for (size_t i = 0; i < rows.size(); ++i) {
     EXPECT_EQ(rows[i].kind, jobs[i].kind) << i;
@@ -165,11 +187,12 @@ TEST_P(DriverConformanceTest, InsertManyKeepsInputOrderAcrossManyRows) {
 }
 
 TEST_P(DriverConformanceTest, InsertStoresAvailableScheduledAndPendingAsGiven) {
-  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobInsertMany(Many({
-                                     JobAt("q", kT0 - seconds(1), 1, JobState::kAvailable),
-                                     JobAt("q", kT0 + seconds(60), 1, JobState::kScheduled),
-                                     JobAt("q", kT0 - seconds(1), 1, JobState::kPending),
-                                 })));
+  CONF_ASSIGN_OR_FAIL(auto rows,
+                      InsertRows(exec(), Many({
+                                             JobAt("q", kT0 - seconds(1), 1, JobState::kAvailable),
+                                             JobAt("q", kT0 + seconds(60), 1, JobState::kScheduled),
+                                             JobAt("q", kT0 - seconds(1), 1, JobState::kPending),
+                                         })));
   ASSERT_EQ(rows.size(), 3u);
   EXPECT_EQ(rows[0].state, JobState::kAvailable);
   EXPECT_EQ(rows[1].state, JobState::kScheduled);
@@ -201,7 +224,7 @@ TEST_P(DriverConformanceTest, InsertManyFastReturnsCountAndStoresRows) {
 }
 
 TEST_P(DriverConformanceTest, InsertNothingIsANoOp) {
-  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobInsertMany(Many({})));
+  CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(exec(), Many({})));
   EXPECT_TRUE(rows.empty());
   CONF_ASSIGN_OR_FAIL(int64_t n, exec().JobInsertManyFast(Many({})));
   EXPECT_EQ(n, 0);
@@ -210,7 +233,7 @@ TEST_P(DriverConformanceTest, InsertNothingIsANoOp) {
 TEST_P(DriverConformanceTest, InsertRejectsInvalidRowsAndInsertsNothing) {
   std::vector<JobInsertParams> jobs(300, Job());
   jobs[250].state = JobState::kRunning;
-  auto r1 = exec().JobInsertMany(Many(jobs));
+  auto r1 = InsertRows(exec(), Many(jobs));
   EXPECT_TRUE(r1.error().IsInvalidArgument()) << r1.error().ToString();
   jobs[250].state = JobState::kAvailable;
   jobs[299].priority = 9;
@@ -231,7 +254,7 @@ TEST_P(DriverConformanceTest, SharedExecutorIsThreadSafe) {
   for (int t = 0; t < kThreads; ++t) {
     done.push_back(std::async(std::launch::async, [this] {
       for (int i = 0; i < kPerThread; ++i) {
-        auto r = exec().JobInsertMany(Many({Job(), Job()}));
+        auto r = InsertRows(exec(), Many({Job(), Job()}));
         if (!r) return r.error();
       }
       return Status::Ok();
@@ -252,7 +275,7 @@ TEST_P(DriverConformanceTest, FetchRespectsQueueMaxStateAndScheduledAt) {
   jobs.push_back(JobAt("q1", kT0 - seconds(20), 1, JobState::kScheduled));  // due, not available
   jobs.push_back(JobAt("q1", kT0 - seconds(20), 1, JobState::kPending));
   jobs.push_back(JobAt("q1", kT0 + seconds(1)));  // available but in the future
-  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobInsertMany(Many(jobs)));
+  CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(exec(), Many(jobs)));
 
   CONF_ASSIGN_OR_FAIL(auto none, exec().JobGetAvailable(Fetch("q1", 0)));
   EXPECT_TRUE(none.empty());
@@ -282,13 +305,13 @@ TEST_P(DriverConformanceTest, FetchRespectsQueueMaxStateAndScheduledAt) {
 }
 
 TEST_P(DriverConformanceTest, FetchOrdersByPriorityThenScheduledAtThenId) {
-  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobInsertMany(Many({
-                                     JobAt("q", kT0 - seconds(1), 2),    // A
-                                     JobAt("q", kT0 - seconds(1), 1),    // B
-                                     JobAt("q", kT0 - seconds(5), 1),    // C
-                                     JobAt("q", kT0 - seconds(1), 1),    // D
-                                     JobAt("q", kT0 - seconds(100), 4),  // E
-                                 })));
+  CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(exec(), Many({
+                                                        JobAt("q", kT0 - seconds(1), 2),    // A
+                                                        JobAt("q", kT0 - seconds(1), 1),    // B
+                                                        JobAt("q", kT0 - seconds(5), 1),    // C
+                                                        JobAt("q", kT0 - seconds(1), 1),    // D
+                                                        JobAt("q", kT0 - seconds(100), 4),  // E
+                                                    })));
   const std::vector<int64_t> want = {rows[2].id, rows[1].id, rows[3].id, rows[0].id, rows[4].id};
 
   CONF_ASSIGN_OR_FAIL(auto all, exec().JobGetAvailable(Fetch("q", 10)));
@@ -297,13 +320,13 @@ TEST_P(DriverConformanceTest, FetchOrdersByPriorityThenScheduledAtThenId) {
   // The order also decides which jobs a smaller batch takes.
   CONF_ASSERT_OK(driver().MigrateDown(0));
   CONF_ASSERT_OK(driver().MigrateUp(spool::internal::LatestVersion(driver())));
-  CONF_ASSIGN_OR_FAIL(auto again, exec().JobInsertMany(Many({
-                                      JobAt("q", kT0 - seconds(1), 2),
-                                      JobAt("q", kT0 - seconds(1), 1),
-                                      JobAt("q", kT0 - seconds(5), 1),
-                                      JobAt("q", kT0 - seconds(1), 1),
-                                      JobAt("q", kT0 - seconds(100), 4),
-                                  })));
+  CONF_ASSIGN_OR_FAIL(auto again, InsertRows(exec(), Many({
+                                                         JobAt("q", kT0 - seconds(1), 2),
+                                                         JobAt("q", kT0 - seconds(1), 1),
+                                                         JobAt("q", kT0 - seconds(5), 1),
+                                                         JobAt("q", kT0 - seconds(1), 1),
+                                                         JobAt("q", kT0 - seconds(100), 4),
+                                                     })));
   std::vector<int64_t> one_by_one;
   for (int i = 0; i < 5; ++i) {
     CONF_ASSIGN_OR_FAIL(auto one, exec().JobGetAvailable(Fetch("q", 1)));
@@ -315,7 +338,7 @@ TEST_P(DriverConformanceTest, FetchOrdersByPriorityThenScheduledAtThenId) {
 }
 
 TEST_P(DriverConformanceTest, FetchIncrementsAttemptAndRecordsClient) {
-  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobInsertMany(Many({Job("k", "q")})));
+  CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(exec(), Many({Job("k", "q")})));
   const int64_t id = rows[0].id;
 
   CONF_ASSIGN_OR_FAIL(auto f1, exec().JobGetAvailable(Fetch("q", 1, kT0, "client-a")));
@@ -346,7 +369,7 @@ TEST_P(DriverConformanceTest, FetchIncrementsAttemptAndRecordsClient) {
 }
 
 TEST_P(DriverConformanceTest, AttemptedByKeepsTheLast100Clients) {
-  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobInsertMany(Many({Job("k", "q")})));
+  CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(exec(), Many({Job("k", "q")})));
   const int64_t id = rows[0].id;
   for (int i = 0; i < 103; ++i) {
     CONF_ASSIGN_OR_FAIL(auto got,
@@ -408,7 +431,7 @@ TEST_P(DriverConformanceTest, ConcurrentFetchersNeverGetTheSameJob) {
 
 TEST_P(DriverConformanceTest, SetStateAppliesEachOutcome) {
   std::vector<JobInsertParams> jobs(6, Job("k", "q"));
-  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobInsertMany(Many(jobs)));
+  CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(exec(), Many(jobs)));
   CONF_ASSIGN_OR_FAIL(auto running, exec().JobGetAvailable(Fetch("q", 10)));
   ASSERT_EQ(running.size(), 6u);
   const spool::AttemptError err{kT0 + seconds(1), 1, "boom: \"quoted\"", "std::runtime_error"};
@@ -475,7 +498,7 @@ TEST_P(DriverConformanceTest, SetStateAppliesEachOutcome) {
 }
 
 TEST_P(DriverConformanceTest, SetStateAppendsErrorsInOrder) {
-  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobInsertMany(Many({Job("k", "q")})));
+  CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(exec(), Many({Job("k", "q")})));
   const int64_t id = rows[0].id;
   for (int attempt = 1; attempt <= 3; ++attempt) {
     const TimePoint now = kT0 + seconds(attempt);
@@ -499,7 +522,7 @@ TEST_P(DriverConformanceTest, SetStateAppendsErrorsInOrder) {
 }
 
 TEST_P(DriverConformanceTest, SetStateSkipsJobsThatAreNotRunning) {
-  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobInsertMany(Many({Job("k", "q"), Job("k", "q")})));
+  CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(exec(), Many({Job("k", "q"), Job("k", "q")})));
   CONF_ASSIGN_OR_FAIL(
       int64_t n,
       exec().JobSetStateIfRunningMany({{
@@ -545,16 +568,17 @@ TEST_P(DriverConformanceTest, SetStateCompletesLargeBatchesInOneCall) {
 // ---- scheduler --------------------------------------------------------------------------------
 
 TEST_P(DriverConformanceTest, ScheduleMovesDueJobsOnlyAndReportsQueues) {
-  CONF_ASSIGN_OR_FAIL(auto rows,
-                      exec().JobInsertMany(Many({
-                          JobAt("q1", kT0 - seconds(1), 1, JobState::kScheduled),
-                          JobAt("q2", kT0, 1, JobState::kScheduled),
-                          JobAt("q2", kT0 - seconds(3), 1, JobState::kScheduled),
-                          JobAt("q3", kT0 + seconds(1), 1, JobState::kScheduled),  // not due
-                          JobAt("q4", kT0 - seconds(50)),                          // to fail below
-                          JobAt("q5", kT0 - seconds(50), 1, JobState::kPending),
-                          JobAt("q6", kT0 - seconds(50)),  // available already
-                      })));
+  CONF_ASSIGN_OR_FAIL(
+      auto rows,
+      InsertRows(exec(), Many({
+                             JobAt("q1", kT0 - seconds(1), 1, JobState::kScheduled),
+                             JobAt("q2", kT0, 1, JobState::kScheduled),
+                             JobAt("q2", kT0 - seconds(3), 1, JobState::kScheduled),
+                             JobAt("q3", kT0 + seconds(1), 1, JobState::kScheduled),  // not due
+                             JobAt("q4", kT0 - seconds(50)),  // to fail below
+                             JobAt("q5", kT0 - seconds(50), 1, JobState::kPending),
+                             JobAt("q6", kT0 - seconds(50)),  // available already
+                         })));
   CONF_ASSIGN_OR_FAIL(auto running, exec().JobGetAvailable(Fetch("q4", 1, kT0 - seconds(50))));
   ASSERT_EQ(running.size(), 1u);
   CONF_ASSIGN_OR_FAIL(
@@ -611,7 +635,7 @@ TEST_P(DriverConformanceTest, ListFiltersAndPagesById) {
   for (int i = 0; i < 10; ++i) {
     jobs.push_back(Job(i % 2 == 0 ? "k1" : "k2", i < 5 ? "qa" : "qb"));
   }
-  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobInsertMany(Many(jobs)));
+  CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(exec(), Many(jobs)));
   CONF_ASSIGN_OR_FAIL(auto running, exec().JobGetAvailable(Fetch("qa", 2)));
   ASSERT_EQ(running.size(), 2u);  // rows 0 and 1 (same priority and time: by id)
 
@@ -652,14 +676,15 @@ TEST_P(DriverConformanceTest, ListFiltersAndPagesById) {
 }
 
 TEST_P(DriverConformanceTest, CountByStateCountsPerQueueAndOverall) {
-  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobInsertMany(Many({
-                                     JobAt("qa", kT0),
-                                     JobAt("qa", kT0),
-                                     JobAt("qa", kT0),
-                                     JobAt("qb", kT0 + seconds(9), 1, JobState::kScheduled),
-                                     JobAt("qb", kT0 + seconds(9), 1, JobState::kScheduled),
-                                     JobAt("qa", kT0, 1, JobState::kPending),
-                                 })));
+  CONF_ASSIGN_OR_FAIL(auto rows,
+                      InsertRows(exec(), Many({
+                                             JobAt("qa", kT0),
+                                             JobAt("qa", kT0),
+                                             JobAt("qa", kT0),
+                                             JobAt("qb", kT0 + seconds(9), 1, JobState::kScheduled),
+                                             JobAt("qb", kT0 + seconds(9), 1, JobState::kScheduled),
+                                             JobAt("qa", kT0, 1, JobState::kPending),
+                                         })));
   CONF_ASSIGN_OR_FAIL(auto running, exec().JobGetAvailable(Fetch("qa", 1)));
   ASSERT_EQ(running.size(), 1u);
 
@@ -679,7 +704,7 @@ TEST_P(DriverConformanceTest, CountByStateCountsPerQueueAndOverall) {
 
 TEST_P(DriverConformanceTest, TxCommitMakesWritesVisible) {
   CONF_ASSIGN_OR_FAIL(auto tx, driver().Begin());
-  CONF_ASSIGN_OR_FAIL(auto rows, tx->JobInsertMany(Many({Job("in_tx", "q")})));
+  CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(*tx, Many({Job("in_tx", "q")})));
   ASSERT_EQ(rows.size(), 1u);
   CONF_ASSIGN_OR_FAIL(JobRow inside, tx->JobGetByID(rows[0].id));
   EXPECT_EQ(inside.kind, "in_tx");
@@ -693,15 +718,15 @@ TEST_P(DriverConformanceTest, TxCommitMakesWritesVisible) {
   EXPECT_EQ(counts[JobState::kAvailable], 2);
 
   // A finished transaction refuses further use.
-  EXPECT_FALSE(tx->JobInsertMany(Many({Job()})).has_value());
+  EXPECT_FALSE(InsertRows(*tx, Many({Job()})).has_value());
   EXPECT_FALSE(tx->Commit().ok());
   EXPECT_FALSE(tx->Rollback().ok());
 }
 
 TEST_P(DriverConformanceTest, TxRollbackDiscardsWrites) {
-  CONF_ASSIGN_OR_FAIL(auto before, exec().JobInsertMany(Many({Job("k", "q")})));
+  CONF_ASSIGN_OR_FAIL(auto before, InsertRows(exec(), Many({Job("k", "q")})));
   CONF_ASSIGN_OR_FAIL(auto tx, driver().Begin());
-  CONF_ASSIGN_OR_FAIL(auto rows, tx->JobInsertMany(Many({Job("k", "q")})));
+  CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(*tx, Many({Job("k", "q")})));
   CONF_ASSIGN_OR_FAIL(auto fetched, tx->JobGetAvailable(Fetch("q", 10)));
   EXPECT_EQ(fetched.size(), 2u);
   CONF_ASSERT_OK(tx->Rollback());
@@ -716,7 +741,7 @@ TEST_P(DriverConformanceTest, TxDestroyedWithoutCommitRollsBack) {
   int64_t id = 0;
   {
     CONF_ASSIGN_OR_FAIL(auto tx, driver().Begin());
-    CONF_ASSIGN_OR_FAIL(auto rows, tx->JobInsertMany(Many({Job("k", "q")})));
+    CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(*tx, Many({Job("k", "q")})));
     id = rows[0].id;
   }
   EXPECT_TRUE(exec().JobGetByID(id).error().IsNotFound());
@@ -729,10 +754,10 @@ TEST_P(DriverConformanceTest, TxDestroyedWithoutCommitRollsBack) {
 
 TEST_P(DriverConformanceTest, FailedInsertInsideTxLeavesEarlierWritesIntact) {
   CONF_ASSIGN_OR_FAIL(auto tx, driver().Begin());
-  CONF_ASSIGN_OR_FAIL(auto rows, tx->JobInsertMany(Many({Job("k", "q")})));
+  CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(*tx, Many({Job("k", "q")})));
   JobInsertParams bad = Job();
   bad.priority = 0;
-  EXPECT_FALSE(tx->JobInsertMany(Many({Job(), bad})).has_value());
+  EXPECT_FALSE(InsertRows(*tx, Many({Job(), bad})).has_value());
   CONF_ASSERT_OK(tx->Commit());
   CONF_ASSIGN_OR_FAIL(auto counts, exec().JobCountByState(""));
   EXPECT_EQ(counts, (std::map<JobState, int64_t>{{JobState::kAvailable, 1}}));
@@ -756,7 +781,7 @@ TEST_P(DriverConformanceTest, MigrationsAreNumberedAndComplete) {
 
 TEST_P(DriverConformanceTest, MigrateDownAndUpAgain) {
   const int latest = spool::internal::LatestVersion(driver());
-  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobInsertMany(Many({Job()})));
+  CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(exec(), Many({Job()})));
 
   CONF_ASSERT_OK(driver().MigrateDown(0));
   CONF_ASSIGN_OR_FAIL(int empty, driver().SchemaVersion());
@@ -884,3 +909,626 @@ TEST_P(DriverConformanceTest, ExecutorForRejectsNullAndForeignTransactions) {
     EXPECT_TRUE(r.error().IsInvalidArgument()) << r.error().ToString();
   }
 }
+
+// ---- issue 3: unique jobs, admin, maintenance, leader, clients, queues, periodic -------------
+
+namespace {
+
+int64_t Micros(TimePoint t) { return t.time_since_epoch().count(); }
+
+uint8_t Bit(JobState s) { return static_cast<uint8_t>(1u << static_cast<int>(s)); }
+
+// Every state but the final ones: what a typical unique job uses.
+const uint8_t kUniqueMask = static_cast<uint8_t>(
+    Bit(JobState::kAvailable) | Bit(JobState::kScheduled) | Bit(JobState::kRunning) |
+    Bit(JobState::kRetryable) | Bit(JobState::kPending));
+
+// Raw key bytes, as spool's SHA-256 would be: 32 bytes with a NUL among them.
+std::string Key(char c) {
+  std::string k(32, c);
+  k[5] = '\0';
+  return k;
+}
+
+JobInsertParams Unique(std::string kind, const std::string& key, uint8_t mask = kUniqueMask,
+                       std::string queue = "default") {
+  JobInsertParams p = Job(std::move(kind), std::move(queue));
+  p.unique_key = key;
+  p.unique_states = mask;
+  return p;
+}
+
+// Inserts one job in `queue`, which must have no other available job, and claims it at `at`.
+spool::Result<JobRow> InsertRunning(spool::internal::Executor& ex, const std::string& queue,
+                                    TimePoint at, const std::string& client = "client-1",
+                                    int max_attempts = 25) {
+  JobInsertParams p = JobAt(queue, at);
+  p.max_attempts = max_attempts;
+  SPOOL_ASSIGN_OR_RETURN(auto rows, InsertRows(ex, Many({p}, at)));
+  SPOOL_ASSIGN_OR_RETURN(auto got, ex.JobGetAvailable(Fetch(queue, 1, at, client)));
+  if (got.size() != 1 || got[0].id != rows[0].id) {
+    return Status::Internal("queue " + queue + " did not yield the job just inserted");
+  }
+  return got[0];
+}
+
+// A job in `state` in `queue` (which must have no other available job), reached through the
+// seam the way the runtime would: inserted, claimed and given an outcome at `at`.
+spool::Result<JobRow> InsertInState(spool::internal::Executor& ex, JobState state,
+                                    const std::string& queue, TimePoint at, int max_attempts = 25) {
+  if (state == JobState::kAvailable || state == JobState::kPending ||
+      state == JobState::kScheduled) {
+    JobInsertParams p = JobAt(queue, state == JobState::kScheduled ? at + hours(1) : at, 1, state);
+    p.max_attempts = max_attempts;
+    SPOOL_ASSIGN_OR_RETURN(auto rows, InsertRows(ex, Many({p}, at)));
+    return rows[0];
+  }
+  SPOOL_ASSIGN_OR_RETURN(JobRow running, InsertRunning(ex, queue, at, "client-1", max_attempts));
+  if (state == JobState::kRunning) return running;
+  const TimePoint outcome_at = state == JobState::kRetryable ? at + hours(1) : at;
+  SPOOL_ASSIGN_OR_RETURN(int64_t n,
+                         ex.JobSetStateIfRunningMany({{Outcome(running.id, state, outcome_at)}}));
+  if (n != 1) return Status::Internal("outcome not applied");
+  return ex.JobGetByID(running.id);
+}
+
+int64_t CountOf(const std::map<JobState, int64_t>& counts, JobState s) {
+  auto it = counts.find(s);
+  return it == counts.end() ? 0 : it->second;
+}
+
+}  // namespace
+
+TEST_P(DriverConformanceTest, UniqueInsertReturnsExistingRowWhileItsStateIsInTheMask) {
+  CONF_ASSIGN_OR_FAIL(auto first,
+                      exec().JobInsertMany(Many({Unique("u", Key('a'), kUniqueMask, "uq")})));
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_FALSE(first[0].duplicate);
+  const int64_t id = first[0].job.id;
+
+  // Available, then running: both in the mask, so the same row comes back.
+  CONF_ASSIGN_OR_FAIL(auto again, exec().JobInsertMany(Many({Unique("u", Key('a'))})));
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_TRUE(again[0].duplicate);
+  EXPECT_EQ(again[0].job.id, id);
+  EXPECT_EQ(again[0].job.queue, "uq");  // the stored row, not the one asked for
+  CONF_ASSIGN_OR_FAIL(auto claimed, exec().JobGetAvailable(Fetch("uq", 1)));
+  ASSERT_EQ(claimed.size(), 1u);
+  CONF_ASSIGN_OR_FAIL(auto while_running, exec().JobInsertMany(Many({Unique("u", Key('a'))})));
+  ASSERT_EQ(while_running.size(), 1u);
+  EXPECT_TRUE(while_running[0].duplicate);
+  EXPECT_EQ(while_running[0].job.id, id);
+  EXPECT_EQ(while_running[0].job.state, JobState::kRunning);
+
+  // Another key is another job.
+  CONF_ASSIGN_OR_FAIL(auto other, exec().JobInsertMany(Many({Unique("u", Key('b'))})));
+  ASSERT_EQ(other.size(), 1u);
+  EXPECT_FALSE(other[0].duplicate);
+  EXPECT_NE(other[0].job.id, id);
+
+  // Completed is not in the mask: the key is free again.
+  CONF_ASSIGN_OR_FAIL(int64_t n, exec().JobSetStateIfRunningMany(
+                                     {{Outcome(id, JobState::kCompleted, kT0 + seconds(1))}}));
+  EXPECT_EQ(n, 1);
+  CONF_ASSIGN_OR_FAIL(auto after, exec().JobInsertMany(Many({Unique("u", Key('a'))})));
+  ASSERT_EQ(after.size(), 1u);
+  EXPECT_FALSE(after[0].duplicate);
+  EXPECT_GT(after[0].job.id, other[0].job.id);
+  EXPECT_EQ(after[0].job.state, JobState::kAvailable);
+  CONF_ASSIGN_OR_FAIL(auto counts, exec().JobCountByState(""));
+  EXPECT_EQ(CountOf(counts, JobState::kCompleted), 1);
+  EXPECT_EQ(CountOf(counts, JobState::kAvailable), 2);
+
+  // A mask that includes completed keeps the key taken by a completed row.
+  const uint8_t with_completed = static_cast<uint8_t>(kUniqueMask | Bit(JobState::kCompleted));
+  CONF_ASSIGN_OR_FAIL(auto c1,
+                      exec().JobInsertMany(Many({Unique("c", Key('c'), with_completed, "cq")})));
+  CONF_ASSIGN_OR_FAIL(auto c_claimed, exec().JobGetAvailable(Fetch("cq", 1)));
+  ASSERT_EQ(c_claimed.size(), 1u);
+  CONF_ASSIGN_OR_FAIL(
+      n, exec().JobSetStateIfRunningMany({{Outcome(c1[0].job.id, JobState::kCompleted, kT0)}}));
+  EXPECT_EQ(n, 1);
+  CONF_ASSIGN_OR_FAIL(auto c2, exec().JobInsertMany(Many({Unique("c", Key('c'), with_completed)})));
+  ASSERT_EQ(c2.size(), 1u);
+  EXPECT_TRUE(c2[0].duplicate);
+  EXPECT_EQ(c2[0].job.id, c1[0].job.id);
+  EXPECT_EQ(c2[0].job.state, JobState::kCompleted);
+}
+
+TEST_P(DriverConformanceTest, UniqueRowsMixedWithPlainRowsKeepInputOrder) {
+  CONF_ASSIGN_OR_FAIL(auto existing, exec().JobInsertMany(Many({Unique("existing", Key('e'))})));
+  ASSERT_EQ(existing.size(), 1u);
+  CONF_ASSIGN_OR_FAIL(
+      auto results, exec().JobInsertMany(Many({Job("plain1"), Unique("dup_of_existing", Key('e')),
+                                               Job("plain2"), Unique("new_unique", Key('n')),
+                                               Unique("dup_in_batch", Key('n')), Job("plain3")})));
+  ASSERT_EQ(results.size(), 6u);
+  EXPECT_EQ(results[0].job.kind, "plain1");
+  EXPECT_FALSE(results[0].duplicate);
+  EXPECT_EQ(results[1].job.kind, "existing");
+  EXPECT_TRUE(results[1].duplicate);
+  EXPECT_EQ(results[1].job.id, existing[0].job.id);
+  EXPECT_EQ(results[2].job.kind, "plain2");
+  EXPECT_FALSE(results[2].duplicate);
+  EXPECT_EQ(results[3].job.kind, "new_unique");
+  EXPECT_FALSE(results[3].duplicate);
+  // The same key twice in one call: the second gets the row the first inserted.
+  EXPECT_EQ(results[4].job.kind, "new_unique");
+  EXPECT_TRUE(results[4].duplicate);
+  EXPECT_EQ(results[4].job.id, results[3].job.id);
+  EXPECT_EQ(results[5].job.kind, "plain3");
+  EXPECT_FALSE(results[5].duplicate);
+  std::set<int64_t> ids;
+  for (const auto& r : results) ids.insert(r.job.id);
+  EXPECT_EQ(ids.size(), 5u);
+  CONF_ASSIGN_OR_FAIL(auto counts, exec().JobCountByState(""));
+  EXPECT_EQ(CountOf(counts, JobState::kAvailable), 5);
+}
+
+TEST_P(DriverConformanceTest, ConcurrentUniqueInsertersProduceOneRowPerKey) {
+  CONF_ASSIGN_OR_FAIL(auto other, GetParam().open_again());
+  constexpr int kKeys = 20;
+  std::promise<void> go;
+  std::shared_future<void> start = go.get_future().share();
+  auto inserter = [&](spool::internal::Executor& ex) {
+    return std::async(std::launch::async, [&ex, start]() -> spool::Result<std::vector<int64_t>> {
+      start.wait();
+      std::vector<int64_t> ids;
+      for (int k = 0; k < kKeys; ++k) {
+        SPOOL_ASSIGN_OR_RETURN(
+            auto r, ex.JobInsertMany(Many({Unique("race", Key(static_cast<char>('A' + k)))})));
+        if (r.size() != 1) return Status::Internal("one result expected");
+        ids.push_back(r[0].job.id);
+      }
+      return ids;
+    });
+  };
+  auto a = inserter(exec());
+  auto b = inserter(other->executor());
+  go.set_value();
+  CONF_ASSIGN_OR_FAIL(auto ids_a, a.get());
+  CONF_ASSIGN_OR_FAIL(auto ids_b, b.get());
+  EXPECT_EQ(ids_a, ids_b);  // both saw the one row of each key
+  CONF_ASSIGN_OR_FAIL(auto counts, exec().JobCountByState(""));
+  EXPECT_EQ(CountOf(counts, JobState::kAvailable), kKeys);
+}
+
+TEST_P(DriverConformanceTest, InsertManyFastSkipsDuplicatesInItsCount) {
+  CONF_ASSIGN_OR_FAIL(auto existing, exec().JobInsertMany(Many({Unique("u", Key('e'))})));
+  CONF_ASSIGN_OR_FAIL(
+      int64_t n, exec().JobInsertManyFast(Many({Job("plain"), Unique("u", Key('e')),
+                                                Unique("u", Key('f')), Unique("u", Key('f'))})));
+  EXPECT_EQ(n, 2);
+  CONF_ASSIGN_OR_FAIL(auto counts, exec().JobCountByState(""));
+  EXPECT_EQ(CountOf(counts, JobState::kAvailable), 3);
+  // The stored key is the one given, byte for byte: a second insert finds it.
+  CONF_ASSIGN_OR_FAIL(auto again, exec().JobInsertMany(Many({Unique("u", Key('f'))})));
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_TRUE(again[0].duplicate);
+}
+
+TEST_P(DriverConformanceTest, CancelFinalizesJobsThatAreNotRunning) {
+  const TimePoint now = kT0 + minutes(5);
+  for (JobState s :
+       {JobState::kAvailable, JobState::kScheduled, JobState::kRetryable, JobState::kPending}) {
+    SCOPED_TRACE(std::string(spool::JobStateName(s)));
+    CONF_ASSIGN_OR_FAIL(JobRow job,
+                        InsertInState(exec(), s, "q_" + std::string(spool::JobStateName(s)), kT0));
+    ASSERT_EQ(job.state, s);
+    const size_t errors_before = job.errors.size();
+    CONF_ASSIGN_OR_FAIL(JobRow got, exec().JobCancel({job.id, now}));
+    EXPECT_EQ(got.id, job.id);
+    EXPECT_EQ(got.state, JobState::kCancelled);
+    EXPECT_EQ(got.finalized_at, now);
+    ASSERT_EQ(got.errors.size(), errors_before + 1);
+    EXPECT_FALSE(got.errors.back().error.empty());
+    EXPECT_EQ(got.errors.back().at, now);
+    CONF_ASSIGN_OR_FAIL(JobRow stored, exec().JobGetByID(job.id));
+    EXPECT_EQ(stored.state, JobState::kCancelled);
+    EXPECT_EQ(stored.finalized_at, now);
+  }
+}
+
+TEST_P(DriverConformanceTest, CancelOfARunningJobRequestsItAndLeavesItRunning) {
+  const TimePoint now = kT0 + minutes(5);
+  JobInsertParams p = JobAt("qr", kT0);
+  p.metadata = R"({"keep":1})";
+  CONF_ASSIGN_OR_FAIL(auto inserted, InsertRows(exec(), Many({p, JobAt("qr", kT0)})));
+  CONF_ASSIGN_OR_FAIL(auto running, exec().JobGetAvailable(Fetch("qr", 2)));
+  ASSERT_EQ(running.size(), 2u);
+  const int64_t requested = inserted[0].id;
+  const int64_t not_requested = inserted[1].id;
+  CONF_ASSIGN_OR_FAIL(JobRow available, InsertInState(exec(), JobState::kAvailable, "qa", kT0));
+  // An available job cancelled outright is not "requested": it is not running.
+  CONF_ASSIGN_OR_FAIL(JobRow cancelled, exec().JobCancel({available.id, now}));
+  EXPECT_EQ(cancelled.state, JobState::kCancelled);
+
+  CONF_ASSIGN_OR_FAIL(JobRow got, exec().JobCancel({requested, now}));
+  EXPECT_EQ(got.state, JobState::kRunning);
+  EXPECT_FALSE(got.finalized_at.has_value());
+  const nlohmann::json meta = Json(got.metadata);
+  EXPECT_EQ(meta.value("keep", 0), 1);
+  ASSERT_TRUE(meta.contains("cancel_requested_at")) << got.metadata;
+  EXPECT_EQ(meta["cancel_requested_at"].get<int64_t>(), Micros(now));
+  CONF_ASSIGN_OR_FAIL(JobRow stored, exec().JobGetByID(requested));
+  EXPECT_EQ(stored.state, JobState::kRunning);
+
+  CONF_ASSIGN_OR_FAIL(auto ids, exec().JobGetCancelRequested(
+                                    {requested, not_requested, available.id, 987'654'321}));
+  EXPECT_EQ(ids, std::vector<int64_t>{requested});
+  CONF_ASSIGN_OR_FAIL(auto none, exec().JobGetCancelRequested({}));
+  EXPECT_TRUE(none.empty());
+
+  // Once it ends it is no longer reported.
+  CONF_ASSIGN_OR_FAIL(int64_t n, exec().JobSetStateIfRunningMany(
+                                     {{Outcome(requested, JobState::kCancelled, now)}}));
+  EXPECT_EQ(n, 1);
+  CONF_ASSIGN_OR_FAIL(auto after, exec().JobGetCancelRequested({requested, not_requested}));
+  EXPECT_TRUE(after.empty());
+}
+
+TEST_P(DriverConformanceTest, CancelOfAFinalJobReturnsItUnchangedAndUnknownIsNotFound) {
+  for (JobState s : {JobState::kCompleted, JobState::kDiscarded, JobState::kCancelled}) {
+    SCOPED_TRACE(std::string(spool::JobStateName(s)));
+    CONF_ASSIGN_OR_FAIL(JobRow job,
+                        InsertInState(exec(), s, "q_" + std::string(spool::JobStateName(s)), kT0));
+    CONF_ASSIGN_OR_FAIL(JobRow got, exec().JobCancel({job.id, kT0 + hours(1)}));
+    EXPECT_EQ(got.state, s);
+    EXPECT_EQ(got.finalized_at, job.finalized_at);
+    EXPECT_EQ(got.errors.size(), job.errors.size());
+    EXPECT_EQ(Json(got.metadata), Json(job.metadata));
+  }
+  auto missing = exec().JobCancel({987'654'321, kT0});
+  ASSERT_FALSE(missing.has_value());
+  EXPECT_TRUE(missing.error().IsNotFound()) << missing.error().ToString();
+  EXPECT_NE(missing.error().message().find("987654321"), std::string::npos)
+      << missing.error().ToString();
+}
+
+TEST_P(DriverConformanceTest, RetryMakesAJobAvailableNow) {
+  const TimePoint now = kT0 + minutes(5);
+  for (JobState s : {JobState::kDiscarded, JobState::kCancelled, JobState::kCompleted,
+                     JobState::kRetryable, JobState::kScheduled}) {
+    SCOPED_TRACE(std::string(spool::JobStateName(s)));
+    const std::string queue = "q_" + std::string(spool::JobStateName(s));
+    CONF_ASSIGN_OR_FAIL(JobRow job, InsertInState(exec(), s, queue, kT0));
+    ASSERT_EQ(job.state, s);
+    CONF_ASSIGN_OR_FAIL(JobRow got, exec().JobRetry({job.id, now}));
+    EXPECT_EQ(got.state, JobState::kAvailable);
+    EXPECT_EQ(got.scheduled_at, now);
+    EXPECT_FALSE(got.finalized_at.has_value());
+    EXPECT_EQ(got.attempt, job.attempt);
+    EXPECT_EQ(got.max_attempts, 25);
+    CONF_ASSIGN_OR_FAIL(auto fetched, exec().JobGetAvailable(Fetch(queue, 5, now)));
+    ASSERT_EQ(fetched.size(), 1u);
+    EXPECT_EQ(fetched[0].id, job.id);
+  }
+}
+
+TEST_P(DriverConformanceTest, RetryGrowsMaxAttemptsOnlyWhenUsedUp) {
+  CONF_ASSIGN_OR_FAIL(JobRow used_up,
+                      InsertInState(exec(), JobState::kDiscarded, "q1", kT0, /*max_attempts=*/1));
+  ASSERT_EQ(used_up.attempt, 1);
+  CONF_ASSIGN_OR_FAIL(JobRow got, exec().JobRetry({used_up.id, kT0}));
+  EXPECT_EQ(got.max_attempts, 2);
+  EXPECT_EQ(got.attempt, 1);
+  CONF_ASSIGN_OR_FAIL(JobRow spare,
+                      InsertInState(exec(), JobState::kDiscarded, "q2", kT0, /*max_attempts=*/5));
+  CONF_ASSIGN_OR_FAIL(JobRow got2, exec().JobRetry({spare.id, kT0}));
+  EXPECT_EQ(got2.max_attempts, 5);
+}
+
+TEST_P(DriverConformanceTest, RetryRefusesRunningAndUnknownJobs) {
+  CONF_ASSIGN_OR_FAIL(JobRow running, InsertRunning(exec(), "q", kT0));
+  auto r = exec().JobRetry({running.id, kT0});
+  ASSERT_FALSE(r.has_value());
+  EXPECT_TRUE(r.error().IsFailedPrecondition()) << r.error().ToString();
+  CONF_ASSIGN_OR_FAIL(JobRow stored, exec().JobGetByID(running.id));
+  EXPECT_EQ(stored.state, JobState::kRunning);
+  auto missing = exec().JobRetry({987'654'321, kT0});
+  ASSERT_FALSE(missing.has_value());
+  EXPECT_TRUE(missing.error().IsNotFound()) << missing.error().ToString();
+}
+
+TEST_P(DriverConformanceTest, RetryForgetsAnEarlierCancelRequest) {
+  // A cancel request belongs to the attempt it was made for: a retried job must not be cancelled
+  // as soon as it runs again.
+  CONF_ASSIGN_OR_FAIL(JobRow running, InsertRunning(exec(), "q", kT0));
+  CONF_ASSIGN_OR_FAIL(JobRow requested, exec().JobCancel({running.id, kT0 + seconds(1)}));
+  ASSERT_EQ(requested.state, JobState::kRunning);
+  CONF_ASSIGN_OR_FAIL(int64_t n, exec().JobSetStateIfRunningMany({{Outcome(
+                                     running.id, JobState::kCancelled, kT0 + seconds(2))}}));
+  ASSERT_EQ(n, 1);
+  CONF_ASSIGN_OR_FAIL(JobRow retried, exec().JobRetry({running.id, kT0 + seconds(3)}));
+  EXPECT_FALSE(Json(retried.metadata).contains("cancel_requested_at")) << retried.metadata;
+  CONF_ASSIGN_OR_FAIL(auto again, exec().JobGetAvailable(Fetch("q", 1, kT0 + seconds(3))));
+  ASSERT_EQ(again.size(), 1u);
+  CONF_ASSIGN_OR_FAIL(auto ids, exec().JobGetCancelRequested({running.id}));
+  EXPECT_TRUE(ids.empty());
+}
+
+TEST_P(DriverConformanceTest, DeleteRemovesJobsThatAreNotRunning) {
+  CONF_ASSIGN_OR_FAIL(JobRow completed, InsertInState(exec(), JobState::kCompleted, "q1", kT0));
+  CONF_ASSIGN_OR_FAIL(JobRow available, InsertInState(exec(), JobState::kAvailable, "q2", kT0));
+  for (const JobRow& job : {completed, available}) {
+    CONF_ASSIGN_OR_FAIL(JobRow got, exec().JobDelete(job.id));
+    EXPECT_EQ(got.id, job.id);
+    EXPECT_EQ(got.state, job.state);
+    EXPECT_EQ(got.kind, job.kind);
+    auto gone = exec().JobGetByID(job.id);
+    ASSERT_FALSE(gone.has_value());
+    EXPECT_TRUE(gone.error().IsNotFound());
+  }
+  CONF_ASSIGN_OR_FAIL(JobRow running, InsertRunning(exec(), "q3", kT0));
+  auto r = exec().JobDelete(running.id);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_TRUE(r.error().IsFailedPrecondition()) << r.error().ToString();
+  CONF_ASSIGN_OR_FAIL(JobRow still, exec().JobGetByID(running.id));
+  EXPECT_EQ(still.state, JobState::kRunning);
+  auto missing = exec().JobDelete(987'654'321);
+  ASSERT_FALSE(missing.has_value());
+  EXPECT_TRUE(missing.error().IsNotFound()) << missing.error().ToString();
+}
+
+TEST_P(DriverConformanceTest, GetStuckFindsRunningJobsOfDeadClientsAndOldAttempts) {
+  const TimePoint now = kT0 + hours(3);
+  CONF_ASSERT_OK(exec().ClientHeartbeat({"alive", now, {"q"}}));
+  CONF_ASSERT_OK(exec().ClientHeartbeat({"stale", now - minutes(10), {"q"}}));
+  // Fresh client, recent attempt: not stuck.
+  CONF_ASSIGN_OR_FAIL(JobRow fresh, InsertRunning(exec(), "s1", now - seconds(5), "alive"));
+  CONF_ASSIGN_OR_FAIL(JobRow of_stale, InsertRunning(exec(), "s2", now - seconds(4), "stale"));
+  CONF_ASSIGN_OR_FAIL(JobRow of_ghost, InsertRunning(exec(), "s3", now - seconds(3), "ghost"));
+  // Fresh client, but attempted before attempted_before: stuck.
+  CONF_ASSIGN_OR_FAIL(JobRow old, InsertRunning(exec(), "s4", now - hours(2), "alive"));
+  // First run by the ghost, now run by the live client: only the last client counts.
+  CONF_ASSIGN_OR_FAIL(JobRow rerun, InsertRunning(exec(), "s5", now - minutes(30), "ghost"));
+  CONF_ASSIGN_OR_FAIL(int64_t n, exec().JobSetStateIfRunningMany({{Outcome(
+                                     rerun.id, JobState::kRetryable, now - minutes(20))}}));
+  ASSERT_EQ(n, 1);
+  CONF_ASSIGN_OR_FAIL(auto scheduled, exec().JobSchedule({now - seconds(2), 100}));
+  ASSERT_EQ(scheduled.count, 1);
+  CONF_ASSIGN_OR_FAIL(auto rerun_rows,
+                      exec().JobGetAvailable(Fetch("s5", 1, now - seconds(1), "alive")));
+  ASSERT_EQ(rerun_rows.size(), 1u);
+  // Not running: never stuck, whoever ran it.
+  CONF_ASSIGN_OR_FAIL(JobRow done,
+                      InsertInState(exec(), JobState::kCompleted, "s6", now - hours(2)));
+
+  JobGetStuckParams p;
+  p.heartbeat_stale_before = now - minutes(1);
+  p.attempted_before = now - hours(1);
+  p.max = 100;
+  CONF_ASSIGN_OR_FAIL(auto stuck, exec().JobGetStuck(p));
+  EXPECT_EQ(Ids(stuck), (std::vector<int64_t>{old.id, of_stale.id, of_ghost.id}));
+  for (const auto& j : stuck) EXPECT_EQ(j.state, JobState::kRunning);
+  p.max = 2;
+  CONF_ASSIGN_OR_FAIL(auto first_two, exec().JobGetStuck(p));
+  EXPECT_EQ(Ids(first_two), (std::vector<int64_t>{old.id, of_stale.id}));
+  (void)fresh;
+  (void)done;
+}
+
+TEST_P(DriverConformanceTest, DeleteFinalizedDeletesOnlyThatStateOlderThanTheCutoff) {
+  const TimePoint now = kT0 + hours(5);
+  CONF_ASSIGN_OR_FAIL(JobRow old1,
+                      InsertInState(exec(), JobState::kCompleted, "q1", now - hours(3)));
+  CONF_ASSIGN_OR_FAIL(JobRow old2,
+                      InsertInState(exec(), JobState::kCompleted, "q2", now - hours(2)));
+  CONF_ASSIGN_OR_FAIL(JobRow recent,
+                      InsertInState(exec(), JobState::kCompleted, "q3", now - seconds(1)));
+  CONF_ASSIGN_OR_FAIL(JobRow discarded,
+                      InsertInState(exec(), JobState::kDiscarded, "q4", now - hours(3)));
+  CONF_ASSIGN_OR_FAIL(JobRow available, InsertInState(exec(), JobState::kAvailable, "q5", kT0));
+
+  JobDeleteFinalizedParams p;
+  p.state = JobState::kCompleted;
+  p.finalized_before = now - hours(1);
+  p.max = 1;
+  CONF_ASSIGN_OR_FAIL(int64_t n1, exec().JobDeleteFinalized(p));
+  EXPECT_EQ(n1, 1);
+  p.max = 100;
+  CONF_ASSIGN_OR_FAIL(int64_t n2, exec().JobDeleteFinalized(p));
+  EXPECT_EQ(n2, 1);
+  CONF_ASSIGN_OR_FAIL(int64_t n3, exec().JobDeleteFinalized(p));
+  EXPECT_EQ(n3, 0);
+  EXPECT_TRUE(exec().JobGetByID(old1.id).error().IsNotFound());
+  EXPECT_TRUE(exec().JobGetByID(old2.id).error().IsNotFound());
+  CONF_ASSERT_OK(exec().JobGetByID(recent.id));
+  CONF_ASSERT_OK(exec().JobGetByID(discarded.id));
+  CONF_ASSERT_OK(exec().JobGetByID(available.id));
+
+  p.state = JobState::kDiscarded;
+  CONF_ASSIGN_OR_FAIL(int64_t n4, exec().JobDeleteFinalized(p));
+  EXPECT_EQ(n4, 1);
+  EXPECT_TRUE(exec().JobGetByID(discarded.id).error().IsNotFound());
+}
+
+TEST_P(DriverConformanceTest, LeaderElectionLeaseLifecycle) {
+  const auto ttl = seconds(10);
+  auto params = [&](std::string id, TimePoint now) { return LeaderElectParams{id, now, ttl}; };
+  CONF_ASSIGN_OR_FAIL(auto none, exec().LeaderGet());
+  EXPECT_FALSE(none.has_value());
+
+  CONF_ASSIGN_OR_FAIL(bool a_won, exec().LeaderAttemptElect(params("a", kT0)));
+  EXPECT_TRUE(a_won);
+  CONF_ASSIGN_OR_FAIL(auto info, exec().LeaderGet());
+  ASSERT_TRUE(info.has_value());
+  EXPECT_EQ(info->leader_id, "a");
+  EXPECT_EQ(info->elected_at, kT0);
+  EXPECT_EQ(info->expires_at, kT0 + ttl);
+
+  // Another candidate is refused while the lease is valid, and cannot reelect.
+  CONF_ASSIGN_OR_FAIL(bool b_won, exec().LeaderAttemptElect(params("b", kT0 + seconds(5))));
+  EXPECT_FALSE(b_won);
+  CONF_ASSIGN_OR_FAIL(bool b_re, exec().LeaderAttemptReelect(params("b", kT0 + seconds(5))));
+  EXPECT_FALSE(b_re);
+  CONF_ASSIGN_OR_FAIL(info, exec().LeaderGet());
+  ASSERT_TRUE(info.has_value());
+  EXPECT_EQ(info->leader_id, "a");
+  EXPECT_EQ(info->expires_at, kT0 + ttl);
+
+  // The holder extends its lease.
+  CONF_ASSIGN_OR_FAIL(bool a_re, exec().LeaderAttemptReelect(params("a", kT0 + seconds(6))));
+  EXPECT_TRUE(a_re);
+  CONF_ASSIGN_OR_FAIL(info, exec().LeaderGet());
+  ASSERT_TRUE(info.has_value());
+  EXPECT_EQ(info->leader_id, "a");
+  EXPECT_EQ(info->elected_at, kT0);
+  EXPECT_EQ(info->expires_at, kT0 + seconds(16));
+
+  // Expired (expires_at <= now): another candidate takes over.
+  CONF_ASSIGN_OR_FAIL(b_won, exec().LeaderAttemptElect(params("b", kT0 + seconds(16))));
+  EXPECT_TRUE(b_won);
+  CONF_ASSIGN_OR_FAIL(info, exec().LeaderGet());
+  ASSERT_TRUE(info.has_value());
+  EXPECT_EQ(info->leader_id, "b");
+  EXPECT_EQ(info->elected_at, kT0 + seconds(16));
+  EXPECT_EQ(info->expires_at, kT0 + seconds(26));
+  CONF_ASSIGN_OR_FAIL(a_re, exec().LeaderAttemptReelect(params("a", kT0 + seconds(17))));
+  EXPECT_FALSE(a_re);
+
+  // An expired lease not yet taken can still be reelected by its holder.
+  CONF_ASSIGN_OR_FAIL(bool b_late, exec().LeaderAttemptReelect(params("b", kT0 + seconds(40))));
+  EXPECT_TRUE(b_late);
+  CONF_ASSIGN_OR_FAIL(info, exec().LeaderGet());
+  ASSERT_TRUE(info.has_value());
+  EXPECT_EQ(info->leader_id, "b");
+  EXPECT_EQ(info->expires_at, kT0 + seconds(50));
+
+  // Resign frees the lease only for its holder.
+  CONF_ASSERT_OK(exec().LeaderResign("a"));
+  CONF_ASSIGN_OR_FAIL(info, exec().LeaderGet());
+  ASSERT_TRUE(info.has_value());
+  EXPECT_EQ(info->leader_id, "b");
+  CONF_ASSERT_OK(exec().LeaderResign("b"));
+  CONF_ASSIGN_OR_FAIL(info, exec().LeaderGet());
+  EXPECT_FALSE(info.has_value());
+  CONF_ASSIGN_OR_FAIL(a_won, exec().LeaderAttemptElect(params("a", kT0 + seconds(41))));
+  EXPECT_TRUE(a_won);
+}
+
+TEST_P(DriverConformanceTest, LeaderIsSharedAcrossInstances) {
+  CONF_ASSIGN_OR_FAIL(auto other, GetParam().open_again());
+  CONF_ASSIGN_OR_FAIL(bool a_won, exec().LeaderAttemptElect({"a", kT0, seconds(10)}));
+  EXPECT_TRUE(a_won);
+  CONF_ASSIGN_OR_FAIL(bool b_won, other->executor().LeaderAttemptElect({"b", kT0, seconds(10)}));
+  EXPECT_FALSE(b_won);
+  CONF_ASSIGN_OR_FAIL(auto info, other->executor().LeaderGet());
+  ASSERT_TRUE(info.has_value());
+  EXPECT_EQ(info->leader_id, "a");
+}
+
+TEST_P(DriverConformanceTest, ClientHeartbeatUpsertsAndStaleClientsAreDeleted) {
+  CONF_ASSERT_OK(exec().ClientHeartbeat({"c1", kT0, {"q1"}}));
+  CONF_ASSERT_OK(exec().ClientHeartbeat({"c2", kT0 + seconds(5), {}}));
+  CONF_ASSERT_OK(exec().ClientHeartbeat({"c3", kT0 + seconds(5), {"q1", "q2"}}));
+  // A second heartbeat moves c1's heartbeat_at past the cutoff.
+  CONF_ASSERT_OK(exec().ClientHeartbeat({"c1", kT0 + seconds(10), {"q2"}}));
+  CONF_ASSIGN_OR_FAIL(int64_t none, exec().ClientDeleteStale(kT0 + seconds(5)));
+  EXPECT_EQ(none, 0);  // heartbeat_at == before is not stale
+  CONF_ASSIGN_OR_FAIL(int64_t n, exec().ClientDeleteStale(kT0 + seconds(6)));
+  EXPECT_EQ(n, 2);
+  CONF_ASSERT_OK(exec().ClientDelete("c1"));
+  CONF_ASSERT_OK(exec().ClientDelete("never_seen"));
+  CONF_ASSIGN_OR_FAIL(int64_t rest, exec().ClientDeleteStale(kT0 + hours(1)));
+  EXPECT_EQ(rest, 0);
+  // Deleted clients' jobs count as stuck: the client row is what marks a client alive.
+  CONF_ASSIGN_OR_FAIL(JobRow job, InsertRunning(exec(), "q", kT0 + seconds(10), "c1"));
+  JobGetStuckParams p;
+  p.heartbeat_stale_before = kT0;
+  p.attempted_before = kT0;
+  CONF_ASSIGN_OR_FAIL(auto stuck, exec().JobGetStuck(p));
+  EXPECT_EQ(Ids(stuck), std::vector<int64_t>{job.id});
+  CONF_ASSERT_OK(exec().ClientHeartbeat({"c1", kT0 + seconds(11), {}}));
+  CONF_ASSIGN_OR_FAIL(stuck, exec().JobGetStuck(p));
+  EXPECT_TRUE(stuck.empty());
+}
+
+TEST_P(DriverConformanceTest, QueuePauseStopsFetchingThatQueueOnly) {
+  CONF_ASSIGN_OR_FAIL(
+      auto rows,
+      InsertRows(exec(), Many({Job("k", "q1"), Job("k", "q1"), Job("k", "q2"), Job("k", "q2")})));
+  CONF_ASSERT_OK(exec().QueuePause("q1", kT0));
+  CONF_ASSIGN_OR_FAIL(auto none, exec().JobGetAvailable(Fetch("q1", 10)));
+  EXPECT_TRUE(none.empty());
+  CONF_ASSIGN_OR_FAIL(auto q2, exec().JobGetAvailable(Fetch("q2", 1)));
+  EXPECT_EQ(q2.size(), 1u);
+  // Pausing twice is fine; so is pausing a queue that has no jobs.
+  CONF_ASSERT_OK(exec().QueuePause("q1", kT0 + seconds(1)));
+  CONF_ASSERT_OK(exec().QueuePause("empty", kT0));
+
+  CONF_ASSIGN_OR_FAIL(auto list, exec().QueueList());
+  ASSERT_EQ(list.size(), 3u);
+  EXPECT_EQ(list[0].name, "empty");
+  EXPECT_TRUE(list[0].paused_at.has_value());
+  EXPECT_EQ(CountOf(list[0].counts, JobState::kAvailable), 0);
+  EXPECT_EQ(list[1].name, "q1");
+  ASSERT_TRUE(list[1].paused_at.has_value());
+  EXPECT_EQ(CountOf(list[1].counts, JobState::kAvailable), 2);
+  EXPECT_EQ(list[2].name, "q2");
+  EXPECT_FALSE(list[2].paused_at.has_value());
+  EXPECT_EQ(CountOf(list[2].counts, JobState::kAvailable), 1);
+  EXPECT_EQ(CountOf(list[2].counts, JobState::kRunning), 1);
+
+  // Another instance sees the pause.
+  CONF_ASSIGN_OR_FAIL(auto other, GetParam().open_again());
+  CONF_ASSIGN_OR_FAIL(auto other_none, other->executor().JobGetAvailable(Fetch("q1", 10)));
+  EXPECT_TRUE(other_none.empty());
+
+  CONF_ASSERT_OK(exec().QueueResume("q1", kT0 + seconds(2)));
+  CONF_ASSERT_OK(exec().QueueResume("never_paused", kT0));
+  CONF_ASSIGN_OR_FAIL(auto q1, exec().JobGetAvailable(Fetch("q1", 10)));
+  EXPECT_EQ(Ids(q1), (std::vector<int64_t>{rows[0].id, rows[1].id}));
+  CONF_ASSIGN_OR_FAIL(list, exec().QueueList());
+  std::map<std::string, std::optional<TimePoint>> paused;
+  for (const auto& q : list) paused[q.name] = q.paused_at;
+  EXPECT_FALSE(paused.at("q1").has_value());
+  EXPECT_TRUE(paused.at("empty").has_value());
+}
+
+TEST_P(DriverConformanceTest, QueuePauseRecordsWhen) {
+  CONF_ASSERT_OK(exec().QueuePause("q", kT0 + seconds(3)));
+  CONF_ASSIGN_OR_FAIL(auto list, exec().QueueList());
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0].name, "q");
+  EXPECT_EQ(list[0].paused_at, kT0 + seconds(3));
+  EXPECT_TRUE(list[0].counts.empty() || CountOf(list[0].counts, JobState::kAvailable) == 0);
+}
+
+TEST_P(DriverConformanceTest, PeriodicLastTickRoundTrips) {
+  CONF_ASSIGN_OR_FAIL(auto never, exec().PeriodicGetLastTick("nightly"));
+  EXPECT_FALSE(never.has_value());
+  CONF_ASSERT_OK(exec().PeriodicSetLastTick("nightly", kT0, kT0 + seconds(1)));
+  CONF_ASSIGN_OR_FAIL(auto tick, exec().PeriodicGetLastTick("nightly"));
+  EXPECT_EQ(tick, kT0);
+  CONF_ASSERT_OK(exec().PeriodicSetLastTick("nightly", kT0 + hours(24), kT0 + hours(24)));
+  CONF_ASSIGN_OR_FAIL(tick, exec().PeriodicGetLastTick("nightly"));
+  EXPECT_EQ(tick, kT0 + hours(24));
+  CONF_ASSIGN_OR_FAIL(auto other, exec().PeriodicGetLastTick("hourly"));
+  EXPECT_FALSE(other.has_value());
+}
+
+TEST_P(DriverConformanceTest, PeriodicLastTickFollowsTheTransaction) {
+  CONF_ASSERT_OK(exec().PeriodicSetLastTick("p", kT0, kT0));
+  {
+    CONF_ASSIGN_OR_FAIL(auto tx, driver().Begin());
+    CONF_ASSERT_OK(tx->PeriodicSetLastTick("p", kT0 + minutes(1), kT0 + minutes(1)));
+    CONF_ASSERT_OK(tx->PeriodicSetLastTick("q", kT0 + minutes(1), kT0 + minutes(1)));
+    CONF_ASSIGN_OR_FAIL(auto inside, tx->PeriodicGetLastTick("p"));
+    EXPECT_EQ(inside, kT0 + minutes(1));
+    CONF_ASSERT_OK(tx->Rollback());
+  }
+  CONF_ASSIGN_OR_FAIL(auto p, exec().PeriodicGetLastTick("p"));
+  EXPECT_EQ(p, kT0);
+  CONF_ASSIGN_OR_FAIL(auto q, exec().PeriodicGetLastTick("q"));
+  EXPECT_FALSE(q.has_value());
+  {
+    CONF_ASSIGN_OR_FAIL(auto tx, driver().Begin());
+    CONF_ASSERT_OK(tx->PeriodicSetLastTick("q", kT0 + minutes(2), kT0 + minutes(2)));
+    CONF_ASSERT_OK(tx->Commit());
+  }
+  CONF_ASSIGN_OR_FAIL(q, exec().PeriodicGetLastTick("q"));
+  EXPECT_EQ(q, kT0 + minutes(2));
+}
+
+TEST_P(DriverConformanceTest, NotifyControlSucceeds) { CONF_ASSERT_OK(driver().NotifyControl()); }

@@ -75,7 +75,7 @@ TEST_F(SqliteOnlyTest, InsertOnCallersTransactionIsVisibleAfterCommit) {
     CONF_ASSIGN_OR_FAIL(auto ex, driver_->ExecutorFor(spool::SqliteTx(db.get())));
     CONF_ASSIGN_OR_FAIL(auto rows, ex->JobInsertMany(OneJob("in_app_tx")));
     ASSERT_EQ(rows.size(), 1u);
-    id = rows[0].id;
+    id = rows[0].job.id;
     CONF_ASSIGN_OR_FAIL(int64_t n, ex->JobInsertManyFast(OneJob("in_app_tx")));
     EXPECT_EQ(n, 1);
     // Still inside the caller's transaction: the caller is the one to commit.
@@ -96,7 +96,7 @@ TEST_F(SqliteOnlyTest, InsertOnCallersTransactionIsGoneAfterRollback) {
   ASSERT_EQ(rows.size(), 1u);
   ASSERT_EQ(sqlite3_exec(db.get(), "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
   ex.reset();
-  EXPECT_TRUE(driver_->executor().JobGetByID(rows[0].id).error().IsNotFound());
+  EXPECT_TRUE(driver_->executor().JobGetByID(rows[0].job.id).error().IsNotFound());
   CONF_ASSIGN_OR_FAIL(auto counts, driver_->executor().JobCountByState(""));
   EXPECT_TRUE(counts.empty());
 }
@@ -193,3 +193,47 @@ TEST_F(SqliteOnlyTest, SchemaVersionIsZeroOnANewFile) {
 }
 
 }  // namespace
+
+TEST_F(SqliteOnlyTest, ClientHeartbeatKeepsStartedAtAndUpdatesTheRest) {
+  auto& ex = driver_->executor();
+  CONF_ASSERT_OK(ex.ClientHeartbeat({"c1", kT0, {"a"}}));
+  CONF_ASSERT_OK(ex.ClientHeartbeat({"c1", kT0 + std::chrono::seconds(7), {"b", "c"}}));
+  auto db = OpenAppConnection();
+  sqlite3_stmt* raw = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db.get(),
+                               "SELECT started_at, heartbeat_at, queues FROM spool_client "
+                               "WHERE id = 'c1'",
+                               -1, &raw, nullptr),
+            SQLITE_OK);
+  spool::internal::SqliteStmtPtr stmt(raw);
+  ASSERT_EQ(sqlite3_step(stmt.get()), SQLITE_ROW);
+  const int64_t t0 = kT0.time_since_epoch().count();
+  EXPECT_EQ(sqlite3_column_int64(stmt.get(), 0), t0);
+  EXPECT_EQ(sqlite3_column_int64(stmt.get(), 1), t0 + 7'000'000);
+  EXPECT_EQ(spool::internal::ColumnText(stmt.get(), 2), R"(["b","c"])");
+  EXPECT_EQ(sqlite3_step(stmt.get()), SQLITE_DONE);
+}
+
+TEST_F(SqliteOnlyTest, UniqueInsertOnCallersTransactionRollsBackWithIt) {
+  JobInsertManyParams unique = OneJob("unique");
+  unique.jobs[0].unique_key = std::string(32, '\x07');
+  unique.jobs[0].unique_states = 0xff;
+  auto db = OpenAppConnection();
+  ASSERT_EQ(sqlite3_exec(db.get(), "BEGIN", nullptr, nullptr, nullptr), SQLITE_OK);
+  {
+    CONF_ASSIGN_OR_FAIL(auto ex, driver_->ExecutorFor(spool::SqliteTx(db.get())));
+    CONF_ASSIGN_OR_FAIL(auto first, ex->JobInsertMany(unique));
+    ASSERT_EQ(first.size(), 1u);
+    EXPECT_FALSE(first[0].duplicate);
+    CONF_ASSIGN_OR_FAIL(auto second, ex->JobInsertMany(unique));
+    ASSERT_EQ(second.size(), 1u);
+    EXPECT_TRUE(second[0].duplicate);
+    EXPECT_EQ(second[0].job.id, first[0].job.id);
+    EXPECT_EQ(sqlite3_get_autocommit(db.get()), 0);
+  }
+  ASSERT_EQ(sqlite3_exec(db.get(), "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
+  // The key is free again: the rolled back row never existed.
+  CONF_ASSIGN_OR_FAIL(auto after, driver_->executor().JobInsertMany(unique));
+  ASSERT_EQ(after.size(), 1u);
+  EXPECT_FALSE(after[0].duplicate);
+}

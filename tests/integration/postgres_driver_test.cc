@@ -1,12 +1,18 @@
 // PostgreSQL-only behaviour of the driver, beyond the shared conformance suite: connection errors,
-// lost connections, the caller's transactions, exact timestamps, error classes, the pool bound.
+// lost connections, the caller's transactions, exact timestamps, error classes, the pool bound,
+// and races between processes (unique inserts, leader election) that only a server can show.
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <libpq-fe.h>
 
+#include <atomic>
 #include <chrono>
+#include <future>
+#include <map>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -139,11 +145,11 @@ TEST_F(PostgresDriverTest, LostConnectionIsReportedThenReconnects) {
   ASSERT_TRUE(rows.has_value()) << rows.error().ToString();
   KillConnections();
 
-  auto lost = driver_->executor().JobGetByID((*rows)[0].id);
+  auto lost = driver_->executor().JobGetByID((*rows)[0].job.id);
   ASSERT_FALSE(lost.has_value());
   EXPECT_TRUE(lost.error().IsConnectionLost()) << lost.error().ToString();
 
-  auto again = driver_->executor().JobGetByID((*rows)[0].id);
+  auto again = driver_->executor().JobGetByID((*rows)[0].job.id);
   ASSERT_TRUE(again.has_value()) << again.error().ToString();
   EXPECT_EQ(again->kind, "k");
 }
@@ -193,7 +199,7 @@ TEST_F(PostgresDriverTest, InsertJoinsTheCallersTransaction) {
     ASSERT_TRUE(exec.has_value()) << exec.error().ToString();
     auto rows = (*exec)->JobInsertMany(OneJob());
     ASSERT_TRUE(rows.has_value()) << rows.error().ToString();
-    const int64_t id = (*rows)[0].id;
+    const int64_t id = (*rows)[0].job.id;
     EXPECT_TRUE(driver_->executor().JobGetByID(id).error().IsNotFound())
         << "visible before the caller committed";
     Query(app.get(), commit ? "COMMIT" : "ROLLBACK");
@@ -215,21 +221,21 @@ TEST_F(PostgresDriverTest, TimestampsAreStoredExactlyToTheMicrosecond) {
   auto r2 = driver_->executor().JobInsertMany(OneJob("q", t2));
   auto r3 = driver_->executor().JobInsertMany(OneJob("q", t3));
   ASSERT_TRUE(r1.has_value() && r2.has_value() && r3.has_value());
-  EXPECT_EQ((*r1)[0].scheduled_at, t1);
-  EXPECT_EQ((*r2)[0].scheduled_at, t2);
-  EXPECT_EQ((*r3)[0].scheduled_at, t3);
-  auto got3 = driver_->executor().JobGetByID((*r3)[0].id);
+  EXPECT_EQ((*r1)[0].job.scheduled_at, t1);
+  EXPECT_EQ((*r2)[0].job.scheduled_at, t2);
+  EXPECT_EQ((*r3)[0].job.scheduled_at, t3);
+  auto got3 = driver_->executor().JobGetByID((*r3)[0].job.id);
   ASSERT_TRUE(got3.has_value());
   EXPECT_EQ(got3->scheduled_at, t3);
 
   PgConnPtr app = Connect(url_);
   EXPECT_EQ(Query(app.get(), fmt::format("SELECT to_char(scheduled_at AT TIME ZONE 'UTC', "
                                          "'YYYY-MM-DD HH24:MI:SS.US') FROM spool_job WHERE id = {}",
-                                         (*r1)[0].id)),
+                                         (*r1)[0].job.id)),
             "2027-01-15 08:00:00.123457");
   EXPECT_EQ(Query(app.get(), fmt::format("SELECT to_char(scheduled_at AT TIME ZONE 'UTC', "
                                          "'YYYY-MM-DD HH24:MI:SS.US') FROM spool_job WHERE id = {}",
-                                         (*r2)[0].id)),
+                                         (*r2)[0].job.id)),
             "1969-12-30 23:59:59.999999");
 }
 
@@ -237,7 +243,7 @@ TEST_F(PostgresDriverTest, LockTimeoutIsRetryableWithItsSqlState) {
   ASSERT_NE(driver_, nullptr);
   auto rows = driver_->executor().JobInsertMany(OneJob());
   ASSERT_TRUE(rows.has_value());
-  const int64_t id = (*rows)[0].id;
+  const int64_t id = (*rows)[0].job.id;
   // Another session holds the row; the driver gives up after lock_timeout.
   std::string impatient_url = url_;
   impatient_url.insert(impatient_url.find("&application_name="), "%20-clock_timeout%3D100");
@@ -295,6 +301,176 @@ TEST_F(PostgresDriverTest, MissingSchemaIsAFailedPreconditionNamingTheFix) {
   EXPECT_TRUE(r.error().IsFailedPrecondition()) << r.error().ToString();
   EXPECT_EQ(r.error().native_code(), "42P01");
   EXPECT_NE(r.error().message().find("spool migration up"), std::string::npos);
+}
+
+// ---- races between processes and the control channel -------------------------------------------
+
+JobInsertManyParams UniqueJob(const std::string& key) {
+  JobInsertManyParams p = OneJob();
+  p.jobs[0].unique_key = key;
+  p.jobs[0].unique_states = 0x8f;  // available, scheduled, running, retryable, pending
+  return p;
+}
+
+TEST_F(PostgresDriverTest, ConcurrentUniqueInsertsNeverErrorNorInsertTwice) {
+  ASSERT_NE(driver_, nullptr);
+  std::unique_ptr<Driver> other = OpenAt(url_);  // another process
+  ASSERT_NE(other, nullptr);
+  constexpr int kKeys = 40;
+  constexpr int kThreadsPerDriver = 4;
+  std::atomic<int> errors{0};
+  std::mutex mu;
+  std::map<std::string, std::set<int64_t>> ids_by_key;  // guarded by mu
+  std::map<std::string, int> fresh_by_key;              // guarded by mu
+  std::vector<std::thread> threads;
+  for (Driver* d : {driver_.get(), other.get()}) {
+    for (int t = 0; t < kThreadsPerDriver; ++t) {
+      threads.emplace_back([&, d] {
+        for (int k = 0; k < kKeys; ++k) {
+          const std::string key = fmt::format("key-{:02}", k);
+          auto r = d->executor().JobInsertMany(UniqueJob(key));
+          if (!r || r->size() != 1u) {
+            if (!r) ADD_FAILURE() << r.error().ToString();
+            ++errors;
+            continue;
+          }
+          std::lock_guard lock(mu);
+          ids_by_key[key].insert((*r)[0].job.id);
+          if (!(*r)[0].duplicate) ++fresh_by_key[key];
+        }
+      });
+    }
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(errors.load(), 0);
+  ASSERT_EQ(ids_by_key.size(), static_cast<size_t>(kKeys));
+  for (const auto& [key, ids] : ids_by_key) {
+    EXPECT_EQ(ids.size(), 1u) << key << " was inserted as several rows";
+    EXPECT_EQ(fresh_by_key[key], 1) << key;
+  }
+  auto counts = driver_->executor().JobCountByState("q");
+  ASSERT_TRUE(counts.has_value());
+  EXPECT_EQ((*counts)[JobState::kAvailable], kKeys);
+}
+
+TEST_F(PostgresDriverTest, UniqueInsertWaitsForAConcurrentTransactionHoldingTheKey) {
+  ASSERT_NE(driver_, nullptr);
+  PgConnPtr app = Connect(url_);
+  Query(app.get(), "BEGIN");
+  auto in_tx = driver_->ExecutorFor(PostgresTx(app.get()));
+  ASSERT_TRUE(in_tx.has_value());
+  auto first = (*in_tx)->JobInsertMany(UniqueJob("held"));
+  ASSERT_TRUE(first.has_value()) << first.error().ToString();
+  ASSERT_FALSE((*first)[0].duplicate);
+  // Inside the same transaction the key is already taken.
+  auto again = (*in_tx)->JobInsertMany(UniqueJob("held"));
+  ASSERT_TRUE(again.has_value()) << again.error().ToString();
+  EXPECT_TRUE((*again)[0].duplicate);
+  EXPECT_EQ((*again)[0].job.id, (*first)[0].job.id);
+
+  // Another process blocks on the uncommitted key, then sees whichever outcome the holder had.
+  auto waiter = std::async(std::launch::async,
+                           [&] { return driver_->executor().JobInsertMany(UniqueJob("held")); });
+  PgConnPtr admin = Connect(*pgtest::ClusterUrl());
+  const std::string app_name = url_.substr(url_.find("application_name=") + 17);
+  const auto deadline = std::chrono::steady_clock::now() + seconds(20);
+  while (Query(admin.get(), fmt::format("SELECT count(*) FROM pg_stat_activity WHERE "
+                                        "application_name = '{}' AND wait_event_type = 'Lock'",
+                                        app_name)) != "1") {
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "the second insert never waited";
+    ASSERT_EQ(waiter.wait_for(milliseconds(0)), std::future_status::timeout)
+        << "the second insert finished while the key was held";
+  }
+  Query(app.get(), "ROLLBACK");
+  auto after_rollback = waiter.get();
+  ASSERT_TRUE(after_rollback.has_value()) << after_rollback.error().ToString();
+  EXPECT_FALSE((*after_rollback)[0].duplicate) << "the holder rolled back: the key is free";
+}
+
+TEST_F(PostgresDriverTest, RacingElectorsElectExactlyOneLeader) {
+  ASSERT_NE(driver_, nullptr);
+  std::unique_ptr<Driver> other = OpenAt(url_);
+  ASSERT_NE(other, nullptr);
+  for (int round = 0; round < 5; ++round) {
+    const TimePoint now = kT0 + seconds(100 * round);  // every round the old lease has expired
+    std::atomic<int> elected{0};
+    std::atomic<int> errors{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 8; ++t) {
+      Driver* d = t % 2 == 0 ? driver_.get() : other.get();
+      threads.emplace_back([&, d, t] {
+        auto r = d->executor().LeaderAttemptElect(
+            {fmt::format("leader-{}-{}", round, t), now, seconds(15)});
+        if (!r) {
+          ADD_FAILURE() << r.error().ToString();
+          ++errors;
+        } else if (*r) {
+          ++elected;
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+    EXPECT_EQ(errors.load(), 0);
+    EXPECT_EQ(elected.load(), 1) << "round " << round;
+  }
+}
+
+TEST_F(PostgresDriverTest, NotifyControlAndCancellingARunningJobWakeOtherProcesses) {
+  ASSERT_NE(driver_, nullptr);
+  std::unique_ptr<Driver> other = OpenAt(url_);
+  ASSERT_NE(other, nullptr);
+  ASSERT_TRUE(other->NotifyControl().ok());
+  auto woke = driver_->WaitForChange(seconds(20));
+  ASSERT_TRUE(woke.has_value()) << woke.error().ToString();
+  EXPECT_TRUE(*woke);
+
+  auto rows = driver_->executor().JobInsertMany(OneJob());
+  ASSERT_TRUE(rows.has_value());
+  auto running = driver_->executor().JobGetAvailable({"q", 1, "c", kT0});
+  ASSERT_TRUE(running.has_value() && running->size() == 1u);
+  // Drain the insert-free state: nothing pending now.
+  auto idle = driver_->WaitForChange(milliseconds(50));
+  ASSERT_TRUE(idle.has_value());
+  EXPECT_FALSE(*idle);
+
+  auto cancelled = other->executor().JobCancel({(*rows)[0].job.id, kT0 + seconds(1)});
+  ASSERT_TRUE(cancelled.has_value()) << cancelled.error().ToString();
+  EXPECT_EQ(cancelled->state, JobState::kRunning);
+  auto woke_by_cancel = driver_->WaitForChange(seconds(20));
+  ASSERT_TRUE(woke_by_cancel.has_value()) << woke_by_cancel.error().ToString();
+  EXPECT_TRUE(*woke_by_cancel);
+  auto requested = driver_->executor().JobGetCancelRequested({(*rows)[0].job.id, 999999});
+  ASSERT_TRUE(requested.has_value());
+  EXPECT_EQ(*requested, std::vector<int64_t>{(*rows)[0].job.id});
+}
+
+TEST_F(PostgresDriverTest, FetchOfAPausedQueueIsOneStatementUsingThePartialIndex) {
+  ASSERT_NE(driver_, nullptr);
+  PgConnPtr app = Connect(url_);
+  Query(app.get(), "SET enable_seqscan = off");
+  pg::PgResult plan(PQexec(app.get(),
+                           "EXPLAIN SELECT id FROM spool_job WHERE state = 'available' AND "
+                           "queue = 'q' AND NOT EXISTS (SELECT 1 FROM spool_queue WHERE name = "
+                           "'q' AND paused_at IS NOT NULL) AND scheduled_at <= now() "
+                           "ORDER BY priority, scheduled_at, id LIMIT 10 FOR UPDATE SKIP LOCKED"));
+  ASSERT_EQ(PQresultStatus(plan.get()), PGRES_TUPLES_OK);
+  std::string text;
+  for (int i = 0; i < PQntuples(plan.get()); ++i)
+    text += std::string(PQgetvalue(plan.get(), i, 0)) + "\n";
+  EXPECT_NE(text.find("spool_job_fetch_idx"), std::string::npos) << text;
+  EXPECT_EQ(text.find("Sort"), std::string::npos) << "the index gives the order: " << text;
+  EXPECT_NE(text.find("One-Time Filter"), std::string::npos)
+      << "the pause check runs once per fetch, not per row: " << text;
+
+  ASSERT_TRUE(driver_->executor().JobInsertMany(OneJob()).has_value());
+  ASSERT_TRUE(driver_->executor().QueuePause("q", kT0).ok());
+  auto none = driver_->executor().JobGetAvailable({"q", 10, "c", kT0});
+  ASSERT_TRUE(none.has_value());
+  EXPECT_TRUE(none->empty());
+  ASSERT_TRUE(driver_->executor().QueueResume("q", kT0).ok());
+  auto one = driver_->executor().JobGetAvailable({"q", 10, "c", kT0});
+  ASSERT_TRUE(one.has_value());
+  EXPECT_EQ(one->size(), 1u);
 }
 
 }  // namespace

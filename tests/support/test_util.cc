@@ -3,6 +3,7 @@
 #include <stdlib.h>
 
 #include <stdexcept>
+#include <thread>
 
 namespace spool::testing {
 
@@ -19,6 +20,15 @@ TempDir::~TempDir() {
 
 std::string TempDir::SqliteUrl(const std::string& name) const {
   return "sqlite://" + (path_ / name).string();
+}
+
+bool Eventually(const std::function<bool()>& pred) {
+  const auto deadline = std::chrono::steady_clock::now() + kWaitLimit;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return true;
 }
 
 EventLog::EventLog(Client& client) : client_(client) {

@@ -31,6 +31,10 @@ class TempDir {
 // never reached when the code is right.
 inline constexpr auto kWaitLimit = std::chrono::seconds(20);
 
+// Re-checks `pred` every millisecond until it holds or kWaitLimit passes; for state another
+// process or a background loop changes without an event to wait on. Returns whether it held.
+bool Eventually(const std::function<bool()>& pred);
+
 // Records a client's events and lets a test wait for them with a deadline.
 class EventLog {
  public:

@@ -85,6 +85,8 @@ const std::string& InsertSql(bool returning) {
 const std::string& FetchSql() {
   static const std::string* const kSql = new std::string(Sql(
       "WITH locked AS (SELECT id FROM spool_job WHERE state = 'available' AND queue = $1 "
+      // Uncorrelated, so evaluated once per fetch (a one-time filter), not per row.
+      "AND NOT EXISTS (SELECT 1 FROM spool_queue WHERE name = $1 AND paused_at IS NOT NULL) "
       "AND scheduled_at <= " SPOOL_TS(
           "$2") " ORDER BY priority, scheduled_at, id LIMIT $3 "
                 "FOR UPDATE SKIP LOCKED) "
@@ -139,6 +141,163 @@ const std::string& ListSql() {
 constexpr const char* kCountSql =
     "SELECT state, count(*)::int8 FROM spool_job WHERE ($1::text = '' OR queue = $1::text) "
     "GROUP BY state";
+
+// Unique rows: the same insert, arbitrated by the partial unique index. Rows whose key is taken
+// are skipped (and read back by UniqueLookupSql); the key and unique_states are returned so the
+// caller can tell which inputs were inserted.
+const std::string& InsertUniqueSql(bool returning) {
+  static const std::string* const kReturning = new std::string(Sql(
+      "INSERT INTO spool_job AS j (kind, args, metadata, queue, priority, max_attempts, state, "
+      "scheduled_at, tags, created_at, unique_key, unique_states) "
+      "SELECT u.kind, u.args::jsonb, u.metadata::jsonb, u.queue, u.priority, u.max_attempts, "
+      "u.state, " SPOOL_TS("u.sched") ", u.tags::text[], " SPOOL_TS(
+          "$10") ", u.ukey, "
+                 "u.ustates "
+                 "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int2[], "
+                 "$6::int2[], "
+                 "$7::text[], $8::int8[], $9::text[], $11::bytea[], $12::int4[]) WITH ORDINALITY "
+                 "AS u(kind, args, metadata, queue, priority, max_attempts, state, sched, tags, "
+                 "ukey, "
+                 "ustates, ord) "
+                 "ORDER BY u.ord ON CONFLICT DO NOTHING RETURNING ",
+      ", encode(j.unique_key, 'hex'), j.unique_states"));
+  static const std::string* const kFast =
+      new std::string(kReturning->substr(0, kReturning->find(" RETURNING ")));
+  return returning ? *kReturning : *kFast;
+}
+
+// The rows holding `keys` in the unique index (the predicate repeats the index's, so the index
+// serves it).
+const std::string& UniqueLookupSql() {
+  static const std::string* const kSql =
+      new std::string(Sql("SELECT ",
+                          ", encode(j.unique_key, 'hex') FROM spool_job AS j "
+                          "WHERE j.unique_key = ANY($1::bytea[]) AND j.unique_key IS NOT NULL AND "
+                          "j.unique_states IS NOT NULL AND (j.unique_states >> CASE j.state "
+                          "WHEN 'available' THEN 0 WHEN 'scheduled' THEN 1 WHEN 'running' THEN 2 "
+                          "WHEN 'retryable' THEN 3 WHEN 'completed' THEN 4 WHEN 'cancelled' THEN 5 "
+                          "WHEN 'discarded' THEN 6 WHEN 'pending' THEN 7 END) & 1 = 1"));
+  return *kSql;
+}
+
+// A running job keeps running (its worker is told through metadata and a control notification);
+// any other job that is not final is cancelled at once.
+const std::string& CancelSql() {
+  static const std::string* const kSql = new std::string(
+      Sql("UPDATE spool_job AS j SET "
+          "state = CASE WHEN j.state = 'running' THEN j.state ELSE 'cancelled' END, "
+          "finalized_at = CASE WHEN j.state = 'running' THEN NULL ELSE " SPOOL_TS(
+              "$2") " END, "
+                    "errors = CASE WHEN j.state = 'running' THEN j.errors ELSE j.errors || "
+                    "jsonb_build_array(jsonb_build_object('at', $2::int8, 'attempt', j.attempt, "
+                    "'error', "
+                    "'cancelled by an admin', 'trace', '')) END, "
+                    "metadata = CASE WHEN j.state = 'running' THEN j.metadata || "
+                    "jsonb_build_object('cancel_requested_at', $2::int8) ELSE j.metadata END "
+                    "WHERE j.id = $1 AND j.state NOT IN ('completed', 'cancelled', 'discarded') "
+                    "RETURNING "));
+  return *kSql;
+}
+
+// A cancel requested while the job last ran must not cancel its next run.
+const std::string& RetrySql() {
+  static const std::string* const kSql =
+      new std::string(Sql("UPDATE spool_job AS j SET state = 'available', scheduled_at = " SPOOL_TS(
+          "$2") ", "
+                "finalized_at = NULL, max_attempts = CASE WHEN j.attempt >= j.max_attempts "
+                "THEN j.attempt + 1 ELSE j.max_attempts END, "
+                "metadata = j.metadata - 'cancel_requested_at' "
+                "WHERE j.id = $1 AND j.state <> 'running' RETURNING "));
+  return *kSql;
+}
+
+const std::string& DeleteSql() {
+  static const std::string* const kSql = new std::string(
+      Sql("DELETE FROM spool_job AS j WHERE j.id = $1 AND j.state <> 'running' RETURNING "));
+  return *kSql;
+}
+
+constexpr const char* kCancelRequestedSql =
+    "SELECT id FROM spool_job WHERE id = ANY($1::int8[]) AND state = 'running' "
+    "AND metadata ? 'cancel_requested_at' ORDER BY id";
+
+// The client of a running job is the last entry of attempted_by.
+const std::string& StuckSql() {
+  static const std::string* const kSql = new std::string(Sql(
+      "SELECT ",
+      " FROM spool_job AS j WHERE j.state = 'running' AND (j.attempted_at < " SPOOL_TS(
+          "$2") " OR NOT EXISTS (SELECT 1 FROM spool_client AS c "
+                "WHERE c.id = j.attempted_by[cardinality(j.attempted_by)] "
+                "AND c.heartbeat_at >= " SPOOL_TS("$1") ")) "
+                                                        "ORDER BY j.attempted_at, j.id LIMIT $3"));
+  return *kSql;
+}
+
+constexpr const char* kDeleteFinalizedSql =
+    "WITH doomed AS (SELECT id FROM spool_job WHERE state = $1 AND finalized_at < " SPOOL_TS(
+        "$2") " ORDER BY finalized_at LIMIT $3 FOR UPDATE SKIP LOCKED) "
+              "DELETE FROM spool_job AS j USING doomed WHERE j.id = doomed.id";
+
+// One statement, so two electors racing serialise on the row: the second sees the first's lease.
+constexpr const char* kLeaderElectSql =
+    "INSERT INTO spool_leader AS l (name, leader_id, elected_at, expires_at) "
+    "VALUES ('default', $1, " SPOOL_TS("$2") ", " SPOOL_TS(
+        "$3") ") "
+              "ON CONFLICT (name) DO UPDATE SET leader_id = EXCLUDED.leader_id, "
+              "elected_at = CASE WHEN l.leader_id = EXCLUDED.leader_id AND "
+              "l.expires_at > EXCLUDED.elected_at THEN l.elected_at ELSE EXCLUDED.elected_at END, "
+              "expires_at = EXCLUDED.expires_at "
+              "WHERE l.expires_at <= EXCLUDED.elected_at OR l.leader_id = EXCLUDED.leader_id "
+              "RETURNING l.leader_id";
+
+constexpr const char* kLeaderReelectSql = "UPDATE spool_leader SET expires_at = " SPOOL_TS(
+    "$2") " WHERE name = 'default' AND leader_id = $1";
+
+constexpr const char* kLeaderResignSql =
+    "DELETE FROM spool_leader WHERE name = 'default' AND leader_id = $1";
+
+constexpr const char* kLeaderGetSql = "SELECT leader_id, " SPOOL_US("elected_at") ", " SPOOL_US(
+    "expires_at") " FROM spool_leader WHERE name = 'default'";
+
+constexpr const char* kClientHeartbeatSql =
+    "INSERT INTO spool_client (id, started_at, heartbeat_at, queues) "
+    "VALUES ($1, " SPOOL_TS("$2") ", " SPOOL_TS(
+        "$2") ", $3::jsonb) "
+              "ON CONFLICT (id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at, "
+              "queues = EXCLUDED.queues";
+
+constexpr const char* kClientDeleteSql = "DELETE FROM spool_client WHERE id = $1";
+
+constexpr const char* kClientDeleteStaleSql =
+    "DELETE FROM spool_client WHERE heartbeat_at < " SPOOL_TS("$1");
+
+// Pausing a paused queue keeps the time it was first paused.
+constexpr const char* kQueuePauseSql =
+    "INSERT INTO spool_queue AS q (name, paused_at, created_at, updated_at) "
+    "VALUES ($1, " SPOOL_TS("$2") ", " SPOOL_TS("$2") ", " SPOOL_TS(
+        "$2") ") "
+              "ON CONFLICT (name) DO UPDATE SET paused_at = coalesce(q.paused_at, "
+              "EXCLUDED.paused_at), updated_at = EXCLUDED.updated_at";
+
+constexpr const char* kQueueResumeSql =
+    "UPDATE spool_queue SET paused_at = NULL, updated_at = " SPOOL_TS(
+        "$2") " WHERE name = $1 AND paused_at IS NOT NULL";
+
+constexpr const char* kQueueListSql =
+    "SELECT coalesce(q.name, c.queue), " SPOOL_US(
+        "q.paused_at") ", c.state, c.n "
+                       "FROM spool_queue AS q FULL JOIN (SELECT queue, state, count(*)::int8 AS n "
+                       "FROM spool_job GROUP BY queue, state) AS c ON c.queue = q.name";
+
+constexpr const char* kPeriodicGetSql =
+    "SELECT " SPOOL_US("last_tick_at") " FROM spool_periodic WHERE name = $1";
+
+constexpr const char* kPeriodicSetSql =
+    "INSERT INTO spool_periodic (name, last_tick_at, updated_at) "
+    "VALUES ($1, " SPOOL_TS("$2") ", " SPOOL_TS(
+        "$3") ") "
+              "ON CONFLICT (name) DO UPDATE SET last_tick_at = EXCLUDED.last_tick_at, "
+              "updated_at = EXCLUDED.updated_at";
 
 #undef SPOOL_TS
 #undef SPOOL_US
@@ -293,10 +452,26 @@ int64_t AffectedRows(const PGresult* r) {
 
 // ---- queries, over any connection --------------------------------------------------------------
 
-std::vector<Param> InsertParamsFor(const JobInsertManyParams& p, size_t begin, size_t end) {
+std::string Hex(std::string_view bytes) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (char ch : bytes) {
+    const auto b = static_cast<unsigned char>(ch);
+    out += kDigits[b >> 4];
+    out += kDigits[b & 0xf];
+  }
+  return out;
+}
+
+// The rows p.jobs[idx...], one array parameter per column; with `unique` also the unique key
+// (bytea hex input) and unique_states, NULL for rows without a key.
+std::vector<Param> InsertParamsFor(const JobInsertManyParams& p, const std::vector<size_t>& idx,
+                                   bool unique) {
   std::vector<std::string> kinds, args, metadata, queues, priorities, max_attempts, states, sched,
       tags;
-  for (size_t i = begin; i < end; ++i) {
+  std::vector<std::optional<std::string>> keys, unique_states;
+  for (size_t i : idx) {
     const JobInsertParams& j = p.jobs[i];
     kinds.push_back(j.kind);
     args.push_back(j.args);
@@ -307,12 +482,26 @@ std::vector<Param> InsertParamsFor(const JobInsertManyParams& p, size_t begin, s
     states.emplace_back(JobStateName(j.state));
     sched.push_back(Micros(j.scheduled_at));
     tags.push_back(pg::ArrayLiteral(j.tags));
+    if (unique) {
+      if (j.unique_key.empty()) {
+        keys.emplace_back();
+        unique_states.emplace_back();
+      } else {
+        keys.push_back("\\x" + Hex(j.unique_key));
+        unique_states.push_back(std::to_string(j.unique_states));
+      }
+    }
   }
-  return {pg::ArrayLiteral(kinds),      pg::ArrayLiteral(args),
-          pg::ArrayLiteral(metadata),   pg::ArrayLiteral(queues),
-          pg::ArrayLiteral(priorities), pg::ArrayLiteral(max_attempts),
-          pg::ArrayLiteral(states),     pg::ArrayLiteral(sched),
-          pg::ArrayLiteral(tags),       Micros(p.now)};
+  std::vector<Param> out = {pg::ArrayLiteral(kinds),      pg::ArrayLiteral(args),
+                            pg::ArrayLiteral(metadata),   pg::ArrayLiteral(queues),
+                            pg::ArrayLiteral(priorities), pg::ArrayLiteral(max_attempts),
+                            pg::ArrayLiteral(states),     pg::ArrayLiteral(sched),
+                            pg::ArrayLiteral(tags),       Micros(p.now)};
+  if (unique) {
+    out.emplace_back(pg::ArrayLiteral(keys));
+    out.emplace_back(pg::ArrayLiteral(unique_states));
+  }
+  return out;
 }
 
 // Inserts in chunks; the caller provides atomicity across chunks.
@@ -341,19 +530,116 @@ bool IsOutcomeState(JobState s) {
          s == JobState::kRetryable || s == JobState::kScheduled;
 }
 
-Result<int64_t> InsertOn(Conn& c, const JobInsertManyParams& p, std::vector<JobRow>* rows) {
+// Rounds of insert-then-look-up before giving up: another round is needed only when the row
+// holding a key left the key's states (or was deleted) between our insert and our lookup.
+constexpr int kUniqueRounds = 10;
+
+// Inserts p.jobs[pending...] (one chunk, at least one with a unique key) into out[base + i -
+// pending.front()]; a row whose key is taken gets the row holding it, duplicate = true. Returns
+// how many rows were inserted.
+Result<int64_t> InsertUniqueOn(Conn& c, const JobInsertManyParams& p, std::vector<size_t> pending,
+                               std::vector<JobInsertResult>& out) {
+  const size_t first = pending.front();
+  const size_t base = out.size();
+  out.resize(base + pending.size());
+  int64_t inserted = 0;
+  for (int round = 0; !pending.empty(); ++round) {
+    if (round == kUniqueRounds) {
+      return Status::Retryable(
+          "unique insert: the jobs holding the unique keys kept changing state; try again");
+    }
+    SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query("spool_insert_unique", InsertUniqueSql(true),
+                                                 InsertParamsFor(p, pending, true)));
+    struct Inserted {
+      JobRow row;
+      std::string key;  // hex
+      std::string unique_states;
+    };
+    std::vector<Inserted> rows;
+    rows.reserve(static_cast<size_t>(PQntuples(res.get())));
+    for (int r = 0; r < PQntuples(res.get()); ++r) {
+      SPOOL_ASSIGN_OR_RETURN(JobRow row, ReadRow(res.get(), r));
+      rows.push_back({std::move(row), PQgetvalue(res.get(), r, 16), PQgetvalue(res.get(), r, 17)});
+    }
+    // ids come from the sequence in input order, so the inserted rows, by id, are the inputs
+    // minus the skipped ones. An input and its row agree on key, state and unique_states; an
+    // input skipped while a later identical one was inserted is impossible (the same conflict).
+    std::sort(rows.begin(), rows.end(),
+              [](const Inserted& a, const Inserted& b) { return a.row.id < b.row.id; });
+    std::vector<size_t> conflicted;
+    size_t next = 0;
+    for (size_t i : pending) {
+      const JobInsertParams& j = p.jobs[i];
+      bool match = next < rows.size();
+      if (match && !j.unique_key.empty()) {
+        match = rows[next].key == Hex(j.unique_key) && rows[next].row.state == j.state &&
+                rows[next].unique_states == std::to_string(j.unique_states);
+      }
+      if (match) {
+        out[base + i - first] = {std::move(rows[next].row), false};
+        ++next;
+        ++inserted;
+      } else if (j.unique_key.empty()) {
+        return Status::Internal("unique insert: a row without a unique key was not inserted");
+      } else {
+        conflicted.push_back(i);
+      }
+    }
+    if (next != rows.size()) {
+      return Status::Internal("unique insert: the inserted rows do not match the input");
+    }
+    pending.clear();
+    if (conflicted.empty()) break;
+
+    std::vector<std::string> keys;
+    for (size_t i : conflicted) keys.push_back("\\x" + Hex(p.jobs[i].unique_key));
+    SPOOL_ASSIGN_OR_RETURN(PgResult found, c.Query("spool_unique_lookup", UniqueLookupSql(),
+                                                   {pg::ArrayLiteral(keys)}));
+    std::map<std::string, JobRow> holders;
+    for (int r = 0; r < PQntuples(found.get()); ++r) {
+      SPOOL_ASSIGN_OR_RETURN(JobRow row, ReadRow(found.get(), r));
+      holders[PQgetvalue(found.get(), r, 16)] = std::move(row);
+    }
+    for (size_t i : conflicted) {
+      auto it = holders.find(Hex(p.jobs[i].unique_key));
+      if (it == holders.end()) {
+        pending.push_back(i);  // the holder vanished: insert again
+      } else {
+        out[base + i - first] = {it->second, true};
+      }
+    }
+  }
+  return inserted;
+}
+
+// Inserts in chunks; the caller provides atomicity across chunks. With `out` the rows (or the
+// rows holding taken unique keys) are appended in input order. Batches without unique keys take
+// the plain insert: ON CONFLICT would add an arbiter check to every row.
+Result<int64_t> InsertOn(Conn& c, const JobInsertManyParams& p, std::vector<JobInsertResult>* out) {
+  const bool unique = std::any_of(p.jobs.begin(), p.jobs.end(),
+                                  [](const JobInsertParams& j) { return !j.unique_key.empty(); });
   int64_t count = 0;
+  std::vector<size_t> idx;
   for (size_t begin = 0; begin < p.jobs.size(); begin += kInsertChunk) {
     const size_t end = std::min(p.jobs.size(), begin + kInsertChunk);
-    SPOOL_ASSIGN_OR_RETURN(PgResult res,
-                           c.Query(rows ? "spool_insert" : "spool_insert_fast",
-                                   InsertSql(rows != nullptr), InsertParamsFor(p, begin, end)));
-    if (rows != nullptr) {
+    idx.clear();
+    for (size_t i = begin; i < end; ++i) idx.push_back(i);
+    if (unique && out != nullptr) {
+      SPOOL_ASSIGN_OR_RETURN(int64_t n, InsertUniqueOn(c, p, idx, *out));
+      count += n;
+      continue;
+    }
+    const bool returning = out != nullptr;
+    const std::string& sql = unique ? InsertUniqueSql(false) : InsertSql(returning);
+    const char* name =
+        unique ? "spool_insert_unique_fast" : (returning ? "spool_insert" : "spool_insert_fast");
+    SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query(name, sql, InsertParamsFor(p, idx, unique)));
+    if (returning) {
       SPOOL_ASSIGN_OR_RETURN(std::vector<JobRow> chunk, ReadRows(res.get()));
       // ids come from the sequence in ORDER BY ord order, so id order is input order.
       std::sort(chunk.begin(), chunk.end(),
                 [](const JobRow& a, const JobRow& b) { return a.id < b.id; });
-      for (JobRow& r : chunk) rows->push_back(std::move(r));
+      for (JobRow& r : chunk) out->push_back({std::move(r), false});
       count += static_cast<int64_t>(chunk.size());
     } else {
       count += AffectedRows(res.get());
@@ -438,6 +724,149 @@ Result<std::map<JobState, int64_t>> CountOn(Conn& c, std::string_view queue) {
     SPOOL_ASSIGN_OR_RETURN(out[s], ParseInt(PQgetvalue(res.get(), i, 1), "count"));
   }
   return out;
+}
+
+// ---- admin and maintenance queries -------------------------------------------------------------
+
+// The row `id` when a conditional write skipped it: NotFound, or FailedPrecondition if running.
+Status NotWritable(Conn& c, int64_t id, std::string_view what) {
+  SPOOL_ASSIGN_OR_RETURN(JobRow row, GetByIdOn(c, id));
+  if (row.state == JobState::kRunning) {
+    return Status::FailedPrecondition(
+        fmt::format("cannot {} job {}: it is running (cancel it first)", what, id));
+  }
+  return Status::Internal(fmt::format("cannot {} job {}: it changed concurrently", what, id));
+}
+
+Result<JobRow> CancelOn(Conn& c, const JobCancelParams& p, const std::string& control_channel) {
+  SPOOL_ASSIGN_OR_RETURN(
+      PgResult res, c.Query("spool_cancel", CancelSql(), {std::to_string(p.id), Micros(p.now)}));
+  if (PQntuples(res.get()) == 0) return GetByIdOn(c, p.id);  // NotFound, or final: unchanged
+  SPOOL_ASSIGN_OR_RETURN(JobRow row, ReadRow(res.get(), 0));
+  if (row.state == JobState::kRunning) {
+    // Wakes the process running it now instead of at its next poll; inside a transaction it is
+    // delivered at commit.
+    SPOOL_RETURN_IF_ERROR(
+        c.Query("spool_notify_control", "SELECT pg_notify($1, 'cancel')", {control_channel})
+            .status());
+  }
+  return row;
+}
+
+Result<JobRow> RetryOn(Conn& c, const JobRetryParams& p) {
+  SPOOL_ASSIGN_OR_RETURN(PgResult res,
+                         c.Query("spool_retry", RetrySql(), {std::to_string(p.id), Micros(p.now)}));
+  if (PQntuples(res.get()) == 0) return NotWritable(c, p.id, "retry");
+  return ReadRow(res.get(), 0);
+}
+
+Result<JobRow> DeleteOn(Conn& c, int64_t id) {
+  SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query("spool_delete", DeleteSql(), {std::to_string(id)}));
+  if (PQntuples(res.get()) == 0) return NotWritable(c, id, "delete");
+  return ReadRow(res.get(), 0);
+}
+
+Result<std::vector<int64_t>> CancelRequestedOn(Conn& c, const std::vector<int64_t>& ids) {
+  std::vector<int64_t> out;
+  if (ids.empty()) return out;
+  std::vector<std::string> texts;
+  texts.reserve(ids.size());
+  for (int64_t id : ids) texts.push_back(std::to_string(id));
+  SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query("spool_cancel_requested", kCancelRequestedSql,
+                                               {pg::ArrayLiteral(texts)}));
+  for (int i = 0; i < PQntuples(res.get()); ++i) {
+    SPOOL_ASSIGN_OR_RETURN(int64_t id, ParseInt(PQgetvalue(res.get(), i, 0), "id"));
+    out.push_back(id);
+  }
+  return out;
+}
+
+Result<std::vector<JobRow>> StuckOn(Conn& c, const JobGetStuckParams& p) {
+  if (p.max <= 0) return std::vector<JobRow>{};
+  SPOOL_ASSIGN_OR_RETURN(PgResult res,
+                         c.Query("spool_stuck", StuckSql(),
+                                 {Micros(p.heartbeat_stale_before), Micros(p.attempted_before),
+                                  std::to_string(p.max)}));
+  return ReadRows(res.get());
+}
+
+Result<int64_t> DeleteFinalizedOn(Conn& c, const JobDeleteFinalizedParams& p) {
+  if (p.state != JobState::kCompleted && p.state != JobState::kCancelled &&
+      p.state != JobState::kDiscarded) {
+    return Status::InvalidArgument(
+        fmt::format("cannot delete finalized jobs in state {}: use completed, cancelled or "
+                    "discarded",
+                    JobStateName(p.state)));
+  }
+  if (p.max <= 0) return int64_t{0};
+  SPOOL_ASSIGN_OR_RETURN(PgResult res,
+                         c.Query("spool_delete_finalized", kDeleteFinalizedSql,
+                                 {std::string(JobStateName(p.state)), Micros(p.finalized_before),
+                                  std::to_string(p.max)}));
+  return AffectedRows(res.get());
+}
+
+Result<bool> LeaderElectOn(Conn& c, const LeaderElectParams& p) {
+  SPOOL_ASSIGN_OR_RETURN(PgResult res,
+                         c.Query("spool_leader_elect", kLeaderElectSql,
+                                 {p.leader_id, Micros(p.now), Micros(p.now + p.ttl)}));
+  return PQntuples(res.get()) > 0;
+}
+
+Result<bool> LeaderReelectOn(Conn& c, const LeaderElectParams& p) {
+  SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query("spool_leader_reelect", kLeaderReelectSql,
+                                               {p.leader_id, Micros(p.now + p.ttl)}));
+  return AffectedRows(res.get()) > 0;
+}
+
+Result<std::optional<LeaderInfo>> LeaderGetOn(Conn& c) {
+  SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query("spool_leader_get", kLeaderGetSql, {}));
+  if (PQntuples(res.get()) == 0) return std::optional<LeaderInfo>();
+  LeaderInfo info;
+  info.leader_id = PQgetvalue(res.get(), 0, 0);
+  SPOOL_ASSIGN_OR_RETURN(int64_t elected, ParseInt(PQgetvalue(res.get(), 0, 1), "elected_at"));
+  SPOOL_ASSIGN_OR_RETURN(int64_t expires, ParseInt(PQgetvalue(res.get(), 0, 2), "expires_at"));
+  info.elected_at = TimePoint(Duration(elected));
+  info.expires_at = TimePoint(Duration(expires));
+  return std::optional<LeaderInfo>(std::move(info));
+}
+
+Status ClientHeartbeatOn(Conn& c, const ClientHeartbeatParams& p) {
+  const std::string queues =
+      nlohmann::json(p.queues).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  return c.Query("spool_client_heartbeat", kClientHeartbeatSql, {p.id, Micros(p.now), queues})
+      .status();
+}
+
+Result<std::vector<QueueInfo>> QueueListOn(Conn& c) {
+  SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query("spool_queue_list", kQueueListSql, {}));
+  // std::map orders names bytewise, as SQLite does, whatever the database's collation.
+  std::map<std::string, QueueInfo> queues;
+  for (int i = 0; i < PQntuples(res.get()); ++i) {
+    const std::string name = PQgetvalue(res.get(), i, 0);
+    QueueInfo& q = queues[name];
+    q.name = name;
+    if (PQgetisnull(res.get(), i, 1) == 0) {
+      SPOOL_ASSIGN_OR_RETURN(int64_t us, ParseInt(PQgetvalue(res.get(), i, 1), "paused_at"));
+      q.paused_at = TimePoint(Duration(us));
+    }
+    if (PQgetisnull(res.get(), i, 2) == 0) {
+      SPOOL_ASSIGN_OR_RETURN(JobState s, ParseJobState(PQgetvalue(res.get(), i, 2)));
+      SPOOL_ASSIGN_OR_RETURN(q.counts[s], ParseInt(PQgetvalue(res.get(), i, 3), "count"));
+    }
+  }
+  std::vector<QueueInfo> out;
+  out.reserve(queues.size());
+  for (auto& [name, q] : queues) out.push_back(std::move(q));
+  return out;
+}
+
+Result<std::optional<TimePoint>> PeriodicGetOn(Conn& c, std::string_view name) {
+  SPOOL_ASSIGN_OR_RETURN(PgResult res,
+                         c.Query("spool_periodic_get", kPeriodicGetSql, {std::string(name)}));
+  if (PQntuples(res.get()) == 0) return std::optional<TimePoint>();
+  SPOOL_ASSIGN_OR_RETURN(int64_t us, ParseInt(PQgetvalue(res.get(), 0, 0), "last_tick_at"));
+  return std::optional<TimePoint>(TimePoint(Duration(us)));
 }
 
 // ---- connection pool ---------------------------------------------------------------------------
@@ -543,10 +972,12 @@ Lease::~Lease() {
 template <typename Base>
 class PgExecutor : public Base {
  public:
-  Result<std::vector<JobRow>> JobInsertMany(const JobInsertManyParams& params) override {
+  explicit PgExecutor(const std::string* control_channel) : control_channel_(control_channel) {}
+
+  Result<std::vector<JobInsertResult>> JobInsertMany(const JobInsertManyParams& params) override {
     SPOOL_RETURN_IF_ERROR(Validate(params));
-    if (params.jobs.empty()) return std::vector<JobRow>{};
-    std::vector<JobRow> rows;
+    if (params.jobs.empty()) return std::vector<JobInsertResult>{};
+    std::vector<JobInsertResult> rows;
     rows.reserve(params.jobs.size());
     SPOOL_RETURN_IF_ERROR(InTx(params.jobs.size() > kInsertChunk,
                                [&](Conn& c) { return InsertOn(c, params, &rows).status(); }));
@@ -581,6 +1012,84 @@ class PgExecutor : public Base {
     return Run<std::map<JobState, int64_t>>([&](Conn& c) { return CountOn(c, queue); });
   }
 
+  Result<JobRow> JobCancel(const JobCancelParams& params) override {
+    return Run<JobRow>([&](Conn& c) { return CancelOn(c, params, *control_channel_); });
+  }
+  Result<JobRow> JobRetry(const JobRetryParams& params) override {
+    return Run<JobRow>([&](Conn& c) { return RetryOn(c, params); });
+  }
+  Result<JobRow> JobDelete(int64_t id) override {
+    return Run<JobRow>([&](Conn& c) { return DeleteOn(c, id); });
+  }
+  Result<std::vector<int64_t>> JobGetCancelRequested(const std::vector<int64_t>& ids) override {
+    return Run<std::vector<int64_t>>([&](Conn& c) { return CancelRequestedOn(c, ids); });
+  }
+  Result<std::vector<JobRow>> JobGetStuck(const JobGetStuckParams& params) override {
+    return Run<std::vector<JobRow>>([&](Conn& c) { return StuckOn(c, params); });
+  }
+  Result<int64_t> JobDeleteFinalized(const JobDeleteFinalizedParams& params) override {
+    return Run<int64_t>([&](Conn& c) { return DeleteFinalizedOn(c, params); });
+  }
+
+  Result<bool> LeaderAttemptElect(const LeaderElectParams& params) override {
+    return Run<bool>([&](Conn& c) { return LeaderElectOn(c, params); });
+  }
+  Result<bool> LeaderAttemptReelect(const LeaderElectParams& params) override {
+    return Run<bool>([&](Conn& c) { return LeaderReelectOn(c, params); });
+  }
+  Status LeaderResign(std::string_view leader_id) override {
+    return WithConn([&](Conn& c) {
+      return c.Query("spool_leader_resign", kLeaderResignSql, {std::string(leader_id)}).status();
+    });
+  }
+  Result<std::optional<LeaderInfo>> LeaderGet() override {
+    return Run<std::optional<LeaderInfo>>([&](Conn& c) { return LeaderGetOn(c); });
+  }
+
+  Status ClientHeartbeat(const ClientHeartbeatParams& params) override {
+    return WithConn([&](Conn& c) { return ClientHeartbeatOn(c, params); });
+  }
+  Status ClientDelete(std::string_view id) override {
+    return WithConn([&](Conn& c) {
+      return c.Query("spool_client_delete", kClientDeleteSql, {std::string(id)}).status();
+    });
+  }
+  Result<int64_t> ClientDeleteStale(TimePoint before) override {
+    return Run<int64_t>([&](Conn& c) -> Result<int64_t> {
+      SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query("spool_client_delete_stale",
+                                                   kClientDeleteStaleSql, {Micros(before)}));
+      return AffectedRows(res.get());
+    });
+  }
+
+  Status QueuePause(std::string_view name, TimePoint now) override {
+    return WithConn([&](Conn& c) {
+      return c.Query("spool_queue_pause", kQueuePauseSql, {std::string(name), Micros(now)})
+          .status();
+    });
+  }
+  Status QueueResume(std::string_view name, TimePoint now) override {
+    return WithConn([&](Conn& c) {
+      return c.Query("spool_queue_resume", kQueueResumeSql, {std::string(name), Micros(now)})
+          .status();
+    });
+  }
+  Result<std::vector<QueueInfo>> QueueList() override {
+    return Run<std::vector<QueueInfo>>([&](Conn& c) { return QueueListOn(c); });
+  }
+
+  Result<std::optional<TimePoint>> PeriodicGetLastTick(std::string_view name) override {
+    return Run<std::optional<TimePoint>>([&](Conn& c) { return PeriodicGetOn(c, name); });
+  }
+  Status PeriodicSetLastTick(std::string_view name, TimePoint tick, TimePoint now) override {
+    return WithConn([&](Conn& c) {
+      return c
+          .Query("spool_periodic_set", kPeriodicSetSql,
+                 {std::string(name), Micros(tick), Micros(now)})
+          .status();
+    });
+  }
+
  protected:
   // Runs `fn` on a connection: a pooled one, or the transaction's own.
   virtual Status WithConn(const std::function<Status(Conn&)>& fn) = 0;
@@ -588,6 +1097,8 @@ class PgExecutor : public Base {
   virtual bool InTransaction() const = 0;
 
  private:
+  const std::string* control_channel_;  // the driver's; set before any call
+
   static Status Validate(const JobInsertManyParams& params) {
     for (size_t i = 0; i < params.jobs.size(); ++i) {
       SPOOL_RETURN_IF_ERROR(ValidateInsert(params.jobs[i], i));
@@ -628,7 +1139,8 @@ class PgExecutor : public Base {
 
 class PoolExecutor final : public PgExecutor<Executor> {
  public:
-  explicit PoolExecutor(Pool* pool) : pool_(pool) {}
+  PoolExecutor(Pool* pool, const std::string* control_channel)
+      : PgExecutor(control_channel), pool_(pool) {}
 
  protected:
   Status WithConn(const std::function<Status(Conn&)>& fn) override {
@@ -645,7 +1157,8 @@ class PoolExecutor final : public PgExecutor<Executor> {
 // the connection is not ours to fill with prepared statements.
 class BorrowedExecutor final : public PgExecutor<Executor> {
  public:
-  explicit BorrowedExecutor(PGconn* conn) : conn_(Conn::Borrow(conn)) {}
+  BorrowedExecutor(PGconn* conn, const std::string* control_channel)
+      : PgExecutor(control_channel), conn_(Conn::Borrow(conn)) {}
 
  protected:
   Status WithConn(const std::function<Status(Conn&)>& fn) override {
@@ -662,7 +1175,8 @@ class BorrowedExecutor final : public PgExecutor<Executor> {
 
 class PgTx final : public PgExecutor<Tx> {
  public:
-  explicit PgTx(Lease lease) : lease_(std::move(lease)) {}
+  PgTx(Lease lease, const std::string* control_channel)
+      : PgExecutor(control_channel), lease_(std::move(lease)) {}
   ~PgTx() override {
     if (lease_) (void)Rollback();
   }
@@ -710,11 +1224,13 @@ class PgTx final : public PgExecutor<Tx> {
 
 // ---- the driver --------------------------------------------------------------------------------
 
-std::string ChannelFor(const std::string& schema) {
-  if (schema.empty() || schema == "public") return "spool_insert";
-  std::string ch = "spool_insert_" + schema;
+// `base` ("spool_insert", "spool_control") suffixed by the schema, so that clients of different
+// schemas in one database do not wake each other.
+std::string ChannelFor(std::string_view base, const std::string& schema) {
+  if (schema.empty() || schema == "public") return std::string(base);
+  std::string ch = fmt::format("{}_{}", base, schema);
   // Identifiers are truncated at 63 bytes; a hash keeps long schema names distinct.
-  if (ch.size() > 63) ch = fmt::format("spool_insert_{:016x}", std::hash<std::string>{}(schema));
+  if (ch.size() > 63) ch = fmt::format("{}_{:016x}", base, std::hash<std::string>{}(schema));
   return ch;
 }
 
@@ -723,7 +1239,7 @@ std::string ChannelFor(const std::string& schema) {
 class PostgresDriver final : public Driver {
  public:
   PostgresDriver(std::string url, std::string target)
-      : pool_(std::move(url), std::move(target)), executor_(&pool_) {
+      : pool_(std::move(url), std::move(target)), executor_(&pool_, &control_channel_) {
     event_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   }
   ~PostgresDriver() override {
@@ -740,7 +1256,8 @@ class PostgresDriver final : public Driver {
       SPOOL_ASSIGN_OR_RETURN(Lease lease, pool_.Acquire());
       SPOOL_ASSIGN_OR_RETURN(PgResult res,
                              lease->Query("", "SELECT coalesce(current_schema(), '')", {}));
-      channel_ = ChannelFor(PQgetvalue(res.get(), 0, 0));
+      channel_ = ChannelFor("spool_insert", PQgetvalue(res.get(), 0, 0));
+      control_channel_ = ChannelFor("spool_control", PQgetvalue(res.get(), 0, 0));
     }
     return Listen();
   }
@@ -751,7 +1268,7 @@ class PostgresDriver final : public Driver {
   Result<std::unique_ptr<Tx>> Begin() override {
     SPOOL_ASSIGN_OR_RETURN(Lease lease, pool_.Acquire());
     SPOOL_RETURN_IF_ERROR(lease->Exec("BEGIN"));
-    return std::unique_ptr<Tx>(new PgTx(std::move(lease)));
+    return std::unique_ptr<Tx>(new PgTx(std::move(lease), &control_channel_));
   }
 
   Result<std::unique_ptr<Executor>> ExecutorFor(TxRef tx) override {
@@ -761,7 +1278,8 @@ class PostgresDriver final : public Driver {
           "spool::PostgresTx(conn)");
     }
     if (tx.handle() == nullptr) return Status::InvalidArgument("PostgresTx(nullptr)");
-    return std::unique_ptr<Executor>(new BorrowedExecutor(static_cast<PGconn*>(tx.handle())));
+    return std::unique_ptr<Executor>(
+        new BorrowedExecutor(static_cast<PGconn*>(tx.handle()), &control_channel_));
   }
 
   const std::vector<Migration>& Migrations() const override { return PostgresMigrations(); }
@@ -839,6 +1357,13 @@ class PostgresDriver final : public Driver {
         .status();
   }
 
+  Status NotifyControl() override {
+    SPOOL_ASSIGN_OR_RETURN(Lease lease, pool_.Acquire());
+    return lease
+        ->Query("spool_notify_control", "SELECT pg_notify($1, 'control')", {control_channel_})
+        .status();
+  }
+
  private:
   static Result<int> VersionOn(Conn& c) {
     SPOOL_ASSIGN_OR_RETURN(PgResult exists,
@@ -894,12 +1419,15 @@ class PostgresDriver final : public Driver {
     Result<std::unique_ptr<Conn>> c = Conn::Connect(pool_.url(), pool_.target());
     Status s = c ? Status::Ok() : c.error();
     if (c) {
-      char* ident = PQescapeIdentifier((*c)->get(), channel_.c_str(), channel_.size());
-      if (ident == nullptr) {
-        s = (*c)->ErrorFrom(nullptr, "listen");
-      } else {
-        s = (*c)->Exec(fmt::format("LISTEN {}", ident));
-        PQfreemem(ident);
+      for (const std::string* channel : {&channel_, &control_channel_}) {
+        char* ident = PQescapeIdentifier((*c)->get(), channel->c_str(), channel->size());
+        if (ident == nullptr) {
+          s = (*c)->ErrorFrom(nullptr, "listen");
+        } else {
+          s = (*c)->Exec(fmt::format("LISTEN {}", ident));
+          PQfreemem(ident);
+        }
+        if (!s.ok()) break;
       }
     }
     if (!s.ok()) {
@@ -931,8 +1459,10 @@ class PostgresDriver final : public Driver {
   }
 
   Pool pool_;
-  PoolExecutor executor_;
+  // Both set by Init, before any call that reads them.
   std::string channel_;
+  std::string control_channel_;
+  PoolExecutor executor_;
   int event_fd_ = -1;
   // Used only by the one thread that calls WaitForChange.
   std::unique_ptr<Conn> listen_;

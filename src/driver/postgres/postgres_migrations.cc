@@ -41,20 +41,27 @@ CREATE TABLE spool_job (
   CHECK ((state IN ('completed', 'cancelled', 'discarded')) = (finalized_at IS NOT NULL))
 );
 
+-- Indexes are partial wherever a query reads one state (like the SQLite schema), so a job moving
+-- available -> running -> completed touches only the index entries of the states it enters:
+-- every entry written costs on each claim and completion, the hot path.
 -- Fetch: state = 'available' AND queue = $1 ORDER BY priority, scheduled_at, id.
-CREATE INDEX spool_job_fetch_idx ON spool_job (state, queue, priority, scheduled_at, id);
+CREATE INDEX spool_job_fetch_idx ON spool_job (queue, priority, scheduled_at, id)
+  WHERE state = 'available';
 
--- Scheduler: due scheduled and retryable jobs. Partial, so inserting available jobs skips it.
+-- Scheduler: due scheduled and retryable jobs.
 CREATE INDEX spool_job_schedule_idx ON spool_job (state, scheduled_at)
   WHERE state IN ('scheduled', 'retryable');
+
+-- Rescuer: running jobs by when they started.
+CREATE INDEX spool_job_running_idx ON spool_job (attempted_at) WHERE state = 'running';
 
 -- Cleaner: finalized jobs by age.
 CREATE INDEX spool_job_finalized_idx ON spool_job (state, finalized_at)
   WHERE finalized_at IS NOT NULL;
 
-CREATE INDEX spool_job_kind_idx ON spool_job (kind);
-
--- Unique jobs: one row per key among the rows whose state is in the key's state set.
+-- Admin listing by kind scans instead: an index on kind would cost every insert.
+-- Unique jobs: one row per key among the rows whose state is in the key's state set. Inserts
+-- rely on it (ON CONFLICT DO NOTHING), so two processes racing cannot both insert a key.
 CREATE UNIQUE INDEX spool_job_unique_idx ON spool_job (unique_key)
   WHERE unique_key IS NOT NULL AND unique_states IS NOT NULL AND
     (unique_states >> CASE state
@@ -83,9 +90,18 @@ CREATE TABLE spool_client (
   heartbeat_at timestamptz NOT NULL DEFAULT now(),
   queues jsonb NOT NULL DEFAULT '[]'
 );
+
+-- The last tick each periodic (cron) job was enqueued for, so restarts neither repeat nor drop
+-- a tick.
+CREATE TABLE spool_periodic (
+  name text PRIMARY KEY CHECK (char_length(name) BETWEEN 1 AND 255),
+  last_tick_at timestamptz NOT NULL,
+  updated_at timestamptz NOT NULL
+);
 )sql";
 
 constexpr const char* kDown1 = R"sql(
+DROP TABLE IF EXISTS spool_periodic;
 DROP TABLE IF EXISTS spool_client;
 DROP TABLE IF EXISTS spool_queue;
 DROP TABLE IF EXISTS spool_leader;

@@ -32,7 +32,7 @@ class LockedExecutor final : public Executor {
  public:
   LockedExecutor(std::mutex& mu, SqliteQueries& queries) : mu_(mu), q_(queries) {}
 
-  Result<std::vector<JobRow>> JobInsertMany(const JobInsertManyParams& params) override {
+  Result<std::vector<JobInsertResult>> JobInsertMany(const JobInsertManyParams& params) override {
     std::lock_guard lock(mu_);
     return q_.JobInsertMany(params);
   }
@@ -63,6 +63,78 @@ class LockedExecutor final : public Executor {
   Result<std::map<JobState, int64_t>> JobCountByState(std::string_view queue) override {
     std::lock_guard lock(mu_);
     return q_.JobCountByState(queue);
+  }
+  Result<JobRow> JobCancel(const JobCancelParams& params) override {
+    std::lock_guard lock(mu_);
+    return q_.JobCancel(params);
+  }
+  Result<JobRow> JobRetry(const JobRetryParams& params) override {
+    std::lock_guard lock(mu_);
+    return q_.JobRetry(params);
+  }
+  Result<JobRow> JobDelete(int64_t id) override {
+    std::lock_guard lock(mu_);
+    return q_.JobDelete(id);
+  }
+  Result<std::vector<int64_t>> JobGetCancelRequested(const std::vector<int64_t>& ids) override {
+    std::lock_guard lock(mu_);
+    return q_.JobGetCancelRequested(ids);
+  }
+  Result<std::vector<JobRow>> JobGetStuck(const JobGetStuckParams& params) override {
+    std::lock_guard lock(mu_);
+    return q_.JobGetStuck(params);
+  }
+  Result<int64_t> JobDeleteFinalized(const JobDeleteFinalizedParams& params) override {
+    std::lock_guard lock(mu_);
+    return q_.JobDeleteFinalized(params);
+  }
+  Result<bool> LeaderAttemptElect(const LeaderElectParams& params) override {
+    std::lock_guard lock(mu_);
+    return q_.LeaderAttemptElect(params);
+  }
+  Result<bool> LeaderAttemptReelect(const LeaderElectParams& params) override {
+    std::lock_guard lock(mu_);
+    return q_.LeaderAttemptReelect(params);
+  }
+  Status LeaderResign(std::string_view leader_id) override {
+    std::lock_guard lock(mu_);
+    return q_.LeaderResign(leader_id);
+  }
+  Result<std::optional<LeaderInfo>> LeaderGet() override {
+    std::lock_guard lock(mu_);
+    return q_.LeaderGet();
+  }
+  Status ClientHeartbeat(const ClientHeartbeatParams& params) override {
+    std::lock_guard lock(mu_);
+    return q_.ClientHeartbeat(params);
+  }
+  Status ClientDelete(std::string_view id) override {
+    std::lock_guard lock(mu_);
+    return q_.ClientDelete(id);
+  }
+  Result<int64_t> ClientDeleteStale(TimePoint before) override {
+    std::lock_guard lock(mu_);
+    return q_.ClientDeleteStale(before);
+  }
+  Status QueuePause(std::string_view name, TimePoint now) override {
+    std::lock_guard lock(mu_);
+    return q_.QueuePause(name, now);
+  }
+  Status QueueResume(std::string_view name, TimePoint now) override {
+    std::lock_guard lock(mu_);
+    return q_.QueueResume(name, now);
+  }
+  Result<std::vector<QueueInfo>> QueueList() override {
+    std::lock_guard lock(mu_);
+    return q_.QueueList();
+  }
+  Result<std::optional<TimePoint>> PeriodicGetLastTick(std::string_view name) override {
+    std::lock_guard lock(mu_);
+    return q_.PeriodicGetLastTick(name);
+  }
+  Status PeriodicSetLastTick(std::string_view name, TimePoint tick, TimePoint now) override {
+    std::lock_guard lock(mu_);
+    return q_.PeriodicSetLastTick(name, tick, now);
   }
 
  private:
@@ -80,7 +152,7 @@ class SqliteTx final : public Tx {
     if (lock_.owns_lock()) (void)Rollback();
   }
 
-  Result<std::vector<JobRow>> JobInsertMany(const JobInsertManyParams& params) override {
+  Result<std::vector<JobInsertResult>> JobInsertMany(const JobInsertManyParams& params) override {
     SPOOL_RETURN_IF_ERROR(CheckOpen());
     return q_.JobInsertMany(params);
   }
@@ -111,6 +183,78 @@ class SqliteTx final : public Tx {
   Result<std::map<JobState, int64_t>> JobCountByState(std::string_view queue) override {
     SPOOL_RETURN_IF_ERROR(CheckOpen());
     return q_.JobCountByState(queue);
+  }
+  Result<JobRow> JobCancel(const JobCancelParams& params) override {
+    SPOOL_RETURN_IF_ERROR(CheckOpen());
+    return q_.JobCancel(params);
+  }
+  Result<JobRow> JobRetry(const JobRetryParams& params) override {
+    SPOOL_RETURN_IF_ERROR(CheckOpen());
+    return q_.JobRetry(params);
+  }
+  Result<JobRow> JobDelete(int64_t id) override {
+    SPOOL_RETURN_IF_ERROR(CheckOpen());
+    return q_.JobDelete(id);
+  }
+  Result<std::vector<int64_t>> JobGetCancelRequested(const std::vector<int64_t>& ids) override {
+    SPOOL_RETURN_IF_ERROR(CheckOpen());
+    return q_.JobGetCancelRequested(ids);
+  }
+  Result<std::vector<JobRow>> JobGetStuck(const JobGetStuckParams& params) override {
+    SPOOL_RETURN_IF_ERROR(CheckOpen());
+    return q_.JobGetStuck(params);
+  }
+  Result<int64_t> JobDeleteFinalized(const JobDeleteFinalizedParams& params) override {
+    SPOOL_RETURN_IF_ERROR(CheckOpen());
+    return q_.JobDeleteFinalized(params);
+  }
+  Result<bool> LeaderAttemptElect(const LeaderElectParams& params) override {
+    SPOOL_RETURN_IF_ERROR(CheckOpen());
+    return q_.LeaderAttemptElect(params);
+  }
+  Result<bool> LeaderAttemptReelect(const LeaderElectParams& params) override {
+    SPOOL_RETURN_IF_ERROR(CheckOpen());
+    return q_.LeaderAttemptReelect(params);
+  }
+  Status LeaderResign(std::string_view leader_id) override {
+    SPOOL_RETURN_IF_ERROR(CheckOpen());
+    return q_.LeaderResign(leader_id);
+  }
+  Result<std::optional<LeaderInfo>> LeaderGet() override {
+    SPOOL_RETURN_IF_ERROR(CheckOpen());
+    return q_.LeaderGet();
+  }
+  Status ClientHeartbeat(const ClientHeartbeatParams& params) override {
+    SPOOL_RETURN_IF_ERROR(CheckOpen());
+    return q_.ClientHeartbeat(params);
+  }
+  Status ClientDelete(std::string_view id) override {
+    SPOOL_RETURN_IF_ERROR(CheckOpen());
+    return q_.ClientDelete(id);
+  }
+  Result<int64_t> ClientDeleteStale(TimePoint before) override {
+    SPOOL_RETURN_IF_ERROR(CheckOpen());
+    return q_.ClientDeleteStale(before);
+  }
+  Status QueuePause(std::string_view name, TimePoint now) override {
+    SPOOL_RETURN_IF_ERROR(CheckOpen());
+    return q_.QueuePause(name, now);
+  }
+  Status QueueResume(std::string_view name, TimePoint now) override {
+    SPOOL_RETURN_IF_ERROR(CheckOpen());
+    return q_.QueueResume(name, now);
+  }
+  Result<std::vector<QueueInfo>> QueueList() override {
+    SPOOL_RETURN_IF_ERROR(CheckOpen());
+    return q_.QueueList();
+  }
+  Result<std::optional<TimePoint>> PeriodicGetLastTick(std::string_view name) override {
+    SPOOL_RETURN_IF_ERROR(CheckOpen());
+    return q_.PeriodicGetLastTick(name);
+  }
+  Status PeriodicSetLastTick(std::string_view name, TimePoint tick, TimePoint now) override {
+    SPOOL_RETURN_IF_ERROR(CheckOpen());
+    return q_.PeriodicSetLastTick(name, tick, now);
   }
 
   Status Commit() override {
@@ -156,7 +300,7 @@ class BorrowedExecutor final : public Executor {
  public:
   explicit BorrowedExecutor(sqlite3* db) : q_(db) {}
 
-  Result<std::vector<JobRow>> JobInsertMany(const JobInsertManyParams& params) override {
+  Result<std::vector<JobInsertResult>> JobInsertMany(const JobInsertManyParams& params) override {
     return q_.JobInsertMany(params);
   }
   Result<int64_t> JobInsertManyFast(const JobInsertManyParams& params) override {
@@ -177,6 +321,46 @@ class BorrowedExecutor final : public Executor {
   }
   Result<std::map<JobState, int64_t>> JobCountByState(std::string_view queue) override {
     return q_.JobCountByState(queue);
+  }
+  Result<JobRow> JobCancel(const JobCancelParams& params) override { return q_.JobCancel(params); }
+  Result<JobRow> JobRetry(const JobRetryParams& params) override { return q_.JobRetry(params); }
+  Result<JobRow> JobDelete(int64_t id) override { return q_.JobDelete(id); }
+  Result<std::vector<int64_t>> JobGetCancelRequested(const std::vector<int64_t>& ids) override {
+    return q_.JobGetCancelRequested(ids);
+  }
+  Result<std::vector<JobRow>> JobGetStuck(const JobGetStuckParams& params) override {
+    return q_.JobGetStuck(params);
+  }
+  Result<int64_t> JobDeleteFinalized(const JobDeleteFinalizedParams& params) override {
+    return q_.JobDeleteFinalized(params);
+  }
+  Result<bool> LeaderAttemptElect(const LeaderElectParams& params) override {
+    return q_.LeaderAttemptElect(params);
+  }
+  Result<bool> LeaderAttemptReelect(const LeaderElectParams& params) override {
+    return q_.LeaderAttemptReelect(params);
+  }
+  Status LeaderResign(std::string_view leader_id) override { return q_.LeaderResign(leader_id); }
+  Result<std::optional<LeaderInfo>> LeaderGet() override { return q_.LeaderGet(); }
+  Status ClientHeartbeat(const ClientHeartbeatParams& params) override {
+    return q_.ClientHeartbeat(params);
+  }
+  Status ClientDelete(std::string_view id) override { return q_.ClientDelete(id); }
+  Result<int64_t> ClientDeleteStale(TimePoint before) override {
+    return q_.ClientDeleteStale(before);
+  }
+  Status QueuePause(std::string_view name, TimePoint now) override {
+    return q_.QueuePause(name, now);
+  }
+  Status QueueResume(std::string_view name, TimePoint now) override {
+    return q_.QueueResume(name, now);
+  }
+  Result<std::vector<QueueInfo>> QueueList() override { return q_.QueueList(); }
+  Result<std::optional<TimePoint>> PeriodicGetLastTick(std::string_view name) override {
+    return q_.PeriodicGetLastTick(name);
+  }
+  Status PeriodicSetLastTick(std::string_view name, TimePoint tick, TimePoint now) override {
+    return q_.PeriodicSetLastTick(name, tick, now);
   }
 
  private:
@@ -317,6 +501,7 @@ class SqliteDriver final : public Driver {
   }
 
   Status NotifyInsert(std::string_view /*queue*/) override { return Status::Ok(); }
+  Status NotifyControl() override { return Status::Ok(); }
 
  private:
   Result<int> SchemaVersionLocked() {

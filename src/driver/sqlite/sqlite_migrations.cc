@@ -86,9 +86,18 @@ CREATE TABLE spool_client (
   heartbeat_at INTEGER NOT NULL,
   queues TEXT NOT NULL DEFAULT '[]'
 ) STRICT;
+
+-- The last tick each periodic (cron) job was enqueued for, so restarts neither repeat nor drop
+-- a tick.
+CREATE TABLE spool_periodic (
+  name TEXT PRIMARY KEY NOT NULL CHECK (length(name) BETWEEN 1 AND 255),
+  last_tick_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL
+) STRICT;
 )sql";
 
 constexpr const char* kMigration1Down = R"sql(
+DROP TABLE IF EXISTS spool_periodic;
 DROP TABLE IF EXISTS spool_client;
 DROP TABLE IF EXISTS spool_queue;
 DROP TABLE IF EXISTS spool_leader;

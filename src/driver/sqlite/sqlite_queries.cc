@@ -156,6 +156,35 @@ Status ValidateInsert(const JobInsertParams& job, size_t index) {
   return Status::Ok();
 }
 
+// Binds one row's nine values from parameter b + 1 on (b: the parameter before the row's first).
+int BindInsertRow(sqlite3_stmt* stmt, int b, const JobInsertParams& job,
+                  std::deque<std::string>& tag_json) {
+  std::string_view tags = "[]";
+  if (!job.tags.empty()) tags = tag_json.emplace_back(nlohmann::json(job.tags).dump());
+  int rc;
+  if ((rc = BindText(stmt, b + 1, JobStateName(job.state))) != SQLITE_OK) return rc;
+  if ((rc = sqlite3_bind_int(stmt, b + 2, job.max_attempts)) != SQLITE_OK) return rc;
+  if ((rc = sqlite3_bind_int64(stmt, b + 3, Micros(job.scheduled_at))) != SQLITE_OK) return rc;
+  if ((rc = sqlite3_bind_int(stmt, b + 4, job.priority)) != SQLITE_OK) return rc;
+  if ((rc = BindText(stmt, b + 5, job.queue)) != SQLITE_OK) return rc;
+  if ((rc = BindText(stmt, b + 6, job.kind)) != SQLITE_OK) return rc;
+  if ((rc = BindText(stmt, b + 7, job.args)) != SQLITE_OK) return rc;
+  if ((rc = BindText(stmt, b + 8, job.metadata)) != SQLITE_OK) return rc;
+  return BindText(stmt, b + 9, tags);
+}
+
+// ReadJobRows for inserts: every row read is a new one (duplicate = false).
+Status ReadInsertedRows(sqlite3_stmt* stmt, std::string_view context,
+                        std::vector<JobInsertResult>* out) {
+  int rc;
+  while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+    SPOOL_ASSIGN_OR_RETURN(JobRow row, ReadJobRow(stmt));
+    out->push_back(JobInsertResult{std::move(row), false});
+  }
+  if (rc != SQLITE_DONE) return SqliteStatus(rc, sqlite3_db_handle(stmt), context);
+  return Status::Ok();
+}
+
 bool IsOutcomeState(JobState s) {
   return s == JobState::kCompleted || s == JobState::kCancelled || s == JobState::kDiscarded ||
          s == JobState::kRetryable || s == JobState::kScheduled;
@@ -183,10 +212,16 @@ Result<sqlite3_stmt*> SqliteQueries::InsertStmt(int rows, bool returning) {
   return slot;
 }
 
-Result<int64_t> SqliteQueries::Insert(const JobInsertManyParams& params, std::vector<JobRow>* out) {
+Result<int64_t> SqliteQueries::Insert(const JobInsertManyParams& params,
+                                      std::vector<JobInsertResult>* out) {
   const auto& jobs = params.jobs;
-  for (size_t i = 0; i < jobs.size(); ++i) SPOOL_RETURN_IF_ERROR(ValidateInsert(jobs[i], i));
+  bool any_unique = false;
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    SPOOL_RETURN_IF_ERROR(ValidateInsert(jobs[i], i));
+    any_unique = any_unique || !jobs[i].unique_key.empty();
+  }
   if (jobs.empty()) return int64_t{0};
+  if (any_unique) return InsertUnique(params, out);
 
   SPOOL_ASSIGN_OR_RETURN(auto scope, WriteScope::Begin(cache_));
   const size_t first_out = out != nullptr ? out->size() : 0;
@@ -201,23 +236,12 @@ Result<int64_t> SqliteQueries::Insert(const JobInsertManyParams& params, std::ve
     tag_json.clear();
     int rc = sqlite3_bind_int64(stmt, 1, Micros(params.now));
     for (size_t r = 0; r < n && rc == SQLITE_OK; ++r) {
-      const JobInsertParams& job = jobs[start + r];
-      const int b = 1 + static_cast<int>(r) * kInsertParamsPerRow;
-      std::string_view tags = "[]";
-      if (!job.tags.empty()) tags = tag_json.emplace_back(nlohmann::json(job.tags).dump());
-      if ((rc = BindText(stmt, b + 1, JobStateName(job.state))) != SQLITE_OK) break;
-      if ((rc = sqlite3_bind_int(stmt, b + 2, job.max_attempts)) != SQLITE_OK) break;
-      if ((rc = sqlite3_bind_int64(stmt, b + 3, Micros(job.scheduled_at))) != SQLITE_OK) break;
-      if ((rc = sqlite3_bind_int(stmt, b + 4, job.priority)) != SQLITE_OK) break;
-      if ((rc = BindText(stmt, b + 5, job.queue)) != SQLITE_OK) break;
-      if ((rc = BindText(stmt, b + 6, job.kind)) != SQLITE_OK) break;
-      if ((rc = BindText(stmt, b + 7, job.args)) != SQLITE_OK) break;
-      if ((rc = BindText(stmt, b + 8, job.metadata)) != SQLITE_OK) break;
-      rc = BindText(stmt, b + 9, tags);
+      rc = BindInsertRow(stmt, 1 + static_cast<int>(r) * kInsertParamsPerRow, jobs[start + r],
+                         tag_json);
     }
     SPOOL_RETURN_IF_ERROR(CheckBind(rc, stmt));
     if (out != nullptr) {
-      SPOOL_RETURN_IF_ERROR(ReadJobRows(stmt, "insert jobs", out));
+      SPOOL_RETURN_IF_ERROR(ReadInsertedRows(stmt, "insert jobs", out));
     } else {
       SPOOL_RETURN_IF_ERROR(StepDone(stmt, "insert jobs"));
     }
@@ -226,14 +250,98 @@ Result<int64_t> SqliteQueries::Insert(const JobInsertManyParams& params, std::ve
   SPOOL_RETURN_IF_ERROR(scope->Commit());
   if (out != nullptr) {
     // RETURNING order is unspecified; ids grow in insertion (= input) order.
-    std::sort(out->begin() + static_cast<std::ptrdiff_t>(first_out), out->end(),
-              [](const JobRow& a, const JobRow& b) { return a.id < b.id; });
+    std::sort(
+        out->begin() + static_cast<std::ptrdiff_t>(first_out), out->end(),
+        [](const JobInsertResult& a, const JobInsertResult& b) { return a.job.id < b.job.id; });
   }
   return inserted;
 }
 
-Result<std::vector<JobRow>> SqliteQueries::JobInsertMany(const JobInsertManyParams& params) {
-  std::vector<JobRow> rows;
+Result<int64_t> SqliteQueries::InsertUnique(const JobInsertManyParams& params,
+                                            std::vector<JobInsertResult>* out) {
+  // The unique key's uniqueness is the partial index's: a concurrent writer (another process)
+  // waits for the write lock and then finds the row through the conflict, never a second row.
+  static const std::string kInsertSql = fmt::format(
+      "INSERT INTO spool_job (created_at, state, max_attempts, scheduled_at, priority, queue, "
+      "kind, args, metadata, tags, unique_key, unique_states) "
+      "VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12) ON CONFLICT DO NOTHING RETURNING {}",
+      kJobColumns);
+  // The WHERE terms repeat the unique index's, so the lookup uses it.
+  static const std::string kExistingSql = fmt::format(
+      "SELECT {} FROM spool_job WHERE unique_key = ?1 AND unique_key IS NOT NULL AND "
+      "unique_states IS NOT NULL AND (unique_states >> CASE state "
+      "WHEN 'available' THEN 0 WHEN 'scheduled' THEN 1 WHEN 'running' THEN 2 "
+      "WHEN 'retryable' THEN 3 WHEN 'completed' THEN 4 WHEN 'cancelled' THEN 5 "
+      "WHEN 'discarded' THEN 6 WHEN 'pending' THEN 7 END) & 1 = 1",
+      kJobColumns);
+  const auto& jobs = params.jobs;
+  SPOOL_ASSIGN_OR_RETURN(auto scope, WriteScope::Begin(cache_));
+
+  JobInsertManyParams plain;
+  plain.now = params.now;
+  std::vector<size_t> plain_pos;
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    if (!jobs[i].unique_key.empty()) continue;
+    plain.jobs.push_back(jobs[i]);
+    plain_pos.push_back(i);
+  }
+  std::vector<JobInsertResult> results;
+  std::vector<JobInsertResult> plain_rows;
+  if (out != nullptr) results.resize(jobs.size());
+  int64_t inserted = 0;
+  if (!plain.jobs.empty()) {
+    SPOOL_ASSIGN_OR_RETURN(inserted, Insert(plain, out != nullptr ? &plain_rows : nullptr));
+    for (size_t k = 0; k < plain_rows.size(); ++k) results[plain_pos[k]] = std::move(plain_rows[k]);
+  }
+
+  SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * insert, cache_.Get(kInsertSql));
+  SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * existing, cache_.Get(kExistingSql));
+  std::deque<std::string> tag_json;
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const JobInsertParams& job = jobs[i];
+    if (job.unique_key.empty()) continue;
+    std::vector<JobInsertResult> row;
+    {
+      StmtScope use(insert);
+      tag_json.clear();
+      int rc = sqlite3_bind_int64(insert, 1, Micros(params.now));
+      if (rc == SQLITE_OK) rc = BindInsertRow(insert, 1, job, tag_json);
+      if (rc == SQLITE_OK) {
+        rc = sqlite3_bind_blob64(insert, 11, job.unique_key.data(), job.unique_key.size(),
+                                 SQLITE_STATIC);
+      }
+      if (rc == SQLITE_OK) rc = sqlite3_bind_int(insert, 12, job.unique_states);
+      SPOOL_RETURN_IF_ERROR(CheckBind(rc, insert));
+      SPOOL_RETURN_IF_ERROR(ReadInsertedRows(insert, "insert unique job", &row));
+    }
+    if (!row.empty()) {
+      ++inserted;
+      if (out != nullptr) results[i] = std::move(row.front());
+      continue;
+    }
+    if (out == nullptr) continue;
+    StmtScope use(existing);
+    SPOOL_RETURN_IF_ERROR(CheckBind(sqlite3_bind_blob64(existing, 1, job.unique_key.data(),
+                                                        job.unique_key.size(), SQLITE_STATIC),
+                                    existing));
+    SPOOL_RETURN_IF_ERROR(ReadInsertedRows(existing, "read unique job", &row));
+    if (row.empty()) {
+      return Status::Internal(
+          fmt::format("job {}: unique insert conflicted but no row holds its key", i));
+    }
+    results[i] = std::move(row.front());
+    results[i].duplicate = true;
+  }
+  SPOOL_RETURN_IF_ERROR(scope->Commit());
+  if (out != nullptr) {
+    for (auto& r : results) out->push_back(std::move(r));
+  }
+  return inserted;
+}
+
+Result<std::vector<JobInsertResult>> SqliteQueries::JobInsertMany(
+    const JobInsertManyParams& params) {
+  std::vector<JobInsertResult> rows;
   rows.reserve(params.jobs.size());
   SPOOL_RETURN_IF_ERROR(Insert(params, &rows).status());
   return rows;
@@ -262,7 +370,9 @@ Result<std::vector<JobRow>> SqliteQueries::JobGetAvailable(const JobGetAvailable
       "THEN json_insert(attempted_by, '$[#]', json(?2)) "
       "ELSE json_insert(json_remove(attempted_by, '$[0]'), '$[#]', json(?2)) END "
       "WHERE id IN (SELECT id FROM spool_job WHERE state = 'available' AND queue = ?3 "
-      "AND scheduled_at <= ?1 ORDER BY priority, scheduled_at, id LIMIT ?4) "
+      "AND scheduled_at <= ?1 AND NOT EXISTS (SELECT 1 FROM spool_queue "
+      "WHERE name = ?3 AND paused_at IS NOT NULL) "
+      "ORDER BY priority, scheduled_at, id LIMIT ?4) "
       "RETURNING {}",
       kJobColumns);
   SPOOL_ASSIGN_OR_RETURN(auto scope, WriteScope::Begin(cache_));
@@ -479,6 +589,368 @@ Result<std::map<JobState, int64_t>> SqliteQueries::JobCountByState(std::string_v
   }
   if (rc != SQLITE_DONE) return SqliteStatus(rc, cache_.db(), "count jobs");
   return counts;
+}
+
+// ---- helpers for single-statement writes ------------------------------------------------------
+
+Result<std::optional<JobRow>> SqliteQueries::WriteOneRow(
+    std::string_view sql, std::string_view context, const std::function<int(sqlite3_stmt*)>& bind) {
+  SPOOL_ASSIGN_OR_RETURN(auto scope, WriteScope::Begin(cache_));
+  SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt, cache_.Get(sql));
+  std::vector<JobRow> rows;
+  {
+    StmtScope use(stmt);
+    SPOOL_RETURN_IF_ERROR(CheckBind(bind(stmt), stmt));
+    SPOOL_RETURN_IF_ERROR(ReadJobRows(stmt, context, &rows));
+  }
+  SPOOL_RETURN_IF_ERROR(scope->Commit());
+  if (rows.empty()) return std::optional<JobRow>();
+  return std::optional<JobRow>(std::move(rows.front()));
+}
+
+Result<int64_t> SqliteQueries::Write(std::string_view sql, std::string_view context,
+                                     const std::function<int(sqlite3_stmt*)>& bind) {
+  SPOOL_ASSIGN_OR_RETURN(auto scope, WriteScope::Begin(cache_));
+  SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt, cache_.Get(sql));
+  int64_t changed = 0;
+  {
+    StmtScope use(stmt);
+    SPOOL_RETURN_IF_ERROR(CheckBind(bind(stmt), stmt));
+    SPOOL_RETURN_IF_ERROR(StepDone(stmt, context));
+    changed = sqlite3_changes64(cache_.db());
+  }
+  SPOOL_RETURN_IF_ERROR(scope->Commit());
+  return changed;
+}
+
+// ---- admin ------------------------------------------------------------------------------------
+
+Result<JobRow> SqliteQueries::JobCancel(const JobCancelParams& params) {
+  // One statement for both live cases; a final job matches nothing and is read back unchanged.
+  static const std::string kSql = fmt::format(
+      "UPDATE spool_job SET "
+      "state = CASE WHEN state = 'running' THEN state ELSE 'cancelled' END, "
+      "finalized_at = CASE WHEN state = 'running' THEN NULL ELSE ?2 END, "
+      "errors = CASE WHEN state = 'running' THEN errors ELSE json_insert(errors, '$[#]', "
+      "json_object('at', ?2, 'attempt', attempt, 'error', 'cancelled by an admin', 'trace', '')) "
+      "END, "
+      "metadata = CASE WHEN state = 'running' "
+      "THEN json_set(metadata, '$.cancel_requested_at', ?2) ELSE metadata END "
+      "WHERE id = ?1 AND state NOT IN ('completed', 'cancelled', 'discarded') RETURNING {}",
+      kJobColumns);
+  SPOOL_ASSIGN_OR_RETURN(auto row, WriteOneRow(kSql, "cancel job", [&](sqlite3_stmt* stmt) {
+                           int rc = sqlite3_bind_int64(stmt, 1, params.id);
+                           if (rc == SQLITE_OK)
+                             rc = sqlite3_bind_int64(stmt, 2, Micros(params.now));
+                           return rc;
+                         }));
+  if (row.has_value()) return std::move(*row);
+  return JobGetByID(params.id);
+}
+
+Result<JobRow> SqliteQueries::JobRetry(const JobRetryParams& params) {
+  // cancel_requested_at goes: it was meant for the attempt that ended, and would cancel the next
+  // one as soon as it started.
+  static const std::string kSql = fmt::format(
+      "UPDATE spool_job SET state = 'available', scheduled_at = ?2, finalized_at = NULL, "
+      "max_attempts = CASE WHEN attempt >= max_attempts THEN attempt + 1 ELSE max_attempts END, "
+      "metadata = CASE WHEN json_type(metadata, '$.cancel_requested_at') IS NULL THEN metadata "
+      "ELSE json_remove(metadata, '$.cancel_requested_at') END "
+      "WHERE id = ?1 AND state <> 'running' RETURNING {}",
+      kJobColumns);
+  SPOOL_ASSIGN_OR_RETURN(auto row, WriteOneRow(kSql, "retry job", [&](sqlite3_stmt* stmt) {
+                           int rc = sqlite3_bind_int64(stmt, 1, params.id);
+                           if (rc == SQLITE_OK)
+                             rc = sqlite3_bind_int64(stmt, 2, Micros(params.now));
+                           return rc;
+                         }));
+  if (row.has_value()) return std::move(*row);
+  SPOOL_ASSIGN_OR_RETURN(JobRow job, JobGetByID(params.id));
+  return Status::FailedPrecondition(fmt::format(
+      "job {} is running: cancel it or wait for it to finish before retrying it", job.id));
+}
+
+Result<JobRow> SqliteQueries::JobDelete(int64_t id) {
+  static const std::string kSql = fmt::format(
+      "DELETE FROM spool_job WHERE id = ?1 AND state <> 'running' RETURNING {}", kJobColumns);
+  SPOOL_ASSIGN_OR_RETURN(auto row, WriteOneRow(kSql, "delete job", [&](sqlite3_stmt* stmt) {
+                           return sqlite3_bind_int64(stmt, 1, id);
+                         }));
+  if (row.has_value()) return std::move(*row);
+  SPOOL_ASSIGN_OR_RETURN(JobRow job, JobGetByID(id));
+  return Status::FailedPrecondition(fmt::format(
+      "job {} is running: cancel it or wait for it to finish before deleting it", job.id));
+}
+
+Result<std::vector<int64_t>> SqliteQueries::JobGetCancelRequested(const std::vector<int64_t>& ids) {
+  std::vector<int64_t> out;
+  if (ids.empty()) return out;
+  // The ids travel as one JSON array, so one cached statement serves any count.
+  constexpr std::string_view kSql =
+      "SELECT id FROM spool_job WHERE id IN (SELECT value FROM json_each(?1)) "
+      "AND state = 'running' AND json_type(metadata, '$.cancel_requested_at') IS NOT NULL "
+      "ORDER BY id";
+  const std::string ids_json = nlohmann::json(ids).dump();
+  SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt, cache_.Get(kSql));
+  StmtScope use(stmt);
+  SPOOL_RETURN_IF_ERROR(CheckBind(BindText(stmt, 1, ids_json), stmt));
+  int rc;
+  while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) out.push_back(sqlite3_column_int64(stmt, 0));
+  if (rc != SQLITE_DONE) return SqliteStatus(rc, cache_.db(), "get cancel requests");
+  return out;
+}
+
+// ---- maintenance ------------------------------------------------------------------------------
+
+Result<std::vector<JobRow>> SqliteQueries::JobGetStuck(const JobGetStuckParams& params) {
+  std::vector<JobRow> rows;
+  if (params.max <= 0) return rows;
+  // The state test matches spool_job_running_idx, which also gives the attempted_at order.
+  static const std::string kSql = fmt::format(
+      "SELECT {} FROM spool_job WHERE state = 'running' AND (attempted_at < ?2 OR NOT EXISTS "
+      "(SELECT 1 FROM spool_client c WHERE c.id = json_extract(spool_job.attempted_by, "
+      "'$[#-1]') AND c.heartbeat_at >= ?1)) ORDER BY attempted_at, id LIMIT ?3",
+      kJobColumns);
+  SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt, cache_.Get(kSql));
+  StmtScope use(stmt);
+  int rc = sqlite3_bind_int64(stmt, 1, Micros(params.heartbeat_stale_before));
+  if (rc == SQLITE_OK) rc = sqlite3_bind_int64(stmt, 2, Micros(params.attempted_before));
+  if (rc == SQLITE_OK) rc = sqlite3_bind_int(stmt, 3, params.max);
+  SPOOL_RETURN_IF_ERROR(CheckBind(rc, stmt));
+  SPOOL_RETURN_IF_ERROR(ReadJobRows(stmt, "get stuck jobs", &rows));
+  return rows;
+}
+
+Result<int64_t> SqliteQueries::JobDeleteFinalized(const JobDeleteFinalizedParams& params) {
+  if (params.state != JobState::kCompleted && params.state != JobState::kCancelled &&
+      params.state != JobState::kDiscarded) {
+    return Status::InvalidArgument(
+        fmt::format("cannot delete finalized jobs in state {}: use completed, cancelled or "
+                    "discarded",
+                    JobStateName(params.state)));
+  }
+  if (params.max <= 0) return int64_t{0};
+  // The finalized_at IS NOT NULL term matches spool_job_finalized_idx's WHERE, so SQLite uses it.
+  constexpr std::string_view kSql =
+      "DELETE FROM spool_job WHERE id IN (SELECT id FROM spool_job WHERE state = ?1 AND "
+      "finalized_at IS NOT NULL AND finalized_at < ?2 ORDER BY finalized_at LIMIT ?3)";
+  return Write(kSql, "delete finalized jobs", [&](sqlite3_stmt* stmt) {
+    int rc = BindText(stmt, 1, JobStateName(params.state));
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(stmt, 2, Micros(params.finalized_before));
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int(stmt, 3, params.max);
+    return rc;
+  });
+}
+
+// ---- leader -----------------------------------------------------------------------------------
+
+Result<bool> SqliteQueries::LeaderAttemptElect(const LeaderElectParams& params) {
+  constexpr std::string_view kElectSql =
+      "INSERT INTO spool_leader (name, leader_id, elected_at, expires_at) "
+      "VALUES ('default', ?1, ?2, ?3) ON CONFLICT (name) DO UPDATE SET "
+      "leader_id = excluded.leader_id, elected_at = excluded.elected_at, "
+      "expires_at = excluded.expires_at WHERE spool_leader.expires_at <= ?2";
+  constexpr std::string_view kHolderSql =
+      "SELECT leader_id = ?1 FROM spool_leader WHERE name = 'default'";
+  SPOOL_ASSIGN_OR_RETURN(auto scope, WriteScope::Begin(cache_));
+  SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * elect, cache_.Get(kElectSql));
+  {
+    StmtScope use(elect);
+    int rc = BindText(elect, 1, params.leader_id);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(elect, 2, Micros(params.now));
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(elect, 3, Micros(params.now + params.ttl));
+    SPOOL_RETURN_IF_ERROR(CheckBind(rc, elect));
+    SPOOL_RETURN_IF_ERROR(StepDone(elect, "elect leader"));
+  }
+  bool holder = false;
+  SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * check, cache_.Get(kHolderSql));
+  {
+    StmtScope use(check);
+    SPOOL_RETURN_IF_ERROR(CheckBind(BindText(check, 1, params.leader_id), check));
+    const int rc = sqlite3_step(check);
+    if (rc == SQLITE_ROW) {
+      holder = sqlite3_column_int(check, 0) != 0;
+    } else if (rc != SQLITE_DONE) {
+      return SqliteStatus(rc, cache_.db(), "read leader");
+    }
+  }
+  SPOOL_RETURN_IF_ERROR(scope->Commit());
+  return holder;
+}
+
+Result<bool> SqliteQueries::LeaderAttemptReelect(const LeaderElectParams& params) {
+  constexpr std::string_view kSql =
+      "UPDATE spool_leader SET expires_at = ?2 WHERE name = 'default' AND leader_id = ?1";
+  SPOOL_ASSIGN_OR_RETURN(int64_t changed, Write(kSql, "reelect leader", [&](sqlite3_stmt* stmt) {
+                           int rc = BindText(stmt, 1, params.leader_id);
+                           if (rc == SQLITE_OK) {
+                             rc = sqlite3_bind_int64(stmt, 2, Micros(params.now + params.ttl));
+                           }
+                           return rc;
+                         }));
+  return changed > 0;
+}
+
+Status SqliteQueries::LeaderResign(std::string_view leader_id) {
+  constexpr std::string_view kSql =
+      "DELETE FROM spool_leader WHERE name = 'default' AND leader_id = ?1";
+  return Write(kSql, "resign leader",
+               [&](sqlite3_stmt* stmt) { return BindText(stmt, 1, leader_id); })
+      .status();
+}
+
+Result<std::optional<LeaderInfo>> SqliteQueries::LeaderGet() {
+  constexpr std::string_view kSql =
+      "SELECT leader_id, elected_at, expires_at FROM spool_leader WHERE name = 'default'";
+  SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt, cache_.Get(kSql));
+  StmtScope use(stmt);
+  const int rc = sqlite3_step(stmt);
+  if (rc == SQLITE_DONE) return std::optional<LeaderInfo>();
+  if (rc != SQLITE_ROW) return SqliteStatus(rc, cache_.db(), "read leader");
+  LeaderInfo info;
+  info.leader_id = ColumnText(stmt, 0);
+  info.elected_at = FromMicros(sqlite3_column_int64(stmt, 1));
+  info.expires_at = FromMicros(sqlite3_column_int64(stmt, 2));
+  return std::optional<LeaderInfo>(std::move(info));
+}
+
+// ---- clients ----------------------------------------------------------------------------------
+
+Status SqliteQueries::ClientHeartbeat(const ClientHeartbeatParams& params) {
+  constexpr std::string_view kSql =
+      "INSERT INTO spool_client (id, started_at, heartbeat_at, queues) VALUES (?1, ?2, ?2, ?3) "
+      "ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, "
+      "queues = excluded.queues";
+  const std::string queues = nlohmann::json(params.queues).dump();
+  return Write(kSql, "client heartbeat",
+               [&](sqlite3_stmt* stmt) {
+                 int rc = BindText(stmt, 1, params.id);
+                 if (rc == SQLITE_OK) rc = sqlite3_bind_int64(stmt, 2, Micros(params.now));
+                 if (rc == SQLITE_OK) rc = BindText(stmt, 3, queues);
+                 return rc;
+               })
+      .status();
+}
+
+Status SqliteQueries::ClientDelete(std::string_view id) {
+  return Write("DELETE FROM spool_client WHERE id = ?1", "delete client",
+               [&](sqlite3_stmt* stmt) { return BindText(stmt, 1, id); })
+      .status();
+}
+
+Result<int64_t> SqliteQueries::ClientDeleteStale(TimePoint before) {
+  return Write("DELETE FROM spool_client WHERE heartbeat_at < ?1", "delete stale clients",
+               [&](sqlite3_stmt* stmt) { return sqlite3_bind_int64(stmt, 1, Micros(before)); });
+}
+
+// ---- queues -----------------------------------------------------------------------------------
+
+namespace {
+
+Status ValidateQueueName(std::string_view name) {
+  if (name.empty() || name.size() > 128) {
+    return Status::InvalidArgument(
+        fmt::format("queue name \"{}\" must be 1 to 128 characters long", name));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status SqliteQueries::QueuePause(std::string_view name, TimePoint now) {
+  SPOOL_RETURN_IF_ERROR(ValidateQueueName(name));
+  // Pausing a paused queue keeps when it was first paused.
+  constexpr std::string_view kSql =
+      "INSERT INTO spool_queue (name, paused_at, created_at, updated_at) VALUES (?1, ?2, ?2, ?2) "
+      "ON CONFLICT (name) DO UPDATE SET paused_at = coalesce(spool_queue.paused_at, "
+      "excluded.paused_at), updated_at = excluded.updated_at";
+  return Write(kSql, "pause queue",
+               [&](sqlite3_stmt* stmt) {
+                 int rc = BindText(stmt, 1, name);
+                 if (rc == SQLITE_OK) rc = sqlite3_bind_int64(stmt, 2, Micros(now));
+                 return rc;
+               })
+      .status();
+}
+
+Status SqliteQueries::QueueResume(std::string_view name, TimePoint now) {
+  SPOOL_RETURN_IF_ERROR(ValidateQueueName(name));
+  constexpr std::string_view kSql =
+      "UPDATE spool_queue SET paused_at = NULL, updated_at = ?2 WHERE name = ?1 AND "
+      "paused_at IS NOT NULL";
+  return Write(kSql, "resume queue",
+               [&](sqlite3_stmt* stmt) {
+                 int rc = BindText(stmt, 1, name);
+                 if (rc == SQLITE_OK) rc = sqlite3_bind_int64(stmt, 2, Micros(now));
+                 return rc;
+               })
+      .status();
+}
+
+Result<std::vector<QueueInfo>> SqliteQueries::QueueList() {
+  std::map<std::string, QueueInfo, std::less<>> queues;
+  auto entry = [&](std::string_view name) -> QueueInfo& {
+    auto it = queues.find(name);
+    if (it == queues.end()) {
+      it = queues.emplace(std::string(name), QueueInfo{}).first;
+      it->second.name = std::string(name);
+    }
+    return it->second;
+  };
+  SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * rows,
+                         cache_.Get("SELECT name, paused_at FROM spool_queue"));
+  {
+    StmtScope use(rows);
+    int rc;
+    while ((rc = sqlite3_step(rows)) == SQLITE_ROW) {
+      entry(ColumnText(rows, 0)).paused_at = OptionalTime(rows, 1);
+    }
+    if (rc != SQLITE_DONE) return SqliteStatus(rc, cache_.db(), "list queues");
+  }
+  SPOOL_ASSIGN_OR_RETURN(
+      sqlite3_stmt * counts,
+      cache_.Get("SELECT queue, state, count(*) FROM spool_job GROUP BY queue, state"));
+  {
+    StmtScope use(counts);
+    int rc;
+    while ((rc = sqlite3_step(counts)) == SQLITE_ROW) {
+      SPOOL_ASSIGN_OR_RETURN(JobState state, ParseJobState(ColumnText(counts, 1)));
+      entry(ColumnText(counts, 0)).counts[state] = sqlite3_column_int64(counts, 2);
+    }
+    if (rc != SQLITE_DONE) return SqliteStatus(rc, cache_.db(), "count jobs by queue");
+  }
+  std::vector<QueueInfo> out;
+  out.reserve(queues.size());
+  for (auto& [name, info] : queues) out.push_back(std::move(info));
+  return out;
+}
+
+// ---- periodic jobs ----------------------------------------------------------------------------
+
+Result<std::optional<TimePoint>> SqliteQueries::PeriodicGetLastTick(std::string_view name) {
+  SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt,
+                         cache_.Get("SELECT last_tick_at FROM spool_periodic WHERE name = ?1"));
+  StmtScope use(stmt);
+  SPOOL_RETURN_IF_ERROR(CheckBind(BindText(stmt, 1, name), stmt));
+  const int rc = sqlite3_step(stmt);
+  if (rc == SQLITE_DONE) return std::optional<TimePoint>();
+  if (rc != SQLITE_ROW) return SqliteStatus(rc, cache_.db(), "read periodic tick");
+  return std::optional<TimePoint>(FromMicros(sqlite3_column_int64(stmt, 0)));
+}
+
+Status SqliteQueries::PeriodicSetLastTick(std::string_view name, TimePoint tick, TimePoint now) {
+  constexpr std::string_view kSql =
+      "INSERT INTO spool_periodic (name, last_tick_at, updated_at) VALUES (?1, ?2, ?3) "
+      "ON CONFLICT (name) DO UPDATE SET last_tick_at = excluded.last_tick_at, "
+      "updated_at = excluded.updated_at";
+  return Write(kSql, "write periodic tick",
+               [&](sqlite3_stmt* stmt) {
+                 int rc = BindText(stmt, 1, name);
+                 if (rc == SQLITE_OK) rc = sqlite3_bind_int64(stmt, 2, Micros(tick));
+                 if (rc == SQLITE_OK) rc = sqlite3_bind_int64(stmt, 3, Micros(now));
+                 return rc;
+               })
+      .status();
 }
 
 }  // namespace spool::internal

@@ -4,7 +4,9 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <map>
+#include <optional>
 #include <string_view>
 #include <vector>
 
@@ -27,7 +29,7 @@ class SqliteQueries {
 
   StatementCache& cache() { return cache_; }
 
-  Result<std::vector<JobRow>> JobInsertMany(const JobInsertManyParams& params);
+  Result<std::vector<JobInsertResult>> JobInsertMany(const JobInsertManyParams& params);
   Result<int64_t> JobInsertManyFast(const JobInsertManyParams& params);
   Result<std::vector<JobRow>> JobGetAvailable(const JobGetAvailableParams& params);
   Result<int64_t> JobSetStateIfRunningMany(const JobSetStateIfRunningManyParams& params);
@@ -36,9 +38,39 @@ class SqliteQueries {
   Result<std::vector<JobRow>> JobList(const JobListParams& params);
   Result<std::map<JobState, int64_t>> JobCountByState(std::string_view queue);
 
+  Result<JobRow> JobCancel(const JobCancelParams& params);
+  Result<JobRow> JobRetry(const JobRetryParams& params);
+  Result<JobRow> JobDelete(int64_t id);
+  Result<std::vector<int64_t>> JobGetCancelRequested(const std::vector<int64_t>& ids);
+  Result<std::vector<JobRow>> JobGetStuck(const JobGetStuckParams& params);
+  Result<int64_t> JobDeleteFinalized(const JobDeleteFinalizedParams& params);
+  Result<bool> LeaderAttemptElect(const LeaderElectParams& params);
+  Result<bool> LeaderAttemptReelect(const LeaderElectParams& params);
+  Status LeaderResign(std::string_view leader_id);
+  Result<std::optional<LeaderInfo>> LeaderGet();
+  Status ClientHeartbeat(const ClientHeartbeatParams& params);
+  Status ClientDelete(std::string_view id);
+  Result<int64_t> ClientDeleteStale(TimePoint before);
+  Status QueuePause(std::string_view name, TimePoint now);
+  Status QueueResume(std::string_view name, TimePoint now);
+  Result<std::vector<QueueInfo>> QueueList();
+  Result<std::optional<TimePoint>> PeriodicGetLastTick(std::string_view name);
+  Status PeriodicSetLastTick(std::string_view name, TimePoint tick, TimePoint now);
+
  private:
-  // Inserts; appends the rows to `out` when it is set (RETURNING), else only counts.
-  Result<int64_t> Insert(const JobInsertManyParams& params, std::vector<JobRow>* out);
+  // Inserts; appends the rows to `out` when it is set (RETURNING), else only counts. Rows with a
+  // unique key go to InsertUnique.
+  Result<int64_t> Insert(const JobInsertManyParams& params, std::vector<JobInsertResult>* out);
+  // A batch with unique rows: the plain rows through the bulk path, then each unique row with
+  // ON CONFLICT DO NOTHING, reading back the row holding the key when it is taken.
+  Result<int64_t> InsertUnique(const JobInsertManyParams& params,
+                               std::vector<JobInsertResult>* out);
+  // Runs a write statement that returns at most one job row, in its own write scope.
+  Result<std::optional<JobRow>> WriteOneRow(std::string_view sql, std::string_view context,
+                                            const std::function<int(sqlite3_stmt*)>& bind);
+  // Runs a write statement that returns no rows; returns sqlite3_changes.
+  Result<int64_t> Write(std::string_view sql, std::string_view context,
+                        const std::function<int(sqlite3_stmt*)>& bind);
   Result<sqlite3_stmt*> InsertStmt(int rows, bool returning);
   Result<sqlite3_stmt*> CompleteStmt(int rows);
   Result<sqlite3_stmt*> SetStateStmt(int rows);

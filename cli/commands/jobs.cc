@@ -1,0 +1,530 @@
+// `spool jobs ...` and `spool queues ...`: inspect and operate on a live job table.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "commands/commands.h"
+#include "common/config.h"
+#include "spool/client.h"
+
+namespace spool::cli {
+namespace {
+
+// Keys in the order written, so `--json` output reads id, kind, queue, state, ... first.
+using Json = nlohmann::ordered_json;
+
+constexpr const char* kUrlHelp =
+    "Database URL (sqlite://app.db, postgres://...); default $SPOOL_DATABASE_URL, then "
+    "database_url in ./.spoolrc";
+
+// Opens an insert-only client (no queues: nothing is fetched or worked by this process).
+std::unique_ptr<Client> OpenClient(const std::string& flag_url) {
+  const std::string url = ResolveDatabaseUrl(flag_url);
+  auto client = Client::Open(url, ClientOptions{});
+  if (!client) {
+    // A malformed url is the caller's mistake; everything else (missing schema, cannot open) is
+    // a failed operation.
+    throw CommandError(client.error().message(),
+                       client.error().IsInvalidArgument() ? kExitUsage : kExitFailed);
+  }
+  return std::move(*client);
+}
+
+Json OptionalTime(const std::optional<TimePoint>& t) {
+  return t ? Json(FormatTime(*t)) : Json(nullptr);
+}
+
+// Stored JSON text as a JSON value, so scripts need not parse a string inside the document.
+Json EmbedJson(const std::string& text) {
+  Json v = Json::parse(text, nullptr, false);
+  return v.is_discarded() ? Json(text) : v;
+}
+
+// The one JSON shape of a job, shared by list, show and add.
+Json JobToJson(const JobRow& job) {
+  Json errors = Json::array();
+  for (const auto& e : job.errors) {
+    errors.push_back(
+        {{"at", FormatTime(e.at)}, {"attempt", e.attempt}, {"error", e.error}, {"trace", e.trace}});
+  }
+  return {
+      {"id", job.id},
+      {"kind", job.kind},
+      {"queue", job.queue},
+      {"state", std::string(JobStateName(job.state))},
+      {"attempt", job.attempt},
+      {"max_attempts", job.max_attempts},
+      {"priority", job.priority},
+      {"created_at", FormatTime(job.created_at)},
+      {"scheduled_at", FormatTime(job.scheduled_at)},
+      {"attempted_at", OptionalTime(job.attempted_at)},
+      {"finalized_at", OptionalTime(job.finalized_at)},
+      {"attempted_by", job.attempted_by},
+      {"tags", job.tags},
+      {"args", EmbedJson(job.args)},
+      {"metadata", EmbedJson(job.metadata)},
+      {"errors", std::move(errors)},
+  };
+}
+
+// Rows printed with each column padded to its widest cell; the last column is not padded.
+void PrintTable(const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> widths;
+  for (const auto& row : rows) {
+    if (widths.size() < row.size()) widths.resize(row.size(), 0);
+    for (size_t i = 0; i < row.size(); ++i) widths[i] = std::max(widths[i], row[i].size());
+  }
+  for (const auto& row : rows) {
+    std::string line;
+    for (size_t i = 0; i < row.size(); ++i) {
+      if (i + 1 == row.size()) {
+        line += row[i];
+      } else {
+        line += fmt::format("{:<{}}  ", row[i], widths[i]);
+      }
+    }
+    line.erase(line.find_last_not_of(' ') + 1);
+    fmt::print("{}\n", line);
+  }
+}
+
+// Keeps one error per line in the human output.
+std::string OneLine(std::string_view s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '\n') {
+      out += "\\n";
+    } else if (c != '\r') {
+      out += c;
+    }
+  }
+  return out;
+}
+
+std::string Shorten(std::string s, size_t max) {
+  if (s.size() > max) s = s.substr(0, max - 3) + "...";
+  return s;
+}
+
+std::string TimeOrDash(const std::optional<TimePoint>& t) { return t ? FormatTime(*t) : "-"; }
+
+std::string Join(const std::vector<std::string>& items) {
+  if (items.empty()) return "-";
+  std::string out;
+  for (const auto& s : items) out += (out.empty() ? "" : ", ") + s;
+  return out;
+}
+
+void PrintJobDetail(const JobRow& job) {
+  std::vector<std::vector<std::string>> rows = {
+      {"id", std::to_string(job.id)},
+      {"kind", job.kind},
+      {"queue", job.queue},
+      {"state", std::string(JobStateName(job.state))},
+      {"attempt", fmt::format("{} of {}", job.attempt, job.max_attempts)},
+      {"priority", std::to_string(job.priority)},
+      {"created_at", FormatTime(job.created_at)},
+      {"scheduled_at", FormatTime(job.scheduled_at)},
+      {"attempted_at", TimeOrDash(job.attempted_at)},
+      {"finalized_at", TimeOrDash(job.finalized_at)},
+      {"attempted_by", Join(job.attempted_by)},
+      {"tags", Join(job.tags)},
+      {"args", job.args},
+      {"metadata", job.metadata},
+      {"errors", job.errors.empty() ? "none" : std::to_string(job.errors.size())},
+  };
+  PrintTable(rows);
+  std::vector<std::vector<std::string>> errors;
+  for (const auto& e : job.errors) {
+    errors.push_back(
+        {"", fmt::format("attempt {}", e.attempt), FormatTime(e.at), OneLine(e.error)});
+  }
+  PrintTable(errors);
+}
+
+// "30s", "5m", "1h30m", "250ms": a sequence of <digits><unit>, units h, m, s, ms.
+std::optional<Duration> ParseDuration(std::string_view text) {
+  if (text.empty()) return std::nullopt;
+  Duration total{0};
+  size_t i = 0;
+  while (i < text.size()) {
+    const size_t digits_begin = i;
+    int64_t n = 0;
+    while (i < text.size() && text[i] >= '0' && text[i] <= '9') {
+      if (n > 1'000'000'000) return std::nullopt;  // far beyond any sensible delay
+      n = n * 10 + (text[i] - '0');
+      ++i;
+    }
+    if (i == digits_begin) return std::nullopt;
+    const size_t unit_begin = i;
+    while (i < text.size() && (text[i] < '0' || text[i] > '9')) ++i;
+    const std::string_view unit = text.substr(unit_begin, i - unit_begin);
+    if (unit == "h") {
+      total += std::chrono::hours(n);
+    } else if (unit == "m") {
+      total += std::chrono::minutes(n);
+    } else if (unit == "s") {
+      total += std::chrono::seconds(n);
+    } else if (unit == "ms") {
+      total += std::chrono::milliseconds(n);
+    } else {
+      return std::nullopt;
+    }
+  }
+  return total;
+}
+
+// The same words for an unknown id whichever driver answered.
+std::string ErrorText(int64_t id, const Status& st) {
+  return st.IsNotFound() ? fmt::format("job {} not found", id)
+                         : fmt::format("job {}: {}", id, st.message());
+}
+
+TimePoint Now() { return std::chrono::time_point_cast<Duration>(std::chrono::system_clock::now()); }
+
+// --- jobs list ----------------------------------------------------------------------------
+
+struct ListFlags {
+  std::string url;
+  std::vector<std::string> states;
+  std::string queue;
+  std::string kind;
+  int limit = 100;
+  int64_t after = 0;
+  bool json = false;
+};
+
+void RunList(const ListFlags& f) {
+  JobListParams params;
+  for (const auto& s : f.states) {
+    auto state = ParseJobState(s);
+    if (!state) throw CommandError(state.error().message(), kExitUsage);
+    params.states.push_back(*state);
+  }
+  if (!f.queue.empty()) {
+    if (Status st = ValidateQueueName(f.queue); !st.ok()) {
+      throw CommandError(st.message(), kExitUsage);
+    }
+  }
+  params.queue = f.queue;
+  params.kind = f.kind;
+  params.limit = f.limit;
+  params.after_id = f.after;
+
+  auto client = OpenClient(f.url);
+  auto jobs = client->JobList(params);
+  if (!jobs) throw CommandError(jobs.error().message());
+  if (f.json) {
+    Json out = Json::array();
+    for (const auto& job : *jobs) out.push_back(JobToJson(job));
+    fmt::print("{}\n", out.dump(2));
+    return;
+  }
+  if (jobs->empty()) {
+    fmt::print("no jobs\n");
+    return;
+  }
+  std::vector<std::vector<std::string>> rows = {
+      {"ID", "KIND", "QUEUE", "STATE", "ATTEMPT", "PRI", "SCHEDULED_AT", "LAST ERROR"}};
+  for (const auto& job : *jobs) {
+    rows.push_back({std::to_string(job.id), job.kind, job.queue,
+                    std::string(JobStateName(job.state)),
+                    fmt::format("{}/{}", job.attempt, job.max_attempts),
+                    std::to_string(job.priority), FormatTime(job.scheduled_at),
+                    job.errors.empty() ? "" : Shorten(OneLine(job.errors.back().error), 60)});
+  }
+  PrintTable(rows);
+}
+
+// --- jobs show ----------------------------------------------------------------------------
+
+void RunShow(const std::string& url, int64_t id, bool json) {
+  auto client = OpenClient(url);
+  auto job = client->JobGet(id);
+  if (!job) throw CommandError(ErrorText(id, job.error()));
+  if (json) {
+    fmt::print("{}\n", JobToJson(*job).dump(2));
+  } else {
+    PrintJobDetail(*job);
+  }
+}
+
+// --- jobs add -----------------------------------------------------------------------------
+
+struct AddFlags {
+  std::string url;
+  std::string kind;
+  std::string args = "{}";
+  std::string queue = std::string(kDefaultQueue);
+  int priority = kDefaultPriority;
+  int max_attempts = kDefaultMaxAttempts;
+  std::string schedule_in;
+  std::vector<std::string> unique_by;
+  bool json = false;
+};
+
+void RunAdd(const AddFlags& f) {
+  InsertParams params;
+  params.kind = f.kind;
+  Json args;
+  try {
+    args = Json::parse(f.args);
+  } catch (const Json::parse_error& e) {
+    throw CommandError(fmt::format("--args is not valid JSON ({}); nothing was inserted", e.what()),
+                       kExitUsage);
+  }
+  if (!args.is_object()) {
+    throw CommandError(
+        fmt::format(
+            "--args must be a JSON object like '{{\"id\": 1}}', got {}; nothing was inserted",
+            args.type_name()),
+        kExitUsage);
+  }
+  params.args = args.dump();
+  params.options.queue = f.queue;
+  params.options.priority = f.priority;
+  params.options.max_attempts = f.max_attempts;
+  if (!f.schedule_in.empty()) {
+    const auto delay = ParseDuration(f.schedule_in);
+    if (!delay) {
+      throw CommandError(fmt::format("--schedule-in \"{}\" is not a duration: use e.g. 30s, 5m, 1h "
+                                     "or 1h30m; nothing was inserted",
+                                     f.schedule_in),
+                         kExitUsage);
+    }
+    if (delay->count() > 0) params.options.scheduled_at = Now() + *delay;
+  }
+  if (!f.unique_by.empty()) {
+    UniqueOptions unique;
+    for (const auto& by : f.unique_by) {
+      if (by == "args") unique.by_args = true;
+      if (by == "queue") unique.by_queue = true;
+    }
+    params.options.unique = unique;
+  }
+  if (params.kind.empty()) throw CommandError("KIND must not be empty", kExitUsage);
+  if (Status st = ValidateInsertOptions(params.options); !st.ok()) {
+    throw CommandError(st.message(), kExitUsage);
+  }
+
+  auto client = OpenClient(f.url);
+  auto res = client->InsertRaw(std::move(params));
+  if (!res) throw CommandError(res.error().message());
+  if (f.json) {
+    Json out = JobToJson(res->job);
+    out["duplicate"] = res->duplicate;
+    fmt::print("{}\n", out.dump(2));
+  } else if (res->duplicate) {
+    fmt::print("duplicate of job {} ({}, {})\n", res->job.id, res->job.kind,
+               JobStateName(res->job.state));
+  } else {
+    fmt::print("inserted job {} ({} in queue {}, {})\n", res->job.id, res->job.kind, res->job.queue,
+               JobStateName(res->job.state));
+  }
+}
+
+// --- jobs retry|cancel|delete -------------------------------------------------------------
+
+enum class Op { kRetry, kCancel, kDelete };
+
+// What happened to one job, for its result line.
+std::string Describe(Op op, const JobRow& job) {
+  switch (op) {
+    case Op::kRetry:
+      return fmt::format("job {}: retried, now {}", job.id, JobStateName(job.state));
+    case Op::kCancel:
+      if (job.state == JobState::kRunning) {
+        return fmt::format("job {}: cancel requested (running; it stops when its worker notices)",
+                           job.id);
+      }
+      if (job.state == JobState::kCancelled) return fmt::format("job {}: cancelled", job.id);
+      return fmt::format("job {}: already {}, left unchanged", job.id, JobStateName(job.state));
+    case Op::kDelete:
+      return fmt::format("job {}: deleted (was {})", job.id, JobStateName(job.state));
+  }
+  return {};
+}
+
+void RunOp(Op op, const std::string& url, const std::vector<int64_t>& ids) {
+  auto client = OpenClient(url);
+  int failed = 0;
+  for (int64_t id : ids) {
+    Result<JobRow> r = op == Op::kRetry    ? client->JobRetry(id)
+                       : op == Op::kCancel ? client->JobCancel(id)
+                                           : client->JobDelete(id);
+    if (r) {
+      fmt::print("{}\n", Describe(op, *r));
+    } else {
+      ++failed;
+      fmt::print(stderr, "error: {}\n", ErrorText(id, r.error()));
+    }
+    std::fflush(stdout);
+  }
+  if (failed > 0) {
+    const char* verb = op == Op::kRetry ? "retried" : op == Op::kCancel ? "cancelled" : "deleted";
+    throw CommandError(fmt::format("{} of {} job(s) could not be {}", failed, ids.size(), verb));
+  }
+}
+
+// --- queues -------------------------------------------------------------------------------
+
+void RunQueuesList(const std::string& url, bool json) {
+  auto client = OpenClient(url);
+  auto queues = client->QueueList();
+  if (!queues) throw CommandError(queues.error().message());
+  auto count = [](const QueueInfo& q, JobState s) -> int64_t {
+    auto it = q.counts.find(s);
+    return it == q.counts.end() ? 0 : it->second;
+  };
+  if (json) {
+    Json out = Json::array();
+    for (const auto& q : *queues) {
+      Json counts = Json::object();
+      for (JobState s : kAllJobStates) counts[std::string(JobStateName(s))] = count(q, s);
+      out.push_back({{"name", q.name},
+                     {"paused", q.paused_at.has_value()},
+                     {"paused_at", OptionalTime(q.paused_at)},
+                     {"counts", std::move(counts)}});
+    }
+    fmt::print("{}\n", out.dump(2));
+    return;
+  }
+  if (queues->empty()) {
+    fmt::print("no queues\n");
+    return;
+  }
+  std::vector<std::vector<std::string>> rows(1);
+  rows[0] = {"QUEUE", "PAUSED"};
+  for (JobState s : kAllJobStates) {
+    std::string name(JobStateName(s));
+    std::transform(name.begin(), name.end(), name.begin(), [](char c) {
+      return static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    });
+    rows[0].push_back(name);
+  }
+  for (const auto& q : *queues) {
+    std::vector<std::string> row = {q.name,
+                                    q.paused_at ? "since " + FormatTime(*q.paused_at) : "no"};
+    for (JobState s : kAllJobStates) row.push_back(std::to_string(count(q, s)));
+    rows.push_back(std::move(row));
+  }
+  PrintTable(rows);
+}
+
+void RunQueuePause(const std::string& url, const std::string& name, bool pause) {
+  if (Status st = ValidateQueueName(name); !st.ok()) throw CommandError(st.message(), kExitUsage);
+  auto client = OpenClient(url);
+  Status st = pause ? client->QueuePause(name) : client->QueueResume(name);
+  if (!st.ok()) throw CommandError(st.message());
+  fmt::print("{} queue {}\n", pause ? "paused" : "resumed", name);
+}
+
+}  // namespace
+
+void RegisterJobs(CLI::App& app) {
+  auto* cmd = app.add_subcommand("jobs", "List, inspect, add, retry, cancel or delete jobs");
+  cmd->require_subcommand(1);
+
+  auto list_flags = std::make_shared<ListFlags>();
+  auto* list = cmd->add_subcommand("list", "List jobs by id, optionally filtered");
+  list->add_option("--database-url", list_flags->url, kUrlHelp);
+  list->add_option("--state", list_flags->states,
+                   "Only jobs in this state (repeat or comma-separate for several): available, "
+                   "scheduled, running, retryable, completed, cancelled, discarded, pending")
+      ->delimiter(',');
+  list->add_option("--queue", list_flags->queue, "Only jobs of this queue");
+  list->add_option("--kind", list_flags->kind, "Only jobs of this kind");
+  list->add_option("--limit", list_flags->limit, "At most this many jobs (1-10000)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 10'000));
+  list->add_option("--after", list_flags->after, "Only ids greater than this (next page)")
+      ->check(CLI::NonNegativeNumber);
+  list->add_flag("--json", list_flags->json, "Print a JSON array of job objects");
+  list->callback([list_flags] { RunList(*list_flags); });
+
+  auto show_url = std::make_shared<std::string>();
+  auto show_id = std::make_shared<int64_t>(0);
+  auto show_json = std::make_shared<bool>(false);
+  auto* show = cmd->add_subcommand("show", "Show one job with its whole error history");
+  show->add_option("ID", *show_id, "Job id")->required()->check(CLI::PositiveNumber);
+  show->add_option("--database-url", *show_url, kUrlHelp);
+  show->add_flag("--json", *show_json, "Print the job as a JSON object");
+  show->callback([show_url, show_id, show_json] { RunShow(*show_url, *show_id, *show_json); });
+
+  auto add_flags = std::make_shared<AddFlags>();
+  auto* add = cmd->add_subcommand("add", "Insert a job");
+  add->add_option("KIND", add_flags->kind, "Job kind (the worker's Kind())")->required();
+  add->add_option("--database-url", add_flags->url, kUrlHelp);
+  add->add_option("--args", add_flags->args, "Job args: a JSON object")->capture_default_str();
+  add->add_option("--queue", add_flags->queue, "Queue")->capture_default_str();
+  add->add_option("--priority", add_flags->priority, "1 (highest) to 4 (lowest)")
+      ->capture_default_str()
+      ->check(CLI::Range(kMinPriority, kMaxPriority));
+  add->add_option("--max-attempts", add_flags->max_attempts, "Attempts before discarding")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  add->add_option("--schedule-in", add_flags->schedule_in,
+                  "Run no earlier than this from now: 30s, 5m, 1h, 1h30m");
+  add->add_option("--unique-by", add_flags->unique_by,
+                  "Skip the insert while a non-final job of this kind with the same args (and "
+                  "queue) exists: args, queue; comma-separate for both")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"args", "queue"}));
+  add->add_flag("--json", add_flags->json,
+                "Print the job as a JSON object with a boolean \"duplicate\"");
+  add->callback([add_flags] { RunAdd(*add_flags); });
+
+  struct OpSpec {
+    const char* name;
+    const char* help;
+    Op op;
+  };
+  for (const OpSpec& spec :
+       {OpSpec{"retry", "Make jobs that are not running available now (attempts are kept)",
+               Op::kRetry},
+        OpSpec{"cancel", "Cancel jobs (a running job is asked to stop)", Op::kCancel},
+        OpSpec{"delete", "Delete jobs that are not running", Op::kDelete}}) {
+    auto url = std::make_shared<std::string>();
+    auto ids = std::make_shared<std::vector<int64_t>>();
+    auto* sub = cmd->add_subcommand(spec.name, spec.help);
+    sub->add_option("ID", *ids, "Job ids")->required()->check(CLI::PositiveNumber);
+    sub->add_option("--database-url", *url, kUrlHelp);
+    const Op op = spec.op;
+    sub->callback([url, ids, op] { RunOp(op, *url, *ids); });
+  }
+}
+
+void RegisterQueues(CLI::App& app) {
+  auto* cmd = app.add_subcommand("queues", "List, pause or resume queues");
+  cmd->require_subcommand(1);
+
+  auto list_url = std::make_shared<std::string>();
+  auto list_json = std::make_shared<bool>(false);
+  auto* list = cmd->add_subcommand("list", "Every queue with its pause state and job counts");
+  list->add_option("--database-url", *list_url, kUrlHelp);
+  list->add_flag("--json", *list_json, "Print a JSON array of queue objects");
+  list->callback([list_url, list_json] { RunQueuesList(*list_url, *list_json); });
+
+  for (const bool pause : {true, false}) {
+    auto url = std::make_shared<std::string>();
+    auto name = std::make_shared<std::string>();
+    auto* sub = cmd->add_subcommand(
+        pause ? "pause" : "resume",
+        pause ? "Stop every process fetching jobs of a queue (running jobs finish)"
+              : "Let every process fetch jobs of a paused queue again");
+    sub->add_option("QUEUE", *name, "Queue name")->required();
+    sub->add_option("--database-url", *url, kUrlHelp);
+    sub->callback([url, name, pause] { RunQueuePause(*url, *name, pause); });
+  }
+}
+
+}  // namespace spool::cli

@@ -1,0 +1,343 @@
+#include "maintenance/maintenance.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <random>
+#include <set>
+
+#include "core/unique.h"
+
+namespace spool::internal {
+namespace {
+
+constexpr int kRescueBatch = 1'000;
+constexpr int kCleanBatch = 10'000;
+// At most this many cleaner batches per state each round, so a huge backlog is worked off over
+// several rounds instead of holding the writer for long.
+constexpr int kCleanRoundsPerTick = 10;
+// spool_client rows of clients gone this long are removed.
+constexpr auto kClientRowRetention = std::chrono::hours(24);
+
+std::string Seconds(Duration d) {
+  return fmt::format("{}s", std::chrono::duration_cast<std::chrono::seconds>(d).count());
+}
+
+// A tick due longer ago than this at start is "missed" (the process was down), not just late.
+Duration MissedGrace(const ClientOptions& o) {
+  return std::max<Duration>(std::chrono::minutes(1), o.leader_ttl * 2);
+}
+
+}  // namespace
+
+Status ValidatePeriodicJobs(const ClientOptions& opts) {
+  std::set<std::string, std::less<>> names;
+  for (const auto& p : opts.periodic_jobs) {
+    if (p.name.empty()) return Status::InvalidArgument("a periodic job has an empty name");
+    if (!names.insert(p.name).second) {
+      return Status::InvalidArgument(fmt::format(
+          "periodic job name \"{}\" is used twice: each periodic job needs its own name", p.name));
+    }
+    if (p.kind.empty()) {
+      return Status::InvalidArgument(fmt::format("periodic job \"{}\" has no kind", p.name));
+    }
+    auto schedule = CronSchedule::Parse(p.schedule, p.time_zone);
+    if (!schedule) return schedule.error().WithContext(fmt::format("periodic job \"{}\"", p.name));
+    SPOOL_RETURN_IF_ERROR(
+        ValidateInsertOptions(p.options).WithContext(fmt::format("periodic job \"{}\"", p.name)));
+  }
+  return Status::Ok();
+}
+
+Maintenance::Maintenance(MaintenanceEnv env) : env_(std::move(env)) {
+  max_timeout_ = env_.options.job_timeout;
+}
+
+Maintenance::~Maintenance() { Stop(); }
+
+Status Maintenance::Start() {
+  for (const auto& p : env_.options.periodic_jobs) {
+    SPOOL_ASSIGN_OR_RETURN(auto schedule, CronSchedule::Parse(p.schedule, p.time_zone));
+    periodic_.push_back(Periodic{p, std::move(schedule)});
+  }
+  // Synchronously, so the caller can start claiming jobs knowing the row exists (best effort:
+  // a failure is logged and the loop below retries).
+  Heartbeat(env_.clock.Now());
+  thread_ = std::thread([this] { Run(); });
+  return Status::Ok();
+}
+
+void Maintenance::Stop() {
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_ && !thread_.joinable()) return;
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  auto& ex = env_.driver.executor();
+  bool was_leader = false;
+  {
+    std::lock_guard lock(mu_);
+    was_leader = leader_;
+    leader_ = false;
+  }
+  // Resigning lets another process take over at once instead of after the lease runs out.
+  if (was_leader) {
+    if (Status st = ex.LeaderResign(env_.client_id); !st.ok()) Log(LogLevel::kWarn, st.ToString());
+  }
+  if (Status st = ex.ClientDelete(env_.client_id); !st.ok()) Log(LogLevel::kWarn, st.ToString());
+}
+
+bool Maintenance::is_leader() const {
+  std::lock_guard lock(mu_);
+  return leader_;
+}
+
+void Maintenance::Log(LogLevel level, const std::string& message) const {
+  if (env_.logger) env_.logger(level, message);
+}
+
+void Maintenance::Run() {
+  const auto& o = env_.options;
+  // Followers retry the election with jitter so that processes started together do not race in
+  // lockstep.
+  std::mt19937_64 rng{std::random_device{}()};
+  auto jitter = [&](Duration d) {
+    std::uniform_int_distribution<int64_t> dist(0, d.count() / 5);
+    return Duration(dist(rng));
+  };
+  TimePoint next_heartbeat{}, next_elect{}, next_rescue{}, next_clean{}, next_periodic{};
+  std::unique_lock lock(mu_);
+  while (!stopping_) {
+    lock.unlock();
+    const TimePoint now = env_.clock.Now();
+    if (now >= next_heartbeat) {
+      Heartbeat(now);
+      next_heartbeat = now + o.heartbeat_interval;
+    }
+    if (now >= next_elect) {
+      Elect(now);
+      const bool leading = is_leader();
+      // A leader renews well inside its lease; a follower checks as often as a lease could lapse.
+      next_elect = now + (leading ? o.leader_ttl / 3 : o.leader_ttl / 3 + jitter(o.leader_ttl / 3));
+      if (leading && next_periodic == TimePoint{}) next_periodic = now;
+    }
+    TimePoint next_due = std::min({next_heartbeat, next_elect});
+    if (is_leader()) {
+      if (now >= next_rescue) {
+        Rescue(now);
+        next_rescue = now + o.rescue_interval;
+      }
+      if (now >= next_clean) {
+        Clean(now);
+        next_clean = now + o.clean_interval;
+      }
+      if (!periodic_.empty() && now >= next_periodic) next_periodic = EnqueuePeriodic(now);
+      next_due = std::min({next_due, next_rescue, next_clean});
+      if (!periodic_.empty()) next_due = std::min(next_due, next_periodic);
+    } else {
+      next_periodic = TimePoint{};
+    }
+    lock.lock();
+    if (stopping_) break;
+    const Duration nap = std::clamp<Duration>(next_due - env_.clock.Now(), Duration::zero(),
+                                              std::chrono::duration_cast<Duration>(kMaxNap));
+    cv_.wait_for(lock, nap, [&] { return stopping_; });
+  }
+}
+
+void Maintenance::Heartbeat(TimePoint now) {
+  ClientHeartbeatParams p{.id = env_.client_id, .now = now, .queues = {}};
+  for (const auto& [name, _] : env_.options.queues) p.queues.push_back(name);
+  if (Status st = env_.driver.executor().ClientHeartbeat(p); !st.ok()) {
+    Log(LogLevel::kWarn, "heartbeat failed: " + st.ToString());
+  }
+}
+
+void Maintenance::Elect(TimePoint now) {
+  auto& ex = env_.driver.executor();
+  const LeaderElectParams p{
+      .leader_id = env_.client_id, .now = now, .ttl = env_.options.leader_ttl};
+  const bool was = is_leader();
+  auto r = was ? ex.LeaderAttemptReelect(p) : ex.LeaderAttemptElect(p);
+  if (!r) {
+    // Without a confirmed lease we must assume we lost it: two leaders would both enqueue.
+    Log(LogLevel::kWarn, "leader election failed: " + r.error().ToString());
+  }
+  const bool now_leader = r.has_value() && *r;
+  {
+    std::lock_guard lock(mu_);
+    leader_ = now_leader;
+  }
+  if (now_leader != was) {
+    Log(LogLevel::kInfo,
+        now_leader ? "this client is now the leader" : "this client lost leadership");
+  }
+}
+
+void Maintenance::Rescue(TimePoint now) {
+  const auto& o = env_.options;
+  const Duration margin = o.rescue_timeout_margin;
+  // Jobs of kinds with a known timeout are stuck sooner than rescue_after; ask for everything
+  // that could be stuck and decide per job below.
+  Duration shortest = o.rescue_after;
+  if (max_timeout_ > Duration::zero()) shortest = std::min(shortest, max_timeout_ + margin);
+  JobGetStuckParams params{.heartbeat_stale_before = now - o.client_stale_after,
+                           .attempted_before = now - shortest,
+                           .max = kRescueBatch};
+  auto& ex = env_.driver.executor();
+  auto stuck = ex.JobGetStuck(params);
+  if (!stuck) {
+    Log(LogLevel::kWarn, "rescuer: listing stuck jobs failed: " + stuck.error().ToString());
+    return;
+  }
+  if (stuck->empty()) return;
+  JobSetStateIfRunningManyParams updates;
+  for (const JobRow& job : *stuck) {
+    const std::string client = job.attempted_by.empty() ? "unknown" : job.attempted_by.back();
+    const WorkerBase* worker = env_.workers.Find(job.kind);
+    Duration timeout = o.job_timeout;
+    if (worker != nullptr) {
+      if (auto t = worker->Timeout(job)) timeout = *t;
+    }
+    const TimePoint started = job.attempted_at.value_or(job.scheduled_at);
+    std::string why;
+    if (timeout > Duration::zero() && started < now - (timeout + margin)) {
+      why = fmt::format("job ran past its {} timeout by more than {} on client {}; rescued",
+                        Seconds(timeout), Seconds(margin), client);
+    } else if (started < now - o.rescue_after) {
+      why = fmt::format("job was running for more than {} on client {}; rescued",
+                        Seconds(o.rescue_after), client);
+    } else if (job.attempted_at.has_value() && *job.attempted_at >= params.heartbeat_stale_before &&
+               client == env_.client_id) {
+      continue;  // ours and recent: not stuck
+    } else {
+      why = fmt::format("client {} stopped responding (no heartbeat for {}); job rescued", client,
+                        Seconds(o.client_stale_after));
+    }
+    JobSetStateParams u{.id = job.id, .state = JobState::kRetryable, .at = now, .error = {}};
+    u.error = AttemptError{.at = now, .attempt = job.attempt, .error = why, .trace = {}};
+    if (job.attempt >= job.max_attempts) {
+      u.state = JobState::kDiscarded;
+    } else {
+      std::optional<Duration> delay;
+      if (worker != nullptr) delay = worker->NextRetry(job);
+      u.at = now + delay.value_or(env_.retry_policy.NextRetry(job));
+    }
+    Log(LogLevel::kWarn, fmt::format("job {} ({}): {}", job.id, job.kind, why));
+    updates.jobs.push_back(std::move(u));
+  }
+  if (updates.jobs.empty()) return;
+  if (auto r = ex.JobSetStateIfRunningMany(updates); !r) {
+    Log(LogLevel::kWarn, "rescuer: writing rescued jobs failed: " + r.error().ToString());
+  }
+}
+
+void Maintenance::Clean(TimePoint now) {
+  const auto& r = env_.options.retention;
+  auto& ex = env_.driver.executor();
+  const std::pair<JobState, Duration> rules[] = {{JobState::kCompleted, r.completed},
+                                                 {JobState::kCancelled, r.cancelled},
+                                                 {JobState::kDiscarded, r.discarded}};
+  for (const auto& [state, keep] : rules) {
+    if (keep < Duration::zero()) continue;  // kept for ever
+    for (int round = 0; round < kCleanRoundsPerTick; ++round) {
+      auto n = ex.JobDeleteFinalized(
+          {.state = state, .finalized_before = now - keep, .max = kCleanBatch});
+      if (!n) {
+        Log(LogLevel::kWarn, "cleaner failed: " + n.error().ToString());
+        return;
+      }
+      if (*n < kCleanBatch) break;
+    }
+  }
+  if (auto n = ex.ClientDeleteStale(now - kClientRowRetention); !n) {
+    Log(LogLevel::kWarn, "cleaner: removing old client rows failed: " + n.error().ToString());
+  }
+}
+
+TimePoint Maintenance::EnqueuePeriodic(TimePoint now) {
+  TimePoint next = TimePoint::max();
+  for (auto& p : periodic_) {
+    TimePoint due = TimePoint::max();
+    if (Status st = EnqueueOne(p, now, &due); !st.ok()) {
+      Log(LogLevel::kWarn, fmt::format("periodic job \"{}\": {}", p.job.name, st.ToString()));
+      // Try again soon rather than at the next tick: the tick is still owed.
+      due = now + std::chrono::seconds(1);
+    }
+    next = std::min(next, due);
+  }
+  return next;
+}
+
+Status Maintenance::EnqueueOne(Periodic& p, TimePoint now, TimePoint* next_due) {
+  // One transaction: read the last tick, insert, store the new tick. Two leaders (a lease that
+  // lapsed mid-tick) are further fenced by the unique key per (name, tick).
+  SPOOL_ASSIGN_OR_RETURN(auto tx, env_.driver.Begin());
+  SPOOL_ASSIGN_OR_RETURN(auto last, tx->PeriodicGetLastTick(p.job.name));
+  std::optional<TimePoint> enqueue_tick;
+  TimePoint new_last;
+  if (!last) {
+    // First time this name is seen: start from now, so a new schedule does not fire for the
+    // past, unless the job asks to run at start.
+    new_last = now;
+    if (p.job.run_on_start) enqueue_tick = now;
+  } else {
+    TimePoint latest_due{};
+    bool any_due = false;
+    for (TimePoint t = p.schedule.Next(*last); t <= now; t = p.schedule.Next(t)) {
+      latest_due = t;
+      any_due = true;
+    }
+    new_last = any_due ? latest_due : *last;
+    if (any_due) {
+      const bool missed =
+          latest_due < now - MissedGrace(env_.options) || p.schedule.Next(*last) < latest_due;
+      if (!missed || p.job.missed == PeriodicJob::Missed::kRunOnce) enqueue_tick = latest_due;
+      if (missed) {
+        Log(LogLevel::kInfo,
+            fmt::format("periodic job \"{}\": ticks were missed while no leader ran; {}",
+                        p.job.name,
+                        p.job.missed == PeriodicJob::Missed::kRunOnce ? "running it once now"
+                                                                      : "skipping them"));
+      }
+    }
+  }
+  if (enqueue_tick) {
+    JobInsertParams j;
+    j.kind = p.job.kind;
+    j.args = p.job.args;
+    j.metadata = p.job.options.metadata;
+    j.queue = p.job.options.queue;
+    j.priority = p.job.options.priority;
+    j.max_attempts = p.job.options.max_attempts;
+    j.tags = p.job.options.tags;
+    j.state = JobState::kAvailable;
+    j.scheduled_at = now;
+    // Unique in every state: a tick enqueued once is never enqueued again, even after the job
+    // completes.
+    UniqueOptions u;
+    u.by_args = false;
+    u.by_states.assign(std::begin(kAllJobStates), std::end(kAllJobStates));
+    SPOOL_ASSIGN_OR_RETURN(auto key,
+                           ComputeUniqueKey(fmt::format("spool:periodic:{}:{}", p.job.name,
+                                                        enqueue_tick->time_since_epoch().count()),
+                                            "{}", j.queue, *enqueue_tick, u));
+    j.unique_key = (*key).key;
+    j.unique_states = (*key).states;
+    JobInsertManyParams ins{.jobs = {std::move(j)}, .now = now};
+    SPOOL_ASSIGN_OR_RETURN(auto rows, tx->JobInsertMany(ins));
+    if (!rows.empty() && !rows.front().duplicate) {
+      Log(LogLevel::kInfo, fmt::format("periodic job \"{}\": enqueued job {} for tick {}",
+                                       p.job.name, rows.front().job.id, FormatTime(*enqueue_tick)));
+    }
+  }
+  SPOOL_RETURN_IF_ERROR(tx->PeriodicSetLastTick(p.job.name, new_last, now));
+  SPOOL_RETURN_IF_ERROR(tx->Commit());
+  if (enqueue_tick) env_.wake_queue(p.job.options.queue);
+  *next_due = p.schedule.Next(new_last);
+  return Status::Ok();
+}
+
+}  // namespace spool::internal

@@ -1,0 +1,80 @@
+#pragma once
+
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/cron.h"
+#include "driver/driver.h"
+#include "spool/client.h"
+
+namespace spool::internal {
+
+// What the maintenance service borrows from its client; all outlive it.
+struct MaintenanceEnv {
+  Driver& driver;
+  const Clock& clock;
+  const Workers& workers;
+  const ClientOptions& options;
+  const RetryPolicy& retry_policy;
+  const Logger& logger;
+  const std::string& client_id;
+  // Wakes this client's producers of `queue` (jobs became available).
+  std::function<void(const std::string& queue)> wake_queue;
+};
+
+// The client's background upkeep, on one thread:
+// - every client: heartbeats its spool_client row, and tries to become leader (one lease row).
+// - the leader only: rescues jobs stuck running (their client stopped heartbeating, or they ran
+//   past their timeout by a margin), deletes old finalized jobs, and enqueues periodic jobs,
+//   each tick exactly once across processes (the last enqueued tick is stored).
+// Times written to the database come from the client's Clock; the thread re-reads it at least
+// every kMaxNap so a FakeClock drives it in tests. Thread safe.
+class Maintenance {
+ public:
+  explicit Maintenance(MaintenanceEnv env);
+  ~Maintenance();
+
+  // REQUIRES: every periodic job was validated (see ParsePeriodicJobs).
+  Status Start();
+  // Resigns leadership and removes this client's row. Idempotent.
+  void Stop();
+  bool is_leader() const;
+
+  static constexpr auto kMaxNap = std::chrono::milliseconds(50);
+
+ private:
+  struct Periodic {
+    PeriodicJob job;
+    CronSchedule schedule;
+  };
+  void Run();
+  void Heartbeat(TimePoint now);
+  void Elect(TimePoint now);
+  void Rescue(TimePoint now);
+  void Clean(TimePoint now);
+  // Enqueues due periodic jobs; returns when the next one is due.
+  TimePoint EnqueuePeriodic(TimePoint now);
+  Status EnqueueOne(Periodic& p, TimePoint now, TimePoint* next_due);
+  void Log(LogLevel level, const std::string& message) const;
+
+  MaintenanceEnv env_;
+  std::vector<Periodic> periodic_;
+  Duration max_timeout_{};  // the longest per-attempt timeout this client knows of
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;  // guarded by mu_
+  bool leader_ = false;    // guarded by mu_
+  std::thread thread_;
+};
+
+// Validates the periodic jobs of `opts`: unique names, cron expressions, time zones, kinds.
+// InvalidArgument naming the job and what is wrong.
+Status ValidatePeriodicJobs(const ClientOptions& opts);
+
+}  // namespace spool::internal

@@ -1,0 +1,567 @@
+// `spool jobs ...` and `spool queues ...` as a user runs them: parsed by CLI11 in-process against
+// a temp SQLite database, checked through the public Client API.
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "cli_test_util.h"
+#include "commands/commands.h"
+#include "spool/client.h"
+
+namespace spool::cli {
+namespace {
+
+using json = nlohmann::json;
+using testing::ScopedCwd;
+using testing::TempDir;
+using namespace std::chrono_literals;
+
+struct CliRun {
+  int code = 0;
+  std::string out;
+  std::string err;
+};
+
+// Runs `spool args...` like cli/main.cc does, capturing its output.
+CliRun Spool(std::vector<std::string> args) {
+  args.insert(args.begin(), "spool");
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  CLI::App app{"spool", "spool"};
+  app.require_subcommand(1);
+  RegisterJobs(app);
+  RegisterQueues(app);
+  CliRun run;
+  ::testing::internal::CaptureStdout();
+  ::testing::internal::CaptureStderr();
+  try {
+    app.parse(static_cast<int>(argv.size()), argv.data());
+  } catch (const CLI::CallForHelp& e) {
+    run.code = app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);
+    run.code = kExitUsage;
+  } catch (const CommandError& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    run.code = e.exit_code;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    run.code = kExitFailed;
+  }
+  std::fflush(stdout);
+  std::fflush(stderr);
+  run.out = ::testing::internal::GetCapturedStdout();
+  run.err = ::testing::internal::GetCapturedStderr();
+  return run;
+}
+
+json ParseOut(const CliRun& run) {
+  json j = json::parse(run.out, nullptr, false);
+  EXPECT_FALSE(j.is_discarded()) << "stdout is not JSON: " << run.out;
+  return j;
+}
+
+class AdminTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    url_ = "sqlite://" + (dir_.path() / "app.db").string();
+    ASSERT_TRUE(MigrateUp(url_).ok());
+    auto c = Client::Open(url_, ClientOptions{});
+    ASSERT_TRUE(c.has_value()) << c.error().message();
+    client_ = std::move(*c);
+  }
+
+  // `spool <args...> --database-url <url_>`
+  CliRun Run(std::vector<std::string> args) {
+    args.push_back("--database-url");
+    args.push_back(url_);
+    return Spool(std::move(args));
+  }
+
+  // Adds a job through the CLI and returns its JSON object.
+  json Add(std::vector<std::string> args) {
+    args.insert(args.begin(), {"jobs", "add"});
+    args.push_back("--json");
+    CliRun r = Run(args);
+    EXPECT_EQ(r.code, 0) << r.err;
+    return ParseOut(r);
+  }
+
+  std::vector<JobRow> AllJobs() {
+    JobListParams p;
+    p.limit = 1000;
+    auto jobs = client_->JobList(p);
+    EXPECT_TRUE(jobs.has_value()) << jobs.error().message();
+    return jobs ? *jobs : std::vector<JobRow>{};
+  }
+
+  TempDir dir_;
+  std::string url_;
+  std::unique_ptr<Client> client_;
+};
+
+void ExpectJobShape(const json& j) {
+  ASSERT_TRUE(j.is_object()) << j.dump();
+  for (const char* key : {"id", "attempt", "max_attempts", "priority"}) {
+    EXPECT_TRUE(j.contains(key) && j[key].is_number_integer()) << key << " in " << j.dump();
+  }
+  for (const char* key : {"kind", "queue", "state", "scheduled_at", "created_at"}) {
+    EXPECT_TRUE(j.contains(key) && j[key].is_string()) << key << " in " << j.dump();
+  }
+  for (const char* key : {"attempted_at", "finalized_at"}) {
+    EXPECT_TRUE(j.contains(key) && (j[key].is_string() || j[key].is_null())) << key;
+  }
+  EXPECT_TRUE(j.contains("args") && j["args"].is_object()) << j.dump();
+  EXPECT_TRUE(j.contains("metadata") && j["metadata"].is_object()) << j.dump();
+  EXPECT_TRUE(j.contains("errors") && j["errors"].is_array()) << j.dump();
+  EXPECT_TRUE(j.contains("tags") && j["tags"].is_array()) << j.dump();
+}
+
+TEST_F(AdminTest, AddListShowJson) {
+  json added = Add({"send_email", "--args", R"({"to":"a@b.c","n":3})", "--queue", "mail",
+                    "--priority", "2", "--max-attempts", "7"});
+  ExpectJobShape(added);
+  EXPECT_EQ(added["kind"], "send_email");
+  EXPECT_EQ(added["queue"], "mail");
+  EXPECT_EQ(added["state"], "available");
+  EXPECT_EQ(added["priority"], 2);
+  EXPECT_EQ(added["max_attempts"], 7);
+  EXPECT_EQ(added["attempt"], 0);
+  EXPECT_EQ(added["args"], json::parse(R"({"to":"a@b.c","n":3})"));
+  EXPECT_EQ(added["errors"], json::array());
+  ASSERT_TRUE(added.contains("duplicate"));
+  EXPECT_EQ(added["duplicate"], false);
+  const int64_t id = added["id"];
+
+  auto stored = client_->JobGet(id);
+  ASSERT_TRUE(stored.has_value());
+  EXPECT_EQ(stored->kind, "send_email");
+  EXPECT_EQ(stored->queue, "mail");
+  EXPECT_EQ(json::parse(stored->args)["n"], 3);
+
+  CliRun list = Run({"jobs", "list", "--json"});
+  ASSERT_EQ(list.code, 0) << list.err;
+  json arr = ParseOut(list);
+  ASSERT_TRUE(arr.is_array());
+  ASSERT_EQ(arr.size(), 1u);
+  ExpectJobShape(arr[0]);
+  EXPECT_EQ(arr[0]["id"], id);
+  EXPECT_FALSE(arr[0].contains("duplicate"));
+
+  CliRun show = Run({"jobs", "show", std::to_string(id), "--json"});
+  ASSERT_EQ(show.code, 0) << show.err;
+  json one = ParseOut(show);
+  ExpectJobShape(one);
+  EXPECT_EQ(one, arr[0]);
+}
+
+TEST_F(AdminTest, HumanOutput) {
+  CliRun add = Run({"jobs", "add", "resize_image", "--args", R"({"w":10})"});
+  ASSERT_EQ(add.code, 0) << add.err;
+  EXPECT_NE(add.out.find("inserted job 1"), std::string::npos) << add.out;
+  ASSERT_EQ(Run({"jobs", "add", "a_much_longer_kind_name"}).code, 0);
+
+  CliRun list = Run({"jobs", "list"});
+  ASSERT_EQ(list.code, 0) << list.err;
+  std::vector<std::string> lines;
+  for (size_t pos = 0, nl; (nl = list.out.find('\n', pos)) != std::string::npos; pos = nl + 1) {
+    lines.push_back(list.out.substr(pos, nl - pos));
+  }
+  ASSERT_EQ(lines.size(), 3u) << list.out;
+  for (const auto& line : lines) EXPECT_NE(line.back(), ' ') << "trailing space: " << line;
+  EXPECT_EQ(lines[0].rfind("ID", 0), 0u) << lines[0];
+  // Aligned: the QUEUE column starts at the same offset on every line.
+  const size_t col = lines[0].find("QUEUE");
+  ASSERT_NE(col, std::string::npos);
+  EXPECT_EQ(lines[1].substr(col, 7), "default") << list.out;
+  EXPECT_EQ(lines[2].substr(col, 7), "default") << list.out;
+  EXPECT_NE(lines[1].find("resize_image"), std::string::npos);
+
+  CliRun show = Run({"jobs", "show", "1"});
+  ASSERT_EQ(show.code, 0) << show.err;
+  EXPECT_NE(show.out.find("resize_image"), std::string::npos) << show.out;
+  EXPECT_NE(show.out.find("0 of 25"), std::string::npos) << show.out;
+  EXPECT_NE(show.out.find(R"({"w":10})"), std::string::npos) << show.out;
+
+  EXPECT_EQ(Run({"jobs", "list", "--state", "completed"}).out, "no jobs\n");
+}
+
+TEST_F(AdminTest, ListFilters) {
+  Add({"a", "--queue", "q1"});
+  Add({"b", "--queue", "q2"});
+  Add({"a", "--queue", "q2", "--schedule-in", "1h"});
+  Add({"c"});
+  auto ids = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), {"jobs", "list", "--json"});
+    CliRun r = Run(args);
+    EXPECT_EQ(r.code, 0) << r.err;
+    std::vector<int64_t> out;
+    for (const auto& j : ParseOut(r)) out.push_back(j["id"]);
+    return out;
+  };
+  EXPECT_EQ(ids({}), (std::vector<int64_t>{1, 2, 3, 4}));
+  EXPECT_EQ(ids({"--kind", "a"}), (std::vector<int64_t>{1, 3}));
+  EXPECT_EQ(ids({"--queue", "q2"}), (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(ids({"--state", "scheduled"}), (std::vector<int64_t>{3}));
+  EXPECT_EQ(ids({"--state", "available,scheduled", "--queue", "q2"}), (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(ids({"--limit", "2"}), (std::vector<int64_t>{1, 2}));
+  EXPECT_EQ(ids({"--limit", "2", "--after", "2"}), (std::vector<int64_t>{3, 4}));
+}
+
+TEST_F(AdminTest, ScheduleIn) {
+  const auto before = std::chrono::system_clock::now();
+  json j = Add({"later", "--schedule-in", "1h30m"});
+  EXPECT_EQ(j["state"], "scheduled");
+  auto row = client_->JobGet(j["id"]);
+  ASSERT_TRUE(row.has_value());
+  const auto delay = row->scheduled_at - std::chrono::time_point_cast<Duration>(before);
+  EXPECT_GE(delay, 90min);
+  EXPECT_LT(delay, 91min);
+  EXPECT_EQ(Add({"later", "--schedule-in", "30s"})["state"], "scheduled");
+}
+
+TEST_F(AdminTest, UniqueByArgs) {
+  json first = Add({"sync", "--args", R"({"account":1})", "--unique-by", "args"});
+  EXPECT_EQ(first["duplicate"], false);
+  json again = Add({"sync", "--args", R"({"account":1})", "--unique-by", "args"});
+  EXPECT_EQ(again["duplicate"], true);
+  EXPECT_EQ(again["id"], first["id"]);
+  CliRun human = Run({"jobs", "add", "sync", "--args", R"({"account":1})", "--unique-by", "args"});
+  ASSERT_EQ(human.code, 0) << human.err;
+  EXPECT_NE(human.out.find(fmt::format("duplicate of job {}", first["id"].get<int64_t>())),
+            std::string::npos)
+      << human.out;
+  json other = Add({"sync", "--args", R"({"account":2})", "--unique-by", "args"});
+  EXPECT_EQ(other["duplicate"], false);
+  EXPECT_NE(other["id"], first["id"]);
+  EXPECT_EQ(AllJobs().size(), 2u);
+}
+
+TEST_F(AdminTest, BadArgsInsertNothing) {
+  for (const char* bad : {"not json", "{\"a\":", "[1,2]", "42", "\"text\""}) {
+    CliRun r = Run({"jobs", "add", "k", "--args", bad});
+    EXPECT_EQ(r.code, kExitUsage) << bad;
+    EXPECT_NE(r.err.find("--args"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("nothing was inserted"), std::string::npos) << r.err;
+  }
+  EXPECT_NE(Run({"jobs", "add", "k", "--args", "nope"}).err.find("not valid JSON"),
+            std::string::npos);
+  EXPECT_TRUE(AllJobs().empty());
+}
+
+TEST_F(AdminTest, BadUsageExitsTwo) {
+  const std::vector<std::vector<std::string>> cases = {
+      {"jobs", "add", "k", "--schedule-in", "soon"},
+      {"jobs", "add", "k", "--schedule-in", "5x"},
+      {"jobs", "add", "k", "--schedule-in", "m"},
+      {"jobs", "add", "k", "--priority", "9"},
+      {"jobs", "add", "k", "--max-attempts", "0"},
+      {"jobs", "add", "k", "--queue", "bad queue!"},
+      {"jobs", "add", "k", "--unique-by", "colour"},
+      {"jobs", "add"},
+      {"jobs", "list", "--limit", "0"},
+      {"jobs", "list", "--queue", "bad queue!"},
+      {"jobs", "show", "abc"},
+      {"jobs", "show"},
+      {"jobs", "retry"},
+      {"jobs", "cancel", "x"},
+      {"jobs", "delete", "-3"},
+      {"jobs", "frobnicate"},
+      {"queues", "pause"},
+      {"queues", "pause", "bad queue!"},
+  };
+  for (const auto& args : cases) {
+    CliRun r = Run(args);
+    std::string joined;
+    for (const auto& a : args) joined += a + " ";
+    EXPECT_EQ(r.code, kExitUsage) << joined << "\n" << r.err;
+  }
+  EXPECT_TRUE(AllJobs().empty());
+}
+
+TEST_F(AdminTest, BogusStateListsValidStates) {
+  CliRun r = Run({"jobs", "list", "--state", "bogus"});
+  EXPECT_EQ(r.code, kExitUsage);
+  EXPECT_NE(r.err.find("bogus"), std::string::npos) << r.err;
+  for (JobState s : kAllJobStates) {
+    EXPECT_NE(r.err.find(std::string(JobStateName(s))), std::string::npos) << r.err;
+  }
+}
+
+TEST_F(AdminTest, MissingDatabaseUrlIsUsage) {
+  TempDir cwd;
+  ScopedCwd in(cwd.path());
+  const char* saved = std::getenv("SPOOL_DATABASE_URL");
+  const std::string saved_value = saved ? saved : "";
+  unsetenv("SPOOL_DATABASE_URL");
+  CliRun r = Spool({"jobs", "list"});
+  if (saved) setenv("SPOOL_DATABASE_URL", saved_value.c_str(), 1);
+  EXPECT_EQ(r.code, kExitUsage) << r.err;
+  EXPECT_NE(r.err.find("--database-url"), std::string::npos) << r.err;
+}
+
+TEST_F(AdminTest, UnknownIdFailsWithOne) {
+  CliRun show = Run({"jobs", "show", "42"});
+  EXPECT_EQ(show.code, kExitFailed);
+  EXPECT_NE(show.err.find("job 42 not found"), std::string::npos) << show.err;
+
+  for (const char* op : {"retry", "cancel", "delete"}) {
+    CliRun r = Run({"jobs", op, "42"});
+    EXPECT_EQ(r.code, kExitFailed) << op;
+    EXPECT_NE(r.err.find("job 42 not found"), std::string::npos) << op << ": " << r.err;
+  }
+}
+
+TEST_F(AdminTest, OpsTryEveryIdThenFail) {
+  const int64_t a = Add({"k"})["id"];
+  const int64_t b = Add({"k"})["id"];
+  // The unknown id comes first: the others are still processed, and the exit code is 1.
+  CliRun cancel = Run({"jobs", "cancel", "999", std::to_string(a), std::to_string(b)});
+  EXPECT_EQ(cancel.code, kExitFailed);
+  EXPECT_NE(cancel.err.find("999"), std::string::npos) << cancel.err;
+  EXPECT_NE(cancel.out.find(fmt::format("job {}: cancelled", a)), std::string::npos) << cancel.out;
+  EXPECT_NE(cancel.out.find(fmt::format("job {}: cancelled", b)), std::string::npos) << cancel.out;
+  EXPECT_EQ(client_->JobGet(a)->state, JobState::kCancelled);
+  EXPECT_EQ(client_->JobGet(b)->state, JobState::kCancelled);
+
+  CliRun retry = Run({"jobs", "retry", std::to_string(a), "999"});
+  EXPECT_EQ(retry.code, kExitFailed);
+  EXPECT_EQ(client_->JobGet(a)->state, JobState::kAvailable);
+
+  CliRun del = Run({"jobs", "delete", "999", std::to_string(a)});
+  EXPECT_EQ(del.code, kExitFailed);
+  EXPECT_TRUE(client_->JobGet(a).error().IsNotFound());
+  EXPECT_TRUE(client_->JobGet(b).has_value());
+}
+
+TEST_F(AdminTest, CancelRetryDeleteHappyPath) {
+  const int64_t id = Add({"k"})["id"];
+  const std::string sid = std::to_string(id);
+
+  CliRun cancel = Run({"jobs", "cancel", sid});
+  ASSERT_EQ(cancel.code, 0) << cancel.err;
+  EXPECT_EQ(cancel.out, fmt::format("job {}: cancelled\n", id));
+  EXPECT_EQ(client_->JobGet(id)->state, JobState::kCancelled);
+
+  CliRun again = Run({"jobs", "cancel", sid});
+  EXPECT_EQ(again.code, 0) << again.err;
+
+  CliRun retry = Run({"jobs", "retry", sid});
+  ASSERT_EQ(retry.code, 0) << retry.err;
+  EXPECT_EQ(retry.out, fmt::format("job {}: retried, now available\n", id));
+  EXPECT_EQ(client_->JobGet(id)->state, JobState::kAvailable);
+
+  CliRun del = Run({"jobs", "delete", sid});
+  ASSERT_EQ(del.code, 0) << del.err;
+  EXPECT_EQ(del.out, fmt::format("job {}: deleted (was available)\n", id));
+  EXPECT_TRUE(client_->JobGet(id).error().IsNotFound());
+}
+
+TEST_F(AdminTest, QueuesListPauseResume) {
+  Add({"k", "--queue", "alpha"});
+  Add({"k", "--queue", "alpha"});
+  Add({"k", "--queue", "beta", "--schedule-in", "5m"});
+
+  auto queues = [&] {
+    CliRun r = Run({"queues", "list", "--json"});
+    EXPECT_EQ(r.code, 0) << r.err;
+    return ParseOut(r);
+  };
+  json q = queues();
+  ASSERT_TRUE(q.is_array());
+  ASSERT_EQ(q.size(), 2u) << q.dump();
+  EXPECT_EQ(q[0]["name"], "alpha");
+  EXPECT_EQ(q[0]["paused"], false);
+  EXPECT_EQ(q[0]["counts"]["available"], 2);
+  EXPECT_EQ(q[0]["counts"]["scheduled"], 0);
+  for (JobState s : kAllJobStates) {
+    EXPECT_TRUE(q[0]["counts"].contains(std::string(JobStateName(s)))) << q.dump();
+  }
+  EXPECT_EQ(q[1]["name"], "beta");
+  EXPECT_EQ(q[1]["counts"]["scheduled"], 1);
+
+  CliRun pause = Run({"queues", "pause", "alpha"});
+  ASSERT_EQ(pause.code, 0) << pause.err;
+  EXPECT_EQ(pause.out, "paused queue alpha\n");
+  q = queues();
+  EXPECT_EQ(q[0]["paused"], true);
+  EXPECT_TRUE(q[0]["paused_at"].is_string());
+  EXPECT_EQ(q[1]["paused"], false);
+
+  CliRun human = Run({"queues", "list"});
+  ASSERT_EQ(human.code, 0) << human.err;
+  EXPECT_NE(human.out.find("QUEUE"), std::string::npos) << human.out;
+  EXPECT_NE(human.out.find("AVAILABLE"), std::string::npos) << human.out;
+  EXPECT_NE(human.out.find("since "), std::string::npos) << human.out;
+
+  CliRun resume = Run({"queues", "resume", "alpha"});
+  ASSERT_EQ(resume.code, 0) << resume.err;
+  EXPECT_EQ(resume.out, "resumed queue alpha\n");
+  EXPECT_EQ(queues()[0]["paused"], false);
+}
+
+// Collects job events from a working client so a test can wait for an outcome.
+class EventLog {
+ public:
+  void Add(const Event& e) {
+    std::lock_guard lock(mu_);
+    events_.push_back(e);
+    cv_.notify_all();
+  }
+  bool WaitFor(int64_t id, Event::Kind kind, std::chrono::seconds limit = 20s) {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, limit, [&] {
+      for (const auto& e : events_) {
+        if (e.job.id == id && e.kind == kind) return true;
+      }
+      return false;
+    });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<Event> events_;
+};
+
+// Blocks until its job is cancelled (or a generous deadline passes), telling the test it started.
+class BlockingWorker final : public WorkerBase {
+ public:
+  std::string_view Kind() const override { return "block"; }
+  Outcome WorkJob(JobContext& ctx) override {
+    {
+      std::lock_guard lock(mu_);
+      started_ = true;
+    }
+    cv_.notify_all();
+    std::mutex m;
+    std::condition_variable_any cv;
+    std::unique_lock lock(m);
+    cv.wait_for(lock, ctx.stop_token(), 30s, [] { return false; });
+    return ctx.Cancelled() ? Outcome::Cancel("stopped by admin") : Outcome::Done();
+  }
+  bool WaitStarted() {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, 20s, [&] { return started_; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool started_ = false;
+};
+
+class FailingWorker final : public WorkerBase {
+ public:
+  std::string_view Kind() const override { return "fail"; }
+  Outcome WorkJob(JobContext& ctx) override {
+    return Outcome::Fail(fmt::format("boom {}\nsecond line", ctx.attempt()));
+  }
+  std::optional<Duration> NextRetry(const JobRow&) const override { return Duration::zero(); }
+};
+
+class WorkingAdminTest : public AdminTest {
+ protected:
+  void SetUp() override {
+    AdminTest::SetUp();
+    auto blocking = std::make_unique<BlockingWorker>();
+    blocking_ = blocking.get();
+    Workers workers;
+    workers.Add(std::move(blocking));
+    workers.Add<FailingWorker>();
+    ClientOptions opts;
+    opts.queues["work"] = QueueConfig{};
+    opts.poll_interval = 20ms;
+    opts.schedule_interval = 20ms;
+    auto c = Client::Open(url_, std::move(opts), std::move(workers));
+    ASSERT_TRUE(c.has_value()) << c.error().message();
+    worker_client_ = std::move(*c);
+    worker_client_->Subscribe([this](const Event& e) { events_.Add(e); });
+    ASSERT_TRUE(worker_client_->Start().ok());
+  }
+  void TearDown() override {
+    if (worker_client_) {
+      EXPECT_TRUE(worker_client_->StopAndCancel().ok());
+    }
+  }
+
+  EventLog events_;
+  BlockingWorker* blocking_ = nullptr;
+  std::unique_ptr<Client> worker_client_;
+};
+
+TEST_F(WorkingAdminTest, RunningJobCannotBeDeletedButCanBeCancelled) {
+  const int64_t id = Add({"block", "--queue", "work"})["id"];
+  ASSERT_TRUE(blocking_->WaitStarted());
+  const std::string sid = std::to_string(id);
+
+  CliRun del = Run({"jobs", "delete", sid});
+  EXPECT_EQ(del.code, kExitFailed) << del.out;
+  EXPECT_NE(del.err.find(sid), std::string::npos) << del.err;
+  CliRun retry = Run({"jobs", "retry", sid});
+  EXPECT_EQ(retry.code, kExitFailed) << retry.out;
+  ASSERT_TRUE(client_->JobGet(id).has_value());
+  EXPECT_EQ(client_->JobGet(id)->state, JobState::kRunning);
+
+  CliRun cancel = Run({"jobs", "cancel", sid});
+  ASSERT_EQ(cancel.code, 0) << cancel.err;
+  EXPECT_NE(cancel.out.find(fmt::format("job {}: cancel", id)), std::string::npos) << cancel.out;
+  ASSERT_TRUE(events_.WaitFor(id, Event::Kind::kJobCancelled));
+
+  CliRun show = Run({"jobs", "show", sid, "--json"});
+  ASSERT_EQ(show.code, 0) << show.err;
+  json j = ParseOut(show);
+  EXPECT_EQ(j["state"], "cancelled");
+  EXPECT_TRUE(j["finalized_at"].is_string());
+  EXPECT_TRUE(j["attempted_at"].is_string());
+
+  CliRun del2 = Run({"jobs", "delete", sid});
+  EXPECT_EQ(del2.code, 0) << del2.err;
+}
+
+TEST_F(WorkingAdminTest, ShowIncludesErrorHistory) {
+  const int64_t id = Add({"fail", "--queue", "work", "--max-attempts", "2"})["id"];
+  ASSERT_TRUE(events_.WaitFor(id, Event::Kind::kJobDiscarded));
+  const std::string sid = std::to_string(id);
+
+  CliRun show = Run({"jobs", "show", sid, "--json"});
+  ASSERT_EQ(show.code, 0) << show.err;
+  json j = ParseOut(show);
+  ExpectJobShape(j);
+  EXPECT_EQ(j["state"], "discarded");
+  EXPECT_EQ(j["attempt"], 2);
+  ASSERT_EQ(j["errors"].size(), 2u) << j.dump();
+  for (int i = 0; i < 2; ++i) {
+    const json& e = j["errors"][static_cast<size_t>(i)];
+    EXPECT_EQ(e["attempt"], i + 1);
+    EXPECT_EQ(e["error"], fmt::format("boom {}\nsecond line", i + 1));
+    EXPECT_TRUE(e["at"].is_string());
+  }
+
+  CliRun human = Run({"jobs", "show", sid});
+  ASSERT_EQ(human.code, 0) << human.err;
+  // One line per attempt error, newlines escaped.
+  EXPECT_NE(human.out.find("attempt 1"), std::string::npos) << human.out;
+  EXPECT_NE(human.out.find("boom 1\\nsecond line\n"), std::string::npos) << human.out;
+  EXPECT_NE(human.out.find("boom 2\\nsecond line\n"), std::string::npos) << human.out;
+
+  CliRun list = Run({"jobs", "list", "--state", "discarded", "--json"});
+  ASSERT_EQ(list.code, 0) << list.err;
+  EXPECT_EQ(ParseOut(list)[0]["errors"].size(), 2u);
+
+  // Retry keeps the attempts; the job runs (and fails) again.
+  CliRun retry = Run({"jobs", "retry", sid});
+  ASSERT_EQ(retry.code, 0) << retry.err;
+  EXPECT_NE(retry.out.find(fmt::format("job {}: retried", id)), std::string::npos) << retry.out;
+}
+
+}  // namespace
+}  // namespace spool::cli

@@ -1,0 +1,221 @@
+// Several processes on one SQLite file, as a deployment on one machine runs them. Time runs at
+// 60x in every process (one real second is one minute of the clock) so cron ticks, leases and
+// heartbeats play out in seconds.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <map>
+#include <set>
+#include <thread>
+
+#include "driver/driver.h"
+#include "spool/spool.h"
+#include "support/test_util.h"
+
+namespace spool {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr int64_t kScale = 60;
+
+// Wall time that runs kScale times faster than real time, the same in every process forked from
+// one parent (CLOCK_MONOTONIC is system wide).
+class ScaledClock final : public Clock {
+ public:
+  ScaledClock(TimePoint base, std::chrono::steady_clock::time_point real_base)
+      : base_(base), real_base_(real_base) {}
+  TimePoint Now() const override {
+    const auto real = std::chrono::steady_clock::now() - real_base_;
+    return base_ + std::chrono::duration_cast<Duration>(real) * kScale;
+  }
+
+ private:
+  TimePoint base_;
+  std::chrono::steady_clock::time_point real_base_;
+};
+
+struct TickArgs {
+  static constexpr std::string_view kKind = "tick";
+  int n = 0;
+  NLOHMANN_DEFINE_TYPE_INTRUSIVE(TickArgs, n)
+};
+
+class TickWorker final : public Worker<TickArgs> {
+ public:
+  explicit TickWorker(Duration work) : work_(work) {}
+  Outcome Work(JobContext& ctx, const TickArgs&) override {
+    const auto until = std::chrono::steady_clock::now() + work_;
+    while (!ctx.Cancelled() && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(1ms);  // simulated work, not a wait on another thread
+    }
+    return Outcome::Done();
+  }
+
+ private:
+  Duration work_;
+};
+
+class MultiProcessTest : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_TRUE(MigrateUp(url_).ok()); }
+  void TearDown() override {
+    for (pid_t pid : children_) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+  }
+
+  ClientOptions Options(const std::string& id) {
+    ClientOptions o;
+    o.client_id = id;
+    o.queues["default"] = {.max_workers = 4};
+    o.clock = clock_;
+    // In clock time (60x): a lease of 30 s is 500 ms real, a heartbeat every 5 s is 83 ms.
+    o.leader_ttl = 30s;
+    o.heartbeat_interval = 5s;
+    o.client_stale_after = 30s;
+    o.rescue_interval = 5s;
+    o.poll_interval = 20ms;
+    o.schedule_interval = 5ms;
+    o.logger = [](LogLevel, std::string_view) {};
+    return o;
+  }
+
+  // Runs a client in a child process until it is killed.
+  pid_t Spawn(const std::string& id, bool periodic, Duration work) {
+    const pid_t pid = fork();
+    if (pid != 0) {
+      children_.push_back(pid);
+      return pid;
+    }
+    auto o = Options(id);
+    if (periodic) o.periodic_jobs.push_back(MakePeriodicJob("minutely", "* * * * *", TickArgs{}));
+    Workers w;
+    w.Add<TickWorker>(work);
+    auto c = Client::Open(url_, o, std::move(w));
+    if (!c || !(*c)->Start().ok()) _exit(3);
+    for (;;) pause();
+  }
+
+  void Kill(pid_t pid) {
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+    children_.erase(std::remove(children_.begin(), children_.end(), pid), children_.end());
+  }
+
+  std::unique_ptr<internal::Driver> Driver() {
+    auto d = internal::Driver::Open(url_, {});
+    EXPECT_TRUE(d.has_value());
+    return std::move(*d);
+  }
+
+  testing::TempDir dir_;
+  std::string url_ = dir_.SqliteUrl();
+  // Starts on a whole minute so tick arithmetic below is exact.
+  std::shared_ptr<ScaledClock> clock_ = std::make_shared<ScaledClock>(
+      TimePoint(std::chrono::seconds(1'800'000'000)), std::chrono::steady_clock::now());
+  std::vector<pid_t> children_;
+};
+
+TEST_F(MultiProcessTest, OneLeaderAtATimeAndEachTickEnqueuedOnceAcrossALeaderKill) {
+  const pid_t a = Spawn("proc-a", true, 1ms);
+  const pid_t b = Spawn("proc-b", true, 1ms);
+  auto d = Driver();
+  std::map<std::string, pid_t> pids{{"proc-a", a}, {"proc-b", b}};
+
+  // Watch the lease for ~4 clock minutes, then kill whoever leads, then watch ~4 more.
+  std::set<std::string> leaders_seen;
+  auto watch = [&](std::chrono::milliseconds real) {
+    const auto until = std::chrono::steady_clock::now() + real;
+    while (std::chrono::steady_clock::now() < until) {
+      auto l = d->executor().LeaderGet();
+      ASSERT_TRUE(l.has_value());
+      if (*l && (*l)->expires_at > clock_->Now()) leaders_seen.insert((*l)->leader_id);
+      std::this_thread::sleep_for(20ms);  // sampling rate of the observer
+    }
+  };
+  watch(4s);
+  auto leader = d->executor().LeaderGet();
+  ASSERT_TRUE(leader.has_value() && leader->has_value());
+  const std::string first = (*leader)->leader_id;
+  ASSERT_TRUE(pids.contains(first));
+  Kill(pids[first]);
+  leaders_seen.clear();
+  watch(4s);
+  const std::string survivor = first == "proc-a" ? "proc-b" : "proc-a";
+  // The dead leader's lease shows until it runs out; then only the survivor holds it.
+  EXPECT_TRUE(leaders_seen.contains(survivor)) << "the survivor did not take over";
+  auto now_leader = d->executor().LeaderGet();
+  ASSERT_TRUE(now_leader.has_value() && now_leader->has_value());
+  EXPECT_EQ((*now_leader)->leader_id, survivor);
+
+  // Every clock minute since the first tick has exactly one job: no tick twice, none missing
+  // across the takeover.
+  auto jobs = d->executor().JobList(
+      {.states = {}, .queue = "default", .kind = "tick", .after_id = 0, .limit = 1000});
+  ASSERT_TRUE(jobs.has_value());
+  std::map<int64_t, int> per_minute;
+  for (const auto& j : *jobs) {
+    per_minute[std::chrono::duration_cast<std::chrono::minutes>(j.created_at.time_since_epoch())
+                   .count()]++;
+  }
+  ASSERT_GE(per_minute.size(), 6u);
+  int64_t prev = -1;
+  for (const auto& [minute, n] : per_minute) {
+    EXPECT_EQ(n, 1) << "minute " << minute << " enqueued " << n << " times";
+    if (prev >= 0) {
+      EXPECT_EQ(minute, prev + 1) << "a tick was skipped before minute " << minute;
+    }
+    prev = minute;
+  }
+}
+
+TEST_F(MultiProcessTest, JobsOfAKilledProcessAreRescuedByAnother) {
+  constexpr int kJobs = 200;
+  {
+    auto c = Client::Open(url_, {});
+    ASSERT_TRUE(c.has_value());
+    std::vector<InsertParams> v;
+    for (int i = 0; i < kJobs; ++i) v.push_back(InsertParams::From(TickArgs{i}));
+    ASSERT_TRUE((*c)->InsertManyFast(std::move(v)).has_value());
+  }
+  const pid_t victim = Spawn("victim", false, 20ms);
+  auto d = Driver();
+  // Kill it while it holds jobs.
+  ASSERT_TRUE(testing::Eventually([&] {
+    auto counts = d->executor().JobCountByState("default");
+    return counts && (*counts)[JobState::kCompleted] >= 20 && (*counts)[JobState::kRunning] > 0;
+  }));
+  Kill(victim);
+  auto counts = d->executor().JobCountByState("default");
+  ASSERT_TRUE(counts.has_value());
+  const int64_t held = (*counts)[JobState::kRunning];
+  ASSERT_GT(held, 0);
+
+  Spawn("rescuer", false, 1ms);
+  // client_stale_after is 30 clock seconds = 0.5 s real; the rescue must come soon after.
+  ASSERT_TRUE(testing::Eventually([&] {
+    auto c = d->executor().JobCountByState("default");
+    return c && (*c)[JobState::kCompleted] == kJobs;
+  })) << "not every job completed after the rescue";
+  auto rescued = d->executor().JobList({.states = {JobState::kCompleted},
+                                        .queue = "default",
+                                        .kind = {},
+                                        .after_id = 0,
+                                        .limit = 10'000});
+  ASSERT_TRUE(rescued.has_value());
+  int64_t with_error = 0;
+  for (const auto& j : *rescued) {
+    if (!j.errors.empty()) {
+      EXPECT_NE(j.errors[0].error.find("client victim stopped responding"), std::string::npos);
+      ++with_error;
+    }
+  }
+  EXPECT_EQ(with_error, held) << "every job the victim held was rescued, and only those";
+}
+
+}  // namespace
+}  // namespace spool

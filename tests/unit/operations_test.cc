@@ -1,0 +1,343 @@
+// Issue 3 behaviour through the public client on SQLite with a fake clock: unique jobs, periodic
+// jobs, rescue of jobs whose client died, the cleaner, pause/resume, and the admin calls.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <stop_token>
+
+#include "driver/driver.h"
+#include "spool/spool.h"
+#include "support/test_util.h"
+
+namespace spool {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::EventLog;
+using testing::Eventually;
+using testing::Signal;
+using testing::TempDir;
+
+struct TaskArgs {
+  static constexpr std::string_view kKind = "task";
+  std::string name;
+  NLOHMANN_DEFINE_TYPE_INTRUSIVE(TaskArgs, name)
+};
+
+class TaskWorker final : public Worker<TaskArgs> {
+ public:
+  explicit TaskWorker(std::function<Outcome(JobContext&, const TaskArgs&)> fn)
+      : fn_(std::move(fn)) {}
+  Outcome Work(JobContext& ctx, const TaskArgs& a) override { return fn_(ctx, a); }
+
+ private:
+  std::function<Outcome(JobContext&, const TaskArgs&)> fn_;
+};
+
+class FixedRetry final : public RetryPolicy {
+ public:
+  Duration NextRetry(const JobRow&) const override { return 10s; }
+};
+
+Outcome WaitForCancel(JobContext& ctx) {
+  std::mutex m;
+  std::condition_variable_any cv;
+  std::unique_lock lock(m);
+  cv.wait(lock, ctx.stop_token(), [] { return false; });
+  return Outcome::Fail("stopped");
+}
+
+class OperationsTest : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_TRUE(MigrateUp(url_).ok()); }
+
+  ClientOptions Options() {
+    ClientOptions o;
+    o.queues["default"] = {.max_workers = 4};
+    o.clock = clock_;
+    o.retry_policy = std::make_shared<FixedRetry>();
+    o.schedule_interval = 2ms;
+    o.poll_interval = 20ms;
+    o.heartbeat_interval = 1s;
+    o.client_stale_after = 30s;
+    o.rescue_interval = 1s;
+    o.clean_interval = 1s;
+    o.logger = [](LogLevel l, std::string_view m) {
+      if (getenv("SPOOL_TEST_LOG")) fprintf(stderr, "[%d] %.*s\n", int(l), int(m.size()), m.data());
+    };
+    return o;
+  }
+
+  std::unique_ptr<Client> Open(ClientOptions o) {
+    Workers w;
+    w.Add<TaskWorker>([this](JobContext& ctx, const TaskArgs& a) { return fn_(ctx, a); });
+    auto c = Client::Open(url_, std::move(o), std::move(w));
+    EXPECT_TRUE(c.has_value()) << c.error().ToString();
+    return c ? std::move(*c) : nullptr;
+  }
+
+  TempDir dir_;
+  std::string url_ = dir_.SqliteUrl();
+  std::shared_ptr<FakeClock> clock_ = std::make_shared<FakeClock>(
+      TimePoint(std::chrono::seconds(1'800'000'000)));  // 2027-01-15T08:00:00Z, a whole minute
+  std::function<Outcome(JobContext&, const TaskArgs&)> fn_ = [](JobContext&, const TaskArgs&) {
+    return Outcome::Done();
+  };
+};
+
+TEST_F(OperationsTest, UniqueInsertReturnsTheExistingJobWhileItIsNotFinal) {
+  auto c = Open(Options());
+  InsertOptions o;
+  o.unique = UniqueOptions{.by_args = true};
+  auto a = c->Insert(TaskArgs{"x"}, o);
+  auto b = c->Insert(TaskArgs{"x"}, o);
+  auto other = c->Insert(TaskArgs{"y"}, o);
+  ASSERT_TRUE(a && b && other);
+  EXPECT_FALSE(a->duplicate);
+  EXPECT_TRUE(b->duplicate);
+  EXPECT_EQ(a->job.id, b->job.id);
+  EXPECT_FALSE(other->duplicate);
+  EXPECT_NE(other->job.id, a->job.id);
+
+  EventLog log(*c);
+  ASSERT_TRUE(c->Start().ok());
+  ASSERT_TRUE(log.WaitForJob(a->job.id, Event::Kind::kJobCompleted));
+  auto again = c->Insert(TaskArgs{"x"}, o);
+  ASSERT_TRUE(again.has_value());
+  EXPECT_FALSE(again->duplicate) << "completed is not in the default unique states";
+  ASSERT_TRUE(c->Stop(10s).ok());
+}
+
+TEST_F(OperationsTest, UniqueByPeriodAllowsOnePerPeriod) {
+  auto c = Open(Options());
+  InsertOptions o;
+  o.unique = UniqueOptions{.by_period = 1h};
+  ASSERT_FALSE(c->Insert(TaskArgs{"a"}, o)->duplicate);
+  EXPECT_TRUE(c->Insert(TaskArgs{"b"}, o)->duplicate) << "args are not part of the key";
+  clock_->Advance(1h);
+  EXPECT_FALSE(c->Insert(TaskArgs{"c"}, o)->duplicate);
+}
+
+TEST_F(OperationsTest, PeriodicJobEnqueuesEachTickOnceAndSurvivesARestart) {
+  auto o = Options();
+  auto p = MakePeriodicJob("every_minute", "* * * * *", TaskArgs{"tick"});
+  p.run_on_start = true;  // the first run also tells the test the schedule is in place
+  o.periodic_jobs.push_back(p);
+  std::atomic<int> runs{0};
+  fn_ = [&](JobContext&, const TaskArgs&) {
+    runs++;
+    return Outcome::Done();
+  };
+  {
+    auto c = Open(o);
+    EventLog log(*c);
+    ASSERT_TRUE(c->Start().ok());
+    ASSERT_TRUE(log.WaitForCount(Event::Kind::kJobCompleted, 1));
+    EXPECT_TRUE(c->IsLeader());
+    for (size_t i = 2; i <= 4; ++i) {
+      clock_->Advance(60s);
+      ASSERT_TRUE(log.WaitForCount(Event::Kind::kJobCompleted, i)) << "tick " << i;
+    }
+    ASSERT_TRUE(c->Stop(10s).ok());
+  }
+  EXPECT_EQ(runs.load(), 4);
+  // Down for 10 minutes: the missed ticks run once at start, not ten times, and run_on_start
+  // does not fire again for a schedule already seen.
+  clock_->Advance(10min);
+  {
+    auto c = Open(o);
+    EventLog log(*c);
+    ASSERT_TRUE(c->Start().ok());
+    ASSERT_TRUE(log.WaitForCount(Event::Kind::kJobCompleted, 1));
+    clock_->Advance(60s);
+    ASSERT_TRUE(log.WaitForCount(Event::Kind::kJobCompleted, 2));
+    ASSERT_TRUE(c->Stop(10s).ok());
+  }
+  EXPECT_EQ(runs.load(), 6);
+  auto c = Open(Options());
+  EXPECT_EQ((*c->JobCountByState())[JobState::kCompleted], 6);
+}
+
+TEST_F(OperationsTest, PeriodicJobCanSkipMissedTicks) {
+  auto o = Options();
+  auto p = MakePeriodicJob("hourly", "@hourly", TaskArgs{"h"});
+  p.missed = PeriodicJob::Missed::kSkip;
+  p.run_on_start = true;
+  o.periodic_jobs.push_back(p);
+  {
+    auto c = Open(o);
+    EventLog log(*c);
+    ASSERT_TRUE(c->Start().ok());
+    ASSERT_TRUE(log.WaitForCount(Event::Kind::kJobCompleted, 1));
+    clock_->Advance(1h);
+    ASSERT_TRUE(log.WaitForCount(Event::Kind::kJobCompleted, 2));
+    ASSERT_TRUE(c->Stop(10s).ok());
+  }
+  clock_->Advance(5h + 30min);  // five ticks missed
+  auto c = Open(o);
+  EventLog log(*c);
+  ASSERT_TRUE(c->Start().ok());
+  // The skipped ticks are recorded as done once this client leads; then the next tick runs.
+  ASSERT_TRUE(Eventually([&] { return c->IsLeader(); }));
+  clock_->Advance(30min);
+  ASSERT_TRUE(log.WaitForCount(Event::Kind::kJobCompleted, 1));
+  ASSERT_TRUE(c->Stop(10s).ok());
+  EXPECT_EQ((*c->JobCountByState())[JobState::kCompleted], 3);
+}
+
+TEST_F(OperationsTest, InvalidPeriodicJobsAreRefusedAtOpen) {
+  auto o = Options();
+  o.periodic_jobs.push_back(MakePeriodicJob("bad", "61 * * * *", TaskArgs{}));
+  auto c = Client::Open(url_, o);
+  ASSERT_FALSE(c.has_value());
+  EXPECT_NE(c.error().message().find("minute field value 61"), std::string::npos)
+      << c.error().message();
+  o.periodic_jobs = {MakePeriodicJob("dup", "@daily", TaskArgs{}),
+                     MakePeriodicJob("dup", "@hourly", TaskArgs{})};
+  c = Client::Open(url_, o);
+  ASSERT_FALSE(c.has_value());
+  EXPECT_NE(c.error().message().find("\"dup\" is used twice"), std::string::npos);
+}
+
+class NoBackoff final : public RetryPolicy {
+ public:
+  Duration NextRetry(const JobRow&) const override { return Duration::zero(); }
+};
+
+TEST_F(OperationsTest, JobsOfADeadClientAreRescuedAndComplete) {
+  auto o = Options();
+  o.retry_policy = std::make_shared<NoBackoff>();
+  auto c = Open(o);
+  auto r = c->Insert(TaskArgs{"orphan"});
+  ASSERT_TRUE(r.has_value());
+  {
+    // Another "process" claims the job and dies without a trace (no heartbeat row).
+    auto d = internal::Driver::Open(url_, {});
+    ASSERT_TRUE(d.has_value());
+    auto got = (*d)->executor().JobGetAvailable(
+        {.queue = "default", .max = 1, .client_id = "dead-client", .now = clock_->Now()});
+    ASSERT_TRUE(got.has_value());
+    ASSERT_EQ(got->size(), 1u);
+  }
+  EventLog log(*c);
+  ASSERT_TRUE(c->Start().ok());
+  ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobCompleted));
+  JobRow j = *c->JobGet(r->job.id);
+  ASSERT_EQ(j.errors.size(), 1u);
+  EXPECT_NE(j.errors[0].error.find("client dead-client stopped responding"), std::string::npos)
+      << j.errors[0].error;
+  EXPECT_EQ(j.attempt, 2);
+  ASSERT_TRUE(c->Stop(10s).ok());
+}
+
+TEST_F(OperationsTest, CleanerDeletesFinalizedJobsAfterTheirRetention) {
+  fn_ = [](JobContext&, const TaskArgs& a) {
+    return a.name == "bad" ? Outcome::Fail("no") : Outcome::Done();
+  };
+  auto c = Open(Options());
+  EventLog log(*c);
+  ASSERT_TRUE(c->Start().ok());
+  auto ok = c->Insert(TaskArgs{"ok"});
+  auto bad = c->Insert(TaskArgs{"bad"}, {.max_attempts = 1});
+  ASSERT_TRUE(log.WaitForJob(ok->job.id, Event::Kind::kJobCompleted));
+  ASSERT_TRUE(log.WaitForJob(bad->job.id, Event::Kind::kJobDiscarded));
+  clock_->Advance(25h);
+  ASSERT_TRUE(Eventually([&] { return c->JobGet(ok->job.id).error().IsNotFound(); }));
+  EXPECT_TRUE(c->JobGet(bad->job.id).has_value()) << "discarded jobs are kept 7 days";
+  clock_->Advance(24h * 7);
+  ASSERT_TRUE(Eventually([&] { return c->JobGet(bad->job.id).error().IsNotFound(); }));
+  ASSERT_TRUE(c->Stop(10s).ok());
+}
+
+TEST_F(OperationsTest, PausedQueueRunsNothingUntilResumed) {
+  auto o = Options();
+  o.queues["other"] = {.max_workers = 1};
+  auto c = Open(o);
+  EventLog log(*c);
+  ASSERT_TRUE(c->Start().ok());
+  ASSERT_TRUE(c->QueuePause("default").ok());
+  auto held = c->Insert(TaskArgs{"held"});
+  auto other = c->Insert(TaskArgs{"other"}, {.queue = "other"});
+  ASSERT_TRUE(log.WaitForJob(other->job.id, Event::Kind::kJobCompleted));
+  EXPECT_EQ(c->JobGet(held->job.id)->state, JobState::kAvailable);
+  auto queues = c->QueueList();
+  ASSERT_TRUE(queues.has_value());
+  bool saw_paused = false;
+  for (const auto& q : *queues) {
+    if (q.name == "default") saw_paused = q.paused_at.has_value();
+  }
+  EXPECT_TRUE(saw_paused);
+  ASSERT_TRUE(c->QueueResume("default").ok());
+  ASSERT_TRUE(log.WaitForJob(held->job.id, Event::Kind::kJobCompleted));
+  int pause_events = 0;
+  for (const auto& e : log.events()) {
+    pause_events += e.kind == Event::Kind::kQueuePaused || e.kind == Event::Kind::kQueueResumed;
+  }
+  EXPECT_EQ(pause_events, 2);
+  ASSERT_TRUE(c->Stop(10s).ok());
+}
+
+TEST_F(OperationsTest, AdminCancelRetryDelete) {
+  Signal started;
+  fn_ = [&](JobContext& ctx, const TaskArgs& a) -> Outcome {
+    if (a.name == "long") {
+      started.Notify();
+      return WaitForCancel(ctx);
+    }
+    return a.name == "bad" ? Outcome::Fail("no") : Outcome::Done();
+  };
+  auto c = Open(Options());
+  InsertOptions later;
+  later.scheduled_at = clock_->Now() + 1h;
+  auto waiting = c->Insert(TaskArgs{"w"}, later);
+  auto cancelled = c->JobCancel(waiting->job.id);
+  ASSERT_TRUE(cancelled.has_value());
+  EXPECT_EQ(cancelled->state, JobState::kCancelled);
+  EXPECT_TRUE(c->JobCancel(999999).error().IsNotFound());
+
+  EventLog log(*c);
+  ASSERT_TRUE(c->Start().ok());
+  auto long_job = c->Insert(TaskArgs{"long"});
+  ASSERT_TRUE(started.WaitFor());
+  EXPECT_TRUE(c->JobDelete(long_job->job.id).error().IsFailedPrecondition());
+  ASSERT_TRUE(c->JobCancel(long_job->job.id).has_value());
+  ASSERT_TRUE(log.WaitForJob(long_job->job.id, Event::Kind::kJobCancelled));
+  EXPECT_EQ(c->JobGet(long_job->job.id)->state, JobState::kCancelled);
+
+  auto bad = c->Insert(TaskArgs{"bad"}, {.max_attempts = 1});
+  ASSERT_TRUE(log.WaitForJob(bad->job.id, Event::Kind::kJobDiscarded));
+  fn_ = [](JobContext&, const TaskArgs&) { return Outcome::Done(); };
+  auto retried = c->JobRetry(bad->job.id);
+  ASSERT_TRUE(retried.has_value()) << retried.error().ToString();
+  EXPECT_EQ(retried->max_attempts, 2) << "attempts used are kept; one more is granted";
+  ASSERT_TRUE(log.WaitForJob(bad->job.id, Event::Kind::kJobCompleted));
+  auto deleted = c->JobDelete(bad->job.id);
+  ASSERT_TRUE(deleted.has_value());
+  EXPECT_TRUE(c->JobGet(bad->job.id).error().IsNotFound());
+  ASSERT_TRUE(c->Stop(10s).ok());
+}
+
+TEST_F(OperationsTest, CancelFromAnotherClientReachesTheRunningJob) {
+  Signal started;
+  fn_ = [&](JobContext& ctx, const TaskArgs&) {
+    started.Notify();
+    return WaitForCancel(ctx);
+  };
+  auto worker = Open(Options());
+  EventLog log(*worker);
+  ASSERT_TRUE(worker->Start().ok());
+  auto job = worker->Insert(TaskArgs{"long"});
+  ASSERT_TRUE(started.WaitFor());
+  auto admin_opts = Options();
+  admin_opts.queues.clear();
+  auto admin = Open(admin_opts);
+  auto r = admin->JobCancel(job->job.id);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->state, JobState::kRunning);
+  ASSERT_TRUE(log.WaitForJob(job->job.id, Event::Kind::kJobCancelled));
+  ASSERT_TRUE(worker->Stop(10s).ok());
+}
+
+}  // namespace
+}  // namespace spool
