@@ -3,6 +3,10 @@
 #
 #   scripts/pg-cluster.sh start DIR   # writes DIR/url, DIR/pid, DIR/datadir; prints the url
 #   scripts/pg-cluster.sh stop DIR    # stops the postmaster in DIR/pid, removes DIR and the data
+#   scripts/pg-cluster.sh restart DIR [DOWN_SECONDS]
+#                                     # stops the postmaster by pid (fast shutdown: clients are
+#                                     # disconnected), waits DOWN_SECONDS (default 0), starts it
+#                                     # again on the same port and data; rewrites DIR/pid
 #
 # The data directory lives in a fresh mktemp dir (short path: it also holds the Unix socket),
 # owned by the postgres user when run as root, because PostgreSQL refuses to run as root. The
@@ -19,7 +23,7 @@ die() {
 }
 
 usage() {
-  echo "usage: $0 start|stop DIR" >&2
+  echo "usage: $0 start|stop DIR | restart DIR [DOWN_SECONDS]" >&2
   exit 2
 }
 
@@ -46,6 +50,36 @@ pick_port() {
     fi
   done
   die "no free TCP port found on 127.0.0.1"
+}
+
+# Starts the postmaster of the cluster in $1 on port $2; waits until it accepts connections.
+start_server() {
+  as_owner "$PG_BIN/pg_ctl" -D "$1/data" -l "$1/server.log" -w -t 60 \
+    -o "-k $1 -h 127.0.0.1 -p $2 -c fsync=on -c synchronous_commit=on \
+        -c max_connections=300 -c shared_buffers=64MB" start >/dev/null
+}
+
+# Stops the postmaster whose pid is in $1/pid, if it runs: fast shutdown, then SIGQUIT after 30s.
+stop_postmaster() {
+  local dir="$1" pid
+  [[ -f "$dir/pid" ]] || return 0
+  pid="$(cat "$dir/pid")"
+  if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
+    # SIGINT is the "fast" shutdown: disconnect clients, checkpoint, exit.
+    kill -INT "$pid"
+    for _ in $(seq 1 300); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "pg-cluster: postmaster $pid ignored SIGINT for 30s; sending SIGQUIT" >&2
+      kill -QUIT "$pid" 2>/dev/null || true
+      for _ in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+      done
+    fi
+  fi
 }
 
 cmd_start() {
@@ -76,9 +110,7 @@ cmd_start() {
   for attempt in 1 2 3 4 5; do
     port="$(pick_port)"
     # pg_ctl -w waits until the server accepts connections (or fails).
-    if as_owner "$PG_BIN/pg_ctl" -D "$tmp/data" -l "$tmp/server.log" -w -t 60 \
-      -o "-k $tmp -h 127.0.0.1 -p $port -c fsync=on -c synchronous_commit=on \
-          -c max_connections=300 -c shared_buffers=64MB" start >/dev/null; then
+    if start_server "$tmp" "$port"; then
       started=1
       break
     fi
@@ -107,22 +139,7 @@ cmd_start() {
 cmd_stop() {
   local dir="$1"
   [[ -d "$dir" ]] || return 0
-  if [[ -f "$dir/pid" ]]; then
-    local pid
-    pid="$(cat "$dir/pid")"
-    if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
-      # SIGINT is the "fast" shutdown: disconnect clients, checkpoint, exit.
-      kill -INT "$pid"
-      for _ in $(seq 1 300); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-      done
-      if kill -0 "$pid" 2>/dev/null; then
-        echo "pg-cluster: postmaster $pid ignored SIGINT for 30s; sending SIGQUIT" >&2
-        kill -QUIT "$pid" 2>/dev/null || true
-      fi
-    fi
-  fi
+  stop_postmaster "$dir"
   if [[ -f "$dir/datadir" ]]; then
     local tmp
     tmp="$(cat "$dir/datadir")"
@@ -132,9 +149,29 @@ cmd_stop() {
   rm -rf "$dir"
 }
 
-[[ $# == 2 ]] || usage
-case "$1" in
-  start) cmd_start "$2" ;;
-  stop) cmd_stop "$2" ;;
+# Same data, same port, same socket: clients reconnect to the URL they already have.
+cmd_restart() {
+  local dir="$1" down="${2:-0}"
+  [[ "$down" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "DOWN_SECONDS must be a number, not '$down'"
+  [[ -f "$dir/url" && -f "$dir/datadir" ]] || die "no cluster started from $dir"
+  local tmp url port
+  tmp="$(cat "$dir/datadir")"
+  url="$(cat "$dir/url")"
+  port="${url##*:}"
+  port="${port%%/*}"
+  [[ "$port" =~ ^[0-9]+$ ]] || die "cannot read the port from $url"
+  stop_postmaster "$dir"
+  sleep "$down"
+  if ! start_server "$tmp" "$port"; then
+    cat "$tmp/server.log" >&2 || true
+    die "could not restart postgres on port $port"
+  fi
+  head -n1 "$tmp/data/postmaster.pid" >"$dir/pid"
+}
+
+case "${1:-}" in
+  start) [[ $# == 2 ]] || usage; cmd_start "$2" ;;
+  stop) [[ $# == 2 ]] || usage; cmd_stop "$2" ;;
+  restart) [[ $# == 2 || $# == 3 ]] || usage; cmd_restart "$2" "${3:-0}" ;;
   *) usage ;;
 esac

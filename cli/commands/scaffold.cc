@@ -9,6 +9,7 @@
 
 #include "commands/commands.h"
 #include "generator/app.h"
+#include "generator/app_migrations.h"
 #include "generator/generator.h"
 #include "generator/names.h"
 #include "generator/serve.h"
@@ -27,26 +28,8 @@ void AddGenFlags(CLI::App* cmd, GenFlags& flags) {
   cmd->add_flag("--force", flags.force, "Overwrite files spool generated before");
 }
 
-// Writes the plan (or prints it with --dry-run) and tells the user what happened and what next.
 void Finish(const Generated& gen, const GenFlags& flags) {
-  for (const auto& note : gen.notes) fmt::print("note: {}\n", note);
-  if (flags.dry_run) {
-    fmt::print("{}", gen.plan.Diff());
-    fmt::print("dry run: {} file(s) would change; nothing was written\n",
-               gen.plan.changes().size());
-    return;
-  }
-  gen.plan.Apply(flags.force);
-  fmt::print("spool: {}\n", gen.summary);
-  for (const auto& c : gen.plan.changes()) {
-    fmt::print("  {} {}\n", c.before ? "changed" : "created", c.path);
-  }
-  if (!gen.next_steps.empty()) {
-    fmt::print("Next steps:\n");
-    for (size_t i = 0; i < gen.next_steps.size(); ++i) {
-      fmt::print("  {}. {}\n", i + 1, gen.next_steps[i]);
-    }
-  }
+  FinishGenerated(gen, flags.dry_run, flags.force);
 }
 
 fs::path Here() { return fs::absolute(fs::current_path()); }
@@ -192,6 +175,27 @@ void RegisterServe(CLI::App& parent) {
 }
 
 }  // namespace
+
+void FinishGenerated(const Generated& gen, bool dry_run, bool force) {
+  for (const auto& note : gen.notes) fmt::print("note: {}\n", note);
+  if (dry_run) {
+    fmt::print("{}", gen.plan.Diff());
+    fmt::print("dry run: {} file(s) would change; nothing was written\n",
+               gen.plan.changes().size());
+    return;
+  }
+  gen.plan.Apply(force);
+  fmt::print("spool: {}\n", gen.summary);
+  for (const auto& c : gen.plan.changes()) {
+    fmt::print("  {} {}\n", c.before ? "changed" : "created", c.path);
+  }
+  if (!gen.next_steps.empty()) {
+    fmt::print("Next steps:\n");
+    for (size_t i = 0; i < gen.next_steps.size(); ++i) {
+      fmt::print("  {}. {}\n", i + 1, gen.next_steps[i]);
+    }
+  }
+}
 
 void RegisterScaffold(CLI::App& app) {
   RegisterNew(app);

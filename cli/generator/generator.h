@@ -63,6 +63,10 @@ std::string RenderQueueMigration(std::string_view driver,
                                  const std::vector<std::pair<std::string, std::string>>& up,
                                  const std::vector<std::pair<std::string, std::string>>& down);
 
+// A migration file's timestamp for `now` (UTC, YYYYMMDDHHMMSS), moved on by a second while a
+// file in the app's database/migrations already starts with it.
+std::string MigrationTimestamp(std::chrono::system_clock::time_point now, const Plan& plan);
+
 // Checks a five-field cron expression (or @hourly/@daily/...); throws CommandError (exit 1)
 // naming the bad field. Uses spool::CronSchedule::Parse when the library has it.
 void ValidateCron(const std::string& expr);

@@ -8,10 +8,10 @@
 
 namespace spool::internal {
 
-Result<std::optional<UniqueKey>> ComputeUniqueKey(std::string_view kind, std::string_view args,
-                                                  std::string_view queue, TimePoint scheduled_at,
-                                                  const std::optional<UniqueOptions>& opts) {
-  if (!opts) return std::optional<UniqueKey>();
+Result<UniqueKey> ComputeUniqueKey(std::string_view kind, std::string_view args,
+                                   std::string_view queue, TimePoint scheduled_at,
+                                   const std::optional<UniqueOptions>& opts) {
+  if (!opts) return UniqueKey{};
   UniqueKey out;
   for (JobState s : opts->by_states) out.states |= UniqueStateBit(s);
   for (JobState s : {JobState::kAvailable, JobState::kPending, JobState::kRunning,
@@ -58,7 +58,15 @@ Result<std::optional<UniqueKey>> ComputeUniqueKey(std::string_view kind, std::st
   }
   const auto digest = Sha256(material);
   out.key.assign(reinterpret_cast<const char*>(digest.data()), digest.size());
-  return std::optional<UniqueKey>(std::move(out));
+  return out;
+}
+
+UniqueKey InternalUniqueKey(std::string_view material) {
+  UniqueKey out;
+  for (JobState s : kAllJobStates) out.states |= UniqueStateBit(s);
+  const auto digest = Sha256(material);
+  out.key.assign(reinterpret_cast<const char*>(digest.data()), digest.size());
+  return out;
 }
 
 }  // namespace spool::internal

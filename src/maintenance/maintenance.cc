@@ -317,15 +317,10 @@ Status Maintenance::EnqueueOne(Periodic& p, TimePoint now, TimePoint* next_due) 
     j.scheduled_at = now;
     // Unique in every state: a tick enqueued once is never enqueued again, even after the job
     // completes.
-    UniqueOptions u;
-    u.by_args = false;
-    u.by_states.assign(std::begin(kAllJobStates), std::end(kAllJobStates));
-    SPOOL_ASSIGN_OR_RETURN(auto key,
-                           ComputeUniqueKey(fmt::format("spool:periodic:{}:{}", p.job.name,
-                                                        enqueue_tick->time_since_epoch().count()),
-                                            "{}", j.queue, *enqueue_tick, u));
-    j.unique_key = (*key).key;
-    j.unique_states = (*key).states;
+    UniqueKey key = InternalUniqueKey(
+        fmt::format("spool:periodic:{}:{}", p.job.name, enqueue_tick->time_since_epoch().count()));
+    j.unique_key = std::move(key.key);
+    j.unique_states = key.states;
     JobInsertManyParams ins{.jobs = {std::move(j)}, .now = now};
     SPOOL_ASSIGN_OR_RETURN(auto rows, tx->JobInsertMany(ins));
     if (!rows.empty() && !rows.front().duplicate) {

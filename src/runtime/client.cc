@@ -197,10 +197,10 @@ class Client::Impl {
                                          : JobState::kAvailable;
       if (in.options.unique) {
         SPOOL_ASSIGN_OR_RETURN(
-            auto key,
+            internal::UniqueKey key,
             internal::ComputeUniqueKey(j.kind, j.args, j.queue, j.scheduled_at, in.options.unique));
-        j.unique_key = std::move(key->key);
-        j.unique_states = key->states;
+        j.unique_key = std::move(key.key);
+        j.unique_states = key.states;
       }
       p.jobs.push_back(std::move(j));
     }

@@ -161,11 +161,16 @@ void QueueRunner::ProduceLoop() {
 void QueueRunner::WorkLoop() {
   std::unique_lock lock(mu_);
   for (;;) {
-    worker_cv_.wait(lock, [&] { return !ready_.empty() || exit_workers_; });
+    while (ready_.empty() && !exit_workers_) {
+      ++idle_workers_;
+      worker_cv_.wait(lock);
+      --idle_workers_;
+      // Any wake-up consumes the one in flight; a spurious one only allows an extra wake-up.
+      if (wakes_in_flight_ > 0) --wakes_in_flight_;
+    }
     if (ready_.empty()) return;
     JobRow job = std::move(ready_.front());
     ready_.pop_front();
-    waking_ = false;
     WakeWorkerLocked();
     if (cancel_all_) {
       // Hard stop before this claimed job started: give it back without using an attempt.
@@ -237,12 +242,12 @@ void QueueRunner::WorkLoop() {
 }
 
 void QueueRunner::WakeWorkerLocked() {
-  // At most one wake-up in flight: a woken worker that takes a job wakes the next if jobs remain.
-  // Fast jobs are then drained by the few threads already running instead of every idle thread
-  // being woken (and context-switched) for one job each; slow jobs still fan out, one wake-up
-  // per job taken.
-  if (ready_.empty() || waking_) return;
-  waking_ = true;
+  // At most one wake-up in flight, and only to a sleeping worker: a woken worker that takes a job
+  // wakes the next if jobs remain. Fast jobs are then drained by the few threads already running
+  // instead of every idle thread being woken (and context-switched) for one job each; slow jobs
+  // still fan out, one wake-up per job taken. Busy workers take ready jobs without a wake-up.
+  if (ready_.empty() || wakes_in_flight_ > 0 || idle_workers_ == 0) return;
+  ++wakes_in_flight_;
   worker_cv_.notify_one();
 }
 

@@ -84,7 +84,8 @@ class QueueRunner {
   std::condition_variable idle_cv_;      // busy_ reached 0
   std::deque<JobRow> ready_;             // claimed, waiting for a thread; guarded by mu_
   int busy_ = 0;                         // claimed and not finished; guarded by mu_
-  bool waking_ = false;                  // a worker was woken and has not taken a job yet
+  int idle_workers_ = 0;                 // workers waiting on worker_cv_; guarded by mu_
+  int wakes_in_flight_ = 0;              // notify_one calls not yet consumed; guarded by mu_
   bool wake_ = true;                     // guarded by mu_
   bool urgent_ = true;                   // a wake from an insert: fetch without lingering
   bool stop_fetching_ = false;           // guarded by mu_

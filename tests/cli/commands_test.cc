@@ -38,6 +38,7 @@ CliRun Spool(std::vector<std::string> args) {
   CLI::App app{"spool", "spool"};
   app.require_subcommand(1);
   RegisterScaffold(app);
+  RegisterMigration(app);
   CliRun run;
   ::testing::internal::CaptureStdout();
   ::testing::internal::CaptureStderr();
@@ -235,6 +236,90 @@ TEST_F(CommandsTest, ServeRunsTheAppAndReturnsItsExitCode) {
   const CliRun r = Spool({"serve", "--no-build"});
   EXPECT_EQ(r.code, 7) << r.err;
   EXPECT_NE(r.err.find("demo exited with code 7"), std::string::npos) << r.err;
+}
+
+TEST_F(CommandsTest, AppMigrationsRunInOrderTrackedAndRevert) {
+  NewApp();
+  ASSERT_EQ(Spool({"gen", "queue"}).code, 0);
+  const auto before = Snapshot(app());
+  CliRun r = Spool({"migration", "create", "add_users", "--dry-run"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(Snapshot(app()), before);
+  r = Spool({"migration", "create", "add_users"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::string users_file;
+  for (const auto& e : fs::directory_iterator(app() / "database/migrations")) {
+    if (e.path().filename().string().ends_with("_add_users.sql")) users_file = e.path().string();
+  }
+  ASSERT_FALSE(users_file.empty()) << r.out;
+  const std::string skeleton = Slurp(users_file);
+  ASSERT_NE(skeleton.find("-- +goose Up"), std::string::npos);
+  ASSERT_NE(skeleton.find("-- +goose Down"), std::string::npos);
+  // Uses spool's table: only works when it runs after the queue migration.
+  WriteText(users_file,
+            "-- +goose Up\nCREATE TABLE users (id INTEGER PRIMARY KEY);\n"
+            "CREATE VIEW user_jobs AS SELECT id FROM spool_job;\n"
+            "-- +goose Down\nDROP VIEW user_jobs;\nDROP TABLE users;\n");
+
+  r = Spool({"migration", "status"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("setup_spool_queue"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("pending"), std::string::npos) << r.out;
+
+  r = Spool({"migration", "up"});
+  ASSERT_EQ(r.code, 0) << r.err << r.out;
+  EXPECT_NE(r.out.find("2 migration(s) applied"), std::string::npos) << r.out;
+  EXPECT_LT(r.out.find("_setup_spool_queue.sql"), r.out.find("_add_users.sql")) << r.out;
+  const std::string url = "sqlite://" + (app() / "app.db").string();
+  {
+    auto client = spool::Client::Open(url, {});  // no auto_migrate: the schema must be current
+    ASSERT_TRUE(client) << client.error().ToString();
+  }
+  r = Spool({"migration", "up"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("0 migration(s) applied"), std::string::npos) << r.out;
+
+  r = Spool({"migration", "down"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("reverted database/migrations/"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("_add_users.sql"), std::string::npos) << r.out;
+  {
+    auto client = spool::Client::Open(url, {});  // spool's tables are still there
+    ASSERT_TRUE(client) << client.error().ToString();
+  }
+  r = Spool({"migration", "down"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  {
+    auto client = spool::Client::Open(url, {});
+    EXPECT_FALSE(client) << "the queue migration's down should remove spool's tables";
+  }
+  r = Spool({"migration", "up"});
+  ASSERT_EQ(r.code, 0) << r.err << r.out;
+  EXPECT_NE(r.out.find("2 migration(s) applied"), std::string::npos) << r.out;
+}
+
+TEST_F(CommandsTest, AppMigrationFailureRollsBackAndStops) {
+  NewApp();
+  ASSERT_EQ(Spool({"gen", "queue"}).code, 0);
+  WriteText(app() / "database/migrations/29990101000000_broken.sql",
+            "-- +goose Up\nCREATE TABLE half (id INTEGER);\nNOT SQL AT ALL;\n-- +goose Down\n");
+  CliRun r = Spool({"migration", "up"});
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.err.find("29990101000000_broken.sql"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("rolled back"), std::string::npos) << r.err;
+  r = Spool({"migration", "status"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(std::regex_search(r.out, std::regex("broken +pending"))) << r.out;
+  WriteText(app() / "database/migrations/bad-name.sql", "");
+  r = Spool({"migration", "up"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("bad-name.sql"), std::string::npos) << r.err;
+}
+
+TEST_F(CommandsTest, MigrationCreateOutsideAnAppIsRefused) {
+  const CliRun r = Spool({"migration", "create", "x"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("no .spoolrc here"), std::string::npos) << r.err;
 }
 
 }  // namespace

@@ -350,10 +350,16 @@ TEST_F(GeneratorTest, TaskMatchesGoldenAndRegistersItsSchedule) {
   ExpectGolden("task_nightly_report/" + Flat("jobs/nightly_report.h"),
                Read("jobs/nightly_report.h"));
   ExpectGolden("task_nightly_report/" + Flat("jobs/registry.cc"), Read("jobs/registry.cc"));
-  EXPECT_NE(
-      Read("jobs/registry.cc")
-          .find("{\"nightly_report\", NightlyReportArgs::kSchedule, NightlyReportArgs::kKind}"),
-      std::string::npos);
+  EXPECT_NE(Read("jobs/registry.cc")
+                .find("periodic.push_back(spool::MakePeriodicJob(\n"
+                      "      \"nightly_report\", std::string(NightlyReportArgs::kSchedule), "
+                      "NightlyReportArgs{}));"),
+            std::string::npos);
+  // send_email is a plain job: no schedule.
+  EXPECT_EQ(Read("jobs/registry.cc").find("\"send_email\", std::string("), std::string::npos);
+  // main.cpp hands the registry's tasks to the client.
+  EXPECT_NE(Read("src/main.cpp").find("spool_options.periodic_jobs = jobs::PeriodicJobs();"),
+            std::string::npos);
 }
 
 TEST_F(GeneratorTest, BadCronIsRefusedBeforeAnythingIsWritten) {

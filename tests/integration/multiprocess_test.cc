@@ -63,7 +63,7 @@ class MultiProcessTest : public ::testing::Test {
   void SetUp() override { ASSERT_TRUE(MigrateUp(url_).ok()); }
   void TearDown() override {
     for (pid_t pid : children_) {
-      kill(pid, SIGKILL);
+      if (pid > 0) kill(pid, SIGKILL);
       waitpid(pid, nullptr, 0);
     }
   }
@@ -87,6 +87,10 @@ class MultiProcessTest : public ::testing::Test {
   // Runs a client in a child process until it is killed.
   pid_t Spawn(const std::string& id, bool periodic, Duration work) {
     const pid_t pid = fork();
+    if (pid < 0) {
+      ADD_FAILURE() << "fork failed";
+      return pid;
+    }
     if (pid != 0) {
       children_.push_back(pid);
       return pid;
@@ -101,7 +105,7 @@ class MultiProcessTest : public ::testing::Test {
   }
 
   void Kill(pid_t pid) {
-    kill(pid, SIGKILL);
+    if (pid > 0) kill(pid, SIGKILL);
     waitpid(pid, nullptr, 0);
     children_.erase(std::remove(children_.begin(), children_.end(), pid), children_.end());
   }

@@ -231,6 +231,38 @@ TEST_F(OperationsTest, JobsOfADeadClientAreRescuedAndComplete) {
   ASSERT_TRUE(c->Stop(10s).ok());
 }
 
+TEST_F(OperationsTest, JobRunningPastItsTimeoutOnALiveClientIsRescued) {
+  auto o = Options();
+  o.retry_policy = std::make_shared<NoBackoff>();
+  o.job_timeout = 10s;
+  o.rescue_timeout_margin = 1min;
+  o.client_id = "live-client";
+  auto c = Open(o);
+  auto r = c->Insert(TaskArgs{"hung"});
+  ASSERT_TRUE(r.has_value());
+  {
+    // The job was claimed under this (live, heartbeating) client's id by a worker that then
+    // hung and ignored its cancelled context.
+    auto d = internal::Driver::Open(url_, {});
+    ASSERT_TRUE(d.has_value());
+    auto got = (*d)->executor().JobGetAvailable(
+        {.queue = "default", .max = 1, .client_id = "live-client", .now = clock_->Now()});
+    ASSERT_TRUE(got.has_value());
+    ASSERT_EQ(got->size(), 1u);
+  }
+  EventLog log(*c);
+  ASSERT_TRUE(c->Start().ok());
+  ASSERT_TRUE(Eventually([&] { return c->IsLeader(); }));
+  EXPECT_EQ(c->JobGet(r->job.id)->state, JobState::kRunning) << "within timeout + margin";
+  clock_->Advance(71s);
+  ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobCompleted));
+  JobRow j = *c->JobGet(r->job.id);
+  ASSERT_EQ(j.errors.size(), 1u);
+  EXPECT_NE(j.errors[0].error.find("ran past its 10s timeout by more than 60s"), std::string::npos)
+      << j.errors[0].error;
+  ASSERT_TRUE(c->Stop(10s).ok());
+}
+
 TEST_F(OperationsTest, CleanerDeletesFinalizedJobsAfterTheirRetention) {
   fn_ = [](JobContext&, const TaskArgs& a) {
     return a.name == "bad" ? Outcome::Fail("no") : Outcome::Done();

@@ -26,13 +26,13 @@ std::string Key(std::string_view kind, std::string_view args, std::string_view q
                 const UniqueOptions& o) {
   auto k = ComputeUniqueKey(kind, args, queue, t, o);
   EXPECT_TRUE(k.has_value()) << k.error().ToString();
-  return k && *k ? (*k)->key : std::string();
+  return k ? k->key : std::string();
 }
 
 TEST(UniqueKeyTest, NotUniqueWithoutOptions) {
   auto k = ComputeUniqueKey("a", "{}", "q", At(0), std::nullopt);
   ASSERT_TRUE(k.has_value());
-  EXPECT_FALSE(k->has_value());
+  EXPECT_TRUE(k->key.empty());
 }
 
 TEST(UniqueKeyTest, ByArgsIgnoresKeyOrderAndCanPickFields) {
@@ -58,12 +58,14 @@ TEST(UniqueKeyTest, ByPeriodBucketsScheduledAt) {
 
 TEST(UniqueKeyTest, StatesDefaultToNonFinalAndMustIncludeThem) {
   auto k = ComputeUniqueKey("k", "{}", "q", At(0), UniqueOptions{});
-  ASSERT_TRUE(k.has_value() && k->has_value());
-  EXPECT_EQ((*k)->states,
-            UniqueStateBit(JobState::kAvailable) | UniqueStateBit(JobState::kPending) |
-                UniqueStateBit(JobState::kRunning) | UniqueStateBit(JobState::kRetryable) |
-                UniqueStateBit(JobState::kScheduled));
-  EXPECT_EQ((*k)->key.size(), 32u);
+  ASSERT_TRUE(k.has_value());
+  EXPECT_EQ(k->states, UniqueStateBit(JobState::kAvailable) | UniqueStateBit(JobState::kPending) |
+                           UniqueStateBit(JobState::kRunning) |
+                           UniqueStateBit(JobState::kRetryable) |
+                           UniqueStateBit(JobState::kScheduled));
+  EXPECT_EQ(k->key.size(), 32u);
+  EXPECT_EQ(InternalUniqueKey("x").states, 0xFF);
+  EXPECT_NE(InternalUniqueKey("x").key, InternalUniqueKey("y").key);
   UniqueOptions bad{.by_states = {JobState::kAvailable}};
   auto e = ComputeUniqueKey("k", "{}", "q", At(0), bad);
   ASSERT_FALSE(e.has_value());

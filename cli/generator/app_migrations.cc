@@ -1,0 +1,412 @@
+// `spool migration` inside an app: the app's own SQL migrations and spool's queue tables, in
+// timestamp order, tracked in spool_app_migration.
+#include "generator/app_migrations.h"
+
+#include <fmt/format.h>
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <map>
+#include <memory>
+#include <set>
+#include <system_error>
+
+#ifdef SPOOL_CLI_WITH_POSTGRES
+#include <libpq-fe.h>
+#endif
+
+#include "commands/commands.h"
+#include "generator/names.h"
+#include "spool/client.h"
+
+namespace spool::cli {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr std::string_view kDir = "database/migrations";
+constexpr std::string_view kQueueName = "setup_spool_queue";
+constexpr std::string_view kTable = "spool_app_migration";
+
+bool IsTimestamp(std::string_view s) {
+  return s.size() == 14 &&
+         std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+bool IsMigrationName(std::string_view s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
+  });
+}
+
+// A database connection for running the app's SQL; every call throws CommandError on failure.
+class AppDb {
+ public:
+  virtual ~AppDb() = default;
+  virtual void Exec(const std::string& sql) = 0;
+  // The first column of every row of `sql`.
+  virtual std::vector<std::string> Column(const std::string& sql) = 0;
+};
+
+class SqliteAppDb final : public AppDb {
+ public:
+  explicit SqliteAppDb(const std::string& path) {
+    if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr) !=
+        SQLITE_OK) {
+      const std::string err = db_ != nullptr ? sqlite3_errmsg(db_) : "out of memory";
+      sqlite3_close(db_);
+      db_ = nullptr;
+      throw CommandError(fmt::format("cannot open the SQLite database {}: {}", path, err));
+    }
+    sqlite3_busy_timeout(db_, 5000);
+  }
+  ~SqliteAppDb() override { sqlite3_close(db_); }
+  void Exec(const std::string& sql) override {
+    char* err = nullptr;
+    if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
+      const std::string message = err != nullptr ? err : sqlite3_errmsg(db_);
+      sqlite3_free(err);
+      throw CommandError(message);
+    }
+  }
+  std::vector<std::string> Column(const std::string& sql) override {
+    std::vector<std::string> out;
+    sqlite3_stmt* stmt = nullptr;
+    if (sqlite3_prepare_v2(db_, sql.c_str(), -1, &stmt, nullptr) != SQLITE_OK) {
+      throw CommandError(sqlite3_errmsg(db_));
+    }
+    int rc;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+      const unsigned char* text = sqlite3_column_text(stmt, 0);
+      out.emplace_back(text != nullptr ? reinterpret_cast<const char*>(text) : "");
+    }
+    sqlite3_finalize(stmt);
+    if (rc != SQLITE_DONE) throw CommandError(sqlite3_errmsg(db_));
+    return out;
+  }
+
+ private:
+  sqlite3* db_ = nullptr;
+};
+
+#ifdef SPOOL_CLI_WITH_POSTGRES
+class PostgresAppDb final : public AppDb {
+ public:
+  explicit PostgresAppDb(const std::string& url) : conn_(PQconnectdb(url.c_str())) {
+    if (conn_ == nullptr || PQstatus(conn_) != CONNECTION_OK) {
+      const std::string err = conn_ != nullptr ? PQerrorMessage(conn_) : "out of memory";
+      PQfinish(conn_);
+      conn_ = nullptr;
+      throw CommandError(fmt::format("cannot connect to PostgreSQL: {}", err));
+    }
+    // Quiet the NOTICEs of IF NOT EXISTS.
+    PQsetNoticeProcessor(
+        conn_, [](void*, const char*) {}, nullptr);
+  }
+  ~PostgresAppDb() override { PQfinish(conn_); }
+  void Exec(const std::string& sql) override { PQclear(Run(sql)); }
+  std::vector<std::string> Column(const std::string& sql) override {
+    PGresult* res = Run(sql);
+    std::vector<std::string> out;
+    for (int i = 0; i < PQntuples(res); ++i) out.emplace_back(PQgetvalue(res, i, 0));
+    PQclear(res);
+    return out;
+  }
+
+ private:
+  PGresult* Run(const std::string& sql) {
+    PGresult* res = PQexec(conn_, sql.c_str());
+    const ExecStatusType st = PQresultStatus(res);
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY) {
+      std::string err = PQresultErrorMessage(res);
+      while (!err.empty() && err.back() == '\n') err.pop_back();
+      PQclear(res);
+      throw CommandError(err);
+    }
+    return res;
+  }
+  PGconn* conn_ = nullptr;
+};
+#endif
+
+std::unique_ptr<AppDb> OpenAppDb(const std::string& url) {
+  constexpr std::string_view kSqlite = "sqlite://";
+  if (url.starts_with(kSqlite)) {
+    const std::string path = url.substr(kSqlite.size());
+    if (path.empty() || path == ":memory:") {
+      throw CommandError(fmt::format("database url \"{}\" names no file", url));
+    }
+    return std::make_unique<SqliteAppDb>(path);
+  }
+  if (url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+#ifdef SPOOL_CLI_WITH_POSTGRES
+    return std::make_unique<PostgresAppDb>(url);
+#else
+    throw CommandError("this spool was built without PostgreSQL support");
+#endif
+  }
+  throw CommandError(
+      fmt::format("unsupported database url \"{}\": use sqlite://PATH or postgres://...", url));
+}
+
+// The Up and Down sections of a migration file (goose markers; no markers: all of it is Up).
+struct Sections {
+  std::string up;
+  std::optional<std::string> down;
+};
+
+Sections Split(const std::string& text) {
+  Sections out;
+  std::string* current = &out.up;
+  std::string down;
+  bool saw_marker = false;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    const std::string line = text.substr(start, end - start);
+    start = end + 1;
+    if (line.rfind("-- +goose Up", 0) == 0) {
+      saw_marker = true;
+      current = &out.up;
+      continue;
+    }
+    if (line.rfind("-- +goose Down", 0) == 0) {
+      current = &down;
+      out.down = "";
+      continue;
+    }
+    if (line.rfind("-- +goose ", 0) == 0) continue;  // StatementBegin/End: one exec anyway
+    *current += line + "\n";
+  }
+  (void)saw_marker;
+  if (out.down) out.down = down;
+  return out;
+}
+
+std::string Now() {
+  return FormatTime(std::chrono::time_point_cast<Duration>(std::chrono::system_clock::now()));
+}
+
+void EnsureTable(AppDb& db) {
+  db.Exec(
+      fmt::format("CREATE TABLE IF NOT EXISTS {} (version TEXT PRIMARY KEY, name TEXT NOT NULL, "
+                  "applied_at TEXT NOT NULL)",
+                  kTable));
+}
+
+std::map<std::string, std::string> Applied(AppDb& db) {
+  EnsureTable(db);
+  std::map<std::string, std::string> out;
+  for (const auto& v : db.Column(fmt::format("SELECT version FROM {} ORDER BY version", kTable))) {
+    out[v] = v;
+  }
+  return out;
+}
+
+void Check(const Status& st, const AppMigration& m) {
+  if (!st.ok()) throw CommandError(fmt::format("{}: {}", m.path, st.message()));
+}
+
+// Runs `sql` and the tracking change in one transaction.
+void RunInTx(AppDb& db, const std::string& sql, const std::string& track, const AppMigration& m) {
+  db.Exec("BEGIN");
+  try {
+    db.Exec(sql);
+    db.Exec(track);
+    db.Exec("COMMIT");
+  } catch (const CommandError& e) {
+    try {
+      db.Exec("ROLLBACK");
+    } catch (const CommandError&) {
+    }
+    throw CommandError(fmt::format("{}: {}; rolled back", m.path, e.what()));
+  }
+}
+
+void ApplyUp(AppDb& db, const fs::path& root, const std::string& url, const AppMigration& m) {
+  const std::string track =
+      fmt::format("INSERT INTO {} (version, name, applied_at) VALUES ('{}', '{}', '{}')", kTable,
+                  m.version, m.name, Now());
+  if (m.queue) {
+    Check(MigrateUp(url), m);
+    db.Exec(track);
+  } else {
+    const auto text = ReadFile(root / m.path);
+    if (!text) throw CommandError(fmt::format("cannot read {}", m.path));
+    RunInTx(db, Split(*text).up, track, m);
+  }
+  fmt::print("applied {}\n", m.path);
+}
+
+void ApplyDown(AppDb& db, const fs::path& root, const std::string& url, const AppMigration& m) {
+  const std::string untrack = fmt::format("DELETE FROM {} WHERE version = '{}'", kTable, m.version);
+  if (m.queue) {
+    Check(MigrateDown(url, 0), m);
+    db.Exec(untrack);
+  } else {
+    const auto text = ReadFile(root / m.path);
+    if (!text) throw CommandError(fmt::format("cannot read {}", m.path));
+    const Sections sections = Split(*text);
+    if (!sections.down) {
+      throw CommandError(
+          fmt::format("{} has no `-- +goose Down` section: it cannot be reverted", m.path));
+    }
+    RunInTx(db, *sections.down, untrack, m);
+  }
+  fmt::print("reverted {}\n", m.path);
+}
+
+void CheckTarget(const std::optional<std::string>& target) {
+  if (target && !IsTimestamp(*target)) {
+    throw CommandError(
+        fmt::format("--target {}: in an app, give a migration's 14-digit timestamp", *target),
+        kExitUsage);
+  }
+}
+
+}  // namespace
+
+std::vector<AppMigration> ListAppMigrations(const fs::path& root) {
+  std::vector<AppMigration> out;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(root / kDir, ec)) {
+    const std::string file = entry.path().filename().string();
+    if (entry.path().extension() != ".sql") continue;
+    const std::string stem = entry.path().stem().string();
+    if (stem.size() < 16 || !IsTimestamp(stem.substr(0, 14)) || stem[14] != '_' ||
+        !IsMigrationName(stem.substr(15))) {
+      throw CommandError(fmt::format(
+          "{}/{}: migration files are named <YYYYMMDDHHMMSS>_<snake_name>.sql (spool migration "
+          "create NAME writes one); nothing was applied",
+          kDir, file));
+    }
+    AppMigration m;
+    m.version = stem.substr(0, 14);
+    m.name = stem.substr(15);
+    m.path = fmt::format("{}/{}", kDir, file);
+    m.queue = m.name == kQueueName;
+    out.push_back(std::move(m));
+  }
+  std::sort(out.begin(), out.end(),
+            [](const AppMigration& a, const AppMigration& b) { return a.version < b.version; });
+  for (size_t i = 1; i < out.size(); ++i) {
+    if (out[i].version == out[i - 1].version) {
+      throw CommandError(fmt::format("{} and {} have the same timestamp: rename one",
+                                     out[i - 1].path, out[i].path));
+    }
+  }
+  if (std::count_if(out.begin(), out.end(), [](const AppMigration& m) { return m.queue; }) > 1) {
+    throw CommandError("more than one *_setup_spool_queue.sql in database/migrations: keep one");
+  }
+  return out;
+}
+
+void AppMigrateUp(const fs::path& root, const std::string& url,
+                  const std::optional<std::string>& target) {
+  CheckTarget(target);
+  const auto migrations = ListAppMigrations(root);
+  auto db = OpenAppDb(url);
+  const auto applied = Applied(*db);
+  int count = 0;
+  bool queue_applied = false;
+  for (const auto& m : migrations) {
+    if (applied.contains(m.version)) {
+      queue_applied = queue_applied || m.queue;
+      continue;
+    }
+    if (target && m.version > *target) break;
+    ApplyUp(*db, root, url, m);
+    queue_applied = queue_applied || m.queue;
+    ++count;
+  }
+  // A newer spool may bring migrations of its own past what the queue file was generated from.
+  if (queue_applied) {
+    if (const Status st = MigrateUp(url); !st.ok()) {
+      throw CommandError(fmt::format("spool's tables: {}", st.message()));
+    }
+  }
+  fmt::print("{} migration(s) applied\n", count);
+  AppMigrationStatus(root, url);
+}
+
+void AppMigrateDown(const fs::path& root, const std::string& url,
+                    const std::optional<std::string>& target) {
+  CheckTarget(target);
+  const auto migrations = ListAppMigrations(root);
+  auto db = OpenAppDb(url);
+  const auto applied = Applied(*db);
+  for (const auto& [version, unused] : applied) {
+    if (std::none_of(migrations.begin(), migrations.end(),
+                     [&](const AppMigration& m) { return m.version == version; })) {
+      throw CommandError(fmt::format(
+          "the database has migration {} applied but database/migrations has no file for it: "
+          "nothing was reverted",
+          version));
+    }
+  }
+  int count = 0;
+  for (auto it = migrations.rbegin(); it != migrations.rend(); ++it) {
+    if (!applied.contains(it->version)) continue;
+    if (target && it->version <= *target) break;
+    ApplyDown(*db, root, url, *it);
+    ++count;
+    if (!target) break;
+  }
+  fmt::print("{} migration(s) reverted\n", count);
+  AppMigrationStatus(root, url);
+}
+
+void AppMigrationStatus(const fs::path& root, const std::string& url) {
+  const auto migrations = ListAppMigrations(root);
+  auto db = OpenAppDb(url);
+  const auto applied = Applied(*db);
+  fmt::print("app migrations at {}:\n", url);
+  if (migrations.empty()) fmt::print("  none in {}\n", kDir);
+  for (const auto& m : migrations) {
+    fmt::print("  {}  {:<40} {}\n", m.version, m.name,
+               applied.contains(m.version) ? "applied" : "pending");
+  }
+  for (const auto& [version, unused] : applied) {
+    if (std::none_of(migrations.begin(), migrations.end(),
+                     [&](const AppMigration& m) { return m.version == version; })) {
+      fmt::print("  {}  {:<40} applied, but its file is gone\n", version, "?");
+    }
+  }
+  const bool has_queue = std::any_of(migrations.begin(), migrations.end(),
+                                     [](const AppMigration& m) { return m.queue; });
+  if (has_queue) {
+    auto infos = MigrationStatus(url);
+    if (!infos) throw CommandError(infos.error().message());
+    int current = 0;
+    for (const auto& m : *infos) {
+      if (m.applied) current = m.version;
+    }
+    fmt::print("spool schema: version {} of {}\n", current,
+               infos->empty() ? 0 : infos->back().version);
+  }
+}
+
+Generated PlanAppMigration(const fs::path& root, const std::string& name_input,
+                           std::chrono::system_clock::time_point now) {
+  const JobName name = NormalizeJobName(name_input);
+  Generated out(root);
+  if (!name.note.empty()) out.notes.push_back(name.note);
+  if (name.snake == kQueueName) {
+    throw CommandError("setup_spool_queue is the name of spool gen queue's migration");
+  }
+  const std::string path =
+      fmt::format("{}/{}_{}.sql", kDir, MigrationTimestamp(now, out.plan), name.snake);
+  out.plan.Create(path,
+                  fmt::format("-- {}: created by `spool migration create {}`.\n"
+                              "-- `spool migration up` runs the Up section and `spool migration "
+                              "down` the Down section,\n"
+                              "-- each in one transaction.\n\n"
+                              "-- +goose Up\n\n\n"
+                              "-- +goose Down\n\n",
+                              name.snake, name.snake));
+  out.summary = fmt::format("created migration {}", name.snake);
+  out.next_steps = {fmt::format("write its SQL in {}", path), "spool migration up"};
+  return out;
+}
+
+}  // namespace spool::cli

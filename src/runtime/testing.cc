@@ -1,0 +1,94 @@
+// spool::testing: running workers inline and reading back what they enqueued, for app tests.
+#include "spool/testing.h"
+
+#include <fmt/format.h>
+#include <stdlib.h>
+
+#include <chrono>
+#include <exception>
+#include <system_error>
+
+namespace spool::testing {
+namespace fs = std::filesystem;
+
+Result<std::unique_ptr<TestQueue>> TestQueue::Create(ClientOptions options) {
+  std::error_code ec;
+  fs::path base = fs::temp_directory_path(ec);
+  if (ec) base = "/tmp";
+  std::string tmpl = (base / "spool_test_queue_XXXXXX").string();
+  if (mkdtemp(tmpl.data()) == nullptr) {
+    return Status::Internal(fmt::format("cannot create a temp folder under {}", base.string()));
+  }
+  fs::path dir = tmpl;
+  std::string url = "sqlite://" + (dir / "queue.db").string();
+  options.auto_migrate = true;
+  auto client = Client::Open(url, std::move(options));
+  if (!client) {
+    fs::remove_all(dir, ec);
+    return std::move(client).error();
+  }
+  return std::unique_ptr<TestQueue>(
+      new TestQueue(std::move(dir), std::move(url), std::move(client).value()));
+}
+
+TestQueue::TestQueue(fs::path dir, std::string url, std::unique_ptr<Client> client)
+    : dir_(std::move(dir)), url_(std::move(url)), client_(std::move(client)) {}
+
+TestQueue::~TestQueue() {
+  client_.reset();  // closes the database before its folder goes
+  std::error_code ec;
+  fs::remove_all(dir_, ec);
+}
+
+JobRow RunningJobRow(std::string_view kind, std::string args, const WorkOptions& options) {
+  const TimePoint now = std::chrono::time_point_cast<Duration>(std::chrono::system_clock::now());
+  JobRow row;
+  row.state = JobState::kRunning;
+  row.attempt = options.attempt;
+  row.max_attempts = options.insert.max_attempts;
+  row.attempted_at = now;
+  row.attempted_by = {"spool-testing"};
+  row.created_at = now;
+  row.scheduled_at = options.insert.scheduled_at.value_or(now);
+  row.priority = options.insert.priority;
+  row.queue = options.insert.queue;
+  row.kind = std::string(kind);
+  row.args = std::move(args);
+  row.metadata = options.insert.metadata;
+  row.tags = options.insert.tags;
+  return row;
+}
+
+Result<Outcome> WorkRowInline(WorkerBase& worker, Client& client, const JobRow& row,
+                              const WorkOptions& options) {
+  if (worker.Kind() != row.kind) {
+    return Status::InvalidArgument(
+        fmt::format("the worker is for kind \"{}\", the job is \"{}\"", worker.Kind(), row.kind));
+  }
+  const Logger discard = [](LogLevel, std::string_view) {};
+  const Logger& logger = options.logger ? options.logger : discard;
+  JobContext ctx(row, client, options.stop, options.deadline, logger);
+  try {
+    return worker.WorkJob(ctx);
+  } catch (const std::exception& e) {
+    return Outcome::Fail(e.what());
+  } catch (...) {
+    return Outcome::Fail("unknown exception");
+  }
+}
+
+Result<std::vector<JobRow>> InsertedRows(Client& client, std::string_view kind) {
+  std::vector<JobRow> out;
+  JobListParams params;
+  params.kind = std::string(kind);
+  params.limit = 1000;
+  for (;;) {
+    SPOOL_ASSIGN_OR_RETURN(auto page, client.JobList(params));
+    if (page.empty()) break;
+    params.after_id = page.back().id;
+    for (auto& row : page) out.push_back(std::move(row));
+  }
+  return out;
+}
+
+}  // namespace spool::testing

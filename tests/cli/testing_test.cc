@@ -1,0 +1,92 @@
+// spool/testing.h, the helpers generated job tests use: run a worker inline, read back inserts.
+#include "spool/testing.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <stdexcept>
+#include <string>
+
+namespace {
+
+struct NotifyArgs {
+  static constexpr std::string_view kKind = "notify";
+  std::string to;
+  NLOHMANN_DEFINE_TYPE_INTRUSIVE(NotifyArgs, to)
+};
+
+struct SignupArgs {
+  static constexpr std::string_view kKind = "signup";
+  std::string email;
+  NLOHMANN_DEFINE_TYPE_INTRUSIVE(SignupArgs, email)
+};
+
+// Enqueues a notify job per signup through the context's client; fails on an empty email.
+class SignupWorker : public spool::Worker<SignupArgs> {
+ public:
+  spool::Outcome Work(spool::JobContext& ctx, const SignupArgs& args) override {
+    if (args.email.empty()) throw std::runtime_error("no email");
+    seen_attempt = ctx.attempt();
+    seen_queue = ctx.job().queue;
+    ctx.Log(spool::LogLevel::kInfo, "signup " + args.email);
+    return ctx.client().Insert(NotifyArgs{args.email}).status();
+  }
+  int seen_attempt = 0;
+  std::string seen_queue;
+};
+
+TEST(SpoolTestingTest, WorkInlineRunsTheWorkerAndRecordsItsInserts) {
+  auto queue = spool::testing::TestQueue::Create();
+  ASSERT_TRUE(queue) << queue.error().ToString();
+  SignupWorker worker;
+  std::string logged;
+  spool::testing::WorkOptions options;
+  options.attempt = 3;
+  options.insert.queue = "mail";
+  options.logger = [&](spool::LogLevel, std::string_view line) { logged += std::string(line); };
+  auto outcome =
+      spool::testing::WorkInline(worker, (*queue)->client(), SignupArgs{"a@b.c"}, options);
+  ASSERT_TRUE(outcome) << outcome.error().ToString();
+  EXPECT_EQ(outcome->kind(), spool::Outcome::Kind::kDone) << outcome->message();
+  EXPECT_EQ(worker.seen_attempt, 3);
+  EXPECT_EQ(worker.seen_queue, "mail");
+  EXPECT_NE(logged.find("signup a@b.c"), std::string::npos) << logged;
+
+  auto sent = spool::testing::RequireInserted<NotifyArgs>((*queue)->client());
+  ASSERT_TRUE(sent) << sent.error().ToString();
+  ASSERT_EQ(sent->size(), 1u);
+  EXPECT_EQ(sent->front().to, "a@b.c");
+  // Nothing of the worker's own kind was inserted: only what Work enqueued is there.
+  auto signups = spool::testing::RequireInserted<SignupArgs>((*queue)->client());
+  ASSERT_FALSE(signups);
+  EXPECT_TRUE(signups.error().IsNotFound()) << signups.error().ToString();
+}
+
+TEST(SpoolTestingTest, ExceptionsBecomeFailedAttemptsAndKindsMustMatch) {
+  auto queue = spool::testing::TestQueue::Create();
+  ASSERT_TRUE(queue) << queue.error().ToString();
+  SignupWorker worker;
+  auto outcome = spool::testing::WorkInline(worker, (*queue)->client(), SignupArgs{});
+  ASSERT_TRUE(outcome) << outcome.error().ToString();
+  EXPECT_EQ(outcome->kind(), spool::Outcome::Kind::kFail);
+  EXPECT_EQ(outcome->message(), "no email");
+  auto wrong = spool::testing::WorkInline(worker, (*queue)->client(), NotifyArgs{"x"});
+  ASSERT_FALSE(wrong);
+  EXPECT_TRUE(wrong.error().IsInvalidArgument());
+  auto none = spool::testing::InsertedArgs<NotifyArgs>((*queue)->client());
+  ASSERT_TRUE(none);
+  EXPECT_TRUE(none->empty());
+}
+
+TEST(SpoolTestingTest, TestQueueRemovesItsFolder) {
+  std::string url;
+  {
+    auto queue = spool::testing::TestQueue::Create();
+    ASSERT_TRUE(queue) << queue.error().ToString();
+    url = (*queue)->url();
+    ASSERT_TRUE(std::filesystem::exists(url.substr(9)));
+  }
+  EXPECT_FALSE(std::filesystem::exists(std::filesystem::path(url.substr(9)).parent_path()));
+}
+
+}  // namespace
