@@ -165,6 +165,11 @@ struct ClientOptions {
   // How often the leader deletes old finalized jobs, and how old they must be. Default: 30s.
   Duration clean_interval = std::chrono::seconds(30);
   RetentionOptions retention{};
+  // Never wait on database notifications (PostgreSQL LISTEN/NOTIFY): other processes' inserts,
+  // cancels and resumes are found by polling every poll_interval instead. Needed behind
+  // PgBouncer in transaction mode, where LISTEN does not work; lower poll_interval to bound
+  // pickup latency. Inserts in this process still wake its workers at once. Default: false.
+  bool poll_only = false;
   // Apply missing migrations at Open instead of refusing to start. Default: false.
   bool auto_migrate = false;
   SqliteOptions sqlite{};

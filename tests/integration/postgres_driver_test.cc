@@ -475,3 +475,68 @@ TEST_F(PostgresDriverTest, FetchOfAPausedQueueIsOneStatementUsingThePartialIndex
 
 }  // namespace
 }  // namespace spool::internal
+
+namespace spool::internal {
+namespace {
+
+struct PollArgs {
+  static constexpr std::string_view kKind = "poll";
+  int n = 0;
+  NLOHMANN_DEFINE_TYPE_INTRUSIVE(PollArgs, n)
+};
+
+class PollWorker final : public Worker<PollArgs> {
+ public:
+  explicit PollWorker(std::promise<void>* done) : done_(done) {}
+  Outcome Work(JobContext&, const PollArgs&) override {
+    done_->set_value();
+    return Outcome::Done();
+  }
+
+ private:
+  std::promise<void>* done_;
+};
+
+// Behind PgBouncer in transaction mode LISTEN cannot work: a poll-only driver never listens, so
+// WaitForChange only times out or is interrupted, and a poll-only client still finds other
+// processes' jobs through its poll interval.
+TEST(PostgresPollOnlyTest, NeverListensAndStillFindsOtherProcessesJobs) {
+  SPOOL_REQUIRE_PG_CLUSTER();
+  auto url = pgtest::PostgresTestDb::Instance().NewSchemaUrl();
+  ASSERT_TRUE(url.has_value()) << url.error().ToString();
+  ASSERT_TRUE(MigrateUp(*url).ok());
+  DriverOptions poll_only;
+  poll_only.listen = false;
+  auto quiet = Driver::Open(*url, poll_only);
+  ASSERT_TRUE(quiet.has_value()) << quiet.error().ToString();
+  auto loud = Driver::Open(*url, DriverOptions{});
+  ASSERT_TRUE(loud.has_value());
+  ASSERT_TRUE((*loud)->NotifyInsert("q").ok());
+  ASSERT_TRUE((*loud)->NotifyControl().ok());
+  auto waited = (*quiet)->WaitForChange(milliseconds(100));
+  ASSERT_TRUE(waited.has_value()) << waited.error().ToString();
+  EXPECT_FALSE(*waited) << "a poll-only driver must not see notifications";
+  (*quiet)->Interrupt();
+  auto interrupted = (*quiet)->WaitForChange(seconds(20));
+  ASSERT_TRUE(interrupted.has_value());
+  EXPECT_TRUE(*interrupted);
+
+  std::promise<void> done;
+  ClientOptions o;
+  o.poll_only = true;
+  o.poll_interval = milliseconds(50);
+  o.queues["default"] = {.max_workers = 1};
+  Workers w;
+  w.Add<PollWorker>(&done);
+  auto worker = Client::Open(*url, o, std::move(w));
+  ASSERT_TRUE(worker.has_value()) << worker.error().ToString();
+  ASSERT_TRUE((*worker)->Start().ok());
+  auto inserter = Client::Open(*url, {});
+  ASSERT_TRUE(inserter.has_value());
+  ASSERT_TRUE((*inserter)->Insert(PollArgs{1}).has_value());
+  EXPECT_EQ(done.get_future().wait_for(seconds(20)), std::future_status::ready);
+  EXPECT_TRUE((*worker)->Stop(seconds(10)).ok());
+}
+
+}  // namespace
+}  // namespace spool::internal

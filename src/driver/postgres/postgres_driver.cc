@@ -1238,8 +1238,10 @@ std::string ChannelFor(std::string_view base, const std::string& schema) {
 // WaitForChange. Tx and executors from ExecutorFor must not outlive the driver.
 class PostgresDriver final : public Driver {
  public:
-  PostgresDriver(std::string url, std::string target)
-      : pool_(std::move(url), std::move(target)), executor_(&pool_, &control_channel_) {
+  PostgresDriver(std::string url, std::string target, bool listen)
+      : pool_(std::move(url), std::move(target)),
+        executor_(&pool_, &control_channel_),
+        listen_enabled_(listen) {
     event_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   }
   ~PostgresDriver() override {
@@ -1259,7 +1261,7 @@ class PostgresDriver final : public Driver {
       channel_ = ChannelFor("spool_insert", PQgetvalue(res.get(), 0, 0));
       control_channel_ = ChannelFor("spool_control", PQgetvalue(res.get(), 0, 0));
     }
-    return Listen();
+    return listen_enabled_ ? Listen() : Status::Ok();
   }
 
   std::string_view Name() const override { return "postgres"; }
@@ -1318,6 +1320,7 @@ class PostgresDriver final : public Driver {
 
   Result<bool> WaitForChange(Duration timeout) override {
     const auto deadline = SteadyClock::now() + timeout;
+    if (!listen_enabled_) return WaitForInterrupt(deadline);
     if (!listen_ || !listen_->ok()) {
       listen_.reset();
       if (SteadyClock::now() < listen_retry_after_) return listen_error_;
@@ -1339,6 +1342,27 @@ class PostgresDriver final : public Driver {
         return Status::Internal(fmt::format("poll failed: {}", std::strerror(errno)));
       }
       if (rc > 0 && (fds[1].revents & POLLIN) != 0) {
+        uint64_t n = 0;
+        (void)!read(event_fd_, &n, sizeof n);
+        return true;
+      }
+    }
+  }
+
+  // Poll-only mode: no notifications to wait for, only the timeout or an Interrupt.
+  Result<bool> WaitForInterrupt(SteadyClock::time_point deadline) {
+    for (;;) {
+      const auto now = SteadyClock::now();
+      if (now >= deadline) return false;
+      pollfd fd{event_fd_, POLLIN, 0};
+      const auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - now);
+      timespec ts{static_cast<time_t>(left.count() / 1'000'000'000),
+                  static_cast<long>(left.count() % 1'000'000'000)};
+      const int rc = ppoll(&fd, 1, &ts, nullptr);
+      if (rc < 0 && errno != EINTR) {
+        return Status::Internal(fmt::format("poll failed: {}", std::strerror(errno)));
+      }
+      if (rc > 0 && (fd.revents & POLLIN) != 0) {
         uint64_t n = 0;
         (void)!read(event_fd_, &n, sizeof n);
         return true;
@@ -1465,6 +1489,7 @@ class PostgresDriver final : public Driver {
   PoolExecutor executor_;
   int event_fd_ = -1;
   // Used only by the one thread that calls WaitForChange.
+  const bool listen_enabled_;  // false: poll-only, no LISTEN connection at all
   std::unique_ptr<Conn> listen_;
   Duration listen_backoff_{};
   SteadyClock::time_point listen_retry_after_{};
@@ -1473,10 +1498,9 @@ class PostgresDriver final : public Driver {
 
 }  // namespace
 
-Result<std::unique_ptr<Driver>> OpenPostgresDriver(std::string url,
-                                                   const DriverOptions& /*options*/) {
+Result<std::unique_ptr<Driver>> OpenPostgresDriver(std::string url, const DriverOptions& options) {
   std::string target = pg::DescribeTarget(url);
-  auto driver = std::make_unique<PostgresDriver>(std::move(url), std::move(target));
+  auto driver = std::make_unique<PostgresDriver>(std::move(url), std::move(target), options.listen);
   SPOOL_RETURN_IF_ERROR(driver->Init());
   return std::unique_ptr<Driver>(std::move(driver));
 }
