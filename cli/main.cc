@@ -1,37 +1,3 @@
-#include <fmt/format.h>
-
-#include <cstdio>
-#include <exception>
-
 #include "commands/commands.h"
 
-int main(int argc, char** argv) {
-  CLI::App app{"spool: durable background jobs for C++ applications", "spool"};
-  app.set_version_flag("--version", std::string("spool ") + SPOOL_VERSION);
-  app.require_subcommand(1);
-  spool::cli::RegisterMigration(app);
-  spool::cli::RegisterBench(app);
-  spool::cli::RegisterDemo(app);
-  spool::cli::RegisterJobs(app);
-  spool::cli::RegisterQueues(app);
-  spool::cli::RegisterScaffold(app);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::CallForAllHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::CallForVersion& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    app.exit(e);
-    return spool::cli::kExitUsage;
-  } catch (const spool::cli::CommandError& e) {
-    fmt::print(stderr, "error: {}\n", e.what());
-    return e.exit_code;
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "error: {}\n", e.what());
-    return spool::cli::kExitFailed;
-  }
-  return spool::cli::kExitOk;
-}
+int main(int argc, char** argv) { return spool::cli::Run(argc, argv); }

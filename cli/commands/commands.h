@@ -18,6 +18,10 @@ struct CommandError : std::runtime_error {
   int exit_code;
 };
 
+// The whole `spool` command: parses argv, runs the command, prints errors, returns the exit code.
+// main() is only this; tests call it too, so they exercise exactly what users run.
+int Run(int argc, char** argv);
+
 // Each Register* adds one top-level command (with its subcommands) to `app`.
 void RegisterMigration(CLI::App& app);
 void RegisterBench(CLI::App& app);

@@ -27,6 +27,8 @@ namespace {
 
 constexpr auto kDestructorStopTimeout = std::chrono::seconds(5);
 constexpr auto kLoopErrorBackoff = std::chrono::milliseconds(200);
+// Due jobs made available per scheduler statement.
+constexpr int kScheduleBatch = 10'000;
 // Other processes' cancel requests for our running jobs are looked up at most this often when
 // changes stream in, and at least every poll interval.
 constexpr auto kCancelCheckMinInterval = std::chrono::milliseconds(50);
@@ -249,10 +251,7 @@ class Client::Impl {
   Result<JobRow> Retry(int64_t id) {
     SPOOL_ASSIGN_OR_RETURN(JobRow row,
                            driver_->executor().JobRetry({.id = id, .now = clock_->Now()}));
-    WakeQueue(row.queue);
-    if (Status st = driver_->NotifyInsert(row.queue); !st.ok()) {
-      logger_(LogLevel::kDebug, "notify insert failed: " + st.ToString());
-    }
+    Announce(row.queue);
     return row;
   }
 
@@ -291,20 +290,21 @@ class Client::Impl {
  private:
   enum class LifeState { kNew, kStarted, kStopped };
 
-  // Wakes the producers of queues this process works that just got available jobs, and tells
-  // other processes (PostgreSQL NOTIFY; SQLite needs nothing, data_version moves).
+  // Wakes this process's producer of `queue`, which just got available jobs, and tells other
+  // processes (PostgreSQL NOTIFY; SQLite needs nothing, data_version moves).
+  void Announce(const std::string& queue) {
+    WakeQueue(queue);
+    if (Status st = driver_->NotifyInsert(queue); !st.ok()) {
+      logger_(LogLevel::kDebug, "notify insert failed: " + st.ToString());
+    }
+  }
+
   void WakeQueues(const std::vector<internal::JobInsertParams>& jobs) {
     std::string_view last;
     for (const auto& j : jobs) {
       if (j.state != JobState::kAvailable || j.queue == last) continue;
       last = j.queue;
-      {
-        std::lock_guard lock(lifecycle_mu_runners_);
-        if (auto it = runners_.find(j.queue); it != runners_.end()) it->second->Wake();
-      }
-      if (Status st = driver_->NotifyInsert(j.queue); !st.ok()) {
-        logger_(LogLevel::kDebug, "notify insert failed: " + st.ToString());
-      }
+      Announce(j.queue);
     }
   }
 
@@ -326,19 +326,16 @@ class Client::Impl {
     std::unique_lock lock(background_mu_);
     while (!background_stop_) {
       lock.unlock();
-      auto r = driver_->executor().JobSchedule({.now = clock_->Now(), .max = 10'000});
+      auto r = driver_->executor().JobSchedule({.now = clock_->Now(), .max = kScheduleBatch});
       lock.lock();
       Duration wait = options_.schedule_interval;
       if (!r) {
         logger_(LogLevel::kWarn, "scheduling due jobs failed: " + r.error().ToString());
         wait = std::max<Duration>(wait, kLoopErrorBackoff);
       } else if (r->count > 0) {
-        std::lock_guard rl(lifecycle_mu_runners_);
-        for (const auto& q : r->queues) {
-          if (auto it = runners_.find(q); it != runners_.end()) it->second->Wake();
-        }
+        for (const auto& q : r->queues) WakeQueue(q);
         // A full batch: there may be more due right now.
-        if (r->count >= 10'000) wait = Duration::zero();
+        if (r->count >= kScheduleBatch) wait = Duration::zero();
       }
       background_cv_.wait_for(lock, wait, [&] { return background_stop_; });
     }

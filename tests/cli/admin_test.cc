@@ -24,44 +24,8 @@ using testing::ScopedCwd;
 using testing::TempDir;
 using namespace std::chrono_literals;
 
-struct CliRun {
-  int code = 0;
-  std::string out;
-  std::string err;
-};
-
-// Runs `spool args...` like cli/main.cc does, capturing its output.
-CliRun Spool(std::vector<std::string> args) {
-  args.insert(args.begin(), "spool");
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  CLI::App app{"spool", "spool"};
-  app.require_subcommand(1);
-  RegisterJobs(app);
-  RegisterQueues(app);
-  CliRun run;
-  ::testing::internal::CaptureStdout();
-  ::testing::internal::CaptureStderr();
-  try {
-    app.parse(static_cast<int>(argv.size()), argv.data());
-  } catch (const CLI::CallForHelp& e) {
-    run.code = app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    app.exit(e);
-    run.code = kExitUsage;
-  } catch (const CommandError& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    run.code = e.exit_code;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    run.code = kExitFailed;
-  }
-  std::fflush(stdout);
-  std::fflush(stderr);
-  run.out = ::testing::internal::GetCapturedStdout();
-  run.err = ::testing::internal::GetCapturedStderr();
-  return run;
-}
+using testing::CliRun;
+using testing::Spool;
 
 json ParseOut(const CliRun& run) {
   json j = json::parse(run.out, nullptr, false);

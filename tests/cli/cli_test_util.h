@@ -12,7 +12,31 @@
 #include <string>
 #include <vector>
 
+#include "commands/commands.h"
+
 namespace spool::cli::testing {
+
+struct CliRun {
+  int code = 0;
+  std::string out;
+  std::string err;
+};
+
+// Runs `spool args...` through cli::Run, as the binary does, capturing its output.
+inline CliRun Spool(std::vector<std::string> args) {
+  args.insert(args.begin(), "spool");
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  CliRun run;
+  ::testing::internal::CaptureStdout();
+  ::testing::internal::CaptureStderr();
+  run.code = Run(static_cast<int>(argv.size()), argv.data());
+  std::fflush(stdout);
+  std::fflush(stderr);
+  run.out = ::testing::internal::GetCapturedStdout();
+  run.err = ::testing::internal::GetCapturedStderr();
+  return run;
+}
 
 // A fresh directory under /tmp, removed with its contents at destruction.
 class TempDir {

@@ -24,41 +24,8 @@ using testing::Snapshot;
 using testing::TempDir;
 using testing::WriteText;
 
-struct CliRun {
-  int code = 0;
-  std::string out;
-  std::string err;
-};
-
-// Runs `spool args...` like cli/main.cc does, capturing its output.
-CliRun Spool(std::vector<std::string> args) {
-  args.insert(args.begin(), "spool");
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  CLI::App app{"spool", "spool"};
-  app.require_subcommand(1);
-  RegisterScaffold(app);
-  RegisterMigration(app);
-  CliRun run;
-  ::testing::internal::CaptureStdout();
-  ::testing::internal::CaptureStderr();
-  try {
-    app.parse(static_cast<int>(argv.size()), argv.data());
-  } catch (const CLI::CallForHelp& e) {
-    run.code = app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    app.exit(e);
-    run.code = kExitUsage;
-  } catch (const CommandError& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    run.code = e.exit_code;
-  }
-  std::fflush(stdout);
-  std::fflush(stderr);
-  run.out = ::testing::internal::GetCapturedStdout();
-  run.err = ::testing::internal::GetCapturedStderr();
-  return run;
-}
+using testing::CliRun;
+using testing::Spool;
 
 class CommandsTest : public ::testing::Test {
  protected:

@@ -21,21 +21,7 @@ using namespace std::chrono_literals;
 
 constexpr int64_t kScale = 60;
 
-// Wall time that runs kScale times faster than real time, the same in every process forked from
-// one parent (CLOCK_MONOTONIC is system wide).
-class ScaledClock final : public Clock {
- public:
-  ScaledClock(TimePoint base, std::chrono::steady_clock::time_point real_base)
-      : base_(base), real_base_(real_base) {}
-  TimePoint Now() const override {
-    const auto real = std::chrono::steady_clock::now() - real_base_;
-    return base_ + std::chrono::duration_cast<Duration>(real) * kScale;
-  }
-
- private:
-  TimePoint base_;
-  std::chrono::steady_clock::time_point real_base_;
-};
+using testing::ScaledClock;
 
 struct TickArgs {
   static constexpr std::string_view kKind = "tick";
@@ -120,7 +106,7 @@ class MultiProcessTest : public ::testing::Test {
   std::string url_ = dir_.SqliteUrl();
   // Starts on a whole minute so tick arithmetic below is exact.
   std::shared_ptr<ScaledClock> clock_ = std::make_shared<ScaledClock>(
-      TimePoint(std::chrono::seconds(1'800'000'000)), std::chrono::steady_clock::now());
+      TimePoint(std::chrono::seconds(1'800'000'000)), std::chrono::steady_clock::now(), kScale);
   std::vector<pid_t> children_;
 };
 

@@ -40,21 +40,7 @@ using SteadyClock = std::chrono::steady_clock;
 constexpr int64_t kScale = 60;
 constexpr int kManyJobs = 100'000;
 
-// Wall time that runs kScale times faster than real time, the same in every process forked from
-// one parent (CLOCK_MONOTONIC is system wide).
-class ScaledClock final : public Clock {
- public:
-  ScaledClock(TimePoint base, SteadyClock::time_point real_base)
-      : base_(base), real_base_(real_base) {}
-  TimePoint Now() const override {
-    const auto real = SteadyClock::now() - real_base_;
-    return base_ + std::chrono::duration_cast<Duration>(real) * kScale;
-  }
-
- private:
-  TimePoint base_;
-  SteadyClock::time_point real_base_;
-};
+using testing::ScaledClock;
 
 struct NoopArgs {
   static constexpr std::string_view kKind = "noop";
@@ -183,7 +169,7 @@ class PostgresMultiNodeTest : public ::testing::Test {
   static ClientOptions FastOptions() {
     ClientOptions o = SteadyOptions();
     o.heartbeat_interval = 100ms;
-    o.client_stale_after = 2s;
+    o.client_stale_after = 5s;  // 50 heartbeats: a loaded 2-core CI box must not look dead
     o.rescue_interval = 200ms;
     o.leader_ttl = 1s;
     o.schedule_interval = 50ms;
@@ -401,7 +387,7 @@ TEST_F(PostgresMultiNodeTest, JobsOfAKilledNodeAreRescuedAndNoneLost) {
 TEST_F(PostgresMultiNodeTest, OneLeaderAtATimeAndEachTickEnqueuedOnce) {
   // Starts on a whole minute so tick arithmetic below is exact; time runs 60x.
   auto clock = std::make_shared<ScaledClock>(TimePoint(std::chrono::seconds(1'800'000'000)),
-                                             SteadyClock::now());
+                                             SteadyClock::now(), kScale);
   auto options = [&] {
     ClientOptions o;
     o.queues["default"] = {.max_workers = 4};

@@ -2,7 +2,9 @@
 
 #include <stdlib.h>
 
+#include <condition_variable>
 #include <stdexcept>
+#include <stop_token>
 #include <thread>
 
 namespace spool::testing {
@@ -20,6 +22,14 @@ TempDir::~TempDir() {
 
 std::string TempDir::SqliteUrl(const std::string& name) const {
   return "sqlite://" + (path_ / name).string();
+}
+
+Outcome WaitForCancel(JobContext& ctx) {
+  std::mutex m;
+  std::condition_variable_any cv;
+  std::unique_lock lock(m);
+  cv.wait(lock, ctx.stop_token(), [] { return false; });
+  return Outcome::Fail("stopped: context cancelled");
 }
 
 bool Eventually(const std::function<bool()>& pred) {

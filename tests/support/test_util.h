@@ -35,6 +35,37 @@ inline constexpr auto kWaitLimit = std::chrono::seconds(20);
 // process or a background loop changes without an event to wait on. Returns whether it held.
 bool Eventually(const std::function<bool()>& pred);
 
+// The same backoff after every failure, so a test can step a FakeClock exactly onto the retry.
+class FixedRetry final : public RetryPolicy {
+ public:
+  explicit FixedRetry(Duration delay) : delay_(delay) {}
+  Duration NextRetry(const JobRow&) const override { return delay_; }
+
+ private:
+  Duration delay_;
+};
+
+// Blocks until the job's context is cancelled, then fails with "stopped: context cancelled".
+Outcome WaitForCancel(JobContext& ctx);
+
+// Wall time running `scale` times faster than real time, the same in every process forked from
+// one parent (CLOCK_MONOTONIC is system wide): cron ticks, leases and heartbeats play out in
+// seconds in multi-process tests.
+class ScaledClock final : public Clock {
+ public:
+  ScaledClock(TimePoint base, std::chrono::steady_clock::time_point real_base, int64_t scale)
+      : base_(base), real_base_(real_base), scale_(scale) {}
+  TimePoint Now() const override {
+    const auto real = std::chrono::steady_clock::now() - real_base_;
+    return base_ + std::chrono::duration_cast<Duration>(real) * scale_;
+  }
+
+ private:
+  TimePoint base_;
+  std::chrono::steady_clock::time_point real_base_;
+  int64_t scale_;
+};
+
 // Records a client's events and lets a test wait for them with a deadline.
 class EventLog {
  public:

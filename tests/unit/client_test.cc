@@ -19,6 +19,7 @@ using namespace std::chrono_literals;
 using testing::EventLog;
 using testing::Signal;
 using testing::TempDir;
+using testing::WaitForCancel;
 
 struct EmailArgs {
   static constexpr std::string_view kKind = "email";
@@ -40,21 +41,6 @@ class EmailWorker final : public Worker<EmailArgs> {
   std::shared_ptr<Behaviour> b_;
 };
 
-// Always 10 s, so tests can step the fake clock exactly.
-class FixedRetry final : public RetryPolicy {
- public:
-  Duration NextRetry(const JobRow&) const override { return 10s; }
-};
-
-// Blocks until the job's context is cancelled.
-Outcome WaitForCancel(JobContext& ctx) {
-  std::mutex m;
-  std::condition_variable_any cv;
-  std::unique_lock lock(m);
-  cv.wait(lock, ctx.stop_token(), [] { return false; });
-  return Outcome::Fail("stopped: context cancelled");
-}
-
 class ClientTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -67,7 +53,7 @@ class ClientTest : public ::testing::Test {
     ClientOptions o;
     o.queues["default"] = {.max_workers = max_workers};
     o.clock = clock_;
-    o.retry_policy = std::make_shared<FixedRetry>();
+    o.retry_policy = std::make_shared<testing::FixedRetry>(10s);
     o.schedule_interval = 2ms;
     o.poll_interval = 1h;  // every wake-up in these tests must come from a notification
     o.logger = [](LogLevel, std::string_view) {};

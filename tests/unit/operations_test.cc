@@ -18,6 +18,7 @@ using testing::EventLog;
 using testing::Eventually;
 using testing::Signal;
 using testing::TempDir;
+using testing::WaitForCancel;
 
 struct TaskArgs {
   static constexpr std::string_view kKind = "task";
@@ -35,19 +36,6 @@ class TaskWorker final : public Worker<TaskArgs> {
   std::function<Outcome(JobContext&, const TaskArgs&)> fn_;
 };
 
-class FixedRetry final : public RetryPolicy {
- public:
-  Duration NextRetry(const JobRow&) const override { return 10s; }
-};
-
-Outcome WaitForCancel(JobContext& ctx) {
-  std::mutex m;
-  std::condition_variable_any cv;
-  std::unique_lock lock(m);
-  cv.wait(lock, ctx.stop_token(), [] { return false; });
-  return Outcome::Fail("stopped");
-}
-
 class OperationsTest : public ::testing::Test {
  protected:
   void SetUp() override { ASSERT_TRUE(MigrateUp(url_).ok()); }
@@ -56,7 +44,7 @@ class OperationsTest : public ::testing::Test {
     ClientOptions o;
     o.queues["default"] = {.max_workers = 4};
     o.clock = clock_;
-    o.retry_policy = std::make_shared<FixedRetry>();
+    o.retry_policy = std::make_shared<testing::FixedRetry>(10s);
     o.schedule_interval = 2ms;
     o.poll_interval = 20ms;
     o.heartbeat_interval = 1s;
@@ -200,14 +188,9 @@ TEST_F(OperationsTest, InvalidPeriodicJobsAreRefusedAtOpen) {
   EXPECT_NE(c.error().message().find("\"dup\" is used twice"), std::string::npos);
 }
 
-class NoBackoff final : public RetryPolicy {
- public:
-  Duration NextRetry(const JobRow&) const override { return Duration::zero(); }
-};
-
 TEST_F(OperationsTest, JobsOfADeadClientAreRescuedAndComplete) {
   auto o = Options();
-  o.retry_policy = std::make_shared<NoBackoff>();
+  o.retry_policy = std::make_shared<testing::FixedRetry>(Duration::zero());
   auto c = Open(o);
   auto r = c->Insert(TaskArgs{"orphan"});
   ASSERT_TRUE(r.has_value());
@@ -233,7 +216,7 @@ TEST_F(OperationsTest, JobsOfADeadClientAreRescuedAndComplete) {
 
 TEST_F(OperationsTest, JobRunningPastItsTimeoutOnALiveClientIsRescued) {
   auto o = Options();
-  o.retry_policy = std::make_shared<NoBackoff>();
+  o.retry_policy = std::make_shared<testing::FixedRetry>(Duration::zero());
   o.job_timeout = 10s;
   o.rescue_timeout_margin = 1min;
   o.client_id = "live-client";
