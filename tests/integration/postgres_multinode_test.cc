@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -68,16 +69,27 @@ class Recorder {
   std::vector<int64_t> ids_;
 };
 
+// With hang_fd >= 0, every job after the first hang_after hangs until the process dies, and
+// first appends one byte to hang_fd: once that file is max_workers bytes long, the node holds
+// exactly max_workers claimed jobs it can never finish, and every earlier outcome is written.
 class NoopWorker final : public Worker<NoopArgs> {
  public:
-  explicit NoopWorker(Recorder* rec) : rec_(rec) {}
+  NoopWorker(Recorder* rec, int64_t hang_after, int hang_fd)
+      : rec_(rec), hang_after_(hang_after), hang_fd_(hang_fd) {}
   Outcome Work(JobContext& ctx, const NoopArgs&) override {
+    if (hang_fd_ >= 0 && started_.fetch_add(1) >= hang_after_) {
+      (void)!write(hang_fd_, "h", 1);
+      for (;;) std::this_thread::sleep_for(1h);  // a hung job: it ignores its token
+    }
     rec_->Add(ctx.job().id);
     return Outcome::Done();
   }
 
  private:
   Recorder* rec_;
+  int64_t hang_after_;
+  int hang_fd_;
+  std::atomic<int64_t> started_{0};
 };
 
 // Appends "<steady ns> <0|1>" each time IsLeader changes; write(2) unbuffered, so the lines
@@ -105,6 +117,8 @@ struct NodeSpec {
   ClientOptions options;
   std::string ids_file;     // ids run, written at SIGTERM
   std::string leader_file;  // leadership transitions
+  int64_t hang_after = 0;
+  std::string hang_file = {};  // when set, jobs hang: see NoopWorker
 };
 
 // The body of a child process: works jobs until SIGTERM, then stops softly, writes the ids it ran
@@ -118,7 +132,12 @@ struct NodeSpec {
   if (pthread_sigmask(SIG_BLOCK, &set, nullptr) != 0) _exit(2);
   Recorder rec;
   Workers w;
-  w.Add<NoopWorker>(&rec);
+  int hang_fd = -1;
+  if (!spec.hang_file.empty()) {
+    hang_fd = open(spec.hang_file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (hang_fd < 0) _exit(4);
+  }
+  w.Add<NoopWorker>(&rec, spec.hang_after, hang_fd);
   spec.options.client_id = spec.id;
   auto c = Client::Open(url, spec.options, std::move(w));
   if (!c) _exit(3);
@@ -329,8 +348,13 @@ TEST_F(PostgresMultiNodeTest, JobsOfAKilledNodeAreRescuedAndNoneLost) {
   InsertNoops(kManyJobs);
   if (HasFatalFailure()) return;
   const auto t_inserted = SteadyClock::now();
-  const pid_t victim =
-      Spawn({.id = "victim", .options = FastOptions(), .ids_file = {}, .leader_file = {}});
+  const std::string hang_file = (dir_.path() / "victim.hung").string();
+  const pid_t victim = Spawn({.id = "victim",
+                              .options = FastOptions(),
+                              .ids_file = {},
+                              .leader_file = {},
+                              .hang_after = kManyJobs / 20,
+                              .hang_file = hang_file});
   const pid_t b =
       Spawn({.id = "node-b", .options = FastOptions(), .ids_file = {}, .leader_file = {}});
   const pid_t c =
@@ -338,7 +362,8 @@ TEST_F(PostgresMultiNodeTest, JobsOfAKilledNodeAreRescuedAndNoneLost) {
   auto d = Driver();
   ASSERT_TRUE(d);
 
-  // Kill the victim mid-run, at a moment it holds claimed jobs.
+  // Kill the victim once every one of its workers is stuck: it then holds exactly max_workers
+  // claimed jobs, and no outcome of them can still be on its way to the server.
   auto victim_running = [&] {
     int64_t n = 0;
     for (const JobRow& j : AllJobs(*d, {JobState::kRunning})) {
@@ -346,15 +371,22 @@ TEST_F(PostgresMultiNodeTest, JobsOfAKilledNodeAreRescuedAndNoneLost) {
     }
     return n;
   };
-  ASSERT_TRUE(WaitFor(
-      [&] { return CountIn(*d, JobState::kCompleted) >= kManyJobs / 4 && victim_running() > 0; },
-      60s, 5ms))
-      << "the victim never held jobs mid-run";
+  const int64_t victim_slots = FastOptions().queues["default"].max_workers;
+  auto victim_hung = [&] {
+    std::error_code ec;
+    const auto size = std::filesystem::file_size(hang_file, ec);
+    return ec ? 0 : static_cast<int64_t>(size);
+  };
+  ASSERT_TRUE(WaitFor([&] { return victim_hung() == victim_slots; }, 60s, 10ms))
+      << "the victim's workers never all hung: " << victim_hung() << " did";
+  ASSERT_TRUE(WaitFor([&] { return victim_running() == victim_slots; }, 10s, 10ms))
+      << "the victim holds " << victim_running() << " jobs, not one per slot";
   Kill(victim);
   const int64_t held = victim_running();
-  ASSERT_GT(held, 0);
-  std::printf("[   INFO   ] killed the victim holding %lld running jobs\n",
-              static_cast<long long>(held));
+  ASSERT_EQ(held, victim_slots);
+  const int64_t completed_at_kill = CountIn(*d, JobState::kCompleted);
+  std::printf("[   INFO   ] killed the victim holding %lld running jobs, %lld of %d completed\n",
+              static_cast<long long>(held), static_cast<long long>(completed_at_kill), kManyJobs);
 
   ASSERT_TRUE(WaitFor([&] { return CountIn(*d, JobState::kCompleted) == kManyJobs; }, 90s))
       << "completed: " << CountIn(*d, JobState::kCompleted) << " of " << kManyJobs;
@@ -378,10 +410,7 @@ TEST_F(PostgresMultiNodeTest, JobsOfAKilledNodeAreRescuedAndNoneLost) {
       ++rescued;
     }
   }
-  // The victim's last outcome write may still commit on the server after the kill (the backend
-  // finishes the statement), so some jobs counted as held were in fact completed by the victim.
-  EXPECT_GT(rescued, 0) << "nothing the victim held was rescued";
-  EXPECT_LE(rescued, held) << "jobs the victim did not hold were rescued";
+  EXPECT_EQ(rescued, held) << "every job the victim held, and only those, is rescued";
 }
 
 TEST_F(PostgresMultiNodeTest, OneLeaderAtATimeAndEachTickEnqueuedOnce) {
