@@ -194,6 +194,44 @@ TEST_F(SqliteOnlyTest, SchemaVersionIsZeroOnANewFile) {
 
 }  // namespace
 
+// Version 2 rebuilds spool_job: every row, id and the unique index survive both ways, and an id
+// freed by deleting the newest job is still never handed out again.
+TEST_F(SqliteOnlyTest, RebuildingTheJobTableKeepsRowsIdsAndUniqueness) {
+  CONF_ASSERT_OK(driver_->MigrateDown(1));
+  auto& ex = driver_->executor();
+  JobInsertManyParams jobs = OneJob("kept");
+  jobs.jobs[0].args = R"({"n":1})";
+  jobs.jobs.push_back(jobs.jobs[0]);
+  jobs.jobs[1].unique_key = std::string(32, 'k');
+  jobs.jobs[1].unique_states = 0xFF;
+  jobs.jobs.push_back(jobs.jobs[0]);
+  CONF_ASSIGN_OR_FAIL(auto rows, ex.JobInsertMany(jobs));
+  ASSERT_EQ(rows.size(), 3u);
+  CONF_ASSIGN_OR_FAIL(auto deleted, ex.JobDelete(rows[2].job.id));
+  const int64_t highest = deleted.id;
+
+  auto check = [&](int version) {
+    SCOPED_TRACE(version);
+    for (size_t i = 0; i < 2; ++i) {
+      CONF_ASSIGN_OR_FAIL(auto row, ex.JobGetByID(rows[i].job.id));
+      EXPECT_EQ(row.kind, "kept");
+      EXPECT_EQ(row.args, R"({"n":1})");
+      EXPECT_EQ(row.state, JobState::kAvailable);
+    }
+    CONF_ASSIGN_OR_FAIL(auto again, ex.JobInsertMany({{jobs.jobs[1]}, kT0}));
+    ASSERT_EQ(again.size(), 1u);
+    EXPECT_TRUE(again[0].duplicate) << "the unique index is gone";
+    EXPECT_EQ(again[0].job.id, rows[1].job.id);
+    CONF_ASSIGN_OR_FAIL(auto fresh, ex.JobInsertMany(OneJob("new")));
+    ASSERT_EQ(fresh.size(), 1u);
+    EXPECT_GT(fresh[0].job.id, highest) << "an id was reused";
+  };
+  CONF_ASSERT_OK(driver_->MigrateUp(2));
+  check(2);
+  CONF_ASSERT_OK(driver_->MigrateDown(1));
+  check(1);
+}
+
 TEST_F(SqliteOnlyTest, ClientHeartbeatKeepsStartedAtAndUpdatesTheRest) {
   auto& ex = driver_->executor();
   CONF_ASSERT_OK(ex.ClientHeartbeat({"c1", kT0, {"a"}}));
