@@ -223,6 +223,46 @@ TEST_P(DriverConformanceTest, InsertManyFastReturnsCountAndStoresRows) {
   EXPECT_EQ(first[0].created_at, kT0);
 }
 
+// The fast path may take another road to the table (PostgreSQL: COPY): every value must arrive
+// exactly, including text that needs escaping and times with microseconds or before 1970.
+TEST_P(DriverConformanceTest, InsertManyFastStoresEveryValueExactly) {
+  JobInsertParams a = Job("kind\twith\\odd \"chars\" \u00e9", "queue \\ one");
+  a.args = R"({"text":"line1\nline2\ttab \\ back \"quote\" \u00e9 \ud83d\ude00","n":-1.5})";
+  a.metadata = R"({"k":"v\\w","list":[1,2]})";
+  a.tags = {"tag one", "two\"quoted\"", "back\\slash", "comma,brace{}"};
+  a.priority = 4;
+  a.max_attempts = 3;
+  a.state = JobState::kScheduled;
+  a.scheduled_at = kT0 + std::chrono::microseconds(123'457);
+  JobInsertParams b = Job("plain", "q2");
+  b.state = JobState::kPending;
+  b.scheduled_at = TimePoint(std::chrono::microseconds(-86'400'000'001));  // 1969-12-30
+  const TimePoint now = kT0 + std::chrono::microseconds(7);
+  CONF_ASSIGN_OR_FAIL(int64_t n, exec().JobInsertManyFast(Many({a, b}, now)));
+  ASSERT_EQ(n, 2);
+  spool::JobListParams list;
+  list.limit = 10;
+  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobList(list));
+  ASSERT_EQ(rows.size(), 2u);
+  const JobRow& ra = rows[0];
+  EXPECT_EQ(ra.kind, a.kind);
+  EXPECT_EQ(ra.queue, a.queue);
+  EXPECT_EQ(Json(ra.args), Json(a.args));
+  EXPECT_EQ(Json(ra.metadata), Json(a.metadata));
+  EXPECT_EQ(ra.tags, a.tags);
+  EXPECT_EQ(ra.priority, 4);
+  EXPECT_EQ(ra.max_attempts, 3);
+  EXPECT_EQ(ra.state, JobState::kScheduled);
+  EXPECT_EQ(ra.scheduled_at, a.scheduled_at);
+  EXPECT_EQ(ra.created_at, now);
+  EXPECT_EQ(ra.attempt, 0);
+  const JobRow& rb = rows[1];
+  EXPECT_EQ(rb.kind, "plain");
+  EXPECT_EQ(rb.state, JobState::kPending);
+  EXPECT_EQ(rb.scheduled_at, b.scheduled_at);
+  EXPECT_TRUE(rb.tags.empty());
+}
+
 TEST_P(DriverConformanceTest, InsertNothingIsANoOp) {
   CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(exec(), Many({})));
   EXPECT_TRUE(rows.empty());

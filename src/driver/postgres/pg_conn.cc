@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cstdlib>
 #include <cstring>
 
 namespace spool::internal::pg {
@@ -123,6 +124,41 @@ Status Conn::Exec(std::string_view sql) {
   return Status::Ok();
 }
 
+Result<int64_t> Conn::CopyIn(const std::string& copy_sql,
+                             const std::function<bool(std::string&)>& fill) {
+  PgResult start(PQexec(conn_, copy_sql.c_str()));
+  if (!start || PQresultStatus(start.get()) != PGRES_COPY_IN) {
+    return ErrorFrom(start.get(), "copy");
+  }
+  std::string buf;
+  bool more = true;
+  const char* failed = nullptr;  // why the copy is aborted, if it is
+  while (more) {
+    buf.clear();
+    more = fill(buf);
+    if (!buf.empty() && PQputCopyData(conn_, buf.data(), static_cast<int>(buf.size())) != 1) {
+      failed = "sending rows failed";
+      break;
+    }
+  }
+  // Ends (or aborts) the copy; the server's verdict, or its error, comes as the next result, and
+  // every result must be read for the connection to be usable again.
+  if (PQputCopyEnd(conn_, failed) != 1) return ErrorFrom(nullptr, "copy");
+  Status error = Status::Ok();
+  int64_t rows = 0;
+  while (PGresult* raw = PQgetResult(conn_)) {
+    PgResult res(raw);
+    if (PQresultStatus(raw) != PGRES_COMMAND_OK) {
+      if (error.ok()) error = ErrorFrom(raw, "copy");
+    } else {
+      rows = std::strtoll(PQcmdTuples(raw), nullptr, 10);
+    }
+  }
+  if (!error.ok()) return error;
+  if (failed != nullptr) return ErrorFrom(nullptr, "copy");
+  return rows;
+}
+
 Result<PgResult> Conn::Query(std::string_view name, const std::string& sql,
                              const std::vector<Param>& params) {
   std::vector<const char*> values;
@@ -149,6 +185,27 @@ Result<PgResult> Conn::Query(std::string_view name, const std::string& sql,
     return ErrorFrom(res.get(), name.empty() ? std::string_view("postgres") : name);
   }
   return res;
+}
+
+void AppendCopyField(std::string& out, std::string_view s) {
+  for (char c : s) {
+    switch (c) {
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      default:
+        out += c;
+    }
+  }
 }
 
 namespace {

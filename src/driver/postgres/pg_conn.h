@@ -4,6 +4,8 @@
 
 #include <libpq-fe.h>
 
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -59,6 +61,11 @@ class Conn {
   Result<PgResult> Query(std::string_view name, const std::string& sql,
                          const std::vector<Param>& params);
 
+  // Runs `copy_sql` (a COPY ... FROM STDIN in text format) and sends what `fill` appends to the
+  // buffer it is given, one piece per call, until `fill` returns false. Returns the rows copied.
+  Result<int64_t> CopyIn(const std::string& copy_sql,
+                         const std::function<bool(std::string&)>& fill);
+
   // The error of a failed command (or of the connection when `res` is null) as a Status.
   Status ErrorFrom(const PGresult* res, std::string_view what) const;
 
@@ -69,6 +76,9 @@ class Conn {
   bool owned_;
   std::unordered_set<std::string> prepared_;
 };
+
+// Appends `s` as one field of COPY's text format (backslash, tab, newline and CR escaped).
+void AppendCopyField(std::string& out, std::string_view s);
 
 // Encodes strings as a PostgreSQL array literal: {"a","b\"c"}; nullopt elements become NULL.
 std::string ArrayLiteral(const std::vector<std::optional<std::string>>& items);

@@ -504,7 +504,7 @@ std::vector<Param> InsertParamsFor(const JobInsertManyParams& p, const std::vect
   return out;
 }
 
-// Inserts in chunks; the caller provides atomicity across chunks.
+// InvalidArgument naming the row and what is wrong with it.
 Status ValidateInsert(const JobInsertParams& job, size_t index) {
   if (job.state != JobState::kAvailable && job.state != JobState::kScheduled &&
       job.state != JobState::kPending) {
@@ -612,12 +612,76 @@ Result<int64_t> InsertUniqueOn(Conn& c, const JobInsertManyParams& p, std::vecto
   return inserted;
 }
 
+// `t` as a timestamptz literal in UTC ("2026-11-28 00:00:00.000001+00"), or nothing outside
+// years 1..9999, which the text form below does not spell.
+std::optional<std::string> TimestampText(TimePoint t) {
+  const int64_t us = t.time_since_epoch().count();
+  int64_t secs = us / 1'000'000;
+  int64_t frac = us % 1'000'000;
+  if (frac < 0) {
+    frac += 1'000'000;
+    secs -= 1;
+  }
+  const auto tt = static_cast<std::time_t>(secs);
+  std::tm tm{};
+  if (gmtime_r(&tt, &tm) == nullptr || tm.tm_year < 1 - 1900 || tm.tm_year > 9999 - 1900) {
+    return std::nullopt;
+  }
+  return fmt::format("{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}+00", tm.tm_year + 1900,
+                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
+}
+
+// Bulk insert without unique keys and without reading rows back: COPY, which costs the server
+// far less per row than an INSERT over unnested arrays. Nothing when a time cannot be spelled.
+Result<std::optional<int64_t>> CopyInsertOn(Conn& c, const JobInsertManyParams& p) {
+  const std::optional<std::string> created = TimestampText(p.now);
+  if (!created) return std::optional<int64_t>();
+  std::vector<std::string> sched;
+  sched.reserve(p.jobs.size());
+  for (const JobInsertParams& j : p.jobs) {
+    std::optional<std::string> t = TimestampText(j.scheduled_at);
+    if (!t) return std::optional<int64_t>();
+    sched.push_back(std::move(*t));
+  }
+  size_t next = 0;
+  SPOOL_ASSIGN_OR_RETURN(
+      int64_t n,
+      c.CopyIn("COPY spool_job (kind, args, metadata, queue, priority, max_attempts, state, "
+               "scheduled_at, tags, created_at) FROM STDIN",
+               [&](std::string& buf) {
+                 const size_t end = std::min(p.jobs.size(), next + kInsertChunk);
+                 for (; next < end; ++next) {
+                   const JobInsertParams& j = p.jobs[next];
+                   pg::AppendCopyField(buf, j.kind);
+                   buf += '\t';
+                   pg::AppendCopyField(buf, j.args);
+                   buf += '\t';
+                   pg::AppendCopyField(buf, j.metadata);
+                   buf += '\t';
+                   pg::AppendCopyField(buf, j.queue);
+                   buf += fmt::format("\t{}\t{}\t{}\t{}\t", j.priority, j.max_attempts,
+                                      JobStateName(j.state), sched[next]);
+                   pg::AppendCopyField(buf, pg::ArrayLiteral(j.tags));
+                   buf += '\t';
+                   buf += *created;
+                   buf += '\n';
+                 }
+                 return next < p.jobs.size();
+               }));
+  return std::optional<int64_t>(n);
+}
+
 // Inserts in chunks; the caller provides atomicity across chunks. With `out` the rows (or the
 // rows holding taken unique keys) are appended in input order. Batches without unique keys take
-// the plain insert: ON CONFLICT would add an arbiter check to every row.
+// the plain insert: ON CONFLICT would add an arbiter check to every row; without `out` too, they
+// are copied in one COPY.
 Result<int64_t> InsertOn(Conn& c, const JobInsertManyParams& p, std::vector<JobInsertResult>* out) {
   const bool unique = std::any_of(p.jobs.begin(), p.jobs.end(),
                                   [](const JobInsertParams& j) { return !j.unique_key.empty(); });
+  if (!unique && out == nullptr) {
+    SPOOL_ASSIGN_OR_RETURN(std::optional<int64_t> copied, CopyInsertOn(c, p));
+    if (copied) return *copied;
+  }
   int64_t count = 0;
   std::vector<size_t> idx;
   for (size_t begin = 0; begin < p.jobs.size(); begin += kInsertChunk) {
