@@ -21,9 +21,11 @@ namespace {
 // How often WaitForChange looks at data_version. The pragma reads shared memory only, so a short
 // step buys low latency for jobs inserted by other processes at almost no cost.
 constexpr Duration kDataVersionPollStep = std::chrono::milliseconds(5);
-// Page cache of the writer: 32 MiB (negative = KiB), enough for the hot part of the job table and
-// its indexes in a busy queue.
-constexpr const char* kWriterCacheSize = "PRAGMA cache_size = -32768";
+// Page cache of the writer: 2 MiB (negative = KiB), SQLite's default. A 32 MiB cache measured
+// slower (bulk insert about 30% and work about 10% at 100,000 to 300,000 jobs): every commit
+// walks the page cache's hash table to drop pages past the end of the file, so each commit costs
+// more the larger the cache, and the operating system's page cache serves the rest.
+constexpr const char* kWriterCacheSize = "PRAGMA cache_size = -2000";
 
 constexpr std::string_view kMigrationLine = "main";
 
