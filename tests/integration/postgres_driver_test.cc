@@ -178,6 +178,25 @@ TEST_F(PostgresDriverTest, WaitForChangeRelistensAfterTheConnectionDrops) {
   EXPECT_TRUE(*woke);
 }
 
+// The client wakes its own producers on insert, so the echo of its own NOTIFY is not a change;
+// another process's insert still is.
+TEST_F(PostgresDriverTest, OwnInsertNotificationsAreNotAChange) {
+  ASSERT_NE(driver_, nullptr);
+  auto first = driver_->WaitForChange(milliseconds(200));  // connects and listens
+  ASSERT_TRUE(first.has_value()) << first.error().ToString();
+  ASSERT_TRUE(driver_->NotifyInsert("q").ok());
+  auto own = driver_->WaitForChange(milliseconds(300));
+  ASSERT_TRUE(own.has_value()) << own.error().ToString();
+  EXPECT_FALSE(*own) << "this driver's own insert notification woke it";
+
+  std::unique_ptr<Driver> other = OpenAt(url_);
+  ASSERT_NE(other, nullptr);
+  ASSERT_TRUE(other->NotifyInsert("q").ok());
+  auto woke = driver_->WaitForChange(seconds(20));
+  ASSERT_TRUE(woke.has_value()) << woke.error().ToString();
+  EXPECT_TRUE(*woke);
+}
+
 TEST_F(PostgresDriverTest, NotificationsStayInTheirSchema) {
   ASSERT_NE(driver_, nullptr);
   auto other_url = PostgresTestDb::Instance().NewSchemaUrl();

@@ -18,6 +18,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -992,6 +993,7 @@ class Pool {
     }
     backoff_ = Duration::zero();
     retry_after_ = {};
+    backends_.insert(PQbackendPID((*c)->get()));
     return Lease(this, std::move(*c));
   }
 
@@ -1001,14 +1003,22 @@ class Pool {
       (void)c->Exec("ROLLBACK");
     }
     const bool keep = c->ok() && PQtransactionStatus(c->get()) == PQTRANS_IDLE;
+    const int backend = PQbackendPID(c->get());
     if (!keep) c.reset();  // close before taking the lock
     std::lock_guard lock(mu_);
     if (keep) {
       idle_.push_back(std::move(c));
     } else {
       --open_;
+      backends_.erase(backend);
     }
     cv_.notify_one();
+  }
+
+  // True if `pid` is the server process of one of this pool's connections.
+  bool IsOwnBackend(int pid) {
+    std::lock_guard lock(mu_);
+    return backends_.contains(pid);
   }
 
   const std::string& url() const { return url_; }
@@ -1024,6 +1034,7 @@ class Pool {
   Duration backoff_{};                       // guarded by mu_
   SteadyClock::time_point retry_after_{};    // guarded by mu_
   Status last_error_;                        // guarded by mu_
+  std::set<int> backends_;                   // guarded by mu_: server pids of open connections
 };
 
 Lease::~Lease() {
@@ -1540,7 +1551,9 @@ class PostgresDriver final : public Driver {
     }
     bool any = false;
     while (PGnotify* n = PQnotifies(listen_->get())) {
-      any = true;
+      // An insert through this driver already woke this process's producers directly: its echo
+      // would only cost every queue an extra, empty fetch.
+      if (channel_ != n->relname || !pool_.IsOwnBackend(n->be_pid)) any = true;
       PQfreemem(n);
     }
     return any;
