@@ -488,8 +488,9 @@ Result<InsertResult> Client::InsertRawTx(TxRef tx, InsertParams params) {
 Result<std::vector<InsertResult>> Client::InsertManyTx(TxRef tx, std::vector<InsertParams> params) {
   if (params.empty()) return std::vector<InsertResult>{};
   SPOOL_ASSIGN_OR_RETURN(auto ex, impl_->driver().ExecutorFor(tx));
-  // No wake-up: the rows are invisible until the caller commits; producers see them at the next
-  // change check (SQLite data_version) or poll.
+  // No wake-up here: the rows are invisible until the caller commits. Producers see them at the
+  // next change check: SQLite's data_version moves with the commit, and on PostgreSQL the driver
+  // sends a NOTIFY inside the caller's transaction, delivered when it commits.
   return impl_->Insert(*ex, std::move(params), false, nullptr, false);
 }
 

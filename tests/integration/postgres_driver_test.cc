@@ -229,6 +229,28 @@ TEST_F(PostgresDriverTest, InsertJoinsTheCallersTransaction) {
   EXPECT_EQ(Query(app.get(), "SELECT count(*) FROM pg_prepared_statements"), "0");
 }
 
+// A job inserted in the caller's transaction wakes producers when, and only if, it commits.
+TEST_F(PostgresDriverTest, InsertInTheCallersTransactionNotifiesAtCommit) {
+  ASSERT_NE(driver_, nullptr);
+  auto first = driver_->WaitForChange(milliseconds(200));  // connects and listens
+  ASSERT_TRUE(first.has_value()) << first.error().ToString();
+  PgConnPtr app = Connect(url_);
+  for (const bool commit : {false, true}) {
+    Query(app.get(), "BEGIN");
+    auto exec = driver_->ExecutorFor(PostgresTx(app.get()));
+    ASSERT_TRUE(exec.has_value()) << exec.error().ToString();
+    auto n = (*exec)->JobInsertManyFast(OneJob());
+    ASSERT_TRUE(n.has_value()) << n.error().ToString();
+    auto before = driver_->WaitForChange(milliseconds(200));
+    ASSERT_TRUE(before.has_value()) << before.error().ToString();
+    EXPECT_FALSE(*before) << "notified before the caller's transaction ended";
+    Query(app.get(), commit ? "COMMIT" : "ROLLBACK");
+    auto after = driver_->WaitForChange(commit ? seconds(20) : milliseconds(300));
+    ASSERT_TRUE(after.has_value()) << after.error().ToString();
+    EXPECT_EQ(*after, commit) << (commit ? "no notification at commit" : "notified on rollback");
+  }
+}
+
 TEST_F(PostgresDriverTest, TimestampsAreStoredExactlyToTheMicrosecond) {
   ASSERT_NE(driver_, nullptr);
   // 2027-01-15T08:00:00.123457Z and a time before the epoch.

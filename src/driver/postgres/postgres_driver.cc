@@ -1054,18 +1054,22 @@ class PgExecutor : public Base {
     if (params.jobs.empty()) return std::vector<JobInsertResult>{};
     std::vector<JobInsertResult> rows;
     rows.reserve(params.jobs.size());
-    SPOOL_RETURN_IF_ERROR(InTx(params.jobs.size() > kInsertChunk,
-                               [&](Conn& c) { return InsertOn(c, params, &rows).status(); }));
+    const Status st = InTx(params.jobs.size() > kInsertChunk, [&](Conn& c) {
+      SPOOL_RETURN_IF_ERROR(InsertOn(c, params, &rows).status());
+      return AfterInsert(c, params);
+    });
+    if (!st.ok()) return st;
     return rows;
   }
   Result<int64_t> JobInsertManyFast(const JobInsertManyParams& params) override {
     SPOOL_RETURN_IF_ERROR(Validate(params));
     if (params.jobs.empty()) return int64_t{0};
     int64_t n = 0;
-    SPOOL_RETURN_IF_ERROR(InTx(params.jobs.size() > kInsertChunk, [&](Conn& c) {
+    const Status st = InTx(params.jobs.size() > kInsertChunk, [&](Conn& c) {
       SPOOL_ASSIGN_OR_RETURN(n, InsertOn(c, params, nullptr));
-      return Status::Ok();
-    }));
+      return AfterInsert(c, params);
+    });
+    if (!st.ok()) return st;
     return n;
   }
   Result<std::vector<JobRow>> JobGetAvailable(const JobGetAvailableParams& params) override {
@@ -1166,6 +1170,10 @@ class PgExecutor : public Base {
   }
 
  protected:
+  // Runs after the rows of an insert were written, on the same connection and transaction.
+  virtual Status AfterInsert(Conn& /*c*/, const JobInsertManyParams& /*params*/) {
+    return Status::Ok();
+  }
   // Runs `fn` on a connection: a pooled one, or the transaction's own.
   virtual Status WithConn(const std::function<Status(Conn&)>& fn) = 0;
   // True when WithConn's connection is already inside a transaction.
@@ -1232,10 +1240,25 @@ class PoolExecutor final : public PgExecutor<Executor> {
 // the connection is not ours to fill with prepared statements.
 class BorrowedExecutor final : public PgExecutor<Executor> {
  public:
-  BorrowedExecutor(PGconn* conn, const std::string* control_channel)
-      : PgExecutor(control_channel), conn_(Conn::Borrow(conn)) {}
+  BorrowedExecutor(PGconn* conn, const std::string* control_channel,
+                   const std::string* insert_channel)
+      : PgExecutor(control_channel), conn_(Conn::Borrow(conn)), insert_channel_(insert_channel) {}
 
  protected:
+  // The client cannot wake producers for rows the caller has not committed yet: a NOTIFY in the
+  // caller's transaction is delivered at its commit (and dropped with a rollback), so every
+  // node, this one included, fetches the jobs as soon as they are visible.
+  Status AfterInsert(Conn& c, const JobInsertManyParams& params) override {
+    std::set<std::string_view> queues;
+    for (const JobInsertParams& j : params.jobs) {
+      if (j.state == JobState::kAvailable) queues.insert(j.queue);
+    }
+    for (std::string_view q : queues) {
+      SPOOL_RETURN_IF_ERROR(
+          c.Query("", "SELECT pg_notify($1, $2)", {*insert_channel_, std::string(q)}).status());
+    }
+    return Status::Ok();
+  }
   Status WithConn(const std::function<Status(Conn&)>& fn) override {
     if (PQstatus(conn_->get()) != CONNECTION_OK) {
       return Status::ConnectionLost("the caller's PostgreSQL connection is not open");
@@ -1246,6 +1269,7 @@ class BorrowedExecutor final : public PgExecutor<Executor> {
 
  private:
   std::unique_ptr<Conn> conn_;
+  const std::string* insert_channel_;
 };
 
 class PgTx final : public PgExecutor<Tx> {
@@ -1356,7 +1380,7 @@ class PostgresDriver final : public Driver {
     }
     if (tx.handle() == nullptr) return Status::InvalidArgument("PostgresTx(nullptr)");
     return std::unique_ptr<Executor>(
-        new BorrowedExecutor(static_cast<PGconn*>(tx.handle()), &control_channel_));
+        new BorrowedExecutor(static_cast<PGconn*>(tx.handle()), &control_channel_, &channel_));
   }
 
   const std::vector<Migration>& Migrations() const override { return PostgresMigrations(); }
