@@ -115,7 +115,8 @@ DROP TABLE IF EXISTS spool_migration;
 // chains of `=` are nearly free. A CHECK cannot be altered in SQLite, so the table is rebuilt with
 // the same columns, rows and ids; AUTOINCREMENT's high-water mark is carried over so that no id is
 // ever reused. The indexes go with the old table and are recreated as version 1 had them.
-constexpr const char* kJobTableV2 = R"sql(-- spool_job's CHECKs without IN lists, which cost SQLite time on every claim and completion.
+constexpr const char* kJobTableV2 = R"sql(
+-- spool_job's CHECKs without IN lists, which cost SQLite time on every claim and completion.
 -- The table is rebuilt; rows and ids are kept.
 CREATE TABLE spool_job_new (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -158,7 +159,7 @@ std::string RebuildJobTable(const std::string& create_new) {
       "finalized_at, priority, queue, kind, args, metadata, tags, errors, unique_key, "
       "unique_states";
   return fmt::format(
-      "\n{0}\n"
+      "{0}\n"
       "INSERT INTO spool_job_new ({1})\n  SELECT {1} FROM spool_job;\n"
       "DELETE FROM sqlite_sequence WHERE name = 'spool_job_new';\n"
       "INSERT INTO sqlite_sequence (name, seq)\n"
