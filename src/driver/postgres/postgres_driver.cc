@@ -613,23 +613,14 @@ Result<int64_t> InsertUniqueOn(Conn& c, const JobInsertManyParams& p, std::vecto
   return inserted;
 }
 
-// `t` as a timestamptz literal in UTC ("2026-11-28 00:00:00.000001+00"), or nothing outside
-// years 1..9999, which the text form below does not spell.
+// `t` as a timestamptz literal (ISO 8601, UTC, microseconds), or nothing outside years 1..9999,
+// which that form does not spell.
 std::optional<std::string> TimestampText(TimePoint t) {
+  constexpr int64_t kYear1 = -62'135'596'800'000'000;      // 0001-01-01T00:00:00Z
+  constexpr int64_t kYear10000 = 253'402'300'800'000'000;  // 10000-01-01T00:00:00Z
   const int64_t us = t.time_since_epoch().count();
-  int64_t secs = us / 1'000'000;
-  int64_t frac = us % 1'000'000;
-  if (frac < 0) {
-    frac += 1'000'000;
-    secs -= 1;
-  }
-  const auto tt = static_cast<std::time_t>(secs);
-  std::tm tm{};
-  if (gmtime_r(&tt, &tm) == nullptr || tm.tm_year < 1 - 1900 || tm.tm_year > 9999 - 1900) {
-    return std::nullopt;
-  }
-  return fmt::format("{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}+00", tm.tm_year + 1900,
-                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
+  if (us < kYear1 || us >= kYear10000) return std::nullopt;
+  return FormatTime(t);
 }
 
 // Bulk insert without unique keys and without reading rows back: COPY, which costs the server
