@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <limits>
+
 #include "driver/sqlite/sqlite_driver.h"
 #ifdef SPOOL_WITH_POSTGRES
 #include "driver/postgres/postgres_driver.h"
@@ -36,6 +38,52 @@ Result<std::unique_ptr<Driver>> Driver::Open(std::string_view url, const DriverO
   return Status::InvalidArgument(fmt::format(
       "unsupported database url \"{}\": use sqlite://PATH or postgres://user@host:port/db",
       url.substr(0, url.find(':'))));
+}
+
+Status CheckInsertRows(const std::vector<JobInsertParams>& jobs, int max_attempts_limit) {
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const JobInsertParams& job = jobs[i];
+    if (job.state != JobState::kAvailable && job.state != JobState::kScheduled &&
+        job.state != JobState::kPending) {
+      return Status::InvalidArgument(
+          fmt::format("job {}: cannot insert in state {}: use available, scheduled or pending", i,
+                      JobStateName(job.state)));
+    }
+    if (job.priority < kMinPriority || job.priority > kMaxPriority) {
+      return Status::InvalidArgument(fmt::format("job {}: priority {} is outside {}..{}", i,
+                                                 job.priority, kMinPriority, kMaxPriority));
+    }
+    if (job.max_attempts < 1 || job.max_attempts > max_attempts_limit) {
+      return Status::InvalidArgument(
+          max_attempts_limit == std::numeric_limits<int>::max()
+              ? fmt::format("job {}: max_attempts {} must be at least 1", i, job.max_attempts)
+              : fmt::format("job {}: max_attempts {} must be between 1 and {}", i, job.max_attempts,
+                            max_attempts_limit));
+    }
+    if (job.kind.empty()) return Status::InvalidArgument(fmt::format("job {}: empty kind", i));
+    if (job.queue.empty()) return Status::InvalidArgument(fmt::format("job {}: empty queue", i));
+  }
+  return Status::Ok();
+}
+
+Status CheckOutcomeStates(const std::vector<JobSetStateParams>& outcomes) {
+  for (const JobSetStateParams& j : outcomes) {
+    if (!IsFinalState(j.state) && j.state != JobState::kRetryable &&
+        j.state != JobState::kScheduled) {
+      return Status::InvalidArgument(
+          fmt::format("job {}: cannot set state {}: use completed, cancelled, discarded, "
+                      "retryable or scheduled",
+                      j.id, JobStateName(j.state)));
+    }
+  }
+  return Status::Ok();
+}
+
+Status CheckFinalizedState(JobState state) {
+  if (IsFinalState(state)) return Status::Ok();
+  return Status::InvalidArgument(
+      fmt::format("cannot delete finalized jobs in state {}: use completed, cancelled or discarded",
+                  JobStateName(state)));
 }
 
 const std::vector<Migration>* MigrationsFor(std::string_view driver_name) {

@@ -261,6 +261,17 @@ class Driver {
 // The embedded migrations of a driver kind ("sqlite" or "postgres") without opening a database;
 // nullptr for an unknown kind or one not built in. Each driver defines its own
 // (SqliteMigrations(), PostgresMigrations()).
+// Checks of seam parameters shared by every driver, so all reject the same input with the same
+// InvalidArgument message.
+// Each insert row: state available/scheduled/pending, priority in range, non-empty kind and
+// queue, max_attempts from 1 to `max_attempts_limit` (what the driver's column holds).
+Status CheckInsertRows(const std::vector<JobInsertParams>& jobs, int max_attempts_limit);
+// Each outcome's state is one a worker can set: completed, cancelled, discarded, retryable or
+// scheduled.
+Status CheckOutcomeStates(const std::vector<JobSetStateParams>& outcomes);
+// The state of a JobDeleteFinalized call is a final one.
+Status CheckFinalizedState(JobState state);
+
 const std::vector<Migration>* MigrationsFor(std::string_view driver_name);
 const std::vector<Migration>& SqliteMigrations();
 const std::vector<Migration>& PostgresMigrations();

@@ -55,18 +55,8 @@ class MultiProcessTest : public ::testing::Test {
   }
 
   ClientOptions Options(const std::string& id) {
-    ClientOptions o;
+    ClientOptions o = testing::ScaledMaintenanceOptions(clock_);
     o.client_id = id;
-    o.queues["default"] = {.max_workers = 4};
-    o.clock = clock_;
-    // In clock time (60x): a lease of 30 s is 500 ms real, a heartbeat every 5 s is 83 ms.
-    o.leader_ttl = 30s;
-    o.heartbeat_interval = 5s;
-    o.client_stale_after = 30s;
-    o.rescue_interval = 5s;
-    o.poll_interval = 20ms;
-    o.schedule_interval = 5ms;
-    o.logger = [](LogLevel, std::string_view) {};
     return o;
   }
 
@@ -147,20 +137,7 @@ TEST_F(MultiProcessTest, OneLeaderAtATimeAndEachTickEnqueuedOnceAcrossALeaderKil
   auto jobs = d->executor().JobList(
       {.states = {}, .queue = "default", .kind = "tick", .after_id = 0, .limit = 1000});
   ASSERT_TRUE(jobs.has_value());
-  std::map<int64_t, int> per_minute;
-  for (const auto& j : *jobs) {
-    per_minute[std::chrono::duration_cast<std::chrono::minutes>(j.created_at.time_since_epoch())
-                   .count()]++;
-  }
-  ASSERT_GE(per_minute.size(), 6u);
-  int64_t prev = -1;
-  for (const auto& [minute, n] : per_minute) {
-    EXPECT_EQ(n, 1) << "minute " << minute << " enqueued " << n << " times";
-    if (prev >= 0) {
-      EXPECT_EQ(minute, prev + 1) << "a tick was skipped before minute " << minute;
-    }
-    prev = minute;
-  }
+  testing::ExpectOneJobPerMinute(*jobs, 6);
 }
 
 TEST_F(MultiProcessTest, JobsOfAKilledProcessAreRescuedByAnother) {

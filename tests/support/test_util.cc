@@ -1,8 +1,10 @@
 #include "support/test_util.h"
 
+#include <gtest/gtest.h>
 #include <stdlib.h>
 
 #include <condition_variable>
+#include <map>
 #include <stdexcept>
 #include <stop_token>
 #include <thread>
@@ -96,6 +98,38 @@ bool Signal::WaitFor(std::chrono::milliseconds limit) {
 bool Signal::notified() {
   std::lock_guard lock(mu_);
   return set_;
+}
+
+ClientOptions ScaledMaintenanceOptions(std::shared_ptr<Clock> clock) {
+  using namespace std::chrono_literals;
+  ClientOptions o;
+  o.queues["default"] = {.max_workers = 4};
+  o.clock = std::move(clock);
+  o.leader_ttl = 30s;
+  o.heartbeat_interval = 5s;
+  o.client_stale_after = 30s;
+  o.rescue_interval = 5s;
+  o.poll_interval = 20ms;
+  o.schedule_interval = 5ms;
+  o.logger = [](LogLevel, std::string_view) {};
+  return o;
+}
+
+void ExpectOneJobPerMinute(const std::vector<JobRow>& jobs, size_t min_minutes) {
+  std::map<int64_t, int> per_minute;
+  for (const auto& j : jobs) {
+    per_minute[std::chrono::duration_cast<std::chrono::minutes>(j.created_at.time_since_epoch())
+                   .count()]++;
+  }
+  ASSERT_GE(per_minute.size(), min_minutes);
+  int64_t prev = -1;
+  for (const auto& [minute, n] : per_minute) {
+    EXPECT_EQ(n, 1) << "minute " << minute << " enqueued " << n << " times";
+    if (prev >= 0) {
+      EXPECT_EQ(minute, prev + 1) << "a tick was skipped before minute " << minute;
+    }
+    prev = minute;
+  }
 }
 
 }  // namespace spool::testing

@@ -4,6 +4,7 @@
 #include <condition_variable>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -65,6 +66,14 @@ class ScaledClock final : public Clock {
   std::chrono::steady_clock::time_point real_base_;
   int64_t scale_;
 };
+
+// Options for multi-process tests on a ScaledClock running 60x: in clock time a 30 s lease is
+// 500 ms real and a heartbeat every 5 s is 83 ms; 4 workers on "default"; quiet logger.
+ClientOptions ScaledMaintenanceOptions(std::shared_ptr<Clock> clock);
+
+// Checks that `jobs` hold exactly one job per clock minute (by created_at) over at least
+// `min_minutes` consecutive minutes: no periodic tick enqueued twice, none skipped.
+void ExpectOneJobPerMinute(const std::vector<JobRow>& jobs, size_t min_minutes);
 
 // Records a client's events and lets a test wait for them with a deadline.
 class EventLog {

@@ -505,32 +505,6 @@ std::vector<Param> InsertParamsFor(const JobInsertManyParams& p, const std::vect
   return out;
 }
 
-// InvalidArgument naming the row and what is wrong with it.
-Status ValidateInsert(const JobInsertParams& job, size_t index) {
-  if (job.state != JobState::kAvailable && job.state != JobState::kScheduled &&
-      job.state != JobState::kPending) {
-    return Status::InvalidArgument(
-        fmt::format("job {}: cannot insert in state {}: use available, scheduled or pending", index,
-                    JobStateName(job.state)));
-  }
-  if (job.priority < kMinPriority || job.priority > kMaxPriority) {
-    return Status::InvalidArgument(fmt::format("job {}: priority {} is outside {}..{}", index,
-                                               job.priority, kMinPriority, kMaxPriority));
-  }
-  if (job.max_attempts < 1 || job.max_attempts > 32767) {
-    return Status::InvalidArgument(fmt::format(
-        "job {}: max_attempts {} must be between 1 and 32767", index, job.max_attempts));
-  }
-  if (job.kind.empty()) return Status::InvalidArgument(fmt::format("job {}: empty kind", index));
-  if (job.queue.empty()) return Status::InvalidArgument(fmt::format("job {}: empty queue", index));
-  return Status::Ok();
-}
-
-bool IsOutcomeState(JobState s) {
-  return s == JobState::kCompleted || s == JobState::kCancelled || s == JobState::kDiscarded ||
-         s == JobState::kRetryable || s == JobState::kScheduled;
-}
-
 // Rounds of insert-then-look-up before giving up: another round is needed only when the row
 // holding a key left the key's states (or was deleted) between our insert and our lookup.
 constexpr int kUniqueRounds = 10;
@@ -717,14 +691,7 @@ Result<std::vector<JobRow>> FetchOn(Conn& c, const JobGetAvailableParams& p) {
 }
 
 Result<int64_t> SetStateOn(Conn& c, const JobSetStateIfRunningManyParams& p) {
-  for (const JobSetStateParams& j : p.jobs) {
-    if (!IsOutcomeState(j.state)) {
-      return Status::InvalidArgument(
-          fmt::format("job {}: cannot set state {}: use completed, cancelled, discarded, "
-                      "retryable or scheduled",
-                      j.id, JobStateName(j.state)));
-    }
-  }
+  SPOOL_RETURN_IF_ERROR(CheckOutcomeStates(p.jobs));
   if (p.jobs.empty()) return int64_t{0};
   std::vector<std::string> ids, states, ats;
   std::vector<std::optional<std::string>> errs;
@@ -847,13 +814,7 @@ Result<std::vector<JobRow>> StuckOn(Conn& c, const JobGetStuckParams& p) {
 }
 
 Result<int64_t> DeleteFinalizedOn(Conn& c, const JobDeleteFinalizedParams& p) {
-  if (p.state != JobState::kCompleted && p.state != JobState::kCancelled &&
-      p.state != JobState::kDiscarded) {
-    return Status::InvalidArgument(
-        fmt::format("cannot delete finalized jobs in state {}: use completed, cancelled or "
-                    "discarded",
-                    JobStateName(p.state)));
-  }
+  SPOOL_RETURN_IF_ERROR(CheckFinalizedState(p.state));
   if (p.max <= 0) return int64_t{0};
   SPOOL_ASSIGN_OR_RETURN(PgResult res,
                          c.Query("spool_delete_finalized", kDeleteFinalizedSql,
@@ -1173,11 +1134,9 @@ class PgExecutor : public Base {
  private:
   const std::string* control_channel_;  // the driver's; set before any call
 
+  // max_attempts is a smallint column.
   static Status Validate(const JobInsertManyParams& params) {
-    for (size_t i = 0; i < params.jobs.size(); ++i) {
-      SPOOL_RETURN_IF_ERROR(ValidateInsert(params.jobs[i], i));
-    }
-    return Status::Ok();
+    return CheckInsertRows(params.jobs, 32767);
   }
 
   template <typename T, typename F>

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <deque>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
@@ -136,26 +137,6 @@ Status CheckBind(int rc, sqlite3_stmt* stmt) {
   return SqliteStatus(rc, sqlite3_db_handle(stmt), "bind");
 }
 
-Status ValidateInsert(const JobInsertParams& job, size_t index) {
-  if (job.state != JobState::kAvailable && job.state != JobState::kScheduled &&
-      job.state != JobState::kPending) {
-    return Status::InvalidArgument(
-        fmt::format("job {}: cannot insert in state {}: use available, scheduled or pending", index,
-                    JobStateName(job.state)));
-  }
-  if (job.priority < kMinPriority || job.priority > kMaxPriority) {
-    return Status::InvalidArgument(fmt::format("job {}: priority {} is outside {}..{}", index,
-                                               job.priority, kMinPriority, kMaxPriority));
-  }
-  if (job.max_attempts < 1) {
-    return Status::InvalidArgument(
-        fmt::format("job {}: max_attempts {} must be at least 1", index, job.max_attempts));
-  }
-  if (job.kind.empty()) return Status::InvalidArgument(fmt::format("job {}: empty kind", index));
-  if (job.queue.empty()) return Status::InvalidArgument(fmt::format("job {}: empty queue", index));
-  return Status::Ok();
-}
-
 // Binds one row's nine values from parameter b + 1 on (b: the parameter before the row's first).
 int BindInsertRow(sqlite3_stmt* stmt, int b, const JobInsertParams& job,
                   std::deque<std::string>& tag_json) {
@@ -185,11 +166,6 @@ Status ReadInsertedRows(sqlite3_stmt* stmt, std::string_view context,
   return Status::Ok();
 }
 
-bool IsOutcomeState(JobState s) {
-  return s == JobState::kCompleted || s == JobState::kCancelled || s == JobState::kDiscarded ||
-         s == JobState::kRetryable || s == JobState::kScheduled;
-}
-
 }  // namespace
 
 // ---- insert -----------------------------------------------------------------------------------
@@ -215,11 +191,9 @@ Result<sqlite3_stmt*> SqliteQueries::InsertStmt(int rows, bool returning) {
 Result<int64_t> SqliteQueries::Insert(const JobInsertManyParams& params,
                                       std::vector<JobInsertResult>* out) {
   const auto& jobs = params.jobs;
-  bool any_unique = false;
-  for (size_t i = 0; i < jobs.size(); ++i) {
-    SPOOL_RETURN_IF_ERROR(ValidateInsert(jobs[i], i));
-    any_unique = any_unique || !jobs[i].unique_key.empty();
-  }
+  SPOOL_RETURN_IF_ERROR(CheckInsertRows(jobs, std::numeric_limits<int>::max()));
+  const bool any_unique = std::any_of(
+      jobs.begin(), jobs.end(), [](const JobInsertParams& j) { return !j.unique_key.empty(); });
   if (jobs.empty()) return int64_t{0};
   if (any_unique) return InsertUnique(params, out);
 
@@ -435,16 +409,11 @@ Result<int64_t> SqliteQueries::JobSetStateIfRunningMany(
     const JobSetStateIfRunningManyParams& params) {
   // Completed without an error is nearly every outcome: it gets a narrower statement that binds
   // two values a row. Everything else shares one general statement.
+  SPOOL_RETURN_IF_ERROR(CheckOutcomeStates(params.jobs));
   std::vector<const JobSetStateParams*> completed;
   std::vector<const JobSetStateParams*> other;
   completed.reserve(params.jobs.size());
   for (const auto& job : params.jobs) {
-    if (!IsOutcomeState(job.state)) {
-      return Status::InvalidArgument(
-          fmt::format("job {}: cannot set state {}: use completed, cancelled, discarded, "
-                      "retryable or scheduled",
-                      job.id, JobStateName(job.state)));
-    }
     if (job.state == JobState::kCompleted && !job.error.has_value()) {
       completed.push_back(&job);
     } else {
@@ -722,13 +691,7 @@ Result<std::vector<JobRow>> SqliteQueries::JobGetStuck(const JobGetStuckParams& 
 }
 
 Result<int64_t> SqliteQueries::JobDeleteFinalized(const JobDeleteFinalizedParams& params) {
-  if (params.state != JobState::kCompleted && params.state != JobState::kCancelled &&
-      params.state != JobState::kDiscarded) {
-    return Status::InvalidArgument(
-        fmt::format("cannot delete finalized jobs in state {}: use completed, cancelled or "
-                    "discarded",
-                    JobStateName(params.state)));
-  }
+  SPOOL_RETURN_IF_ERROR(CheckFinalizedState(params.state));
   if (params.max <= 0) return int64_t{0};
   // The finalized_at IS NOT NULL term matches spool_job_finalized_idx's WHERE, so SQLite uses it.
   constexpr std::string_view kSql =
