@@ -213,6 +213,7 @@ struct Migration {
 
 struct DriverOptions {
   SqliteOptions sqlite{};
+  PostgresOptions postgres{};
   // False: never LISTEN (PostgreSQL); WaitForChange then only waits out its timeout or an
   // Interrupt and reports no change. SQLite polls data_version either way.
   bool listen = true;

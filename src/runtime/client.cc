@@ -421,9 +421,11 @@ Result<std::unique_ptr<Client>> Client::Open(std::string_view database_url, Clie
   SPOOL_RETURN_IF_ERROR(ValidateClientOptions(options));
   SPOOL_RETURN_IF_ERROR(internal::ValidatePeriodicJobs(options));
   SPOOL_RETURN_IF_ERROR(workers.status());
-  SPOOL_ASSIGN_OR_RETURN(
-      auto driver,
-      Driver::Open(database_url, internal::DriverOptions{options.sqlite, !options.poll_only}));
+  SPOOL_ASSIGN_OR_RETURN(auto driver, Driver::Open(database_url, internal::DriverOptions{
+                                                                     .sqlite = options.sqlite,
+                                                                     .postgres = options.postgres,
+                                                                     .listen = !options.poll_only,
+                                                                 }));
   SPOOL_ASSIGN_OR_RETURN(const int version, driver->SchemaVersion());
   const int latest = internal::LatestVersion(*driver);
   if (version < latest && options.auto_migrate) {

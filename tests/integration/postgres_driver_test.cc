@@ -251,6 +251,52 @@ TEST_F(PostgresDriverTest, InsertInTheCallersTransactionNotifiesAtCommit) {
   }
 }
 
+// Pooled claims and outcomes skip the WAL flush for their own transaction only: in a caller's
+// transaction they must leave its durability alone.
+TEST_F(PostgresDriverTest, ClaimsAndOutcomesInTheCallersTransactionKeepItsSynchronousCommit) {
+  ASSERT_NE(driver_, nullptr);
+  ASSERT_TRUE(driver_->executor().JobInsertMany(OneJob()).has_value());
+  PgConnPtr app = Connect(url_);
+  Query(app.get(), "BEGIN");
+  auto exec = driver_->ExecutorFor(PostgresTx(app.get()));
+  ASSERT_TRUE(exec.has_value()) << exec.error().ToString();
+  auto fetched = (*exec)->JobGetAvailable({"q", 1, "c", kT0});
+  ASSERT_TRUE(fetched.has_value() && fetched->size() == 1u);
+  JobSetStateIfRunningManyParams done;
+  done.jobs.push_back({(*fetched)[0].id, JobState::kCompleted, kT0, std::nullopt});
+  auto n = (*exec)->JobSetStateIfRunningMany(done);
+  ASSERT_TRUE(n.has_value()) << n.error().ToString();
+  EXPECT_EQ(*n, 1);
+  EXPECT_EQ(Query(app.get(), "SHOW synchronous_commit"), "on");
+  Query(app.get(), "COMMIT");
+}
+
+// With synchronous_state_commits the pooled claim and outcome statements are the plain ones; both
+// variants work the same job through.
+TEST_F(PostgresDriverTest, ClaimAndOutcomeWorkWithAndWithoutWaitingForTheFlush) {
+  for (const bool synchronous : {false, true}) {
+    DriverOptions options;
+    options.postgres.synchronous_state_commits = synchronous;
+    auto d = Driver::Open(url_, options);
+    ASSERT_TRUE(d.has_value()) << d.error().ToString();
+    Executor& ex = (*d)->executor();
+    auto rows = ex.JobInsertMany(OneJob());
+    ASSERT_TRUE(rows.has_value()) << rows.error().ToString();
+    auto fetched = ex.JobGetAvailable({"q", 5, "c", kT0});
+    ASSERT_TRUE(fetched.has_value()) << fetched.error().ToString();
+    ASSERT_EQ(fetched->size(), 1u);
+    EXPECT_EQ((*fetched)[0].state, JobState::kRunning);
+    JobSetStateIfRunningManyParams done;
+    done.jobs.push_back({(*fetched)[0].id, JobState::kCompleted, kT0, std::nullopt});
+    auto n = ex.JobSetStateIfRunningMany(done);
+    ASSERT_TRUE(n.has_value()) << n.error().ToString();
+    EXPECT_EQ(*n, 1);
+    auto got = ex.JobGetByID((*fetched)[0].id);
+    ASSERT_TRUE(got.has_value());
+    EXPECT_EQ(got->state, JobState::kCompleted) << "synchronous=" << synchronous;
+  }
+}
+
 TEST_F(PostgresDriverTest, TimestampsAreStoredExactlyToTheMicrosecond) {
   ASSERT_NE(driver_, nullptr);
   // 2027-01-15T08:00:00.123457Z and a time before the epoch.

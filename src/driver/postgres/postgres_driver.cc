@@ -83,23 +83,32 @@ const std::string& InsertSql(bool returning) {
   return returning ? *kReturning : *kFast;
 }
 
-const std::string& FetchSql() {
-  static const std::string* const kSql = new std::string(Sql(
-      "WITH locked AS (SELECT id FROM spool_job WHERE state = 'available' AND queue = $1 "
-      // Uncorrelated, so evaluated once per fetch (a one-time filter), not per row.
-      "AND NOT EXISTS (SELECT 1 FROM spool_queue WHERE name = $1 AND paused_at IS NOT NULL) "
-      "AND scheduled_at <= " SPOOL_TS(
-          "$2") " ORDER BY priority, scheduled_at, id LIMIT $3 "
-                "FOR UPDATE SKIP LOCKED) "
-                "UPDATE spool_job AS j SET state = 'running', attempt = j.attempt + 1, "
-                "attempted_at = " SPOOL_TS(
-                    "$2") ", "
-                          // attempted_by keeps the last 100 client ids, like the SQLite driver.
-                          "attempted_by = array_append(CASE WHEN cardinality(j.attempted_by) < 100 "
-                          "THEN j.attempted_by ELSE j.attempted_by[cardinality(j.attempted_by) - "
-                          "98:] END, $4::text) "
-                          "FROM locked WHERE j.id = locked.id RETURNING "));
-  return *kSql;
+// Claims and outcomes may skip the WAL flush at commit (PostgresOptions::synchronous_state_commits
+// false): set_config(..., true) lasts for the statement's own transaction only. As an
+// uncorrelated subquery it runs once per statement, as a one-time filter.
+#define SPOOL_ASYNC_COMMIT "(SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL "
+
+const std::string& FetchSql(bool async_commit) {
+  static const auto make = [](std::string_view async_filter) {
+    // clang-format off
+    return new std::string(Sql(fmt::format(
+        "WITH locked AS (SELECT id FROM spool_job WHERE state = 'available' AND queue = $1 "
+        // Uncorrelated, so evaluated once per fetch (a one-time filter), not per row.
+        "AND NOT EXISTS (SELECT 1 FROM spool_queue WHERE name = $1 AND paused_at IS NOT NULL) "
+        "{}AND scheduled_at <= " SPOOL_TS("$2") " "
+        "ORDER BY priority, scheduled_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) "
+        "UPDATE spool_job AS j SET state = 'running', attempt = j.attempt + 1, "
+        "attempted_at = " SPOOL_TS("$2") ", "
+        // attempted_by keeps the last 100 client ids, like the SQLite driver.
+        "attempted_by = array_append(CASE WHEN cardinality(j.attempted_by) < 100 "
+        "THEN j.attempted_by ELSE j.attempted_by[cardinality(j.attempted_by) - 98:] END, "
+        "$4::text) FROM locked WHERE j.id = locked.id RETURNING ",
+        async_filter)));
+    // clang-format on
+  };
+  static const std::string* const kSync = make("");
+  static const std::string* const kAsync = make("AND " SPOOL_ASYNC_COMMIT);
+  return async_commit ? *kAsync : *kSync;
 }
 
 constexpr const char* kSetStateSql =
@@ -113,7 +122,14 @@ constexpr const char* kSetStateSql =
     "errors = CASE WHEN u.err IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(u.err) END "
     "FROM (SELECT DISTINCT ON (id) * FROM unnest($1::int8[], $2::text[], $3::int8[], "
     "$4::jsonb[]) AS x(id, state, at, err)) AS u "
-    "WHERE j.id = u.id AND j.state = 'running'";
+    "WHERE j.id = u.id AND j.state = 'running' ";
+
+const std::string& SetStateSql(bool async_commit) {
+  static const std::string* const kSync = new std::string(kSetStateSql);
+  static const std::string* const kAsync =
+      new std::string(std::string(kSetStateSql) + "AND " SPOOL_ASYNC_COMMIT);
+  return async_commit ? *kAsync : *kSync;
+}
 
 constexpr const char* kScheduleSql =
     "WITH due AS (SELECT id FROM spool_job WHERE state IN ('scheduled', 'retryable') "
@@ -678,11 +694,12 @@ Result<int64_t> InsertOn(Conn& c, const JobInsertManyParams& p, std::vector<JobI
   return count;
 }
 
-Result<std::vector<JobRow>> FetchOn(Conn& c, const JobGetAvailableParams& p) {
+Result<std::vector<JobRow>> FetchOn(Conn& c, const JobGetAvailableParams& p, bool async_commit) {
   if (p.max <= 0) return std::vector<JobRow>{};
-  SPOOL_ASSIGN_OR_RETURN(PgResult res,
-                         c.Query("spool_fetch", FetchSql(),
-                                 {p.queue, Micros(p.now), std::to_string(p.max), p.client_id}));
+  SPOOL_ASSIGN_OR_RETURN(
+      PgResult res,
+      c.Query(async_commit ? "spool_fetch_async" : "spool_fetch", FetchSql(async_commit),
+              {p.queue, Micros(p.now), std::to_string(p.max), p.client_id}));
   SPOOL_ASSIGN_OR_RETURN(std::vector<JobRow> rows, ReadRows(res.get()));
   std::sort(rows.begin(), rows.end(), [](const JobRow& a, const JobRow& b) {
     return std::tie(a.priority, a.scheduled_at, a.id) < std::tie(b.priority, b.scheduled_at, b.id);
@@ -690,7 +707,7 @@ Result<std::vector<JobRow>> FetchOn(Conn& c, const JobGetAvailableParams& p) {
   return rows;
 }
 
-Result<int64_t> SetStateOn(Conn& c, const JobSetStateIfRunningManyParams& p) {
+Result<int64_t> SetStateOn(Conn& c, const JobSetStateIfRunningManyParams& p, bool async_commit) {
   SPOOL_RETURN_IF_ERROR(CheckOutcomeStates(p.jobs));
   if (p.jobs.empty()) return int64_t{0};
   std::vector<std::string> ids, states, ats;
@@ -701,9 +718,11 @@ Result<int64_t> SetStateOn(Conn& c, const JobSetStateIfRunningManyParams& p) {
     ats.push_back(Micros(j.at));
     errs.push_back(j.error ? std::optional<std::string>(ErrorJson(*j.error)) : std::nullopt);
   }
-  SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query("spool_set_state", kSetStateSql,
-                                               {pg::ArrayLiteral(ids), pg::ArrayLiteral(states),
-                                                pg::ArrayLiteral(ats), pg::ArrayLiteral(errs)}));
+  SPOOL_ASSIGN_OR_RETURN(
+      PgResult res,
+      c.Query(async_commit ? "spool_set_state_async" : "spool_set_state", SetStateSql(async_commit),
+              {pg::ArrayLiteral(ids), pg::ArrayLiteral(states), pg::ArrayLiteral(ats),
+               pg::ArrayLiteral(errs)}));
   return AffectedRows(res.get());
 }
 
@@ -1025,10 +1044,11 @@ class PgExecutor : public Base {
     return n;
   }
   Result<std::vector<JobRow>> JobGetAvailable(const JobGetAvailableParams& params) override {
-    return Run<std::vector<JobRow>>([&](Conn& c) { return FetchOn(c, params); });
+    return Run<std::vector<JobRow>>(
+        [&](Conn& c) { return FetchOn(c, params, AsyncStateCommits()); });
   }
   Result<int64_t> JobSetStateIfRunningMany(const JobSetStateIfRunningManyParams& params) override {
-    return Run<int64_t>([&](Conn& c) { return SetStateOn(c, params); });
+    return Run<int64_t>([&](Conn& c) { return SetStateOn(c, params, AsyncStateCommits()); });
   }
   Result<JobScheduleResult> JobSchedule(const JobScheduleParams& params) override {
     return Run<JobScheduleResult>([&](Conn& c) { return ScheduleOn(c, params); });
@@ -1130,6 +1150,9 @@ class PgExecutor : public Base {
   virtual Status WithConn(const std::function<Status(Conn&)>& fn) = 0;
   // True when WithConn's connection is already inside a transaction.
   virtual bool InTransaction() const = 0;
+  // True when claims and outcomes may commit without waiting for the WAL flush. Only for
+  // statements that are their own transaction: never a caller's.
+  virtual bool AsyncStateCommits() const { return false; }
 
  private:
   const std::string* control_channel_;  // the driver's; set before any call
@@ -1172,10 +1195,11 @@ class PgExecutor : public Base {
 
 class PoolExecutor final : public PgExecutor<Executor> {
  public:
-  PoolExecutor(Pool* pool, const std::string* control_channel)
-      : PgExecutor(control_channel), pool_(pool) {}
+  PoolExecutor(Pool* pool, const std::string* control_channel, bool async_state_commits)
+      : PgExecutor(control_channel), pool_(pool), async_state_commits_(async_state_commits) {}
 
  protected:
+  bool AsyncStateCommits() const override { return async_state_commits_; }
   Status WithConn(const std::function<Status(Conn&)>& fn) override {
     SPOOL_ASSIGN_OR_RETURN(Lease lease, pool_->Acquire());
     return fn(*lease);
@@ -1184,6 +1208,7 @@ class PoolExecutor final : public PgExecutor<Executor> {
 
  private:
   Pool* pool_;
+  const bool async_state_commits_;
 };
 
 // An executor over a caller's PGconn*, inside the caller's transaction. Unnamed statements only:
@@ -1287,10 +1312,10 @@ std::string ChannelFor(std::string_view base, const std::string& schema) {
 // WaitForChange. Tx and executors from ExecutorFor must not outlive the driver.
 class PostgresDriver final : public Driver {
  public:
-  PostgresDriver(std::string url, std::string target, bool listen)
+  PostgresDriver(std::string url, std::string target, const DriverOptions& options)
       : pool_(std::move(url), std::move(target)),
-        executor_(&pool_, &control_channel_),
-        listen_enabled_(listen) {
+        executor_(&pool_, &control_channel_, !options.postgres.synchronous_state_commits),
+        listen_enabled_(options.listen) {
     event_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   }
   ~PostgresDriver() override {
@@ -1551,7 +1576,7 @@ class PostgresDriver final : public Driver {
 
 Result<std::unique_ptr<Driver>> OpenPostgresDriver(std::string url, const DriverOptions& options) {
   std::string target = pg::DescribeTarget(url);
-  auto driver = std::make_unique<PostgresDriver>(std::move(url), std::move(target), options.listen);
+  auto driver = std::make_unique<PostgresDriver>(std::move(url), std::move(target), options);
   SPOOL_RETURN_IF_ERROR(driver->Init());
   return std::unique_ptr<Driver>(std::move(driver));
 }
