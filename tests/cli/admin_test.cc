@@ -527,5 +527,55 @@ TEST_F(WorkingAdminTest, ShowIncludesErrorHistory) {
   EXPECT_NE(retry.out.find(fmt::format("job {}: retried", id)), std::string::npos) << retry.out;
 }
 
+// `spool bench` as a user runs it, on a small scale: every job is worked once, the figures are
+// there, and the bench's queue (paused while the client starts) is left resumed and completed.
+TEST(BenchTest, WorksEveryJobOnceAndReportsItsFigures) {
+  TempDir dir;
+  const std::string url = "sqlite://" + (dir.path() / "bench.db").string();
+  CliRun r = Spool({"bench", "--database-url", url, "--jobs", "3000", "--workers", "8",
+                    "--latency-jobs", "40", "--latency-rate", "2000", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  json j = ParseOut(r);
+  EXPECT_EQ(j["driver"], "sqlite");
+  EXPECT_EQ(j["jobs"], 3000);
+  EXPECT_EQ(j["workers"], 8);
+  EXPECT_EQ(j["latency_jobs"], 40);
+  EXPECT_EQ(j["verified"], true);
+  EXPECT_GT(j["insert_jobs_per_sec"].get<int64_t>(), 0);
+  EXPECT_GT(j["work_jobs_per_sec"].get<int64_t>(), 0);
+  EXPECT_GE(j["start_ms"].get<double>(), 0.0);
+  const json& lat = j["latency_ms"];
+  EXPECT_GT(lat["p50"].get<double>(), 0.0);
+  EXPECT_LE(lat["p50"].get<double>(), lat["p95"].get<double>());
+  EXPECT_LE(lat["p95"].get<double>(), lat["p99"].get<double>());
+
+  auto c = Client::Open(url, ClientOptions{});
+  ASSERT_TRUE(c.has_value()) << c.error().message();
+  auto queues = (*c)->QueueList();
+  ASSERT_TRUE(queues.has_value()) << queues.error().message();
+  int bench_queues = 0;
+  for (const QueueInfo& q : *queues) {
+    if (q.name.rfind("spool_bench_", 0) != 0) continue;
+    ++bench_queues;
+    EXPECT_FALSE(q.paused_at.has_value()) << q.name << " was left paused";
+    EXPECT_EQ(q.counts, (std::map<JobState, int64_t>{{JobState::kCompleted, 3040}}));
+  }
+  EXPECT_EQ(bench_queues, 1);
+}
+
+TEST(BenchTest, BadOptionsAreUsageErrorsAndTouchNoDatabase) {
+  TempDir dir;
+  const std::string url = "sqlite://" + (dir.path() / "bench.db").string();
+  for (const std::vector<std::string>& bad :
+       {std::vector<std::string>{"--jobs", "0"}, {"--workers", "0"}, {"--latency-rate", "-5"}}) {
+    std::vector<std::string> args = {"bench", "--database-url", url};
+    args.insert(args.end(), bad.begin(), bad.end());
+    CliRun r = Spool(args);
+    EXPECT_EQ(r.code, 2) << bad[0] << ": " << r.err;
+    EXPECT_NE(r.err.find(bad[0]), std::string::npos) << r.err;
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir.path() / "bench.db"));
+}
+
 }  // namespace
 }  // namespace spool::cli
