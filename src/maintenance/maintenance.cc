@@ -91,7 +91,7 @@ void Maintenance::Stop() {
 
 bool Maintenance::is_leader() const {
   std::lock_guard lock(mu_);
-  return leader_;
+  return leader_ && env_.clock.Now() < lease_until_;
 }
 
 void Maintenance::Log(LogLevel level, const std::string& message) const {
@@ -169,6 +169,7 @@ void Maintenance::Elect(TimePoint now) {
   {
     std::lock_guard lock(mu_);
     leader_ = now_leader;
+    lease_until_ = now + env_.options.leader_ttl;
   }
   if (now_leader != was) {
     Log(LogLevel::kInfo,

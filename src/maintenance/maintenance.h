@@ -43,6 +43,7 @@ class Maintenance {
   Status Start();
   // Resigns leadership and removes this client's row. Idempotent.
   void Stop();
+  // True while the last lease this client confirmed has not run out by its clock.
   bool is_leader() const;
 
   static constexpr auto kMaxNap = std::chrono::milliseconds(50);
@@ -70,6 +71,10 @@ class Maintenance {
   std::condition_variable cv_;
   bool stopping_ = false;  // guarded by mu_
   bool leader_ = false;    // guarded by mu_
+  // End of the lease last confirmed, counted from before the call that confirmed it: past it
+  // another client may be elected, so this one must not act as leader even while its renewal
+  // is still stuck in the database. Guarded by mu_.
+  TimePoint lease_until_{};
   std::thread thread_;
 };
 

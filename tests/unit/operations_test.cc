@@ -1,6 +1,7 @@
 // Issue 3 behaviour through the public client on SQLite with a fake clock: unique jobs, periodic
 // jobs, rescue of jobs whose client died, the cleaner, pause/resume, and the admin calls.
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -211,6 +212,33 @@ TEST_F(OperationsTest, JobsOfADeadClientAreRescuedAndComplete) {
   EXPECT_NE(j.errors[0].error.find("client dead-client stopped responding"), std::string::npos)
       << j.errors[0].error;
   EXPECT_EQ(j.attempt, 2);
+  ASSERT_TRUE(c->Stop(10s).ok());
+}
+
+// A leader whose renewal is stuck (another process holds the database's write lock) stops acting
+// as leader when its lease runs out: from then on another client may be elected, and two
+// leaders would both rescue, clean and enqueue periodic jobs.
+TEST_F(OperationsTest, LeaderWhoseRenewalIsStuckStopsLeadingWhenItsLeaseRunsOut) {
+  auto o = Options();
+  o.leader_ttl = 15s;
+  o.sqlite.busy_timeout = 60s;  // the renewal waits on the lock instead of failing
+  auto c = Open(o);
+  ASSERT_TRUE(c->Start().ok());
+  ASSERT_TRUE(Eventually([&] { return c->IsLeader(); }));
+
+  sqlite3* other = nullptr;
+  ASSERT_EQ(sqlite3_open((dir_.path() / "test.db").c_str(), &other), SQLITE_OK);
+  sqlite3_busy_timeout(other, 30'000);  // the client's own loops write every few ms
+  ASSERT_EQ(sqlite3_exec(other, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+  clock_->Advance(6s);  // renewal due (every ttl/3); it now waits on the lock
+  EXPECT_TRUE(c->IsLeader()) << "the lease has 9s left";
+  clock_->Advance(10s);
+  EXPECT_FALSE(c->IsLeader()) << "still leading 1s after its lease ran out";
+
+  ASSERT_EQ(sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(other);
+  EXPECT_TRUE(Eventually([&] { return c->IsLeader(); }))
+      << "not re-elected once the lock was freed";
   ASSERT_TRUE(c->Stop(10s).ok());
 }
 
