@@ -3,10 +3,60 @@
 #include <cmath>
 #include <set>
 
+#include "driver/row_json.h"
 #include "spool/spool.h"
 
 namespace spool {
 namespace {
+
+// The JSON columns both drivers decode: the plain scan for arrays without escapes must agree with
+// the full parser on everything it accepts, and hand everything else to it.
+TEST(RowJsonTest, StringArraysDecodeTheSameWithOrWithoutTheFastPath) {
+  using V = std::vector<std::string>;
+  const std::vector<std::pair<std::string, V>> cases = {
+      {"[]", {}},
+      {R"(["a"])", {"a"}},
+      {R"(["host-1-ab12","host-2-cd34"])", {"host-1-ab12", "host-2-cd34"}},
+      {R"(["a,b","c]"])", {"a,b", "c]"}},
+      {R"(["q\"uote","back\\slash"])", {"q\"uote", "back\\slash"}},
+      {R"([ "spaced" , "out" ])", {"spaced", "out"}},
+      {"[\"caf\u00e9\",\"\u65e5\"]", {"caf\u00e9", "\u65e5"}},
+      {R"([""])", {""}},
+  };
+  for (const auto& [text, want] : cases) {
+    auto got = internal::ParseStringArray(text);
+    ASSERT_TRUE(got.has_value()) << text << ": " << got.error().ToString();
+    EXPECT_EQ(*got, want) << text;
+  }
+  for (const char* bad : {"", "[", R"(["a",1])", R"({"a":"b"})", R"(["a")", "null"}) {
+    auto got = internal::ParseStringArray(bad);
+    ASSERT_FALSE(got.has_value()) << bad;
+    EXPECT_EQ(got.error().code(), Status::Code::kInternal) << got.error().ToString();
+  }
+}
+
+TEST(RowJsonTest, ErrorHistoryRoundTripsAndSkipsWhatItCannotRead) {
+  const AttemptError e{.at = TimePoint(Duration(1'800'000'000'123'456)),
+                       .attempt = 3,
+                       .error = "boom \"quoted\"\n",
+                       .trace = "std::runtime_error"};
+  auto back = internal::ParseErrors("[" + internal::ErrorJson(e) + "]");
+  ASSERT_TRUE(back.has_value()) << back.error().ToString();
+  ASSERT_EQ(back->size(), 1u);
+  EXPECT_EQ((*back)[0].at, e.at);
+  EXPECT_EQ((*back)[0].attempt, 3);
+  EXPECT_EQ((*back)[0].error, e.error);
+  EXPECT_EQ((*back)[0].trace, e.trace);
+  // jsonb's spacing, a field of the wrong type, and an entry that is not an object.
+  auto loose = internal::ParseErrors(R"([{"at": "yesterday", "error": "x", "attempt": 2}, 7])");
+  ASSERT_TRUE(loose.has_value());
+  ASSERT_EQ(loose->size(), 1u);
+  EXPECT_EQ((*loose)[0].at, TimePoint{});
+  EXPECT_EQ((*loose)[0].attempt, 2);
+  EXPECT_EQ((*loose)[0].error, "x");
+  EXPECT_TRUE(internal::ParseErrors("[]")->empty());
+  EXPECT_FALSE(internal::ParseErrors(R"({"error": "x"})").has_value());
+}
 
 TEST(StatusTest, OkIsDefaultAndCheap) {
   Status s;

@@ -10,10 +10,8 @@
 #include <charconv>
 #include <chrono>
 #include <condition_variable>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <ctime>
 #include <functional>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -26,6 +24,7 @@
 
 #include "driver/postgres/pg_conn.h"
 #include "driver/postgres/postgres_migrations.h"
+#include "driver/row_json.h"
 
 namespace spool::internal {
 namespace {
@@ -335,85 +334,12 @@ Result<int64_t> ParseInt(std::string_view text, std::string_view column) {
   return v;
 }
 
-// Parses "2026-11-27T21:07:51.123456Z" (FormatTime's output; fraction optional).
-std::optional<TimePoint> ParseRfc3339(const std::string& s) {
-  std::tm tm{};
-  int year = 0, mon = 0, day = 0, hour = 0, min = 0, sec = 0, n = 0;
-  if (std::sscanf(s.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d%n", &year, &mon, &day, &hour, &min, &sec,
-                  &n) != 6) {
-    return std::nullopt;
-  }
-  tm.tm_year = year - 1900;
-  tm.tm_mon = mon - 1;
-  tm.tm_mday = day;
-  tm.tm_hour = hour;
-  tm.tm_min = min;
-  tm.tm_sec = sec;
-  int64_t micros = static_cast<int64_t>(timegm(&tm)) * 1'000'000;
-  size_t i = static_cast<size_t>(n);
-  if (i < s.size() && s[i] == '.') {
-    int64_t frac = 0;
-    int digits = 0;
-    for (++i; i < s.size() && s[i] >= '0' && s[i] <= '9'; ++i, ++digits) {
-      if (digits < 6) frac = frac * 10 + (s[i] - '0');
-    }
-    for (; digits < 6; ++digits) frac *= 10;
-    micros += frac;
-  }
-  return TimePoint(Duration(micros));
-}
-
 // jsonb prints `{"a": 1}`; spool hands out the compact form nlohmann writes, so a job's args
 // read back byte for byte as the client serialised them.
 std::string CompactJson(const char* text) {
+  if (std::strcmp(text, "{}") == 0 || std::strcmp(text, "[]") == 0) return text;
   nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
   if (j.is_discarded()) return text;
-  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-}
-
-std::vector<std::string> StringArray(const char* json_text) {
-  std::vector<std::string> out;
-  nlohmann::json j = nlohmann::json::parse(json_text, nullptr, false);
-  if (!j.is_array()) return out;
-  for (const auto& e : j) {
-    if (e.is_string()) out.push_back(e.get<std::string>());
-  }
-  return out;
-}
-
-std::vector<AttemptError> ParseErrors(const char* json_text) {
-  std::vector<AttemptError> out;
-  nlohmann::json j = nlohmann::json::parse(json_text, nullptr, false);
-  if (!j.is_array()) return out;
-  for (const auto& e : j) {
-    if (!e.is_object()) continue;
-    AttemptError err;
-    if (auto it = e.find("at"); it != e.end()) {
-      if (it->is_number_integer()) {
-        err.at = TimePoint(Duration(it->get<int64_t>()));
-      } else if (it->is_string()) {
-        err.at = ParseRfc3339(it->get<std::string>()).value_or(TimePoint{});
-      }
-    }
-    if (auto it = e.find("attempt"); it != e.end() && it->is_number_integer()) {
-      err.attempt = it->get<int>();
-    }
-    if (auto it = e.find("error"); it != e.end() && it->is_string()) {
-      err.error = it->get<std::string>();
-    }
-    if (auto it = e.find("trace"); it != e.end() && it->is_string()) {
-      err.trace = it->get<std::string>();
-    }
-    out.push_back(std::move(err));
-  }
-  return out;
-}
-
-std::string ErrorJson(const AttemptError& e) {
-  nlohmann::json j = {{"at", e.at.time_since_epoch().count()},
-                      {"attempt", e.attempt},
-                      {"error", e.error},
-                      {"trace", e.trace}};
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
@@ -431,7 +357,7 @@ Result<JobRow> ReadRow(const PGresult* r, int i) {
     SPOOL_ASSIGN_OR_RETURN(int64_t us, ParseInt(text(4), "attempted_at"));
     row.attempted_at = TimePoint(Duration(us));
   }
-  row.attempted_by = StringArray(text(5));
+  SPOOL_ASSIGN_OR_RETURN(row.attempted_by, ParseStringArray(text(5)));
   SPOOL_ASSIGN_OR_RETURN(int64_t created, ParseInt(text(6), "created_at"));
   row.created_at = TimePoint(Duration(created));
   SPOOL_ASSIGN_OR_RETURN(int64_t scheduled, ParseInt(text(7), "scheduled_at"));
@@ -446,8 +372,8 @@ Result<JobRow> ReadRow(const PGresult* r, int i) {
   row.kind = text(11);
   row.args = CompactJson(text(12));
   row.metadata = CompactJson(text(13));
-  row.tags = StringArray(text(14));
-  row.errors = ParseErrors(text(15));
+  SPOOL_ASSIGN_OR_RETURN(row.tags, ParseStringArray(text(14)));
+  SPOOL_ASSIGN_OR_RETURN(row.errors, ParseErrors(text(15)));
   return row;
 }
 
@@ -732,7 +658,7 @@ Result<JobScheduleResult> ScheduleOn(Conn& c, const JobScheduleParams& p) {
   SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query("spool_schedule", kScheduleSql,
                                                {Micros(p.now), std::to_string(p.max)}));
   SPOOL_ASSIGN_OR_RETURN(out.count, ParseInt(PQgetvalue(res.get(), 0, 0), "count"));
-  out.queues = StringArray(PQgetvalue(res.get(), 0, 1));
+  SPOOL_ASSIGN_OR_RETURN(out.queues, ParseStringArray(PQgetvalue(res.get(), 0, 1)));
   return out;
 }
 

@@ -10,6 +10,8 @@
 #include <string>
 #include <utility>
 
+#include "driver/row_json.h"
+
 namespace spool::internal {
 
 namespace {
@@ -31,73 +33,6 @@ std::optional<TimePoint> OptionalTime(sqlite3_stmt* stmt, int col) {
 
 int ColumnInt(sqlite3_stmt* stmt, int col) {
   return static_cast<int>(sqlite3_column_int64(stmt, col));
-}
-
-// Parses a JSON array of strings. The arrays spool writes (json_insert, nlohmann dump) have no
-// whitespace, so when the text has no escapes every quote is a delimiter and a plain scan
-// suffices; anything else goes to the full parser.
-Result<std::vector<std::string>> ParseStringArray(std::string_view text) {
-  std::vector<std::string> out;
-  if (text == "[]") return out;
-  if (text.find('\\') == std::string_view::npos && text.size() >= 2 && text.front() == '[' &&
-      text.back() == ']') {
-    size_t i = 1;
-    bool simple = true;
-    while (i < text.size() - 1) {
-      if (text[i] != '"') {
-        simple = false;
-        break;
-      }
-      const size_t end = text.find('"', i + 1);
-      if (end == std::string_view::npos || end >= text.size() - 1) {
-        simple = false;
-        break;
-      }
-      out.emplace_back(text.substr(i + 1, end - i - 1));
-      i = end + 1;
-      if (text[i] == ',') {
-        ++i;
-      } else if (i != text.size() - 1) {
-        simple = false;
-        break;
-      }
-    }
-    if (simple) return out;
-    out.clear();
-  }
-  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (!j.is_array()) return Status::Internal(fmt::format("not a JSON array of strings: {}", text));
-  for (const auto& v : j) {
-    if (!v.is_string()) {
-      return Status::Internal(fmt::format("not a JSON array of strings: {}", text));
-    }
-    out.push_back(v.get<std::string>());
-  }
-  return out;
-}
-
-Result<std::vector<AttemptError>> ParseErrors(std::string_view text) {
-  std::vector<AttemptError> out;
-  if (text == "[]") return out;
-  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (!j.is_array())
-    return Status::Internal(fmt::format("job errors are not a JSON array: {}", text));
-  for (const auto& e : j) {
-    if (!e.is_object()) continue;
-    AttemptError err;
-    err.at = FromMicros(e.value("at", int64_t{0}));
-    err.attempt = e.value("attempt", 0);
-    err.error = e.value("error", std::string());
-    err.trace = e.value("trace", std::string());
-    out.push_back(std::move(err));
-  }
-  return out;
-}
-
-std::string ErrorJson(const AttemptError& e) {
-  nlohmann::json j = {
-      {"at", Micros(e.at)}, {"attempt", e.attempt}, {"error", e.error}, {"trace", e.trace}};
-  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 Result<JobRow> ReadJobRow(sqlite3_stmt* stmt) {
