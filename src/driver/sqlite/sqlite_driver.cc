@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <mutex>
 #include <optional>
+#include <thread>
 #include <utility>
 
 #include "driver/sqlite/sqlite_conn.h"
@@ -375,10 +376,118 @@ Status RunPragma(sqlite3* db, const std::string& sql, const std::string& path) {
   return s;
 }
 
+// Copies the WAL back into the database file on a thread and connection of its own, so the
+// writer's commits do not wait for the copy and its fsync (SQLite's auto-checkpoint runs them in
+// the committing thread). The writer's WAL hook hands over: past kCheckpointFrames it wakes this
+// thread. A log that is copied while the writer keeps appending is never completely copied, and
+// only a completely copied log restarts from its beginning, so past kInlineCheckpointFrames the
+// writer checkpoints itself, which copies the remainder (little, when this thread keeps up)
+// and lets the log restart: the -wal file stays bounded.
+class Checkpointer {
+ public:
+  // 64 MB of WAL with 4 KiB pages. A queue rewrites the same pages (index leaves, the rows just
+  // claimed) many times over, and a page is copied once per checkpoint however often it was
+  // written: copying every 16,000 frames instead of 4,000 cut the copying enough to work 10% more
+  // jobs per second in 300,000-job runs.
+  static constexpr int kCheckpointFrames = 16000;
+  static constexpr int kInlineCheckpointFrames = 32000;  // 128 MB
+
+  Checkpointer(std::string path, bool synchronous_full)
+      : path_(std::move(path)), synchronous_full_(synchronous_full) {}
+  ~Checkpointer() {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+  Checkpointer(const Checkpointer&) = delete;
+  Checkpointer& operator=(const Checkpointer&) = delete;
+
+  // sqlite3_wal_hook callback of the writer, after each of its commits.
+  static int OnCommit(void* self, sqlite3* writer, const char* db_name, int frames) {
+    auto* c = static_cast<Checkpointer*>(self);
+    if (frames >= kInlineCheckpointFrames) {
+      c->CheckpointInline(writer, db_name);
+    } else if (frames >= kCheckpointFrames) {
+      c->Request();
+    }
+    return SQLITE_OK;
+  }
+
+ private:
+  void Request() {
+    {
+      std::lock_guard lock(mu_);
+      if (requested_ || stop_) return;
+      requested_ = true;
+      // Started on first need: short-lived clients (the CLI) never pay for the thread.
+      if (!thread_.joinable()) thread_ = std::thread([this] { Run(); });
+    }
+    cv_.notify_all();
+  }
+
+  // Waits out a checkpoint of the thread (a PASSIVE checkpoint gives up at once if another one
+  // runs, and then the log would grow on) and keeps the thread from starting one meanwhile.
+  void CheckpointInline(sqlite3* writer, const char* db_name) {
+    {
+      std::unique_lock lock(mu_);
+      writer_turn_ = true;
+      cv_.wait(lock, [&] { return !running_; });
+    }
+    (void)sqlite3_wal_checkpoint_v2(writer, db_name, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+    {
+      std::lock_guard lock(mu_);
+      writer_turn_ = false;
+    }
+    cv_.notify_all();
+  }
+
+  void Run() {
+    // Its own connection: a checkpoint holds no write lock, so the writer goes on committing.
+    // If it cannot open one, the writer's inline checkpoints still bound the log.
+    // It syncs as the writer does: a connection opens with synchronous = FULL, whose extra syncs
+    // made every checkpoint stall the writer's commits (pickup p99 4 ms instead of 0.6 ms).
+    auto db = SqliteOpen(path_);
+    if (db) {
+      (void)SqliteExec(db->get(), synchronous_full_ ? "PRAGMA synchronous = FULL"
+                                                    : "PRAGMA synchronous = NORMAL");
+    }
+    std::unique_lock lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return stop_ || (requested_ && !writer_turn_); });
+      if (stop_) return;
+      requested_ = false;  // a commit during this checkpoint asks for the next one
+      running_ = true;
+      lock.unlock();
+      if (db) {
+        (void)sqlite3_wal_checkpoint_v2(db->get(), nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr,
+                                        nullptr);
+      }
+      lock.lock();
+      running_ = false;
+      cv_.notify_all();
+    }
+  }
+
+  const std::string path_;
+  const bool synchronous_full_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool requested_ = false;    // guarded by mu_
+  bool running_ = false;      // the thread is checkpointing; guarded by mu_
+  bool writer_turn_ = false;  // the writer checkpoints itself; guarded by mu_
+  bool stop_ = false;         // guarded by mu_
+  std::thread thread_;
+};
+
 class SqliteDriver final : public Driver {
  public:
-  SqliteDriver(std::string path, SqliteDbPtr writer, SqliteDbPtr watcher)
+  SqliteDriver(std::string path, SqliteDbPtr writer, SqliteDbPtr watcher,
+               const DriverOptions& options)
       : path_(std::move(path)),
+        checkpointer_(path_, options.sqlite.synchronous_full),
         writer_(std::move(writer)),
         queries_(writer_.get()),
         executor_(mu_, queries_),
@@ -400,9 +509,8 @@ class SqliteDriver final : public Driver {
     SPOOL_RETURN_IF_ERROR(RunPragma(writer_.get(), "PRAGMA foreign_keys = ON", path_));
     SPOOL_RETURN_IF_ERROR(RunPragma(writer_.get(), kWriterCacheSize, path_));
     SPOOL_RETURN_IF_ERROR(RunPragma(writer_.get(), "PRAGMA temp_store = MEMORY", path_));
-    // Checkpoint every ~16 MB of WAL instead of every 4 MB: a queue rewrites the same few pages
-    // constantly, and each checkpoint copies them back to the database file and stalls writers.
-    SPOOL_RETURN_IF_ERROR(RunPragma(writer_.get(), "PRAGMA wal_autocheckpoint = 4000", path_));
+    // Replaces SQLite's auto-checkpoint (every 1,000 frames, in the committing thread).
+    sqlite3_wal_hook(writer_.get(), &Checkpointer::OnCommit, &checkpointer_);
     SPOOL_RETURN_IF_ERROR(RunPragma(watcher_.get(), "PRAGMA query_only = ON", path_));
 
     sqlite3_stmt* raw = nullptr;
@@ -593,6 +701,8 @@ class SqliteDriver final : public Driver {
   }
 
   const std::string path_;
+  // Declared before writer_, so it outlives the writer's WAL hook that points at it.
+  Checkpointer checkpointer_;
 
   // Guards the writer connection and everything run on it. Begin() holds it for the Tx's life.
   std::mutex mu_;
@@ -614,7 +724,8 @@ class SqliteDriver final : public Driver {
 Result<std::unique_ptr<Driver>> OpenSqliteDriver(std::string path, const DriverOptions& options) {
   SPOOL_ASSIGN_OR_RETURN(SqliteDbPtr writer, SqliteOpen(path));
   SPOOL_ASSIGN_OR_RETURN(SqliteDbPtr watcher, SqliteOpen(path));
-  auto driver = std::make_unique<SqliteDriver>(path, std::move(writer), std::move(watcher));
+  auto driver =
+      std::make_unique<SqliteDriver>(path, std::move(writer), std::move(watcher), options);
   SPOOL_RETURN_IF_ERROR(driver->Init(options));
   return std::unique_ptr<Driver>(std::move(driver));
 }
