@@ -421,9 +421,18 @@ class Checkpointer {
     {
       std::lock_guard lock(mu_);
       if (requested_ || stop_) return;
+      // Started on first need: short-lived clients (the CLI) never pay for the thread. This runs
+      // inside SQLite's commit, where nothing may throw: without a thread, the writer's own
+      // checkpoints past kInlineCheckpointFrames still bound the log.
+      if (!thread_.joinable()) {
+        try {
+          thread_ = std::thread([this] { Run(); });
+        } catch (...) {
+          stop_ = true;
+          return;
+        }
+      }
       requested_ = true;
-      // Started on first need: short-lived clients (the CLI) never pay for the thread.
-      if (!thread_.joinable()) thread_ = std::thread([this] { Run(); });
     }
     cv_.notify_all();
   }
