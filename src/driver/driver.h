@@ -259,9 +259,6 @@ class Driver {
   virtual Status NotifyControl() = 0;
 };
 
-// The embedded migrations of a driver kind ("sqlite" or "postgres") without opening a database;
-// nullptr for an unknown kind or one not built in. Each driver defines its own
-// (SqliteMigrations(), PostgresMigrations()).
 // Checks of seam parameters shared by every driver, so all reject the same input with the same
 // InvalidArgument message.
 // Each insert row: state available/scheduled/pending, priority in range, non-empty kind and
@@ -273,6 +270,9 @@ Status CheckOutcomeStates(const std::vector<JobSetStateParams>& outcomes);
 // The state of a JobDeleteFinalized call is a final one.
 Status CheckFinalizedState(JobState state);
 
+// The embedded migrations of a driver kind ("sqlite" or "postgres") without opening a database;
+// nullptr for an unknown kind or one not built in. Each driver defines its own
+// (SqliteMigrations(), PostgresMigrations()).
 const std::vector<Migration>* MigrationsFor(std::string_view driver_name);
 const std::vector<Migration>& SqliteMigrations();
 const std::vector<Migration>& PostgresMigrations();

@@ -84,6 +84,12 @@ class PostgresDriverTest : public ::testing::Test {
     return std::move(*d);
   }
 
+  // Opens a transaction on the application's connection and returns spool's executor inside it.
+  Result<std::unique_ptr<Executor>> BeginOn(PGconn* app) {
+    Query(app, "BEGIN");
+    return driver_->ExecutorFor(PostgresTx(app));
+  }
+
   // Terminates the driver's server connections and waits until the server has closed them.
   void KillConnections() {
     auto n = PostgresTestDb::Instance().TerminateConnections(url_);
@@ -213,8 +219,7 @@ TEST_F(PostgresDriverTest, InsertJoinsTheCallersTransaction) {
   ASSERT_NE(driver_, nullptr);
   PgConnPtr app = Connect(url_);
   for (const bool commit : {false, true}) {
-    Query(app.get(), "BEGIN");
-    auto exec = driver_->ExecutorFor(PostgresTx(app.get()));
+    auto exec = BeginOn(app.get());
     ASSERT_TRUE(exec.has_value()) << exec.error().ToString();
     auto rows = (*exec)->JobInsertMany(OneJob());
     ASSERT_TRUE(rows.has_value()) << rows.error().ToString();
@@ -236,8 +241,7 @@ TEST_F(PostgresDriverTest, InsertInTheCallersTransactionNotifiesAtCommit) {
   ASSERT_TRUE(first.has_value()) << first.error().ToString();
   PgConnPtr app = Connect(url_);
   for (const bool commit : {false, true}) {
-    Query(app.get(), "BEGIN");
-    auto exec = driver_->ExecutorFor(PostgresTx(app.get()));
+    auto exec = BeginOn(app.get());
     ASSERT_TRUE(exec.has_value()) << exec.error().ToString();
     auto n = (*exec)->JobInsertManyFast(OneJob());
     ASSERT_TRUE(n.has_value()) << n.error().ToString();
@@ -257,8 +261,7 @@ TEST_F(PostgresDriverTest, ClaimsAndOutcomesInTheCallersTransactionKeepItsSynchr
   ASSERT_NE(driver_, nullptr);
   ASSERT_TRUE(driver_->executor().JobInsertMany(OneJob()).has_value());
   PgConnPtr app = Connect(url_);
-  Query(app.get(), "BEGIN");
-  auto exec = driver_->ExecutorFor(PostgresTx(app.get()));
+  auto exec = BeginOn(app.get());
   ASSERT_TRUE(exec.has_value()) << exec.error().ToString();
   auto fetched = (*exec)->JobGetAvailable({"q", 1, "c", kT0});
   ASSERT_TRUE(fetched.has_value() && fetched->size() == 1u);
@@ -443,8 +446,7 @@ TEST_F(PostgresDriverTest, ConcurrentUniqueInsertsNeverErrorNorInsertTwice) {
 TEST_F(PostgresDriverTest, UniqueInsertWaitsForAConcurrentTransactionHoldingTheKey) {
   ASSERT_NE(driver_, nullptr);
   PgConnPtr app = Connect(url_);
-  Query(app.get(), "BEGIN");
-  auto in_tx = driver_->ExecutorFor(PostgresTx(app.get()));
+  auto in_tx = BeginOn(app.get());
   ASSERT_TRUE(in_tx.has_value());
   auto first = (*in_tx)->JobInsertMany(UniqueJob("held"));
   ASSERT_TRUE(first.has_value()) << first.error().ToString();

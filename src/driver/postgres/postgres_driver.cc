@@ -269,6 +269,13 @@ constexpr const char* kLeaderElectSql =
 constexpr const char* kLeaderReelectSql = "UPDATE spool_leader SET expires_at = " SPOOL_TS(
     "$2") " WHERE name = 'default' AND leader_id = $1";
 
+// NOTIFY through a parameterised statement (a channel is an identifier, so LISTEN/NOTIFY cannot
+// take it as a parameter); inside a transaction it is delivered at commit.
+Status NotifyOn(Conn& c, const std::string& channel, std::string payload) {
+  return c.Query("spool_notify", "SELECT pg_notify($1, $2)", {channel, std::move(payload)})
+      .status();
+}
+
 constexpr const char* kLeaderResignSql =
     "DELETE FROM spool_leader WHERE name = 'default' AND leader_id = $1";
 
@@ -714,9 +721,7 @@ Result<JobRow> CancelOn(Conn& c, const JobCancelParams& p, const std::string& co
   if (row.state == JobState::kRunning) {
     // Wakes the process running it now instead of at its next poll; inside a transaction it is
     // delivered at commit.
-    SPOOL_RETURN_IF_ERROR(
-        c.Query("spool_notify_control", "SELECT pg_notify($1, 'cancel')", {control_channel})
-            .status());
+    SPOOL_RETURN_IF_ERROR(NotifyOn(c, control_channel, "cancel"));
   }
   return row;
 }
@@ -1155,8 +1160,7 @@ class BorrowedExecutor final : public PgExecutor<Executor> {
       if (j.state == JobState::kAvailable) queues.insert(j.queue);
     }
     for (std::string_view q : queues) {
-      SPOOL_RETURN_IF_ERROR(
-          c.Query("", "SELECT pg_notify($1, $2)", {*insert_channel_, std::string(q)}).status());
+      SPOOL_RETURN_IF_ERROR(NotifyOn(c, *insert_channel_, std::string(q)));
     }
     return Status::Ok();
   }
@@ -1377,15 +1381,12 @@ class PostgresDriver final : public Driver {
 
   Status NotifyInsert(std::string_view queue) override {
     SPOOL_ASSIGN_OR_RETURN(Lease lease, pool_.Acquire());
-    return lease->Query("spool_notify", "SELECT pg_notify($1, $2)", {channel_, std::string(queue)})
-        .status();
+    return NotifyOn(*lease, channel_, std::string(queue));
   }
 
   Status NotifyControl() override {
     SPOOL_ASSIGN_OR_RETURN(Lease lease, pool_.Acquire());
-    return lease
-        ->Query("spool_notify_control", "SELECT pg_notify($1, 'control')", {control_channel_})
-        .status();
+    return NotifyOn(*lease, control_channel_, "control");
   }
 
  private:

@@ -376,6 +376,11 @@ Status RunPragma(sqlite3* db, const std::string& sql, const std::string& path) {
   return s;
 }
 
+// The writer and the checkpointer sync alike (SqliteOptions::synchronous_full).
+const char* SynchronousPragma(bool full) {
+  return full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL";
+}
+
 // Copies the WAL back into the database file on a thread and connection of its own, so the
 // writer's commits do not wait for the copy and its fsync (SQLite's auto-checkpoint runs them in
 // the committing thread). The writer's WAL hook hands over: past kCheckpointFrames it wakes this
@@ -460,8 +465,7 @@ class Checkpointer {
     // made every checkpoint stall the writer's commits (pickup p99 4 ms instead of 0.6 ms).
     auto db = SqliteOpen(path_);
     if (db) {
-      (void)SqliteExec(db->get(), synchronous_full_ ? "PRAGMA synchronous = FULL"
-                                                    : "PRAGMA synchronous = NORMAL");
+      (void)SqliteExec(db->get(), SynchronousPragma(synchronous_full_));
     }
     std::unique_lock lock(mu_);
     for (;;) {
@@ -511,10 +515,8 @@ class SqliteDriver final : public Driver {
     // journal_mode is the first statement that reads the file, so it is where a file that is not
     // a database fails.
     SPOOL_RETURN_IF_ERROR(RunPragma(writer_.get(), "PRAGMA journal_mode = WAL", path_));
-    SPOOL_RETURN_IF_ERROR(RunPragma(
-        writer_.get(),
-        fmt::format("PRAGMA synchronous = {}", options.sqlite.synchronous_full ? "FULL" : "NORMAL"),
-        path_));
+    SPOOL_RETURN_IF_ERROR(
+        RunPragma(writer_.get(), SynchronousPragma(options.sqlite.synchronous_full), path_));
     SPOOL_RETURN_IF_ERROR(RunPragma(writer_.get(), "PRAGMA foreign_keys = ON", path_));
     SPOOL_RETURN_IF_ERROR(RunPragma(writer_.get(), kWriterCacheSize, path_));
     SPOOL_RETURN_IF_ERROR(RunPragma(writer_.get(), "PRAGMA temp_store = MEMORY", path_));
