@@ -1,8 +1,10 @@
 #include "maintenance/maintenance.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
+#include <map>
 #include <random>
 #include <set>
 
@@ -195,6 +197,14 @@ void Maintenance::Rescue(TimePoint now) {
   }
   if (stuck->empty()) return;
   JobSetStateIfRunningManyParams updates;
+  // One warning per cause (and client) after the write, not one per job: a node that dies holding
+  // thousands of jobs would otherwise bury the rest of the log. Each job's error keeps its cause.
+  struct Rescued {
+    int64_t count = 0;
+    std::vector<int64_t> ids;  // the first kIdsShown
+  };
+  constexpr size_t kIdsShown = 10;
+  std::map<std::string, Rescued> by_cause;
   for (const JobRow& job : *stuck) {
     const std::string client = job.attempted_by.empty() ? "unknown" : job.attempted_by.back();
     const WorkerBase* worker = env_.workers.Find(job.kind);
@@ -203,19 +213,25 @@ void Maintenance::Rescue(TimePoint now) {
       if (auto t = worker->Timeout(job)) timeout = *t;
     }
     const TimePoint started = job.attempted_at.value_or(job.scheduled_at);
+    std::string cause;
     std::string why;
     if (timeout > Duration::zero() && started < now - (timeout + margin)) {
+      cause = fmt::format("they ran past their {} timeout by more than {} on client {}",
+                          Seconds(timeout), Seconds(margin), client);
       why = fmt::format("job ran past its {} timeout by more than {} on client {}; rescued",
                         Seconds(timeout), Seconds(margin), client);
     } else if (started < now - o.rescue_after) {
+      cause = fmt::format("they were running for more than {} on client {}",
+                          Seconds(o.rescue_after), client);
       why = fmt::format("job was running for more than {} on client {}; rescued",
                         Seconds(o.rescue_after), client);
     } else if (job.attempted_at.has_value() && *job.attempted_at >= params.heartbeat_stale_before &&
                client == env_.client_id) {
       continue;  // ours and recent: not stuck
     } else {
-      why = fmt::format("client {} stopped responding (no heartbeat for {}); job rescued", client,
-                        Seconds(o.client_stale_after));
+      cause = fmt::format("client {} stopped responding (no heartbeat for {})", client,
+                          Seconds(o.client_stale_after));
+      why = cause + "; job rescued";
     }
     JobSetStateParams u{.id = job.id, .state = JobState::kRetryable, .at = now, .error = {}};
     u.error = AttemptError{.at = now, .attempt = job.attempt, .error = why, .trace = {}};
@@ -226,12 +242,26 @@ void Maintenance::Rescue(TimePoint now) {
       if (worker != nullptr) delay = worker->NextRetry(job);
       u.at = now + delay.value_or(env_.retry_policy.NextRetry(job));
     }
-    Log(LogLevel::kWarn, fmt::format("job {} ({}): {}", job.id, job.kind, why));
+    Log(LogLevel::kDebug, fmt::format("job {} ({}): {}", job.id, job.kind, why));
+    Rescued& group = by_cause[cause];
+    ++group.count;
+    if (group.ids.size() < kIdsShown) group.ids.push_back(job.id);
     updates.jobs.push_back(std::move(u));
   }
   if (updates.jobs.empty()) return;
   if (auto r = ex.JobSetStateIfRunningMany(updates); !r) {
-    Log(LogLevel::kWarn, "rescuer: writing rescued jobs failed: " + r.error().ToString());
+    Log(LogLevel::kWarn, fmt::format("rescuer: writing {} rescued jobs failed (tried again at the "
+                                     "next rescue): {}",
+                                     updates.jobs.size(), r.error().ToString()));
+    return;
+  }
+  for (const auto& [cause, group] : by_cause) {
+    const int64_t more = group.count - static_cast<int64_t>(group.ids.size());
+    Log(LogLevel::kWarn,
+        fmt::format("rescued {} job{} (ids {}{}): {}; each is retried, or discarded when out "
+                    "of attempts",
+                    group.count, group.count == 1 ? "" : "s", fmt::join(group.ids, ", "),
+                    more > 0 ? fmt::format(" and {} more", more) : std::string(), cause));
   }
 }
 

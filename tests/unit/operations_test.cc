@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <mutex>
 #include <stop_token>
 
 #include "driver/driver.h"
@@ -213,6 +214,56 @@ TEST_F(OperationsTest, JobsOfADeadClientAreRescuedAndComplete) {
       << j.errors[0].error;
   EXPECT_EQ(j.attempt, 2);
   ASSERT_TRUE(c->Stop(10s).ok());
+}
+
+// A node that dies holding many jobs gets one warning per cause, after the rescue is written, not
+// one line per job; each job's own error still says why it was rescued.
+TEST_F(OperationsTest, RescuingManyJobsLogsOneLineForThem) {
+  auto o = Options();
+  o.retry_policy = std::make_shared<testing::FixedRetry>(Duration::zero());
+  std::mutex mu;
+  std::vector<std::string> warnings;
+  o.logger = [&](LogLevel level, std::string_view m) {
+    if (level < LogLevel::kWarn) return;
+    std::lock_guard lock(mu);
+    warnings.emplace_back(m);
+  };
+  constexpr int kHeld = 25;
+  auto c = Open(o);
+  std::vector<InsertParams> batch(
+      kHeld, InsertParams{std::string(TaskArgs::kKind), R"({"name":"x"})", {}});
+  ASSERT_TRUE(c->InsertMany(std::move(batch)).has_value());
+  std::vector<int64_t> held;
+  {
+    auto d = internal::Driver::Open(url_, {});
+    ASSERT_TRUE(d.has_value());
+    auto got = (*d)->executor().JobGetAvailable(
+        {.queue = "default", .max = kHeld, .client_id = "dead-client", .now = clock_->Now()});
+    ASSERT_TRUE(got.has_value());
+    ASSERT_EQ(got->size(), size_t{kHeld});
+    for (const auto& j : *got) held.push_back(j.id);
+  }
+  EventLog log(*c);
+  ASSERT_TRUE(c->Start().ok());
+  ASSERT_TRUE(log.WaitForCount(Event::Kind::kJobCompleted, kHeld));
+  ASSERT_TRUE(c->Stop(10s).ok());
+
+  std::lock_guard lock(mu);
+  std::vector<std::string> rescue_lines;
+  for (const auto& w : warnings) {
+    if (w.find("rescued") != std::string::npos) rescue_lines.push_back(w);
+  }
+  ASSERT_EQ(rescue_lines.size(), 1u) << ::testing::PrintToString(rescue_lines);
+  const std::string& line = rescue_lines[0];
+  EXPECT_EQ(line.rfind("rescued 25 jobs (ids ", 0), 0u) << line;
+  EXPECT_NE(line.find(" and 15 more): client dead-client stopped responding (no heartbeat for "
+                      "30s)"),
+            std::string::npos)
+      << line;
+  JobRow j = *c->JobGet(held.back());
+  ASSERT_EQ(j.errors.size(), 1u);
+  EXPECT_EQ(j.errors[0].error,
+            "client dead-client stopped responding (no heartbeat for 30s); job rescued");
 }
 
 // A leader whose renewal is stuck (another process holds the database's write lock) stops acting
