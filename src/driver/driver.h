@@ -143,7 +143,9 @@ class Executor {
   virtual ~Executor() = default;
 
   // Inserts all rows in as few statements as possible; returns the rows in input order, with
-  // the existing row (duplicate = true) for a unique job whose key is taken.
+  // the existing row (duplicate = true) for a unique job whose key is taken. Other processes are
+  // told of the queues that got available jobs in the insert's own transaction (PostgreSQL:
+  // NOTIFY, delivered at commit; SQLite needs nothing): callers only wake their own producers.
   virtual Result<std::vector<JobInsertResult>> JobInsertMany(const JobInsertManyParams& params) = 0;
   // Same, returning only the number of rows inserted (duplicates skipped, no rows read back).
   virtual Result<int64_t> JobInsertManyFast(const JobInsertManyParams& params) = 0;
@@ -250,8 +252,8 @@ class Driver {
   // on timeout. Interrupt() makes a blocked call return at once. Called by one thread.
   virtual Result<bool> WaitForChange(Duration timeout) = 0;
   virtual void Interrupt() = 0;
-  // Tells other processes that `queue` has new jobs (PostgreSQL: NOTIFY; SQLite: nothing, since
-  // they see data_version move).
+  // Tells other processes that `queue` has new available jobs made so by something other than an
+  // insert, e.g. a retry (PostgreSQL: NOTIFY; SQLite: nothing, since they see data_version move).
   virtual Status NotifyInsert(std::string_view queue) = 0;
   // Tells other processes that job or queue state changed under them (a running job's cancel
   // was requested, a queue paused): PostgreSQL NOTIFY on a control channel that WaitForChange

@@ -299,12 +299,14 @@ class Client::Impl {
     }
   }
 
+  // After an insert: other processes heard of it from the insert itself (the driver notifies in
+  // the insert's transaction), this one's producers are woken here.
   void WakeQueues(const std::vector<internal::JobInsertParams>& jobs) {
     std::string_view last;
     for (const auto& j : jobs) {
       if (j.state != JobState::kAvailable || j.queue == last) continue;
       last = j.queue;
-      Announce(j.queue);
+      WakeQueue(j.queue);
     }
   }
 

@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <future>
 #include <map>
 #include <memory>
@@ -201,6 +202,68 @@ TEST_F(PostgresDriverTest, OwnInsertNotificationsAreNotAChange) {
   auto woke = driver_->WaitForChange(seconds(20));
   ASSERT_TRUE(woke.has_value()) << woke.error().ToString();
   EXPECT_TRUE(*woke);
+}
+
+// Every insert tells the other processes itself, in its own transaction (a single row in one
+// round trip with its NOTIFY): clients only wake their own producers after inserting.
+TEST_F(PostgresDriverTest, InsertsNotifyOtherProcessesThemselves) {
+  ASSERT_NE(driver_, nullptr);
+  auto first = driver_->WaitForChange(milliseconds(200));  // connects and listens
+  ASSERT_TRUE(first.has_value()) << first.error().ToString();
+  std::unique_ptr<Driver> other = OpenAt(url_);
+  ASSERT_NE(other, nullptr);
+  JobInsertManyParams bulk;
+  bulk.now = kT0;
+  bulk.jobs.assign(5'001, OneJob().jobs[0]);  // more than one statement, in a transaction
+  const std::vector<std::pair<const char*, std::function<bool()>>> inserts = {
+      {"one row", [&] { return other->executor().JobInsertMany(OneJob()).has_value(); }},
+      {"one row, fast", [&] { return other->executor().JobInsertManyFast(OneJob()).has_value(); }},
+      {"bulk", [&] { return other->executor().JobInsertMany(bulk).has_value(); }},
+      {"bulk, fast", [&] { return other->executor().JobInsertManyFast(bulk).has_value(); }},
+  };
+  for (const auto& [what, insert] : inserts) {
+    ASSERT_TRUE(insert()) << what;
+    auto woke = driver_->WaitForChange(seconds(20));
+    ASSERT_TRUE(woke.has_value()) << woke.error().ToString();
+    EXPECT_TRUE(*woke) << what << ": no notification";
+  }
+
+  JobInsertManyParams later = OneJob("q", kT0 + std::chrono::hours(1));
+  later.jobs[0].state = JobState::kScheduled;
+  ASSERT_TRUE(other->executor().JobInsertMany(later).has_value());
+  auto scheduled = driver_->WaitForChange(milliseconds(300));
+  ASSERT_TRUE(scheduled.has_value()) << scheduled.error().ToString();
+  EXPECT_FALSE(*scheduled) << "a scheduled job woke producers that have nothing to fetch yet";
+
+  ASSERT_TRUE(driver_->executor().JobInsertMany(OneJob()).has_value());
+  auto own = driver_->WaitForChange(milliseconds(300));
+  ASSERT_TRUE(own.has_value()) << own.error().ToString();
+  EXPECT_FALSE(*own) << "this driver's own insert woke its listener";
+}
+
+// Statements sent as one pipeline are one transaction: a failure rolls back the statements
+// before it, the first error is the one returned, and the connection serves the next call.
+TEST_F(PostgresDriverTest, APipelineIsOneTransaction) {
+  auto conn = pg::Conn::Connect(url_, "test");
+  ASSERT_TRUE(conn.has_value()) << conn.error().ToString();
+  pg::Conn& c = **conn;
+  ASSERT_TRUE(c.Exec("CREATE TEMP TABLE pipelined (x int PRIMARY KEY)").ok());
+  const std::string insert = "INSERT INTO pipelined VALUES ($1)";
+  const std::string count = "SELECT count(*) FROM pipelined";
+  auto failed = c.QueryPipelined({{"pipelined_insert", &insert, {"1"}},
+                                  {"pipelined_insert", &insert, {"1"}},
+                                  {"pipelined_insert", &insert, {"2"}}});
+  ASSERT_FALSE(failed.has_value());
+  EXPECT_NE(failed.error().message().find("duplicate key"), std::string::npos)
+      << failed.error().ToString();
+  EXPECT_TRUE(c.ok());
+  auto ok = c.QueryPipelined({{"pipelined_insert", &insert, {"3"}}, {"", &count, {}}});
+  ASSERT_TRUE(ok.has_value()) << ok.error().ToString();
+  ASSERT_EQ(ok->size(), 2u);
+  EXPECT_STREQ(PQgetvalue((*ok)[1].get(), 0, 0), "1") << "the failed pipeline left rows behind";
+  auto after = c.Query("", count, {});
+  ASSERT_TRUE(after.has_value()) << after.error().ToString();
+  EXPECT_STREQ(PQgetvalue(after->get(), 0, 0), "1");
 }
 
 TEST_F(PostgresDriverTest, NotificationsStayInTheirSchema) {

@@ -159,32 +159,99 @@ Result<int64_t> Conn::CopyIn(const std::string& copy_sql,
   return rows;
 }
 
-Result<PgResult> Conn::Query(std::string_view name, const std::string& sql,
-                             const std::vector<Param>& params) {
+namespace {
+
+std::vector<const char*> ParamValues(const std::vector<Param>& params) {
   std::vector<const char*> values;
   values.reserve(params.size());
   for (const Param& p : params) values.push_back(p ? p->c_str() : nullptr);
-  const int n = static_cast<int>(params.size());
+  return values;
+}
 
-  PgResult res;
-  if (owned_ && !name.empty()) {
-    std::string key(name);
-    if (!prepared_.contains(key)) {
-      PgResult prep(PQprepare(conn_, key.c_str(), sql.c_str(), n, nullptr));
-      if (!prep || PQresultStatus(prep.get()) != PGRES_COMMAND_OK) {
-        return ErrorFrom(prep.get(), name);
-      }
-      prepared_.insert(key);
+std::string_view What(std::string_view name) { return name.empty() ? "postgres" : name; }
+
+bool Succeeded(const PGresult* res) {
+  const ExecStatusType st = res != nullptr ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+  return st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+}
+
+}  // namespace
+
+Result<bool> Conn::EnsurePrepared(std::string_view name, const std::string& sql, int n_params) {
+  if (!owned_ || name.empty()) return false;
+  std::string key(name);
+  if (!prepared_.contains(key)) {
+    PgResult prep(PQprepare(conn_, key.c_str(), sql.c_str(), n_params, nullptr));
+    if (!prep || PQresultStatus(prep.get()) != PGRES_COMMAND_OK) {
+      return ErrorFrom(prep.get(), name);
     }
-    res.reset(PQexecPrepared(conn_, key.c_str(), n, values.data(), nullptr, nullptr, 0));
-  } else {
-    res.reset(PQexecParams(conn_, sql.c_str(), n, nullptr, values.data(), nullptr, nullptr, 0));
+    prepared_.insert(std::move(key));
   }
-  ExecStatusType st = res ? PQresultStatus(res.get()) : PGRES_FATAL_ERROR;
-  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-    return ErrorFrom(res.get(), name.empty() ? std::string_view("postgres") : name);
-  }
+  return true;
+}
+
+Result<PgResult> Conn::Query(std::string_view name, const std::string& sql,
+                             const std::vector<Param>& params) {
+  const std::vector<const char*> values = ParamValues(params);
+  const int n = static_cast<int>(params.size());
+  SPOOL_ASSIGN_OR_RETURN(const bool prepared, EnsurePrepared(name, sql, n));
+  PgResult res(
+      prepared
+          ? PQexecPrepared(conn_, std::string(name).c_str(), n, values.data(), nullptr, nullptr, 0)
+          : PQexecParams(conn_, sql.c_str(), n, nullptr, values.data(), nullptr, nullptr, 0));
+  if (!Succeeded(res.get())) return ErrorFrom(res.get(), What(name));
   return res;
+}
+
+Result<std::vector<PgResult>> Conn::QueryPipelined(const std::vector<Statement>& statements) {
+  // Preparing is a round trip of its own, but only the first time on a connection.
+  std::vector<bool> prepared;
+  for (const Statement& s : statements) {
+    SPOOL_ASSIGN_OR_RETURN(const bool p,
+                           EnsurePrepared(s.name, *s.sql, static_cast<int>(s.params.size())));
+    prepared.push_back(p);
+  }
+  if (PQenterPipelineMode(conn_) != 1) return ErrorFrom(nullptr, "pipeline");
+  bool sent = true;
+  for (size_t i = 0; i < statements.size() && sent; ++i) {
+    const Statement& s = statements[i];
+    const std::vector<const char*> values = ParamValues(s.params);
+    const int n = static_cast<int>(s.params.size());
+    sent = (prepared[i] ? PQsendQueryPrepared(conn_, std::string(s.name).c_str(), n, values.data(),
+                                              nullptr, nullptr, 0)
+                        : PQsendQueryParams(conn_, s.sql->c_str(), n, nullptr, values.data(),
+                                            nullptr, nullptr, 0)) == 1;
+  }
+  if (sent) sent = PQpipelineSync(conn_) == 1;
+  if (!sent) {
+    // No Sync went out, so nothing of it commits; what is queued on the connection cannot be
+    // taken back, so its pool drops it.
+    broken_ = true;
+    return ErrorFrom(nullptr, What(statements.empty() ? "" : statements[0].name));
+  }
+  // Every result up to the Sync must be read before the connection leaves pipeline mode.
+  std::vector<PgResult> out;
+  std::optional<Status> error;
+  for (const Statement& s : statements) {
+    PgResult res(PQgetResult(conn_));
+    if (!res) {
+      error = ErrorFrom(nullptr, What(s.name));
+      break;
+    }
+    // A statement after a failed one comes back PGRES_PIPELINE_ABORTED: the first error counts.
+    if (!Succeeded(res.get()) && !error) error = ErrorFrom(res.get(), What(s.name));
+    out.push_back(std::move(res));
+    while (PGresult* end = PQgetResult(conn_)) PQclear(end);  // the NULL ending its results
+  }
+  if (!error || PQstatus(conn_) == CONNECTION_OK) {
+    PgResult sync(PQgetResult(conn_));
+    if (!sync || PQresultStatus(sync.get()) != PGRES_PIPELINE_SYNC) {
+      if (!error) error = ErrorFrom(sync.get(), "pipeline");
+    }
+  }
+  if (PQexitPipelineMode(conn_) != 1 && !error) error = ErrorFrom(nullptr, "pipeline");
+  if (error) return *error;
+  return out;
 }
 
 void AppendCopyField(std::string& out, std::string_view s) {

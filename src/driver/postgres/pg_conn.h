@@ -36,6 +36,14 @@ Status::Code ClassifySqlState(std::string_view sqlstate);
 // A text-format query parameter; nullopt is SQL NULL.
 using Param = std::optional<std::string>;
 
+// One statement of a pipeline: `sql` with text parameters, prepared under `name` on owned
+// connections when the name is not empty (as Conn::Query does).
+struct Statement {
+  std::string_view name;
+  const std::string* sql;  // outlives the call
+  std::vector<Param> params;
+};
+
 // One connection, owned or borrowed (a caller's PGconn* inside its own transaction). Used by one
 // thread at a time. Owned connections cache prepared statements by name.
 class Conn {
@@ -52,7 +60,7 @@ class Conn {
   PGconn* get() const { return conn_; }
   bool owned() const { return owned_; }
   // False once the server or network dropped it; the pool discards such connections.
-  bool ok() const { return PQstatus(conn_) == CONNECTION_OK; }
+  bool ok() const { return !broken_ && PQstatus(conn_) == CONNECTION_OK; }
 
   // Runs one or more statements without parameters (DDL, BEGIN/COMMIT).
   Status Exec(std::string_view sql);
@@ -60,6 +68,11 @@ class Conn {
   // is prepared once per connection and reused.
   Result<PgResult> Query(std::string_view name, const std::string& sql,
                          const std::vector<Param>& params);
+
+  // Runs `statements` in one round trip (libpq pipeline mode, one Sync). Outside a transaction
+  // block they form one implicit transaction: all commit or none does. The first failure is
+  // returned (the statements after it are skipped by the server); else one result per statement.
+  Result<std::vector<PgResult>> QueryPipelined(const std::vector<Statement>& statements);
 
   // Runs `copy_sql` (a COPY ... FROM STDIN in text format) and sends what `fill` appends to the
   // buffer it is given, one piece per call, until `fill` returns false. Returns the rows copied.
@@ -71,9 +84,12 @@ class Conn {
 
  private:
   Conn(PGconn* conn, bool owned) : conn_(conn), owned_(owned) {}
+  // Prepares `name` once per owned connection; false when the statement is to be sent unnamed.
+  Result<bool> EnsurePrepared(std::string_view name, const std::string& sql, int n_params);
 
   PGconn* conn_;
   bool owned_;
+  bool broken_ = false;  // left in a state no later call can use (a pipeline half sent)
   std::unordered_set<std::string> prepared_;
 };
 

@@ -271,10 +271,21 @@ constexpr const char* kLeaderReelectSql = "UPDATE spool_leader SET expires_at = 
 
 // NOTIFY through a parameterised statement (a channel is an identifier, so LISTEN/NOTIFY cannot
 // take it as a parameter); inside a transaction it is delivered at commit.
-Status NotifyOn(Conn& c, const std::string& channel, std::string payload) {
-  return c.Query("spool_notify", "SELECT pg_notify($1, $2)", {channel, std::move(payload)})
-      .status();
+pg::Statement NotifyStatement(const std::string& channel, std::string payload) {
+  static const std::string* const kSql = new std::string("SELECT pg_notify($1, $2)");
+  return {"spool_notify", kSql, {channel, std::move(payload)}};
 }
+
+Status NotifyOn(Conn& c, const std::string& channel, std::string payload) {
+  const pg::Statement n = NotifyStatement(channel, std::move(payload));
+  return c.Query(n.name, *n.sql, n.params).status();
+}
+
+// The driver's notification channels, named after the schema by Driver::Init.
+struct Channels {
+  std::string insert;   // a queue got available jobs; the payload is the queue
+  std::string control;  // a running job's cancel was asked for, or a queue paused or resumed
+};
 
 constexpr const char* kLeaderResignSql =
     "DELETE FROM spool_leader WHERE name = 'default' AND leader_id = $1";
@@ -590,14 +601,27 @@ Result<std::optional<int64_t>> CopyInsertOn(Conn& c, const JobInsertManyParams& 
 // rows holding taken unique keys) are appended in input order. Batches without unique keys take
 // the plain insert: ON CONFLICT would add an arbiter check to every row; without `out` too, they
 // are copied in one COPY.
-Result<int64_t> InsertOn(Conn& c, const JobInsertManyParams& p, std::vector<JobInsertResult>* out) {
+//
+// `notifies` (NOTIFYs of the queues that get available jobs) run on the same connection after
+// the rows, so inside a transaction they are delivered at its commit; when the insert is a single
+// statement they travel with it in one round trip and, outside a transaction, one implicit
+// transaction.
+Result<int64_t> InsertOn(Conn& c, const JobInsertManyParams& p, std::vector<JobInsertResult>* out,
+                         const std::vector<pg::Statement>& notifies) {
+  const auto notify_after = [&](int64_t count) -> Result<int64_t> {
+    for (const pg::Statement& n : notifies) {
+      SPOOL_RETURN_IF_ERROR(c.Query(n.name, *n.sql, n.params).status());
+    }
+    return count;
+  };
   const bool unique = std::any_of(p.jobs.begin(), p.jobs.end(),
                                   [](const JobInsertParams& j) { return !j.unique_key.empty(); });
   if (!unique && out == nullptr) {
     SPOOL_ASSIGN_OR_RETURN(std::optional<int64_t> copied, CopyInsertOn(c, p));
-    if (copied) return *copied;
+    if (copied) return notify_after(*copied);
   }
   int64_t count = 0;
+  bool sent_notifies = false;
   std::vector<size_t> idx;
   for (size_t begin = 0; begin < p.jobs.size(); begin += kInsertChunk) {
     const size_t end = std::min(p.jobs.size(), begin + kInsertChunk);
@@ -612,7 +636,16 @@ Result<int64_t> InsertOn(Conn& c, const JobInsertManyParams& p, std::vector<JobI
     const std::string& sql = unique ? InsertUniqueSql(false) : InsertSql(returning);
     const char* name =
         unique ? "spool_insert_unique_fast" : (returning ? "spool_insert" : "spool_insert_fast");
-    SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query(name, sql, InsertParamsFor(p, idx, unique)));
+    PgResult res;
+    if (begin == 0 && end == p.jobs.size() && !notifies.empty()) {
+      std::vector<pg::Statement> all{{name, &sql, InsertParamsFor(p, idx, unique)}};
+      for (const pg::Statement& n : notifies) all.push_back(n);
+      SPOOL_ASSIGN_OR_RETURN(std::vector<PgResult> results, c.QueryPipelined(all));
+      res = std::move(results.front());
+      sent_notifies = true;
+    } else {
+      SPOOL_ASSIGN_OR_RETURN(res, c.Query(name, sql, InsertParamsFor(p, idx, unique)));
+    }
     if (returning) {
       SPOOL_ASSIGN_OR_RETURN(std::vector<JobRow> chunk, ReadRows(res.get()));
       // ids come from the sequence in ORDER BY ord order, so id order is input order.
@@ -624,7 +657,7 @@ Result<int64_t> InsertOn(Conn& c, const JobInsertManyParams& p, std::vector<JobI
       count += AffectedRows(res.get());
     }
   }
-  return count;
+  return sent_notifies ? count : notify_after(count);
 }
 
 Result<std::vector<JobRow>> FetchOn(Conn& c, const JobGetAvailableParams& p, bool async_commit) {
@@ -949,7 +982,7 @@ Lease::~Lease() {
 template <typename Base>
 class PgExecutor : public Base {
  public:
-  explicit PgExecutor(const std::string* control_channel) : control_channel_(control_channel) {}
+  explicit PgExecutor(const Channels* channels) : channels_(channels) {}
 
   Result<std::vector<JobInsertResult>> JobInsertMany(const JobInsertManyParams& params) override {
     SPOOL_RETURN_IF_ERROR(Validate(params));
@@ -957,8 +990,7 @@ class PgExecutor : public Base {
     std::vector<JobInsertResult> rows;
     rows.reserve(params.jobs.size());
     const Status st = InTx(params.jobs.size() > kInsertChunk, [&](Conn& c) {
-      SPOOL_RETURN_IF_ERROR(InsertOn(c, params, &rows).status());
-      return AfterInsert(c, params);
+      return InsertOn(c, params, &rows, InsertNotifies(params)).status();
     });
     if (!st.ok()) return st;
     return rows;
@@ -968,8 +1000,8 @@ class PgExecutor : public Base {
     if (params.jobs.empty()) return int64_t{0};
     int64_t n = 0;
     const Status st = InTx(params.jobs.size() > kInsertChunk, [&](Conn& c) {
-      SPOOL_ASSIGN_OR_RETURN(n, InsertOn(c, params, nullptr));
-      return AfterInsert(c, params);
+      SPOOL_ASSIGN_OR_RETURN(n, InsertOn(c, params, nullptr, InsertNotifies(params)));
+      return Status::Ok();
     });
     if (!st.ok()) return st;
     return n;
@@ -995,7 +1027,7 @@ class PgExecutor : public Base {
   }
 
   Result<JobRow> JobCancel(const JobCancelParams& params) override {
-    return Run<JobRow>([&](Conn& c) { return CancelOn(c, params, *control_channel_); });
+    return Run<JobRow>([&](Conn& c) { return CancelOn(c, params, channels_->control); });
   }
   Result<JobRow> JobRetry(const JobRetryParams& params) override {
     return Run<JobRow>([&](Conn& c) { return RetryOn(c, params); });
@@ -1073,10 +1105,6 @@ class PgExecutor : public Base {
   }
 
  protected:
-  // Runs after the rows of an insert were written, on the same connection and transaction.
-  virtual Status AfterInsert(Conn& /*c*/, const JobInsertManyParams& /*params*/) {
-    return Status::Ok();
-  }
   // Runs `fn` on a connection: a pooled one, or the transaction's own.
   virtual Status WithConn(const std::function<Status(Conn&)>& fn) = 0;
   // True when WithConn's connection is already inside a transaction.
@@ -1086,7 +1114,24 @@ class PgExecutor : public Base {
   virtual bool AsyncStateCommits() const { return false; }
 
  private:
-  const std::string* control_channel_;  // the driver's; set before any call
+  const Channels* channels_;  // the driver's; set before any call
+
+  // One NOTIFY per queue that gets available jobs, sent in the insert's own transaction: every
+  // node hears of the jobs when they commit, and never of a rolled-back insert. The listener
+  // ignores the echo of this driver's pooled connections (the client wakes its own producers
+  // after such an insert), not of a caller's connection: the client cannot wake anything before
+  // the caller commits, so that echo is this node's wake-up.
+  std::vector<pg::Statement> InsertNotifies(const JobInsertManyParams& params) const {
+    std::set<std::string_view> queues;
+    for (const JobInsertParams& j : params.jobs) {
+      if (j.state == JobState::kAvailable) queues.insert(j.queue);
+    }
+    std::vector<pg::Statement> out;
+    out.reserve(queues.size());
+    for (std::string_view q : queues)
+      out.push_back(NotifyStatement(channels_->insert, std::string(q)));
+    return out;
+  }
 
   // max_attempts is a smallint column.
   static Status Validate(const JobInsertManyParams& params) {
@@ -1126,8 +1171,8 @@ class PgExecutor : public Base {
 
 class PoolExecutor final : public PgExecutor<Executor> {
  public:
-  PoolExecutor(Pool* pool, const std::string* control_channel, bool async_state_commits)
-      : PgExecutor(control_channel), pool_(pool), async_state_commits_(async_state_commits) {}
+  PoolExecutor(Pool* pool, const Channels* channels, bool async_state_commits)
+      : PgExecutor(channels), pool_(pool), async_state_commits_(async_state_commits) {}
 
  protected:
   bool AsyncStateCommits() const override { return async_state_commits_; }
@@ -1146,24 +1191,10 @@ class PoolExecutor final : public PgExecutor<Executor> {
 // the connection is not ours to fill with prepared statements.
 class BorrowedExecutor final : public PgExecutor<Executor> {
  public:
-  BorrowedExecutor(PGconn* conn, const std::string* control_channel,
-                   const std::string* insert_channel)
-      : PgExecutor(control_channel), conn_(Conn::Borrow(conn)), insert_channel_(insert_channel) {}
+  BorrowedExecutor(PGconn* conn, const Channels* channels)
+      : PgExecutor(channels), conn_(Conn::Borrow(conn)) {}
 
  protected:
-  // The client cannot wake producers for rows the caller has not committed yet: a NOTIFY in the
-  // caller's transaction is delivered at its commit (and dropped with a rollback), so every
-  // node, this one included, fetches the jobs as soon as they are visible.
-  Status AfterInsert(Conn& c, const JobInsertManyParams& params) override {
-    std::set<std::string_view> queues;
-    for (const JobInsertParams& j : params.jobs) {
-      if (j.state == JobState::kAvailable) queues.insert(j.queue);
-    }
-    for (std::string_view q : queues) {
-      SPOOL_RETURN_IF_ERROR(NotifyOn(c, *insert_channel_, std::string(q)));
-    }
-    return Status::Ok();
-  }
   Status WithConn(const std::function<Status(Conn&)>& fn) override {
     if (PQstatus(conn_->get()) != CONNECTION_OK) {
       return Status::ConnectionLost("the caller's PostgreSQL connection is not open");
@@ -1174,13 +1205,11 @@ class BorrowedExecutor final : public PgExecutor<Executor> {
 
  private:
   std::unique_ptr<Conn> conn_;
-  const std::string* insert_channel_;
 };
 
 class PgTx final : public PgExecutor<Tx> {
  public:
-  PgTx(Lease lease, const std::string* control_channel)
-      : PgExecutor(control_channel), lease_(std::move(lease)) {}
+  PgTx(Lease lease, const Channels* channels) : PgExecutor(channels), lease_(std::move(lease)) {}
   ~PgTx() override {
     if (lease_) (void)Rollback();
   }
@@ -1244,7 +1273,7 @@ class PostgresDriver final : public Driver {
  public:
   PostgresDriver(std::string url, std::string target, const DriverOptions& options)
       : pool_(std::move(url), std::move(target)),
-        executor_(&pool_, &control_channel_, !options.postgres.synchronous_state_commits),
+        executor_(&pool_, &channels_, !options.postgres.synchronous_state_commits),
         listen_enabled_(options.listen) {
     event_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   }
@@ -1262,8 +1291,8 @@ class PostgresDriver final : public Driver {
       SPOOL_ASSIGN_OR_RETURN(Lease lease, pool_.Acquire());
       SPOOL_ASSIGN_OR_RETURN(PgResult res,
                              lease->Query("", "SELECT coalesce(current_schema(), '')", {}));
-      channel_ = ChannelFor("spool_insert", PQgetvalue(res.get(), 0, 0));
-      control_channel_ = ChannelFor("spool_control", PQgetvalue(res.get(), 0, 0));
+      channels_.insert = ChannelFor("spool_insert", PQgetvalue(res.get(), 0, 0));
+      channels_.control = ChannelFor("spool_control", PQgetvalue(res.get(), 0, 0));
     }
     return listen_enabled_ ? Listen() : Status::Ok();
   }
@@ -1274,7 +1303,7 @@ class PostgresDriver final : public Driver {
   Result<std::unique_ptr<Tx>> Begin() override {
     SPOOL_ASSIGN_OR_RETURN(Lease lease, pool_.Acquire());
     SPOOL_RETURN_IF_ERROR(lease->Exec("BEGIN"));
-    return std::unique_ptr<Tx>(new PgTx(std::move(lease), &control_channel_));
+    return std::unique_ptr<Tx>(new PgTx(std::move(lease), &channels_));
   }
 
   Result<std::unique_ptr<Executor>> ExecutorFor(TxRef tx) override {
@@ -1285,7 +1314,7 @@ class PostgresDriver final : public Driver {
     }
     if (tx.handle() == nullptr) return Status::InvalidArgument("PostgresTx(nullptr)");
     return std::unique_ptr<Executor>(
-        new BorrowedExecutor(static_cast<PGconn*>(tx.handle()), &control_channel_, &channel_));
+        new BorrowedExecutor(static_cast<PGconn*>(tx.handle()), &channels_));
   }
 
   const std::vector<Migration>& Migrations() const override { return PostgresMigrations(); }
@@ -1381,12 +1410,12 @@ class PostgresDriver final : public Driver {
 
   Status NotifyInsert(std::string_view queue) override {
     SPOOL_ASSIGN_OR_RETURN(Lease lease, pool_.Acquire());
-    return NotifyOn(*lease, channel_, std::string(queue));
+    return NotifyOn(*lease, channels_.insert, std::string(queue));
   }
 
   Status NotifyControl() override {
     SPOOL_ASSIGN_OR_RETURN(Lease lease, pool_.Acquire());
-    return NotifyOn(*lease, control_channel_, "control");
+    return NotifyOn(*lease, channels_.control, "control");
   }
 
  private:
@@ -1444,7 +1473,7 @@ class PostgresDriver final : public Driver {
     Result<std::unique_ptr<Conn>> c = Conn::Connect(pool_.url(), pool_.target());
     Status s = c ? Status::Ok() : c.error();
     if (c) {
-      for (const std::string* channel : {&channel_, &control_channel_}) {
+      for (const std::string* channel : {&channels_.insert, &channels_.control}) {
         char* ident = PQescapeIdentifier((*c)->get(), channel->c_str(), channel->size());
         if (ident == nullptr) {
           s = (*c)->ErrorFrom(nullptr, "listen");
@@ -1479,7 +1508,7 @@ class PostgresDriver final : public Driver {
     while (PGnotify* n = PQnotifies(listen_->get())) {
       // An insert through this driver already woke this process's producers directly: its echo
       // would only cost every queue an extra, empty fetch.
-      if (channel_ != n->relname || !pool_.IsOwnBackend(n->be_pid)) any = true;
+      if (channels_.insert != n->relname || !pool_.IsOwnBackend(n->be_pid)) any = true;
       PQfreemem(n);
     }
     return any;
@@ -1487,8 +1516,7 @@ class PostgresDriver final : public Driver {
 
   Pool pool_;
   // Both set by Init, before any call that reads them.
-  std::string channel_;
-  std::string control_channel_;
+  Channels channels_;
   PoolExecutor executor_;
   int event_fd_ = -1;
   // Used only by the one thread that calls WaitForChange.
