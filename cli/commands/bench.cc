@@ -98,6 +98,7 @@ struct BenchConfig {
   int workers = 100;
   int latency_jobs = 2'000;
   int latency_rate = 1'000;  // inserts per second in the latency phase
+  int job_timeout_s = 0;     // ClientOptions::job_timeout; 0: none
   bool json = false;
 };
 
@@ -162,6 +163,7 @@ void RunBench(const BenchConfig& cfg) {
   workers.Add<NoopWorker>(state).Add<LatencyWorker>(state);
   ClientOptions options;
   options.queues[queue] = QueueConfig{.max_workers = cfg.workers};
+  options.job_timeout = std::chrono::seconds(cfg.job_timeout_s);
   auto opened = Client::Open(cfg.url, options, std::move(workers));
   if (!opened) throw CommandError(opened.error().message());
   auto& client = **opened;
@@ -257,6 +259,7 @@ void RunBench(const BenchConfig& cfg) {
     nlohmann::json out = {{"driver", std::string(client.driver_name())},
                           {"jobs", cfg.jobs},
                           {"workers", cfg.workers},
+                          {"job_timeout_s", cfg.job_timeout_s},
                           {"insert_jobs_per_sec", static_cast<int64_t>(insert_rate)},
                           {"work_jobs_per_sec", static_cast<int64_t>(work_rate)},
                           {"start_ms", start_secs * 1000},
@@ -266,7 +269,9 @@ void RunBench(const BenchConfig& cfg) {
     fmt::print("{}\n", out.dump());
   } else {
     fmt::print("driver         {}\n", client.driver_name());
-    fmt::print("jobs           {} no-op jobs, {} workers\n", cfg.jobs, cfg.workers);
+    fmt::print("jobs           {} no-op jobs, {} workers{}\n", cfg.jobs, cfg.workers,
+               cfg.job_timeout_s > 0 ? fmt::format(", {}s job timeout", cfg.job_timeout_s)
+                                     : std::string());
     fmt::print("insert         {:.0f} jobs/s (bulk, {} per statement batch)\n", insert_rate,
                kInsertBatch);
     fmt::print("start          {:.1f} ms to start the client and its {} worker threads\n",
@@ -297,6 +302,10 @@ void RegisterBench(CLI::App& app) {
       ->check(CLI::Range(1, 1'000'000));
   cmd->add_option("--latency-rate", cfg->latency_rate, "Inserts per second in the latency phase")
       ->check(CLI::Range(1, 100'000));
+  cmd->add_option("--job-timeout", cfg->job_timeout_s,
+                  "Seconds each job may run (ClientOptions::job_timeout), as most apps set one; "
+                  "0: none")
+      ->check(CLI::Range(0, 86'400));
   cmd->add_flag("--json", cfg->json, "Print one JSON object instead of a table");
   cmd->footer(
       "Jobs go to a queue of their own (spool_bench_<random>) and stay as completed rows.\n"

@@ -1,10 +1,13 @@
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cmath>
 #include <set>
 
 #include "driver/row_json.h"
+#include "runtime/deadline_watcher.h"
 #include "spool/spool.h"
+#include "support/test_util.h"
 
 namespace spool {
 namespace {
@@ -192,6 +195,46 @@ TEST(OutcomeTest, StatusConvertsToOutcome) {
   Outcome fail = Status::NotFound("user 7");
   EXPECT_EQ(fail.kind(), Outcome::Kind::kFail);
   EXPECT_EQ(fail.message(), "NotFound: user 7");
+}
+
+// Deadlines fire in deadline order whatever order they were added in (an earlier one added while
+// the watcher waits for a later one included); a removed or replaced deadline does not fire.
+TEST(DeadlineWatcherTest, FiresEachDeadlineAtItsOwnTime) {
+  using namespace std::chrono_literals;
+  FakeClock clock;
+  internal::DeadlineWatcher watcher(clock);
+  watcher.Start();
+  const TimePoint t0 = clock.Now();
+  struct Watched {
+    std::stop_source source;
+    std::atomic<bool> timed_out{false};
+  };
+  Watched late, early, removed, moved, due;
+  watcher.Add(1, t0 + 10s, late.source, &late.timed_out);
+  watcher.Add(2, t0 + 1s, early.source, &early.timed_out);
+  watcher.Add(3, t0 + 1s, removed.source, &removed.timed_out);
+  watcher.Remove(3);
+  watcher.Add(4, t0 + 1s, moved.source, &moved.timed_out);
+  watcher.Add(4, t0 + 20s, moved.source, &moved.timed_out);
+
+  clock.Advance(1s);
+  ASSERT_TRUE(testing::Eventually([&] { return early.source.stop_requested(); }));
+  EXPECT_TRUE(early.timed_out);
+  // Anything due now fires in the same pass as `due`, so once it has fired nothing else will.
+  watcher.Add(5, t0, due.source, &due.timed_out);
+  ASSERT_TRUE(testing::Eventually([&] { return due.source.stop_requested(); }));
+  EXPECT_FALSE(late.source.stop_requested());
+  EXPECT_FALSE(removed.source.stop_requested());
+  EXPECT_FALSE(moved.source.stop_requested()) << "fired at the deadline it was moved from";
+
+  clock.Advance(9s);
+  ASSERT_TRUE(testing::Eventually([&] { return late.source.stop_requested(); }));
+  EXPECT_TRUE(late.timed_out);
+  EXPECT_FALSE(moved.source.stop_requested());
+  clock.Advance(10s);
+  ASSERT_TRUE(testing::Eventually([&] { return moved.source.stop_requested(); }));
+  EXPECT_FALSE(removed.timed_out);
+  watcher.Stop();
 }
 
 }  // namespace
