@@ -234,7 +234,8 @@ Result<std::vector<PgResult>> Conn::QueryPipelined(const std::vector<Statement>&
   std::optional<Status> error;
   for (const Statement& s : statements) {
     PgResult res(PQgetResult(conn_));
-    if (!res) {
+    if (!res) {  // the connection failed, or the server's answers do not match what was sent
+      broken_ = true;
       error = ErrorFrom(nullptr, What(s.name));
       break;
     }
@@ -243,13 +244,16 @@ Result<std::vector<PgResult>> Conn::QueryPipelined(const std::vector<Statement>&
     out.push_back(std::move(res));
     while (PGresult* end = PQgetResult(conn_)) PQclear(end);  // the NULL ending its results
   }
-  if (!error || PQstatus(conn_) == CONNECTION_OK) {
+  if (!broken_) {
     PgResult sync(PQgetResult(conn_));
     if (!sync || PQresultStatus(sync.get()) != PGRES_PIPELINE_SYNC) {
       if (!error) error = ErrorFrom(sync.get(), "pipeline");
     }
   }
-  if (PQexitPipelineMode(conn_) != 1 && !error) error = ErrorFrom(nullptr, "pipeline");
+  if (PQexitPipelineMode(conn_) != 1) {  // results left unread: no later call could use it
+    broken_ = true;
+    if (!error) error = ErrorFrom(nullptr, "pipeline");
+  }
   if (error) return *error;
   return out;
 }
