@@ -57,7 +57,7 @@ void DeadlineWatcher::Run() {
       continue;
     }
     wake_at_ = by_time_.begin()->first;
-    cv_.wait_for(lock, std::min<Duration>(wake_at_ - now, kMaxNap));
+    cv_.wait_for(lock, std::min<Duration>(wake_at_ - now, max_nap_));
   }
 }
 

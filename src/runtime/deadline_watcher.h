@@ -16,10 +16,13 @@ namespace spool::internal {
 
 // Cancels jobs whose attempt deadline has passed. Deadlines are read against the client's Clock
 // so a FakeClock drives timeouts in tests; the thread re-checks at least every kMaxNap of real
-// time because a fake clock cannot wake it. Thread safe.
+// time because a fake clock cannot wake it. With the system clock it sleeps until the next
+// deadline (at most kMaxSystemNap, in case the wall clock is stepped). Thread safe.
 class DeadlineWatcher {
  public:
-  explicit DeadlineWatcher(const Clock& clock) : clock_(clock) {}
+  explicit DeadlineWatcher(const Clock& clock)
+      : clock_(clock),
+        max_nap_(dynamic_cast<const SystemClock*>(&clock) != nullptr ? kMaxSystemNap : kMaxNap) {}
   ~DeadlineWatcher() { Stop(); }
 
   void Start();
@@ -29,6 +32,7 @@ class DeadlineWatcher {
   void Remove(int64_t id);
 
   static constexpr auto kMaxNap = std::chrono::milliseconds(5);
+  static constexpr auto kMaxSystemNap = std::chrono::seconds(1);
 
  private:
   struct Entry {
@@ -39,6 +43,7 @@ class DeadlineWatcher {
   void Run();
 
   const Clock& clock_;
+  const Duration max_nap_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::map<int64_t, Entry> entries_;                 // guarded by mu_

@@ -237,5 +237,19 @@ TEST(DeadlineWatcherTest, FiresEachDeadlineAtItsOwnTime) {
   watcher.Stop();
 }
 
+// With the system clock the watcher sleeps until the deadline instead of polling the clock.
+TEST(DeadlineWatcherTest, FiresOnTheSystemClock) {
+  using namespace std::chrono_literals;
+  SystemClock clock;
+  internal::DeadlineWatcher watcher(clock);
+  watcher.Start();
+  std::stop_source source;
+  std::atomic<bool> timed_out{false};
+  watcher.Add(1, clock.Now() + 20ms, source, &timed_out);
+  ASSERT_TRUE(testing::Eventually([&] { return source.stop_requested(); }));
+  EXPECT_TRUE(timed_out);
+  watcher.Stop();
+}
+
 }  // namespace
 }  // namespace spool
