@@ -51,7 +51,11 @@ Status ValidatePeriodicJobs(const ClientOptions& opts) {
   return Status::Ok();
 }
 
-Maintenance::Maintenance(MaintenanceEnv env) : env_(std::move(env)) {
+Maintenance::Maintenance(MaintenanceEnv env)
+    : env_(std::move(env)),
+      max_nap_(dynamic_cast<const SystemClock*>(&env_.clock) != nullptr
+                   ? std::chrono::duration_cast<Duration>(kMaxSystemNap)
+                   : std::chrono::duration_cast<Duration>(kMaxNap)) {
   max_timeout_ = env_.options.job_timeout;
 }
 
@@ -143,8 +147,8 @@ void Maintenance::Run() {
     }
     lock.lock();
     if (stopping_) break;
-    const Duration nap = std::clamp<Duration>(next_due - env_.clock.Now(), Duration::zero(),
-                                              std::chrono::duration_cast<Duration>(kMaxNap));
+    const Duration nap =
+        std::clamp<Duration>(next_due - env_.clock.Now(), Duration::zero(), max_nap_);
     cv_.wait_for(lock, nap, [&] { return stopping_; });
   }
 }

@@ -33,7 +33,8 @@ struct MaintenanceEnv {
 //   past their timeout by a margin), deletes old finalized jobs, and enqueues periodic jobs,
 //   each tick exactly once across processes (the last enqueued tick is stored).
 // Times written to the database come from the client's Clock; the thread re-reads it at least
-// every kMaxNap so a FakeClock drives it in tests. Thread safe.
+// every kMaxNap so a FakeClock drives it in tests (with the system clock it sleeps until the next
+// task is due, at most kMaxSystemNap). Thread safe.
 class Maintenance {
  public:
   explicit Maintenance(MaintenanceEnv env);
@@ -47,6 +48,7 @@ class Maintenance {
   bool is_leader() const;
 
   static constexpr auto kMaxNap = std::chrono::milliseconds(50);
+  static constexpr auto kMaxSystemNap = std::chrono::seconds(1);
 
  private:
   struct Periodic {
@@ -64,6 +66,7 @@ class Maintenance {
   void Log(LogLevel level, const std::string& message) const;
 
   MaintenanceEnv env_;
+  const Duration max_nap_;
   std::vector<Periodic> periodic_;
   Duration max_timeout_{};  // the longest per-attempt timeout this client knows of
 
