@@ -8,6 +8,7 @@
 #include <random>
 #include <set>
 
+#include "core/nap.h"
 #include "core/unique.h"
 
 namespace spool::internal {
@@ -53,9 +54,7 @@ Status ValidatePeriodicJobs(const ClientOptions& opts) {
 
 Maintenance::Maintenance(MaintenanceEnv env)
     : env_(std::move(env)),
-      max_nap_(dynamic_cast<const SystemClock*>(&env_.clock) != nullptr
-                   ? std::chrono::duration_cast<Duration>(kMaxSystemNap)
-                   : std::chrono::duration_cast<Duration>(kMaxNap)) {
+      max_nap_(MaxNap(env_.clock, std::chrono::duration_cast<Duration>(kMaxNap))) {
   max_timeout_ = env_.options.job_timeout;
 }
 

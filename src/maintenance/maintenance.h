@@ -34,7 +34,7 @@ struct MaintenanceEnv {
 //   each tick exactly once across processes (the last enqueued tick is stored).
 // Times written to the database come from the client's Clock; the thread re-reads it at least
 // every kMaxNap so a FakeClock drives it in tests (with the system clock it sleeps until the next
-// task is due, at most kMaxSystemNap). Thread safe.
+// task is due: see MaxNap). Thread safe.
 class Maintenance {
  public:
   explicit Maintenance(MaintenanceEnv env);
@@ -48,7 +48,6 @@ class Maintenance {
   bool is_leader() const;
 
   static constexpr auto kMaxNap = std::chrono::milliseconds(50);
-  static constexpr auto kMaxSystemNap = std::chrono::seconds(1);
 
  private:
   struct Periodic {

@@ -10,6 +10,7 @@
 #include <thread>
 #include <utility>
 
+#include "core/nap.h"
 #include "spool/clock.h"
 
 namespace spool::internal {
@@ -17,12 +18,10 @@ namespace spool::internal {
 // Cancels jobs whose attempt deadline has passed. Deadlines are read against the client's Clock
 // so a FakeClock drives timeouts in tests; the thread re-checks at least every kMaxNap of real
 // time because a fake clock cannot wake it. With the system clock it sleeps until the next
-// deadline (at most kMaxSystemNap, in case the wall clock is stepped). Thread safe.
+// deadline (see MaxNap). Thread safe.
 class DeadlineWatcher {
  public:
-  explicit DeadlineWatcher(const Clock& clock)
-      : clock_(clock),
-        max_nap_(dynamic_cast<const SystemClock*>(&clock) != nullptr ? kMaxSystemNap : kMaxNap) {}
+  explicit DeadlineWatcher(const Clock& clock) : clock_(clock), max_nap_(MaxNap(clock, kMaxNap)) {}
   ~DeadlineWatcher() { Stop(); }
 
   void Start();
@@ -32,7 +31,6 @@ class DeadlineWatcher {
   void Remove(int64_t id);
 
   static constexpr auto kMaxNap = std::chrono::milliseconds(5);
-  static constexpr auto kMaxSystemNap = std::chrono::seconds(1);
 
  private:
   struct Entry {

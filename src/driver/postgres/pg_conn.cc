@@ -177,27 +177,29 @@ bool Succeeded(const PGresult* res) {
 
 }  // namespace
 
-Result<bool> Conn::EnsurePrepared(std::string_view name, const std::string& sql, int n_params) {
-  if (!owned_ || name.empty()) return false;
+Result<const std::string*> Conn::EnsurePrepared(std::string_view name, const std::string& sql,
+                                                int n_params) {
+  if (!owned_ || name.empty()) return nullptr;
   std::string key(name);
-  if (!prepared_.contains(key)) {
+  auto it = prepared_.find(key);
+  if (it == prepared_.end()) {
     PgResult prep(PQprepare(conn_, key.c_str(), sql.c_str(), n_params, nullptr));
     if (!prep || PQresultStatus(prep.get()) != PGRES_COMMAND_OK) {
       return ErrorFrom(prep.get(), name);
     }
-    prepared_.insert(std::move(key));
+    it = prepared_.insert(std::move(key)).first;
   }
-  return true;
+  return &*it;
 }
 
 Result<PgResult> Conn::Query(std::string_view name, const std::string& sql,
                              const std::vector<Param>& params) {
   const std::vector<const char*> values = ParamValues(params);
   const int n = static_cast<int>(params.size());
-  SPOOL_ASSIGN_OR_RETURN(const bool prepared, EnsurePrepared(name, sql, n));
+  SPOOL_ASSIGN_OR_RETURN(const std::string* prepared, EnsurePrepared(name, sql, n));
   PgResult res(
-      prepared
-          ? PQexecPrepared(conn_, std::string(name).c_str(), n, values.data(), nullptr, nullptr, 0)
+      prepared != nullptr
+          ? PQexecPrepared(conn_, prepared->c_str(), n, values.data(), nullptr, nullptr, 0)
           : PQexecParams(conn_, sql.c_str(), n, nullptr, values.data(), nullptr, nullptr, 0));
   if (!Succeeded(res.get())) return ErrorFrom(res.get(), What(name));
   return res;
@@ -205,9 +207,9 @@ Result<PgResult> Conn::Query(std::string_view name, const std::string& sql,
 
 Result<std::vector<PgResult>> Conn::QueryPipelined(const std::vector<Statement>& statements) {
   // Preparing is a round trip of its own, but only the first time on a connection.
-  std::vector<bool> prepared;
+  std::vector<const std::string*> prepared;
   for (const Statement& s : statements) {
-    SPOOL_ASSIGN_OR_RETURN(const bool p,
+    SPOOL_ASSIGN_OR_RETURN(const std::string* p,
                            EnsurePrepared(s.name, *s.sql, static_cast<int>(s.params.size())));
     prepared.push_back(p);
   }
@@ -217,10 +219,10 @@ Result<std::vector<PgResult>> Conn::QueryPipelined(const std::vector<Statement>&
     const Statement& s = statements[i];
     const std::vector<const char*> values = ParamValues(s.params);
     const int n = static_cast<int>(s.params.size());
-    sent = (prepared[i] ? PQsendQueryPrepared(conn_, std::string(s.name).c_str(), n, values.data(),
-                                              nullptr, nullptr, 0)
-                        : PQsendQueryParams(conn_, s.sql->c_str(), n, nullptr, values.data(),
-                                            nullptr, nullptr, 0)) == 1;
+    sent = (prepared[i] != nullptr ? PQsendQueryPrepared(conn_, prepared[i]->c_str(), n,
+                                                         values.data(), nullptr, nullptr, 0)
+                                   : PQsendQueryParams(conn_, s.sql->c_str(), n, nullptr,
+                                                       values.data(), nullptr, nullptr, 0)) == 1;
   }
   if (sent) sent = PQpipelineSync(conn_) == 1;
   if (!sent) {

@@ -84,8 +84,10 @@ class Conn {
 
  private:
   Conn(PGconn* conn, bool owned) : conn_(conn), owned_(owned) {}
-  // Prepares `name` once per owned connection; false when the statement is to be sent unnamed.
-  Result<bool> EnsurePrepared(std::string_view name, const std::string& sql, int n_params);
+  // Prepares `name` once per owned connection and returns it (stable while the connection
+  // lives); nullptr when the statement is to be sent unnamed.
+  Result<const std::string*> EnsurePrepared(std::string_view name, const std::string& sql,
+                                            int n_params);
 
   PGconn* conn_;
   bool owned_;
