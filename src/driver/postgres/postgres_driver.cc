@@ -82,35 +82,34 @@ const std::string& InsertSql(bool returning) {
   return returning ? *kReturning : *kFast;
 }
 
-// Claims and outcomes may skip the WAL flush at commit (PostgresOptions::synchronous_state_commits
-// false): set_config(..., true) lasts for the statement's own transaction only. As an
-// uncorrelated subquery it runs once per statement, as a one-time filter.
-#define SPOOL_ASYNC_COMMIT "(SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL "
-
-const std::string& FetchSql(bool async_commit) {
-  static const auto make = [](std::string_view async_filter) {
-    // clang-format off
-    return new std::string(Sql(fmt::format(
-        "WITH locked AS (SELECT id FROM spool_job WHERE state = 'available' AND queue = $1 "
-        // Uncorrelated, so evaluated once per fetch (a one-time filter), not per row.
-        "AND NOT EXISTS (SELECT 1 FROM spool_queue WHERE name = $1 AND paused_at IS NOT NULL) "
-        "{}AND scheduled_at <= " SPOOL_TS("$2") " "
-        "ORDER BY priority, scheduled_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) "
-        "UPDATE spool_job AS j SET state = 'running', attempt = j.attempt + 1, "
-        "attempted_at = " SPOOL_TS("$2") ", "
-        // attempted_by keeps the last 100 client ids, like the SQLite driver.
-        "attempted_by = array_append(CASE WHEN cardinality(j.attempted_by) < 100 "
-        "THEN j.attempted_by ELSE j.attempted_by[cardinality(j.attempted_by) - 98:] END, "
-        "$4::text) FROM locked WHERE j.id = locked.id RETURNING ",
-        async_filter)));
-    // clang-format on
-  };
-  static const std::string* const kSync = make("");
-  static const std::string* const kAsync = make("AND " SPOOL_ASYNC_COMMIT);
-  return async_commit ? *kAsync : *kSync;
+const std::string& FetchSql() {
+  // clang-format off
+  static const std::string* const kSql = new std::string(Sql(
+      "WITH locked AS (SELECT id FROM spool_job WHERE state = 'available' AND queue = $1 "
+      // Uncorrelated, so evaluated once per fetch (a one-time filter), not per row.
+      "AND NOT EXISTS (SELECT 1 FROM spool_queue WHERE name = $1 AND paused_at IS NOT NULL) "
+      "AND scheduled_at <= " SPOOL_TS("$2") " "
+      "ORDER BY priority, scheduled_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) "
+      "UPDATE spool_job AS j SET state = 'running', attempt = j.attempt + 1, "
+      "attempted_at = " SPOOL_TS("$2") ", "
+      // attempted_by keeps the last 100 client ids, like the SQLite driver.
+      "attempted_by = array_append(CASE WHEN cardinality(j.attempted_by) < 100 "
+      "THEN j.attempted_by ELSE j.attempted_by[cardinality(j.attempted_by) - 98:] END, "
+      "$4::text) FROM locked WHERE j.id = locked.id RETURNING "));
+  // clang-format on
+  return *kSql;
 }
 
-constexpr const char* kSetStateSql =
+// `state = (SELECT 'running'::text)` instead of `state = 'running'` where rows are looked up by
+// id: the planner cannot prove from a subquery's value that the partial index on running jobs
+// covers the rows, so it probes the primary key for each id. Given the constant, whenever the
+// table's statistics had last seen few running jobs it chose to scan that whole index instead,
+// which under load holds every running job and a dead entry for each job completed since the last
+// vacuum: outcome writes of 5,000 jobs took 12-14 s each on a table of 1.9 million rows.
+#define SPOOL_RUNNING "(SELECT 'running'::text)"
+
+const std::string& SetStateSql() {
+  static const std::string* const kSql = new std::string(
     "UPDATE spool_job AS j SET state = u.state, "
     "finalized_at = CASE WHEN u.state IN ('completed', 'cancelled', 'discarded') "
     "THEN " SPOOL_TS("u.at") " ELSE NULL END, "
@@ -121,13 +120,27 @@ constexpr const char* kSetStateSql =
     "errors = CASE WHEN u.err IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(u.err) END "
     "FROM (SELECT DISTINCT ON (id) * FROM unnest($1::int8[], $2::text[], $3::int8[], "
     "$4::jsonb[]) AS x(id, state, at, err)) AS u "
-    "WHERE j.id = u.id AND j.state = 'running' ";
+    "WHERE j.id = u.id AND j.state = " SPOOL_RUNNING);
+  return *kSql;
+}
 
-const std::string& SetStateSql(bool async_commit) {
-  static const std::string* const kSync = new std::string(kSetStateSql);
+// Settings for a claim or an outcome write that is its own transaction, sent before it in one
+// pipeline: one round trip and one implicit transaction, which set_config(..., true) does not
+// outlast, so nothing is left on the session (PgBouncer in transaction mode stays safe).
+// - plan_cache_mode: PostgreSQL planned these two statements anew on every run (with a LIMIT and
+//   arrays it cannot see into, their generic plans look dearer than custom ones), which was about
+//   half of a one-job claim's server time; the generic plans are the same index scans.
+// - synchronous_commit off unless PostgresOptions::synchronous_state_commits: the commit does not
+//   wait for the WAL flush.
+const pg::Statement& StateTxSettings(bool async_commit) {
+  static const std::string* const kSync =
+      new std::string("SELECT set_config('plan_cache_mode', 'force_generic_plan', true)");
   static const std::string* const kAsync =
-      new std::string(std::string(kSetStateSql) + "AND " SPOOL_ASYNC_COMMIT);
-  return async_commit ? *kAsync : *kSync;
+      new std::string(*kSync + ", set_config('synchronous_commit', 'off', true)");
+  static const pg::Statement* const kSyncStatement = new pg::Statement{"spool_state_tx", kSync, {}};
+  static const pg::Statement* const kAsyncStatement =
+      new pg::Statement{"spool_state_tx_async", kAsync, {}};
+  return async_commit ? *kAsyncStatement : *kSyncStatement;
 }
 
 constexpr const char* kScheduleSql =
@@ -234,7 +247,8 @@ const std::string& DeleteSql() {
 }
 
 constexpr const char* kCancelRequestedSql =
-    "SELECT id FROM spool_job WHERE id = ANY($1::int8[]) AND state = 'running' "
+    "SELECT id FROM spool_job WHERE id = ANY($1::int8[]) AND state = " SPOOL_RUNNING
+    " "
     "AND metadata ? 'cancel_requested_at' ORDER BY id";
 
 // The client of a running job is the last entry of attempted_by.
@@ -660,12 +674,22 @@ Result<int64_t> InsertOn(Conn& c, const JobInsertManyParams& p, std::vector<JobI
   return sent_notifies ? count : notify_after(count);
 }
 
-Result<std::vector<JobRow>> FetchOn(Conn& c, const JobGetAvailableParams& p, bool async_commit) {
+// Runs the prepared statement `name` after `settings` (a StateTxSettings) in one pipeline, or
+// alone when `settings` is null.
+Result<PgResult> QueryWithSettings(Conn& c, const pg::Statement* settings, std::string_view name,
+                                   const std::string& sql, std::vector<Param> params) {
+  if (settings == nullptr) return c.Query(name, sql, params);
+  SPOOL_ASSIGN_OR_RETURN(std::vector<PgResult> results,
+                         c.QueryPipelined({*settings, {name, &sql, std::move(params)}}));
+  return std::move(results.back());
+}
+
+Result<std::vector<JobRow>> FetchOn(Conn& c, const JobGetAvailableParams& p,
+                                    const pg::Statement* settings) {
   if (p.max <= 0) return std::vector<JobRow>{};
-  SPOOL_ASSIGN_OR_RETURN(
-      PgResult res,
-      c.Query(async_commit ? "spool_fetch_async" : "spool_fetch", FetchSql(async_commit),
-              {p.queue, Micros(p.now), std::to_string(p.max), p.client_id}));
+  SPOOL_ASSIGN_OR_RETURN(PgResult res, QueryWithSettings(c, settings, "spool_fetch", FetchSql(),
+                                                         {p.queue, Micros(p.now),
+                                                          std::to_string(p.max), p.client_id}));
   SPOOL_ASSIGN_OR_RETURN(std::vector<JobRow> rows, ReadRows(res.get()));
   std::sort(rows.begin(), rows.end(), [](const JobRow& a, const JobRow& b) {
     return std::tie(a.priority, a.scheduled_at, a.id) < std::tie(b.priority, b.scheduled_at, b.id);
@@ -673,7 +697,8 @@ Result<std::vector<JobRow>> FetchOn(Conn& c, const JobGetAvailableParams& p, boo
   return rows;
 }
 
-Result<int64_t> SetStateOn(Conn& c, const JobSetStateIfRunningManyParams& p, bool async_commit) {
+Result<int64_t> SetStateOn(Conn& c, const JobSetStateIfRunningManyParams& p,
+                           const pg::Statement* settings) {
   SPOOL_RETURN_IF_ERROR(CheckOutcomeStates(p.jobs));
   if (p.jobs.empty()) return int64_t{0};
   std::vector<std::string> ids, states, ats;
@@ -684,11 +709,10 @@ Result<int64_t> SetStateOn(Conn& c, const JobSetStateIfRunningManyParams& p, boo
     ats.push_back(Micros(j.at));
     errs.push_back(j.error ? std::optional<std::string>(ErrorJson(*j.error)) : std::nullopt);
   }
-  SPOOL_ASSIGN_OR_RETURN(
-      PgResult res,
-      c.Query(async_commit ? "spool_set_state_async" : "spool_set_state", SetStateSql(async_commit),
-              {pg::ArrayLiteral(ids), pg::ArrayLiteral(states), pg::ArrayLiteral(ats),
-               pg::ArrayLiteral(errs)}));
+  SPOOL_ASSIGN_OR_RETURN(PgResult res,
+                         QueryWithSettings(c, settings, "spool_set_state", SetStateSql(),
+                                           {pg::ArrayLiteral(ids), pg::ArrayLiteral(states),
+                                            pg::ArrayLiteral(ats), pg::ArrayLiteral(errs)}));
   return AffectedRows(res.get());
 }
 
@@ -1007,11 +1031,10 @@ class PgExecutor : public Base {
     return n;
   }
   Result<std::vector<JobRow>> JobGetAvailable(const JobGetAvailableParams& params) override {
-    return Run<std::vector<JobRow>>(
-        [&](Conn& c) { return FetchOn(c, params, AsyncStateCommits()); });
+    return Run<std::vector<JobRow>>([&](Conn& c) { return FetchOn(c, params, TxSettings()); });
   }
   Result<int64_t> JobSetStateIfRunningMany(const JobSetStateIfRunningManyParams& params) override {
-    return Run<int64_t>([&](Conn& c) { return SetStateOn(c, params, AsyncStateCommits()); });
+    return Run<int64_t>([&](Conn& c) { return SetStateOn(c, params, TxSettings()); });
   }
   Result<JobScheduleResult> JobSchedule(const JobScheduleParams& params) override {
     return Run<JobScheduleResult>([&](Conn& c) { return ScheduleOn(c, params); });
@@ -1109,9 +1132,9 @@ class PgExecutor : public Base {
   virtual Status WithConn(const std::function<Status(Conn&)>& fn) = 0;
   // True when WithConn's connection is already inside a transaction.
   virtual bool InTransaction() const = 0;
-  // True when claims and outcomes may commit without waiting for the WAL flush. Only for
-  // statements that are their own transaction: never a caller's.
-  virtual bool AsyncStateCommits() const { return false; }
+  // The StateTxSettings that claims and outcome writes run after, or null inside a transaction
+  // (never a caller's: its settings are its own).
+  virtual const pg::Statement* TxSettings() const { return nullptr; }
 
  private:
   const Channels* channels_;  // the driver's; set before any call
@@ -1175,7 +1198,9 @@ class PoolExecutor final : public PgExecutor<Executor> {
       : PgExecutor(channels), pool_(pool), async_state_commits_(async_state_commits) {}
 
  protected:
-  bool AsyncStateCommits() const override { return async_state_commits_; }
+  const pg::Statement* TxSettings() const override {
+    return &StateTxSettings(async_state_commits_);
+  }
   Status WithConn(const std::function<Status(Conn&)>& fn) override {
     SPOOL_ASSIGN_OR_RETURN(Lease lease, pool_->Acquire());
     return fn(*lease);
@@ -1528,6 +1553,13 @@ class PostgresDriver final : public Driver {
 };
 
 }  // namespace
+
+const std::string& PostgresSetStateSql() { return SetStateSql(); }
+
+const std::string& PostgresCancelRequestedSql() {
+  static const std::string* const kSql = new std::string(kCancelRequestedSql);
+  return *kSql;
+}
 
 Result<std::unique_ptr<Driver>> OpenPostgresDriver(std::string url, const DriverOptions& options) {
   std::string target = pg::DescribeTarget(url);
