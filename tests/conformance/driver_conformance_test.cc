@@ -411,10 +411,12 @@ TEST_P(DriverConformanceTest, FetchIncrementsAttemptAndRecordsClient) {
 TEST_P(DriverConformanceTest, AttemptedByKeepsTheLast100Clients) {
   CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(exec(), Many({Job("k", "q")})));
   const int64_t id = rows[0].id;
+  std::vector<std::string> claimed_by;  // as the last claim returned it
   for (int i = 0; i < 103; ++i) {
     CONF_ASSIGN_OR_FAIL(auto got,
                         exec().JobGetAvailable(Fetch("q", 1, kT0, "c" + std::to_string(i))));
     ASSERT_EQ(got.size(), 1u) << i;
+    claimed_by = got[0].attempted_by;
     // Snooze to now (does not use an attempt), then make it available again.
     CONF_ASSIGN_OR_FAIL(
         int64_t n, exec().JobSetStateIfRunningMany({{Outcome(id, JobState::kScheduled, kT0)}}));
@@ -426,6 +428,7 @@ TEST_P(DriverConformanceTest, AttemptedByKeepsTheLast100Clients) {
   ASSERT_EQ(job.attempted_by.size(), 100u);
   EXPECT_EQ(job.attempted_by.front(), "c3");
   EXPECT_EQ(job.attempted_by.back(), "c102");
+  EXPECT_EQ(claimed_by, job.attempted_by);
   EXPECT_EQ(job.attempt, 0);
 }
 
