@@ -74,7 +74,8 @@ struct JobSetStateIfRunningManyParams {
   std::vector<JobSetStateParams> jobs{};
 };
 
-// Moves up to `max` scheduled and retryable jobs with scheduled_at <= now to available.
+// Moves up to `max` scheduled and retryable jobs with scheduled_at <= now to available, and tells
+// other processes of the queues that got jobs (PostgreSQL: NOTIFY after the move).
 struct JobScheduleParams {
   TimePoint now{};
   int max = 10'000;
@@ -87,14 +88,16 @@ struct JobScheduleResult {
 
 // Not running and not final: cancelled now (finalized_at = now, error "cancelled by an admin"
 // appended). Running: metadata key "cancel_requested_at" set to now (microseconds) and the row
-// returned still running; the runtime cancels its context. Final: returned unchanged.
+// returned still running; the runtime cancels its context, and other processes are told
+// (PostgreSQL: NOTIFY on the control channel). Final: returned unchanged.
 struct JobCancelParams {
   int64_t id = 0;
   TimePoint now{};
 };
 
 // Not running: available now (scheduled_at = now, finalized_at cleared); if attempt >=
-// max_attempts, max_attempts = attempt + 1. Running: FailedPrecondition.
+// max_attempts, max_attempts = attempt + 1, and other processes are told of its queue
+// (PostgreSQL: NOTIFY). Running: FailedPrecondition.
 struct JobRetryParams {
   int64_t id = 0;
   TimePoint now{};
@@ -187,7 +190,8 @@ class Executor {
   virtual Result<int64_t> ClientDeleteStale(TimePoint before) = 0;
 
   // Pause state lives in spool_queue (a row is created on first pause). JobGetAvailable returns
-  // nothing for a paused queue.
+  // nothing for a paused queue. Other processes are told in the same transaction (PostgreSQL:
+  // NOTIFY on the control channel).
   virtual Status QueuePause(std::string_view name, TimePoint now) = 0;
   virtual Status QueueResume(std::string_view name, TimePoint now) = 0;
   // Every queue that has a spool_queue row or any job, by name, with counts by state.
@@ -252,13 +256,6 @@ class Driver {
   // on timeout. Interrupt() makes a blocked call return at once. Called by one thread.
   virtual Result<bool> WaitForChange(Duration timeout) = 0;
   virtual void Interrupt() = 0;
-  // Tells other processes that `queue` has new available jobs made so by something other than an
-  // insert, e.g. a retry (PostgreSQL: NOTIFY; SQLite: nothing, since they see data_version move).
-  virtual Status NotifyInsert(std::string_view queue) = 0;
-  // Tells other processes that job or queue state changed under them (a running job's cancel
-  // was requested, a queue paused): PostgreSQL NOTIFY on a control channel that WaitForChange
-  // also listens to; SQLite: nothing.
-  virtual Status NotifyControl() = 0;
 };
 
 // Checks of seam parameters shared by every driver, so all reject the same input with the same

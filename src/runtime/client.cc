@@ -231,19 +231,10 @@ class Client::Impl {
     SPOOL_ASSIGN_OR_RETURN(JobRow row,
                            driver_->executor().JobCancel({.id = id, .now = clock_->Now()}));
     if (row.state == JobState::kRunning) {
-      bool here = false;
-      {
-        std::lock_guard lock(lifecycle_mu_runners_);
-        if (auto it = runners_.find(row.queue); it != runners_.end()) {
-          here = it->second->CancelJob(id);
-        }
-      }
-      if (!here) {
-        if (Status st = driver_->NotifyControl(); !st.ok()) {
-          logger_(LogLevel::kWarn,
-                  "notifying other processes of a cancel failed: " + st.ToString());
-        }
-      }
+      // Running here: its context is cancelled now. Running in another process: the driver's
+      // cancel told it (PostgreSQL NOTIFY), or it finds the request at its next check.
+      std::lock_guard lock(lifecycle_mu_runners_);
+      if (auto it = runners_.find(row.queue); it != runners_.end()) (void)it->second->CancelJob(id);
     }
     return row;
   }
@@ -251,7 +242,7 @@ class Client::Impl {
   Result<JobRow> Retry(int64_t id) {
     SPOOL_ASSIGN_OR_RETURN(JobRow row,
                            driver_->executor().JobRetry({.id = id, .now = clock_->Now()}));
-    Announce(row.queue);
+    WakeQueue(row.queue);
     return row;
   }
 
@@ -261,9 +252,6 @@ class Client::Impl {
     SPOOL_RETURN_IF_ERROR(paused ? ex.QueuePause(queue, clock_->Now())
                                  : ex.QueueResume(queue, clock_->Now()));
     if (!paused) WakeQueue(std::string(queue));
-    if (Status st = driver_->NotifyControl(); !st.ok()) {
-      logger_(LogLevel::kWarn, "notifying other processes of a pause failed: " + st.ToString());
-    }
     Event e;
     e.kind = paused ? Event::Kind::kQueuePaused : Event::Kind::kQueueResumed;
     e.queue = std::string(queue);
@@ -289,15 +277,6 @@ class Client::Impl {
 
  private:
   enum class LifeState { kNew, kStarted, kStopped };
-
-  // Wakes this process's producer of `queue`, which just got available jobs, and tells other
-  // processes (PostgreSQL NOTIFY; SQLite needs nothing, data_version moves).
-  void Announce(const std::string& queue) {
-    WakeQueue(queue);
-    if (Status st = driver_->NotifyInsert(queue); !st.ok()) {
-      logger_(LogLevel::kDebug, "notify insert failed: " + st.ToString());
-    }
-  }
 
   // After an insert: other processes heard of it from the insert itself (the driver notifies in
   // the insert's transaction), this one's producers are woken here.

@@ -181,7 +181,7 @@ TEST_F(PostgresDriverTest, WaitForChangeRelistensAfterTheConnectionDrops) {
   // And it listens again.
   std::unique_ptr<Driver> other = OpenAt(url_);
   ASSERT_NE(other, nullptr);
-  ASSERT_TRUE(other->NotifyInsert("q").ok());
+  ASSERT_TRUE(other->executor().JobInsertMany(OneJob()).has_value());
   auto woke = driver_->WaitForChange(seconds(20));
   ASSERT_TRUE(woke.has_value()) << woke.error().ToString();
   EXPECT_TRUE(*woke);
@@ -193,14 +193,14 @@ TEST_F(PostgresDriverTest, OwnInsertNotificationsAreNotAChange) {
   ASSERT_NE(driver_, nullptr);
   auto first = driver_->WaitForChange(milliseconds(200));  // connects and listens
   ASSERT_TRUE(first.has_value()) << first.error().ToString();
-  ASSERT_TRUE(driver_->NotifyInsert("q").ok());
+  ASSERT_TRUE(driver_->executor().JobInsertMany(OneJob()).has_value());
   auto own = driver_->WaitForChange(milliseconds(300));
   ASSERT_TRUE(own.has_value()) << own.error().ToString();
   EXPECT_FALSE(*own) << "this driver's own insert notification woke it";
 
   std::unique_ptr<Driver> other = OpenAt(url_);
   ASSERT_NE(other, nullptr);
-  ASSERT_TRUE(other->NotifyInsert("q").ok());
+  ASSERT_TRUE(other->executor().JobInsertMany(OneJob()).has_value());
   auto woke = driver_->WaitForChange(seconds(20));
   ASSERT_TRUE(woke.has_value()) << woke.error().ToString();
   EXPECT_TRUE(*woke);
@@ -274,7 +274,7 @@ TEST_F(PostgresDriverTest, NotificationsStayInTheirSchema) {
   ASSERT_TRUE(other_url.has_value());
   std::unique_ptr<Driver> other = OpenAt(*other_url);
   ASSERT_NE(other, nullptr);
-  ASSERT_TRUE(other->NotifyInsert("q").ok());
+  ASSERT_TRUE(other->executor().JobInsertMany(OneJob()).has_value());
   auto changed = driver_->WaitForChange(milliseconds(300));
   ASSERT_TRUE(changed.has_value());
   EXPECT_FALSE(*changed) << "a notification for another schema woke this driver";
@@ -569,11 +569,11 @@ TEST_F(PostgresDriverTest, RacingElectorsElectExactlyOneLeader) {
   }
 }
 
-TEST_F(PostgresDriverTest, NotifyControlAndCancellingARunningJobWakeOtherProcesses) {
+TEST_F(PostgresDriverTest, PausingAndCancellingARunningJobWakeOtherProcesses) {
   ASSERT_NE(driver_, nullptr);
   std::unique_ptr<Driver> other = OpenAt(url_);
   ASSERT_NE(other, nullptr);
-  ASSERT_TRUE(other->NotifyControl().ok());
+  ASSERT_TRUE(other->executor().QueuePause("elsewhere", kT0).ok());
   auto woke = driver_->WaitForChange(seconds(20));
   ASSERT_TRUE(woke.has_value()) << woke.error().ToString();
   EXPECT_TRUE(*woke);
@@ -714,8 +714,8 @@ TEST(PostgresPollOnlyTest, NeverListensAndStillFindsOtherProcessesJobs) {
   ASSERT_TRUE(quiet.has_value()) << quiet.error().ToString();
   auto loud = Driver::Open(*url, DriverOptions{});
   ASSERT_TRUE(loud.has_value());
-  ASSERT_TRUE((*loud)->NotifyInsert("q").ok());
-  ASSERT_TRUE((*loud)->NotifyControl().ok());
+  ASSERT_TRUE((*loud)->executor().JobInsertMany(OneJob()).has_value());
+  ASSERT_TRUE((*loud)->executor().QueuePause("q", kT0).ok());
   auto waited = (*quiet)->WaitForChange(milliseconds(100));
   ASSERT_TRUE(waited.has_value()) << waited.error().ToString();
   EXPECT_FALSE(*waited) << "a poll-only driver must not see notifications";

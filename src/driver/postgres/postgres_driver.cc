@@ -716,13 +716,19 @@ Result<int64_t> SetStateOn(Conn& c, const JobSetStateIfRunningManyParams& p,
   return AffectedRows(res.get());
 }
 
-Result<JobScheduleResult> ScheduleOn(Conn& c, const JobScheduleParams& p) {
+Result<JobScheduleResult> ScheduleOn(Conn& c, const JobScheduleParams& p,
+                                     const std::string& insert_channel) {
   JobScheduleResult out;
   if (p.max <= 0) return out;
   SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query("spool_schedule", kScheduleSql,
                                                {Micros(p.now), std::to_string(p.max)}));
   SPOOL_ASSIGN_OR_RETURN(out.count, ParseInt(PQgetvalue(res.get(), 0, 0), "count"));
   SPOOL_ASSIGN_OR_RETURN(out.queues, ParseStringArray(PQgetvalue(res.get(), 0, 1)));
+  // The leader schedules for every node: the others' producers of these queues wake now instead
+  // of at their next poll.
+  for (const std::string& queue : out.queues) {
+    SPOOL_RETURN_IF_ERROR(NotifyOn(c, insert_channel, queue));
+  }
   return out;
 }
 
@@ -783,11 +789,14 @@ Result<JobRow> CancelOn(Conn& c, const JobCancelParams& p, const std::string& co
   return row;
 }
 
-Result<JobRow> RetryOn(Conn& c, const JobRetryParams& p) {
+Result<JobRow> RetryOn(Conn& c, const JobRetryParams& p, const std::string& insert_channel) {
   SPOOL_ASSIGN_OR_RETURN(PgResult res,
                          c.Query("spool_retry", RetrySql(), {std::to_string(p.id), Micros(p.now)}));
   if (PQntuples(res.get()) == 0) return NotWritable(c, p.id, "retry");
-  return ReadRow(res.get(), 0);
+  SPOOL_ASSIGN_OR_RETURN(JobRow row, ReadRow(res.get(), 0));
+  // Other processes' producers of the queue wake now instead of at their next poll.
+  SPOOL_RETURN_IF_ERROR(NotifyOn(c, insert_channel, row.queue));
+  return row;
 }
 
 Result<JobRow> DeleteOn(Conn& c, int64_t id) {
@@ -1037,7 +1046,8 @@ class PgExecutor : public Base {
     return Run<int64_t>([&](Conn& c) { return SetStateOn(c, params, TxSettings()); });
   }
   Result<JobScheduleResult> JobSchedule(const JobScheduleParams& params) override {
-    return Run<JobScheduleResult>([&](Conn& c) { return ScheduleOn(c, params); });
+    return Run<JobScheduleResult>(
+        [&](Conn& c) { return ScheduleOn(c, params, channels_->insert); });
   }
   Result<JobRow> JobGetByID(int64_t id) override {
     return Run<JobRow>([&](Conn& c) { return GetByIdOn(c, id); });
@@ -1053,7 +1063,7 @@ class PgExecutor : public Base {
     return Run<JobRow>([&](Conn& c) { return CancelOn(c, params, channels_->control); });
   }
   Result<JobRow> JobRetry(const JobRetryParams& params) override {
-    return Run<JobRow>([&](Conn& c) { return RetryOn(c, params); });
+    return Run<JobRow>([&](Conn& c) { return RetryOn(c, params, channels_->insert); });
   }
   Result<JobRow> JobDelete(int64_t id) override {
     return Run<JobRow>([&](Conn& c) { return DeleteOn(c, id); });
@@ -1100,16 +1110,12 @@ class PgExecutor : public Base {
   }
 
   Status QueuePause(std::string_view name, TimePoint now) override {
-    return WithConn([&](Conn& c) {
-      return c.Query("spool_queue_pause", kQueuePauseSql, {std::string(name), Micros(now)})
-          .status();
-    });
+    static const std::string* const kSql = new std::string(kQueuePauseSql);
+    return ChangeAndNotifyControl({"spool_queue_pause", kSql, {std::string(name), Micros(now)}});
   }
   Status QueueResume(std::string_view name, TimePoint now) override {
-    return WithConn([&](Conn& c) {
-      return c.Query("spool_queue_resume", kQueueResumeSql, {std::string(name), Micros(now)})
-          .status();
-    });
+    static const std::string* const kSql = new std::string(kQueueResumeSql);
+    return ChangeAndNotifyControl({"spool_queue_resume", kSql, {std::string(name), Micros(now)}});
   }
   Result<std::vector<QueueInfo>> QueueList() override {
     return Run<std::vector<QueueInfo>>([&](Conn& c) { return QueueListOn(c); });
@@ -1128,6 +1134,15 @@ class PgExecutor : public Base {
   }
 
  protected:
+  // Runs `change` and tells every process on the control channel, in one pipeline: one round
+  // trip and one transaction (or the caller's, when the notification goes out at its commit).
+  Status ChangeAndNotifyControl(pg::Statement change) {
+    return WithConn([&](Conn& c) {
+      return c.QueryPipelined({std::move(change), NotifyStatement(channels_->control, "control")})
+          .status();
+    });
+  }
+
   // Runs `fn` on a connection: a pooled one, or the transaction's own.
   virtual Status WithConn(const std::function<Status(Conn&)>& fn) = 0;
   // True when WithConn's connection is already inside a transaction.
@@ -1431,16 +1446,6 @@ class PostgresDriver final : public Driver {
   void Interrupt() override {
     const uint64_t one = 1;
     (void)!write(event_fd_, &one, sizeof one);
-  }
-
-  Status NotifyInsert(std::string_view queue) override {
-    SPOOL_ASSIGN_OR_RETURN(Lease lease, pool_.Acquire());
-    return NotifyOn(*lease, channels_.insert, std::string(queue));
-  }
-
-  Status NotifyControl() override {
-    SPOOL_ASSIGN_OR_RETURN(Lease lease, pool_.Acquire());
-    return NotifyOn(*lease, channels_.control, "control");
   }
 
  private:

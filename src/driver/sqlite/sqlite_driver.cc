@@ -624,9 +624,6 @@ class SqliteDriver final : public Driver {
     wait_cv_.notify_all();
   }
 
-  Status NotifyInsert(std::string_view /*queue*/) override { return Status::Ok(); }
-  Status NotifyControl() override { return Status::Ok(); }
-
  private:
   Result<int> SchemaVersionLocked() {
     SPOOL_ASSIGN_OR_RETURN(
