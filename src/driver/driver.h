@@ -75,7 +75,7 @@ struct JobSetStateIfRunningManyParams {
 };
 
 // Moves up to `max` scheduled and retryable jobs with scheduled_at <= now to available, and tells
-// other processes of the queues that got jobs (PostgreSQL: NOTIFY after the move).
+// other processes of the queues that got jobs (PostgreSQL: NOTIFY in the same transaction).
 struct JobScheduleParams {
   TimePoint now{};
   int max = 10'000;
@@ -97,7 +97,7 @@ struct JobCancelParams {
 
 // Not running: available now (scheduled_at = now, finalized_at cleared); if attempt >=
 // max_attempts, max_attempts = attempt + 1, and other processes are told of its queue
-// (PostgreSQL: NOTIFY). Running: FailedPrecondition.
+// (PostgreSQL: NOTIFY in the same transaction). Running: FailedPrecondition.
 struct JobRetryParams {
   int64_t id = 0;
   TimePoint now{};

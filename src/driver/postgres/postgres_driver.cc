@@ -148,9 +148,13 @@ constexpr const char* kScheduleSql =
     "AND scheduled_at <= " SPOOL_TS("$1") " ORDER BY scheduled_at, id LIMIT $2 "
     "FOR UPDATE SKIP LOCKED), "
     "moved AS (UPDATE spool_job AS j SET state = 'available' FROM due WHERE j.id = due.id "
-    "RETURNING j.queue) "
+    "RETURNING j.queue), "
+    // The leader schedules for every node: each queue that got jobs is announced on channel $3
+    // in the same transaction (one NOTIFY per queue; a CTE runs only if it is read).
+    "notified AS (SELECT pg_notify($3, queue) FROM (SELECT DISTINCT queue FROM moved) AS q) "
     "SELECT count(*)::int8, "
-    "coalesce(array_to_json(array_agg(DISTINCT queue ORDER BY queue))::text, '[]') FROM moved";
+    "coalesce(array_to_json(array_agg(DISTINCT queue ORDER BY queue))::text, '[]'), "
+    "(SELECT count(*) FROM notified) FROM moved";
 
 const std::string& GetByIdSql() {
   static const std::string* const kSql =
@@ -209,11 +213,12 @@ const std::string& UniqueLookupSql() {
   return *kSql;
 }
 
-// A running job keeps running (its worker is told through metadata and a control notification);
-// any other job that is not final is cancelled at once.
+// A running job keeps running (its worker is told through metadata, and every process by a
+// notification on channel $3 in the same transaction); any other job that is not final is
+// cancelled at once.
 const std::string& CancelSql() {
   static const std::string* const kSql = new std::string(
-      Sql("UPDATE spool_job AS j SET "
+      Sql("WITH cancelled AS (UPDATE spool_job AS j SET "
           "state = CASE WHEN j.state = 'running' THEN j.state ELSE 'cancelled' END, "
           "finalized_at = CASE WHEN j.state = 'running' THEN NULL ELSE " SPOOL_TS(
               "$2") " END, "
@@ -224,19 +229,23 @@ const std::string& CancelSql() {
                     "metadata = CASE WHEN j.state = 'running' THEN j.metadata || "
                     "jsonb_build_object('cancel_requested_at', $2::int8) ELSE j.metadata END "
                     "WHERE j.id = $1 AND j.state NOT IN ('completed', 'cancelled', 'discarded') "
-                    "RETURNING "));
+                    "RETURNING j.*) SELECT ",
+          ", CASE WHEN j.state = 'running' THEN pg_notify($3, 'cancel') END "
+          "FROM cancelled AS j"));
   return *kSql;
 }
 
 // A cancel requested while the job last ran must not cancel its next run.
+// The retried job's queue is announced on channel $3 in the same transaction.
 const std::string& RetrySql() {
-  static const std::string* const kSql =
-      new std::string(Sql("UPDATE spool_job AS j SET state = 'available', scheduled_at = " SPOOL_TS(
+  static const std::string* const kSql = new std::string(Sql(
+      "WITH retried AS (UPDATE spool_job AS j SET state = 'available', scheduled_at = " SPOOL_TS(
           "$2") ", "
                 "finalized_at = NULL, max_attempts = CASE WHEN j.attempt >= j.max_attempts "
                 "THEN j.attempt + 1 ELSE j.max_attempts END, "
                 "metadata = j.metadata - 'cancel_requested_at' "
-                "WHERE j.id = $1 AND j.state <> 'running' RETURNING "));
+                "WHERE j.id = $1 AND j.state <> 'running' RETURNING j.*) SELECT ",
+      ", pg_notify($3, j.queue) FROM retried AS j"));
   return *kSql;
 }
 
@@ -288,11 +297,6 @@ constexpr const char* kLeaderReelectSql = "UPDATE spool_leader SET expires_at = 
 pg::Statement NotifyStatement(const std::string& channel, std::string payload) {
   static const std::string* const kSql = new std::string("SELECT pg_notify($1, $2)");
   return {"spool_notify", kSql, {channel, std::move(payload)}};
-}
-
-Status NotifyOn(Conn& c, const std::string& channel, std::string payload) {
-  const pg::Statement n = NotifyStatement(channel, std::move(payload));
-  return c.Query(n.name, *n.sql, n.params).status();
 }
 
 // The driver's notification channels, named after the schema by Driver::Init.
@@ -720,15 +724,11 @@ Result<JobScheduleResult> ScheduleOn(Conn& c, const JobScheduleParams& p,
                                      const std::string& insert_channel) {
   JobScheduleResult out;
   if (p.max <= 0) return out;
-  SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query("spool_schedule", kScheduleSql,
-                                               {Micros(p.now), std::to_string(p.max)}));
+  SPOOL_ASSIGN_OR_RETURN(PgResult res,
+                         c.Query("spool_schedule", kScheduleSql,
+                                 {Micros(p.now), std::to_string(p.max), insert_channel}));
   SPOOL_ASSIGN_OR_RETURN(out.count, ParseInt(PQgetvalue(res.get(), 0, 0), "count"));
   SPOOL_ASSIGN_OR_RETURN(out.queues, ParseStringArray(PQgetvalue(res.get(), 0, 1)));
-  // The leader schedules for every node: the others' producers of these queues wake now instead
-  // of at their next poll.
-  for (const std::string& queue : out.queues) {
-    SPOOL_RETURN_IF_ERROR(NotifyOn(c, insert_channel, queue));
-  }
   return out;
 }
 
@@ -778,25 +778,18 @@ Status NotWritable(Conn& c, int64_t id, std::string_view what) {
 
 Result<JobRow> CancelOn(Conn& c, const JobCancelParams& p, const std::string& control_channel) {
   SPOOL_ASSIGN_OR_RETURN(
-      PgResult res, c.Query("spool_cancel", CancelSql(), {std::to_string(p.id), Micros(p.now)}));
+      PgResult res,
+      c.Query("spool_cancel", CancelSql(), {std::to_string(p.id), Micros(p.now), control_channel}));
   if (PQntuples(res.get()) == 0) return GetByIdOn(c, p.id);  // NotFound, or final: unchanged
-  SPOOL_ASSIGN_OR_RETURN(JobRow row, ReadRow(res.get(), 0));
-  if (row.state == JobState::kRunning) {
-    // Wakes the process running it now instead of at its next poll; inside a transaction it is
-    // delivered at commit.
-    SPOOL_RETURN_IF_ERROR(NotifyOn(c, control_channel, "cancel"));
-  }
-  return row;
+  return ReadRow(res.get(), 0);
 }
 
 Result<JobRow> RetryOn(Conn& c, const JobRetryParams& p, const std::string& insert_channel) {
-  SPOOL_ASSIGN_OR_RETURN(PgResult res,
-                         c.Query("spool_retry", RetrySql(), {std::to_string(p.id), Micros(p.now)}));
+  SPOOL_ASSIGN_OR_RETURN(
+      PgResult res,
+      c.Query("spool_retry", RetrySql(), {std::to_string(p.id), Micros(p.now), insert_channel}));
   if (PQntuples(res.get()) == 0) return NotWritable(c, p.id, "retry");
-  SPOOL_ASSIGN_OR_RETURN(JobRow row, ReadRow(res.get(), 0));
-  // Other processes' producers of the queue wake now instead of at their next poll.
-  SPOOL_RETURN_IF_ERROR(NotifyOn(c, insert_channel, row.queue));
-  return row;
+  return ReadRow(res.get(), 0);
 }
 
 Result<JobRow> DeleteOn(Conn& c, int64_t id) {
