@@ -257,8 +257,7 @@ const std::string& DeleteSql() {
 
 constexpr const char* kCancelRequestedSql =
     "SELECT id FROM spool_job WHERE id = ANY($1::int8[]) AND state = " SPOOL_RUNNING
-    " "
-    "AND metadata ? 'cancel_requested_at' ORDER BY id";
+    " AND metadata ? 'cancel_requested_at' ORDER BY id";
 
 // The client of a running job is the last entry of attempted_by.
 const std::string& StuckSql() {
@@ -323,17 +322,19 @@ constexpr const char* kClientDeleteSql = "DELETE FROM spool_client WHERE id = $1
 constexpr const char* kClientDeleteStaleSql =
     "DELETE FROM spool_client WHERE heartbeat_at < " SPOOL_TS("$1");
 
-// Pausing a paused queue keeps the time it was first paused.
+// Pausing a paused queue keeps the time it was first paused. Pause and resume tell every process
+// on the control channel $3 in the same transaction.
 constexpr const char* kQueuePauseSql =
-    "INSERT INTO spool_queue AS q (name, paused_at, created_at, updated_at) "
+    "WITH paused AS (INSERT INTO spool_queue AS q (name, paused_at, created_at, updated_at) "
     "VALUES ($1, " SPOOL_TS("$2") ", " SPOOL_TS("$2") ", " SPOOL_TS(
         "$2") ") "
               "ON CONFLICT (name) DO UPDATE SET paused_at = coalesce(q.paused_at, "
-              "EXCLUDED.paused_at), updated_at = EXCLUDED.updated_at";
+              "EXCLUDED.paused_at), updated_at = EXCLUDED.updated_at) "
+              "SELECT pg_notify($3, 'control')";
 
 constexpr const char* kQueueResumeSql =
-    "UPDATE spool_queue SET paused_at = NULL, updated_at = " SPOOL_TS(
-        "$2") " WHERE name = $1 AND paused_at IS NOT NULL";
+    "WITH resumed AS (UPDATE spool_queue SET paused_at = NULL, updated_at = " SPOOL_TS(
+        "$2") " WHERE name = $1 AND paused_at IS NOT NULL) SELECT pg_notify($3, 'control')";
 
 constexpr const char* kQueueListSql =
     "SELECT coalesce(q.name, c.queue), " SPOOL_US(
@@ -1103,12 +1104,20 @@ class PgExecutor : public Base {
   }
 
   Status QueuePause(std::string_view name, TimePoint now) override {
-    static const std::string* const kSql = new std::string(kQueuePauseSql);
-    return ChangeAndNotifyControl({"spool_queue_pause", kSql, {std::string(name), Micros(now)}});
+    return WithConn([&](Conn& c) {
+      return c
+          .Query("spool_queue_pause", kQueuePauseSql,
+                 {std::string(name), Micros(now), channels_->control})
+          .status();
+    });
   }
   Status QueueResume(std::string_view name, TimePoint now) override {
-    static const std::string* const kSql = new std::string(kQueueResumeSql);
-    return ChangeAndNotifyControl({"spool_queue_resume", kSql, {std::string(name), Micros(now)}});
+    return WithConn([&](Conn& c) {
+      return c
+          .Query("spool_queue_resume", kQueueResumeSql,
+                 {std::string(name), Micros(now), channels_->control})
+          .status();
+    });
   }
   Result<std::vector<QueueInfo>> QueueList() override {
     return Run<std::vector<QueueInfo>>([&](Conn& c) { return QueueListOn(c); });
@@ -1127,15 +1136,6 @@ class PgExecutor : public Base {
   }
 
  protected:
-  // Runs `change` and tells every process on the control channel, in one pipeline: one round
-  // trip and one transaction (or the caller's, when the notification goes out at its commit).
-  Status ChangeAndNotifyControl(pg::Statement change) {
-    return WithConn([&](Conn& c) {
-      return c.QueryPipelined({std::move(change), NotifyStatement(channels_->control, "control")})
-          .status();
-    });
-  }
-
   // Runs `fn` on a connection: a pooled one, or the transaction's own.
   virtual Status WithConn(const std::function<Status(Conn&)>& fn) = 0;
   // True when WithConn's connection is already inside a transaction.
