@@ -4,8 +4,10 @@
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 #include <stdlib.h>
+#include <sys/types.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
@@ -17,6 +19,7 @@
 #include "driver/driver.h"
 #include "driver/sqlite/sqlite_conn.h"
 #include "driver/sqlite/sqlite_driver.h"
+#include "driver/sqlite/wal_gather.h"
 
 namespace {
 
@@ -324,4 +327,146 @@ TEST_F(SqliteOnlyTest, WalStaysBoundedUnderContinuousWritesAndEveryRowIsKept) {
   spool::internal::SqliteStmtPtr stmt(stmt_raw);
   ASSERT_EQ(sqlite3_step(stmt.get()), SQLITE_ROW);
   EXPECT_EQ(sqlite3_column_int64(stmt.get(), 0), int64_t{kCommits} * kJobsPerCommit);
+}
+
+// The writer's VFS (wal_gather.cc) holds a commit's WAL frames in memory and writes them at once.
+// These tests count and fail the default VFS's pwrite through its system-call table.
+namespace wal_gather {
+
+int g_pwrites = 0;
+bool g_fail_pwrites = false;
+sqlite3_syscall_ptr g_real_pwrite = nullptr;
+
+ssize_t CountingPwrite(int fd, const void* buf, size_t n, off_t off) {
+  ++g_pwrites;
+  if (g_fail_pwrites) {
+    errno = ENOSPC;
+    return -1;
+  }
+  return reinterpret_cast<ssize_t (*)(int, const void*, size_t, off_t)>(g_real_pwrite)(fd, buf, n,
+                                                                                       off);
+}
+
+// Installs CountingPwrite for the test's lifetime (every connection of the process, so the tests
+// using it open no driver).
+class PwriteHook {
+ public:
+  PwriteHook() {
+    vfs_ = sqlite3_vfs_find("unix");
+    // Which of the two the VFS writes with depends on how SQLite was built (Debian: pwrite64).
+    for (const char* name : {"pwrite64", "pwrite"}) {
+      g_real_pwrite = vfs_->xGetSystemCall(vfs_, name);
+      if (g_real_pwrite != nullptr) {
+        name_ = name;
+        break;
+      }
+    }
+    g_pwrites = 0;
+    g_fail_pwrites = false;
+    ok_ = g_real_pwrite != nullptr &&
+          vfs_->xSetSystemCall(vfs_, name_,
+                               reinterpret_cast<sqlite3_syscall_ptr>(&CountingPwrite)) == SQLITE_OK;
+  }
+  ~PwriteHook() {
+    if (ok_) vfs_->xSetSystemCall(vfs_, name_, g_real_pwrite);
+  }
+  PwriteHook(const PwriteHook&) = delete;
+  PwriteHook& operator=(const PwriteHook&) = delete;
+  bool ok() const { return ok_; }
+
+ private:
+  sqlite3_vfs* vfs_ = nullptr;
+  const char* name_ = nullptr;
+  bool ok_ = false;
+};
+
+// The first column of the first row as text; "error" when there is none.
+std::string Query(sqlite3* db, const std::string& sql) {
+  sqlite3_stmt* raw = nullptr;
+  if (sqlite3_prepare_v2(db, sql.c_str(), -1, &raw, nullptr) != SQLITE_OK) return "error";
+  spool::internal::SqliteStmtPtr stmt(raw);
+  if (sqlite3_step(stmt.get()) != SQLITE_ROW) return "error";
+  const unsigned char* text = sqlite3_column_text(stmt.get(), 0);
+  return text != nullptr ? reinterpret_cast<const char*>(text) : "null";
+}
+
+// Inserts rows first..last of about 900 bytes each (several per page) in one transaction.
+std::string InsertRows(int first, int last) {
+  return "BEGIN; WITH RECURSIVE s(v) AS (SELECT " + std::to_string(first) +
+         " UNION ALL SELECT v + 1 FROM s WHERE v < " + std::to_string(last) +
+         ") INSERT INTO t SELECT v, randomblob(900) FROM s; COMMIT";
+}
+
+}  // namespace wal_gather
+
+TEST_F(SqliteOnlyTest, GatheredWalCommitsAreWholeForOtherConnectionsAtOnce) {
+  const char* vfs = spool::internal::WalGatheringVfs();
+  ASSERT_NE(vfs, nullptr) << "the default VFS is not \"unix\"";
+  const std::string path = dir_ + "/gather.db";
+  CONF_ASSIGN_OR_FAIL(auto writer, spool::internal::SqliteOpen(path, vfs));
+  CONF_ASSERT_OK(
+      spool::internal::SqliteExec(writer.get(),
+                                  "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; "
+                                  "CREATE TABLE t (n INTEGER, pad BLOB)"));
+  sqlite3* raw = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &raw), SQLITE_OK);
+  spool::internal::SqliteDbPtr reader(raw);
+
+  wal_gather::PwriteHook hook;
+  ASSERT_TRUE(hook.ok());
+  // Commits of one page up to far more than one write can carry (0x1ffff bytes, about 31
+  // frames): each is seen whole by the other connection as soon as it returns.
+  int64_t rows = 0;
+  for (int size : {1, 7, 40, 200, 3, 900, 1}) {
+    const int writes_before = wal_gather::g_pwrites;
+    CONF_ASSERT_OK(spool::internal::SqliteExec(
+        writer.get(),
+        wal_gather::InsertRows(static_cast<int>(rows) + 1, static_cast<int>(rows) + size).c_str()));
+    rows += size;
+    EXPECT_EQ(wal_gather::Query(reader.get(), "SELECT count(*) FROM t"), std::to_string(rows));
+    EXPECT_EQ(wal_gather::Query(reader.get(), "SELECT sum(n) FROM t"),
+              std::to_string(rows * (rows + 1) / 2));
+    const int writes = wal_gather::g_pwrites - writes_before;
+    if (size == 40) {
+      // About 10 pages of rows plus index pages: 20 or more writes ungathered.
+      EXPECT_LE(writes, 3) << "a commit of " << size << " rows took " << writes << " writes";
+    }
+  }
+}
+
+// At synchronous = NORMAL no sync follows a commit's frames, so only the commit frame tells the
+// VFS to write them while the commit can still fail.
+TEST_F(SqliteOnlyTest, AFailedGatheredWalWriteFailsItsCommitAndLosesNothingCommitted) {
+  const std::string path = dir_ + "/gather-fail.db";
+  CONF_ASSIGN_OR_FAIL(auto writer,
+                      spool::internal::SqliteOpen(path, spool::internal::WalGatheringVfs()));
+  CONF_ASSERT_OK(
+      spool::internal::SqliteExec(writer.get(),
+                                  "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; "
+                                  "CREATE TABLE t (n INTEGER, pad BLOB); "
+                                  "INSERT INTO t VALUES (1, randomblob(900))"));
+  wal_gather::PwriteHook hook;
+  ASSERT_TRUE(hook.ok());
+  wal_gather::g_fail_pwrites = true;
+  const spool::Status failed =
+      spool::internal::SqliteExec(writer.get(), wal_gather::InsertRows(2, 30).c_str());
+  wal_gather::g_fail_pwrites = false;
+  EXPECT_FALSE(failed.ok());
+  EXPECT_NE(failed.message().find("full"), std::string::npos) << failed.ToString();
+  (void)spool::internal::SqliteExec(writer.get(), "ROLLBACK");
+
+  // The writer goes on, and every connection sees exactly the commits that succeeded.
+  CONF_ASSERT_OK(spool::internal::SqliteExec(writer.get(), "INSERT INTO t VALUES (2, NULL)"));
+  sqlite3* raw = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &raw), SQLITE_OK);
+  spool::internal::SqliteDbPtr reader(raw);
+  EXPECT_EQ(wal_gather::Query(reader.get(), "SELECT count(*) FROM t"), "2");
+  EXPECT_EQ(wal_gather::Query(reader.get(), "SELECT sum(n) FROM t"), "3");
+  writer.reset();
+  reader.reset();
+  // And so does recovery from the log alone (no connection left to tell it).
+  ASSERT_EQ(sqlite3_open(path.c_str(), &raw), SQLITE_OK);
+  spool::internal::SqliteDbPtr reopened(raw);
+  EXPECT_EQ(wal_gather::Query(reopened.get(), "PRAGMA integrity_check"), "ok");
+  EXPECT_EQ(wal_gather::Query(reopened.get(), "SELECT count(*) FROM t"), "2");
 }

@@ -51,12 +51,12 @@ Status SqliteStatus(int rc, sqlite3* db, std::string_view context) {
   return Status(Status::Code::kInternal, fmt::format("{}: {}", context, detail), std::move(native));
 }
 
-Result<SqliteDbPtr> SqliteOpen(const std::string& path) {
+Result<SqliteDbPtr> SqliteOpen(const std::string& path, const char* vfs) {
   sqlite3* raw = nullptr;
   // NOMUTEX: every connection is serialised by its owner, so SQLite's own mutex is waste.
   const int flags =
       SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE;
-  const int rc = sqlite3_open_v2(path.c_str(), &raw, flags, nullptr);
+  const int rc = sqlite3_open_v2(path.c_str(), &raw, flags, vfs);
   SqliteDbPtr db(raw);
   if (rc != SQLITE_OK) {
     std::string detail = db != nullptr ? sqlite3_errmsg(db.get()) : sqlite3_errstr(rc);

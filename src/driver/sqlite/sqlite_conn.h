@@ -33,9 +33,10 @@ using SqliteStmtPtr = std::unique_ptr<sqlite3_stmt, SqliteStmtDeleter>;
 // carries sqlite3_errmsg(db) when `db` is set; native_code is the extended code in decimal.
 Status SqliteStatus(int rc, sqlite3* db, std::string_view context);
 
-// Opens (creating if needed) the database file at `path` with extended result codes on.
-// ConnectionLost or InvalidArgument naming the path when it cannot be opened.
-Result<SqliteDbPtr> SqliteOpen(const std::string& path);
+// Opens (creating if needed) the database file at `path` with extended result codes on, through
+// the named VFS (nullptr: the default one). ConnectionLost or InvalidArgument naming the path
+// when it cannot be opened.
+Result<SqliteDbPtr> SqliteOpen(const std::string& path, const char* vfs = nullptr);
 
 // Runs one or more SQL statements that return no rows.
 Status SqliteExec(sqlite3* db, const char* sql);

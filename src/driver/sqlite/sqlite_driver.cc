@@ -14,6 +14,7 @@
 #include "driver/sqlite/sqlite_conn.h"
 #include "driver/sqlite/sqlite_migrations.h"
 #include "driver/sqlite/sqlite_queries.h"
+#include "driver/sqlite/wal_gather.h"
 
 namespace spool::internal {
 
@@ -730,7 +731,8 @@ class SqliteDriver final : public Driver {
 }  // namespace
 
 Result<std::unique_ptr<Driver>> OpenSqliteDriver(std::string path, const DriverOptions& options) {
-  SPOOL_ASSIGN_OR_RETURN(SqliteDbPtr writer, SqliteOpen(path));
+  // Everything the client writes goes through this connection, so its WAL writes are gathered.
+  SPOOL_ASSIGN_OR_RETURN(SqliteDbPtr writer, SqliteOpen(path, WalGatheringVfs()));
   SPOOL_ASSIGN_OR_RETURN(SqliteDbPtr watcher, SqliteOpen(path));
   auto driver =
       std::make_unique<SqliteDriver>(path, std::move(writer), std::move(watcher), options);
