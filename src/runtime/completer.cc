@@ -59,11 +59,12 @@ void Completer::Run() {
         if (pending_.size() < kBatchTarget && !stopping_) {
           cv_.wait_for(lock, kLinger, [&] { return pending_.size() >= kBatchTarget || stopping_; });
         }
-        const size_t n = std::min(pending_.size(), kMaxBatch);
-        batch.reserve(n);
-        for (size_t i = 0; i < n; ++i) {
-          batch.push_back(std::move(pending_.front()));
-          pending_.pop_front();
+        if (pending_.size() <= kMaxBatch) {
+          batch.swap(pending_);  // pending_ keeps the capacity of the last batch
+        } else {
+          const auto end = pending_.begin() + static_cast<std::ptrdiff_t>(kMaxBatch);
+          batch.assign(std::make_move_iterator(pending_.begin()), std::make_move_iterator(end));
+          pending_.erase(pending_.begin(), end);
         }
       }
     }

@@ -1,7 +1,6 @@
 #pragma once
 
 #include <condition_variable>
-#include <deque>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -49,9 +48,11 @@ class Completer {
   std::mutex mu_;
   std::condition_variable cv_;        // wakes the writer thread
   std::condition_variable space_cv_;  // wakes workers blocked on backpressure
-  std::deque<Completion> pending_;    // guarded by mu_
-  bool stopping_ = false;             // guarded by mu_
-  Status last_error_;                 // guarded by mu_
+  // A vector swapped out whole by the writer thread: a deque allocated a node per outcome (an
+  // outcome is larger than its 512-byte nodes) and the writer moved each one under the lock.
+  std::vector<Completion> pending_;  // guarded by mu_
+  bool stopping_ = false;            // guarded by mu_
+  Status last_error_;                // guarded by mu_
   std::thread thread_;
 };
 

@@ -151,7 +151,12 @@ void QueueRunner::ProduceLoop() {
     const int got = static_cast<int>(rows->size());
     busy_ -= n - got;
     if (busy_ == 0) idle_cv_.notify_all();
-    for (auto& row : *rows) ready_.push_back(std::move(row));
+    if (!HasReadyLocked()) {
+      ready_.swap(*rows);
+      ready_head_ = 0;
+    } else {
+      for (auto& row : *rows) ready_.push_back(std::move(row));
+    }
     // A full batch means more may be waiting: fetch again as soon as a slot frees.
     if (got == n) wake_ = true;
     WakeWorkerLocked();
@@ -161,16 +166,19 @@ void QueueRunner::ProduceLoop() {
 void QueueRunner::WorkLoop() {
   std::unique_lock lock(mu_);
   for (;;) {
-    while (ready_.empty() && !exit_workers_) {
+    while (!HasReadyLocked() && !exit_workers_) {
       ++idle_workers_;
       worker_cv_.wait(lock);
       --idle_workers_;
       // Any wake-up consumes the one in flight; a spurious one only allows an extra wake-up.
       if (wakes_in_flight_ > 0) --wakes_in_flight_;
     }
-    if (ready_.empty()) return;
-    JobRow job = std::move(ready_.front());
-    ready_.pop_front();
+    if (!HasReadyLocked()) return;
+    JobRow job = std::move(ready_[ready_head_++]);
+    if (ready_head_ == ready_.size()) {
+      ready_.clear();
+      ready_head_ = 0;
+    }
     WakeWorkerLocked();
     if (cancel_all_) {
       // Hard stop before this claimed job started: give it back without using an attempt.
@@ -246,7 +254,7 @@ void QueueRunner::WakeWorkerLocked() {
   // wakes the next if jobs remain. Fast jobs are then drained by the few threads already running
   // instead of every idle thread being woken (and context-switched) for one job each; slow jobs
   // still fan out, one wake-up per job taken. Busy workers take ready jobs without a wake-up.
-  if (ready_.empty() || wakes_in_flight_ > 0 || idle_workers_ == 0) return;
+  if (!HasReadyLocked() || wakes_in_flight_ > 0 || idle_workers_ == 0) return;
   ++wakes_in_flight_;
   worker_cv_.notify_one();
 }

@@ -1,7 +1,6 @@
 #pragma once
 
 #include <condition_variable>
-#include <deque>
 #include <map>
 #include <mutex>
 #include <stop_token>
@@ -70,6 +69,7 @@ class QueueRunner {
   // Called with mu_ held after a job finished: wakes the producer only when it is worth a fetch.
   void SlotFreedLocked();
   void WakeWorkerLocked();
+  bool HasReadyLocked() const { return ready_head_ < ready_.size(); }
 
   const std::string name_;
   const int max_workers_;
@@ -82,7 +82,10 @@ class QueueRunner {
   std::condition_variable producer_cv_;  // wake or free slot or stop
   std::condition_variable worker_cv_;    // ready job or stop
   std::condition_variable idle_cv_;      // busy_ reached 0
-  std::deque<JobRow> ready_;             // claimed, waiting for a thread; guarded by mu_
+  // Claimed, waiting for a thread: ready_[ready_head_..] (a deque allocated a node per row, which
+  // is larger than its 512-byte nodes). Guarded by mu_.
+  std::vector<JobRow> ready_;
+  size_t ready_head_ = 0;
   int busy_ = 0;                         // claimed and not finished; guarded by mu_
   int idle_workers_ = 0;                 // workers waiting on worker_cv_; guarded by mu_
   int wakes_in_flight_ = 0;              // notify_one calls not yet consumed; guarded by mu_
