@@ -653,13 +653,16 @@ TEST_F(PostgresDriverTest, LookupsByIdNeverScanTheRunningIndex) {
   };
   const std::string set_state_args =
       fmt::format("{}, {}, {}, {}", array(ids), array(states), array(ats), array(errors));
+  const std::string complete_args = fmt::format("{}, {}", array(ids), array(ats));
   for (const char* mode : {"force_custom_plan", "force_generic_plan"}) {
     Query(app.get(), fmt::format("SET plan_cache_mode = {}", mode));
     Query(app.get(), "DEALLOCATE ALL");
     Query(app.get(), "PREPARE set_state AS " + PostgresSetStateSql());
+    Query(app.get(), "PREPARE complete AS " + PostgresCompleteSql());
     Query(app.get(), "PREPARE cancel_requested AS " + PostgresCancelRequestedSql());
-    for (const std::string& execute : {"EXECUTE set_state(" + set_state_args + ")",
-                                       "EXECUTE cancel_requested(" + array(ids) + ")"}) {
+    for (const std::string& execute :
+         {"EXECUTE set_state(" + set_state_args + ")", "EXECUTE complete(" + complete_args + ")",
+          "EXECUTE cancel_requested(" + array(ids) + ")"}) {
       pg::PgResult plan(PQexec(app.get(), ("EXPLAIN " + execute).c_str()));
       ASSERT_EQ(PQresultStatus(plan.get()), PGRES_TUPLES_OK) << PQerrorMessage(app.get());
       std::string nodes;  // the plan without its conditions, which list every id

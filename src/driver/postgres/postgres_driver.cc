@@ -124,6 +124,20 @@ const std::string& SetStateSql() {
   return *kSql;
 }
 
+// Completed without an error, nearly every outcome: two arrays ($1 ids, $2 times in
+// microseconds) and two columns set. With the general statement's DISTINCT ON (a sort), CASEs
+// and arrays of states and errors, these rows took 15-17 us of server time each instead of 10-13
+// in bench burn-downs (pg_stat_statements).
+const std::string& CompleteSql() {
+  // clang-format off
+  static const std::string* const kSql = new std::string(
+    "UPDATE spool_job AS j SET state = 'completed', finalized_at = " SPOOL_TS("u.at") " "
+    "FROM unnest($1::int8[], $2::int8[]) AS u(id, at) "
+    "WHERE j.id = u.id AND j.state = " SPOOL_RUNNING);
+  // clang-format on
+  return *kSql;
+}
+
 // Settings for a claim or an outcome write that is its own transaction, sent before it in one
 // pipeline: one round trip and one implicit transaction, which set_config(..., true) does not
 // outlast, so nothing is left on the session (PgBouncer in transaction mode stays safe).
@@ -706,19 +720,45 @@ Result<int64_t> SetStateOn(Conn& c, const JobSetStateIfRunningManyParams& p,
                            const pg::Statement* settings) {
   SPOOL_RETURN_IF_ERROR(CheckOutcomeStates(p.jobs));
   if (p.jobs.empty()) return int64_t{0};
+  std::vector<std::string> done_ids, done_ats;
   std::vector<std::string> ids, states, ats;
   std::vector<std::optional<std::string>> errs;
   for (const JobSetStateParams& j : p.jobs) {
+    if (j.state == JobState::kCompleted && !j.error) {
+      done_ids.push_back(std::to_string(j.id));
+      done_ats.push_back(Micros(j.at));
+      continue;
+    }
     ids.push_back(std::to_string(j.id));
     states.emplace_back(JobStateName(j.state));
     ats.push_back(Micros(j.at));
     errs.push_back(j.error ? std::optional<std::string>(ErrorJson(*j.error)) : std::nullopt);
   }
-  SPOOL_ASSIGN_OR_RETURN(PgResult res,
-                         QueryWithSettings(c, settings, "spool_set_state", SetStateSql(),
-                                           {pg::ArrayLiteral(ids), pg::ArrayLiteral(states),
-                                            pg::ArrayLiteral(ats), pg::ArrayLiteral(errs)}));
-  return AffectedRows(res.get());
+  // Both statements (when both are needed) in one pipeline: one round trip and, outside a
+  // transaction, one implicit transaction.
+  std::vector<pg::Statement> statements;
+  if (settings != nullptr) statements.push_back(*settings);
+  const size_t first_update = statements.size();
+  if (!done_ids.empty()) {
+    statements.push_back({"spool_complete",
+                          &CompleteSql(),
+                          {pg::ArrayLiteral(done_ids), pg::ArrayLiteral(done_ats)}});
+  }
+  if (!ids.empty()) {
+    statements.push_back({"spool_set_state",
+                          &SetStateSql(),
+                          {pg::ArrayLiteral(ids), pg::ArrayLiteral(states), pg::ArrayLiteral(ats),
+                           pg::ArrayLiteral(errs)}});
+  }
+  int64_t changed = 0;
+  if (statements.size() == 1) {
+    SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query(statements[0].name, *statements[0].sql,
+                                                 std::move(statements[0].params)));
+    return AffectedRows(res.get());
+  }
+  SPOOL_ASSIGN_OR_RETURN(std::vector<PgResult> results, c.QueryPipelined(statements));
+  for (size_t i = first_update; i < results.size(); ++i) changed += AffectedRows(results[i].get());
+  return changed;
 }
 
 Result<JobScheduleResult> ScheduleOn(Conn& c, const JobScheduleParams& p,
@@ -1553,6 +1593,7 @@ class PostgresDriver final : public Driver {
 }  // namespace
 
 const std::string& PostgresSetStateSql() { return SetStateSql(); }
+const std::string& PostgresCompleteSql() { return CompleteSql(); }
 
 const std::string& PostgresCancelRequestedSql() {
   static const std::string* const kSql = new std::string(kCancelRequestedSql);
