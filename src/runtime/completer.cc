@@ -79,6 +79,8 @@ void Completer::Run() {
       }
       deliver_(batch);
       batch.clear();
+      // The two vectors trade buffers; after a backlog, neither keeps more than a full batch's.
+      if (batch.capacity() > kMaxBatch) batch.shrink_to_fit();
       backoff = kRetryBackoffStart;
       give_up_at = std::chrono::steady_clock::time_point::max();
       continue;

@@ -153,10 +153,13 @@ void QueueRunner::ProduceLoop() {
     if (busy_ == 0) idle_cv_.notify_all();
     if (!HasReadyLocked()) {
       ready_.swap(*rows);
-      ready_head_ = 0;
     } else {
+      // Drop the rows already taken first, or under steady load (never drained) they would pile
+      // up; what is still waiting is at most a few batches.
+      ready_.erase(ready_.begin(), ready_.begin() + static_cast<std::ptrdiff_t>(ready_head_));
       for (auto& row : *rows) ready_.push_back(std::move(row));
     }
+    ready_head_ = 0;
     // A full batch means more may be waiting: fetch again as soon as a slot frees.
     if (got == n) wake_ = true;
     WakeWorkerLocked();

@@ -750,13 +750,13 @@ Result<int64_t> SetStateOn(Conn& c, const JobSetStateIfRunningManyParams& p,
                           {pg::ArrayLiteral(ids), pg::ArrayLiteral(states), pg::ArrayLiteral(ats),
                            pg::ArrayLiteral(errs)}});
   }
-  int64_t changed = 0;
   if (statements.size() == 1) {
     SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query(statements[0].name, *statements[0].sql,
                                                  std::move(statements[0].params)));
     return AffectedRows(res.get());
   }
   SPOOL_ASSIGN_OR_RETURN(std::vector<PgResult> results, c.QueryPipelined(statements));
+  int64_t changed = 0;
   for (size_t i = first_update; i < results.size(); ++i) changed += AffectedRows(results[i].get());
   return changed;
 }
