@@ -347,8 +347,8 @@ ssize_t CountingPwrite(int fd, const void* buf, size_t n, off_t off) {
                                                                                        off);
 }
 
-// Installs CountingPwrite for the test's lifetime (every connection of the process, so the tests
-// using it open no driver).
+// Installs CountingPwrite for the test's lifetime, for every connection of the process (the
+// fixture's driver stays idle meanwhile).
 class PwriteHook {
  public:
   PwriteHook() {
