@@ -148,7 +148,8 @@ class Executor {
   // Inserts all rows in as few statements as possible; returns the rows in input order, with
   // the existing row (duplicate = true) for a unique job whose key is taken. Other processes are
   // told of the queues that got available jobs in the insert's own transaction (PostgreSQL:
-  // NOTIFY, delivered at commit; SQLite needs nothing): callers only wake their own producers.
+  // NOTIFY, delivered at commit, left out for queues no other client works once this one has
+  // heartbeated; SQLite needs nothing): callers only wake their own producers.
   virtual Result<std::vector<JobInsertResult>> JobInsertMany(const JobInsertManyParams& params) = 0;
   // Same, returning only the number of rows inserted (duplicates skipped, no rows read back).
   virtual Result<int64_t> JobInsertManyFast(const JobInsertManyParams& params) = 0;

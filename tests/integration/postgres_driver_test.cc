@@ -243,6 +243,70 @@ TEST_F(PostgresDriverTest, InsertsNotifyOtherProcessesThemselves) {
   EXPECT_FALSE(*own) << "this driver's own insert woke its listener";
 }
 
+// Once a client has heartbeated, its pooled inserts NOTIFY only the queues another client works
+// (it wakes its own producers itself); a client that joins is heard of at once, and inserts on a
+// caller's connection always NOTIFY (that echo is its own process's wake-up).
+TEST_F(PostgresDriverTest, InsertsNotifyOnlyQueuesAnotherClientWorks) {
+  ASSERT_NE(driver_, nullptr);
+  std::unique_ptr<Driver> other = OpenAt(url_);
+  ASSERT_NE(other, nullptr);
+  const auto drain = [](Driver& d) {
+    for (int i = 0; i < 20; ++i) {
+      auto changed = d.WaitForChange(milliseconds(100));
+      ASSERT_TRUE(changed.has_value()) << changed.error().ToString();
+      if (!*changed) return;
+    }
+    FAIL() << "notifications kept coming";
+  };
+  drain(*driver_);  // connects and listens
+  drain(*other);
+  const auto other_wakes = [&]() -> bool {
+    auto woke = other->WaitForChange(milliseconds(300));
+    EXPECT_TRUE(woke.has_value()) << woke.error().ToString();
+    return woke.value_or(false);
+  };
+
+  // Before its first heartbeat a client cannot know who works what: it notifies every queue.
+  ASSERT_TRUE(driver_->executor().JobInsertManyFast(OneJob("q")).has_value());
+  EXPECT_TRUE(other_wakes()) << "an insert before any heartbeat did not notify";
+
+  // Nobody else works q: the NOTIFY is left out.
+  ASSERT_TRUE(driver_->executor().ClientHeartbeat({"client-a", kT0, {"q"}}).ok());
+  drain(*other);  // client-a's joining
+  ASSERT_TRUE(driver_->executor().JobInsertManyFast(OneJob("q")).has_value());
+  ASSERT_TRUE(driver_->executor().JobInsertMany(OneJob("q")).has_value());
+  EXPECT_FALSE(other_wakes()) << "an insert into a queue no other client works notified";
+
+  // A caller's own connection always notifies.
+  PgConnPtr app = Connect(url_);
+  {
+    auto exec = BeginOn(app.get());
+    ASSERT_TRUE(exec.has_value()) << exec.error().ToString();
+    ASSERT_TRUE((*exec)->JobInsertMany(OneJob("q")).has_value());
+    Query(app.get(), "COMMIT");
+  }
+  EXPECT_TRUE(other_wakes()) << "an insert on the caller's connection did not notify";
+
+  // Another client that works q joins: the first client hears of it before its next heartbeat.
+  ASSERT_TRUE(other->executor().ClientHeartbeat({"client-b", kT0, {"q", "r"}}).ok());
+  auto heard = driver_->WaitForChange(seconds(20));
+  ASSERT_TRUE(heard.has_value()) << heard.error().ToString();
+  EXPECT_TRUE(*heard);
+  drain(*driver_);
+  drain(*other);
+  ASSERT_TRUE(driver_->executor().JobInsertManyFast(OneJob("q")).has_value());
+  EXPECT_TRUE(other_wakes()) << "an insert after another client joined did not notify";
+
+  // The next heartbeat reads who works what: q and r are worked elsewhere, s is not.
+  ASSERT_TRUE(driver_->executor().ClientHeartbeat({"client-a", kT0, {"q", "s"}}).ok());
+  for (const char* queue : {"q", "r"}) {
+    ASSERT_TRUE(driver_->executor().JobInsertManyFast(OneJob(queue)).has_value());
+    EXPECT_TRUE(other_wakes()) << queue << ": worked by client-b, not notified";
+  }
+  ASSERT_TRUE(driver_->executor().JobInsertManyFast(OneJob("s")).has_value());
+  EXPECT_FALSE(other_wakes()) << "s: worked by nobody else, notified";
+}
+
 // Statements sent as one pipeline are one transaction: a failure rolls back the statements
 // before it, the first error is the one returned, and the connection serves the next call.
 TEST_F(PostgresDriverTest, APipelineIsOneTransaction) {
