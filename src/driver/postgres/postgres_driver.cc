@@ -312,7 +312,6 @@ pg::Statement NotifyStatement(const std::string& channel, std::string payload) {
   return {"spool_notify", kSql, {channel, std::move(payload)}};
 }
 
-// The driver's notification channels, named after the schema by Driver::Init.
 // The payload a client sends on the control channel when its row is first written.
 constexpr std::string_view kClientJoinedPayload = "client";
 
@@ -351,6 +350,7 @@ class PeerQueues {
   uint64_t generation_ = 0;                    // guarded by mu_
 };
 
+// The driver's notification channels, named after the schema by Driver::Init.
 struct Channels {
   std::string insert;   // a queue got available jobs; the payload is the queue
   std::string control;  // a running job's cancel was asked for, a queue paused or resumed, or
