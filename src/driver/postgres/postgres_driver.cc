@@ -743,23 +743,34 @@ Result<int64_t> InsertOn(Conn& c, const JobInsertManyParams& p, std::vector<JobI
   return sent_notifies ? count : notify_after(count);
 }
 
-// Runs the prepared statement `name` after `settings` (a StateTxSettings) in one pipeline, or
-// alone when `settings` is null.
-Result<PgResult> QueryWithSettings(Conn& c, const pg::Statement* settings, std::string_view name,
-                                   const std::string& sql, std::vector<Param> params) {
-  if (settings == nullptr) return c.Query(name, sql, params);
-  SPOOL_ASSIGN_OR_RETURN(std::vector<PgResult> results,
-                         c.QueryPipelined({*settings, {name, &sql, std::move(params)}}));
-  return std::move(results.back());
+// Runs `statements` after `settings` (a StateTxSettings) in one pipeline and one implicit
+// transaction; with null `settings` (inside a transaction) a lone statement goes without a
+// pipeline. Returns the results of `statements` only.
+Result<std::vector<PgResult>> QueryWithSettings(Conn& c, const pg::Statement* settings,
+                                                std::vector<pg::Statement> statements) {
+  if (settings == nullptr && statements.size() == 1) {
+    const pg::Statement& only = statements.front();
+    SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query(only.name, *only.sql, only.params));
+    std::vector<PgResult> out;
+    out.push_back(std::move(res));
+    return out;
+  }
+  if (settings != nullptr) statements.insert(statements.begin(), *settings);
+  SPOOL_ASSIGN_OR_RETURN(std::vector<PgResult> results, c.QueryPipelined(statements));
+  if (settings != nullptr) results.erase(results.begin());
+  return results;
 }
 
 Result<std::vector<JobRow>> FetchOn(Conn& c, const JobGetAvailableParams& p,
                                     const pg::Statement* settings) {
   if (p.max <= 0) return std::vector<JobRow>{};
-  SPOOL_ASSIGN_OR_RETURN(PgResult res, QueryWithSettings(c, settings, "spool_fetch", FetchSql(),
-                                                         {p.queue, Micros(p.now),
-                                                          std::to_string(p.max), p.client_id}));
-  SPOOL_ASSIGN_OR_RETURN(std::vector<JobRow> rows, ReadRows(res.get()));
+  SPOOL_ASSIGN_OR_RETURN(
+      std::vector<PgResult> results,
+      QueryWithSettings(c, settings,
+                        {{"spool_fetch",
+                          &FetchSql(),
+                          {p.queue, Micros(p.now), std::to_string(p.max), p.client_id}}}));
+  SPOOL_ASSIGN_OR_RETURN(std::vector<JobRow> rows, ReadRows(results.front().get()));
   std::sort(rows.begin(), rows.end(), [](const JobRow& a, const JobRow& b) {
     return std::tie(a.priority, a.scheduled_at, a.id) < std::tie(b.priority, b.scheduled_at, b.id);
   });
@@ -787,8 +798,6 @@ Result<int64_t> SetStateOn(Conn& c, const JobSetStateIfRunningManyParams& p,
   // Both statements (when both are needed) in one pipeline: one round trip and, outside a
   // transaction, one implicit transaction.
   std::vector<pg::Statement> statements;
-  if (settings != nullptr) statements.push_back(*settings);
-  const size_t first_update = statements.size();
   if (!done_ids.empty()) {
     statements.push_back({"spool_complete",
                           &CompleteSql(),
@@ -800,14 +809,10 @@ Result<int64_t> SetStateOn(Conn& c, const JobSetStateIfRunningManyParams& p,
                           {pg::ArrayLiteral(ids), pg::ArrayLiteral(states), pg::ArrayLiteral(ats),
                            pg::ArrayLiteral(errs)}});
   }
-  if (statements.size() == 1) {
-    SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query(statements[0].name, *statements[0].sql,
-                                                 std::move(statements[0].params)));
-    return AffectedRows(res.get());
-  }
-  SPOOL_ASSIGN_OR_RETURN(std::vector<PgResult> results, c.QueryPipelined(statements));
+  SPOOL_ASSIGN_OR_RETURN(std::vector<PgResult> results,
+                         QueryWithSettings(c, settings, std::move(statements)));
   int64_t changed = 0;
-  for (size_t i = first_update; i < results.size(); ++i) changed += AffectedRows(results[i].get());
+  for (const PgResult& res : results) changed += AffectedRows(res.get());
   return changed;
 }
 
