@@ -6,7 +6,7 @@
 
 namespace spool::internal {
 
-// The arrays spool writes (nlohmann dump, SQLite's json_insert, PostgreSQL's array_to_json) have
+// The arrays spool writes (nlohmann dump, SQLite's json_insert and string concatenation) have
 // no whitespace, so when the text has no escapes every quote is a delimiter and a plain scan
 // suffices; anything else goes to the full parser. Claims read one such array per job.
 Result<std::vector<std::string>> ParseStringArray(std::string_view text) {

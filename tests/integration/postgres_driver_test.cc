@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "driver/driver.h"
+#include "driver/postgres/pg_binary.h"
 #include "driver/postgres/pg_conn.h"
 #include "integration/postgres_test_db.h"
 #include "spool/client.h"
@@ -456,6 +457,79 @@ TEST_F(PostgresDriverTest, TimestampsAreStoredExactlyToTheMicrosecond) {
                                          "'YYYY-MM-DD HH24:MI:SS.US') FROM spool_job WHERE id = {}",
                                          (*r2)[0].job.id)),
             "1969-12-30 23:59:59.999999");
+}
+
+TEST_F(PostgresDriverTest, ArraysAndJsonReadBackAsWritten) {
+  ASSERT_NE(driver_, nullptr);
+  JobInsertManyParams p = OneJob();
+  p.jobs[0].tags = {"", "a\"b", "c\\d", "{e,f}", "NULL", "\u00e9t\u00e9"};
+  p.jobs[0].args = R"({"nested":{"list":[1,2.5,"x"]},"s":"tab\there"})";
+  p.jobs[0].metadata = R"({"k":null})";
+  auto rows = driver_->executor().JobInsertMany(p);
+  ASSERT_TRUE(rows.has_value()) << rows.error().ToString();
+  auto claimed = driver_->executor().JobGetAvailable(
+      {.queue = "q", .max = 1, .client_id = "client \"one\"", .now = kT0});
+  ASSERT_TRUE(claimed.has_value() && claimed->size() == 1u);
+  for (const JobRow& row : {(*rows)[0].job, claimed->front()}) {
+    EXPECT_EQ(row.tags, p.jobs[0].tags);
+    EXPECT_EQ(row.args, p.jobs[0].args);
+    EXPECT_EQ(row.metadata, p.jobs[0].metadata);
+  }
+  EXPECT_EQ(claimed->front().attempted_by, std::vector<std::string>{"client \"one\""});
+  EXPECT_EQ(claimed->front().attempted_at, kT0);
+}
+
+TEST_F(PostgresDriverTest, ColumnOfAnotherTypeIsReportedNotMisread) {
+  ASSERT_NE(driver_, nullptr);
+  auto rows = driver_->executor().JobInsertMany(OneJob());
+  ASSERT_TRUE(rows.has_value());
+  PgConnPtr app = Connect(url_);
+  Query(app.get(), "ALTER TABLE spool_job ALTER COLUMN priority TYPE int4");
+  auto got = driver_->executor().JobGetByID((*rows)[0].job.id);
+  ASSERT_FALSE(got.has_value());
+  EXPECT_EQ(got.error().code(), Status::Code::kInternal);
+  EXPECT_NE(got.error().message().find("column priority"), std::string::npos)
+      << got.error().ToString();
+}
+
+TEST(PostgresBinaryTest, DecodesTheServersFormatsAndRejectsTheRest) {
+  using pg::BinaryValue;
+  auto bytes = [](std::initializer_list<int> b) {
+    std::string s;
+    for (int c : b) s += static_cast<char>(c);
+    return s;
+  };
+  EXPECT_EQ(*pg::BinaryInt({bytes({0xff, 0xfe}), "c"}), -2);
+  EXPECT_EQ(*pg::BinaryInt({bytes({0, 0, 1, 0}), "c"}), 256);
+  EXPECT_EQ(*pg::BinaryInt({bytes({0x80, 0, 0, 0, 0, 0, 0, 0}), "c"}), INT64_MIN);
+  EXPECT_FALSE(pg::BinaryInt({bytes({1, 2, 3}), "c"}).has_value());
+
+  // 2000-01-01T00:00:00.000001Z and one microsecond before PostgreSQL's epoch.
+  EXPECT_EQ(*pg::BinaryTimestamp({bytes({0, 0, 0, 0, 0, 0, 0, 1}), "t"}),
+            TimePoint(std::chrono::microseconds(946'684'800'000'001)));
+  EXPECT_EQ(*pg::BinaryTimestamp({bytes({0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}), "t"}),
+            TimePoint(std::chrono::microseconds(946'684'799'999'999)));
+  auto infinite =
+      pg::BinaryTimestamp({bytes({0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}), "t"});
+  ASSERT_FALSE(infinite.has_value());
+  EXPECT_NE(infinite.error().message().find("column t"), std::string::npos);
+
+  // text[]: ndim, has-nulls flag, element type, then (size, lower bound) and (length, bytes).
+  const std::string header = bytes({0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 25, 0, 0, 0, 2, 0, 0, 0, 1});
+  EXPECT_EQ(*pg::BinaryTextArray({header + bytes({0, 0, 0, 1, 'a', 0, 0, 0, 0}), "a"}),
+            (std::vector<std::string>{"a", ""}));
+  EXPECT_TRUE(pg::BinaryTextArray({bytes({0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 25}), "a"})->empty());
+  EXPECT_FALSE(pg::BinaryTextArray({header + bytes({0, 0, 0, 1, 'a'}), "a"}).has_value());
+  EXPECT_FALSE(pg::BinaryTextArray({header + bytes({0, 0, 0, 1, 'a', 0xff, 0xff, 0xff, 0xff}), "a"})
+                   .has_value());  // a NULL element
+  EXPECT_FALSE(pg::BinaryTextArray({header + bytes({0, 0, 0, 1, 'a', 0, 0, 0, 0, 'x'}), "a"})
+                   .has_value());  // bytes after the elements
+  EXPECT_FALSE(pg::BinaryTextArray({bytes({0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 23}), "a"})
+                   .has_value());  // int4[]
+
+  EXPECT_EQ(*pg::BinaryJsonb({bytes({1, '{', '}'}), "j"}), "{}");
+  EXPECT_FALSE(pg::BinaryJsonb({bytes({2, '{', '}'}), "j"}).has_value());
+  EXPECT_FALSE(pg::BinaryJsonb({"", "j"}).has_value());
 }
 
 TEST_F(PostgresDriverTest, LockTimeoutIsRetryableWithItsSqlState) {

@@ -193,14 +193,14 @@ Result<const std::string*> Conn::EnsurePrepared(std::string_view name, const std
 }
 
 Result<PgResult> Conn::Query(std::string_view name, const std::string& sql,
-                             const std::vector<Param>& params) {
+                             const std::vector<Param>& params, Format results) {
   const std::vector<const char*> values = ParamValues(params);
   const int n = static_cast<int>(params.size());
   SPOOL_ASSIGN_OR_RETURN(const std::string* prepared, EnsurePrepared(name, sql, n));
-  PgResult res(
-      prepared != nullptr
-          ? PQexecPrepared(conn_, prepared->c_str(), n, values.data(), nullptr, nullptr, 0)
-          : PQexecParams(conn_, sql.c_str(), n, nullptr, values.data(), nullptr, nullptr, 0));
+  PgResult res(prepared != nullptr ? PQexecPrepared(conn_, prepared->c_str(), n, values.data(),
+                                                    nullptr, nullptr, static_cast<int>(results))
+                                   : PQexecParams(conn_, sql.c_str(), n, nullptr, values.data(),
+                                                  nullptr, nullptr, static_cast<int>(results)));
   if (!Succeeded(res.get())) return ErrorFrom(res.get(), What(name));
   return res;
 }
@@ -219,10 +219,12 @@ Result<std::vector<PgResult>> Conn::QueryPipelined(const std::vector<Statement>&
     const Statement& s = statements[i];
     const std::vector<const char*> values = ParamValues(s.params);
     const int n = static_cast<int>(s.params.size());
-    sent = (prepared[i] != nullptr ? PQsendQueryPrepared(conn_, prepared[i]->c_str(), n,
-                                                         values.data(), nullptr, nullptr, 0)
-                                   : PQsendQueryParams(conn_, s.sql->c_str(), n, nullptr,
-                                                       values.data(), nullptr, nullptr, 0)) == 1;
+    const int format = static_cast<int>(s.results);
+    sent =
+        (prepared[i] != nullptr ? PQsendQueryPrepared(conn_, prepared[i]->c_str(), n, values.data(),
+                                                      nullptr, nullptr, format)
+                                : PQsendQueryParams(conn_, s.sql->c_str(), n, nullptr,
+                                                    values.data(), nullptr, nullptr, format)) == 1;
   }
   if (sent) sent = PQpipelineSync(conn_) == 1;
   if (!sent) {

@@ -36,12 +36,17 @@ Status::Code ClassifySqlState(std::string_view sqlstate);
 // A text-format query parameter; nullopt is SQL NULL.
 using Param = std::optional<std::string>;
 
+// How the server sends a statement's result values. Binary spares the server the output
+// functions (and the client the parsing) of timestamps, integers and arrays; see pg_binary.h.
+enum class Format { kText = 0, kBinary = 1 };
+
 // One statement of a pipeline: `sql` with text parameters, prepared under `name` on owned
 // connections when the name is not empty (as Conn::Query does).
 struct Statement {
   std::string_view name;
   const std::string* sql;  // outlives the call
   std::vector<Param> params;
+  Format results = Format::kText;
 };
 
 // One connection, owned or borrowed (a caller's PGconn* inside its own transaction). Used by one
@@ -67,7 +72,7 @@ class Conn {
   // Runs `sql` with text parameters. With a non-empty `name` on an owned connection the statement
   // is prepared once per connection and reused.
   Result<PgResult> Query(std::string_view name, const std::string& sql,
-                         const std::vector<Param>& params);
+                         const std::vector<Param>& params, Format results = Format::kText);
 
   // Runs `statements` in one round trip (libpq pipeline mode, one Sync). Outside a transaction
   // block they form one implicit transaction: all commit or none does. The first failure is

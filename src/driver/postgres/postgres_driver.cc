@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <charconv>
 #include <chrono>
@@ -22,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include "driver/postgres/pg_binary.h"
 #include "driver/postgres/pg_conn.h"
 #include "driver/postgres/postgres_migrations.h"
 #include "driver/row_json.h"
@@ -46,19 +48,20 @@ constexpr auto kMaxBackoff = std::chrono::seconds(2);
 
 // TimePoint <-> timestamptz, exactly: microseconds travel as int8 and EXTRACT returns numeric
 // (PostgreSQL >= 14). int8 * interval goes through float8, exact only below 2^53, so whole
-// seconds and the microsecond remainder are added separately.
+// seconds and the microsecond remainder are added separately. Job rows skip EXTRACT: they come
+// back in binary, where a timestamptz is its microseconds (pg_binary.h).
 // clang-format off
 #define SPOOL_TS(p) "(timestamptz 'epoch' + (" p "::int8 / 1000000) * interval '1 second'" \
                     " + (" p "::int8 % 1000000) * interval '1 microsecond')"
 // clang-format on
 #define SPOOL_US(c) "(extract(epoch FROM " c ") * 1000000)::int8"
 
+// A job row's columns, read in binary format (ReadRow): as stored, no conversions on the server.
 constexpr const char* kJobColumns =
-    "j.id, j.state, j.attempt, j.max_attempts, " SPOOL_US("j.attempted_at") ", "
-    "array_to_json(j.attempted_by)::text, " SPOOL_US("j.created_at") ", " SPOOL_US(
-        "j.scheduled_at") ", " SPOOL_US("j.finalized_at") ", "
-                          "j.priority, j.queue, j.kind, j.args::text, j.metadata::text, "
-                          "array_to_json(j.tags)::text, j.errors::text";
+    "j.id, j.state, j.attempt, j.max_attempts, j.attempted_at, j.attempted_by, j.created_at, "
+    "j.scheduled_at, j.finalized_at, j.priority, j.queue, j.kind, j.args, j.metadata, j.tags, "
+    "j.errors";
+constexpr int kJobColumnCount = 16;
 
 std::string Sql(std::string_view before, std::string_view after = {}) {
   return fmt::format("{}{}{}", before, kJobColumns, after);
@@ -437,48 +440,95 @@ Result<int64_t> ParseInt(std::string_view text, std::string_view column) {
 
 // jsonb prints `{"a": 1}`; spool hands out the compact form nlohmann writes, so a job's args
 // read back byte for byte as the client serialised them.
-std::string CompactJson(const char* text) {
-  if (std::strcmp(text, "{}") == 0 || std::strcmp(text, "[]") == 0) return text;
+std::string CompactJson(std::string_view text) {
+  if (text == "{}" || text == "[]") return std::string(text);
   nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
-  if (j.is_discarded()) return text;
+  if (j.is_discarded()) return std::string(text);
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
+// The type oids of kJobColumns, in order (pg_type.dat).
+constexpr Oid kInt8 = 20, kInt2 = 21, kText = 25, kTextArray = 1009, kTimestamptz = 1184,
+              kJsonb = 3802;
+constexpr std::array<Oid, kJobColumnCount> kJobColumnTypes = {
+    kInt8,        kText, kInt2, kInt2, kTimestamptz, kTextArray, kTimestamptz, kTimestamptz,
+    kTimestamptz, kInt2, kText, kText, kJsonb,       kJsonb,     kTextArray,   kJsonb};
+constexpr std::array<std::string_view, kJobColumnCount> kJobColumnNames = {
+    "id",         "state",        "attempt",      "max_attempts", "attempted_at", "attempted_by",
+    "created_at", "scheduled_at", "finalized_at", "priority",     "queue",        "kind",
+    "args",       "metadata",     "tags",         "errors"};
+
+// A result whose first columns are kJobColumns must have come back in binary, with the types of
+// this schema: anything else (a statement sent in text format, a column whose type was altered)
+// would be misread.
+Status CheckJobColumns(const PGresult* r) {
+  if (PQnfields(r) < kJobColumnCount) {
+    return Status::Internal(
+        fmt::format("expected the {} columns of a job row, got {}", kJobColumnCount, PQnfields(r)));
+  }
+  for (int c = 0; c < kJobColumnCount; ++c) {
+    const auto i = static_cast<size_t>(c);
+    if (PQfformat(r, c) != 1 || PQftype(r, c) != kJobColumnTypes[i]) {
+      return Status::Internal(fmt::format(
+          "column {} of spool_job came back as type oid {} in {} format, expected oid {} in "
+          "binary: is the schema the one `spool migration up` creates?",
+          kJobColumnNames[i], PQftype(r, c), PQfformat(r, c) == 1 ? "binary" : "text",
+          kJobColumnTypes[i]));
+    }
+  }
+  return Status::Ok();
+}
+
+// Column `c` of row `i` as the bytes libpq holds (any format).
+std::string_view BinaryBytes(const PGresult* r, int i, int c) {
+  return {PQgetvalue(r, i, c), static_cast<size_t>(PQgetlength(r, i, c))};
+}
+
+// REQUIRES: CheckJobColumns(r).
 Result<JobRow> ReadRow(const PGresult* r, int i) {
-  auto text = [&](int c) { return PQgetvalue(r, i, c); };
+  auto value = [&](int c) {
+    return pg::BinaryValue{BinaryBytes(r, i, c), kJobColumnNames[static_cast<size_t>(c)]};
+  };
   auto null = [&](int c) { return PQgetisnull(r, i, c) != 0; };
+  auto small = [&](int c) -> Result<int> {
+    SPOOL_ASSIGN_OR_RETURN(int64_t v, pg::BinaryInt(value(c)));
+    return static_cast<int>(v);
+  };
   JobRow row;
-  SPOOL_ASSIGN_OR_RETURN(row.id, ParseInt(text(0), "id"));
-  SPOOL_ASSIGN_OR_RETURN(row.state, ParseJobState(text(1)));
-  SPOOL_ASSIGN_OR_RETURN(int64_t attempt, ParseInt(text(2), "attempt"));
-  row.attempt = static_cast<int>(attempt);
-  SPOOL_ASSIGN_OR_RETURN(int64_t max_attempts, ParseInt(text(3), "max_attempts"));
-  row.max_attempts = static_cast<int>(max_attempts);
+  SPOOL_ASSIGN_OR_RETURN(row.id, pg::BinaryInt(value(0)));
+  SPOOL_ASSIGN_OR_RETURN(row.state, ParseJobState(value(1).bytes));
+  SPOOL_ASSIGN_OR_RETURN(row.attempt, small(2));
+  SPOOL_ASSIGN_OR_RETURN(row.max_attempts, small(3));
   if (!null(4)) {
-    SPOOL_ASSIGN_OR_RETURN(int64_t us, ParseInt(text(4), "attempted_at"));
-    row.attempted_at = TimePoint(Duration(us));
+    SPOOL_ASSIGN_OR_RETURN(row.attempted_at, pg::BinaryTimestamp(value(4)));
   }
-  SPOOL_ASSIGN_OR_RETURN(row.attempted_by, ParseStringArray(text(5)));
-  SPOOL_ASSIGN_OR_RETURN(int64_t created, ParseInt(text(6), "created_at"));
-  row.created_at = TimePoint(Duration(created));
-  SPOOL_ASSIGN_OR_RETURN(int64_t scheduled, ParseInt(text(7), "scheduled_at"));
-  row.scheduled_at = TimePoint(Duration(scheduled));
+  SPOOL_ASSIGN_OR_RETURN(row.attempted_by, pg::BinaryTextArray(value(5)));
+  SPOOL_ASSIGN_OR_RETURN(row.created_at, pg::BinaryTimestamp(value(6)));
+  SPOOL_ASSIGN_OR_RETURN(row.scheduled_at, pg::BinaryTimestamp(value(7)));
   if (!null(8)) {
-    SPOOL_ASSIGN_OR_RETURN(int64_t us, ParseInt(text(8), "finalized_at"));
-    row.finalized_at = TimePoint(Duration(us));
+    SPOOL_ASSIGN_OR_RETURN(row.finalized_at, pg::BinaryTimestamp(value(8)));
   }
-  SPOOL_ASSIGN_OR_RETURN(int64_t priority, ParseInt(text(9), "priority"));
-  row.priority = static_cast<int>(priority);
-  row.queue = text(10);
-  row.kind = text(11);
-  row.args = CompactJson(text(12));
-  row.metadata = CompactJson(text(13));
-  SPOOL_ASSIGN_OR_RETURN(row.tags, ParseStringArray(text(14)));
-  SPOOL_ASSIGN_OR_RETURN(row.errors, ParseErrors(text(15)));
+  SPOOL_ASSIGN_OR_RETURN(row.priority, small(9));
+  row.queue = value(10).bytes;
+  row.kind = value(11).bytes;
+  SPOOL_ASSIGN_OR_RETURN(std::string_view args, pg::BinaryJsonb(value(12)));
+  row.args = CompactJson(args);
+  SPOOL_ASSIGN_OR_RETURN(std::string_view metadata, pg::BinaryJsonb(value(13)));
+  row.metadata = CompactJson(metadata);
+  SPOOL_ASSIGN_OR_RETURN(row.tags, pg::BinaryTextArray(value(14)));
+  SPOOL_ASSIGN_OR_RETURN(std::string_view errors, pg::BinaryJsonb(value(15)));
+  SPOOL_ASSIGN_OR_RETURN(row.errors, ParseErrors(errors));
   return row;
 }
 
+// The one job row of `r`, which must have exactly one.
+Result<JobRow> ReadOneRow(const PGresult* r) {
+  SPOOL_RETURN_IF_ERROR(CheckJobColumns(r));
+  return ReadRow(r, 0);
+}
+
 Result<std::vector<JobRow>> ReadRows(const PGresult* r) {
+  SPOOL_RETURN_IF_ERROR(CheckJobColumns(r));
   std::vector<JobRow> rows;
   const int n = PQntuples(r);
   rows.reserve(static_cast<size_t>(n));
@@ -566,18 +616,27 @@ Result<int64_t> InsertUniqueOn(Conn& c, const JobInsertManyParams& p, std::vecto
       return Status::Retryable(
           "unique insert: the jobs holding the unique keys kept changing state; try again");
     }
-    SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query("spool_insert_unique", InsertUniqueSql(true),
-                                                 InsertParamsFor(p, pending, true)));
+    SPOOL_ASSIGN_OR_RETURN(PgResult res,
+                           c.Query("spool_insert_unique", InsertUniqueSql(true),
+                                   InsertParamsFor(p, pending, true), pg::Format::kBinary));
+    SPOOL_RETURN_IF_ERROR(CheckJobColumns(res.get()));
     struct Inserted {
       JobRow row;
-      std::string key;  // hex
-      std::string unique_states;
+      std::string key;                       // hex
+      std::optional<int64_t> unique_states;  // NULL for rows without a key
     };
     std::vector<Inserted> rows;
     rows.reserve(static_cast<size_t>(PQntuples(res.get())));
     for (int r = 0; r < PQntuples(res.get()); ++r) {
       SPOOL_ASSIGN_OR_RETURN(JobRow row, ReadRow(res.get(), r));
-      rows.push_back({std::move(row), PQgetvalue(res.get(), r, 16), PQgetvalue(res.get(), r, 17)});
+      std::optional<int64_t> unique_states;
+      if (PQgetisnull(res.get(), r, kJobColumnCount + 1) == 0) {
+        SPOOL_ASSIGN_OR_RETURN(
+            unique_states,
+            pg::BinaryInt({BinaryBytes(res.get(), r, kJobColumnCount + 1), "unique_states"}));
+      }
+      rows.push_back(
+          {std::move(row), std::string(BinaryBytes(res.get(), r, kJobColumnCount)), unique_states});
     }
     // ids come from the sequence in input order, so the inserted rows, by id, are the inputs
     // minus the skipped ones. An input and its row agree on key, state and unique_states; an
@@ -591,7 +650,7 @@ Result<int64_t> InsertUniqueOn(Conn& c, const JobInsertManyParams& p, std::vecto
       bool match = next < rows.size();
       if (match && !j.unique_key.empty()) {
         match = rows[next].key == Hex(j.unique_key) && rows[next].row.state == j.state &&
-                rows[next].unique_states == std::to_string(j.unique_states);
+                rows[next].unique_states == j.unique_states;
       }
       if (match) {
         out[base + i - first] = {std::move(rows[next].row), false};
@@ -612,11 +671,12 @@ Result<int64_t> InsertUniqueOn(Conn& c, const JobInsertManyParams& p, std::vecto
     std::vector<std::string> keys;
     for (size_t i : conflicted) keys.push_back("\\x" + Hex(p.jobs[i].unique_key));
     SPOOL_ASSIGN_OR_RETURN(PgResult found, c.Query("spool_unique_lookup", UniqueLookupSql(),
-                                                   {pg::ArrayLiteral(keys)}));
+                                                   {pg::ArrayLiteral(keys)}, pg::Format::kBinary));
+    SPOOL_RETURN_IF_ERROR(CheckJobColumns(found.get()));
     std::map<std::string, JobRow> holders;
     for (int r = 0; r < PQntuples(found.get()); ++r) {
       SPOOL_ASSIGN_OR_RETURN(JobRow row, ReadRow(found.get(), r));
-      holders[PQgetvalue(found.get(), r, 16)] = std::move(row);
+      holders[std::string(BinaryBytes(found.get(), r, kJobColumnCount))] = std::move(row);
     }
     for (size_t i : conflicted) {
       auto it = holders.find(Hex(p.jobs[i].unique_key));
@@ -719,15 +779,16 @@ Result<int64_t> InsertOn(Conn& c, const JobInsertManyParams& p, std::vector<JobI
     const std::string& sql = unique ? InsertUniqueSql(false) : InsertSql(returning);
     const char* name =
         unique ? "spool_insert_unique_fast" : (returning ? "spool_insert" : "spool_insert_fast");
+    const pg::Format format = returning ? pg::Format::kBinary : pg::Format::kText;
     PgResult res;
     if (begin == 0 && end == p.jobs.size() && !notifies.empty()) {
-      std::vector<pg::Statement> all{{name, &sql, InsertParamsFor(p, idx, unique)}};
+      std::vector<pg::Statement> all{{name, &sql, InsertParamsFor(p, idx, unique), format}};
       for (const pg::Statement& n : notifies) all.push_back(n);
       SPOOL_ASSIGN_OR_RETURN(std::vector<PgResult> results, c.QueryPipelined(all));
       res = std::move(results.front());
       sent_notifies = true;
     } else {
-      SPOOL_ASSIGN_OR_RETURN(res, c.Query(name, sql, InsertParamsFor(p, idx, unique)));
+      SPOOL_ASSIGN_OR_RETURN(res, c.Query(name, sql, InsertParamsFor(p, idx, unique), format));
     }
     if (returning) {
       SPOOL_ASSIGN_OR_RETURN(std::vector<JobRow> chunk, ReadRows(res.get()));
@@ -750,7 +811,7 @@ Result<std::vector<PgResult>> QueryWithSettings(Conn& c, const pg::Statement* se
                                                 std::vector<pg::Statement> statements) {
   if (settings == nullptr && statements.size() == 1) {
     const pg::Statement& only = statements.front();
-    SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query(only.name, *only.sql, only.params));
+    SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query(only.name, *only.sql, only.params, only.results));
     std::vector<PgResult> out;
     out.push_back(std::move(res));
     return out;
@@ -769,7 +830,8 @@ Result<std::vector<JobRow>> FetchOn(Conn& c, const JobGetAvailableParams& p,
       QueryWithSettings(c, settings,
                         {{"spool_fetch",
                           &FetchSql(),
-                          {p.queue, Micros(p.now), std::to_string(p.max), p.client_id}}}));
+                          {p.queue, Micros(p.now), std::to_string(p.max), p.client_id},
+                          pg::Format::kBinary}}));
   SPOOL_ASSIGN_OR_RETURN(std::vector<JobRow> rows, ReadRows(results.front().get()));
   std::sort(rows.begin(), rows.end(), [](const JobRow& a, const JobRow& b) {
     return std::tie(a.priority, a.scheduled_at, a.id) < std::tie(b.priority, b.scheduled_at, b.id);
@@ -829,9 +891,10 @@ Result<JobScheduleResult> ScheduleOn(Conn& c, const JobScheduleParams& p,
 }
 
 Result<JobRow> GetByIdOn(Conn& c, int64_t id) {
-  SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query("spool_get", GetByIdSql(), {std::to_string(id)}));
+  SPOOL_ASSIGN_OR_RETURN(
+      PgResult res, c.Query("spool_get", GetByIdSql(), {std::to_string(id)}, pg::Format::kBinary));
   if (PQntuples(res.get()) == 0) return Status::NotFound(fmt::format("no job with id {}", id));
-  return ReadRow(res.get(), 0);
+  return ReadOneRow(res.get());
 }
 
 Result<std::vector<JobRow>> ListOn(Conn& c, const JobListParams& p) {
@@ -846,7 +909,8 @@ Result<std::vector<JobRow>> ListOn(Conn& c, const JobListParams& p) {
   }
   SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query("spool_list", ListSql(),
                                                {states, p.queue, p.kind, std::to_string(p.after_id),
-                                                std::to_string(p.limit)}));
+                                                std::to_string(p.limit)},
+                                               pg::Format::kBinary));
   return ReadRows(res.get());
 }
 
@@ -875,23 +939,26 @@ Status NotWritable(Conn& c, int64_t id, std::string_view what) {
 Result<JobRow> CancelOn(Conn& c, const JobCancelParams& p, const std::string& control_channel) {
   SPOOL_ASSIGN_OR_RETURN(
       PgResult res,
-      c.Query("spool_cancel", CancelSql(), {std::to_string(p.id), Micros(p.now), control_channel}));
+      c.Query("spool_cancel", CancelSql(), {std::to_string(p.id), Micros(p.now), control_channel},
+              pg::Format::kBinary));
   if (PQntuples(res.get()) == 0) return GetByIdOn(c, p.id);  // NotFound, or final: unchanged
-  return ReadRow(res.get(), 0);
+  return ReadOneRow(res.get());
 }
 
 Result<JobRow> RetryOn(Conn& c, const JobRetryParams& p, const std::string& insert_channel) {
   SPOOL_ASSIGN_OR_RETURN(
       PgResult res,
-      c.Query("spool_retry", RetrySql(), {std::to_string(p.id), Micros(p.now), insert_channel}));
+      c.Query("spool_retry", RetrySql(), {std::to_string(p.id), Micros(p.now), insert_channel},
+              pg::Format::kBinary));
   if (PQntuples(res.get()) == 0) return NotWritable(c, p.id, "retry");
-  return ReadRow(res.get(), 0);
+  return ReadOneRow(res.get());
 }
 
 Result<JobRow> DeleteOn(Conn& c, int64_t id) {
-  SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query("spool_delete", DeleteSql(), {std::to_string(id)}));
+  SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query("spool_delete", DeleteSql(), {std::to_string(id)},
+                                               pg::Format::kBinary));
   if (PQntuples(res.get()) == 0) return NotWritable(c, id, "delete");
-  return ReadRow(res.get(), 0);
+  return ReadOneRow(res.get());
 }
 
 Result<std::vector<int64_t>> CancelRequestedOn(Conn& c, const std::vector<int64_t>& ids) {
@@ -911,10 +978,10 @@ Result<std::vector<int64_t>> CancelRequestedOn(Conn& c, const std::vector<int64_
 
 Result<std::vector<JobRow>> StuckOn(Conn& c, const JobGetStuckParams& p) {
   if (p.max <= 0) return std::vector<JobRow>{};
-  SPOOL_ASSIGN_OR_RETURN(PgResult res,
-                         c.Query("spool_stuck", StuckSql(),
-                                 {Micros(p.heartbeat_stale_before), Micros(p.attempted_before),
-                                  std::to_string(p.max)}));
+  SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query("spool_stuck", StuckSql(),
+                                               {Micros(p.heartbeat_stale_before),
+                                                Micros(p.attempted_before), std::to_string(p.max)},
+                                               pg::Format::kBinary));
   return ReadRows(res.get());
 }
 
