@@ -9,6 +9,7 @@
 #include <set>
 
 #include "core/nap.h"
+#include "core/thread_name.h"
 #include "core/unique.h"
 
 namespace spool::internal {
@@ -68,7 +69,10 @@ Status Maintenance::Start() {
   // Synchronously, so the caller can start claiming jobs knowing the row exists (best effort:
   // a failure is logged and the loop below retries).
   Heartbeat(env_.clock.Now());
-  thread_ = std::thread([this] { Run(); });
+  thread_ = std::thread([this] {
+    NameThisThread("maintain");
+    Run();
+  });
   return Status::Ok();
 }
 

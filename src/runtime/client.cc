@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <random>
 
+#include "core/thread_name.h"
 #include "core/unique.h"
 #include "driver/driver.h"
 #include "maintenance/maintenance.h"
@@ -120,8 +121,14 @@ class Client::Impl {
       std::lock_guard rl(lifecycle_mu_runners_);
       runners_.emplace(name, std::move(runner));
     }
-    scheduler_ = std::thread([this] { ScheduleLoop(); });
-    notifier_ = std::thread([this] { NotifyLoop(); });
+    scheduler_ = std::thread([this] {
+      internal::NameThisThread("schedule");
+      ScheduleLoop();
+    });
+    notifier_ = std::thread([this] {
+      internal::NameThisThread("notify");
+      NotifyLoop();
+    });
     state_ = LifeState::kStarted;
     return Status::Ok();
   }

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "core/thread_name.h"
+
 namespace spool::internal {
 namespace {
 
@@ -22,7 +24,10 @@ Completer::~Completer() {
 }
 
 void Completer::Start() {
-  thread_ = std::thread([this] { Run(); });
+  thread_ = std::thread([this] {
+    NameThisThread("complete");
+    Run();
+  });
 }
 
 void Completer::Add(Completion c) {

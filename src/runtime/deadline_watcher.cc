@@ -2,10 +2,15 @@
 
 #include <algorithm>
 
+#include "core/thread_name.h"
+
 namespace spool::internal {
 
 void DeadlineWatcher::Start() {
-  thread_ = std::thread([this] { Run(); });
+  thread_ = std::thread([this] {
+    NameThisThread("deadline");
+    Run();
+  });
 }
 
 void DeadlineWatcher::Stop() {

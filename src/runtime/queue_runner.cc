@@ -8,6 +8,8 @@
 #include <memory>
 #include <typeinfo>
 
+#include "core/thread_name.h"
+
 namespace spool::internal {
 namespace {
 
@@ -49,8 +51,16 @@ QueueRunner::~QueueRunner() {
 
 void QueueRunner::Start() {
   workers_.reserve(static_cast<size_t>(max_workers_));
-  for (int i = 0; i < max_workers_; ++i) workers_.emplace_back([this] { WorkLoop(); });
-  producer_ = std::thread([this] { ProduceLoop(); });
+  for (int i = 0; i < max_workers_; ++i) {
+    workers_.emplace_back([this] {
+      NameThisThread("worker");
+      WorkLoop();
+    });
+  }
+  producer_ = std::thread([this] {
+    NameThisThread("produce");
+    ProduceLoop();
+  });
 }
 
 void QueueRunner::Wake() {

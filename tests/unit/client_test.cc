@@ -1,11 +1,15 @@
 // The runtime end to end on SQLite in a temp dir, with a fake clock. Waits are on events with a
 // deadline; nothing sleeps to wait for a thread.
 #include <gtest/gtest.h>
+#include <pthread.h>
 #include <sqlite3.h>
 
 #include <atomic>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <stop_token>
 #include <thread>
 
@@ -103,6 +107,38 @@ TEST_F(ClientTest, SuccessCompletesWithFinalizedAt) {
   EXPECT_EQ(*j.finalized_at, clock_->Now());
   ASSERT_EQ(j.attempted_by.size(), 1u);
   EXPECT_EQ(j.attempted_by[0], c->client_id());
+  EXPECT_TRUE(c->Stop(10s).ok());
+}
+
+// The names of this process's threads, from /proc (Linux).
+std::multiset<std::string> ThreadNames() {
+  std::multiset<std::string> names;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream in(task.path() / "comm");
+    std::string name;
+    if (std::getline(in, name)) names.insert(name);
+  }
+  return names;
+}
+
+TEST_F(ClientTest, ThreadsAreNamedForWhatTheyDo) {
+  std::string worker_name;
+  behaviour_->fn = [&](JobContext&, const EmailArgs&) {
+    char name[16] = {};
+    pthread_getname_np(pthread_self(), name, sizeof(name));
+    worker_name = name;
+    return Outcome::Done();
+  };
+  auto c = Start(3);
+  EventLog log(*c);
+  auto r = c->Insert(EmailArgs{"a@b.c"});
+  ASSERT_TRUE(r.has_value());
+  // Completed: the producer claimed it, a worker ran it and the completer wrote its outcome.
+  ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobCompleted));
+  EXPECT_EQ(worker_name, "spool-worker");
+  const auto names = ThreadNames();
+  EXPECT_EQ(names.count("spool-produce"), 1u);
+  EXPECT_EQ(names.count("spool-complete"), 1u);
   EXPECT_TRUE(c->Stop(10s).ok());
 }
 

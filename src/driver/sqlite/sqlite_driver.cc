@@ -11,6 +11,7 @@
 #include <thread>
 #include <utility>
 
+#include "core/thread_name.h"
 #include "driver/sqlite/sqlite_conn.h"
 #include "driver/sqlite/sqlite_migrations.h"
 #include "driver/sqlite/sqlite_queries.h"
@@ -432,7 +433,10 @@ class Checkpointer {
       // checkpoints past kInlineCheckpointFrames still bound the log.
       if (!thread_.joinable()) {
         try {
-          thread_ = std::thread([this] { Run(); });
+          thread_ = std::thread([this] {
+            NameThisThread("checkpt");
+            Run();
+          });
         } catch (...) {
           stop_ = true;
           return;
