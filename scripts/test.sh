@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: the dev build (warnings are errors) with all of CTest, including PostgreSQL
-# (CTest starts a throwaway cluster), then the unit tests under ASan+UBSan and the concurrency
-# tests under TSan. Exits non-zero on the first failure.
+# (CTest starts a throwaway cluster), then the unit tests and both drivers' conformance suites
+# under ASan+UBSan, and the concurrency tests under TSan. Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,11 +14,15 @@ cmake --build --preset dev -j"$jobs"
 SPOOL_REQUIRE_POSTGRES=${SPOOL_REQUIRE_POSTGRES:-1} \
   ctest --preset dev -j"$jobs" --output-on-failure
 
-echo "== ASan+UBSan: unit and conformance tests"
+echo "== ASan+UBSan: unit tests and the conformance suite on both drivers"
 cmake --preset asan-ubsan >/dev/null
-cmake --build --preset asan-ubsan -j"$jobs" --target spool_unit_tests spool_conformance_tests
-ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-  ctest --preset asan-ubsan -j"$jobs" -L 'unit-concurrency|conformance-sqlite' --output-on-failure
+cmake --build --preset asan-ubsan -j"$jobs" \
+  --target spool_unit_tests spool_conformance_tests spool_conformance_postgres_tests
+# The PostgreSQL suite pulls in its cluster fixture (a second throwaway cluster, stopped after).
+SPOOL_REQUIRE_POSTGRES=${SPOOL_REQUIRE_POSTGRES:-1} \
+  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  ctest --preset asan-ubsan -j"$jobs" -L 'unit-concurrency|conformance-sqlite|conformance-postgres' \
+  --output-on-failure
 
 echo "== TSan: concurrency tests"
 cmake --preset tsan >/dev/null
