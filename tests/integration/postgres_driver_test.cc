@@ -493,7 +493,6 @@ TEST_F(PostgresDriverTest, ColumnOfAnotherTypeIsReportedNotMisread) {
 }
 
 TEST(PostgresBinaryTest, DecodesTheServersFormatsAndRejectsTheRest) {
-  using pg::BinaryValue;
   auto bytes = [](std::initializer_list<int> b) {
     std::string s;
     for (int c : b) s += static_cast<char>(c);

@@ -521,7 +521,7 @@ Result<JobRow> ReadRow(const PGresult* r, int i) {
   return row;
 }
 
-// The one job row of `r`, which must have exactly one.
+// The first job row of `r`. REQUIRES: `r` has a row.
 Result<JobRow> ReadOneRow(const PGresult* r) {
   SPOOL_RETURN_IF_ERROR(CheckJobColumns(r));
   return ReadRow(r, 0);
