@@ -16,7 +16,7 @@ namespace spool::internal {
 
 namespace {
 
-// Column order read by ReadJobRow.
+// Column order read by RawJobRows.
 constexpr std::string_view kJobColumns =
     "id, state, attempt, max_attempts, attempted_at, attempted_by, created_at, scheduled_at, "
     "finalized_at, priority, queue, kind, args, metadata, tags, errors";
@@ -26,44 +26,27 @@ constexpr int kInsertParamsPerRow = 9;  // plus ?1, created_at, shared by all ro
 int64_t Micros(TimePoint t) { return t.time_since_epoch().count(); }
 TimePoint FromMicros(int64_t us) { return TimePoint(Duration(us)); }
 
-std::optional<TimePoint> OptionalTime(sqlite3_stmt* stmt, int col) {
+std::optional<int64_t> OptionalInt(sqlite3_stmt* stmt, int col) {
   if (sqlite3_column_type(stmt, col) == SQLITE_NULL) return std::nullopt;
-  return FromMicros(sqlite3_column_int64(stmt, col));
+  return sqlite3_column_int64(stmt, col);
 }
 
-int ColumnInt(sqlite3_stmt* stmt, int col) {
-  return static_cast<int>(sqlite3_column_int64(stmt, col));
-}
-
-Result<JobRow> ReadJobRow(sqlite3_stmt* stmt) {
-  JobRow row;
-  row.id = sqlite3_column_int64(stmt, 0);
-  SPOOL_ASSIGN_OR_RETURN(row.state, ParseJobState(ColumnText(stmt, 1)));
-  row.attempt = ColumnInt(stmt, 2);
-  row.max_attempts = ColumnInt(stmt, 3);
-  row.attempted_at = OptionalTime(stmt, 4);
-  SPOOL_ASSIGN_OR_RETURN(row.attempted_by, ParseStringArray(ColumnText(stmt, 5)));
-  row.created_at = FromMicros(sqlite3_column_int64(stmt, 6));
-  row.scheduled_at = FromMicros(sqlite3_column_int64(stmt, 7));
-  row.finalized_at = OptionalTime(stmt, 8);
-  row.priority = ColumnInt(stmt, 9);
-  row.queue = ColumnText(stmt, 10);
-  row.kind = ColumnText(stmt, 11);
-  row.args = ColumnText(stmt, 12);
-  row.metadata = ColumnText(stmt, 13);
-  SPOOL_ASSIGN_OR_RETURN(row.tags, ParseStringArray(ColumnText(stmt, 14)));
-  SPOOL_ASSIGN_OR_RETURN(row.errors, ParseErrors(ColumnText(stmt, 15)));
-  return row;
+std::optional<TimePoint> OptionalTime(std::optional<int64_t> us) {
+  if (!us) return std::nullopt;
+  return FromMicros(*us);
 }
 
 // Steps `stmt` to the end, decoding every row into `out`.
 Status ReadJobRows(sqlite3_stmt* stmt, std::string_view context, std::vector<JobRow>* out) {
+  RawJobRows raw;
   int rc;
-  while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
-    SPOOL_ASSIGN_OR_RETURN(JobRow row, ReadJobRow(stmt));
+  while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) raw.Append(stmt);
+  if (rc != SQLITE_DONE) return SqliteStatus(rc, sqlite3_db_handle(stmt), context);
+  out->reserve(out->size() + raw.size());
+  for (size_t i = 0; i < raw.size(); ++i) {
+    SPOOL_ASSIGN_OR_RETURN(JobRow row, raw.Decode(i));
     out->push_back(std::move(row));
   }
-  if (rc != SQLITE_DONE) return SqliteStatus(rc, sqlite3_db_handle(stmt), context);
   return Status::Ok();
 }
 
@@ -92,16 +75,52 @@ int BindInsertRow(sqlite3_stmt* stmt, int b, const JobInsertParams& job,
 // ReadJobRows for inserts: every row read is a new one (duplicate = false).
 Status ReadInsertedRows(sqlite3_stmt* stmt, std::string_view context,
                         std::vector<JobInsertResult>* out) {
-  int rc;
-  while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
-    SPOOL_ASSIGN_OR_RETURN(JobRow row, ReadJobRow(stmt));
-    out->push_back(JobInsertResult{std::move(row), false});
-  }
-  if (rc != SQLITE_DONE) return SqliteStatus(rc, sqlite3_db_handle(stmt), context);
+  std::vector<JobRow> rows;
+  SPOOL_RETURN_IF_ERROR(ReadJobRows(stmt, context, &rows));
+  for (JobRow& row : rows) out->push_back(JobInsertResult{std::move(row), false});
   return Status::Ok();
 }
 
 }  // namespace
+
+// ---- raw rows ---------------------------------------------------------------------------------
+
+void RawJobRows::Append(sqlite3_stmt* stmt) {
+  // Column numbers in kJobColumns of the integers and of the text columns, in Row's order.
+  static constexpr std::array<int, 6> kInts = {0, 2, 3, 6, 7, 9};
+  static constexpr std::array<int, 8> kTexts = {1, 5, 10, 11, 12, 13, 14, 15};
+  Row& row = rows_.emplace_back();
+  for (size_t k = 0; k < kInts.size(); ++k) row.ints[k] = sqlite3_column_int64(stmt, kInts[k]);
+  row.attempted_at = OptionalInt(stmt, 4);
+  row.finalized_at = OptionalInt(stmt, 8);
+  for (size_t k = 0; k < kTexts.size(); ++k) {
+    const std::string_view t = ColumnText(stmt, kTexts[k]);
+    row.text[k] = {text_.size(), t.size()};
+    text_.append(t);
+  }
+}
+
+Result<JobRow> RawJobRows::Decode(size_t i) const {
+  const Row& r = rows_[i];
+  JobRow row;
+  row.id = r.ints[0];
+  SPOOL_ASSIGN_OR_RETURN(row.state, ParseJobState(Text(r, 0)));
+  row.attempt = static_cast<int>(r.ints[1]);
+  row.max_attempts = static_cast<int>(r.ints[2]);
+  row.attempted_at = OptionalTime(r.attempted_at);
+  SPOOL_ASSIGN_OR_RETURN(row.attempted_by, ParseStringArray(Text(r, 1)));
+  row.created_at = FromMicros(r.ints[3]);
+  row.scheduled_at = FromMicros(r.ints[4]);
+  row.finalized_at = OptionalTime(r.finalized_at);
+  row.priority = static_cast<int>(r.ints[5]);
+  row.queue = Text(r, 2);
+  row.kind = Text(r, 3);
+  row.args = Text(r, 4);
+  row.metadata = Text(r, 5);
+  SPOOL_ASSIGN_OR_RETURN(row.tags, ParseStringArray(Text(r, 6)));
+  SPOOL_ASSIGN_OR_RETURN(row.errors, ParseErrors(Text(r, 7)));
+  return row;
+}
 
 // ---- insert -----------------------------------------------------------------------------------
 
@@ -263,12 +282,17 @@ Result<int64_t> SqliteQueries::JobInsertManyFast(const JobInsertManyParams& para
 // ---- fetch ------------------------------------------------------------------------------------
 
 Result<std::vector<JobRow>> SqliteQueries::JobGetAvailable(const JobGetAvailableParams& params) {
-  std::vector<JobRow> rows;
+  SPOOL_ASSIGN_OR_RETURN(RawJobRows raw, ClaimAvailable(params));
+  return FinishClaim(raw, params);
+}
+
+Result<RawJobRows> SqliteQueries::ClaimAvailable(const JobGetAvailableParams& params) {
+  RawJobRows rows;
   if (params.max <= 0) return rows;
   // A SELECT, then an UPDATE of the rows it read, in one write transaction (no other writer can
   // come between), instead of UPDATE ... RETURNING: SQLite stores RETURNING rows in a temporary
   // table before handing them out, which cost more than reading them here and applying the same
-  // change to the decoded rows.
+  // change to the decoded rows (FinishClaim).
   static const std::string kSelect = fmt::format(
       "SELECT {} FROM spool_job WHERE state = 'available' AND queue = ?2 AND scheduled_at <= ?1 "
       "AND NOT EXISTS (SELECT 1 FROM spool_queue WHERE name = ?2 AND paused_at IS NOT NULL) "
@@ -296,15 +320,15 @@ Result<std::vector<JobRow>> SqliteQueries::JobGetAvailable(const JobGetAvailable
     if (rc == SQLITE_OK) rc = BindText(stmt, 2, params.queue);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int(stmt, 3, params.max);
     SPOOL_RETURN_IF_ERROR(CheckBind(rc, stmt));
-    rows.reserve(static_cast<size_t>(std::min(params.max, 1000)));
-    SPOOL_RETURN_IF_ERROR(ReadJobRows(stmt, "fetch jobs", &rows));
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) rows.Append(stmt);
+    if (rc != SQLITE_DONE) return SqliteStatus(rc, cache_.db(), "fetch jobs");
   }
   if (rows.empty()) return rows;  // the scope rolls back the read-only transaction
   {
     std::string ids = "[";
-    for (const JobRow& row : rows) {
+    for (size_t i = 0; i < rows.size(); ++i) {
       if (ids.size() > 1) ids += ',';
-      ids += std::to_string(row.id);
+      ids += std::to_string(rows.id(i));
     }
     ids += ']';
     const std::string client_json = nlohmann::json(params.client_id).dump();
@@ -321,12 +345,22 @@ Result<std::vector<JobRow>> SqliteQueries::JobGetAvailable(const JobGetAvailable
     }
   }
   SPOOL_RETURN_IF_ERROR(scope->Commit());
-  for (JobRow& row : rows) {  // what the UPDATE wrote
+  return rows;
+}
+
+Result<std::vector<JobRow>> SqliteQueries::FinishClaim(const RawJobRows& raw,
+                                                       const JobGetAvailableParams& params) {
+  std::vector<JobRow> rows;
+  rows.reserve(raw.size());
+  for (size_t i = 0; i < raw.size(); ++i) {
+    SPOOL_ASSIGN_OR_RETURN(JobRow row, raw.Decode(i));
+    // What the claim's UPDATE wrote.
     row.state = JobState::kRunning;
     row.attempt += 1;
     row.attempted_at = params.now;
     if (row.attempted_by.size() >= 100) row.attempted_by.erase(row.attempted_by.begin());
     row.attempted_by.push_back(params.client_id);
+    rows.push_back(std::move(row));
   }
   return rows;
 }
@@ -826,7 +860,7 @@ Result<std::vector<QueueInfo>> SqliteQueries::QueueList() {
     StmtScope use(rows);
     int rc;
     while ((rc = sqlite3_step(rows)) == SQLITE_ROW) {
-      entry(ColumnText(rows, 0)).paused_at = OptionalTime(rows, 1);
+      entry(ColumnText(rows, 0)).paused_at = OptionalTime(OptionalInt(rows, 1));
     }
     if (rc != SQLITE_DONE) return SqliteStatus(rc, cache_.db(), "list queues");
   }

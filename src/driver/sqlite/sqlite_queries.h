@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -14,6 +15,39 @@
 #include "driver/sqlite/sqlite_conn.h"
 
 namespace spool::internal {
+
+// Job rows as a statement returned them (columns in the order of the queries' job column list),
+// copied out of SQLite without decoding: text columns go into one buffer, so a row costs no heap
+// block of its own until it is decoded. A claim copies its rows while it holds the writer and
+// decodes them (a heap block for every long name, JSON for the arrays) after releasing it.
+class RawJobRows {
+ public:
+  // Copies the current row of `stmt`.
+  void Append(sqlite3_stmt* stmt);
+  size_t size() const { return rows_.size(); }
+  bool empty() const { return rows_.empty(); }
+  int64_t id(size_t i) const { return rows_[i].ints[0]; }
+  Result<JobRow> Decode(size_t i) const;
+
+ private:
+  struct Span {
+    size_t offset = 0;
+    size_t size = 0;
+  };
+  struct Row {
+    // id, attempt, max_attempts, created_at, scheduled_at, priority
+    std::array<int64_t, 6> ints{};
+    std::optional<int64_t> attempted_at, finalized_at;
+    // state, attempted_by, queue, kind, args, metadata, tags, errors
+    std::array<Span, 8> text{};
+  };
+  std::string_view Text(const Row& row, size_t k) const {
+    return std::string_view(text_).substr(row.text[k].offset, row.text[k].size);
+  }
+
+  std::string text_;
+  std::vector<Row> rows_;
+};
 
 // spool's job queries over one SQLite connection, with the connection's prepared statements.
 // Each write runs in its own transaction, or in a savepoint when the connection is already
@@ -32,6 +66,11 @@ class SqliteQueries {
   Result<std::vector<JobInsertResult>> JobInsertMany(const JobInsertManyParams& params);
   Result<int64_t> JobInsertManyFast(const JobInsertManyParams& params);
   Result<std::vector<JobRow>> JobGetAvailable(const JobGetAvailableParams& params);
+  // JobGetAvailable in two steps: ClaimAvailable needs the connection and returns the claimed
+  // rows undecoded; FinishClaim decodes them as the claim left them, without the connection.
+  Result<RawJobRows> ClaimAvailable(const JobGetAvailableParams& params);
+  static Result<std::vector<JobRow>> FinishClaim(const RawJobRows& raw,
+                                                 const JobGetAvailableParams& params);
   Result<int64_t> JobSetStateIfRunningMany(const JobSetStateIfRunningManyParams& params);
   Result<JobScheduleResult> JobSchedule(const JobScheduleParams& params);
   Result<JobRow> JobGetByID(int64_t id);
