@@ -93,6 +93,49 @@ TEST_F(SqliteOnlyTest, InsertOnCallersTransactionIsVisibleAfterCommit) {
   EXPECT_EQ(counts[JobState::kAvailable], 2);
 }
 
+// A claimed row that cannot be decoded (edited by hand, or corrupt) fails the claim, as before
+// rows were decoded after the writer was released, and leaves no row of the batch running.
+TEST_F(SqliteOnlyTest, ClaimOfARowThatDoesNotDecodeGivesTheBatchBack) {
+  auto& ex = driver_->executor();
+  JobInsertManyParams two = OneJob("k");
+  two.jobs.push_back(two.jobs[0]);
+  CONF_ASSIGN_OR_FAIL(auto rows, ex.JobInsertMany(two));
+  ASSERT_EQ(rows.size(), 2u);
+  auto db = OpenAppConnection();
+  const std::string corrupt =
+      "UPDATE spool_job SET tags = 'not json' WHERE id = " + std::to_string(rows[1].job.id);
+  ASSERT_EQ(sqlite3_exec(db.get(), corrupt.c_str(), nullptr, nullptr, nullptr), SQLITE_OK);
+
+  const auto now = two.now;
+  auto claimed = ex.JobGetAvailable({.queue = "default", .max = 10, .client_id = "c", .now = now});
+  ASSERT_FALSE(claimed.has_value());
+  EXPECT_NE(claimed.error().message().find("not json"), std::string::npos)
+      << claimed.error().ToString();
+  sqlite3_stmt* raw = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db.get(), "SELECT state, attempt FROM spool_job ORDER BY id", -1,
+                               &raw, nullptr),
+            SQLITE_OK);
+  int seen = 0;
+  while (sqlite3_step(raw) == SQLITE_ROW) {
+    ++seen;
+    EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(raw, 0)), "scheduled");
+    EXPECT_EQ(sqlite3_column_int(raw, 1), 0);
+  }
+  sqlite3_finalize(raw);
+  EXPECT_EQ(seen, 2);
+
+  // Repaired, the rows are due at once and claimed whole.
+  const std::string repair = "UPDATE spool_job SET tags = '[]'";
+  ASSERT_EQ(sqlite3_exec(db.get(), repair.c_str(), nullptr, nullptr, nullptr), SQLITE_OK);
+  CONF_ASSIGN_OR_FAIL(auto moved, ex.JobSchedule({.now = now, .max = 10}));
+  EXPECT_EQ(moved.count, 2);
+  CONF_ASSIGN_OR_FAIL(
+      auto again,
+      ex.JobGetAvailable({.queue = "default", .max = 10, .client_id = "c", .now = now}));
+  ASSERT_EQ(again.size(), 2u);
+  EXPECT_EQ(again[1].attempt, 1);
+}
+
 TEST_F(SqliteOnlyTest, InsertOnCallersTransactionIsGoneAfterRollback) {
   auto db = OpenAppConnection();
   ASSERT_EQ(sqlite3_exec(db.get(), "BEGIN", nullptr, nullptr, nullptr), SQLITE_OK);

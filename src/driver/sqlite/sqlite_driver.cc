@@ -53,7 +53,12 @@ class LockedExecutor final : public Executor {
       return q_.ClaimAvailable(params);
     }();
     if (!raw) return raw.error();
-    return SqliteQueries::FinishClaim(*raw, params);
+    Result<std::vector<JobRow>> rows = SqliteQueries::FinishClaim(*raw, params);
+    if (!rows) {
+      std::lock_guard lock(mu_);
+      (void)q_.GiveBack(*raw, params.now);  // the decoding error is what the caller needs
+    }
+    return rows;
   }
   Result<int64_t> JobSetStateIfRunningMany(const JobSetStateIfRunningManyParams& params) override {
     std::lock_guard lock(mu_);

@@ -283,7 +283,18 @@ Result<int64_t> SqliteQueries::JobInsertManyFast(const JobInsertManyParams& para
 
 Result<std::vector<JobRow>> SqliteQueries::JobGetAvailable(const JobGetAvailableParams& params) {
   SPOOL_ASSIGN_OR_RETURN(RawJobRows raw, ClaimAvailable(params));
-  return FinishClaim(raw, params);
+  Result<std::vector<JobRow>> rows = FinishClaim(raw, params);
+  if (!rows) (void)GiveBack(raw, params.now);  // the decoding error is what the caller needs
+  return rows;
+}
+
+Status SqliteQueries::GiveBack(const RawJobRows& raw, TimePoint now) {
+  JobSetStateIfRunningManyParams back;
+  back.jobs.reserve(raw.size());
+  for (size_t i = 0; i < raw.size(); ++i) {
+    back.jobs.push_back({.id = raw.id(i), .state = JobState::kScheduled, .at = now, .error = {}});
+  }
+  return JobSetStateIfRunningMany(back).status();
 }
 
 Result<RawJobRows> SqliteQueries::ClaimAvailable(const JobGetAvailableParams& params) {

@@ -71,6 +71,10 @@ class SqliteQueries {
   Result<RawJobRows> ClaimAvailable(const JobGetAvailableParams& params);
   static Result<std::vector<JobRow>> FinishClaim(const RawJobRows& raw,
                                                  const JobGetAvailableParams& params);
+  // Gives claimed rows back when FinishClaim failed on one of them (a row edited by hand or
+  // corrupt), so the batch is not left running until the rescuer finds it: scheduled at `now`
+  // with the attempt unused, as a snooze leaves a job. Reads none of their text columns.
+  Status GiveBack(const RawJobRows& raw, TimePoint now);
   Result<int64_t> JobSetStateIfRunningMany(const JobSetStateIfRunningManyParams& params);
   Result<JobScheduleResult> JobSchedule(const JobScheduleParams& params);
   Result<JobRow> JobGetByID(int64_t id);
