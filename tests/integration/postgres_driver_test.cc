@@ -490,6 +490,12 @@ TEST_F(PostgresDriverTest, ColumnOfAnotherTypeIsReportedNotMisread) {
   EXPECT_EQ(got.error().code(), Status::Code::kInternal);
   EXPECT_NE(got.error().message().find("column priority"), std::string::npos)
       << got.error().ToString();
+
+  // A claim of such rows fails too, and gives them back instead of leaving them running.
+  auto claimed =
+      driver_->executor().JobGetAvailable({.queue = "q", .max = 10, .client_id = "c", .now = kT0});
+  ASSERT_FALSE(claimed.has_value());
+  EXPECT_EQ(Query(app.get(), "SELECT state || ' ' || attempt FROM spool_job"), "scheduled 0");
 }
 
 TEST(PostgresBinaryTest, DecodesTheServersFormatsAndRejectsTheRest) {

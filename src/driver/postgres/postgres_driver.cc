@@ -822,6 +822,21 @@ Result<std::vector<PgResult>> QueryWithSettings(Conn& c, const pg::Statement* se
   return results;
 }
 
+Result<int64_t> SetStateOn(Conn& c, const JobSetStateIfRunningManyParams& p,
+                           const pg::Statement* settings);
+
+// Gives back the rows of a claim result that could not be read (a column of another type, a value
+// that does not decode), so they do not stay running until the rescuer finds them: scheduled now,
+// the attempt unused, as a snooze leaves a job. Rows whose id cannot be read stay running.
+void GiveBackClaimed(Conn& c, const PGresult* r, TimePoint now, const pg::Statement* settings) {
+  JobSetStateIfRunningManyParams back;
+  for (int i = 0; i < PQntuples(r); ++i) {
+    Result<int64_t> id = pg::BinaryInt({BinaryBytes(r, i, 0), "id"});
+    if (id) back.jobs.push_back({.id = *id, .state = JobState::kScheduled, .at = now, .error = {}});
+  }
+  (void)SetStateOn(c, back, settings);  // the reading error is what the caller needs
+}
+
 Result<std::vector<JobRow>> FetchOn(Conn& c, const JobGetAvailableParams& p,
                                     const pg::Statement* settings) {
   if (p.max <= 0) return std::vector<JobRow>{};
@@ -832,7 +847,12 @@ Result<std::vector<JobRow>> FetchOn(Conn& c, const JobGetAvailableParams& p,
                           &FetchSql(),
                           {p.queue, Micros(p.now), std::to_string(p.max), p.client_id},
                           pg::Format::kBinary}}));
-  SPOOL_ASSIGN_OR_RETURN(std::vector<JobRow> rows, ReadRows(results.front().get()));
+  Result<std::vector<JobRow>> read = ReadRows(results.front().get());
+  if (!read) {
+    GiveBackClaimed(c, results.front().get(), p.now, settings);
+    return read.error();
+  }
+  std::vector<JobRow> rows = std::move(*read);
   std::sort(rows.begin(), rows.end(), [](const JobRow& a, const JobRow& b) {
     return std::tie(a.priority, a.scheduled_at, a.id) < std::tie(b.priority, b.scheduled_at, b.id);
   });
