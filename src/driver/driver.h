@@ -51,7 +51,12 @@ struct JobInsertManyParams {
 
 // Claims up to `max` available jobs of `queue` whose scheduled_at <= now, in order priority,
 // scheduled_at, id: state -> running, attempt + 1, attempted_at = now, client_id appended to
-// attempted_by. Returns the claimed rows after the update.
+// attempted_by. Returns the claimed rows after the update. If a claimed row cannot be read (edited
+// by hand, corrupt, a column of another type), the error is returned and every row of the batch
+// is given back (scheduled, attempt unused): the others due at once, the unreadable ones after
+// kUnreadableRowDelay, so they neither stay running nor come round with every batch.
+constexpr Duration kUnreadableRowDelay = std::chrono::minutes(1);
+
 struct JobGetAvailableParams {
   std::string queue{};
   int max = 1;

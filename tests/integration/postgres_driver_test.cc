@@ -491,11 +491,15 @@ TEST_F(PostgresDriverTest, ColumnOfAnotherTypeIsReportedNotMisread) {
   EXPECT_NE(got.error().message().find("column priority"), std::string::npos)
       << got.error().ToString();
 
-  // A claim of such rows fails too, and gives them back instead of leaving them running.
+  // A claim of such rows fails too, and gives them back, due later, instead of leaving them
+  // running.
   auto claimed =
       driver_->executor().JobGetAvailable({.queue = "q", .max = 10, .client_id = "c", .now = kT0});
   ASSERT_FALSE(claimed.has_value());
-  EXPECT_EQ(Query(app.get(), "SELECT state || ' ' || attempt FROM spool_job"), "scheduled 0");
+  EXPECT_EQ(Query(app.get(),
+                  "SELECT state || ' ' || attempt || ' ' || (scheduled_at - "
+                  "to_timestamp(1800000000))::text FROM spool_job"),
+            "scheduled 0 00:01:00");
 }
 
 TEST(PostgresBinaryTest, DecodesTheServersFormatsAndRejectsTheRest) {

@@ -826,13 +826,17 @@ Result<int64_t> SetStateOn(Conn& c, const JobSetStateIfRunningManyParams& p,
                            const pg::Statement* settings);
 
 // Gives back the rows of a claim result that could not be read (a column of another type, a value
-// that does not decode), so they do not stay running until the rescuer finds them: scheduled now,
-// the attempt unused, as a snooze leaves a job. Rows whose id cannot be read stay running.
+// that does not decode), so they do not stay running until the rescuer finds them: scheduled with
+// the attempt unused, as a snooze leaves a job, at `now`, or kUnreadableRowDelay later for the
+// rows that do not read. Rows whose id cannot be read stay running.
 void GiveBackClaimed(Conn& c, const PGresult* r, TimePoint now, const pg::Statement* settings) {
+  const bool columns_ok = CheckJobColumns(r).ok();
   JobSetStateIfRunningManyParams back;
   for (int i = 0; i < PQntuples(r); ++i) {
     Result<int64_t> id = pg::BinaryInt({BinaryBytes(r, i, 0), "id"});
-    if (id) back.jobs.push_back({.id = *id, .state = JobState::kScheduled, .at = now, .error = {}});
+    if (!id) continue;
+    const TimePoint at = columns_ok && ReadRow(r, i).has_value() ? now : now + kUnreadableRowDelay;
+    back.jobs.push_back({.id = *id, .state = JobState::kScheduled, .at = at, .error = {}});
   }
   (void)SetStateOn(c, back, settings);  // the reading error is what the caller needs
 }

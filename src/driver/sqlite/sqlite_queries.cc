@@ -292,7 +292,8 @@ Status SqliteQueries::GiveBack(const RawJobRows& raw, TimePoint now) {
   JobSetStateIfRunningManyParams back;
   back.jobs.reserve(raw.size());
   for (size_t i = 0; i < raw.size(); ++i) {
-    back.jobs.push_back({.id = raw.id(i), .state = JobState::kScheduled, .at = now, .error = {}});
+    const TimePoint at = raw.Decode(i).has_value() ? now : now + kUnreadableRowDelay;
+    back.jobs.push_back({.id = raw.id(i), .state = JobState::kScheduled, .at = at, .error = {}});
   }
   return JobSetStateIfRunningMany(back).status();
 }

@@ -72,8 +72,9 @@ class SqliteQueries {
   static Result<std::vector<JobRow>> FinishClaim(const RawJobRows& raw,
                                                  const JobGetAvailableParams& params);
   // Gives claimed rows back when FinishClaim failed on one of them (a row edited by hand or
-  // corrupt), so the batch is not left running until the rescuer finds it: scheduled at `now`
-  // with the attempt unused, as a snooze leaves a job. Reads none of their text columns.
+  // corrupt), so the batch is not left running until the rescuer finds it: scheduled with the
+  // attempt unused, as a snooze leaves a job, at `now`, or kUnreadableRowDelay later for the rows
+  // that do not decode.
   Status GiveBack(const RawJobRows& raw, TimePoint now);
   Result<int64_t> JobSetStateIfRunningMany(const JobSetStateIfRunningManyParams& params);
   Result<JobScheduleResult> JobSchedule(const JobScheduleParams& params);
