@@ -128,11 +128,15 @@ TEST_F(SqliteOnlyTest, ClaimOfARowThatDoesNotDecodeGivesTheBatchBack) {
   ASSERT_EQ(due.size(), 2u);
   EXPECT_EQ(due[0], now.time_since_epoch().count());
   EXPECT_EQ(due[1], (now + spool::internal::kUnreadableRowDelay).time_since_epoch().count());
-  CONF_ASSIGN_OR_FAIL(auto moved, ex.JobSchedule({.now = now, .max = 10}));
-  EXPECT_EQ(moved.count, 1);
-  CONF_ASSIGN_OR_FAIL(
-      auto first,
-      ex.JobGetAvailable({.queue = "default", .max = 10, .client_id = "c", .now = now}));
+  // Makes what is due at `t` available and claims it.
+  auto claim_due = [&](spool::TimePoint t) -> std::vector<spool::JobRow> {
+    auto moved = ex.JobSchedule({.now = t, .max = 10});
+    EXPECT_TRUE(moved.has_value());
+    auto got = ex.JobGetAvailable({.queue = "default", .max = 10, .client_id = "c", .now = t});
+    EXPECT_TRUE(got.has_value()) << got.error().ToString();
+    return got ? *got : std::vector<spool::JobRow>{};
+  };
+  auto first = claim_due(now);
   ASSERT_EQ(first.size(), 1u);
   EXPECT_EQ(first[0].id, rows[0].job.id);
   EXPECT_EQ(first[0].attempt, 1);
@@ -140,12 +144,7 @@ TEST_F(SqliteOnlyTest, ClaimOfARowThatDoesNotDecodeGivesTheBatchBack) {
   // Repaired, the other is claimed once due.
   const std::string repair = "UPDATE spool_job SET tags = '[]'";
   ASSERT_EQ(sqlite3_exec(db.get(), repair.c_str(), nullptr, nullptr, nullptr), SQLITE_OK);
-  const auto later = now + spool::internal::kUnreadableRowDelay;
-  CONF_ASSIGN_OR_FAIL(auto moved_later, ex.JobSchedule({.now = later, .max = 10}));
-  EXPECT_EQ(moved_later.count, 1);
-  CONF_ASSIGN_OR_FAIL(
-      auto second,
-      ex.JobGetAvailable({.queue = "default", .max = 10, .client_id = "c", .now = later}));
+  auto second = claim_due(now + spool::internal::kUnreadableRowDelay);
   ASSERT_EQ(second.size(), 1u);
   EXPECT_EQ(second[0].id, rows[1].job.id);
 }
