@@ -183,10 +183,12 @@ std::optional<Duration> ParseDuration(std::string_view text) {
   return total;
 }
 
-// The same words for an unknown id whichever driver answered.
+// The same words for an unknown id whichever driver answered; the job is named once, also when
+// the driver's message already names it ("job 5 cannot be read: ...").
 std::string ErrorText(int64_t id, const Status& st) {
-  return st.IsNotFound() ? fmt::format("job {} not found", id)
-                         : fmt::format("job {}: {}", id, st.message());
+  if (st.IsNotFound()) return fmt::format("job {} not found", id);
+  if (st.message().starts_with(fmt::format("job {} ", id))) return st.message();
+  return fmt::format("job {}: {}", id, st.message());
 }
 
 TimePoint Now() { return std::chrono::time_point_cast<Duration>(std::chrono::system_clock::now()); }

@@ -86,6 +86,14 @@ Status CheckFinalizedState(JobState state) {
                   JobStateName(state)));
 }
 
+Status UnreadableClaimError(const Status& cause) {
+  return Status::Internal(fmt::format(
+      "{}; the claim gave its jobs back, and this one is claimed again in {}s: repair the row "
+      "or delete it with SQL",
+      cause.message(),
+      std::chrono::duration_cast<std::chrono::seconds>(kUnreadableRowDelay).count()));
+}
+
 const std::vector<Migration>* MigrationsFor(std::string_view driver_name) {
   if (driver_name == "sqlite") return &SqliteMigrations();
 #ifdef SPOOL_WITH_POSTGRES

@@ -274,6 +274,9 @@ Status CheckInsertRows(const std::vector<JobInsertParams>& jobs, int max_attempt
 Status CheckOutcomeStates(const std::vector<JobSetStateParams>& outcomes);
 // The state of a JobDeleteFinalized call is a final one.
 Status CheckFinalizedState(JobState state);
+// The error a claim returns when it gave its batch back because a row could not be read
+// (`cause`: which job and column, and why): says what happened and what to do.
+Status UnreadableClaimError(const Status& cause);
 
 // The embedded migrations of a driver kind ("sqlite" or "postgres") without opening a database;
 // nullptr for an unknown kind or one not built in. Each driver defines its own

@@ -109,8 +109,13 @@ TEST_F(SqliteOnlyTest, ClaimOfARowThatDoesNotDecodeGivesTheBatchBack) {
   const auto now = two.now;
   auto claimed = ex.JobGetAvailable({.queue = "default", .max = 10, .client_id = "c", .now = now});
   ASSERT_FALSE(claimed.has_value());
-  EXPECT_NE(claimed.error().message().find("not json"), std::string::npos)
-      << claimed.error().ToString();
+  // Which job, which column, why, and what to do.
+  const std::string& message = claimed.error().message();
+  for (const std::string& part :
+       {"job " + std::to_string(rows[1].job.id) + " cannot be read", std::string("column tags"),
+        std::string("not json"), std::string("repair the row or delete it")}) {
+    EXPECT_NE(message.find(part), std::string::npos) << part << " not in: " << message;
+  }
   sqlite3_stmt* raw = nullptr;
   ASSERT_EQ(
       sqlite3_prepare_v2(db.get(), "SELECT state, attempt, scheduled_at FROM spool_job ORDER BY id",

@@ -496,6 +496,9 @@ TEST_F(PostgresDriverTest, ColumnOfAnotherTypeIsReportedNotMisread) {
   auto claimed =
       driver_->executor().JobGetAvailable({.queue = "q", .max = 10, .client_id = "c", .now = kT0});
   ASSERT_FALSE(claimed.has_value());
+  EXPECT_NE(claimed.error().message().find("column priority"), std::string::npos);
+  EXPECT_NE(claimed.error().message().find("repair the row or delete it"), std::string::npos)
+      << claimed.error().ToString();
   EXPECT_EQ(Query(app.get(),
                   "SELECT state || ' ' || attempt || ' ' || (scheduled_at - "
                   "to_timestamp(1800000000))::text FROM spool_job"),

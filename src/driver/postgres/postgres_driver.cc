@@ -484,8 +484,20 @@ std::string_view BinaryBytes(const PGresult* r, int i, int c) {
   return {PQgetvalue(r, i, c), static_cast<size_t>(PQgetlength(r, i, c))};
 }
 
-// REQUIRES: CheckJobColumns(r).
+Result<JobRow> ReadRowValues(const PGresult* r, int i);
+
+// REQUIRES: CheckJobColumns(r). Internal error naming the job and the column when a value does
+// not read.
 Result<JobRow> ReadRow(const PGresult* r, int i) {
+  Result<JobRow> row = ReadRowValues(r, i);
+  if (row) return row;
+  Result<int64_t> id = pg::BinaryInt({BinaryBytes(r, i, 0), "id"});
+  return Status::Internal(fmt::format("job {} cannot be read: {}",
+                                      id ? std::to_string(*id) : std::string("(no id)"),
+                                      row.error().message()));
+}
+
+Result<JobRow> ReadRowValues(const PGresult* r, int i) {
   auto value = [&](int c) {
     return pg::BinaryValue{BinaryBytes(r, i, c), kJobColumnNames[static_cast<size_t>(c)]};
   };
@@ -496,7 +508,11 @@ Result<JobRow> ReadRow(const PGresult* r, int i) {
   };
   JobRow row;
   SPOOL_ASSIGN_OR_RETURN(row.id, pg::BinaryInt(value(0)));
-  SPOOL_ASSIGN_OR_RETURN(row.state, ParseJobState(value(1).bytes));
+  if (Result<JobState> state = ParseJobState(value(1).bytes); state) {
+    row.state = *state;
+  } else {
+    return Status::Internal("column state: " + state.error().message());
+  }
   SPOOL_ASSIGN_OR_RETURN(row.attempt, small(2));
   SPOOL_ASSIGN_OR_RETURN(row.max_attempts, small(3));
   if (!null(4)) {
@@ -517,7 +533,11 @@ Result<JobRow> ReadRow(const PGresult* r, int i) {
   row.metadata = CompactJson(metadata);
   SPOOL_ASSIGN_OR_RETURN(row.tags, pg::BinaryTextArray(value(14)));
   SPOOL_ASSIGN_OR_RETURN(std::string_view errors, pg::BinaryJsonb(value(15)));
-  SPOOL_ASSIGN_OR_RETURN(row.errors, ParseErrors(errors));
+  if (Result<std::vector<AttemptError>> list = ParseErrors(errors); list) {
+    row.errors = std::move(*list);
+  } else {
+    return Status::Internal("column errors: " + list.error().message());
+  }
   return row;
 }
 
@@ -854,7 +874,7 @@ Result<std::vector<JobRow>> FetchOn(Conn& c, const JobGetAvailableParams& p,
   Result<std::vector<JobRow>> read = ReadRows(results.front().get());
   if (!read) {
     GiveBackClaimed(c, results.front().get(), p.now, settings);
-    return read.error();
+    return UnreadableClaimError(read.error());
   }
   std::vector<JobRow> rows = std::move(*read);
   std::sort(rows.begin(), rows.end(), [](const JobRow& a, const JobRow& b) {

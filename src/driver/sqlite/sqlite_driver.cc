@@ -57,6 +57,7 @@ class LockedExecutor final : public Executor {
     if (!rows) {
       std::lock_guard lock(mu_);
       (void)q_.GiveBack(*raw, params.now);  // the decoding error is what the caller needs
+      return UnreadableClaimError(rows.error());
     }
     return rows;
   }

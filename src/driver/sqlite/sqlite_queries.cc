@@ -100,15 +100,33 @@ void RawJobRows::Append(sqlite3_stmt* stmt) {
   }
 }
 
+namespace {
+
+// `r`, or its error prefixed with the column it came from.
+template <typename T>
+Result<T> InColumn(std::string_view column, Result<T> r) {
+  if (!r) return Status::Internal(fmt::format("column {}: {}", column, r.error().message()));
+  return r;
+}
+
+}  // namespace
+
 Result<JobRow> RawJobRows::Decode(size_t i) const {
-  const Row& r = rows_[i];
+  Result<JobRow> row = DecodeRow(rows_[i]);
+  if (!row) {
+    return Status::Internal(fmt::format("job {} cannot be read: {}", id(i), row.error().message()));
+  }
+  return row;
+}
+
+Result<JobRow> RawJobRows::DecodeRow(const Row& r) const {
   JobRow row;
   row.id = r.ints[0];
-  SPOOL_ASSIGN_OR_RETURN(row.state, ParseJobState(Text(r, 0)));
+  SPOOL_ASSIGN_OR_RETURN(row.state, InColumn("state", ParseJobState(Text(r, 0))));
   row.attempt = static_cast<int>(r.ints[1]);
   row.max_attempts = static_cast<int>(r.ints[2]);
   row.attempted_at = OptionalTime(r.attempted_at);
-  SPOOL_ASSIGN_OR_RETURN(row.attempted_by, ParseStringArray(Text(r, 1)));
+  SPOOL_ASSIGN_OR_RETURN(row.attempted_by, InColumn("attempted_by", ParseStringArray(Text(r, 1))));
   row.created_at = FromMicros(r.ints[3]);
   row.scheduled_at = FromMicros(r.ints[4]);
   row.finalized_at = OptionalTime(r.finalized_at);
@@ -117,8 +135,8 @@ Result<JobRow> RawJobRows::Decode(size_t i) const {
   row.kind = Text(r, 3);
   row.args = Text(r, 4);
   row.metadata = Text(r, 5);
-  SPOOL_ASSIGN_OR_RETURN(row.tags, ParseStringArray(Text(r, 6)));
-  SPOOL_ASSIGN_OR_RETURN(row.errors, ParseErrors(Text(r, 7)));
+  SPOOL_ASSIGN_OR_RETURN(row.tags, InColumn("tags", ParseStringArray(Text(r, 6))));
+  SPOOL_ASSIGN_OR_RETURN(row.errors, InColumn("errors", ParseErrors(Text(r, 7))));
   return row;
 }
 
@@ -284,7 +302,10 @@ Result<int64_t> SqliteQueries::JobInsertManyFast(const JobInsertManyParams& para
 Result<std::vector<JobRow>> SqliteQueries::JobGetAvailable(const JobGetAvailableParams& params) {
   SPOOL_ASSIGN_OR_RETURN(RawJobRows raw, ClaimAvailable(params));
   Result<std::vector<JobRow>> rows = FinishClaim(raw, params);
-  if (!rows) (void)GiveBack(raw, params.now);  // the decoding error is what the caller needs
+  if (!rows) {
+    (void)GiveBack(raw, params.now);  // the decoding error is what the caller needs
+    return UnreadableClaimError(rows.error());
+  }
   return rows;
 }
 

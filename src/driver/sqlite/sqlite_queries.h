@@ -27,6 +27,7 @@ class RawJobRows {
   size_t size() const { return rows_.size(); }
   bool empty() const { return rows_.empty(); }
   int64_t id(size_t i) const { return rows_[i].ints[0]; }
+  // Internal error naming the job and the column when a value does not decode.
   Result<JobRow> Decode(size_t i) const;
 
  private:
@@ -41,6 +42,7 @@ class RawJobRows {
     // state, attempted_by, queue, kind, args, metadata, tags, errors
     std::array<Span, 8> text{};
   };
+  Result<JobRow> DecodeRow(const Row& r) const;
   std::string_view Text(const Row& row, size_t k) const {
     return std::string_view(text_).substr(row.text[k].offset, row.text[k].size);
   }
