@@ -86,6 +86,10 @@ Status CheckFinalizedState(JobState state) {
                   JobStateName(state)));
 }
 
+Status UnreadableRowError(std::string_view job, const Status& cause) {
+  return Status::Internal(fmt::format("job {} cannot be read: {}", job, cause.message()));
+}
+
 Status UnreadableClaimError(const Status& cause) {
   return Status::Internal(fmt::format(
       "{}; the claim gave its jobs back, and this one is claimed again in {}s: repair the row "

@@ -274,8 +274,16 @@ Status CheckInsertRows(const std::vector<JobInsertParams>& jobs, int max_attempt
 Status CheckOutcomeStates(const std::vector<JobSetStateParams>& outcomes);
 // The state of a JobDeleteFinalized call is a final one.
 Status CheckFinalizedState(JobState state);
-// The error a claim returns when it gave its batch back because a row could not be read
-// (`cause`: which job and column, and why): says what happened and what to do.
+// Reading job rows, the same words from every driver: `r`, or its error prefixed with the column
+// it came from; the error for job `job` (its id, or a placeholder) whose row cannot be read; and
+// the error a claim returns when it gave its batch back because of such a row, which says what
+// to do.
+template <typename T>
+Result<T> InColumn(std::string_view column, Result<T> r) {
+  if (!r) return Status::Internal("column " + std::string(column) + ": " + r.error().message());
+  return r;
+}
+Status UnreadableRowError(std::string_view job, const Status& cause);
 Status UnreadableClaimError(const Status& cause);
 
 // The embedded migrations of a driver kind ("sqlite" or "postgres") without opening a database;

@@ -492,9 +492,7 @@ Result<JobRow> ReadRow(const PGresult* r, int i) {
   Result<JobRow> row = ReadRowValues(r, i);
   if (row) return row;
   Result<int64_t> id = pg::BinaryInt({BinaryBytes(r, i, 0), "id"});
-  return Status::Internal(fmt::format("job {} cannot be read: {}",
-                                      id ? std::to_string(*id) : std::string("(no id)"),
-                                      row.error().message()));
+  return UnreadableRowError(id ? std::to_string(*id) : std::string("(no id)"), row.error());
 }
 
 Result<JobRow> ReadRowValues(const PGresult* r, int i) {
@@ -508,11 +506,7 @@ Result<JobRow> ReadRowValues(const PGresult* r, int i) {
   };
   JobRow row;
   SPOOL_ASSIGN_OR_RETURN(row.id, pg::BinaryInt(value(0)));
-  if (Result<JobState> state = ParseJobState(value(1).bytes); state) {
-    row.state = *state;
-  } else {
-    return Status::Internal("column state: " + state.error().message());
-  }
+  SPOOL_ASSIGN_OR_RETURN(row.state, InColumn("state", ParseJobState(value(1).bytes)));
   SPOOL_ASSIGN_OR_RETURN(row.attempt, small(2));
   SPOOL_ASSIGN_OR_RETURN(row.max_attempts, small(3));
   if (!null(4)) {
@@ -533,11 +527,7 @@ Result<JobRow> ReadRowValues(const PGresult* r, int i) {
   row.metadata = CompactJson(metadata);
   SPOOL_ASSIGN_OR_RETURN(row.tags, pg::BinaryTextArray(value(14)));
   SPOOL_ASSIGN_OR_RETURN(std::string_view errors, pg::BinaryJsonb(value(15)));
-  if (Result<std::vector<AttemptError>> list = ParseErrors(errors); list) {
-    row.errors = std::move(*list);
-  } else {
-    return Status::Internal("column errors: " + list.error().message());
-  }
+  SPOOL_ASSIGN_OR_RETURN(row.errors, InColumn("errors", ParseErrors(errors)));
   return row;
 }
 

@@ -53,13 +53,7 @@ class LockedExecutor final : public Executor {
       return q_.ClaimAvailable(params);
     }();
     if (!raw) return raw.error();
-    Result<std::vector<JobRow>> rows = SqliteQueries::FinishClaim(*raw, params);
-    if (!rows) {
-      std::lock_guard lock(mu_);
-      (void)q_.GiveBack(*raw, params.now);  // the decoding error is what the caller needs
-      return UnreadableClaimError(rows.error());
-    }
-    return rows;
+    return q_.FinishClaim(*raw, params, &mu_);
   }
   Result<int64_t> JobSetStateIfRunningMany(const JobSetStateIfRunningManyParams& params) override {
     std::lock_guard lock(mu_);

@@ -100,22 +100,9 @@ void RawJobRows::Append(sqlite3_stmt* stmt) {
   }
 }
 
-namespace {
-
-// `r`, or its error prefixed with the column it came from.
-template <typename T>
-Result<T> InColumn(std::string_view column, Result<T> r) {
-  if (!r) return Status::Internal(fmt::format("column {}: {}", column, r.error().message()));
-  return r;
-}
-
-}  // namespace
-
 Result<JobRow> RawJobRows::Decode(size_t i) const {
   Result<JobRow> row = DecodeRow(rows_[i]);
-  if (!row) {
-    return Status::Internal(fmt::format("job {} cannot be read: {}", id(i), row.error().message()));
-  }
+  if (!row) return UnreadableRowError(std::to_string(id(i)), row.error());
   return row;
 }
 
@@ -301,12 +288,7 @@ Result<int64_t> SqliteQueries::JobInsertManyFast(const JobInsertManyParams& para
 
 Result<std::vector<JobRow>> SqliteQueries::JobGetAvailable(const JobGetAvailableParams& params) {
   SPOOL_ASSIGN_OR_RETURN(RawJobRows raw, ClaimAvailable(params));
-  Result<std::vector<JobRow>> rows = FinishClaim(raw, params);
-  if (!rows) {
-    (void)GiveBack(raw, params.now);  // the decoding error is what the caller needs
-    return UnreadableClaimError(rows.error());
-  }
-  return rows;
+  return FinishClaim(raw, params, nullptr);
 }
 
 Status SqliteQueries::GiveBack(const RawJobRows& raw, TimePoint now) {
@@ -382,11 +364,19 @@ Result<RawJobRows> SqliteQueries::ClaimAvailable(const JobGetAvailableParams& pa
 }
 
 Result<std::vector<JobRow>> SqliteQueries::FinishClaim(const RawJobRows& raw,
-                                                       const JobGetAvailableParams& params) {
+                                                       const JobGetAvailableParams& params,
+                                                       std::mutex* writer) {
   std::vector<JobRow> rows;
   rows.reserve(raw.size());
   for (size_t i = 0; i < raw.size(); ++i) {
-    SPOOL_ASSIGN_OR_RETURN(JobRow row, raw.Decode(i));
+    Result<JobRow> decoded = raw.Decode(i);
+    if (!decoded) {
+      std::unique_lock<std::mutex> lock;
+      if (writer != nullptr) lock = std::unique_lock(*writer);
+      (void)GiveBack(raw, params.now);  // the decoding error is what the caller needs
+      return UnreadableClaimError(decoded.error());
+    }
+    JobRow row = std::move(*decoded);
     // What the claim's UPDATE wrote.
     row.state = JobState::kRunning;
     row.attempt += 1;

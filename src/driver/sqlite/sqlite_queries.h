@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -69,15 +70,12 @@ class SqliteQueries {
   Result<int64_t> JobInsertManyFast(const JobInsertManyParams& params);
   Result<std::vector<JobRow>> JobGetAvailable(const JobGetAvailableParams& params);
   // JobGetAvailable in two steps: ClaimAvailable needs the connection and returns the claimed
-  // rows undecoded; FinishClaim decodes them as the claim left them, without the connection.
+  // rows undecoded; FinishClaim decodes them as the claim left them without the connection,
+  // which it takes (under `writer`, when not null) only to give the rows back if one does not
+  // decode (see JobGetAvailableParams).
   Result<RawJobRows> ClaimAvailable(const JobGetAvailableParams& params);
-  static Result<std::vector<JobRow>> FinishClaim(const RawJobRows& raw,
-                                                 const JobGetAvailableParams& params);
-  // Gives claimed rows back when FinishClaim failed on one of them (a row edited by hand or
-  // corrupt), so the batch is not left running until the rescuer finds it: scheduled with the
-  // attempt unused, as a snooze leaves a job, at `now`, or kUnreadableRowDelay later for the rows
-  // that do not decode.
-  Status GiveBack(const RawJobRows& raw, TimePoint now);
+  Result<std::vector<JobRow>> FinishClaim(const RawJobRows& raw,
+                                          const JobGetAvailableParams& params, std::mutex* writer);
   Result<int64_t> JobSetStateIfRunningMany(const JobSetStateIfRunningManyParams& params);
   Result<JobScheduleResult> JobSchedule(const JobScheduleParams& params);
   Result<JobRow> JobGetByID(int64_t id);
@@ -117,6 +115,11 @@ class SqliteQueries {
   // Runs a write statement that returns no rows; returns sqlite3_changes.
   Result<int64_t> Write(std::string_view sql, std::string_view context,
                         const std::function<int(sqlite3_stmt*)>& bind);
+  // Gives claimed rows back when one of them does not decode (a row edited by hand or corrupt),
+  // so the batch is not left running until the rescuer finds it: scheduled with the attempt
+  // unused, as a snooze leaves a job, at `now`, or kUnreadableRowDelay later for the rows that
+  // do not decode.
+  Status GiveBack(const RawJobRows& raw, TimePoint now);
   Result<sqlite3_stmt*> InsertStmt(int rows, bool returning);
   Result<sqlite3_stmt*> CompleteStmt(int rows);
   Result<sqlite3_stmt*> SetStateStmt(int rows);
