@@ -209,6 +209,9 @@ TEST_P(DriverConformanceTest, InsertManyFastReturnsCountAndStoresRows) {
   std::vector<JobInsertParams> jobs;
   for (int i = 0; i < 1037; ++i) jobs.push_back(Job("fast", i % 3 == 0 ? "qa" : "qb"));
   jobs[5].tags = {"t"};
+  // Runs of equal and differing times (a driver may format each distinct time once).
+  const auto at = [](int i) { return kT0 - std::chrono::microseconds(i % 5 < 3 ? 0 : i); };
+  for (int i = 0; i < 1037; ++i) jobs[static_cast<size_t>(i)].scheduled_at = at(i);
   CONF_ASSIGN_OR_FAIL(int64_t n, exec().JobInsertManyFast(Many(jobs)));
   EXPECT_EQ(n, 1037);
   CONF_ASSIGN_OR_FAIL(auto all, exec().JobCountByState(""));
@@ -221,6 +224,12 @@ TEST_P(DriverConformanceTest, InsertManyFastReturnsCountAndStoresRows) {
   ASSERT_EQ(first.size(), 10u);
   EXPECT_EQ(first[5].tags, std::vector<std::string>{"t"});
   EXPECT_EQ(first[0].created_at, kT0);
+  list.limit = 2000;
+  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobList(list));
+  ASSERT_EQ(rows.size(), 1037u);
+  for (int i = 0; i < 1037; ++i) {
+    EXPECT_EQ(rows[static_cast<size_t>(i)].scheduled_at, at(i)) << "job " << i;
+  }
 }
 
 // The fast path may take another road to the table (PostgreSQL: COPY): every value must arrive
