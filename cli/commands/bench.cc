@@ -24,7 +24,6 @@ namespace {
 using SteadyClock = std::chrono::steady_clock;
 
 constexpr std::string_view kNoopKind = "spool_bench_noop";
-constexpr int kInsertBatch = 5'000;
 // Give up when no job finishes for this long: something is wrong, say so rather than hang.
 constexpr auto kStallLimit = std::chrono::seconds(60);
 
@@ -96,6 +95,7 @@ struct BenchConfig {
   std::string url;
   int64_t jobs = 50'000;
   int workers = 100;
+  int insert_batch = 5'000;  // jobs per InsertManyFast call in the bulk phase
   int latency_jobs = 2'000;
   int latency_rate = 1'000;  // inserts per second in the latency phase
   int job_timeout_s = 0;     // ClientOptions::job_timeout; 0: none
@@ -182,7 +182,7 @@ void RunBench(const BenchConfig& cfg) {
   // Phase 1: bulk insert.
   double insert_secs = 0;
   for (int64_t done = 0; done < cfg.jobs;) {
-    const int64_t n = std::min<int64_t>(kInsertBatch, cfg.jobs - done);
+    const int64_t n = std::min<int64_t>(cfg.insert_batch, cfg.jobs - done);
     std::vector<InsertParams> batch(static_cast<size_t>(n),
                                     InsertParams{std::string(kNoopKind), "{}", {}});
     for (auto& p : batch) p.options.queue = queue;
@@ -264,6 +264,7 @@ void RunBench(const BenchConfig& cfg) {
                           {"work_jobs_per_sec", static_cast<int64_t>(work_rate)},
                           {"start_ms", start_secs * 1000},
                           {"latency_ms", {{"p50", p50}, {"p95", p95}, {"p99", p99}}},
+                          {"insert_batch", cfg.insert_batch},
                           {"latency_jobs", cfg.latency_jobs},
                           {"verified", verified}};
     fmt::print("{}\n", out.dump());
@@ -272,8 +273,8 @@ void RunBench(const BenchConfig& cfg) {
     fmt::print("jobs           {} no-op jobs, {} workers{}\n", cfg.jobs, cfg.workers,
                cfg.job_timeout_s > 0 ? fmt::format(", {}s job timeout", cfg.job_timeout_s)
                                      : std::string());
-    fmt::print("insert         {:.0f} jobs/s (bulk, {} per statement batch)\n", insert_rate,
-               kInsertBatch);
+    fmt::print("insert         {:.0f} jobs/s (bulk, {} jobs per call)\n", insert_rate,
+               cfg.insert_batch);
     fmt::print("start          {:.1f} ms to start the client and its {} worker threads\n",
                start_secs * 1000, cfg.workers);
     fmt::print("work           {:.0f} jobs/s (fetch, run, complete)\n", work_rate);
@@ -298,6 +299,9 @@ void RegisterBench(CLI::App& app) {
   cmd->add_option("--jobs,-n", cfg->jobs, "No-op jobs to insert and work")
       ->check(CLI::Range(int64_t{1}, int64_t{100'000'000}));
   cmd->add_option("--workers,-w", cfg->workers, "Worker threads")->check(CLI::Range(1, 10'000));
+  cmd->add_option("--insert-batch", cfg->insert_batch,
+                  "Jobs per bulk insert call (one transaction each) in the insert phase")
+      ->check(CLI::Range(1, 1'000'000));
   cmd->add_option("--latency-jobs", cfg->latency_jobs, "Jobs in the latency phase")
       ->check(CLI::Range(1, 1'000'000));
   cmd->add_option("--latency-rate", cfg->latency_rate, "Inserts per second in the latency phase")

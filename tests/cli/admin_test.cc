@@ -532,14 +532,15 @@ TEST_F(WorkingAdminTest, ShowIncludesErrorHistory) {
 TEST(BenchTest, WorksEveryJobOnceAndReportsItsFigures) {
   TempDir dir;
   const std::string url = "sqlite://" + (dir.path() / "bench.db").string();
-  CliRun r =
-      Spool({"bench", "--database-url", url, "--jobs", "3000", "--workers", "8", "--latency-jobs",
-             "40", "--latency-rate", "2000", "--job-timeout", "60", "--json"});
+  CliRun r = Spool({"bench", "--database-url", url, "--jobs", "3000", "--workers", "8",
+                    "--insert-batch", "700", "--latency-jobs", "40", "--latency-rate", "2000",
+                    "--job-timeout", "60", "--json"});
   ASSERT_EQ(r.code, 0) << r.err;
   json j = ParseOut(r);
   EXPECT_EQ(j["driver"], "sqlite");
   EXPECT_EQ(j["jobs"], 3000);
   EXPECT_EQ(j["workers"], 8);
+  EXPECT_EQ(j["insert_batch"], 700);  // five calls, the last one partial
   EXPECT_EQ(j["latency_jobs"], 40);
   EXPECT_EQ(j["job_timeout_s"], 60);
   EXPECT_EQ(j["verified"], true);
@@ -570,6 +571,7 @@ TEST(BenchTest, BadOptionsAreUsageErrorsAndTouchNoDatabase) {
   const std::string url = "sqlite://" + (dir.path() / "bench.db").string();
   for (const std::vector<std::string>& bad : {std::vector<std::string>{"--jobs", "0"},
                                               {"--workers", "0"},
+                                              {"--insert-batch", "0"},
                                               {"--latency-rate", "-5"},
                                               {"--job-timeout", "-1"}}) {
     std::vector<std::string> args = {"bench", "--database-url", url};
