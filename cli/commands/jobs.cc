@@ -351,6 +351,9 @@ std::string Describe(Op op, const JobRow& job) {
       if (job.state == JobState::kCancelled) return fmt::format("job {}: cancelled", job.id);
       return fmt::format("job {}: already {}, left unchanged", job.id, JobStateName(job.state));
     case Op::kDelete:
+      // A row that could not be read comes back with its id alone (a job always has a kind).
+      if (job.kind.empty())
+        return fmt::format("job {}: deleted (its row could not be read)", job.id);
       return fmt::format("job {}: deleted (was {})", job.id, JobStateName(job.state));
   }
   return {};

@@ -168,7 +168,9 @@ class Client {
   // Makes a job that is not running available now; attempts already used are kept (max_attempts
   // grows by one if they are used up). FailedPrecondition for a running job.
   Result<JobRow> JobRetry(int64_t id);
-  // Deletes a job that is not running and returns it. FailedPrecondition for a running job.
+  // Deletes a job that is not running and returns it. FailedPrecondition for a running job. A
+  // row that cannot be read (edited by hand, or of an altered column) is deleted all the same and
+  // comes back with only its id set (kind empty).
   Result<JobRow> JobDelete(int64_t id);
 
   // Pauses a queue in every process (no new fetches; running jobs finish) until resumed.

@@ -90,10 +90,17 @@ Status UnreadableRowError(std::string_view job, const Status& cause) {
   return Status::Internal(fmt::format("job {} cannot be read: {}", job, cause.message()));
 }
 
+JobRow DeletedRow(int64_t id, Result<JobRow> decoded) {
+  if (decoded) return std::move(*decoded);
+  JobRow row;
+  row.id = id;
+  return row;
+}
+
 Status UnreadableClaimError(const Status& cause) {
   return Status::Internal(fmt::format(
       "{}; the claim gave its jobs back, and this one is claimed again in {}s: repair the row "
-      "or delete it with SQL",
+      "with SQL or delete the job (spool jobs delete ID)",
       cause.message(),
       std::chrono::duration_cast<std::chrono::seconds>(kUnreadableRowDelay).count()));
 }

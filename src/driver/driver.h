@@ -171,7 +171,8 @@ class Executor {
   // ---- admin (see the params structs). NotFound naming the id.
   virtual Result<JobRow> JobCancel(const JobCancelParams& params) = 0;
   virtual Result<JobRow> JobRetry(const JobRetryParams& params) = 0;
-  // Deletes a job that is not running and returns it; FailedPrecondition when running.
+  // Deletes a job that is not running and returns it; FailedPrecondition when running. A row
+  // that cannot be read is deleted all the same and comes back with only its id (DeletedRow).
   virtual Result<JobRow> JobDelete(int64_t id) = 0;
   // Of `ids`, the jobs still running whose cancel was requested.
   virtual Result<std::vector<int64_t>> JobGetCancelRequested(const std::vector<int64_t>& ids) = 0;
@@ -285,6 +286,9 @@ Result<T> InColumn(std::string_view column, Result<T> r) {
 }
 Status UnreadableRowError(std::string_view job, const Status& cause);
 Status UnreadableClaimError(const Status& cause);
+// What a delete returns for job `id`: the deleted row, or, when it could not be read, a row with
+// only the id set (kind empty), because deleting is how such a row is got rid of.
+JobRow DeletedRow(int64_t id, Result<JobRow> decoded);
 
 // The embedded migrations of a driver kind ("sqlite" or "postgres") without opening a database;
 // nullptr for an unknown kind or one not built in. Each driver defines its own

@@ -2,6 +2,7 @@
 // a temp SQLite database, checked through the public Client API.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 #include <stdlib.h>
 
 #include <chrono>
@@ -327,6 +328,32 @@ TEST_F(AdminTest, CancelRetryDeleteHappyPath) {
   ASSERT_EQ(del.code, 0) << del.err;
   EXPECT_EQ(del.out, fmt::format("job {}: deleted (was available)\n", id));
   EXPECT_TRUE(client_->JobGet(id).error().IsNotFound());
+}
+
+// A row edited by hand so that it no longer reads: the error names it and says to delete it, and
+// `spool jobs delete` does.
+TEST_F(AdminTest, DeleteRemovesARowThatCannotBeRead) {
+  const int64_t id = Add({"k"})["id"];
+  const int64_t other = Add({"k"})["id"];
+  const std::string sid = std::to_string(id);
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir_.path() / "app.db").c_str(), &db), SQLITE_OK);
+  const std::string corrupt = "UPDATE spool_job SET tags = 'oops' WHERE id = " + sid;
+  EXPECT_EQ(sqlite3_exec(db, corrupt.c_str(), nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+
+  CliRun show = Run({"jobs", "show", sid});
+  EXPECT_EQ(show.code, 1);
+  EXPECT_NE(show.err.find("job " + sid + " cannot be read: column tags"), std::string::npos)
+      << show.err;
+
+  CliRun del = Run({"jobs", "delete", sid});
+  ASSERT_EQ(del.code, 0) << del.err;
+  EXPECT_EQ(del.out, fmt::format("job {}: deleted (its row could not be read)\n", id));
+  EXPECT_TRUE(client_->JobGet(id).error().IsNotFound());
+  std::vector<JobRow> left = AllJobs();
+  ASSERT_EQ(left.size(), 1u);
+  EXPECT_EQ(left[0].id, other);
 }
 
 TEST_F(AdminTest, QueuesListPauseResume) {

@@ -113,7 +113,8 @@ TEST_F(SqliteOnlyTest, ClaimOfARowThatDoesNotDecodeGivesTheBatchBack) {
   const std::string& message = claimed.error().message();
   for (const std::string& part :
        {"job " + std::to_string(rows[1].job.id) + " cannot be read", std::string("column tags"),
-        std::string("not json"), std::string("repair the row or delete it")}) {
+        std::string("not json"),
+        std::string("repair the row with SQL or delete the job (spool jobs delete ID)")}) {
     EXPECT_NE(message.find(part), std::string::npos) << part << " not in: " << message;
   }
   sqlite3_stmt* raw = nullptr;
@@ -152,6 +153,25 @@ TEST_F(SqliteOnlyTest, ClaimOfARowThatDoesNotDecodeGivesTheBatchBack) {
   auto second = claim_due(now + spool::internal::kUnreadableRowDelay);
   ASSERT_EQ(second.size(), 1u);
   EXPECT_EQ(second[0].id, rows[1].job.id);
+}
+
+// Deleting is how a row that does not read is got rid of: the delete stands and returns the id.
+TEST_F(SqliteOnlyTest, DeleteRemovesARowThatDoesNotDecode) {
+  auto& ex = driver_->executor();
+  CONF_ASSIGN_OR_FAIL(auto rows, ex.JobInsertMany(OneJob("k")));
+  const int64_t id = rows[0].job.id;
+  auto db = OpenAppConnection();
+  const std::string corrupt = "UPDATE spool_job SET errors = 'oops' WHERE id = " + std::to_string(id);
+  ASSERT_EQ(sqlite3_exec(db.get(), corrupt.c_str(), nullptr, nullptr, nullptr), SQLITE_OK);
+  auto got = ex.JobGetByID(id);
+  ASSERT_FALSE(got.has_value());
+  EXPECT_NE(got.error().message().find("cannot be read: column errors"), std::string::npos)
+      << got.error().ToString();
+
+  CONF_ASSIGN_OR_FAIL(spool::JobRow deleted, ex.JobDelete(id));
+  EXPECT_EQ(deleted.id, id);
+  EXPECT_TRUE(deleted.kind.empty());
+  EXPECT_TRUE(ex.JobGetByID(id).error().IsNotFound());
 }
 
 TEST_F(SqliteOnlyTest, InsertOnCallersTransactionIsGoneAfterRollback) {

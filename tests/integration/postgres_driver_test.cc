@@ -497,12 +497,34 @@ TEST_F(PostgresDriverTest, ColumnOfAnotherTypeIsReportedNotMisread) {
       driver_->executor().JobGetAvailable({.queue = "q", .max = 10, .client_id = "c", .now = kT0});
   ASSERT_FALSE(claimed.has_value());
   EXPECT_NE(claimed.error().message().find("column priority"), std::string::npos);
-  EXPECT_NE(claimed.error().message().find("repair the row or delete it"), std::string::npos)
+  EXPECT_NE(claimed.error().message().find("repair the row with SQL or delete the job"),
+            std::string::npos)
       << claimed.error().ToString();
   EXPECT_EQ(Query(app.get(),
                   "SELECT state || ' ' || attempt || ' ' || (scheduled_at - "
                   "to_timestamp(1800000000))::text FROM spool_job"),
             "scheduled 0 00:01:00");
+}
+
+// A row whose value the driver cannot represent (an infinite time) reads as an error naming it,
+// and deleting it works: that is how such a row is got rid of.
+TEST_F(PostgresDriverTest, DeleteRemovesARowThatDoesNotRead) {
+  ASSERT_NE(driver_, nullptr);
+  auto rows = driver_->executor().JobInsertMany(OneJob());
+  ASSERT_TRUE(rows.has_value());
+  const int64_t id = (*rows)[0].job.id;
+  PgConnPtr app = Connect(url_);
+  Query(app.get(), "UPDATE spool_job SET created_at = 'infinity' WHERE id = " + std::to_string(id));
+  auto got = driver_->executor().JobGetByID(id);
+  ASSERT_FALSE(got.has_value());
+  EXPECT_NE(got.error().message().find("cannot be read: column created_at"), std::string::npos)
+      << got.error().ToString();
+
+  auto deleted = driver_->executor().JobDelete(id);
+  ASSERT_TRUE(deleted.has_value()) << deleted.error().ToString();
+  EXPECT_EQ(deleted->id, id);
+  EXPECT_TRUE(deleted->kind.empty());
+  EXPECT_EQ(Query(app.get(), "SELECT count(*) FROM spool_job"), "0");
 }
 
 TEST(PostgresBinaryTest, DecodesTheServersFormatsAndRejectsTheRest) {

@@ -998,7 +998,7 @@ Result<JobRow> DeleteOn(Conn& c, int64_t id) {
   SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query("spool_delete", DeleteSql(), {std::to_string(id)},
                                                pg::Format::kBinary));
   if (PQntuples(res.get()) == 0) return NotWritable(c, id, "delete");
-  return ReadOneRow(res.get());
+  return DeletedRow(id, ReadOneRow(res.get()));
 }
 
 Result<std::vector<int64_t>> CancelRequestedOn(Conn& c, const std::vector<int64_t>& ids) {

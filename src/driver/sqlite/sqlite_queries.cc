@@ -579,19 +579,28 @@ Result<std::map<JobState, int64_t>> SqliteQueries::JobCountByState(std::string_v
 
 // ---- helpers for single-statement writes ------------------------------------------------------
 
-Result<std::optional<JobRow>> SqliteQueries::WriteOneRow(
-    std::string_view sql, std::string_view context, const std::function<int(sqlite3_stmt*)>& bind) {
+Result<RawJobRows> SqliteQueries::WriteRaw(std::string_view sql, std::string_view context,
+                                           const std::function<int(sqlite3_stmt*)>& bind) {
   SPOOL_ASSIGN_OR_RETURN(auto scope, WriteScope::Begin(cache_));
   SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt, cache_.Get(sql));
-  std::vector<JobRow> rows;
+  RawJobRows raw;
   {
     StmtScope use(stmt);
     SPOOL_RETURN_IF_ERROR(CheckBind(bind(stmt), stmt));
-    SPOOL_RETURN_IF_ERROR(ReadJobRows(stmt, context, &rows));
+    int rc;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) raw.Append(stmt);
+    if (rc != SQLITE_DONE) return SqliteStatus(rc, cache_.db(), context);
   }
   SPOOL_RETURN_IF_ERROR(scope->Commit());
-  if (rows.empty()) return std::optional<JobRow>();
-  return std::optional<JobRow>(std::move(rows.front()));
+  return raw;
+}
+
+Result<std::optional<JobRow>> SqliteQueries::WriteOneRow(
+    std::string_view sql, std::string_view context, const std::function<int(sqlite3_stmt*)>& bind) {
+  SPOOL_ASSIGN_OR_RETURN(RawJobRows raw, WriteRaw(sql, context, bind));
+  if (raw.empty()) return std::optional<JobRow>();
+  SPOOL_ASSIGN_OR_RETURN(JobRow row, raw.Decode(0));
+  return std::optional<JobRow>(std::move(row));
 }
 
 Result<int64_t> SqliteQueries::Write(std::string_view sql, std::string_view context,
@@ -659,10 +668,11 @@ Result<JobRow> SqliteQueries::JobRetry(const JobRetryParams& params) {
 Result<JobRow> SqliteQueries::JobDelete(int64_t id) {
   static const std::string kSql = fmt::format(
       "DELETE FROM spool_job WHERE id = ?1 AND state <> 'running' RETURNING {}", kJobColumns);
-  SPOOL_ASSIGN_OR_RETURN(auto row, WriteOneRow(kSql, "delete job", [&](sqlite3_stmt* stmt) {
+  // Committed before the row is decoded: deleting is how a row that does not read is got rid of.
+  SPOOL_ASSIGN_OR_RETURN(RawJobRows raw, WriteRaw(kSql, "delete job", [&](sqlite3_stmt* stmt) {
                            return sqlite3_bind_int64(stmt, 1, id);
                          }));
-  if (row.has_value()) return std::move(*row);
+  if (!raw.empty()) return DeletedRow(id, raw.Decode(0));
   SPOOL_ASSIGN_OR_RETURN(JobRow job, JobGetByID(id));
   return Status::FailedPrecondition(fmt::format(
       "job {} is running: cancel it or wait for it to finish before deleting it", job.id));

@@ -109,7 +109,11 @@ class SqliteQueries {
   // ON CONFLICT DO NOTHING, reading back the row holding the key when it is taken.
   Result<int64_t> InsertUnique(const JobInsertManyParams& params,
                                std::vector<JobInsertResult>* out);
-  // Runs a write statement that returns at most one job row, in its own write scope.
+  // Runs a write statement that returns job rows, in its own write scope, and copies the rows
+  // out; they are decoded after the commit, so a row that does not read does not undo the write.
+  Result<RawJobRows> WriteRaw(std::string_view sql, std::string_view context,
+                              const std::function<int(sqlite3_stmt*)>& bind);
+  // WriteRaw of a statement that returns at most one job row, decoded.
   Result<std::optional<JobRow>> WriteOneRow(std::string_view sql, std::string_view context,
                                             const std::function<int(sqlite3_stmt*)>& bind);
   // Runs a write statement that returns no rows; returns sqlite3_changes.
