@@ -161,7 +161,8 @@ TEST_F(SqliteOnlyTest, DeleteRemovesARowThatDoesNotDecode) {
   CONF_ASSIGN_OR_FAIL(auto rows, ex.JobInsertMany(OneJob("k")));
   const int64_t id = rows[0].job.id;
   auto db = OpenAppConnection();
-  const std::string corrupt = "UPDATE spool_job SET errors = 'oops' WHERE id = " + std::to_string(id);
+  const std::string corrupt =
+      "UPDATE spool_job SET errors = 'oops' WHERE id = " + std::to_string(id);
   ASSERT_EQ(sqlite3_exec(db.get(), corrupt.c_str(), nullptr, nullptr, nullptr), SQLITE_OK);
   auto got = ex.JobGetByID(id);
   ASSERT_FALSE(got.has_value());

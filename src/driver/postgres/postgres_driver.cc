@@ -487,6 +487,11 @@ std::string_view BinaryBytes(const PGresult* r, int i, int c) {
   return {PQgetvalue(r, i, c), static_cast<size_t>(PQgetlength(r, i, c))};
 }
 
+// The id of job row `i`, which reads even when other columns do not.
+Result<int64_t> RowId(const PGresult* r, int i) {
+  return pg::BinaryInt({BinaryBytes(r, i, 0), "id"});
+}
+
 Result<JobRow> ReadRowValues(const PGresult* r, int i);
 
 // REQUIRES: CheckJobColumns(r). Internal error naming the job and the column when a value does
@@ -494,7 +499,7 @@ Result<JobRow> ReadRowValues(const PGresult* r, int i);
 Result<JobRow> ReadRow(const PGresult* r, int i) {
   Result<JobRow> row = ReadRowValues(r, i);
   if (row) return row;
-  Result<int64_t> id = pg::BinaryInt({BinaryBytes(r, i, 0), "id"});
+  Result<int64_t> id = RowId(r, i);
   return UnreadableRowError(id ? std::to_string(*id) : std::string("(no id)"), row.error());
 }
 
@@ -850,7 +855,7 @@ void GiveBackClaimed(Conn& c, const PGresult* r, TimePoint now, const pg::Statem
   const bool columns_ok = CheckJobColumns(r).ok();
   JobSetStateIfRunningManyParams back;
   for (int i = 0; i < PQntuples(r); ++i) {
-    Result<int64_t> id = pg::BinaryInt({BinaryBytes(r, i, 0), "id"});
+    Result<int64_t> id = RowId(r, i);
     if (!id) continue;
     const TimePoint at = columns_ok && ReadRow(r, i).has_value() ? now : now + kUnreadableRowDelay;
     back.jobs.push_back({.id = *id, .state = JobState::kScheduled, .at = at, .error = {}});

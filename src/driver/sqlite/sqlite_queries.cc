@@ -36,12 +36,18 @@ std::optional<TimePoint> OptionalTime(std::optional<int64_t> us) {
   return FromMicros(*us);
 }
 
+// Steps `stmt` to the end, copying every row into `raw`.
+Status StepInto(sqlite3_stmt* stmt, std::string_view context, RawJobRows* raw) {
+  int rc;
+  while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) raw->Append(stmt);
+  if (rc != SQLITE_DONE) return SqliteStatus(rc, sqlite3_db_handle(stmt), context);
+  return Status::Ok();
+}
+
 // Steps `stmt` to the end, decoding every row into `out`.
 Status ReadJobRows(sqlite3_stmt* stmt, std::string_view context, std::vector<JobRow>* out) {
   RawJobRows raw;
-  int rc;
-  while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) raw.Append(stmt);
-  if (rc != SQLITE_DONE) return SqliteStatus(rc, sqlite3_db_handle(stmt), context);
+  SPOOL_RETURN_IF_ERROR(StepInto(stmt, context, &raw));
   out->reserve(out->size() + raw.size());
   for (size_t i = 0; i < raw.size(); ++i) {
     SPOOL_ASSIGN_OR_RETURN(JobRow row, raw.Decode(i));
@@ -335,8 +341,7 @@ Result<RawJobRows> SqliteQueries::ClaimAvailable(const JobGetAvailableParams& pa
     if (rc == SQLITE_OK) rc = BindText(stmt, 2, params.queue);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int(stmt, 3, params.max);
     SPOOL_RETURN_IF_ERROR(CheckBind(rc, stmt));
-    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) rows.Append(stmt);
-    if (rc != SQLITE_DONE) return SqliteStatus(rc, cache_.db(), "fetch jobs");
+    SPOOL_RETURN_IF_ERROR(StepInto(stmt, "fetch jobs", &rows));
   }
   if (rows.empty()) return rows;  // the scope rolls back the read-only transaction
   {
@@ -587,9 +592,7 @@ Result<RawJobRows> SqliteQueries::WriteRaw(std::string_view sql, std::string_vie
   {
     StmtScope use(stmt);
     SPOOL_RETURN_IF_ERROR(CheckBind(bind(stmt), stmt));
-    int rc;
-    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) raw.Append(stmt);
-    if (rc != SQLITE_DONE) return SqliteStatus(rc, cache_.db(), context);
+    SPOOL_RETURN_IF_ERROR(StepInto(stmt, context, &raw));
   }
   SPOOL_RETURN_IF_ERROR(scope->Commit());
   return raw;
