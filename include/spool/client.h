@@ -133,7 +133,10 @@ class Client {
   // Hard stop at once: cancels running jobs' contexts, waits for them, writes outcomes.
   Status StopAndCancel();
 
-  // Inserts one job. InvalidArgument for bad options or args that are not a JSON object.
+  // Inserts one job. InvalidArgument for bad options or args that are not a JSON object. The job
+  // comes back running (attempt 1) when this client claimed it for a free worker as it was
+  // inserted (ClientOptions::claim_on_insert); InsertMany likewise, InsertManyFast and the Tx
+  // variants never.
   template <JobArgs A>
   Result<InsertResult> Insert(const A& args, InsertOptions options = {}) {
     return InsertRaw(InsertParams::From(args, std::move(options)));

@@ -182,6 +182,12 @@ struct ClientOptions {
   // PgBouncer in transaction mode, where LISTEN does not work; lower poll_interval to bound
   // pickup latency. Inserts in this process still wake its workers at once. Default: false.
   bool poll_only = false;
+  // A job inserted by this client (not inside the caller's transaction) into a queue it works,
+  // while a worker of that queue is free and no earlier job of the queue is known to wait, is
+  // claimed in the insert itself: Insert returns it running and a worker starts it at once,
+  // without a fetch. A job from another process that this client has not yet heard of may
+  // then start after it. false: every job waits for a fetch. Default: true.
+  bool claim_on_insert = true;
   // Apply missing migrations at Open instead of refusing to start. Default: false.
   bool auto_migrate = false;
   SqliteOptions sqlite{};

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <limits>
 
 #include "driver/sqlite/sqlite_driver.h"
@@ -40,7 +41,11 @@ Result<std::unique_ptr<Driver>> Driver::Open(std::string_view url, const DriverO
       url.substr(0, url.find(':'))));
 }
 
-Status CheckInsertRows(const std::vector<JobInsertParams>& jobs, int max_attempts_limit) {
+Status CheckInsertRows(const JobInsertManyParams& params, int max_attempts_limit,
+                       bool returns_rows) {
+  const auto& jobs = params.jobs;
+  const bool any_unique = std::any_of(
+      jobs.begin(), jobs.end(), [](const JobInsertParams& j) { return !j.unique_key.empty(); });
   for (size_t i = 0; i < jobs.size(); ++i) {
     const JobInsertParams& job = jobs[i];
     if (job.state != JobState::kAvailable && job.state != JobState::kScheduled &&
@@ -62,6 +67,18 @@ Status CheckInsertRows(const std::vector<JobInsertParams>& jobs, int max_attempt
     }
     if (job.kind.empty()) return Status::InvalidArgument(fmt::format("job {}: empty kind", i));
     if (job.queue.empty()) return Status::InvalidArgument(fmt::format("job {}: empty queue", i));
+    if (job.claim) {
+      if (job.state != JobState::kAvailable || any_unique) {
+        return Status::InvalidArgument(
+            fmt::format("job {}: only an available job in a batch without unique jobs can be "
+                        "claimed as it is inserted",
+                        i));
+      }
+      if (params.claim_for.empty() || !returns_rows) {
+        return Status::InvalidArgument(fmt::format(
+            "job {}: a job claimed as it is inserted needs a client id and the inserted rows", i));
+      }
+    }
   }
   return Status::Ok();
 }

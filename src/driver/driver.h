@@ -37,6 +37,11 @@ struct JobInsertParams {
   // insert returns that row (duplicate) instead of inserting.
   std::string unique_key{};
   uint8_t unique_states = 0;
+  // Claimed in the insert's own transaction for JobInsertManyParams::claim_for, unless the
+  // job's queue is paused then (it is inserted available): state running, attempt 1,
+  // attempted_at = now, attempted_by = [claim_for]. Only for available jobs in a batch without
+  // unique jobs, and only through JobInsertMany (the caller needs the rows to run them).
+  bool claim = false;
 };
 
 struct JobInsertResult {
@@ -46,7 +51,8 @@ struct JobInsertResult {
 
 struct JobInsertManyParams {
   std::vector<JobInsertParams> jobs{};
-  TimePoint now{};  // created_at of every row
+  TimePoint now{};          // created_at of every row
+  std::string claim_for{};  // the client id that rows with `claim` are claimed for
 };
 
 // Claims up to `max` available jobs of `queue` whose scheduled_at <= now, in order priority,
@@ -268,8 +274,11 @@ class Driver {
 // Checks of seam parameters shared by every driver, so all reject the same input with the same
 // InvalidArgument message.
 // Each insert row: state available/scheduled/pending, priority in range, non-empty kind and
-// queue, max_attempts from 1 to `max_attempts_limit` (what the driver's column holds).
-Status CheckInsertRows(const std::vector<JobInsertParams>& jobs, int max_attempts_limit);
+// queue, max_attempts from 1 to `max_attempts_limit` (what the driver's column holds); rows to
+// claim are available, in a batch without unique rows, with a client to be claimed for, and
+// `returns_rows`.
+Status CheckInsertRows(const JobInsertManyParams& params, int max_attempts_limit,
+                       bool returns_rows);
 // Each outcome's state is one a worker can set: completed, cancelled, discarded, retryable or
 // scheduled.
 Status CheckOutcomeStates(const std::vector<JobSetStateParams>& outcomes);

@@ -216,12 +216,30 @@ class Client::Impl {
     std::vector<InsertResult> out;
     if (fast) {
       SPOOL_ASSIGN_OR_RETURN(*count, ex.JobInsertManyFast(p));
-    } else {
-      SPOOL_ASSIGN_OR_RETURN(auto rows, ex.JobInsertMany(p));
-      out.reserve(rows.size());
-      for (auto& r : rows) out.push_back(InsertResult{std::move(r.job), r.duplicate});
+      if (wake) WakeQueues(p.jobs, nullptr);
+      return out;
     }
-    if (wake) WakeQueues(p.jobs);
+    // Not for the caller's transaction: its jobs exist only once the caller commits.
+    std::vector<Reservation> reserved;
+    if (wake && options_.claim_on_insert) reserved = ReserveForInsert(p);
+    auto rows = ex.JobInsertMany(p);
+    if (!rows) {
+      for (auto& r : reserved) r.runner->StartInserted({}, r.slots);
+      return rows.error();
+    }
+    for (auto& r : reserved) {
+      std::vector<JobRow> claimed;
+      for (size_t i = 0; i < p.jobs.size(); ++i) {
+        if (p.jobs[i].claim && p.jobs[i].queue == r.runner->name() &&
+            (*rows)[i].job.state == JobState::kRunning) {
+          claimed.push_back((*rows)[i].job);
+        }
+      }
+      r.runner->StartInserted(std::move(claimed), r.slots);
+    }
+    if (wake) WakeQueues(p.jobs, &*rows);
+    out.reserve(rows->size());
+    for (auto& r : *rows) out.push_back(InsertResult{std::move(r.job), r.duplicate});
     return out;
   }
 
@@ -286,14 +304,50 @@ class Client::Impl {
   enum class LifeState { kNew, kStarted, kStopped };
 
   // After an insert: other processes heard of it from the insert itself (the driver notifies in
-  // the insert's transaction), this one's producers are woken here.
-  void WakeQueues(const std::vector<internal::JobInsertParams>& jobs) {
+  // the insert's transaction), this one's producers are woken here, except for jobs the insert
+  // claimed (`rows`, when given, holds the inserted rows).
+  void WakeQueues(const std::vector<internal::JobInsertParams>& jobs,
+                  const std::vector<internal::JobInsertResult>* rows) {
     std::string_view last;
-    for (const auto& j : jobs) {
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      const auto& j = jobs[i];
       if (j.state != JobState::kAvailable || j.queue == last) continue;
+      if (j.claim && rows != nullptr && (*rows)[i].job.state == JobState::kRunning) continue;
       last = j.queue;
       WakeQueue(j.queue);
     }
+  }
+
+  struct Reservation {
+    internal::QueueRunner* runner;
+    int slots;
+  };
+
+  // Marks the jobs of `p` that go to a queue with free workers here to be claimed as they are
+  // inserted, best priority first, and reserves their slots. A runner stays alive while it has
+  // reserved slots: Stop joins it only once none is counted as busy.
+  std::vector<Reservation> ReserveForInsert(internal::JobInsertManyParams& p) {
+    std::vector<Reservation> out;
+    for (const auto& j : p.jobs) {
+      if (!j.unique_key.empty()) return out;  // claims only in batches without unique jobs
+    }
+    std::map<std::string_view, std::vector<size_t>> by_queue;
+    for (size_t i = 0; i < p.jobs.size(); ++i) {
+      if (p.jobs[i].state == JobState::kAvailable) by_queue[p.jobs[i].queue].push_back(i);
+    }
+    std::lock_guard lock(lifecycle_mu_runners_);
+    for (auto& [queue, idx] : by_queue) {
+      auto it = runners_.find(queue);
+      if (it == runners_.end()) continue;
+      const int n = it->second->ReserveForInsert(static_cast<int>(idx.size()));
+      if (n == 0) continue;
+      std::stable_sort(idx.begin(), idx.end(),
+                       [&](size_t a, size_t b) { return p.jobs[a].priority < p.jobs[b].priority; });
+      for (int k = 0; k < n; ++k) p.jobs[idx[static_cast<size_t>(k)]].claim = true;
+      out.push_back({it->second.get(), n});
+    }
+    if (!out.empty()) p.claim_for = client_id_;
+    return out;
   }
 
   void WakeAll() {

@@ -68,8 +68,30 @@ void QueueRunner::Wake() {
     std::lock_guard lock(mu_);
     wake_ = true;
     urgent_ = true;
+    drained_ = false;
   }
   producer_cv_.notify_one();
+}
+
+int QueueRunner::ReserveForInsert(int want) {
+  std::lock_guard lock(mu_);
+  if (!drained_ || stop_fetching_ || cancel_all_) return 0;
+  const int n = std::clamp(max_workers_ - busy_, 0, want);
+  busy_ += n;
+  return n;
+}
+
+void QueueRunner::StartInserted(std::vector<JobRow> claimed, int reserved) {
+  std::lock_guard lock(mu_);
+  const int got = static_cast<int>(claimed.size());
+  if (!claimed.empty()) {
+    AppendReadyLocked(std::move(claimed));
+    WakeWorkerLocked();
+  }
+  if (got < reserved) {
+    busy_ -= reserved - got;
+    SlotFreedLocked();
+  }
 }
 
 void QueueRunner::StopFetching() {
@@ -148,6 +170,7 @@ void QueueRunner::ProduceLoop() {
         {.queue = name_, .max = n, .client_id = env_.client_id, .now = env_.clock.Now()});
     lock.lock();
     if (!rows) {
+      drained_ = false;
       busy_ -= n;
       if (busy_ == 0) idle_cv_.notify_all();
       if (env_.logger) {
@@ -161,15 +184,9 @@ void QueueRunner::ProduceLoop() {
     const int got = static_cast<int>(rows->size());
     busy_ -= n - got;
     if (busy_ == 0) idle_cv_.notify_all();
-    if (!HasReadyLocked()) {
-      ready_.swap(*rows);
-    } else {
-      // Drop the rows already taken first, or under steady load (never drained) they would pile
-      // up; what is still waiting is at most a few batches.
-      ready_.erase(ready_.begin(), ready_.begin() + static_cast<std::ptrdiff_t>(ready_head_));
-      for (auto& row : *rows) ready_.push_back(std::move(row));
-    }
-    ready_head_ = 0;
+    // A wake during the fetch may be for jobs it did not see.
+    drained_ = got < n && !wake_;
+    AppendReadyLocked(std::move(*rows));
     // A full batch means more may be waiting: fetch again as soon as a slot frees.
     if (got == n) wake_ = true;
     WakeWorkerLocked();
@@ -260,6 +277,18 @@ void QueueRunner::WorkLoop() {
     --busy_;
     SlotFreedLocked();
   }
+}
+
+void QueueRunner::AppendReadyLocked(std::vector<JobRow> rows) {
+  if (!HasReadyLocked()) {
+    ready_.swap(rows);
+  } else {
+    // Drop the rows already taken first, or under steady load (never drained) they would pile
+    // up; what is still waiting is at most a few batches.
+    ready_.erase(ready_.begin(), ready_.begin() + static_cast<std::ptrdiff_t>(ready_head_));
+    for (auto& row : rows) ready_.push_back(std::move(row));
+  }
+  ready_head_ = 0;
 }
 
 void QueueRunner::WakeWorkerLocked() {

@@ -39,6 +39,14 @@ class QueueRunner {
   void Start();
   // Asks the producer to fetch now (jobs were inserted or became due).
   void Wake();
+  // Reserves up to `want` free worker slots for jobs about to be claimed as they are inserted:
+  // none while stopping or when available jobs may be waiting (the last fetch was full, or a
+  // wake came since), so such an insert never overtakes an earlier job. Every reserved slot is
+  // handed back by StartInserted.
+  int ReserveForInsert(int want);
+  // Runs `claimed` (rows the insert claimed for this client, at most `reserved`) and frees the
+  // rest of the `reserved` slots.
+  void StartInserted(std::vector<JobRow> claimed, int reserved);
   // Soft stop: no more fetches. Running and already-claimed jobs continue.
   void StopFetching();
   // Waits until no job is running or `deadline` passes; true if none is running.
@@ -69,6 +77,8 @@ class QueueRunner {
   // Called with mu_ held after a job finished: wakes the producer only when it is worth a fetch.
   void SlotFreedLocked();
   void WakeWorkerLocked();
+  // Queues claimed rows for the workers (their slots are already counted in busy_).
+  void AppendReadyLocked(std::vector<JobRow> rows);
   bool HasReadyLocked() const { return ready_head_ < ready_.size(); }
 
   const std::string name_;
@@ -86,11 +96,14 @@ class QueueRunner {
   // is larger than its 512-byte nodes). Guarded by mu_.
   std::vector<JobRow> ready_;
   size_t ready_head_ = 0;
-  int busy_ = 0;                         // claimed and not finished; guarded by mu_
-  int idle_workers_ = 0;                 // workers waiting on worker_cv_; guarded by mu_
-  int wakes_in_flight_ = 0;              // notify_one calls not yet consumed; guarded by mu_
-  bool wake_ = true;                     // guarded by mu_
-  bool urgent_ = true;                   // a wake from an insert: fetch without lingering
+  int busy_ = 0;             // claimed and not finished; guarded by mu_
+  int idle_workers_ = 0;     // workers waiting on worker_cv_; guarded by mu_
+  int wakes_in_flight_ = 0;  // notify_one calls not yet consumed; guarded by mu_
+  bool wake_ = true;         // guarded by mu_
+  bool urgent_ = true;       // a wake from an insert: fetch without lingering
+  // The last fetch got fewer jobs than it asked for and no wake came since: no available job
+  // of this queue is known to wait. Guarded by mu_.
+  bool drained_ = false;
   bool stop_fetching_ = false;           // guarded by mu_
   bool cancel_all_ = false;              // guarded by mu_
   bool exit_workers_ = false;            // guarded by mu_

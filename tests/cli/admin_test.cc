@@ -570,6 +570,9 @@ TEST(BenchTest, WorksEveryJobOnceAndReportsItsFigures) {
   EXPECT_EQ(j["insert_batch"], 700);  // five calls, the last one partial
   EXPECT_EQ(j["latency_jobs"], 40);
   EXPECT_EQ(j["job_timeout_s"], 60);
+  EXPECT_EQ(j["claim_on_insert"], true);
+  EXPECT_GE(j["latency_claimed_on_insert"].get<int>(), 0);
+  EXPECT_LE(j["latency_claimed_on_insert"].get<int>(), 40);
   EXPECT_EQ(j["verified"], true);
   EXPECT_GT(j["insert_jobs_per_sec"].get<int64_t>(), 0);
   EXPECT_GT(j["work_jobs_per_sec"].get<int64_t>(), 0);
@@ -591,6 +594,20 @@ TEST(BenchTest, WorksEveryJobOnceAndReportsItsFigures) {
     EXPECT_EQ(q.counts, (std::map<JobState, int64_t>{{JobState::kCompleted, 3040}}));
   }
   EXPECT_EQ(bench_queues, 1);
+}
+
+// With claims on insert off, every latency job is fetched: none comes back claimed.
+TEST(BenchTest, NoClaimOnInsertLeavesEveryLatencyJobToAFetch) {
+  TempDir dir;
+  const std::string url = "sqlite://" + (dir.path() / "bench.db").string();
+  CliRun r =
+      Spool({"bench", "--database-url", url, "--jobs", "200", "--workers", "4", "--latency-jobs",
+             "30", "--latency-rate", "2000", "--no-claim-on-insert", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  json j = ParseOut(r);
+  EXPECT_EQ(j["claim_on_insert"], false);
+  EXPECT_EQ(j["latency_claimed_on_insert"], 0);
+  EXPECT_EQ(j["verified"], true);
 }
 
 TEST(BenchTest, BadOptionsAreUsageErrorsAndTouchNoDatabase) {

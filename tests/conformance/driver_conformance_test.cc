@@ -417,6 +417,106 @@ TEST_P(DriverConformanceTest, FetchIncrementsAttemptAndRecordsClient) {
   EXPECT_EQ(stored.attempted_by, f2[0].attempted_by);
 }
 
+JobInsertParams Claimed(JobInsertParams p) {
+  p.claim = true;
+  return p;
+}
+
+TEST_P(DriverConformanceTest, InsertClaimsMarkedRowsForTheClient) {
+  JobInsertManyParams p =
+      Many({Claimed(Job("k", "q")), Job("k", "q"), Claimed(Job("k", "q2"))}, kT0 + seconds(5));
+  p.claim_for = "client-a";
+  CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(exec(), p));
+  ASSERT_EQ(rows.size(), 3u);
+  for (size_t i : {size_t{0}, size_t{2}}) {
+    EXPECT_EQ(rows[i].state, JobState::kRunning) << i;
+    EXPECT_EQ(rows[i].attempt, 1) << i;
+    EXPECT_EQ(rows[i].attempted_at, std::optional<TimePoint>(kT0 + seconds(5))) << i;
+    EXPECT_EQ(rows[i].attempted_by, std::vector<std::string>{"client-a"}) << i;
+    CONF_ASSIGN_OR_FAIL(JobRow stored, exec().JobGetByID(rows[i].id));
+    EXPECT_EQ(stored.state, JobState::kRunning) << i;
+    EXPECT_EQ(stored.attempt, 1) << i;
+    EXPECT_EQ(stored.attempted_at, rows[i].attempted_at) << i;
+    EXPECT_EQ(stored.attempted_by, rows[i].attempted_by) << i;
+    EXPECT_EQ(stored.scheduled_at, kT0) << i;
+  }
+  EXPECT_EQ(rows[1].state, JobState::kAvailable);
+  EXPECT_EQ(rows[1].attempt, 0);
+  EXPECT_TRUE(rows[1].attempted_by.empty());
+
+  // A fetch sees only the unclaimed row; the claimed ones complete like fetched ones.
+  CONF_ASSIGN_OR_FAIL(auto fetched, exec().JobGetAvailable(Fetch("q", 10, kT0 + seconds(6))));
+  EXPECT_EQ(Ids(fetched), std::vector<int64_t>{rows[1].id});
+  CONF_ASSIGN_OR_FAIL(auto none, exec().JobGetAvailable(Fetch("q2", 10, kT0 + seconds(6))));
+  EXPECT_TRUE(none.empty());
+  CONF_ASSIGN_OR_FAIL(int64_t n,
+                      exec().JobSetStateIfRunningMany(
+                          {{Outcome(rows[0].id, JobState::kCompleted, kT0 + seconds(7)),
+                            Outcome(rows[2].id, JobState::kCompleted, kT0 + seconds(7))}}));
+  EXPECT_EQ(n, 2);
+}
+
+TEST_P(DriverConformanceTest, InsertLeavesRowsOfAPausedQueueAvailable) {
+  CONF_ASSERT_OK(exec().QueuePause("paused", kT0));
+  JobInsertManyParams p = Many({Claimed(Job("k", "paused")), Claimed(Job("k", "q"))});
+  p.claim_for = "client-a";
+  CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(exec(), p));
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0].state, JobState::kAvailable);
+  EXPECT_EQ(rows[0].attempt, 0);
+  EXPECT_TRUE(rows[0].attempted_by.empty());
+  EXPECT_FALSE(rows[0].attempted_at.has_value());
+  EXPECT_EQ(rows[1].state, JobState::kRunning);
+  CONF_ASSIGN_OR_FAIL(JobRow stored, exec().JobGetByID(rows[0].id));
+  EXPECT_EQ(stored.state, JobState::kAvailable);
+  EXPECT_EQ(stored.attempt, 0);
+  CONF_ASSERT_OK(exec().QueueResume("paused", kT0));
+  CONF_ASSIGN_OR_FAIL(auto fetched, exec().JobGetAvailable(Fetch("paused", 10)));
+  EXPECT_EQ(Ids(fetched), std::vector<int64_t>{rows[0].id});
+}
+
+TEST_P(DriverConformanceTest, InsertClaimsInsideATransactionOnlyOnCommit) {
+  {
+    CONF_ASSIGN_OR_FAIL(auto tx, driver().Begin());
+    JobInsertManyParams p = Many({Claimed(Job("k", "q"))});
+    p.claim_for = "client-a";
+    CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(*tx, p));
+    ASSERT_EQ(rows.size(), 1u);
+    EXPECT_EQ(rows[0].state, JobState::kRunning);
+    CONF_ASSERT_OK(tx->Rollback());
+  }
+  CONF_ASSIGN_OR_FAIL(auto counts, exec().JobCountByState(""));
+  EXPECT_TRUE(counts.empty());
+}
+
+TEST_P(DriverConformanceTest, InsertRejectsClaimsItCannotHonour) {
+  auto rejected = [&](JobInsertManyParams p, bool fast) {
+    if (fast) {
+      auto r = exec().JobInsertManyFast(p);
+      return !r && r.error().IsInvalidArgument();
+    }
+    auto r = exec().JobInsertMany(p);
+    return !r && r.error().IsInvalidArgument();
+  };
+  JobInsertManyParams no_client = Many({Claimed(Job("k", "q"))});
+  EXPECT_TRUE(rejected(no_client, false));
+  JobInsertManyParams fast = Many({Claimed(Job("k", "q"))});
+  fast.claim_for = "client-a";
+  EXPECT_TRUE(rejected(fast, true));
+  JobInsertManyParams scheduled =
+      Many({Claimed(JobAt("q", kT0 + hours(1), 1, JobState::kScheduled))});
+  scheduled.claim_for = "client-a";
+  EXPECT_TRUE(rejected(scheduled, false));
+  JobInsertParams unique = Job("k", "q");
+  unique.unique_key = std::string(32, 'k');
+  unique.unique_states = 0xff;
+  JobInsertManyParams with_unique = Many({Claimed(Job("k", "q")), unique});
+  with_unique.claim_for = "client-a";
+  EXPECT_TRUE(rejected(with_unique, false));
+  CONF_ASSIGN_OR_FAIL(auto counts, exec().JobCountByState(""));
+  EXPECT_TRUE(counts.empty());
+}
+
 TEST_P(DriverConformanceTest, AttemptedByKeepsTheLast100Clients) {
   CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(exec(), Many({Job("k", "q")})));
   const int64_t id = rows[0].id;

@@ -7,11 +7,14 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <stop_token>
 #include <thread>
+#include <vector>
 
 #include "spool/spool.h"
 #include "support/test_util.h"
@@ -97,7 +100,6 @@ TEST_F(ClientTest, SuccessCompletesWithFinalizedAt) {
   EventLog log(*c);
   auto r = c->Insert(EmailArgs{"a@b.c"});
   ASSERT_TRUE(r.has_value());
-  EXPECT_EQ(r->job.state, JobState::kAvailable);
   EXPECT_EQ(r->job.kind, "email");
   ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobCompleted));
   JobRow j = Get(*c, r->job.id);
@@ -378,6 +380,85 @@ TEST_F(ClientTest, WorkerCanEnqueueFollowUpJobs) {
   ASSERT_TRUE(c->Insert(EmailArgs{"parent"}).has_value());
   ASSERT_TRUE(log.WaitForCount(Event::Kind::kJobCompleted, 2));
   EXPECT_TRUE(c->Stop(10s).ok());
+}
+
+TEST_F(ClientTest, InsertWithAFreeWorkerClaimsTheJobAndRunsItOnce) {
+  std::mutex mu;
+  std::map<std::string, int> runs;
+  behaviour_->fn = [&](JobContext&, const EmailArgs& a) {
+    std::lock_guard lock(mu);
+    ++runs[a.to];
+    return Outcome::Done();
+  };
+  auto c = Start(2);
+  EventLog log(*c);
+  // Whether an insert is claimed depends on the producer having seen the queue empty since its
+  // last wake-up (each commit of this process wakes it too), so try until one is.
+  std::optional<JobRow> claimed;
+  for (int i = 0; i < 200 && !claimed; ++i) {
+    auto r = c->Insert(EmailArgs{std::to_string(i)});
+    ASSERT_TRUE(r.has_value()) << r.error().ToString();
+    if (r->job.state == JobState::kRunning) claimed = r->job;
+    ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobCompleted));
+  }
+  ASSERT_TRUE(claimed.has_value()) << "no insert was claimed with a worker free";
+  EXPECT_EQ(claimed->attempt, 1);
+  EXPECT_EQ(claimed->attempted_by, std::vector<std::string>{c->client_id()});
+  ASSERT_TRUE(c->Stop(10s).ok());
+  JobRow done = Get(*c, claimed->id);
+  EXPECT_EQ(done.state, JobState::kCompleted);
+  EXPECT_EQ(done.attempt, 1);
+  std::lock_guard lock(mu);
+  for (const auto& [to, n] : runs) EXPECT_EQ(n, 1) << "job " << to;
+}
+
+TEST_F(ClientTest, InsertNeverOvertakesAJobWaitingForAWorker) {
+  Signal a_started, release_a;
+  std::mutex mu;
+  std::vector<std::string> order;
+  behaviour_->fn = [&](JobContext&, const EmailArgs& args) {
+    {
+      std::lock_guard lock(mu);
+      order.push_back(args.to);
+    }
+    if (args.to == "a") {
+      a_started.Notify();
+      release_a.WaitFor();
+    }
+    return Outcome::Done();
+  };
+  auto c = Start(1);
+  EventLog log(*c);
+  auto a = c->Insert(EmailArgs{"a"});
+  ASSERT_TRUE(a_started.WaitFor());
+  // The only worker is busy: b waits for a fetch.
+  auto b = c->Insert(EmailArgs{"b"});
+  ASSERT_TRUE(b.has_value());
+  EXPECT_EQ(b->job.state, JobState::kAvailable);
+  release_a.Notify();
+  // b is known to wait, so c is not claimed ahead of it, even once the worker is free.
+  auto c_job = c->Insert(EmailArgs{"c"});
+  ASSERT_TRUE(c_job.has_value());
+  ASSERT_TRUE(log.WaitForJob(c_job->job.id, Event::Kind::kJobCompleted));
+  ASSERT_TRUE(log.WaitForJob(b->job.id, Event::Kind::kJobCompleted));
+  ASSERT_TRUE(c->Stop(10s).ok());
+  std::lock_guard lock(mu);
+  EXPECT_EQ(order, (std::vector<std::string>{"a", "b", "c"}));
+}
+
+TEST_F(ClientTest, ClaimOnInsertOffLeavesEveryInsertForAFetch) {
+  auto o = Options(2);
+  o.claim_on_insert = false;
+  auto c = Open(o);
+  ASSERT_TRUE(c->Start().ok());
+  EventLog log(*c);
+  for (int i = 0; i < 20; ++i) {
+    auto r = c->Insert(EmailArgs{std::to_string(i)});
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(r->job.state, JobState::kAvailable);
+    ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobCompleted));
+  }
+  ASSERT_TRUE(c->Stop(10s).ok());
 }
 
 TEST_F(ClientTest, SoftStopLetsRunningJobsFinish) {

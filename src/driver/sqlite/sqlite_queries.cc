@@ -156,7 +156,8 @@ Result<sqlite3_stmt*> SqliteQueries::InsertStmt(int rows, bool returning) {
 Result<int64_t> SqliteQueries::Insert(const JobInsertManyParams& params,
                                       std::vector<JobInsertResult>* out) {
   const auto& jobs = params.jobs;
-  SPOOL_RETURN_IF_ERROR(CheckInsertRows(jobs, std::numeric_limits<int>::max()));
+  SPOOL_RETURN_IF_ERROR(
+      CheckInsertRows(params, std::numeric_limits<int>::max(), /*returns_rows=*/out != nullptr));
   const bool any_unique = std::any_of(
       jobs.begin(), jobs.end(), [](const JobInsertParams& j) { return !j.unique_key.empty(); });
   if (jobs.empty()) return int64_t{0};
@@ -186,14 +187,56 @@ Result<int64_t> SqliteQueries::Insert(const JobInsertManyParams& params,
     }
     inserted += static_cast<int64_t>(n);
   }
-  SPOOL_RETURN_IF_ERROR(scope->Commit());
   if (out != nullptr) {
     // RETURNING order is unspecified; ids grow in insertion (= input) order.
     std::sort(
         out->begin() + static_cast<std::ptrdiff_t>(first_out), out->end(),
         [](const JobInsertResult& a, const JobInsertResult& b) { return a.job.id < b.job.id; });
+    SPOOL_RETURN_IF_ERROR(ClaimInserted(params, out->data() + first_out));
   }
+  SPOOL_RETURN_IF_ERROR(scope->Commit());
   return inserted;
+}
+
+Status SqliteQueries::ClaimInserted(const JobInsertManyParams& params, JobInsertResult* rows) {
+  // The rows were inserted available in this transaction, so no other claim can have taken them;
+  // only a paused queue keeps them available.
+  static const std::string kClaim =
+      "UPDATE spool_job SET state = 'running', attempt = 1, attempted_at = ?1, "
+      "attempted_by = '[' || ?2 || ']' WHERE id IN (SELECT value FROM json_each(?3)) "
+      "AND NOT EXISTS (SELECT 1 FROM spool_queue WHERE name = spool_job.queue "
+      "AND paused_at IS NOT NULL) RETURNING id";
+  std::string ids = "[";
+  for (size_t i = 0; i < params.jobs.size(); ++i) {
+    if (!params.jobs[i].claim) continue;
+    if (ids.size() > 1) ids += ',';
+    ids += std::to_string(rows[i].job.id);
+  }
+  if (ids.size() == 1) return Status::Ok();
+  ids += ']';
+  const std::string client_json = nlohmann::json(params.claim_for).dump();
+  SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt, cache_.Get(kClaim));
+  StmtScope use(stmt);
+  int rc = sqlite3_bind_int64(stmt, 1, Micros(params.now));
+  if (rc == SQLITE_OK) rc = BindText(stmt, 2, client_json);
+  if (rc == SQLITE_OK) rc = BindText(stmt, 3, ids);
+  SPOOL_RETURN_IF_ERROR(CheckBind(rc, stmt));
+  std::vector<int64_t> claimed;
+  while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) claimed.push_back(sqlite3_column_int64(stmt, 0));
+  if (rc != SQLITE_DONE) return SqliteStatus(rc, cache_.db(), "claim inserted jobs");
+  std::sort(claimed.begin(), claimed.end());
+  for (size_t i = 0; i < params.jobs.size(); ++i) {
+    JobRow& row = rows[i].job;
+    if (!params.jobs[i].claim || !std::binary_search(claimed.begin(), claimed.end(), row.id)) {
+      continue;
+    }
+    // What the UPDATE wrote.
+    row.state = JobState::kRunning;
+    row.attempt = 1;
+    row.attempted_at = params.now;
+    row.attempted_by = {params.claim_for};
+  }
+  return Status::Ok();
 }
 
 Result<int64_t> SqliteQueries::InsertUnique(const JobInsertManyParams& params,

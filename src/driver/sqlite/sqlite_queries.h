@@ -105,6 +105,9 @@ class SqliteQueries {
   // Inserts; appends the rows to `out` when it is set (RETURNING), else only counts. Rows with a
   // unique key go to InsertUnique.
   Result<int64_t> Insert(const JobInsertManyParams& params, std::vector<JobInsertResult>* out);
+  // Claims the rows of `params.jobs` marked `claim` (rows[i] holds jobs[i], inserted in this
+  // transaction) unless their queue is paused, and updates `rows` to match.
+  Status ClaimInserted(const JobInsertManyParams& params, JobInsertResult* rows);
   // A batch with unique rows: the plain rows through the bulk path, then each unique row with
   // ON CONFLICT DO NOTHING, reading back the row holding the key when it is taken.
   Result<int64_t> InsertUnique(const JobInsertManyParams& params,
