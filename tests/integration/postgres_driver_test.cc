@@ -244,6 +244,32 @@ TEST_F(PostgresDriverTest, InsertsNotifyOtherProcessesThemselves) {
   EXPECT_FALSE(*own) << "this driver's own insert woke its listener";
 }
 
+// A job claimed by its own insert is for the inserting client only: no other process is told.
+TEST_F(PostgresDriverTest, InsertsOfClaimedJobsNotifyNobody) {
+  ASSERT_NE(driver_, nullptr);
+  std::unique_ptr<Driver> other = OpenAt(url_);
+  ASSERT_NE(other, nullptr);
+  auto first = other->WaitForChange(milliseconds(200));  // connects and listens
+  ASSERT_TRUE(first.has_value()) << first.error().ToString();
+  const auto other_wakes = [&]() -> bool {
+    auto woke = other->WaitForChange(milliseconds(300));
+    EXPECT_TRUE(woke.has_value()) << woke.error().ToString();
+    return woke.value_or(false);
+  };
+
+  JobInsertManyParams claimed = OneJob("q");
+  claimed.jobs[0].claim = true;
+  claimed.claim_for = "client-a";
+  auto rows = driver_->executor().JobInsertMany(claimed);
+  ASSERT_TRUE(rows.has_value()) << rows.error().ToString();
+  EXPECT_EQ((*rows)[0].job.state, JobState::kRunning);
+  EXPECT_FALSE(other_wakes()) << "a job claimed by its insert woke another process";
+
+  // The same insert unclaimed tells the others (no client has heartbeated: every queue).
+  ASSERT_TRUE(driver_->executor().JobInsertMany(OneJob("q")).has_value());
+  EXPECT_TRUE(other_wakes()) << "an unclaimed insert did not notify";
+}
+
 // Once a client has heartbeated, its pooled inserts NOTIFY only the queues another client works
 // (it wakes its own producers itself); a client that joins is heard of at once, and inserts on a
 // caller's connection always NOTIFY (that echo is its own process's wake-up).
