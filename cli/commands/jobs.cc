@@ -225,9 +225,14 @@ void RunList(const ListFlags& f) {
   auto client = OpenClient(f.url);
   auto jobs = client->JobList(params);
   if (!jobs) throw CommandError(jobs.error().message());
+  // A row that cannot be read comes back with only its id (an empty kind): shown as such, so the
+  // other rows still list and this one can be looked at and deleted.
+  const auto unreadable = [](const JobRow& job) { return job.kind.empty(); };
   if (f.json) {
     Json out = Json::array();
-    for (const auto& job : *jobs) out.push_back(JobToJson(job));
+    for (const auto& job : *jobs) {
+      out.push_back(unreadable(job) ? Json{{"id", job.id}, {"unreadable", true}} : JobToJson(job));
+    }
     fmt::print("{}\n", out.dump(2));
     return;
   }
@@ -238,6 +243,11 @@ void RunList(const ListFlags& f) {
   std::vector<std::vector<std::string>> rows = {
       {"ID", "KIND", "QUEUE", "STATE", "ATTEMPT", "PRI", "SCHEDULED_AT", "LAST ERROR"}};
   for (const auto& job : *jobs) {
+    if (unreadable(job)) {
+      rows.push_back({std::to_string(job.id), "(row cannot be read)", "", "", "", "", "",
+                      fmt::format("spool jobs show {} says why", job.id)});
+      continue;
+    }
     rows.push_back({std::to_string(job.id), job.kind, job.queue,
                     std::string(JobStateName(job.state)),
                     fmt::format("{}/{}", job.attempt, job.max_attempts),

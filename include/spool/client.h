@@ -157,7 +157,9 @@ class Client {
 
   // NotFound if there is no job with this id.
   Result<JobRow> JobGet(int64_t id);
-  // Jobs ordered by id, filtered; use the last id as after_id for the next page.
+  // Jobs ordered by id, filtered; use the last id as after_id for the next page. A row that cannot
+  // be read (edited by hand) comes back with only its id set and an empty kind: JobGet names what
+  // is wrong with it, JobDelete removes it.
   Result<std::vector<JobRow>> JobList(const JobListParams& params);
   // Number of jobs in each state (states with none are absent). Empty queue: all queues.
   Result<std::map<JobState, int64_t>> JobCountByState(std::string_view queue = {});

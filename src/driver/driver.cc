@@ -107,7 +107,7 @@ Status UnreadableRowError(std::string_view job, const Status& cause) {
   return Status::Internal(fmt::format("job {} cannot be read: {}", job, cause.message()));
 }
 
-JobRow DeletedRow(int64_t id, Result<JobRow> decoded) {
+JobRow RowOrIdOnly(int64_t id, Result<JobRow> decoded) {
   if (decoded) return std::move(*decoded);
   JobRow row;
   row.id = id;

@@ -171,6 +171,8 @@ class Executor {
   virtual Result<JobScheduleResult> JobSchedule(const JobScheduleParams& params) = 0;
   // NotFound naming the id.
   virtual Result<JobRow> JobGetByID(int64_t id) = 0;
+  // A row that cannot be read comes back with only its id set (kind empty; RowOrIdOnly), so one
+  // bad row does not hide the others and can be found and deleted.
   virtual Result<std::vector<JobRow>> JobList(const JobListParams& params) = 0;
   virtual Result<std::map<JobState, int64_t>> JobCountByState(std::string_view queue) = 0;
 
@@ -178,7 +180,7 @@ class Executor {
   virtual Result<JobRow> JobCancel(const JobCancelParams& params) = 0;
   virtual Result<JobRow> JobRetry(const JobRetryParams& params) = 0;
   // Deletes a job that is not running and returns it; FailedPrecondition when running. A row
-  // that cannot be read is deleted all the same and comes back with only its id (DeletedRow).
+  // that cannot be read is deleted all the same and comes back with only its id (RowOrIdOnly).
   virtual Result<JobRow> JobDelete(int64_t id) = 0;
   // Of `ids`, the jobs still running whose cancel was requested.
   virtual Result<std::vector<int64_t>> JobGetCancelRequested(const std::vector<int64_t>& ids) = 0;
@@ -295,9 +297,9 @@ Result<T> InColumn(std::string_view column, Result<T> r) {
 }
 Status UnreadableRowError(std::string_view job, const Status& cause);
 Status UnreadableClaimError(const Status& cause);
-// What a delete returns for job `id`: the deleted row, or, when it could not be read, a row with
-// only the id set (kind empty), because deleting is how such a row is got rid of.
-JobRow DeletedRow(int64_t id, Result<JobRow> decoded);
+// What a delete or a listing returns for job `id`: the row, or, when it could not be read, a row
+// with only the id set (kind empty), so that such a row can be seen and got rid of.
+JobRow RowOrIdOnly(int64_t id, Result<JobRow> decoded);
 
 // The embedded migrations of a driver kind ("sqlite" or "postgres") without opening a database;
 // nullptr for an unknown kind or one not built in. Each driver defines its own

@@ -346,6 +346,21 @@ TEST_F(AdminTest, DeleteRemovesARowThatCannotBeRead) {
   EXPECT_EQ(show.code, 1);
   EXPECT_NE(show.err.find("job " + sid + " cannot be read: column tags"), std::string::npos)
       << show.err;
+  // The listing still lists the other job, and this one by its id.
+  CliRun list = Run({"jobs", "list"});
+  ASSERT_EQ(list.code, 0) << list.err;
+  const size_t line = list.out.find("\n" + sid + " ");
+  ASSERT_NE(line, std::string::npos) << list.out;
+  EXPECT_EQ(list.out.find("(row cannot be read)"),
+            list.out.find_first_not_of(' ', line + 1 + sid.size()))
+      << list.out;
+  EXPECT_NE(list.out.find("spool jobs show " + sid + " says why"), std::string::npos) << list.out;
+  CliRun list_json = Run({"jobs", "list", "--json"});
+  ASSERT_EQ(list_json.code, 0) << list_json.err;
+  json listed = json::parse(list_json.out);
+  ASSERT_EQ(listed.size(), 2u);
+  EXPECT_EQ(listed[0], (json{{"id", id}, {"unreadable", true}}));
+  EXPECT_EQ(listed[1]["id"], other);
 
   CliRun del = Run({"jobs", "delete", sid});
   ASSERT_EQ(del.code, 0) << del.err;

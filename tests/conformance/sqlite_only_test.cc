@@ -168,6 +168,14 @@ TEST_F(SqliteOnlyTest, DeleteRemovesARowThatDoesNotDecode) {
   ASSERT_FALSE(got.has_value());
   EXPECT_NE(got.error().message().find("cannot be read: column errors"), std::string::npos)
       << got.error().ToString();
+  // A listing shows it by its id alone, and the rows around it in full.
+  CONF_ASSIGN_OR_FAIL(auto more, ex.JobInsertMany(OneJob("k2")));
+  CONF_ASSIGN_OR_FAIL(auto listed, ex.JobList({}));
+  ASSERT_EQ(listed.size(), 2u);
+  EXPECT_EQ(listed[0].id, id);
+  EXPECT_TRUE(listed[0].kind.empty());
+  EXPECT_EQ(listed[1].id, more[0].job.id);
+  EXPECT_EQ(listed[1].kind, "k2");
 
   CONF_ASSIGN_OR_FAIL(spool::JobRow deleted, ex.JobDelete(id));
   EXPECT_EQ(deleted.id, id);

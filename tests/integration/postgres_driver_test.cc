@@ -545,6 +545,17 @@ TEST_F(PostgresDriverTest, DeleteRemovesARowThatDoesNotRead) {
   ASSERT_FALSE(got.has_value());
   EXPECT_NE(got.error().message().find("cannot be read: column created_at"), std::string::npos)
       << got.error().ToString();
+  // A listing shows it by its id alone, and the rows around it in full.
+  auto more = driver_->executor().JobInsertMany(OneJob("q2"));
+  ASSERT_TRUE(more.has_value()) << more.error().ToString();
+  auto listed = driver_->executor().JobList({});
+  ASSERT_TRUE(listed.has_value()) << listed.error().ToString();
+  ASSERT_EQ(listed->size(), 2u);
+  EXPECT_EQ((*listed)[0].id, id);
+  EXPECT_TRUE((*listed)[0].kind.empty());
+  EXPECT_EQ((*listed)[1].id, (*more)[0].job.id);
+  EXPECT_EQ((*listed)[1].queue, "q2");
+  ASSERT_TRUE(driver_->executor().JobDelete((*more)[0].job.id).has_value());
 
   auto deleted = driver_->executor().JobDelete(id);
   ASSERT_TRUE(deleted.has_value()) << deleted.error().ToString();

@@ -996,7 +996,13 @@ Result<std::vector<JobRow>> ListOn(Conn& c, const JobListParams& p) {
                                                {states, p.queue, p.kind, std::to_string(p.after_id),
                                                 std::to_string(p.limit)},
                                                pg::Format::kBinary));
-  return ReadRows(res.get());
+  SPOOL_RETURN_IF_ERROR(CheckJobColumns(res.get()));
+  std::vector<JobRow> rows;
+  for (int i = 0; i < PQntuples(res.get()); ++i) {
+    SPOOL_ASSIGN_OR_RETURN(int64_t id, RowId(res.get(), i));
+    rows.push_back(RowOrIdOnly(id, ReadRow(res.get(), i)));
+  }
+  return rows;
 }
 
 Result<std::map<JobState, int64_t>> CountOn(Conn& c, std::string_view queue) {
@@ -1043,7 +1049,7 @@ Result<JobRow> DeleteOn(Conn& c, int64_t id) {
   SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query("spool_delete", DeleteSql(), {std::to_string(id)},
                                                pg::Format::kBinary));
   if (PQntuples(res.get()) == 0) return NotWritable(c, id, "delete");
-  return DeletedRow(id, ReadOneRow(res.get()));
+  return RowOrIdOnly(id, ReadOneRow(res.get()));
 }
 
 Result<std::vector<int64_t>> CancelRequestedOn(Conn& c, const std::vector<int64_t>& ids) {

@@ -603,8 +603,11 @@ Result<std::vector<JobRow>> SqliteQueries::JobList(const JobListParams& params) 
   if (rc == SQLITE_OK && !params.kind.empty()) rc = BindText(stmt, i++, params.kind);
   if (rc == SQLITE_OK) rc = sqlite3_bind_int(stmt, i++, params.limit);
   SPOOL_RETURN_IF_ERROR(CheckBind(rc, stmt));
+  RawJobRows raw;
+  SPOOL_RETURN_IF_ERROR(StepInto(stmt, "list jobs", &raw));
   std::vector<JobRow> rows;
-  SPOOL_RETURN_IF_ERROR(ReadJobRows(stmt, "list jobs", &rows));
+  rows.reserve(raw.size());
+  for (size_t r = 0; r < raw.size(); ++r) rows.push_back(RowOrIdOnly(raw.id(r), raw.Decode(r)));
   return rows;
 }
 
@@ -718,7 +721,7 @@ Result<JobRow> SqliteQueries::JobDelete(int64_t id) {
   SPOOL_ASSIGN_OR_RETURN(RawJobRows raw, WriteRaw(kSql, "delete job", [&](sqlite3_stmt* stmt) {
                            return sqlite3_bind_int64(stmt, 1, id);
                          }));
-  if (!raw.empty()) return DeletedRow(id, raw.Decode(0));
+  if (!raw.empty()) return RowOrIdOnly(id, raw.Decode(0));
   SPOOL_ASSIGN_OR_RETURN(JobRow job, JobGetByID(id));
   return Status::FailedPrecondition(fmt::format(
       "job {} is running: cancel it or wait for it to finish before deleting it", job.id));
