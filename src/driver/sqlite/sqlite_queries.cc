@@ -206,14 +206,12 @@ Status SqliteQueries::ClaimInserted(const JobInsertManyParams& params, JobInsert
       "attempted_by = '[' || ?2 || ']' WHERE id IN (SELECT value FROM json_each(?3)) "
       "AND NOT EXISTS (SELECT 1 FROM spool_queue WHERE name = spool_job.queue "
       "AND paused_at IS NOT NULL) RETURNING id";
-  std::string ids = "[";
+  std::vector<int64_t> to_claim;
   for (size_t i = 0; i < params.jobs.size(); ++i) {
-    if (!params.jobs[i].claim) continue;
-    if (ids.size() > 1) ids += ',';
-    ids += std::to_string(rows[i].job.id);
+    if (params.jobs[i].claim) to_claim.push_back(rows[i].job.id);
   }
-  if (ids.size() == 1) return Status::Ok();
-  ids += ']';
+  if (to_claim.empty()) return Status::Ok();
+  const std::string ids = nlohmann::json(to_claim).dump();
   const std::string client_json = nlohmann::json(params.claim_for).dump();
   SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt, cache_.Get(kClaim));
   StmtScope use(stmt);
