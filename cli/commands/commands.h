@@ -18,6 +18,29 @@ struct CommandError : std::runtime_error {
   int exit_code;
 };
 
+// Whole numbers of at least `min`, refused in words ("must be a whole number of 1 or more, got
+// 0"): CLI11's PositiveNumber prints its range as doubles up to 1.8e308.
+inline CLI::Validator WholeNumberFrom(long long min) {
+  return CLI::Validator(
+      [min](std::string& value) -> std::string {
+        long long n = 0;
+        size_t used = 0;
+        try {
+          n = std::stoll(value, &used);
+        } catch (const std::exception&) {
+          used = 0;
+        }
+        if (used == 0 || used != value.size()) {
+          return "\"" + value + "\" is not a whole number";
+        }
+        if (n < min) {
+          return "must be a whole number of " + std::to_string(min) + " or more, got " + value;
+        }
+        return {};
+      },
+      "INT>=" + std::to_string(min));
+}
+
 // The whole `spool` command: parses argv, runs the command, prints errors, returns the exit code.
 // main() is only this; tests call it too, so they exercise exactly what users run.
 int Run(int argc, char** argv);

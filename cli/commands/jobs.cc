@@ -29,8 +29,14 @@ constexpr const char* kUrlHelp =
 // Opens an insert-only client (no queues: nothing is fetched or worked by this process).
 std::unique_ptr<Client> OpenClient(const std::string& flag_url) {
   const std::string url = ResolveDatabaseUrl(flag_url);
+  RequireDatabaseFile(url);
   auto client = Client::Open(url, ClientOptions{});
   if (!client) {
+    if (client.error().IsFailedPrecondition() && AppWithoutQueueHere()) {
+      throw CommandError(fmt::format(
+          "{}\nthis app has no job queue yet: run spool gen queue, then spool migration up",
+          client.error().message()));
+    }
     // A malformed url is the caller's mistake; everything else (missing schema, cannot open) is
     // a failed operation.
     throw CommandError(client.error().message(),
@@ -438,9 +444,24 @@ void RunQueuesList(const std::string& url, bool json) {
 void RunQueuePause(const std::string& url, const std::string& name, bool pause) {
   if (Status st = ValidateQueueName(name); !st.ok()) throw CommandError(st.message(), kExitUsage);
   auto client = OpenClient(url);
+  // Pausing a queue before its first job is allowed (and is how a deploy holds one back), but a
+  // mistyped name would pass silently: say when the queue is new.
+  bool known = false;
+  if (auto queues = client->QueueList(); queues) {
+    known = std::any_of(queues->begin(), queues->end(),
+                        [&](const QueueInfo& q) { return q.name == name; });
+  }
   Status st = pause ? client->QueuePause(name) : client->QueueResume(name);
   if (!st.ok()) throw CommandError(st.message());
   fmt::print("{} queue {}\n", pause ? "paused" : "resumed", name);
+  if (!known) {
+    fmt::print(
+        "note: no job or process has used queue {} yet (spool queues list shows the "
+        "others); {}\n",
+        name,
+        pause ? fmt::format("it stays paused for when one does (spool queues resume {})", name)
+              : "nothing was paused");
+  }
 }
 
 }  // namespace
@@ -462,7 +483,7 @@ void RegisterJobs(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::Range(1, 10'000));
   list->add_option("--after", list_flags->after, "Only ids greater than this (next page)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(WholeNumberFrom(0));
   list->add_flag("--json", list_flags->json, "Print a JSON array of job objects");
   list->callback([list_flags] { RunList(*list_flags); });
 
@@ -470,7 +491,7 @@ void RegisterJobs(CLI::App& app) {
   auto show_id = std::make_shared<int64_t>(0);
   auto show_json = std::make_shared<bool>(false);
   auto* show = cmd->add_subcommand("show", "Show one job with its whole error history");
-  show->add_option("ID", *show_id, "Job id")->required()->check(CLI::PositiveNumber);
+  show->add_option("ID", *show_id, "Job id")->required()->check(WholeNumberFrom(1));
   show->add_option("--database-url", *show_url, kUrlHelp);
   show->add_flag("--json", *show_json, "Print the job as a JSON object");
   show->callback([show_url, show_id, show_json] { RunShow(*show_url, *show_id, *show_json); });
@@ -486,7 +507,7 @@ void RegisterJobs(CLI::App& app) {
       ->check(CLI::Range(kMinPriority, kMaxPriority));
   add->add_option("--max-attempts", add_flags->max_attempts, "Attempts before discarding")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(WholeNumberFrom(1));
   add->add_option("--schedule-in", add_flags->schedule_in,
                   "Run no earlier than this from now: 30s, 5m, 1h, 1h30m");
   add->add_option("--unique-by", add_flags->unique_by,
@@ -511,7 +532,7 @@ void RegisterJobs(CLI::App& app) {
     auto url = std::make_shared<std::string>();
     auto ids = std::make_shared<std::vector<int64_t>>();
     auto* sub = cmd->add_subcommand(spec.name, spec.help);
-    sub->add_option("ID", *ids, "Job ids")->required()->check(CLI::PositiveNumber);
+    sub->add_option("ID", *ids, "Job ids")->required()->check(WholeNumberFrom(1));
     sub->add_option("--database-url", *url, kUrlHelp);
     const Op op = spec.op;
     sub->callback([url, ids, op] { RunOp(op, *url, *ids); });

@@ -24,7 +24,7 @@ void PrintStatus(const std::string& url) {
   for (const auto& m : *infos) {
     if (m.applied) current = m.version;
   }
-  fmt::print("spool schema at {}: version {} of {}\n", url, current,
+  fmt::print("spool schema at {}: version {} of {}\n", UrlWithoutPassword(url), current,
              infos->empty() ? 0 : infos->back().version);
   for (const auto& m : *infos) {
     fmt::print("  {:>3}  {:<32} {}\n", m.version, m.name, m.applied ? "applied" : "pending");
@@ -78,11 +78,16 @@ void RegisterMigration(CLI::App& app) {
   up->add_option("--database-url", *url, url_help);
   up->add_option("--target", *target,
                  "Stop at this version (spool's version number; in an app, a timestamp)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(WholeNumberFrom(0));
   up->callback([url, target] {
     const std::string u = ResolveDatabaseUrl(*url);
     if (auto here = AppHere()) {
       AppMigrateUp(here->root, u, Target(*target));
+      if (AppWithoutQueueHere()) {
+        fmt::print(
+            "(this app has no job queue yet: spool gen queue adds it, then run spool "
+            "migration up again)\n");
+      }
       return;
     }
     Check(MigrateUp(u, SpoolTarget(*target)));
@@ -94,9 +99,10 @@ void RegisterMigration(CLI::App& app) {
   down->add_option("--target", *target,
                    "Revert down to this version; 0 removes spool's tables (in an app, a "
                    "timestamp; 0 reverts all)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(WholeNumberFrom(0));
   down->callback([url, target] {
     const std::string u = ResolveDatabaseUrl(*url);
+    RequireDatabaseFile(u);
     if (auto here = AppHere()) {
       AppMigrateDown(
           here->root, u,
@@ -112,9 +118,10 @@ void RegisterMigration(CLI::App& app) {
   status->callback([url] {
     const std::string u = ResolveDatabaseUrl(*url);
     if (auto here = AppHere()) {
-      AppMigrationStatus(here->root, u);
+      AppMigrationStatus(here->root, u);  // a database not created yet has every one pending
       return;
     }
+    RequireDatabaseFile(u);
     PrintStatus(u);
   });
 

@@ -4,6 +4,8 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <string_view>
+#include <system_error>
 
 #include "commands/commands.h"
 
@@ -64,6 +66,39 @@ std::string ResolveDatabaseUrl(const std::string& flag_value) {
       "no database url: pass --database-url URL (e.g. sqlite://app.db), set SPOOL_DATABASE_URL, "
       "or add database_url=... to .spoolrc in this directory",
       kExitUsage);
+}
+
+bool AppWithoutQueueHere() {
+  std::error_code ec;
+  const auto here = std::filesystem::current_path(ec);
+  return !ec && std::filesystem::exists(here / ".spoolrc", ec) &&
+         !std::filesystem::exists(here / "jobs/registry.h", ec);
+}
+
+bool DatabaseFileMissing(const std::string& url) {
+  constexpr std::string_view kSqlite = "sqlite://";
+  if (!url.starts_with(kSqlite)) return false;
+  const std::string path = url.substr(kSqlite.size());
+  // Empty and in-memory paths are for the driver to refuse with its own message.
+  if (path.empty() || path.find(":memory:") != std::string::npos) return false;
+  std::error_code ec;
+  return !std::filesystem::exists(path, ec) && !ec;
+}
+
+void RequireDatabaseFile(const std::string& url) {
+  if (!DatabaseFileMissing(url)) return;
+  const std::string path = url.substr(std::string_view("sqlite://").size());
+  std::error_code ec;
+  if (AppWithoutQueueHere()) {
+    throw CommandError(fmt::format(
+        "no database at {}: this app has no job queue yet; run spool gen queue, then spool "
+        "migration up",
+        path));
+  }
+  throw CommandError(fmt::format(
+      "no database at {} ({}): check the path; spool migration up --database-url {} creates a "
+      "new one",
+      path, std::filesystem::absolute(path, ec).string(), url));
 }
 
 }  // namespace spool::cli

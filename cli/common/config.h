@@ -22,4 +22,17 @@ std::optional<SpoolRc> ReadSpoolRc(const std::filesystem::path& dir);
 // database_url in ./.spoolrc. Throws CommandError (usage) saying where to put one if none is set.
 std::string ResolveDatabaseUrl(const std::string& flag_value);
 
+// True in an app folder (./.spoolrc) that has no job queue yet (no jobs/registry.h): what
+// `spool gen queue` sets up.
+bool AppWithoutQueueHere();
+
+// True when `url` is a SQLite URL naming a file that does not exist (yet).
+bool DatabaseFileMissing(const std::string& url);
+
+// Throws CommandError when `url` is a SQLite URL whose file does not exist, so that a command
+// which only reads or changes jobs leaves no empty database behind a mistyped path. The message
+// names the path and what creates a database (spool gen queue in an app without a queue, else
+// spool migration up).
+void RequireDatabaseFile(const std::string& url);
+
 }  // namespace spool::cli

@@ -16,6 +16,7 @@
 #endif
 
 #include "commands/commands.h"
+#include "common/config.h"
 #include "generator/names.h"
 #include "spool/client.h"
 
@@ -144,8 +145,11 @@ std::unique_ptr<AppDb> OpenAppDb(const std::string& url) {
     throw CommandError("this spool was built without PostgreSQL support");
 #endif
   }
+  // Only the scheme is quoted: the rest may hold a password.
   throw CommandError(
-      fmt::format("unsupported database url \"{}\": use sqlite://PATH or postgres://...", url));
+      fmt::format("unsupported database url \"{}:...\": use sqlite://PATH (sqlite:///abs/app.db or "
+                  "sqlite://relative.db) or postgres://user@host:port/db",
+                  url.substr(0, url.find(':'))));
 }
 
 // The Up and Down sections of a migration file (goose markers; no markers: all of it is Up).
@@ -358,9 +362,16 @@ void AppMigrateDown(const fs::path& root, const std::string& url,
 
 void AppMigrationStatus(const fs::path& root, const std::string& url) {
   const auto migrations = ListAppMigrations(root);
+  if (DatabaseFileMissing(url)) {  // status only reads: it must not create the file
+    fmt::print("app migrations at {} (no database yet: spool migration up creates it):\n",
+               UrlWithoutPassword(url));
+    if (migrations.empty()) fmt::print("  none in {}\n", kDir);
+    for (const auto& m : migrations) fmt::print("  {}  {:<40} pending\n", m.version, m.name);
+    return;
+  }
   auto db = OpenAppDb(url);
   const auto applied = Applied(*db);
-  fmt::print("app migrations at {}:\n", url);
+  fmt::print("app migrations at {}:\n", UrlWithoutPassword(url));
   if (migrations.empty()) fmt::print("  none in {}\n", kDir);
   for (const auto& m : migrations) {
     fmt::print("  {}  {:<40} {}\n", m.version, m.name,
@@ -388,11 +399,21 @@ void AppMigrationStatus(const fs::path& root, const std::string& url) {
 
 Generated PlanAppMigration(const fs::path& root, const std::string& name_input,
                            std::chrono::system_clock::time_point now) {
-  const JobName name = NormalizeJobName(name_input);
+  const JobName name = NormalizeJobName(name_input, "migration");
   Generated out(root);
   if (!name.note.empty()) out.notes.push_back(name.note);
   if (name.snake == kQueueName) {
     throw CommandError("setup_spool_queue is the name of spool gen queue's migration");
+  }
+  // Two migrations of one name would read as one in status output and history.
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(root / kDir, ec)) {
+    const std::string file = entry.path().filename().string();
+    if (file.size() == 15 + name.snake.size() + 4 && file.ends_with("_" + name.snake + ".sql")) {
+      throw CommandError(fmt::format(
+          "a migration named {} exists already ({}/{}): choose another name; nothing changed",
+          name.snake, kDir, file));
+    }
   }
   const std::string path =
       fmt::format("{}/{}_{}.sql", kDir, MigrationTimestamp(now, out.plan), name.snake);

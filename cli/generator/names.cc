@@ -46,15 +46,32 @@ constexpr std::string_view kKeywords[] = {"alignas",       "alignof",     "and",
                                           "using",         "virtual",     "void",
                                           "volatile",      "wchar_t",     "while",
                                           "xor",           "xor_eq",      "final",
-                                          "override",      "import",      "module",
-                                          "main"};
+                                          "override",      "import",      "module"};
+
+// Not keywords, but a job or type named after them is confusing enough to refuse.
+constexpr std::string_view kReservedWords[] = {"main"};
+
+// Target names CMake reserves: an app named after one configures but cannot build.
+constexpr std::string_view kCMakeReservedTargets[] = {"all",
+                                                      "clean",
+                                                      "help",
+                                                      "install",
+                                                      "preinstall",
+                                                      "edit_cache",
+                                                      "test",
+                                                      "package",
+                                                      "package_source",
+                                                      "rebuild_cache",
+                                                      "list_install_components"};
 
 bool IsLower(char c) { return c >= 'a' && c <= 'z'; }
 bool IsUpper(char c) { return c >= 'A' && c <= 'Z'; }
 bool IsDigit(char c) { return c >= '0' && c <= '9'; }
 
-[[noreturn]] void Refuse(std::string_view input, std::string_view why) {
-  throw CommandError(fmt::format("invalid job name \"{}\": {}; {}", input, why, kJobNameRule));
+[[noreturn]] void Refuse(std::string_view what, std::string_view input, std::string_view why) {
+  std::string rule(kJobNameRule);
+  if (what != "job") rule.replace(0, std::string_view("a job").size(), fmt::format("a {}", what));
+  throw CommandError(fmt::format("invalid {} name \"{}\": {}; {}", what, input, why, rule));
 }
 
 // SendEmail -> send_email, SyncAPI -> sync_api, HTMLParser -> html_parser.
@@ -79,38 +96,46 @@ std::string SnakeFromCamel(std::string_view s) {
 }  // namespace
 
 bool IsCppKeyword(std::string_view word) {
-  // "main" and the contextual final/override/import/module are not keywords, but a job or type
-  // named after them is confusing enough to refuse with the same rule.
+  // The contextual final/override/import/module are listed: a type named after them misleads.
   return std::find(std::begin(kKeywords), std::end(kKeywords), word) != std::end(kKeywords);
 }
 
-JobName NormalizeJobName(std::string_view input) {
-  if (input.empty()) Refuse(input, "it is empty");
+JobName NormalizeJobName(std::string_view input, std::string_view what) {
+  if (input.empty()) Refuse(what, input, "it is empty");
   if (input.find('/') != std::string_view::npos || input.find('\\') != std::string_view::npos ||
       input.find("..") != std::string_view::npos) {
-    Refuse(input, "a name, not a path, is expected");
+    Refuse(what, input, "a name, not a path, is expected");
   }
-  if (input.front() == '-') Refuse(input, "it looks like a flag");
+  if (input.front() == '-') Refuse(what, input, "it looks like a flag");
   for (const char c : input) {
     if (!IsLower(c) && !IsUpper(c) && !IsDigit(c) && c != '_' && c != '-') {
-      Refuse(input, fmt::format("'{}' is not allowed",
-                                c == ' ' ? std::string("space") : std::string(1, c)));
+      // A byte of a multi-byte UTF-8 character cannot be printed alone.
+      if (static_cast<unsigned char>(c) >= 0x80) Refuse(what, input, "only ASCII is allowed");
+      Refuse(
+          what, input,
+          fmt::format("'{}' is not allowed", c == ' ' ? std::string("space") : std::string(1, c)));
     }
   }
-  if (input.size() > 64) Refuse(input, "it is longer than 64 characters");
+  if (input.size() > 64) Refuse(what, input, "it is longer than 64 characters");
   std::string snake = SnakeFromCamel(input);
   std::replace(snake.begin(), snake.end(), '-', '_');
-  if (IsDigit(snake.front())) Refuse(input, "it starts with a digit");
-  if (snake.front() == '_') Refuse(input, "it starts with an underscore");
-  if (snake.back() == '_') Refuse(input, "it ends with an underscore");
+  if (IsDigit(snake.front())) Refuse(what, input, "it starts with a digit");
+  if (snake.front() == '_') Refuse(what, input, "it starts with an underscore");
+  if (snake.back() == '_') Refuse(what, input, "it ends with an underscore");
   if (snake.find("__") != std::string::npos) {
-    Refuse(input, "double underscores are reserved in C++");
+    Refuse(what, input, "double underscores are reserved in C++");
   }
-  if (IsCppKeyword(snake)) Refuse(input, fmt::format("\"{}\" is a C++ keyword", snake));
-  if (snake == "registry") Refuse(input, "\"registry\" is spool's own jobs/registry file");
+  if (IsCppKeyword(snake)) Refuse(what, input, fmt::format("\"{}\" is a C++ keyword", snake));
+  if (std::find(std::begin(kReservedWords), std::end(kReservedWords), snake) !=
+      std::end(kReservedWords)) {
+    Refuse(what, input, fmt::format("\"{}\" is reserved in C++", snake));
+  }
+  if (what == "job" && snake == "registry")
+    Refuse(what, input, "\"registry\" is spool's own jobs/registry file");
   JobName name{snake, {}};
   if (snake != input) {
-    name.note = fmt::format("job name \"{}\" was converted to \"{}\" (snake_case)", input, snake);
+    name.note =
+        fmt::format("{} name \"{}\" was converted to \"{}\" (snake_case)", what, input, snake);
   }
   return name;
 }
@@ -142,6 +167,13 @@ void ValidateAppName(std::string_view name) {
   bool ok = !name.empty() && name.size() <= 64 && IsLower(name.front());
   for (const char c : name) ok = ok && (IsLower(c) || IsDigit(c) || c == '_' || c == '-');
   if (!ok) throw CommandError(fmt::format("invalid app name \"{}\": {}", name, kRule));
+  if (std::find(std::begin(kCMakeReservedTargets), std::end(kCMakeReservedTargets), name) !=
+      std::end(kCMakeReservedTargets)) {
+    throw CommandError(fmt::format(
+        "invalid app name \"{}\": CMake reserves the target name \"{}\", so the app could not "
+        "be built; choose another (e.g. {}_app)",
+        name, name, name));
+  }
 }
 
 }  // namespace spool::cli

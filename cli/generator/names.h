@@ -19,8 +19,9 @@ inline constexpr std::string_view kJobNameRule =
 
 // Turns `input` into a snake_case job name: CamelCase and kebab-case are converted (with a note);
 // anything else that is not a valid identifier (empty, leading digit, keyword, path, spaces)
-// throws CommandError (exit 1) quoting the input and kJobNameRule.
-JobName NormalizeJobName(std::string_view input);
+// throws CommandError (exit 1) quoting the input and kJobNameRule. `what` names the thing in the
+// messages ("job", "migration"), which follow the same rule.
+JobName NormalizeJobName(std::string_view input, std::string_view what = "job");
 
 // The C++ type-name stem of a snake_case name, keeping common initialisms upper case:
 // send_email -> SendEmail, sync_api -> SyncAPI, html_url -> HTMLURL. Every generated type name
@@ -31,7 +32,8 @@ std::string CamelCase(std::string_view snake);
 bool IsCppKeyword(std::string_view word);
 
 // Checks an app name for `spool new`: a lowercase letter, then lowercase letters, digits, '_'
-// or '-'; at most 64 characters. Throws CommandError (exit 1) with the rule otherwise.
+// or '-'; at most 64 characters; not a target name CMake reserves (all, test, install, ...).
+// Throws CommandError (exit 1) with the rule otherwise.
 void ValidateAppName(std::string_view name);
 
 }  // namespace spool::cli

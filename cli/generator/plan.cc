@@ -179,6 +179,10 @@ void Plan::Apply(bool force) const {
           full.parent_path() / fmt::format(".{}.spool-tmp-{}", full.filename().string(), getpid());
       staged.emplace_back(tmp, full);
       WriteFileOrThrow(tmp, c.after);
+      if (c.before) {  // the rename must not reset the mode the user gave the file
+        const auto mode = fs::status(full, ec).permissions();
+        if (!ec) fs::permissions(tmp, mode, ec);
+      }
     }
   } catch (...) {
     undo_staging();

@@ -110,6 +110,9 @@ int RunServe(const AppInfo& app, bool no_build) {
     throw CommandError(fmt::format("{} not found: run spool serve without --no-build",
                                    fs::relative(binary, app.root, ec).string()));
   }
+  // The app reads the same URL the CLI uses: $SPOOL_DATABASE_URL when set, else .spoolrc's
+  // (whole, password included: generated source only holds it without one).
+  setenv("SPOOL_DATABASE_URL", app.database_url.c_str(), /*overwrite=*/0);
   fmt::print("spool serve: running {} (Ctrl-C stops it)\n", binary.string());
   std::fflush(stdout);
   return RunForeground({binary.string()}, app.root.string());

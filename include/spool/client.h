@@ -142,6 +142,11 @@ class Client {
     return InsertRaw(InsertParams::From(args, std::move(options)));
   }
   Result<InsertResult> InsertRaw(InsertParams params);
+  // OK when this client's worker for `kind` can run `args_json`, or when it has no worker for
+  // `kind` (another process may work it); InvalidArgument saying why otherwise. For untyped args
+  // (a request body, a command-line flag) to be refused before the insert rather than fail every
+  // attempt. Inserts do not call it: typed Insert cannot produce args its worker refuses.
+  Status CheckArgs(std::string_view kind, std::string_view args_json) const;
   // Inserts many jobs in as few statements as possible; all or none.
   Result<std::vector<InsertResult>> InsertMany(std::vector<InsertParams> params);
   // Like InsertMany but returns only the number inserted: the fastest path for bulk loads.
@@ -212,6 +217,10 @@ struct MigrationInfo {
 Status MigrateUp(std::string_view database_url, std::optional<int> target = std::nullopt);
 Status MigrateDown(std::string_view database_url, std::optional<int> target = std::nullopt);
 Result<std::vector<MigrationInfo>> MigrationStatus(std::string_view database_url);
+// `database_url` as it may be shown or logged: postgres://user:secret@host/db ->
+// postgres://user@host/db, and a password=... query parameter dropped. Other URLs unchanged.
+std::string UrlWithoutPassword(std::string_view database_url);
+
 // The DDL of spool's migrations for a driver ("sqlite" or "postgres"), for generators.
 Result<std::vector<std::pair<std::string, std::string>>> MigrationSql(std::string_view driver,
                                                                       bool up);

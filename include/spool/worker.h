@@ -102,6 +102,8 @@ class WorkerBase {
   virtual std::optional<Duration> Timeout(const JobRow& /*job*/) const { return std::nullopt; }
   // Backoff after a failed attempt; nullopt uses the client's retry policy.
   virtual std::optional<Duration> NextRetry(const JobRow& /*job*/) const { return std::nullopt; }
+  // OK when `args_json` is args this worker can run; InvalidArgument saying why otherwise.
+  virtual Status CheckArgs(std::string_view /*args_json*/) const { return Status::Ok(); }
 };
 
 // Base class for a job's worker:
@@ -119,12 +121,25 @@ class Worker : public WorkerBase {
   std::string_view Kind() const final { return A::kKind; }
   Outcome WorkJob(JobContext& ctx) final {
     A args;
-    try {
-      args = nlohmann::json::parse(ctx.job().args).template get<A>();
-    } catch (const std::exception& e) {
-      return Outcome::Fail("cannot parse args of kind " + std::string(A::kKind) + ": " + e.what());
+    if (Status parsed = Parse(ctx.job().args, args); !parsed.ok()) {
+      return Outcome::Fail(parsed.message());
     }
     return Work(ctx, args);
+  }
+  Status CheckArgs(std::string_view args_json) const final {
+    A args;
+    return Parse(args_json, args);
+  }
+
+ private:
+  static Status Parse(std::string_view json, A& out) {
+    try {
+      out = nlohmann::json::parse(json).template get<A>();
+    } catch (const std::exception& e) {
+      return Status::InvalidArgument("cannot parse args of kind " + std::string(A::kKind) + ": " +
+                                     e.what());
+    }
+    return Status::Ok();
   }
 };
 

@@ -36,9 +36,11 @@ Result<std::unique_ptr<Driver>> Driver::Open(std::string_view url, const DriverO
         "this build of spool has no PostgreSQL driver: rebuild with -DSPOOL_WITH_POSTGRES=ON");
 #endif
   }
-  return Status::InvalidArgument(fmt::format(
-      "unsupported database url \"{}\": use sqlite://PATH or postgres://user@host:port/db",
-      url.substr(0, url.find(':'))));
+  // Only the scheme is quoted: the rest may hold a password.
+  return Status::InvalidArgument(
+      fmt::format("unsupported database url \"{}:...\": use sqlite://PATH (sqlite:///abs/app.db or "
+                  "sqlite://relative.db) or postgres://user@host:port/db",
+                  url.substr(0, url.find(':'))));
 }
 
 Status CheckInsertRows(const JobInsertManyParams& params, int max_attempts_limit,

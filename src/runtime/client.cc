@@ -296,6 +296,7 @@ class Client::Impl {
   }
 
   Driver& driver() { return *driver_; }
+  const Workers& workers() const { return workers_; }
   const ClientOptions& options() const { return options_; }
   const std::string& client_id() const { return client_id_; }
   std::atomic<int> next_subscription_{1};
@@ -469,6 +470,8 @@ Result<std::unique_ptr<Client>> Client::Open(std::string_view database_url, Clie
                                                                      .listen = !options.poll_only,
                                                                  }));
   SPOOL_ASSIGN_OR_RETURN(const int version, driver->SchemaVersion());
+  // The messages below name the database and the command that fixes it, never a password.
+  const std::string shown_url = UrlWithoutPassword(database_url);
   const int latest = internal::LatestVersion(*driver);
   if (version < latest && options.auto_migrate) {
     SPOOL_RETURN_IF_ERROR(driver->MigrateUp(latest));
@@ -476,17 +479,17 @@ Result<std::unique_ptr<Client>> Client::Open(std::string_view database_url, Clie
     return Status::FailedPrecondition(fmt::format(
         "the database at {} has no spool tables: run `spool migration up --database-url {}` "
         "(or set ClientOptions.auto_migrate)",
-        database_url, database_url));
+        shown_url, shown_url));
   } else if (version < latest) {
     return Status::FailedPrecondition(fmt::format(
         "the spool schema at {} is at version {}, this spool needs {}: run `spool migration up "
         "--database-url {}`",
-        database_url, version, latest, database_url));
+        shown_url, version, latest, shown_url));
   } else if (version > latest) {
     return Status::FailedPrecondition(fmt::format(
         "the spool schema at {} is at version {}, newer than this spool knows ({}): upgrade "
         "spool, or run `spool migration down` with the newer spool to go back to {}",
-        database_url, version, latest, latest));
+        shown_url, version, latest, latest));
   }
   auto impl = std::make_unique<Impl>(std::move(driver), std::move(options), std::move(workers));
   return std::unique_ptr<Client>(new Client(std::move(impl)));
@@ -507,6 +510,11 @@ Result<InsertResult> Client::InsertRaw(InsertParams params) {
   v.push_back(std::move(params));
   SPOOL_ASSIGN_OR_RETURN(auto out, InsertMany(std::move(v)));
   return std::move(out.front());
+}
+
+Status Client::CheckArgs(std::string_view kind, std::string_view args_json) const {
+  const WorkerBase* worker = impl_->workers().Find(kind);
+  return worker == nullptr ? Status::Ok() : worker->CheckArgs(args_json);
 }
 
 Result<std::vector<InsertResult>> Client::InsertMany(std::vector<InsertParams> params) {

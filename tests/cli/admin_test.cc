@@ -252,6 +252,52 @@ TEST_F(AdminTest, BadUsageExitsTwo) {
   EXPECT_TRUE(AllJobs().empty());
 }
 
+TEST_F(AdminTest, BadNumbersAreRefusedInWords) {
+  CliRun r = Run({"jobs", "add", "k", "--max-attempts", "0"});
+  EXPECT_EQ(r.code, kExitUsage);
+  EXPECT_NE(r.err.find("must be a whole number of 1 or more, got 0"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("e+308"), std::string::npos) << r.err;
+  r = Run({"jobs", "show", "abc"});
+  EXPECT_EQ(r.code, kExitUsage);
+  EXPECT_NE(r.err.find("\"abc\" is not a whole number"), std::string::npos) << r.err;
+  r = Run({"jobs", "list", "--after", "-1"});
+  EXPECT_EQ(r.code, kExitUsage);
+  EXPECT_NE(r.err.find("must be a whole number of 0 or more"), std::string::npos) << r.err;
+}
+
+TEST_F(AdminTest, CommandsOnAMistypedPathCreateNoDatabase) {
+  namespace fs = std::filesystem;
+  const fs::path typo = dir_.path() / "ap.db";
+  const std::string typo_url = "sqlite://" + typo.string();
+  for (const std::vector<std::string>& args :
+       std::vector<std::vector<std::string>>{{"jobs", "list"},
+                                             {"jobs", "show", "1"},
+                                             {"jobs", "add", "k"},
+                                             {"queues", "list"},
+                                             {"migration", "status"},
+                                             {"migration", "down"}}) {
+    std::vector<std::string> with_url = args;
+    with_url.insert(with_url.end(), {"--database-url", typo_url});
+    CliRun r = Spool(with_url);
+    EXPECT_EQ(r.code, kExitFailed) << args[0] << " " << args[1] << ": " << r.err;
+    EXPECT_NE(r.err.find("no database at " + typo.string()), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("spool migration up"), std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(typo)) << args[0] << " " << args[1] << " created the file";
+  }
+}
+
+TEST_F(AdminTest, PausingAQueueNoJobHasUsedSaysSo) {
+  Add({"k", "--queue", "alpha"});
+  CliRun r = Run({"queues", "pause", "alpah"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("paused queue alpah\nnote: no job or process has used queue alpah yet"),
+            std::string::npos)
+      << r.out;
+  r = Run({"queues", "pause", "alpha"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "paused queue alpha\n");
+}
+
 TEST_F(AdminTest, BogusStateListsValidStates) {
   CliRun r = Run({"jobs", "list", "--state", "bogus"});
   EXPECT_EQ(r.code, kExitUsage);

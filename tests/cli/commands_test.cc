@@ -205,6 +205,42 @@ TEST_F(CommandsTest, ServeRunsTheAppAndReturnsItsExitCode) {
   EXPECT_NE(r.err.find("demo exited with code 7"), std::string::npos) << r.err;
 }
 
+TEST_F(CommandsTest, AnAppWithoutAQueueSaysToGenerateOne) {
+  NewApp();
+  CliRun r = Spool({"migration", "status"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("no database yet"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(app() / "app.db"));  // status only reads
+  r = Spool({"jobs", "list"});
+  EXPECT_EQ(r.code, kExitFailed);
+  EXPECT_NE(r.err.find("this app has no job queue yet; run spool gen queue"), std::string::npos)
+      << r.err;
+  r = Spool({"migration", "up"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("this app has no job queue yet: spool gen queue adds it"), std::string::npos)
+      << r.out;
+  r = Spool({"jobs", "list"});  // the database exists now, without spool's tables
+  EXPECT_EQ(r.code, kExitFailed);
+  EXPECT_NE(
+      r.err.find("this app has no job queue yet: run spool gen queue, then spool migration up"),
+      std::string::npos)
+      << r.err;
+}
+
+TEST_F(CommandsTest, MigrationNamesFollowTheRuleAndAreNotRepeated) {
+  NewApp();
+  CliRun r = Spool({"migration", "create", "Add Users"});
+  EXPECT_EQ(r.code, kExitFailed);
+  EXPECT_NE(r.err.find("invalid migration name \"Add Users\""), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("a migration name is a snake_case"), std::string::npos) << r.err;
+  ASSERT_EQ(Spool({"migration", "create", "add_users"}).code, 0);
+  const auto before = Snapshot(app());
+  r = Spool({"migration", "create", "AddUsers"});
+  EXPECT_EQ(r.code, kExitFailed);
+  EXPECT_NE(r.err.find("a migration named add_users exists already"), std::string::npos) << r.err;
+  EXPECT_EQ(Snapshot(app()), before);
+}
+
 TEST_F(CommandsTest, AppMigrationsRunInOrderTrackedAndRevert) {
   NewApp();
   ASSERT_EQ(Spool({"gen", "queue"}).code, 0);

@@ -242,6 +242,11 @@ void RunFlow(const std::string& db, const std::string& url) {
       Curl({"-d", "{\"message\":\"hi\"}", base + "/jobs/send_email"}, tmp.path, log);
   ASSERT_EQ(inserted.rfind("{\"id\":", 0), 0u) << inserted << fail_log();
   const int64_t http_id = std::stoll(inserted.substr(6));
+  // Args the worker cannot read are refused by the route, not inserted to fail every attempt.
+  const std::string refused =
+      Curl({"-d", "{\"to\":\"x\"}", base + "/jobs/send_email"}, tmp.path, log);
+  EXPECT_NE(refused.find("cannot parse args of kind send_email"), std::string::npos)
+      << refused << fail_log();
 
   const fs::path add_out = tmp.path / "add.json";
   ASSERT_EQ(

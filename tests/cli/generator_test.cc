@@ -116,6 +116,26 @@ TEST_F(GeneratorTest, NewRecordsDbKindAndUrlInSpoolrc) {
   EXPECT_EQ(sqlite.database_url, "sqlite://app.db");
 }
 
+TEST_F(GeneratorTest, GeneratedSourceHoldsTheUrlEscapedAndWithoutItsPassword) {
+  NewOptions options;
+  options.name = "shop";
+  options.db = DbKind::kPostgres;
+  options.database_url =
+      "postgres://u:se\\cret@127.0.0.1:5432/sh\\nop\"x?password=p2&sslmode=disable";
+  options.dir = root();
+  PlanNew(options).plan.Apply(false);
+  const AppInfo app = LoadApp(root());
+  EXPECT_EQ(app.database_url, options.database_url);  // .spoolrc keeps the whole URL
+  Queue(app).plan.Apply(false);
+  const std::string main = Read("src/main.cpp");
+  EXPECT_NE(main.find(R"(: "postgres://u@127.0.0.1:5432/sh\\nop\"x?sslmode=disable";)"),
+            std::string::npos)
+      << main;
+  EXPECT_EQ(main.find("cret"), std::string::npos);
+  EXPECT_EQ(main.find("p2"), std::string::npos);
+  EXPECT_EQ(Read("README.md").find("cret"), std::string::npos);
+}
+
 TEST_F(GeneratorTest, NewRefusesANonEmptyFolder) {
   WriteText(root() / "mine.txt", "x");
   NewOptions options;
@@ -189,6 +209,22 @@ TEST_F(GeneratorTest, SecondQueueIsRefusedAndChangesNothing) {
   const AppInfo app = NewApp();
   Queue(app).plan.Apply(false);
   ExpectRefused([&] { Queue(app); }, "queue already set up (jobs/registry.h exists)");
+}
+
+TEST_F(GeneratorTest, QueueOnAnAppThatLostItsWiringPointsAtForce) {
+  const AppInfo app = NewApp();
+  Queue(app).plan.Apply(false);
+  PlanJob(app, "send_email", std::nullopt, false).plan.Apply(false);
+  // `spool new --force` over the app: main.cpp and CMakeLists.txt as first generated.
+  NewOptions options;
+  options.name = "demo";
+  options.dir = root();
+  options.force = true;
+  PlanNew(options).plan.Apply(true);
+  ExpectRefused([&] { Queue(app); }, "src/main.cpp does not use it: run spool gen queue --force");
+  Queue(app, /*force=*/true).plan.Apply(true);
+  EXPECT_NE(Read("src/main.cpp").find("spool::Client::Open("), std::string::npos);
+  EXPECT_NE(Read("jobs/registry.cc").find("SendEmailWorker"), std::string::npos);
 }
 
 TEST_F(GeneratorTest, QueueWithForceRefreshesTheRegistryWithoutWiringTwice) {
@@ -312,6 +348,13 @@ TEST_F(GeneratorTest, JobRefusals) {
   for (const char* bad : {"9lives", "class", "../x", "a b", ""}) {
     ExpectRefused([&] { PlanJob(app, bad, std::nullopt, false); }, "snake_case C++ identifier");
   }
+  // Another name with the same C++ types would not compile.
+  PlanJob(app, "sync_api", std::nullopt, false).plan.Apply(false);
+  ExpectRefused(
+      [&] { PlanJob(app, "sync_a_p_i", std::nullopt, false); },
+      "gives the C++ types SyncAPIArgs and SyncAPIWorker, which job sync_api already has");
+  ExpectRefused([&] { PlanJob(app, "sync_a_p_i", std::string("* * * * *"), false); },
+                "which job sync_api already has (jobs/sync_api.h)");
 }
 
 TEST_F(GeneratorTest, ForceRewritesAJobAsAnEdit) {

@@ -55,7 +55,7 @@ INSTANTIATE_TEST_SUITE_P(
                       NameCase{"", nullptr, false}, NameCase{"-x", nullptr, false},
                       NameCase{"send__email", nullptr, false}, NameCase{"_send", nullptr, false},
                       NameCase{"send_", nullptr, false}, NameCase{"send.email", nullptr, false},
-                      NameCase{"registry", nullptr, false}),
+                      NameCase{"registry", nullptr, false}, NameCase{"main", nullptr, false}),
     // Stable, readable names: the index plus the input's identifier characters. Without this
     // GoogleTest names the cases by the struct's raw bytes, pointers included.
     [](const ::testing::TestParamInfo<NameCase>& param_info) {
@@ -94,6 +94,16 @@ TEST(AppNameTest, AcceptsKebabAndSnakeRefusesOthers) {
   for (const char* bad : {"", "Shop", "9shop", "../shop", "a b", "-x", "shop/x"}) {
     EXPECT_THROW(ValidateAppName(bad), CommandError) << bad;
   }
+  // Names CMake reserves for its own targets: the app would configure but not build.
+  for (const char* reserved : {"all", "test", "install", "help", "clean", "package"}) {
+    try {
+      ValidateAppName(reserved);
+      ADD_FAILURE() << reserved << " was accepted";
+    } catch (const CommandError& e) {
+      EXPECT_NE(std::string(e.what()).find("CMake reserves"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_NO_THROW(ValidateAppName("tests"));
 }
 
 }  // namespace

@@ -37,6 +37,20 @@ TEST(PlanTest, AppliesAllFilesWithNoTempFilesLeft) {
   EXPECT_EQ(Snapshot(dir.path()).size(), 4u);  // a.txt, deep, deep/new, deep/new/b.txt
 }
 
+TEST(PlanTest, AnEditKeepsTheFileMode) {
+  TempDir dir;
+  const auto path = dir.path() / "run.sh";
+  WriteText(path, "one\n");
+  namespace fs = std::filesystem;
+  fs::permissions(path, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec);
+  Plan plan(dir.path());
+  plan.Edit("run.sh", "one\n", "two\n");
+  plan.Apply(false);
+  EXPECT_EQ(Slurp(path), "two\n");
+  EXPECT_EQ(fs::status(path).permissions(),
+            fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec);
+}
+
 TEST(PlanTest, RefusesToOverwriteWithoutForceAndWritesNothing) {
   TempDir dir;
   WriteText(dir.path() / "exists.txt", "keep\n");

@@ -123,6 +123,19 @@ std::multiset<std::string> ThreadNames() {
   return names;
 }
 
+TEST_F(ClientTest, CheckArgsAsksTheKindsWorker) {
+  auto c = Open(Options());
+  ASSERT_TRUE(c);
+  EXPECT_TRUE(c->CheckArgs("email", R"({"to":"a@b"})").ok());
+  const Status missing = c->CheckArgs("email", R"({"message":"hi"})");
+  EXPECT_TRUE(missing.IsInvalidArgument()) << missing.ToString();
+  EXPECT_NE(missing.message().find("cannot parse args of kind email"), std::string::npos)
+      << missing.ToString();
+  EXPECT_TRUE(c->CheckArgs("email", "not json").IsInvalidArgument());
+  // No worker here for the kind: another process may work it, so nothing is refused.
+  EXPECT_TRUE(c->CheckArgs("other", "not json").ok());
+}
+
 TEST_F(ClientTest, ThreadsAreNamedForWhatTheyDo) {
   std::string worker_name;
   behaviour_->fn = [&](JobContext&, const EmailArgs&) {

@@ -105,6 +105,16 @@ TEST(JobStateTest, NamesRoundTripAndUnknownListsValid) {
   EXPECT_FALSE(IsFinalState(JobState::kRetryable));
 }
 
+TEST(UrlWithoutPasswordTest, DropsOnlyThePassword) {
+  EXPECT_EQ(UrlWithoutPassword("postgres://u:pw@h:5432/db"), "postgres://u@h:5432/db");
+  EXPECT_EQ(UrlWithoutPassword("postgresql://u@h/db?password=x"), "postgresql://u@h/db");
+  EXPECT_EQ(UrlWithoutPassword("postgres://h/db?a=1&password=x&b=2"), "postgres://h/db?a=1&b=2");
+  EXPECT_EQ(UrlWithoutPassword("postgres://u:p@ss@h/db"), "postgres://u@h/db");
+  EXPECT_EQ(UrlWithoutPassword("postgres://127.0.0.1:5432/db"), "postgres://127.0.0.1:5432/db");
+  EXPECT_EQ(UrlWithoutPassword("sqlite://u:x@y.db?password=z"), "sqlite://u:x@y.db?password=z");
+  EXPECT_EQ(UrlWithoutPassword("sqlite://app.db"), "sqlite://app.db");
+}
+
 TEST(FormatTimeTest, Rfc3339WithMicros) {
   EXPECT_EQ(FormatTime(TimePoint(Duration(1'700'000'000'123'456))), "2023-11-14T22:13:20.123456Z");
   EXPECT_EQ(FormatTime(TimePoint(Duration(-1))), "1969-12-31T23:59:59.999999Z");
