@@ -174,7 +174,10 @@ std::optional<Duration> ParseDuration(std::string_view text) {
     const size_t unit_begin = i;
     while (i < text.size() && (text[i] < '0' || text[i] > '9')) ++i;
     const std::string_view unit = text.substr(unit_begin, i - unit_begin);
-    if (unit == "h") {
+    if (unit == "d") {
+      if (n > 1'000'000) return std::nullopt;  // days in microseconds would overflow sooner
+      total += std::chrono::days(n);
+    } else if (unit == "h") {
       total += std::chrono::hours(n);
     } else if (unit == "m") {
       total += std::chrono::minutes(n);
@@ -314,10 +317,11 @@ void RunAdd(const AddFlags& f) {
   if (!f.schedule_in.empty()) {
     const auto delay = ParseDuration(f.schedule_in);
     if (!delay) {
-      throw CommandError(fmt::format("--schedule-in \"{}\" is not a duration: use e.g. 30s, 5m, 1h "
-                                     "or 1h30m; nothing was inserted",
-                                     f.schedule_in),
-                         kExitUsage);
+      throw CommandError(
+          fmt::format("--schedule-in \"{}\" is not a duration: use e.g. 30s, 5m, 1h, "
+                      "1h30m or 2d; nothing was inserted",
+                      f.schedule_in),
+          kExitUsage);
     }
     if (delay->count() > 0) params.options.scheduled_at = Now() + *delay;
   }
@@ -446,7 +450,7 @@ void RunQueuePause(const std::string& url, const std::string& name, bool pause) 
   auto client = OpenClient(url);
   // Pausing a queue before its first job is allowed (and is how a deploy holds one back), but a
   // mistyped name would pass silently: say when the queue is new.
-  bool known = false;
+  bool known = true;  // when the list cannot be read, no note rather than a wrong one
   if (auto queues = client->QueueList(); queues) {
     known = std::any_of(queues->begin(), queues->end(),
                         [&](const QueueInfo& q) { return q.name == name; });
@@ -509,7 +513,7 @@ void RegisterJobs(CLI::App& app) {
       ->capture_default_str()
       ->check(WholeNumberFrom(1));
   add->add_option("--schedule-in", add_flags->schedule_in,
-                  "Run no earlier than this from now: 30s, 5m, 1h, 1h30m");
+                  "Run no earlier than this from now: 30s, 5m, 1h, 1h30m, 2d");
   add->add_option("--unique-by", add_flags->unique_by,
                   "Skip the insert while a non-final job of this kind with the same args (and "
                   "queue) exists: args, queue; comma-separate for both")

@@ -95,21 +95,35 @@ void RegisterMigration(CLI::App& app) {
   });
 
   auto* down = cmd->add_subcommand("down", "Revert the newest migration (or down to --target)");
+  auto force = std::make_shared<bool>(false);
   down->add_option("--database-url", *url, url_help);
+  down->add_flag("--force", *force,
+                 "Drop spool's tables even while they hold jobs that have not finished");
   down->add_option("--target", *target,
                    "Revert down to this version; 0 removes spool's tables (in an app, a "
                    "timestamp; 0 reverts all)")
       ->check(WholeNumberFrom(0));
-  down->callback([url, target] {
+  down->callback([url, target, force] {
     const std::string u = ResolveDatabaseUrl(*url);
     RequireDatabaseFile(u);
     if (auto here = AppHere()) {
       AppMigrateDown(
           here->root, u,
-          *target == "0" ? std::optional<std::string>("00000000000000") : Target(*target));
+          *target == "0" ? std::optional<std::string>("00000000000000") : Target(*target), *force);
       return;
     }
-    Check(MigrateDown(u, SpoolTarget(*target)));
+    const std::optional<int> to = SpoolTarget(*target);
+    if (!*force) {
+      // Down to version 0 drops spool_job with whatever it holds.
+      int current = 0;
+      if (auto infos = MigrationStatus(u); infos) {
+        for (const auto& m : *infos) {
+          if (m.applied) current = m.version;
+        }
+      }
+      if (current > 0 && (to ? *to == 0 : current == 1)) RefuseToDropUnfinishedJobs(u);
+    }
+    Check(MigrateDown(u, to));
     PrintStatus(u);
   });
 

@@ -333,8 +333,30 @@ void AppMigrateUp(const fs::path& root, const std::string& url,
   AppMigrationStatus(root, url);
 }
 
+void RefuseToDropUnfinishedJobs(const std::string& url) {
+  // Plain SQL rather than a Client: it must read every schema version a down passes through.
+  std::vector<std::string> rows;
+  try {
+    rows = OpenAppDb(url)->Column(
+        "SELECT state || ' ' || count(*) FROM spool_job WHERE state <> 'completed' AND "
+        "state <> 'cancelled' AND state <> 'discarded' GROUP BY state ORDER BY state");
+  } catch (const CommandError&) {
+    return;  // no spool_job to lose
+  }
+  if (rows.empty()) return;
+  int64_t total = 0;
+  for (const auto& row : rows) total += std::stoll(row.substr(row.rfind(' ') + 1));
+  std::string by_state;
+  for (const auto& row : rows) by_state += (by_state.empty() ? "" : ", ") + row;
+  throw CommandError(fmt::format(
+      "spool's tables hold {} job(s) that have not finished ({}): reverting them would delete "
+      "those jobs. Let them finish (or cancel or delete them) first, or run again with --force "
+      "to drop them; nothing was reverted",
+      total, by_state));
+}
+
 void AppMigrateDown(const fs::path& root, const std::string& url,
-                    const std::optional<std::string>& target) {
+                    const std::optional<std::string>& target, bool force) {
   CheckTarget(target);
   const auto migrations = ListAppMigrations(root);
   auto db = OpenAppDb(url);
@@ -348,15 +370,19 @@ void AppMigrateDown(const fs::path& root, const std::string& url,
           version));
     }
   }
-  int count = 0;
+  std::vector<const AppMigration*> reverting;
   for (auto it = migrations.rbegin(); it != migrations.rend(); ++it) {
     if (!applied.contains(it->version)) continue;
     if (target && it->version <= *target) break;
-    ApplyDown(*db, root, url, *it);
-    ++count;
+    reverting.push_back(&*it);
     if (!target) break;
   }
-  fmt::print("{} migration(s) reverted\n", count);
+  if (!force && std::any_of(reverting.begin(), reverting.end(),
+                            [](const AppMigration* m) { return m->queue; })) {
+    RefuseToDropUnfinishedJobs(url);
+  }
+  for (const AppMigration* m : reverting) ApplyDown(*db, root, url, *m);
+  fmt::print("{} migration(s) reverted\n", reverting.size());
   AppMigrationStatus(root, url);
 }
 

@@ -32,9 +32,16 @@ std::vector<AppMigration> ListAppMigrations(const std::filesystem::path& root);
 // applied, spool's tables are brought to this library's version.
 void AppMigrateUp(const std::filesystem::path& root, const std::string& url,
                   const std::optional<std::string>& target);
-// down: the newest applied migration, or every applied one with version > target.
+// down: the newest applied migration, or every applied one with version > target. Reverting
+// the queue's migration drops spool's tables: refused while they hold unfinished jobs unless
+// `force` (RefuseToDropUnfinishedJobs).
 void AppMigrateDown(const std::filesystem::path& root, const std::string& url,
-                    const std::optional<std::string>& target);
+                    const std::optional<std::string>& target, bool force);
+
+// Throws CommandError when spool's tables at `url` hold jobs not in a final state (available,
+// scheduled, running, retryable, pending), which dropping the tables would lose; the message
+// counts them by state and names --force. Checks nothing when there is no spool_job.
+void RefuseToDropUnfinishedJobs(const std::string& url);
 void AppMigrationStatus(const std::filesystem::path& root, const std::string& url);
 
 // `spool migration create NAME`: database/migrations/<timestamp>_NAME.sql with empty Up and

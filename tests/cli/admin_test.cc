@@ -191,6 +191,10 @@ TEST_F(AdminTest, ScheduleIn) {
   EXPECT_GE(delay, 90min);
   EXPECT_LT(delay, 91min);
   EXPECT_EQ(Add({"later", "--schedule-in", "30s"})["state"], "scheduled");
+  j = Add({"later", "--schedule-in", "2d"});
+  row = client_->JobGet(j["id"]);
+  ASSERT_TRUE(row.has_value());
+  EXPECT_GE(row->scheduled_at - std::chrono::time_point_cast<Duration>(before), 48h);
 }
 
 TEST_F(AdminTest, UniqueByArgs) {
@@ -284,6 +288,25 @@ TEST_F(AdminTest, CommandsOnAMistypedPathCreateNoDatabase) {
     EXPECT_NE(r.err.find("spool migration up"), std::string::npos) << r.err;
     EXPECT_FALSE(fs::exists(typo)) << args[0] << " " << args[1] << " created the file";
   }
+}
+
+TEST_F(AdminTest, DroppingSpoolsTablesWaitsForUnfinishedJobsOrForce) {
+  const int64_t done = Add({"k"})["id"];
+  Add({"k", "--schedule-in", "5m"});
+  ASSERT_EQ(Run({"jobs", "cancel", std::to_string(done)}).code, 0);  // final: not counted
+  CliRun r = Run({"migration", "down", "--target", "0"});
+  EXPECT_EQ(r.code, kExitFailed);
+  EXPECT_NE(r.err.find("hold 1 job(s) that have not finished (scheduled 1)"), std::string::npos)
+      << r.err;
+  EXPECT_EQ(AllJobs().size(), 2u);
+  // One step down keeps the rows (version 2 -> 1 rebuilds the table with them).
+  r = Run({"migration", "down"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = Run({"migration", "down"});
+  EXPECT_EQ(r.code, kExitFailed) << r.out;
+  r = Run({"migration", "down", "--force"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("version 0"), std::string::npos) << r.out;
 }
 
 TEST_F(AdminTest, PausingAQueueNoJobHasUsedSaysSo) {

@@ -290,7 +290,20 @@ TEST_F(CommandsTest, AppMigrationsRunInOrderTrackedAndRevert) {
     auto client = spool::Client::Open(url, {});  // spool's tables are still there
     ASSERT_TRUE(client) << client.error().ToString();
   }
+  // A job that has not run yet holds the queue migration's down back until --force.
+  ASSERT_EQ(Spool({"jobs", "add", "send_email"}).code, 0);
   r = Spool({"migration", "down"});
+  EXPECT_EQ(r.code, kExitFailed);
+  EXPECT_NE(r.err.find("spool's tables hold 1 job(s) that have not finished (available 1)"),
+            std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("--force"), std::string::npos) << r.err;
+  {
+    auto client = spool::Client::Open(url, {});
+    ASSERT_TRUE(client) << "a refused down removed spool's tables";
+    EXPECT_EQ((*client)->JobList({}).value().size(), 1u);
+  }
+  r = Spool({"migration", "down", "--force"});
   ASSERT_EQ(r.code, 0) << r.err;
   {
     auto client = spool::Client::Open(url, {});
