@@ -31,13 +31,13 @@ void PrintStatus(const std::string& url) {
   }
 }
 
-// The app in the working directory (it has a .spoolrc), or nullopt: then the commands work on
-// spool's own tables only.
+// The app the command runs in (AppRoot: the working directory or its nearest parent with a
+// .spoolrc), or nullopt: then the commands work on spool's own tables only.
 std::optional<AppInfo> AppHere() {
-  const std::filesystem::path here = std::filesystem::current_path();
+  const std::filesystem::path root = AppRoot();
   std::error_code ec;
-  if (!std::filesystem::exists(here / ".spoolrc", ec)) return std::nullopt;
-  return LoadApp(here);
+  if (!std::filesystem::exists(root / ".spoolrc", ec)) return std::nullopt;
+  return LoadApp(root);
 }
 
 std::optional<std::string> Target(const std::string& t) {

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "commands/commands.h"
+#include "common/config.h"
 #include "generator/app.h"
 #include "generator/app_migrations.h"
 #include "generator/generator.h"
@@ -105,7 +106,7 @@ void RegisterGen(CLI::App& parent) {
       "  spool gen queue\n"
       "  spool gen queue --dry-run");
   queue->callback([queue_flags] {
-    const AppInfo app = LoadApp(Here());
+    const AppInfo app = LoadApp(AppRoot());
     QueueOptions options;
     options.migrations = LibraryMigrations();
     options.force = queue_flags->force;
@@ -130,7 +131,7 @@ void RegisterGen(CLI::App& parent) {
       kJobNameRule));
   job->callback([job_args] {
     RefuseFlagLike(job_args->name, "job name");
-    const AppInfo app = LoadApp(Here());
+    const AppInfo app = LoadApp(AppRoot());
     Finish(PlanJob(app, job_args->name, std::nullopt, job_args->flags.force), job_args->flags);
   });
 
@@ -150,7 +151,7 @@ void RegisterGen(CLI::App& parent) {
       "  spool gen task prune_sessions --schedule @hourly");
   task->callback([task_args] {
     RefuseFlagLike(task_args->name, "task name");
-    const AppInfo app = LoadApp(Here());
+    const AppInfo app = LoadApp(AppRoot());
     Finish(PlanJob(app, task_args->name, task_args->schedule, task_args->flags.force),
            task_args->flags);
   });
@@ -168,7 +169,7 @@ void RegisterServe(CLI::App& parent) {
       "  spool serve\n"
       "  PORT=9000 spool serve --no-build");
   serve->callback([no_build] {
-    const AppInfo app = LoadApp(Here());
+    const AppInfo app = LoadApp(AppRoot());
     const int rc = RunServe(app, *no_build);
     if (rc != 0) throw CommandError(fmt::format("{} exited with code {}", app.name, rc), rc);
   });

@@ -27,6 +27,16 @@ std::optional<std::string> SpoolRc::Get(const std::string& key) const {
   return it->second;
 }
 
+std::filesystem::path AppRoot() {
+  std::error_code ec;
+  const std::filesystem::path here = std::filesystem::absolute(std::filesystem::current_path());
+  for (std::filesystem::path dir = here; !dir.empty(); dir = dir.parent_path()) {
+    if (std::filesystem::exists(dir / ".spoolrc", ec)) return dir;
+    if (dir == dir.root_path()) break;
+  }
+  return here;
+}
+
 std::optional<SpoolRc> ReadSpoolRc(const std::filesystem::path& dir) {
   SpoolRc rc;
   rc.path = dir / ".spoolrc";
@@ -59,20 +69,29 @@ std::string ResolveDatabaseUrl(const std::string& flag_value) {
   if (const char* env = std::getenv("SPOOL_DATABASE_URL"); env != nullptr && *env != '\0') {
     return env;
   }
-  if (auto rc = ReadSpoolRc(std::filesystem::current_path())) {
-    if (auto url = rc->Get("database_url"); url && !url->empty()) return *url;
+  const std::filesystem::path root = AppRoot();
+  if (auto rc = ReadSpoolRc(root)) {
+    if (auto url = rc->Get("database_url"); url && !url->empty()) {
+      constexpr std::string_view kSqlite = "sqlite://";
+      const bool relative_sqlite = url->starts_with(kSqlite) && url->size() > kSqlite.size() &&
+                                   (*url)[kSqlite.size()] != '/';
+      if (relative_sqlite && root != std::filesystem::absolute(std::filesystem::current_path())) {
+        return std::string(kSqlite) + (root / url->substr(kSqlite.size())).string();
+      }
+      return *url;
+    }
   }
   throw CommandError(
       "no database url: pass --database-url URL (e.g. sqlite://app.db), set SPOOL_DATABASE_URL, "
-      "or add database_url=... to .spoolrc in this directory",
+      "or add database_url=... to .spoolrc in this directory (or a parent's)",
       kExitUsage);
 }
 
 bool AppWithoutQueueHere() {
   std::error_code ec;
-  const auto here = std::filesystem::current_path(ec);
-  return !ec && std::filesystem::exists(here / ".spoolrc", ec) &&
-         !std::filesystem::exists(here / "jobs/registry.h", ec);
+  const auto root = AppRoot();
+  return std::filesystem::exists(root / ".spoolrc", ec) &&
+         !std::filesystem::exists(root / "jobs/registry.h", ec);
 }
 
 bool DatabaseFileMissing(const std::string& url) {

@@ -15,15 +15,21 @@ struct SpoolRc {
   std::optional<std::string> Get(const std::string& key) const;
 };
 
+// The app folder the command runs in: the working directory or its nearest parent that has a
+// .spoolrc (as git finds its repository), else the working directory.
+std::filesystem::path AppRoot();
+
 // Reads `dir/.spoolrc`; nullopt when there is none. Throws CommandError on a malformed line.
 std::optional<SpoolRc> ReadSpoolRc(const std::filesystem::path& dir);
 
 // The database URL for a command: the --database-url flag, else $SPOOL_DATABASE_URL, else
-// database_url in ./.spoolrc. Throws CommandError (usage) saying where to put one if none is set.
+// database_url in AppRoot()'s .spoolrc (a relative SQLite path there is the app folder's, so it
+// is made absolute when the command runs in a subfolder). Throws CommandError (usage) saying where
+// to put one if none is set.
 std::string ResolveDatabaseUrl(const std::string& flag_value);
 
-// True in an app folder (./.spoolrc) that has no job queue yet (no jobs/registry.h): what
-// `spool gen queue` sets up.
+// True in an app folder (AppRoot() has a .spoolrc) that has no job queue yet (no jobs/registry.h):
+// what `spool gen queue` sets up.
 bool AppWithoutQueueHere();
 
 // True when `url` is a SQLite URL naming a file that does not exist (yet).

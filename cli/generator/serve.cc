@@ -40,10 +40,20 @@ std::string OwnInstallPrefix() {
 
 }  // namespace
 
-int RunForeground(const std::vector<std::string>& argv, const std::string& dir) {
+int RunForeground(const std::vector<std::string>& argv, const std::string& dir,
+                  const std::vector<std::pair<std::string, std::string>>& env) {
   std::vector<char*> args;
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
+  // The child's environment, built before fork: nothing that allocates runs between fork and exec.
+  std::vector<std::string> added;
+  for (const auto& [name, value] : env) {
+    if (std::getenv(name.c_str()) == nullptr) added.push_back(name + "=" + value);
+  }
+  std::vector<char*> envp;
+  for (char** e = environ; *e != nullptr; ++e) envp.push_back(*e);
+  for (auto& a : added) envp.push_back(a.data());
+  envp.push_back(nullptr);
 
   struct sigaction forward {};
   forward.sa_handler = ForwardSignal;
@@ -67,7 +77,7 @@ int RunForeground(const std::vector<std::string>& argv, const std::string& dir) 
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
     if (chdir(dir.c_str()) != 0) _exit(127);
-    execvp(args[0], args.data());
+    execvpe(args[0], args.data(), envp.data());
     fmt::print(stderr, "error: cannot run {}: {}\n", argv[0], std::strerror(errno));
     _exit(127);
   }
@@ -110,12 +120,12 @@ int RunServe(const AppInfo& app, bool no_build) {
     throw CommandError(fmt::format("{} not found: run spool serve without --no-build",
                                    fs::relative(binary, app.root, ec).string()));
   }
-  // The app reads the same URL the CLI uses: $SPOOL_DATABASE_URL when set, else .spoolrc's
-  // (whole, password included: generated source only holds it without one).
-  setenv("SPOOL_DATABASE_URL", app.database_url.c_str(), /*overwrite=*/0);
   fmt::print("spool serve: running {} (Ctrl-C stops it)\n", binary.string());
   std::fflush(stdout);
-  return RunForeground({binary.string()}, app.root.string());
+  // The app reads the same URL the CLI uses: $SPOOL_DATABASE_URL when set, else .spoolrc's
+  // (whole, password included: generated source only holds it without one).
+  return RunForeground({binary.string()}, app.root.string(),
+                       {{"SPOOL_DATABASE_URL", app.database_url}});
 }
 
 }  // namespace spool::cli

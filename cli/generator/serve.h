@@ -1,6 +1,7 @@
 #pragma once
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "generator/app.h"
@@ -13,8 +14,10 @@ namespace spool::cli {
 // build fails or there is no binary.
 int RunServe(const AppInfo& app, bool no_build);
 
-// Runs `argv` in `dir` and waits; forwards SIGINT/SIGTERM while it runs. Returns its exit code
-// (128+N for signal N); throws CommandError when it cannot be started.
-int RunForeground(const std::vector<std::string>& argv, const std::string& dir);
+// Runs `argv` in `dir` and waits; forwards SIGINT/SIGTERM while it runs. `env` (NAME, value)
+// pairs are set in the child only, never overriding a variable already set. Returns its exit
+// code (128+N for signal N); throws CommandError when it cannot be started.
+int RunForeground(const std::vector<std::string>& argv, const std::string& dir,
+                  const std::vector<std::pair<std::string, std::string>>& env = {});
 
 }  // namespace spool::cli

@@ -197,12 +197,15 @@ TEST_F(CommandsTest, ServeWithoutABuildSaysSo) {
 
 TEST_F(CommandsTest, ServeRunsTheAppAndReturnsItsExitCode) {
   NewApp();
-  // A stand-in for the built app: a script that exits with a known code.
-  WriteText(app() / "build/demo", "#!/bin/sh\nexit 7\n");
+  // A stand-in for the built app: a script that records the database URL it was given and exits
+  // with a known code.
+  WriteText(app() / "build/demo", "#!/bin/sh\necho \"$SPOOL_DATABASE_URL\" > url.txt\nexit 7\n");
   fs::permissions(app() / "build/demo", fs::perms::owner_all);
   const CliRun r = Spool({"serve", "--no-build"});
   EXPECT_EQ(r.code, 7) << r.err;
   EXPECT_NE(r.err.find("demo exited with code 7"), std::string::npos) << r.err;
+  EXPECT_EQ(Slurp(app() / "url.txt"), "sqlite://app.db\n");  // .spoolrc's, for the app only
+  EXPECT_EQ(std::getenv("SPOOL_DATABASE_URL"), nullptr);
 }
 
 TEST_F(CommandsTest, AnAppWithoutAQueueSaysToGenerateOne) {
@@ -225,6 +228,27 @@ TEST_F(CommandsTest, AnAppWithoutAQueueSaysToGenerateOne) {
       r.err.find("this app has no job queue yet: run spool gen queue, then spool migration up"),
       std::string::npos)
       << r.err;
+}
+
+TEST_F(CommandsTest, CommandsInASubfolderWorkOnTheApp) {
+  NewApp();
+  ASSERT_EQ(Spool({"gen", "queue"}).code, 0);
+  ASSERT_EQ(Spool({"migration", "up"}).code, 0);
+  fs::current_path(app() / "src");
+  CliRun r = Spool({"gen", "job", "send_email"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(app() / "jobs/send_email.h"));
+  EXPECT_FALSE(fs::exists(app() / "src/jobs"));
+  r = Spool({"jobs", "add", "send_email", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_FALSE(fs::exists(app() / "src/app.db"));  // .spoolrc's sqlite://app.db is the app's
+  r = Spool({"migration", "status"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("setup_spool_queue"), std::string::npos) << r.out;
+  fs::current_path(app());
+  r = Spool({"jobs", "list", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("send_email"), std::string::npos) << r.out;
 }
 
 TEST_F(CommandsTest, MigrationNamesFollowTheRuleAndAreNotRepeated) {
