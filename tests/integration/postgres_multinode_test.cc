@@ -93,21 +93,26 @@ class NoopWorker final : public Worker<NoopArgs> {
 };
 
 // Appends "<steady ns> <0|1>" each time IsLeader changes; write(2) unbuffered, so the lines
-// survive a SIGKILL.
+// survive a SIGKILL. A "1" carries the time of the first sample that saw leadership, a "0" the
+// time of the last one that did: an interval spans only what samples saw. Timing the end by the
+// first sample that saw it gone instead made an observer thread starved on a loaded machine
+// report overlaps nobody acted in: its lease (and its belief) ended while it was not running.
 void WatchLeadership(const Client& client, int fd, const std::atomic<bool>& stop) {
   bool was = false;
+  int64_t last_seen_leading_ns = 0;
   while (!stop.load()) {
     const bool is = client.IsLeader();
+    const auto ns =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(SteadyClock::now().time_since_epoch())
+            .count();
     if (is != was) {
-      const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                          SteadyClock::now().time_since_epoch())
-                          .count();
       char line[64];
-      const int n =
-          std::snprintf(line, sizeof line, "%lld %d\n", static_cast<long long>(ns), is ? 1 : 0);
+      const long long at = is ? ns : last_seen_leading_ns;
+      const int n = std::snprintf(line, sizeof line, "%lld %d\n", at, is ? 1 : 0);
       if (n > 0) (void)!write(fd, line, static_cast<size_t>(n));
       was = is;
     }
+    if (is) last_seen_leading_ns = ns;
     std::this_thread::sleep_for(2ms);  // sampling rate of the observer
   }
 }
