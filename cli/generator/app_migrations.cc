@@ -145,11 +145,10 @@ std::unique_ptr<AppDb> OpenAppDb(const std::string& url) {
     throw CommandError("this spool was built without PostgreSQL support");
 #endif
   }
-  // Only the scheme is quoted: the rest may hold a password.
   throw CommandError(
-      fmt::format("unsupported database url \"{}:...\": use sqlite://PATH (sqlite:///abs/app.db or "
+      fmt::format("unsupported database url {}: use sqlite://PATH (sqlite:///abs/app.db or "
                   "sqlite://relative.db) or postgres://user@host:port/db",
-                  url.substr(0, url.find(':'))));
+                  UrlSchemeForMessage(url)));
 }
 
 // The Up and Down sections of a migration file (goose markers; no markers: all of it is Up).

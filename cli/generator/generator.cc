@@ -227,6 +227,12 @@ Generated PlanNew(const NewOptions& options) {
   auto vars = AppVars(app);
   auto rc_vars = vars;
   rc_vars["database_url"] = app.database_url;  // the CLI's own settings: the whole URL
+  if (UrlWithoutPassword(app.database_url) != app.database_url) {
+    out.notes.push_back(
+        ".spoolrc holds the database password: keep it out of version control, or give the "
+        "password through ~/.pgpass, $PGPASSWORD or $SPOOL_DATABASE_URL instead (src/main.cpp "
+        "never holds it)");
+  }
   Put(out.plan, ".spoolrc", RenderTemplate("new/spoolrc.tmpl", rc_vars));
   Put(out.plan, ".gitignore", RenderTemplate("new/gitignore.tmpl", vars));
   Put(out.plan, "CMakeLists.txt", RenderTemplate("new/CMakeLists.txt.tmpl", vars));

@@ -38,9 +38,11 @@ class TxRef {
   void* handle_;
 };
 
-// `db` must be a connection to the same database file as the client, inside BEGIN ... COMMIT.
+// `db` must be a connection to the same database file as the client, inside BEGIN ... COMMIT
+// (calls given a connection outside a transaction fail with InvalidArgument).
 inline TxRef SqliteTx(sqlite3* db) { return TxRef(TxRef::Kind::kSqlite, db); }
-// `conn` must be connected to the client's database, inside BEGIN ... COMMIT.
+// `conn` must be connected to the client's database, inside BEGIN ... COMMIT (calls given one
+// outside a transaction, or in a failed one, fail with InvalidArgument).
 inline TxRef PostgresTx(pg_conn* conn) { return TxRef(TxRef::Kind::kPostgres, conn); }
 
 // One job to insert: kind, args as JSON text, options.
@@ -169,8 +171,6 @@ class Client {
   // Number of jobs in each state (states with none are absent). Empty queue: all queues.
   Result<std::map<JobState, int64_t>> JobCountByState(std::string_view queue = {});
 
-  // Calls `fn` after each job outcome is written, on a client thread: keep it short and do not
-  // call Stop from it. Returns an id for Unsubscribe.
   // Cancels a job. Not yet running: cancelled at once. Running: its context is cancelled (at once
   // on this client, within the poll interval on another) and it ends cancelled unless it
   // completes first. Final: returned unchanged. NotFound naming the id.
@@ -191,6 +191,8 @@ class Client {
   // True while this client holds the leader lease (runs maintenance and periodic jobs).
   bool IsLeader() const;
 
+  // Calls `fn` after each job outcome is written, on a client thread: keep it short and do not
+  // call Stop from it. Returns an id for Unsubscribe.
   int Subscribe(std::function<void(const Event&)> fn);
   void Unsubscribe(int id);
 
@@ -220,6 +222,10 @@ Result<std::vector<MigrationInfo>> MigrationStatus(std::string_view database_url
 // `database_url` as it may be shown or logged: postgres://user:secret@host/db ->
 // postgres://user@host/db, and a password=... query parameter dropped. Other URLs unchanged.
 std::string UrlWithoutPassword(std::string_view database_url);
+// How a message about an unsupported url names it: its scheme ("\"mysql:...\""), or "(not a
+// url)" when it has none, as a key=value connection string: never the rest, which may hold a
+// password.
+std::string UrlSchemeForMessage(std::string_view database_url);
 
 // The DDL of spool's migrations for a driver ("sqlite" or "postgres"), for generators.
 Result<std::vector<std::pair<std::string, std::string>>> MigrationSql(std::string_view driver,

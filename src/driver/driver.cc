@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "driver/sqlite/sqlite_driver.h"
+#include "spool/client.h"
 #ifdef SPOOL_WITH_POSTGRES
 #include "driver/postgres/postgres_driver.h"
 #endif
@@ -36,11 +37,10 @@ Result<std::unique_ptr<Driver>> Driver::Open(std::string_view url, const DriverO
         "this build of spool has no PostgreSQL driver: rebuild with -DSPOOL_WITH_POSTGRES=ON");
 #endif
   }
-  // Only the scheme is quoted: the rest may hold a password.
   return Status::InvalidArgument(
-      fmt::format("unsupported database url \"{}:...\": use sqlite://PATH (sqlite:///abs/app.db or "
+      fmt::format("unsupported database url {}: use sqlite://PATH (sqlite:///abs/app.db or "
                   "sqlite://relative.db) or postgres://user@host:port/db",
-                  url.substr(0, url.find(':'))));
+                  UrlSchemeForMessage(url)));
 }
 
 Status CheckInsertRows(const JobInsertManyParams& params, int max_attempts_limit,

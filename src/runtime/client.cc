@@ -470,21 +470,28 @@ Result<std::unique_ptr<Client>> Client::Open(std::string_view database_url, Clie
                                                                      .listen = !options.poll_only,
                                                                  }));
   SPOOL_ASSIGN_OR_RETURN(const int version, driver->SchemaVersion());
-  // The messages below name the database and the command that fixes it, never a password.
+  // The messages below name the database and the command that fixes it, never a password; a
+  // command given a url without its password would not connect, so then it names none.
   const std::string shown_url = UrlWithoutPassword(database_url);
+  const std::string url_flag =
+      shown_url == database_url
+          ? fmt::format("--database-url {}`", shown_url)
+          : std::string(
+                "--database-url URL` (URL: this one with its password; or set "
+                "SPOOL_DATABASE_URL)");
   const int latest = internal::LatestVersion(*driver);
   if (version < latest && options.auto_migrate) {
     SPOOL_RETURN_IF_ERROR(driver->MigrateUp(latest));
   } else if (version == 0) {
-    return Status::FailedPrecondition(fmt::format(
-        "the database at {} has no spool tables: run `spool migration up --database-url {}` "
-        "(or set ClientOptions.auto_migrate)",
-        shown_url, shown_url));
+    return Status::FailedPrecondition(
+        fmt::format("the database at {} has no spool tables: run `spool migration up {} (or set "
+                    "ClientOptions.auto_migrate)",
+                    shown_url, url_flag));
   } else if (version < latest) {
     return Status::FailedPrecondition(fmt::format(
         "the spool schema at {} is at version {}, this spool needs {}: run `spool migration up "
-        "--database-url {}`",
-        shown_url, version, latest, shown_url));
+        "{}",
+        shown_url, version, latest, url_flag));
   } else if (version > latest) {
     return Status::FailedPrecondition(fmt::format(
         "the spool schema at {} is at version {}, newer than this spool knows ({}): upgrade "

@@ -16,7 +16,12 @@ namespace {
 // Upper bound on one fetch even when more slots are free: keeps a claim statement short so the
 // single SQLite writer is not held for long.
 constexpr int kMaxFetch = 1'000;
+// After a failed fetch the producer waits, doubling from the first to the last, so a database
+// that is away is not hammered; and logs the first failure, then one line a period with the
+// count, then the recovery: a warning per attempt flooded the log (11 lines a second a queue).
 constexpr auto kFetchErrorBackoff = std::chrono::milliseconds(100);
+constexpr auto kFetchErrorBackoffMax = std::chrono::seconds(1);
+constexpr auto kFetchErrorLogPeriod = std::chrono::seconds(10);
 // How long a producer woken by a freed slot waits for fetch_batch_ free slots before fetching
 // what is free. Short enough not to matter for slow jobs, long enough for fast ones to pile up.
 constexpr auto kFetchLinger = std::chrono::microseconds(500);
@@ -145,6 +150,10 @@ void QueueRunner::Join() {
 }
 
 void QueueRunner::ProduceLoop() {
+  std::chrono::steady_clock::duration backoff = kFetchErrorBackoff;
+  int64_t failures = 0;  // in a row
+  int64_t unlogged_failures = 0;
+  std::chrono::steady_clock::time_point first_failure_at{}, last_logged_at{};
   std::unique_lock lock(mu_);
   while (!stop_fetching_) {
     if (!wake_ || busy_ >= max_workers_) {
@@ -173,13 +182,40 @@ void QueueRunner::ProduceLoop() {
       drained_ = false;
       busy_ -= n;
       if (busy_ == 0) idle_cv_.notify_all();
-      if (env_.logger) {
-        env_.logger(LogLevel::kWarn, fmt::format("queue {}: fetching jobs failed: {}", name_,
-                                                 rows.error().ToString()));
+      const auto now = std::chrono::steady_clock::now();
+      if (failures++ == 0) first_failure_at = now;
+      ++unlogged_failures;
+      if (env_.logger && (failures == 1 || now - last_logged_at >= kFetchErrorLogPeriod)) {
+        env_.logger(
+            LogLevel::kWarn,
+            failures == 1
+                ? fmt::format("queue {}: fetching jobs failed: {}", name_, rows.error().ToString())
+                : fmt::format(
+                      "queue {}: fetching jobs still fails ({} more attempts, "
+                      "retrying every {} ms): {}",
+                      name_, unlogged_failures - 1,
+                      std::chrono::duration_cast<std::chrono::milliseconds>(backoff).count(),
+                      rows.error().ToString()));
+        last_logged_at = now;
+        unlogged_failures = 0;
       }
       wake_ = true;
-      producer_cv_.wait_for(lock, kFetchErrorBackoff, [&] { return stop_fetching_; });
+      producer_cv_.wait_for(lock, backoff, [&] { return stop_fetching_; });
+      backoff = std::min<std::chrono::steady_clock::duration>(backoff * 2, kFetchErrorBackoffMax);
       continue;
+    }
+    if (failures > 0) {
+      if (env_.logger) {
+        const auto away = std::chrono::duration_cast<std::chrono::milliseconds>(
+            std::chrono::steady_clock::now() - first_failure_at);
+        env_.logger(LogLevel::kInfo,
+                    fmt::format("queue {}: fetching jobs works again after {} failed attempts "
+                                "({} ms)",
+                                name_, failures, away.count()));
+      }
+      failures = 0;
+      unlogged_failures = 0;
+      backoff = kFetchErrorBackoff;
     }
     const int got = static_cast<int>(rows->size());
     busy_ -= n - got;

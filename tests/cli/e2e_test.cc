@@ -247,6 +247,15 @@ void RunFlow(const std::string& db, const std::string& url) {
       Curl({"-d", "{\"to\":\"x\"}", base + "/jobs/send_email"}, tmp.path, log);
   EXPECT_NE(refused.find("cannot parse args of kind send_email"), std::string::npos)
       << refused << fail_log();
+  // A second copy of the app on the same port is refused, not handed half of the requests.
+  const fs::path second_log = tmp.path / "second.log";
+  EXPECT_EQ(Wait(Start({(app / "build/shop").string()}, app, second_log,
+                       {"PORT=" + std::to_string(port)})),
+            1)
+      << Slurp(second_log);
+  EXPECT_NE(Slurp(second_log).find("cannot listen on 127.0.0.1:" + std::to_string(port)),
+            std::string::npos)
+      << Slurp(second_log);
 
   const fs::path add_out = tmp.path / "add.json";
   ASSERT_EQ(

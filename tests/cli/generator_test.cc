@@ -123,7 +123,10 @@ TEST_F(GeneratorTest, GeneratedSourceHoldsTheUrlEscapedAndWithoutItsPassword) {
   options.database_url =
       "postgres://u:se\\cret@127.0.0.1:5432/sh\\nop\"x?password=p2&sslmode=disable";
   options.dir = root();
-  PlanNew(options).plan.Apply(false);
+  const Generated made = PlanNew(options);
+  ASSERT_EQ(made.notes.size(), 1u);
+  EXPECT_NE(made.notes[0].find(".spoolrc holds the database password"), std::string::npos);
+  made.plan.Apply(false);
   const AppInfo app = LoadApp(root());
   EXPECT_EQ(app.database_url, options.database_url);  // .spoolrc keeps the whole URL
   Queue(app).plan.Apply(false);

@@ -124,6 +124,23 @@ TEST(PostgresOpenTest, UnreachableServerNamesHostAndPortButNotThePassword) {
   EXPECT_EQ(d.error().message().find("s3cr3t-pw"), std::string::npos) << d.error().ToString();
 }
 
+TEST(PostgresOpenTest, AUrlLibpqCannotParseIsReportedWithoutThePassword) {
+  SPOOL_REQUIRE_PG_CLUSTER();
+  for (const char* url : {"postgres://spool:s3cr3t-pw@[::1:1/spool_test",
+                          "postgres://spool@127.0.0.1:1/db?password=s3cr3t-pw&bogus_option=1",
+                          "postgres://spool@127.0.0.1:1/db?password=s3cr3t-pw&port"}) {
+    auto d = Driver::Open(url, DriverOptions{});
+    ASSERT_FALSE(d.has_value()) << url;
+    EXPECT_EQ(d.error().message().find("s3cr3t-pw"), std::string::npos) << d.error().ToString();
+  }
+  // The message still says what is wrong.
+  auto d = Driver::Open("postgres://spool:s3cr3t-pw@[::1:1/spool_test", DriverOptions{});
+  ASSERT_FALSE(d.has_value());
+  EXPECT_TRUE(d.error().IsInvalidArgument()) << d.error().ToString();
+  EXPECT_NE(d.error().message().find("cannot be parsed"), std::string::npos)
+      << d.error().ToString();
+}
+
 TEST(PostgresOpenTest, UnknownDatabaseIsReportedWithItsName) {
   SPOOL_REQUIRE_PG_CLUSTER();
   std::string url = *pgtest::ClusterUrl();
@@ -388,6 +405,22 @@ TEST_F(PostgresDriverTest, InsertJoinsTheCallersTransaction) {
   }
   // The caller's connection is theirs: spool left no prepared statements on it.
   EXPECT_EQ(Query(app.get(), "SELECT count(*) FROM pg_prepared_statements"), "0");
+}
+
+TEST_F(PostgresDriverTest, ACallersConnectionOutsideATransactionIsRefused) {
+  ASSERT_NE(driver_, nullptr);
+  PgConnPtr app = Connect(url_);
+  auto idle = driver_->ExecutorFor(spool::PostgresTx(app.get()));
+  ASSERT_FALSE(idle.has_value());
+  EXPECT_NE(idle.error().message().find("no open transaction: run BEGIN"), std::string::npos)
+      << idle.error().ToString();
+  Query(app.get(), "BEGIN");
+  PQclear(PQexec(app.get(), "SELECT no_such_column"));  // the transaction has failed now
+  auto failed = driver_->ExecutorFor(spool::PostgresTx(app.get()));
+  ASSERT_FALSE(failed.has_value());
+  EXPECT_NE(failed.error().message().find("roll it back"), std::string::npos)
+      << failed.error().ToString();
+  Query(app.get(), "ROLLBACK");
 }
 
 // A job inserted in the caller's transaction wakes producers when, and only if, it commits.

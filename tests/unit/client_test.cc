@@ -597,6 +597,19 @@ TEST_F(ClientTest, InsertTxIsVisibleOnlyIfTheCallersTransactionCommits) {
   EXPECT_TRUE(c->Stop(10s).ok());
 }
 
+TEST_F(ClientTest, InsertTxOutsideATransactionIsRefusedAndInsertsNothing) {
+  auto c = Open(Options());
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir_.path() / "test.db").c_str(), &db), SQLITE_OK);
+  auto r = c->InsertTx(SqliteTx(db), EmailArgs{"x"});
+  sqlite3_close(db);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_TRUE(r.error().IsInvalidArgument()) << r.error().ToString();
+  EXPECT_NE(r.error().message().find("no open transaction: run BEGIN"), std::string::npos)
+      << r.error().ToString();
+  EXPECT_TRUE(c->JobCountByState()->empty());
+}
+
 TEST_F(ClientTest, WrongKindOfTransactionIsRefused) {
   auto c = Open(Options());
   auto r = c->InsertTx(PostgresTx(nullptr), EmailArgs{"x"});

@@ -110,9 +110,19 @@ TEST(UrlWithoutPasswordTest, DropsOnlyThePassword) {
   EXPECT_EQ(UrlWithoutPassword("postgresql://u@h/db?password=x"), "postgresql://u@h/db");
   EXPECT_EQ(UrlWithoutPassword("postgres://h/db?a=1&password=x&b=2"), "postgres://h/db?a=1&b=2");
   EXPECT_EQ(UrlWithoutPassword("postgres://u:p@ss@h/db"), "postgres://u@h/db");
+  EXPECT_EQ(UrlWithoutPassword("postgres://u:pa/ss@h/db"), "postgres://u@h/db");
+  EXPECT_EQ(UrlWithoutPassword("postgres://u:S3cret@[::1:45005/shop"),
+            "postgres://u@[::1:45005/shop");
   EXPECT_EQ(UrlWithoutPassword("postgres://127.0.0.1:5432/db"), "postgres://127.0.0.1:5432/db");
   EXPECT_EQ(UrlWithoutPassword("sqlite://u:x@y.db?password=z"), "sqlite://u:x@y.db?password=z");
   EXPECT_EQ(UrlWithoutPassword("sqlite://app.db"), "sqlite://app.db");
+}
+
+TEST(UrlSchemeForMessageTest, NamesOnlyASchemeNeverTheRest) {
+  EXPECT_EQ(UrlSchemeForMessage("mysql://u:pw@h/db"), "\"mysql:...\"");
+  EXPECT_EQ(UrlSchemeForMessage("sqlite:/tmp/x.db"), "\"sqlite:...\"");
+  EXPECT_EQ(UrlSchemeForMessage("host=127.0.0.1 password=pw:x"), "(not a url)");
+  EXPECT_EQ(UrlSchemeForMessage("app.db"), "(not a url)");
 }
 
 TEST(FormatTimeTest, Rfc3339WithMicros) {

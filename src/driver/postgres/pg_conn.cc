@@ -5,21 +5,39 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "spool/client.h"
+
 namespace spool::internal::pg {
 namespace {
 
-// One line: libpq's messages end in newlines and continue on tab-indented lines.
+// One line: libpq's messages end in newlines and continue on tab-indented lines, which become
+// "; " so that "Connection refused" and "Is the server running ...?" stay two sentences.
 std::string TrimMessage(const char* msg) {
   std::string s;
+  bool line_break = false;
   for (const char* p = msg ? msg : ""; *p != '\0'; ++p) {
-    if (*p == '\n' || *p == '\t') {
-      if (!s.empty() && s.back() != ' ') s += ' ';
+    if (*p == '\n') {
+      line_break = true;
+    } else if (*p == '\t' || *p == ' ') {
+      if (!s.empty() && s.back() != ' ' && !line_break) s += ' ';
     } else {
+      if (line_break && !s.empty()) s += "; ";
+      line_break = false;
       s += *p;
     }
   }
   while (!s.empty() && s.back() == ' ') s.pop_back();
   return s;
+}
+
+// libpq's complaint about a url it cannot parse, without the url it quotes (`in URI: "..."`) or
+// a fragment of it (`after "..."`): either may hold the password.
+std::string UnparseableUrlText(const char* err) {
+  std::string text = TrimMessage(err);
+  for (std::string_view cut : {" in URI:", " after \"", " in connection info string"}) {
+    if (const size_t at = text.find(cut); at != std::string::npos) text.erase(at);
+  }
+  return text.empty() ? "libpq could not parse it" : text;
 }
 
 // libpq prints "connection to server at "127.0.0.1", port 1 failed: ..." which names host and
@@ -29,12 +47,8 @@ std::string ConnErrorText(PGconn* conn) { return TrimMessage(PQerrorMessage(conn
 }  // namespace
 
 std::string DescribeTarget(const std::string& url) {
-  char* err = nullptr;
-  PQconninfoOption* opts = PQconninfoParse(url.c_str(), &err);
-  if (opts == nullptr) {
-    if (err != nullptr) PQfreemem(err);
-    return "an unparseable PostgreSQL url";
-  }
+  PQconninfoOption* opts = PQconninfoParse(url.c_str(), nullptr);
+  if (opts == nullptr) return "a PostgreSQL url that cannot be parsed";
   std::string host, hostaddr, port;
   for (PQconninfoOption* o = opts; o->keyword != nullptr; ++o) {
     if (o->val == nullptr) continue;
@@ -65,6 +79,19 @@ Status::Code ClassifySqlState(std::string_view s) {
 }
 
 Result<std::unique_ptr<Conn>> Conn::Connect(const std::string& url, const std::string& target) {
+  {
+    // Parsed first so that a url libpq refuses is reported without libpq's echo of it.
+    char* err = nullptr;
+    PQconninfoOption* opts = PQconninfoParse(url.c_str(), &err);
+    if (opts == nullptr) {
+      const std::string why = UnparseableUrlText(err);
+      if (err != nullptr) PQfreemem(err);
+      return Status::InvalidArgument(fmt::format(
+          "the PostgreSQL url {} cannot be parsed: {} (postgres://user:password@host:port/db)",
+          UrlWithoutPassword(url), why));
+    }
+    PQconninfoFree(opts);
+  }
   PGconn* raw = PQconnectdb(url.c_str());
   if (raw == nullptr) {
     return Status::ConnectionLost(

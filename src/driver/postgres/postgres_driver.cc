@@ -1631,8 +1631,24 @@ class PostgresDriver final : public Driver {
           "spool::PostgresTx(conn)");
     }
     if (tx.handle() == nullptr) return Status::InvalidArgument("PostgresTx(nullptr)");
-    return std::unique_ptr<Executor>(
-        new BorrowedExecutor(static_cast<PGconn*>(tx.handle()), &channels_));
+    auto* conn = static_cast<PGconn*>(tx.handle());
+    // Outside a transaction each statement would commit on its own: the job would exist whatever
+    // the caller did next, which is what a Tx call promises it will not.
+    switch (PQtransactionStatus(conn)) {
+      case PQTRANS_INTRANS:
+        break;
+      case PQTRANS_IDLE:
+        return Status::InvalidArgument(
+            "PostgresTx(conn): the connection has no open transaction: run BEGIN on it first "
+            "(the job then exists only if you COMMIT)");
+      case PQTRANS_INERROR:
+        return Status::InvalidArgument(
+            "PostgresTx(conn): the connection's transaction has failed: roll it back first");
+      default:
+        return Status::InvalidArgument(
+            "PostgresTx(conn): the connection is busy with a command or is not connected");
+    }
+    return std::unique_ptr<Executor>(new BorrowedExecutor(conn, &channels_));
   }
 
   const std::vector<Migration>& Migrations() const override { return PostgresMigrations(); }

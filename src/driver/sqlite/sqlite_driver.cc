@@ -566,7 +566,15 @@ class SqliteDriver final : public Driver {
     if (tx.handle() == nullptr) {
       return Status::InvalidArgument("SqliteTx(db) was given a null sqlite3*");
     }
-    return std::unique_ptr<Executor>(new BorrowedExecutor(static_cast<sqlite3*>(tx.handle())));
+    auto* db = static_cast<sqlite3*>(tx.handle());
+    // Outside a transaction each statement would commit on its own: the job would exist whatever
+    // the caller did next, which is what a Tx call promises it will not.
+    if (sqlite3_get_autocommit(db) != 0) {
+      return Status::InvalidArgument(
+          "SqliteTx(db): the connection has no open transaction: run BEGIN on it first (the "
+          "job then exists only if you COMMIT)");
+    }
+    return std::unique_ptr<Executor>(new BorrowedExecutor(db));
   }
 
   const std::vector<Migration>& Migrations() const override { return SqliteMigrations(); }
