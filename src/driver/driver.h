@@ -238,6 +238,10 @@ struct DriverOptions {
   // False: never LISTEN (PostgreSQL); WaitForChange then only waits out its timeout or an
   // Interrupt and reports no change. SQLite polls data_version either way.
   bool listen = true;
+  // False: a SQLite file that does not exist is FailedPrecondition naming the command that
+  // creates it, rather than created empty (Client::Open without auto_migrate would refuse the
+  // empty file anyway, and leave it behind a mistyped path).
+  bool create_if_missing = true;
 };
 
 class Driver {

@@ -464,11 +464,13 @@ Result<std::unique_ptr<Client>> Client::Open(std::string_view database_url, Clie
   SPOOL_RETURN_IF_ERROR(ValidateClientOptions(options));
   SPOOL_RETURN_IF_ERROR(internal::ValidatePeriodicJobs(options));
   SPOOL_RETURN_IF_ERROR(workers.status());
-  SPOOL_ASSIGN_OR_RETURN(auto driver, Driver::Open(database_url, internal::DriverOptions{
-                                                                     .sqlite = options.sqlite,
-                                                                     .postgres = options.postgres,
-                                                                     .listen = !options.poll_only,
-                                                                 }));
+  SPOOL_ASSIGN_OR_RETURN(auto driver,
+                         Driver::Open(database_url, internal::DriverOptions{
+                                                        .sqlite = options.sqlite,
+                                                        .postgres = options.postgres,
+                                                        .listen = !options.poll_only,
+                                                        .create_if_missing = options.auto_migrate,
+                                                    }));
   SPOOL_ASSIGN_OR_RETURN(const int version, driver->SchemaVersion());
   // The messages below name the database and the command that fixes it, never a password; a
   // command given a url without its password would not connect, so then it names none.

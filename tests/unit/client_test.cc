@@ -619,13 +619,31 @@ TEST_F(ClientTest, WrongKindOfTransactionIsRefused) {
 
 TEST(ClientOpenTest, RefusesMissingSchemaNamingTheCommand) {
   TempDir dir;
+  // No file: refused without creating one (a mistyped path leaves nothing behind).
   auto c = Client::Open(dir.SqliteUrl(), {});
   ASSERT_FALSE(c.has_value());
   EXPECT_TRUE(c.error().IsFailedPrecondition());
+  EXPECT_NE(c.error().message().find("no SQLite database at"), std::string::npos)
+      << c.error().ToString();
   EXPECT_NE(c.error().message().find("spool migration up"), std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists(dir.path() / "test.db"));
+  // A file without spool's tables.
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir.path() / "test.db").c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "CREATE TABLE app (id INTEGER)", nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3_close(db);
+  c = Client::Open(dir.SqliteUrl(), {});
+  ASSERT_FALSE(c.has_value());
+  EXPECT_TRUE(c.error().IsFailedPrecondition());
+  EXPECT_NE(c.error().message().find("has no spool tables: run `spool migration up"),
+            std::string::npos)
+      << c.error().ToString();
   ClientOptions o;
   o.auto_migrate = true;
   EXPECT_TRUE(Client::Open(dir.SqliteUrl(), o).has_value());
+  TempDir fresh;
+  EXPECT_TRUE(Client::Open(fresh.SqliteUrl(), o).has_value()) << "auto_migrate creates the file";
 }
 
 TEST(ClientOpenTest, RefusesASchemaNewerThanItKnows) {

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <filesystem>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -749,6 +750,15 @@ class SqliteDriver final : public Driver {
 }  // namespace
 
 Result<std::unique_ptr<Driver>> OpenSqliteDriver(std::string path, const DriverOptions& options) {
+  if (!options.create_if_missing) {
+    std::error_code ec;
+    if (!std::filesystem::exists(path, ec) && !ec) {
+      return Status::FailedPrecondition(fmt::format(
+          "no SQLite database at {}: run `spool migration up --database-url sqlite://{}` to "
+          "create it (or set ClientOptions.auto_migrate)",
+          path, path));
+    }
+  }
   // Everything the client writes goes through this connection, so its WAL writes are gathered.
   SPOOL_ASSIGN_OR_RETURN(SqliteDbPtr writer, SqliteOpen(path, WalGatheringVfs()));
   SPOOL_ASSIGN_OR_RETURN(SqliteDbPtr watcher, SqliteOpen(path));
