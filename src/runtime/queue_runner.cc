@@ -26,6 +26,9 @@ constexpr auto kFetchErrorLogPeriod = std::chrono::seconds(10);
 // what is free. Short enough not to matter for slow jobs, long enough for fast ones to pile up.
 constexpr auto kFetchLinger = std::chrono::microseconds(500);
 constexpr int kMaxFetchBatch = 200;
+// Appended to the error of a job whose context a hard stop cancelled.
+constexpr std::string_view kStoppedWhileRunning =
+    " (the client was stopping and its Stop timeout passed while the job ran)";
 
 std::string Demangle(const char* name) {
   int status = 0;
@@ -115,7 +118,10 @@ bool QueueRunner::WaitIdle(std::chrono::steady_clock::time_point deadline) {
 void QueueRunner::CancelAll() {
   std::lock_guard lock(mu_);
   cancel_all_ = true;
-  for (auto& [id, running] : running_) running->source.request_stop();
+  for (auto& [id, running] : running_) {
+    running->stop_cancelled = true;
+    running->source.request_stop();
+  }
   worker_cv_.notify_all();
 }
 
@@ -300,7 +306,8 @@ void QueueRunner::WorkLoop() {
             std::chrono::duration_cast<Duration>(std::chrono::steady_clock::now() - t0);
         if (deadline) env_.deadlines.Remove(id);
         Completion c = MakeCompletion(std::move(job), outcome, timed_out.load(),
-                                      running.admin_cancelled.load(), timeout, run_time);
+                                      running.admin_cancelled.load(), running.stop_cancelled.load(),
+                                      timeout, run_time);
         if (c.params.error && !trace.empty()) {
           c.params.error->trace = trace;
           c.event.job.errors.back().trace = trace;
@@ -346,7 +353,7 @@ void QueueRunner::SlotFreedLocked() {
 }
 
 Completion QueueRunner::MakeCompletion(JobRow job, const Outcome& outcome, bool timed_out,
-                                       bool admin_cancelled, Duration timeout,
+                                       bool admin_cancelled, bool stop_cancelled, Duration timeout,
                                        Duration run_time) const {
   const TimePoint now = env_.clock.Now();
   Completion c;
@@ -382,8 +389,10 @@ Completion QueueRunner::MakeCompletion(JobRow job, const Outcome& outcome, bool 
         c.params.state = JobState::kCancelled;
         c.params.at = now;
         c.event.kind = Event::Kind::kJobCancelled;
-        record_error(outcome.message().empty() ? "cancelled by its worker"
-                                               : "cancelled: " + outcome.message());
+        // The worker's word is kept, but the history says why its context was cancelled.
+        record_error((outcome.message().empty() ? std::string("cancelled by its worker")
+                                                : "cancelled: " + outcome.message()) +
+                     (stop_cancelled && !timed_out ? std::string(kStoppedWhileRunning) : ""));
         break;
       case Outcome::Kind::kFail: {
         std::string message =
@@ -391,6 +400,8 @@ Completion QueueRunner::MakeCompletion(JobRow job, const Outcome& outcome, bool 
         if (timed_out) {
           message = fmt::format("job timed out after {}; Work returned: {}",
                                 FormatDuration(timeout), message);
+        } else if (stop_cancelled) {
+          message += kStoppedWhileRunning;
         }
         record_error(std::move(message));
         if (job.attempt >= job.max_attempts) {

@@ -68,12 +68,14 @@ class QueueRunner {
   struct Running {
     std::stop_source source;
     std::atomic<bool> admin_cancelled{false};
+    std::atomic<bool> stop_cancelled{false};  // by a hard stop (CancelAll)
   };
   void ProduceLoop();
   void WorkLoop();
   void RunJob(JobRow job);
   Completion MakeCompletion(JobRow job, const Outcome& outcome, bool timed_out,
-                            bool admin_cancelled, Duration timeout, Duration run_time) const;
+                            bool admin_cancelled, bool stop_cancelled, Duration timeout,
+                            Duration run_time) const;
   // Called with mu_ held after a job finished: wakes the producer only when it is worth a fetch.
   void SlotFreedLocked();
   void WakeWorkerLocked();

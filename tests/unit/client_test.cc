@@ -506,7 +506,9 @@ TEST_F(ClientTest, HardStopCancelsRunningJobsAndLeavesNoneRunning) {
   JobRow j = Get(*c, r->job.id);
   EXPECT_EQ(j.state, JobState::kRetryable);
   ASSERT_EQ(j.errors.size(), 1u);
-  EXPECT_EQ(j.errors[0].error, "stopped: context cancelled");
+  EXPECT_EQ(j.errors[0].error,
+            "stopped: context cancelled (the client was stopping and its Stop timeout passed "
+            "while the job ran)");
 }
 
 TEST_F(ClientTest, StopAndCancelCancelsAtOnce) {
