@@ -1,10 +1,12 @@
 // `spool jobs ...` and `spool queues ...`: inspect and operate on a live job table.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <cctype>
 #include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -14,6 +16,7 @@
 
 #include "commands/commands.h"
 #include "common/config.h"
+#include "generator/generator.h"
 #include "spool/client.h"
 
 namespace spool::cli {
@@ -291,9 +294,28 @@ struct AddFlags {
   std::string schedule_in;
   std::vector<std::string> unique_by;
   bool json = false;
+  bool any_kind = false;
 };
 
+// Inside an app, a kind none of its jobs has is almost always a typo: the job would fail every
+// attempt with "no worker registered" before it is discarded.
+void CheckKindIsTheApps(const std::string& kind) {
+  const std::filesystem::path root = AppRoot();
+  std::error_code ec;
+  if (!std::filesystem::exists(root / ".spoolrc", ec) ||
+      !std::filesystem::exists(root / "jobs/registry.h", ec)) {
+    return;
+  }
+  const std::vector<std::string> kinds = AppJobKinds(root);
+  if (std::find(kinds.begin(), kinds.end(), kind) != kinds.end()) return;
+  throw CommandError(fmt::format(
+      "this app has no job of kind \"{}\" (its jobs: {}): check the spelling, or pass "
+      "--any-kind for a kind another program works; nothing was inserted",
+      kind, kinds.empty() ? std::string("none yet") : fmt::format("{}", fmt::join(kinds, ", "))));
+}
+
 void RunAdd(const AddFlags& f) {
+  if (!f.any_kind) CheckKindIsTheApps(f.kind);
   InsertParams params;
   params.kind = f.kind;
   Json args;
@@ -519,6 +541,8 @@ void RegisterJobs(CLI::App& app) {
                   "queue) exists: args, queue; comma-separate for both")
       ->delimiter(',')
       ->check(CLI::IsMember({"args", "queue"}));
+  add->add_flag("--any-kind", add_flags->any_kind,
+                "Inside an app, insert a kind none of its jobs/ has (one another program works)");
   add->add_flag("--json", add_flags->json,
                 "Print the job as a JSON object with a boolean \"duplicate\"");
   add->callback([add_flags] { RunAdd(*add_flags); });

@@ -273,6 +273,26 @@ std::string RenderQueueMigration(std::string_view driver,
   return out;
 }
 
+std::vector<std::string> AppJobKinds(const fs::path& root) {
+  const Plan plan(root);
+  std::vector<std::string> notes;
+  std::vector<std::string> kinds;
+  for (const auto& [name, is_task] : ScanJobs(plan, notes)) {
+    std::string kind = name;
+    if (const auto text = plan.Read(fmt::format("jobs/{}.h", name))) {
+      constexpr std::string_view kDecl = "kKind = \"";
+      if (const size_t at = text->find(kDecl); at != std::string::npos) {
+        const size_t begin = at + kDecl.size();
+        if (const size_t end = text->find('"', begin); end != std::string::npos) {
+          kind = text->substr(begin, end - begin);
+        }
+      }
+    }
+    kinds.push_back(std::move(kind));
+  }
+  return kinds;
+}
+
 std::string RenderRegistry(std::vector<std::pair<std::string, bool>> jobs) {
   std::sort(jobs.begin(), jobs.end());
   std::string includes;

@@ -55,6 +55,10 @@ Generated PlanQueue(const AppInfo& app, const QueueOptions& options);
 Generated PlanJob(const AppInfo& app, std::string_view name_input,
                   const std::optional<std::string>& schedule, bool force);
 
+// The kinds of the jobs in an app's jobs/ folder: each job file's kKind (its name unless the
+// file was edited). Empty when there is no jobs/ folder.
+std::vector<std::string> AppJobKinds(const std::filesystem::path& root);
+
 // jobs/registry.cc for the given job files (name, is_task), rendered whole.
 std::string RenderRegistry(std::vector<std::pair<std::string, bool>> jobs);
 

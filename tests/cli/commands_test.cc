@@ -242,6 +242,10 @@ TEST_F(CommandsTest, CommandsInASubfolderWorkOnTheApp) {
   r = Spool({"jobs", "add", "send_email", "--json"});
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_FALSE(fs::exists(app() / "src/app.db"));  // .spoolrc's sqlite://app.db is the app's
+  r = Spool({"jobs", "add", "send_emial"});
+  EXPECT_EQ(r.code, kExitFailed);
+  EXPECT_NE(r.err.find("no job of kind \"send_emial\" (its jobs: send_email)"), std::string::npos)
+      << r.err;
   r = Spool({"migration", "status"});
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("setup_spool_queue"), std::string::npos) << r.out;
@@ -314,8 +318,14 @@ TEST_F(CommandsTest, AppMigrationsRunInOrderTrackedAndRevert) {
     auto client = spool::Client::Open(url, {});  // spool's tables are still there
     ASSERT_TRUE(client) << client.error().ToString();
   }
+  // A kind none of the app's jobs has is refused (a typo), unless --any-kind.
+  r = Spool({"jobs", "add", "send_email"});
+  EXPECT_EQ(r.code, kExitFailed);
+  EXPECT_NE(r.err.find("this app has no job of kind \"send_email\" (its jobs: none yet)"),
+            std::string::npos)
+      << r.err;
   // A job that has not run yet holds the queue migration's down back until --force.
-  ASSERT_EQ(Spool({"jobs", "add", "send_email"}).code, 0);
+  ASSERT_EQ(Spool({"jobs", "add", "send_email", "--any-kind"}).code, 0);
   r = Spool({"migration", "down"});
   EXPECT_EQ(r.code, kExitFailed);
   EXPECT_NE(r.err.find("spool's tables hold 1 job(s) that have not finished (available 1)"),
