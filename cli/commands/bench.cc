@@ -7,6 +7,8 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -329,6 +331,17 @@ void RegisterBench(CLI::App& app) {
       "Example: spool bench --database-url sqlite:///tmp/bench.db --jobs 50000 --workers 100");
   cmd->callback([cfg] {
     BenchConfig c = *cfg;
+    // The bench leaves its jobs behind: an app's own database is never taken by default.
+    const char* env = std::getenv("SPOOL_DATABASE_URL");
+    std::error_code ec;
+    if (c.url.empty() && (env == nullptr || *env == '\0') &&
+        std::filesystem::exists(AppRoot() / ".spoolrc", ec)) {
+      throw CommandError(
+          "spool bench inserts and leaves thousands of jobs, so it does not use the app's "
+          "database from .spoolrc: pass --database-url (a scratch database, e.g. "
+          "sqlite:///tmp/bench.db)",
+          kExitUsage);
+    }
     c.url = ResolveDatabaseUrl(c.url);
     RunBench(c);
   });

@@ -23,6 +23,7 @@ namespace {
 using json = nlohmann::json;
 using testing::ScopedCwd;
 using testing::TempDir;
+using testing::WriteText;
 using namespace std::chrono_literals;
 
 using testing::CliRun;
@@ -692,6 +693,20 @@ TEST(BenchTest, NoClaimOnInsertLeavesEveryLatencyJobToAFetch) {
   EXPECT_EQ(j["claim_on_insert"], false);
   EXPECT_EQ(j["latency_claimed_on_insert"], 0);
   EXPECT_EQ(j["verified"], true);
+}
+
+TEST(BenchTest, InsideAnAppItNeedsAnExplicitDatabase) {
+  TempDir app;
+  WriteText(app.path() / ".spoolrc", "app=demo\ndb=sqlite\ndatabase_url=sqlite://app.db\n");
+  ScopedCwd in(app.path());
+  const char* saved = std::getenv("SPOOL_DATABASE_URL");
+  const std::string saved_value = saved ? saved : "";
+  unsetenv("SPOOL_DATABASE_URL");
+  CliRun r = Spool({"bench", "--jobs", "10"});
+  if (saved) setenv("SPOOL_DATABASE_URL", saved_value.c_str(), 1);
+  EXPECT_EQ(r.code, kExitUsage) << r.err;
+  EXPECT_NE(r.err.find("does not use the app's database"), std::string::npos) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(app.path() / "app.db"));
 }
 
 TEST(BenchTest, BadOptionsAreUsageErrorsAndTouchNoDatabase) {

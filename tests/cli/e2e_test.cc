@@ -247,6 +247,9 @@ void RunFlow(const std::string& db, const std::string& url) {
       Curl({"-d", "{\"to\":\"x\"}", base + "/jobs/send_email"}, tmp.path, log);
   EXPECT_NE(refused.find("cannot parse args of kind send_email"), std::string::npos)
       << refused << fail_log();
+  EXPECT_EQ(Curl({base + "/jobs/send_email"}, tmp.path, log),
+            "POST the job's args as JSON to enqueue it\n")
+      << fail_log();
   // A second copy of the app on the same port is refused, not handed half of the requests.
   const fs::path second_log = tmp.path / "second.log";
   EXPECT_EQ(Wait(Start({(app / "build/shop").string()}, app, second_log,
