@@ -59,6 +59,14 @@ class SqliteAppDb final : public AppDb {
       throw CommandError(fmt::format("cannot open the SQLite database {}: {}", path, err));
     }
     sqlite3_busy_timeout(db_, 5000);
+    // The first read is where a file that is not a database fails: say which file.
+    if (sqlite3_exec(db_, "SELECT count(*) FROM sqlite_schema", nullptr, nullptr, nullptr) !=
+        SQLITE_OK) {
+      const std::string err = sqlite3_errmsg(db_);
+      sqlite3_close(db_);
+      db_ = nullptr;
+      throw CommandError(fmt::format("cannot use {} as the app's SQLite database: {}", path, err));
+    }
   }
   ~SqliteAppDb() override { sqlite3_close(db_); }
   void Exec(const std::string& sql) override {
@@ -92,7 +100,7 @@ class SqliteAppDb final : public AppDb {
 #ifdef SPOOL_CLI_WITH_POSTGRES
 class PostgresAppDb final : public AppDb {
  public:
-  explicit PostgresAppDb(const std::string& url) : conn_(PQconnectdb(url.c_str())) {
+  explicit PostgresAppDb(const std::string& url) : conn_(Connect(url)) {
     if (conn_ == nullptr || PQstatus(conn_) != CONNECTION_OK) {
       const std::string err = conn_ != nullptr ? PQerrorMessage(conn_) : "out of memory";
       PQfinish(conn_);
@@ -125,6 +133,18 @@ class PostgresAppDb final : public AppDb {
     }
     return res;
   }
+  // libpq echoes a url it cannot parse, password included: such a url is refused before it.
+  static PGconn* Connect(const std::string& url) {
+    PQconninfoOption* opts = PQconninfoParse(url.c_str(), nullptr);
+    if (opts == nullptr) {
+      throw CommandError(fmt::format(
+          "the PostgreSQL url {} cannot be parsed (postgres://user:password@host:port/db)",
+          UrlWithoutPassword(url)));
+    }
+    PQconninfoFree(opts);
+    return PQconnectdb(url.c_str());
+  }
+
   PGconn* conn_ = nullptr;
 };
 #endif

@@ -255,6 +255,20 @@ TEST_F(CommandsTest, CommandsInASubfolderWorkOnTheApp) {
   EXPECT_NE(r.out.find("send_email"), std::string::npos) << r.out;
 }
 
+TEST_F(CommandsTest, AppMigrationsNameABadDatabaseAndNeverItsPassword) {
+  NewApp();
+  WriteText(app() / "notes.txt", "not a database\n");
+  CliRun r = Spool({"migration", "up", "--database-url", "sqlite://notes.txt"});
+  EXPECT_EQ(r.code, kExitFailed);
+  EXPECT_NE(r.err.find("cannot use notes.txt as the app's SQLite database"), std::string::npos)
+      << r.err;
+  r = Spool({"migration", "up", "--database-url", "postgres://u:S3cret@[::1:5/x"});
+  EXPECT_EQ(r.code, kExitFailed);
+  EXPECT_NE(r.err.find("cannot be parsed"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("S3cret"), std::string::npos) << r.err;
+  EXPECT_EQ(r.out.find("S3cret"), std::string::npos) << r.out;
+}
+
 TEST_F(CommandsTest, MigrationNamesFollowTheRuleAndAreNotRepeated) {
   NewApp();
   CliRun r = Spool({"migration", "create", "Add Users"});
