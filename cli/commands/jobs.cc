@@ -356,6 +356,10 @@ void RunAdd(const AddFlags& f) {
     params.options.unique = unique;
   }
   if (params.kind.empty()) throw CommandError("KIND must not be empty", kExitUsage);
+  // The flag's name, not the library field's it sets ("InsertOptions.queue").
+  if (Status st = ValidateQueueName(params.options.queue); !st.ok()) {
+    throw CommandError("--queue: " + st.message(), kExitUsage);
+  }
   if (Status st = ValidateInsertOptions(params.options); !st.ok()) {
     throw CommandError(st.message(), kExitUsage);
   }

@@ -519,7 +519,7 @@ Generated PlanJob(const AppInfo& app, std::string_view name_input,
   };
   if (schedule) {
     out.notes.push_back(fmt::format(
-        "jobs::PeriodicJobs() in {} now lists {}: the app enqueues it at \"{}\" (UTC) through "
+        "jobs::PeriodicJobs() in {} lists {}: the app enqueues it at \"{}\" (UTC) through "
         "ClientOptions::periodic_jobs",
         registry_path, name.snake, *schedule));
   }

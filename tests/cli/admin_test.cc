@@ -257,6 +257,13 @@ TEST_F(AdminTest, BadUsageExitsTwo) {
   EXPECT_TRUE(AllJobs().empty());
 }
 
+TEST_F(AdminTest, AnEmptyQueueIsNamedByItsFlag) {
+  CliRun r = Run({"jobs", "add", "k", "--queue", ""});
+  EXPECT_EQ(r.code, kExitUsage);
+  EXPECT_NE(r.err.find("--queue: queue name is empty"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("InsertOptions"), std::string::npos) << r.err;
+}
+
 TEST_F(AdminTest, BadNumbersAreRefusedInWords) {
   CliRun r = Run({"jobs", "add", "k", "--max-attempts", "0"});
   EXPECT_EQ(r.code, kExitUsage);
