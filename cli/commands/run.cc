@@ -2,10 +2,38 @@
 
 #include <cstdio>
 #include <exception>
+#include <string>
+#include <vector>
 
 #include "commands/commands.h"
 
 namespace spool::cli {
+namespace {
+
+// "unknown command ..." when a command that needs a subcommand got a word that is none of them
+// (`spool jobs lsit`), else empty: CLI11 only says "A subcommand is required".
+std::string UnknownSubcommand(CLI::App& app) {
+  CLI::App* cur = &app;
+  std::string path = "spool";
+  for (;;) {
+    const auto parsed = cur->get_subcommands();
+    if (parsed.empty()) break;
+    cur = parsed.front();
+    path += " " + cur->get_name();
+  }
+  const std::vector<std::string> rest = cur->remaining();
+  if (cur->get_require_subcommand_min() == 0 || rest.empty() || rest.front().starts_with("-")) {
+    return {};
+  }
+  std::string names;
+  for (const CLI::App* sub : cur->get_subcommands([](CLI::App*) { return true; })) {
+    names += (names.empty() ? "" : ", ") + sub->get_name();
+  }
+  return fmt::format("unknown command \"{}\" for {}: use one of {} ({} --help)", rest.front(), path,
+                     names, path);
+}
+
+}  // namespace
 
 int Run(int argc, char** argv) {
   CLI::App app{"spool: durable background jobs for C++ applications", "spool"};
@@ -26,6 +54,10 @@ int Run(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
+    if (const std::string unknown = UnknownSubcommand(app); !unknown.empty()) {
+      fmt::print(stderr, "error: {}\n", unknown);
+      return kExitUsage;
+    }
     app.exit(e);
     return kExitUsage;
   } catch (const CommandError& e) {

@@ -257,6 +257,19 @@ TEST_F(AdminTest, BadUsageExitsTwo) {
   EXPECT_TRUE(AllJobs().empty());
 }
 
+TEST_F(AdminTest, AMistypedSubcommandIsNamedWithTheChoices) {
+  CliRun r = Spool({"jobs", "lsit"});
+  EXPECT_EQ(r.code, kExitUsage);
+  EXPECT_NE(r.err.find("unknown command \"lsit\" for spool jobs: use one of list, show, add"),
+            std::string::npos)
+      << r.err;
+  r = Spool({"frob"});
+  EXPECT_EQ(r.code, kExitUsage);
+  EXPECT_NE(r.err.find("unknown command \"frob\" for spool: use one of migration"),
+            std::string::npos)
+      << r.err;
+}
+
 TEST_F(AdminTest, AnEmptyQueueIsNamedByItsFlag) {
   CliRun r = Run({"jobs", "add", "k", "--queue", ""});
   EXPECT_EQ(r.code, kExitUsage);
