@@ -8,7 +8,6 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -333,9 +332,7 @@ void RegisterBench(CLI::App& app) {
     BenchConfig c = *cfg;
     // The bench leaves its jobs behind: an app's own database is never taken by default.
     const char* env = std::getenv("SPOOL_DATABASE_URL");
-    std::error_code ec;
-    if (c.url.empty() && (env == nullptr || *env == '\0') &&
-        std::filesystem::exists(AppRoot() / ".spoolrc", ec)) {
+    if (c.url.empty() && (env == nullptr || *env == '\0') && FindAppRoot()) {
       throw CommandError(
           "spool bench inserts and leaves thousands of jobs, so it does not use the app's "
           "database from .spoolrc: pass --database-url (a scratch database, e.g. "

@@ -6,7 +6,6 @@
 #include <cctype>
 #include <chrono>
 #include <cstdint>
-#include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -300,13 +299,9 @@ struct AddFlags {
 // Inside an app, a kind none of its jobs has is almost always a typo: the job would fail every
 // attempt with "no worker registered" before it is discarded.
 void CheckKindIsTheApps(const std::string& kind) {
-  const std::filesystem::path root = AppRoot();
-  std::error_code ec;
-  if (!std::filesystem::exists(root / ".spoolrc", ec) ||
-      !std::filesystem::exists(root / "jobs/registry.h", ec)) {
-    return;
-  }
-  const std::vector<std::string> kinds = AppJobKinds(root);
+  const auto root = FindAppRoot();
+  if (!root || AppWithoutQueueHere()) return;
+  const std::vector<std::string> kinds = AppJobKinds(*root);
   if (std::find(kinds.begin(), kinds.end(), kind) != kinds.end()) return;
   throw CommandError(fmt::format(
       "this app has no job of kind \"{}\" (its jobs: {}): check the spelling, or pass "

@@ -20,12 +20,8 @@ void Check(const Status& st) {
 void PrintStatus(const std::string& url) {
   auto infos = MigrationStatus(url);
   if (!infos) throw CommandError(infos.error().message());
-  int current = 0;
-  for (const auto& m : *infos) {
-    if (m.applied) current = m.version;
-  }
-  fmt::print("spool schema at {}: version {} of {}\n", UrlWithoutPassword(url), current,
-             infos->empty() ? 0 : infos->back().version);
+  fmt::print("spool schema at {}: version {} of {}\n", UrlWithoutPassword(url),
+             AppliedVersion(*infos), infos->empty() ? 0 : infos->back().version);
   for (const auto& m : *infos) {
     fmt::print("  {:>3}  {:<32} {}\n", m.version, m.name, m.applied ? "applied" : "pending");
   }
@@ -34,10 +30,8 @@ void PrintStatus(const std::string& url) {
 // The app the command runs in (AppRoot: the working directory or its nearest parent with a
 // .spoolrc), or nullopt: then the commands work on spool's own tables only.
 std::optional<AppInfo> AppHere() {
-  const std::filesystem::path root = AppRoot();
-  std::error_code ec;
-  if (!std::filesystem::exists(root / ".spoolrc", ec)) return std::nullopt;
-  return LoadApp(root);
+  if (auto root = FindAppRoot()) return LoadApp(*root);
+  return std::nullopt;
 }
 
 std::optional<std::string> Target(const std::string& t) {
@@ -115,12 +109,8 @@ void RegisterMigration(CLI::App& app) {
     const std::optional<int> to = SpoolTarget(*target);
     if (!*force) {
       // Down to version 0 drops spool_job with whatever it holds.
-      int current = 0;
-      if (auto infos = MigrationStatus(u); infos) {
-        for (const auto& m : *infos) {
-          if (m.applied) current = m.version;
-        }
-      }
+      auto infos = MigrationStatus(u);
+      const int current = infos ? AppliedVersion(*infos) : 0;
       if (current > 0 && (to ? *to == 0 : current == 1)) RefuseToDropUnfinishedJobs(u);
     }
     Check(MigrateDown(u, to));

@@ -27,14 +27,18 @@ std::optional<std::string> SpoolRc::Get(const std::string& key) const {
   return it->second;
 }
 
-std::filesystem::path AppRoot() {
+std::optional<std::filesystem::path> FindAppRoot() {
   std::error_code ec;
   const std::filesystem::path here = std::filesystem::absolute(std::filesystem::current_path());
   for (std::filesystem::path dir = here; !dir.empty(); dir = dir.parent_path()) {
     if (std::filesystem::exists(dir / ".spoolrc", ec)) return dir;
     if (dir == dir.root_path()) break;
   }
-  return here;
+  return std::nullopt;
+}
+
+std::filesystem::path AppRoot() {
+  return FindAppRoot().value_or(std::filesystem::absolute(std::filesystem::current_path()));
 }
 
 std::optional<SpoolRc> ReadSpoolRc(const std::filesystem::path& dir) {
@@ -89,9 +93,8 @@ std::string ResolveDatabaseUrl(const std::string& flag_value) {
 
 bool AppWithoutQueueHere() {
   std::error_code ec;
-  const auto root = AppRoot();
-  return std::filesystem::exists(root / ".spoolrc", ec) &&
-         !std::filesystem::exists(root / "jobs/registry.h", ec);
+  const auto root = FindAppRoot();
+  return root && !std::filesystem::exists(*root / "jobs/registry.h", ec);
 }
 
 bool DatabaseFileMissing(const std::string& url) {

@@ -16,7 +16,9 @@ struct SpoolRc {
 };
 
 // The app folder the command runs in: the working directory or its nearest parent that has a
-// .spoolrc (as git finds its repository), else the working directory.
+// .spoolrc (as git finds its repository); nullopt outside an app.
+std::optional<std::filesystem::path> FindAppRoot();
+// FindAppRoot(), else the working directory.
 std::filesystem::path AppRoot();
 
 // Reads `dir/.spoolrc`; nullopt when there is none. Throws CommandError on a malformed line.

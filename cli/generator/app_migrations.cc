@@ -352,6 +352,14 @@ void AppMigrateUp(const fs::path& root, const std::string& url,
   AppMigrationStatus(root, url);
 }
 
+int AppliedVersion(const std::vector<MigrationInfo>& infos) {
+  int current = 0;
+  for (const auto& m : infos) {
+    if (m.applied) current = m.version;
+  }
+  return current;
+}
+
 void RefuseToDropUnfinishedJobs(const std::string& url) {
   // Plain SQL rather than a Client: it must read every schema version a down passes through.
   std::vector<std::string> rows;
@@ -433,11 +441,7 @@ void AppMigrationStatus(const fs::path& root, const std::string& url) {
   if (has_queue) {
     auto infos = MigrationStatus(url);
     if (!infos) throw CommandError(infos.error().message());
-    int current = 0;
-    for (const auto& m : *infos) {
-      if (m.applied) current = m.version;
-    }
-    fmt::print("spool schema: version {} of {}\n", current,
+    fmt::print("spool schema: version {} of {}\n", AppliedVersion(*infos),
                infos->empty() ? 0 : infos->back().version);
   }
 }

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "generator/generator.h"
+#include "spool/client.h"
 
 namespace spool::cli {
 
@@ -37,6 +38,9 @@ void AppMigrateUp(const std::filesystem::path& root, const std::string& url,
 // `force` (RefuseToDropUnfinishedJobs).
 void AppMigrateDown(const std::filesystem::path& root, const std::string& url,
                     const std::optional<std::string>& target, bool force);
+
+// The newest applied version of spool's schema in MigrationStatus's list (0: none).
+int AppliedVersion(const std::vector<MigrationInfo>& infos);
 
 // Throws CommandError when spool's tables at `url` hold jobs not in a final state (available,
 // scheduled, running, retryable, pending), which dropping the tables would lose; the message

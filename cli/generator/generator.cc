@@ -23,6 +23,9 @@ constexpr std::string_view kRegistryHeader = "jobs/registry.h";
 constexpr std::string_view kRegistrySource = "jobs/registry.cc";
 constexpr std::string_view kMigrationsDir = "database/migrations";
 constexpr std::string_view kQueueMigrationSuffix = "_setup_spool_queue.sql";
+// What main.cpp and CMakeLists.txt hold once `gen queue` has wired them.
+constexpr std::string_view kMainWiredSentinel = "spool::Client::Open(";
+constexpr std::string_view kCMakeWiredSentinel = "find_package(spool";
 
 std::string SpoolVersion() {
   return fmt::format("{}.{}", SPOOL_VERSION_MAJOR, SPOOL_VERSION_MINOR);
@@ -347,9 +350,8 @@ Generated PlanQueue(const AppInfo& app, const QueueOptions& options) {
     // "nothing changed" alone.
     const auto main_now = plan.Read(std::string(kMainPath));
     const auto cmake_now = plan.Read(std::string(kCMakePath));
-    const bool main_wired = main_now && main_now->find("spool::Client::Open(") != std::string::npos;
-    const bool cmake_wired =
-        cmake_now && cmake_now->find("find_package(spool") != std::string::npos;
+    const bool main_wired = main_now && main_now->find(kMainWiredSentinel) != std::string::npos;
+    const bool cmake_wired = cmake_now && cmake_now->find(kCMakeWiredSentinel) != std::string::npos;
     if (!main_wired || !cmake_wired) {
       throw CommandError(fmt::format(
           "queue already set up ({} exists), but {} does not use it: run spool gen queue --force "
@@ -378,7 +380,7 @@ Generated PlanQueue(const AppInfo& app, const QueueOptions& options) {
       {"// spool:includes",
        DropPresentIncludes(RenderTemplate("queue/includes.tmpl", vars), *main_text),
        "\"jobs/registry.h\"", "with the other #include lines"},
-      {"// spool:setup", RenderTemplate("queue/setup.tmpl", setup_vars), "spool::Client::Open(",
+      {"// spool:setup", RenderTemplate("queue/setup.tmpl", setup_vars), kMainWiredSentinel,
        "in main(), after the signals are blocked and before the server is created"},
       {"// spool:routes", RenderTemplate("queue/routes.tmpl", vars), "jobs::IsKnownKind(",
        "in main(), with the other routes"},
@@ -386,7 +388,7 @@ Generated PlanQueue(const AppInfo& app, const QueueOptions& options) {
        "in main(), after the server has stopped"},
   };
   const std::vector<MarkerEdit> cmake_edits = {
-      {"# spool:find-packages", RenderTemplate("queue/cmake_find.tmpl", vars), "find_package(spool",
+      {"# spool:find-packages", RenderTemplate("queue/cmake_find.tmpl", vars), kCMakeWiredSentinel,
        "after the other find_package lines"},
       {"# spool:sources", RenderTemplate("queue/cmake_sources.tmpl", vars), "/jobs/*.cc",
        fmt::format("after add_executable({})", app.name)},
