@@ -12,7 +12,7 @@
 #include <system_error>
 
 #ifdef SPOOL_CLI_WITH_POSTGRES
-#include <libpq-fe.h>
+#include "driver/postgres/pg_conn.h"
 #endif
 
 #include "commands/commands.h"
@@ -100,18 +100,13 @@ class SqliteAppDb final : public AppDb {
 #ifdef SPOOL_CLI_WITH_POSTGRES
 class PostgresAppDb final : public AppDb {
  public:
-  explicit PostgresAppDb(const std::string& url) : conn_(Connect(url)) {
-    if (conn_ == nullptr || PQstatus(conn_) != CONNECTION_OK) {
-      const std::string err = conn_ != nullptr ? PQerrorMessage(conn_) : "out of memory";
-      PQfinish(conn_);
-      conn_ = nullptr;
-      throw CommandError(fmt::format("cannot connect to PostgreSQL: {}", err));
-    }
-    // Quiet the NOTICEs of IF NOT EXISTS.
-    PQsetNoticeProcessor(
-        conn_, [](void*, const char*) {}, nullptr);
+  // The driver's connect: it refuses a url libpq cannot parse before libpq can echo it (password
+  // included), names host and port when the server cannot be reached, and quiets NOTICEs.
+  explicit PostgresAppDb(const std::string& url) {
+    auto conn = internal::pg::Conn::Connect(url, internal::pg::DescribeTarget(url));
+    if (!conn) throw CommandError(conn.error().message());
+    conn_ = std::move(*conn);
   }
-  ~PostgresAppDb() override { PQfinish(conn_); }
   void Exec(const std::string& sql) override { PQclear(Run(sql)); }
   std::vector<std::string> Column(const std::string& sql) override {
     PGresult* res = Run(sql);
@@ -122,8 +117,10 @@ class PostgresAppDb final : public AppDb {
   }
 
  private:
+  // The app's own SQL: its errors are passed through as PostgreSQL words them (the driver's
+  // error mapping would add hints about spool's schema), and a section of only comments is fine.
   PGresult* Run(const std::string& sql) {
-    PGresult* res = PQexec(conn_, sql.c_str());
+    PGresult* res = PQexec(conn_->get(), sql.c_str());
     const ExecStatusType st = PQresultStatus(res);
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY) {
       std::string err = PQresultErrorMessage(res);
@@ -133,19 +130,8 @@ class PostgresAppDb final : public AppDb {
     }
     return res;
   }
-  // libpq echoes a url it cannot parse, password included: such a url is refused before it.
-  static PGconn* Connect(const std::string& url) {
-    PQconninfoOption* opts = PQconninfoParse(url.c_str(), nullptr);
-    if (opts == nullptr) {
-      throw CommandError(fmt::format(
-          "the PostgreSQL url {} cannot be parsed (postgres://user:password@host:port/db)",
-          UrlWithoutPassword(url)));
-    }
-    PQconninfoFree(opts);
-    return PQconnectdb(url.c_str());
-  }
 
-  PGconn* conn_ = nullptr;
+  std::unique_ptr<internal::pg::Conn> conn_;
 };
 #endif
 

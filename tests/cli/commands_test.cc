@@ -267,6 +267,11 @@ TEST_F(CommandsTest, AppMigrationsNameABadDatabaseAndNeverItsPassword) {
   EXPECT_NE(r.err.find("cannot be parsed"), std::string::npos) << r.err;
   EXPECT_EQ(r.err.find("S3cret"), std::string::npos) << r.err;
   EXPECT_EQ(r.out.find("S3cret"), std::string::npos) << r.out;
+  // Nothing listens on port 1: the message names where it tried, as the library's does.
+  r = Spool({"migration", "up", "--database-url", "postgres://u:S3cret@127.0.0.1:1/x"});
+  EXPECT_EQ(r.code, kExitFailed);
+  EXPECT_NE(r.err.find("cannot connect to PostgreSQL at 127.0.0.1:1"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("S3cret"), std::string::npos) << r.err;
 }
 
 TEST_F(CommandsTest, MigrationNamesFollowTheRuleAndAreNotRepeated) {

@@ -1,6 +1,7 @@
 #pragma once
 
-// RAII over libpq for the PostgreSQL driver. Only files under src/driver/postgres/ include this.
+// RAII over libpq for the PostgreSQL driver. Only files under src/driver/postgres/ include this,
+// and the CLI's app migrations, which connect as the driver does.
 
 #include <libpq-fe.h>
 
