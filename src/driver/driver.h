@@ -63,11 +63,24 @@ struct JobInsertManyParams {
 // kUnreadableRowDelay, so they neither stay running nor come round with every batch.
 constexpr Duration kUnreadableRowDelay = std::chrono::minutes(1);
 
+// Where a fetch may start: jobs ordered before (priority, scheduled_at) are skipped.
+struct FetchPosition {
+  int priority = 1;
+  TimePoint scheduled_at{};
+  friend bool operator==(const FetchPosition&, const FetchPosition&) = default;
+};
+
 struct JobGetAvailableParams {
   std::string queue{};
   int max = 1;
   std::string client_id{};
   TimePoint now{};
+  // Set by a producer whose last fetch filled its batch up to this position: the jobs before it
+  // were claimed then, so the fetch starts here instead of stepping over their index entries
+  // (PostgreSQL keeps a claimed job's entry, dead, until a vacuum; a fetch from the start of a
+  // drained backlog of 300,000 jobs stepped over thousands of pages). Jobs ordered before it
+  // are not returned; those at or after it are, in the usual order.
+  std::optional<FetchPosition> after{};
 };
 
 // One worker outcome. Applied only if the job is still running (an admin may have moved it).

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <memory>
+#include <tuple>
 #include <typeinfo>
 
 #include "core/thread_name.h"
@@ -77,6 +78,7 @@ void QueueRunner::Wake() {
     wake_ = true;
     urgent_ = true;
     drained_ = false;
+    fetch_after_.reset();
   }
   producer_cv_.notify_one();
 }
@@ -180,10 +182,17 @@ void QueueRunner::ProduceLoop() {
     urgent_ = false;
     const int n = std::min(max_workers_ - busy_, kMaxFetch);
     busy_ += n;  // reserve the slots while the fetch runs unlocked
+    const TimePoint fetch_at = env_.clock.Now();
+    if (fetch_after_ && fetch_at - fetched_from_start_at_ >= env_.options.poll_interval) {
+      fetch_after_.reset();
+    }
+    if (!fetch_after_) fetched_from_start_at_ = fetch_at;
+    const std::optional<FetchPosition> after = fetch_after_;
     lock.unlock();
     auto rows = env_.executor.JobGetAvailable(
-        {.queue = name_, .max = n, .client_id = env_.client_id, .now = env_.clock.Now()});
+        {.queue = name_, .max = n, .client_id = env_.client_id, .now = fetch_at, .after = after});
     lock.lock();
+    fetch_after_.reset();
     if (!rows) {
       drained_ = false;
       busy_ -= n;
@@ -228,6 +237,13 @@ void QueueRunner::ProduceLoop() {
     if (busy_ == 0) idle_cv_.notify_all();
     // A wake during the fetch may be for jobs it did not see.
     drained_ = got < n && !wake_;
+    if (got == n && !wake_) {
+      const JobRow& last =
+          *std::max_element(rows->begin(), rows->end(), [](const JobRow& a, const JobRow& b) {
+            return std::tie(a.priority, a.scheduled_at) < std::tie(b.priority, b.scheduled_at);
+          });
+      fetch_after_ = FetchPosition{.priority = last.priority, .scheduled_at = last.scheduled_at};
+    }
     AppendReadyLocked(std::move(*rows));
     // A full batch means more may be waiting: fetch again as soon as a slot frees.
     if (got == n) wake_ = true;

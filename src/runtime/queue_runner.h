@@ -3,6 +3,7 @@
 #include <condition_variable>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <stop_token>
 #include <string>
 #include <thread>
@@ -106,6 +107,13 @@ class QueueRunner {
   // The last fetch got fewer jobs than it asked for and no wake came since: no available job
   // of this queue is known to wait. Guarded by mu_.
   bool drained_ = false;
+  // Where the last fetch that filled its batch ended (JobGetAvailableParams::after), so the next
+  // starts there while a backlog drains. Dropped by a wake (an insert, a due or retried job may
+  // come before it), by a fetch that was not full or failed, and poll_interval after the last
+  // fetch from the start: a job that came before it without a wake (a claim another process
+  // rolled back, a setup without notifications) waits at most that long. Guarded by mu_.
+  std::optional<FetchPosition> fetch_after_;
+  TimePoint fetched_from_start_at_{};    // guarded by mu_
   bool stop_fetching_ = false;           // guarded by mu_
   bool cancel_all_ = false;              // guarded by mu_
   bool exit_workers_ = false;            // guarded by mu_

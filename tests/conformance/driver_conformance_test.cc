@@ -386,6 +386,27 @@ TEST_P(DriverConformanceTest, FetchOrdersByPriorityThenScheduledAtThenId) {
                                               again[4].id}));
 }
 
+TEST_P(DriverConformanceTest, FetchFromAPositionSkipsOnlyJobsOrderedBeforeIt) {
+  CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(exec(), Many({
+                                                        JobAt("q", kT0 - seconds(30), 1),  // A
+                                                        JobAt("q", kT0 - seconds(30), 2),  // B
+                                                        JobAt("q", kT0 - seconds(20), 2),  // C
+                                                        JobAt("q", kT0 - seconds(20), 2),  // D
+                                                        JobAt("q", kT0 - seconds(40), 3),  // E
+                                                        JobAt("q", kT0 - seconds(10), 2),  // F
+                                                        JobAt("q", kT0 + seconds(10), 2),  // G
+                                                    })));
+  JobGetAvailableParams from_c = Fetch("q", 10);
+  from_c.after = spool::internal::FetchPosition{.priority = 2, .scheduled_at = kT0 - seconds(20)};
+  // At the position (C and D, ties included) and after it, in order; not A or B before it, nor
+  // G, which is not due.
+  CONF_ASSIGN_OR_FAIL(auto after, exec().JobGetAvailable(from_c));
+  EXPECT_EQ(Ids(after), (std::vector<int64_t>{rows[2].id, rows[3].id, rows[5].id, rows[4].id}));
+  // From the start, the jobs before the position are still there.
+  CONF_ASSIGN_OR_FAIL(auto rest, exec().JobGetAvailable(Fetch("q", 10)));
+  EXPECT_EQ(Ids(rest), (std::vector<int64_t>{rows[0].id, rows[1].id}));
+}
+
 TEST_P(DriverConformanceTest, FetchIncrementsAttemptAndRecordsClient) {
   CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(exec(), Many({Job("k", "q")})));
   const int64_t id = rows[0].id;

@@ -113,22 +113,31 @@ const std::string& InsertClaimSql() {
   return *kSql;
 }
 
-const std::string& FetchSql() {
+// With `after`, $5 and $6 are its priority and scheduled_at: a row comparison the index on
+// (queue, priority, scheduled_at) starts its scan at.
+std::string MakeFetchSql(bool after) {
   // clang-format off
-  static const std::string* const kSql = new std::string(Sql(
+  return Sql(
       "WITH locked AS (SELECT id FROM spool_job WHERE state = 'available' AND queue = $1 "
       // Uncorrelated, so evaluated once per fetch (a one-time filter), not per row.
       "AND NOT EXISTS (SELECT 1 FROM spool_queue WHERE name = $1 AND paused_at IS NOT NULL) "
-      "AND scheduled_at <= " SPOOL_TS("$2") " "
+      "AND scheduled_at <= " SPOOL_TS("$2") " " +
+      std::string(after ? "AND (priority, scheduled_at) >= ($5::int2, " SPOOL_TS("$6") ") " : "") +
       "ORDER BY priority, scheduled_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) "
       "UPDATE spool_job AS j SET state = 'running', attempt = j.attempt + 1, "
       "attempted_at = " SPOOL_TS("$2") ", "
       // attempted_by keeps the last 100 client ids, like the SQLite driver.
       "attempted_by = array_append(CASE WHEN cardinality(j.attempted_by) < 100 "
       "THEN j.attempted_by ELSE j.attempted_by[cardinality(j.attempted_by) - 98:] END, "
-      "$4::text) FROM locked WHERE j.id = locked.id RETURNING "));
+      "$4::text) FROM locked WHERE j.id = locked.id RETURNING ",
+      "");
   // clang-format on
-  return *kSql;
+}
+
+const std::string& FetchSql(bool after) {
+  static const std::string* const kFromStart = new std::string(MakeFetchSql(false));
+  static const std::string* const kAfter = new std::string(MakeFetchSql(true));
+  return after ? *kAfter : *kFromStart;
 }
 
 // `state = (SELECT 'running'::text)` instead of `state = 'running'` where rows are looked up by
@@ -905,13 +914,16 @@ void GiveBackClaimed(Conn& c, const PGresult* r, TimePoint now, const pg::Statem
 Result<std::vector<JobRow>> FetchOn(Conn& c, const JobGetAvailableParams& p,
                                     const pg::Statement* settings) {
   if (p.max <= 0) return std::vector<JobRow>{};
-  SPOOL_ASSIGN_OR_RETURN(
-      std::vector<PgResult> results,
-      QueryWithSettings(c, settings,
-                        {{"spool_fetch",
-                          &FetchSql(),
-                          {p.queue, Micros(p.now), std::to_string(p.max), p.client_id},
-                          pg::Format::kBinary}}));
+  std::vector<pg::Param> params{p.queue, Micros(p.now), std::to_string(p.max), p.client_id};
+  if (p.after) {
+    params.emplace_back(std::to_string(p.after->priority));
+    params.emplace_back(Micros(p.after->scheduled_at));
+  }
+  SPOOL_ASSIGN_OR_RETURN(std::vector<PgResult> results,
+                         QueryWithSettings(c, settings,
+                                           {{p.after ? "spool_fetch_after" : "spool_fetch",
+                                             &FetchSql(p.after.has_value()), std::move(params),
+                                             pg::Format::kBinary}}));
   Result<std::vector<JobRow>> read = ReadRows(results.front().get());
   if (!read) {
     GiveBackClaimed(c, results.front().get(), p.now, settings);

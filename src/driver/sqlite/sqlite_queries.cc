@@ -355,11 +355,16 @@ Result<RawJobRows> SqliteQueries::ClaimAvailable(const JobGetAvailableParams& pa
   // come between), instead of UPDATE ... RETURNING: SQLite stores RETURNING rows in a temporary
   // table before handing them out, which cost more than reading them here and applying the same
   // change to the decoded rows (FinishClaim).
-  static const std::string kSelect = fmt::format(
-      "SELECT {} FROM spool_job WHERE state = 'available' AND queue = ?2 AND scheduled_at <= ?1 "
+  // With `after`, ?4 and ?5 are its priority and scheduled_at.
+  static const std::string kSelectFrom = "SELECT " + std::string(kJobColumns) +
+                                         " FROM spool_job WHERE state = 'available' AND queue = ?2 "
+                                         "AND scheduled_at <= ?1 ";
+  static const std::string kSelectRest =
       "AND NOT EXISTS (SELECT 1 FROM spool_queue WHERE name = ?2 AND paused_at IS NOT NULL) "
-      "ORDER BY priority, scheduled_at, id LIMIT ?3",
-      kJobColumns);
+      "ORDER BY priority, scheduled_at, id LIMIT ?3";
+  static const std::string kSelect = kSelectFrom + kSelectRest;
+  static const std::string kSelectAfter =
+      kSelectFrom + "AND (priority, scheduled_at) >= (?4, ?5) " + kSelectRest;
   // attempted_by keeps the last 100 client ids. Short lists (nearly all) grow by plain string
   // concatenation of the pre-encoded JSON string ?2: running the JSON functions on every claimed
   // row was a visible share of the claim. An entry takes at least 3 characters ("" and a comma),
@@ -376,11 +381,15 @@ Result<RawJobRows> SqliteQueries::ClaimAvailable(const JobGetAvailableParams& pa
       "WHERE id IN (SELECT value FROM json_each(?3))";
   SPOOL_ASSIGN_OR_RETURN(auto scope, WriteScope::Begin(cache_));
   {
-    SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt, cache_.Get(kSelect));
+    SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt, cache_.Get(params.after ? kSelectAfter : kSelect));
     StmtScope use(stmt);
     int rc = sqlite3_bind_int64(stmt, 1, Micros(params.now));
     if (rc == SQLITE_OK) rc = BindText(stmt, 2, params.queue);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int(stmt, 3, params.max);
+    if (rc == SQLITE_OK && params.after) rc = sqlite3_bind_int(stmt, 4, params.after->priority);
+    if (rc == SQLITE_OK && params.after) {
+      rc = sqlite3_bind_int64(stmt, 5, Micros(params.after->scheduled_at));
+    }
     SPOOL_RETURN_IF_ERROR(CheckBind(rc, stmt));
     SPOOL_RETURN_IF_ERROR(StepInto(stmt, "fetch jobs", &rows));
   }
