@@ -425,6 +425,9 @@ TEST_F(PostgresMultiNodeTest, OneLeaderAtATimeAndEachTickEnqueuedOnce) {
   auto options = [&] {
     ClientOptions o = testing::ScaledMaintenanceOptions(clock);
     o.periodic_jobs.push_back(MakePeriodicJob("minutely", "* * * * *", NoopArgs{}));
+    // A lease of 1 s real time: 0.5 s let a renewal starved by a parallel build (ctest -j2 beside
+    // the end-to-end tests' compiles) lapse, and leadership changed hands with every node alive.
+    o.leader_ttl = 60s;
     return o;
   };
   std::map<std::string, pid_t> pids;
