@@ -386,8 +386,10 @@ std::string Describe(Op op, const JobRow& job) {
       return fmt::format("job {}: retried, now {}", job.id, JobStateName(job.state));
     case Op::kCancel:
       if (job.state == JobState::kRunning) {
-        return fmt::format("job {}: cancel requested (running; it stops when its worker notices)",
-                           job.id);
+        return fmt::format(
+            "job {}: cancel requested (running; it stops when its worker notices; if its "
+            "process is gone, the rescuer cancels it)",
+            job.id);
       }
       if (job.state == JobState::kCancelled) return fmt::format("job {}: cancelled", job.id);
       return fmt::format("job {}: already {}, left unchanged", job.id, JobStateName(job.state));

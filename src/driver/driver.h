@@ -83,9 +83,12 @@ struct JobGetAvailableParams {
   std::optional<FetchPosition> after{};
 };
 
-// One worker outcome. Applied only if the job is still running (an admin may have moved it).
+// One worker outcome. Applied only if the job is still running (an admin may have moved it) and,
+// when `attempt` is set, still in that attempt: a run the rescuer gave up on must not write over
+// the run that replaced it.
 struct JobSetStateParams {
   int64_t id = 0;
+  int attempt = 0;  // the attempt the outcome is of; 0: whichever is running
   // completed, cancelled, discarded: finalized_at = `at`.
   // retryable: scheduled_at = `at`.
   // scheduled (snooze): scheduled_at = `at` and attempt - 1 (a snooze does not use an attempt).

@@ -5,8 +5,10 @@
 
 #include <algorithm>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <set>
+#include <utility>
 
 #include "core/nap.h"
 #include "core/thread_name.h"
@@ -66,6 +68,7 @@ Status Maintenance::Start() {
     SPOOL_ASSIGN_OR_RETURN(auto schedule, CronSchedule::Parse(p.schedule, p.time_zone));
     periodic_.push_back(Periodic{p, std::move(schedule)});
   }
+  trouble_at_ = env_.clock.Now();
   // Synchronously, so the caller can start claiming jobs knowing the row exists (best effort:
   // a failure is logged and the loop below retries).
   Heartbeat(env_.clock.Now());
@@ -160,6 +163,7 @@ void Maintenance::Heartbeat(TimePoint now) {
   ClientHeartbeatParams p{.id = env_.client_id, .now = now, .queues = {}};
   for (const auto& [name, _] : env_.options.queues) p.queues.push_back(name);
   if (Status st = env_.driver.executor().ClientHeartbeat(p); !st.ok()) {
+    trouble_at_ = now;
     Log(LogLevel::kWarn, "heartbeat failed: " + st.ToString());
   }
 }
@@ -171,6 +175,7 @@ void Maintenance::Elect(TimePoint now) {
   const bool was = is_leader();
   auto r = was ? ex.LeaderAttemptReelect(p) : ex.LeaderAttemptElect(p);
   if (!r) {
+    trouble_at_ = now;
     // Without a confirmed lease we must assume we lost it: two leaders would both enqueue.
     Log(LogLevel::kWarn, "leader election failed: " + r.error().ToString());
   }
@@ -193,16 +198,35 @@ void Maintenance::Rescue(TimePoint now) {
   // that could be stuck and decide per job below.
   Duration shortest = o.rescue_after;
   if (max_timeout_ > Duration::zero()) shortest = std::min(shortest, max_timeout_ + margin);
-  JobGetStuckParams params{.heartbeat_stale_before = now - o.client_stale_after,
-                           .attempted_before = now - shortest,
-                           .max = kRescueBatch};
+  // Two lists: jobs whose client is gone, and jobs running long enough that a timeout or
+  // rescue_after may have passed whatever their client (the second is judged per job below: a
+  // worker's own timeout may be longer). A client is gone when its row is, or its heartbeat is
+  // older than client_stale_after; but until this client has reached the database for that long,
+  // old heartbeats say nothing (after an outage every client's are old).
+  const bool heartbeats_tell = now - trouble_at_ >= o.client_stale_after;
   auto& ex = env_.driver.executor();
-  auto stuck = ex.JobGetStuck(params);
-  if (!stuck) {
-    Log(LogLevel::kWarn, "rescuer: listing stuck jobs failed: " + stuck.error().ToString());
-    return;
+  auto orphaned = ex.JobGetStuck(
+      {.heartbeat_stale_before = heartbeats_tell ? now - o.client_stale_after : TimePoint{},
+       .attempted_before = TimePoint{},
+       .max = kRescueBatch});
+  auto long_running = ex.JobGetStuck({.heartbeat_stale_before = TimePoint{},
+                                      .attempted_before = now - shortest,
+                                      .max = kRescueBatch});
+  for (const auto* r : {&orphaned, &long_running}) {
+    if (!*r) {
+      trouble_at_ = now;
+      Log(LogLevel::kWarn, "rescuer: listing stuck jobs failed: " + r->error().ToString());
+      return;
+    }
   }
-  if (stuck->empty()) return;
+  std::set<int64_t> client_gone;
+  std::map<int64_t, const JobRow*> stuck;  // by id: the order rescues are written and logged in
+  for (const JobRow& job : *orphaned) {
+    client_gone.insert(job.id);
+    stuck.emplace(job.id, &job);
+  }
+  for (const JobRow& job : *long_running) stuck.emplace(job.id, &job);
+  if (stuck.empty()) return;
   JobSetStateIfRunningManyParams updates;
   // One warning per cause (and client) after the write, not one per job: a node that dies holding
   // thousands of jobs would otherwise bury the rest of the log. Each job's error keeps its cause.
@@ -211,8 +235,9 @@ void Maintenance::Rescue(TimePoint now) {
     std::vector<int64_t> ids;  // the first kIdsShown
   };
   constexpr size_t kIdsShown = 10;
-  std::map<std::string, Rescued> by_cause;
-  for (const JobRow& job : *stuck) {
+  std::map<std::pair<std::string, bool>, Rescued> by_cause;  // (cause, cancelled)
+  for (const auto& [id, row] : stuck) {
+    const JobRow& job = *row;
     const std::string client = job.attempted_by.empty() ? "unknown" : job.attempted_by.back();
     const WorkerBase* worker = env_.workers.Find(job.kind);
     Duration timeout = o.job_timeout;
@@ -232,17 +257,28 @@ void Maintenance::Rescue(TimePoint now) {
                           Seconds(o.rescue_after), client);
       why = fmt::format("job was running for more than {} on client {}; rescued",
                         Seconds(o.rescue_after), client);
-    } else if (job.attempted_at.has_value() && *job.attempted_at >= params.heartbeat_stale_before &&
-               client == env_.client_id) {
-      continue;  // ours and recent: not stuck
+    } else if (!client_gone.contains(id) || client == env_.client_id) {
+      // Its client is alive (this one, if it is ours), and its time has not run out.
+      continue;
     } else {
       cause = fmt::format("client {} stopped responding (no heartbeat for {})", client,
                           Seconds(o.client_stale_after));
       why = cause + "; job rescued";
     }
-    JobSetStateParams u{.id = job.id, .state = JobState::kRetryable, .at = now, .error = {}};
+    JobSetStateParams u{.id = job.id,
+                        .attempt = job.attempt,
+                        .state = JobState::kRetryable,
+                        .at = now,
+                        .error = {}};
+    // An admin asked to cancel it while it ran: its run is over, so the cancel is done now
+    // instead of the job being run again.
+    const bool cancel_requested =
+        nlohmann::json::parse(job.metadata, nullptr, false).contains("cancel_requested_at");
+    if (cancel_requested) why += "; an admin had asked to cancel it, so it is cancelled";
     u.error = AttemptError{.at = now, .attempt = job.attempt, .error = why, .trace = {}};
-    if (job.attempt >= job.max_attempts) {
+    if (cancel_requested) {
+      u.state = JobState::kCancelled;
+    } else if (job.attempt >= job.max_attempts) {
       u.state = JobState::kDiscarded;
     } else {
       std::optional<Duration> delay;
@@ -250,7 +286,7 @@ void Maintenance::Rescue(TimePoint now) {
       u.at = now + delay.value_or(env_.retry_policy.NextRetry(job));
     }
     Log(LogLevel::kDebug, fmt::format("job {} ({}): {}", job.id, job.kind, why));
-    Rescued& group = by_cause[cause];
+    Rescued& group = by_cause[{cause, cancel_requested}];
     ++group.count;
     if (group.ids.size() < kIdsShown) group.ids.push_back(job.id);
     updates.jobs.push_back(std::move(u));
@@ -262,13 +298,15 @@ void Maintenance::Rescue(TimePoint now) {
                                      updates.jobs.size(), r.error().ToString()));
     return;
   }
-  for (const auto& [cause, group] : by_cause) {
+  for (const auto& [key, group] : by_cause) {
+    const auto& [cause, cancelled] = key;
     const int64_t more = group.count - static_cast<int64_t>(group.ids.size());
     Log(LogLevel::kWarn,
-        fmt::format("rescued {} job{} (ids {}{}): {}; each is retried, or discarded when out "
-                    "of attempts",
-                    group.count, group.count == 1 ? "" : "s", fmt::join(group.ids, ", "),
-                    more > 0 ? fmt::format(" and {} more", more) : std::string(), cause));
+        fmt::format("rescued {} job{} (ids {}{}): {}; {}", group.count, group.count == 1 ? "" : "s",
+                    fmt::join(group.ids, ", "),
+                    more > 0 ? fmt::format(" and {} more", more) : std::string(), cause,
+                    cancelled ? "an admin had asked to cancel them, so they are cancelled"
+                              : "each is retried, or discarded when out of attempts"));
   }
 }
 

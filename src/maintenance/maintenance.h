@@ -68,6 +68,12 @@ class Maintenance {
   const Duration max_nap_;
   std::vector<Periodic> periodic_;
   Duration max_timeout_{};  // the longest per-attempt timeout this client knows of
+  // When this client started or last failed to reach the database (heartbeat, election,
+  // rescuer). A client is judged dead by its missing heartbeats only once this one has been
+  // reaching the database for client_stale_after: after an outage every heartbeat is old, and the
+  // live clients need that long to send one again. Used by the maintenance thread only (and by
+  // Start before it runs).
+  TimePoint trouble_at_{};
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

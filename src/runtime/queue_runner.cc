@@ -272,7 +272,11 @@ void QueueRunner::WorkLoop() {
       // Hard stop before this claimed job started: give it back without using an attempt.
       lock.unlock();
       Completion c;
-      c.params = {.id = job.id, .state = JobState::kScheduled, .at = env_.clock.Now(), .error = {}};
+      c.params = {.id = job.id,
+                  .attempt = job.attempt,
+                  .state = JobState::kScheduled,
+                  .at = env_.clock.Now(),
+                  .error = {}};
       c.event = {.kind = Event::Kind::kJobSnoozed, .job = std::move(job), .run_time = {}};
       c.event.queue = c.event.job.queue;
       c.event.job.state = JobState::kScheduled;
@@ -374,6 +378,7 @@ Completion QueueRunner::MakeCompletion(JobRow job, const Outcome& outcome, bool 
   const TimePoint now = env_.clock.Now();
   Completion c;
   c.params.id = job.id;
+  c.params.attempt = job.attempt;  // before a snooze takes it back
   c.event.run_time = run_time;
   auto record_error = [&](std::string message) {
     AttemptError e{.at = now, .attempt = job.attempt, .error = std::move(message), .trace = {}};

@@ -79,9 +79,11 @@ JobGetAvailableParams Fetch(std::string queue, int max, TimePoint now = kT0,
 }
 
 JobSetStateParams Outcome(int64_t id, JobState state, TimePoint at,
-                          std::optional<spool::AttemptError> error = std::nullopt) {
+                          std::optional<spool::AttemptError> error = std::nullopt,
+                          int attempt = 0) {
   JobSetStateParams p;
   p.id = id;
+  p.attempt = attempt;
   p.state = state;
   p.at = at;
   p.error = std::move(error);
@@ -708,6 +710,54 @@ TEST_P(DriverConformanceTest, SetStateSkipsJobsThatAreNotRunning) {
   EXPECT_EQ(counts, (std::map<JobState, int64_t>{{JobState::kAvailable, 2}}));
   CONF_ASSIGN_OR_FAIL(int64_t empty, exec().JobSetStateIfRunningMany({}));
   EXPECT_EQ(empty, 0);
+}
+
+TEST_P(DriverConformanceTest, SetStateSkipsAnOutcomeOfAnEarlierAttempt) {
+  // Attempt 1 is given up on (as the rescuer does) and attempt 2 starts; attempt 1 then ends,
+  // late. Its outcome, success or failure, must not be written over the running attempt 2.
+  CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(exec(), Many({Job("k", "q"), Job("k", "q")})));
+  CONF_ASSIGN_OR_FAIL(auto first, exec().JobGetAvailable(Fetch("q", 2)));
+  ASSERT_EQ(first.size(), 2u);
+  CONF_ASSIGN_OR_FAIL(int64_t rescued, exec().JobSetStateIfRunningMany({{
+                                           Outcome(rows[0].id, JobState::kRetryable, kT0,
+                                                   spool::AttemptError{kT0, 1, "stuck", ""}, 1),
+                                           Outcome(rows[1].id, JobState::kRetryable, kT0,
+                                                   spool::AttemptError{kT0, 1, "stuck", ""}, 1),
+                                       }}));
+  EXPECT_EQ(rescued, 2);
+  CONF_ASSIGN_OR_FAIL(auto sched, exec().JobSchedule({kT0, 10}));
+  EXPECT_EQ(sched.count, 2);
+  CONF_ASSIGN_OR_FAIL(auto second, exec().JobGetAvailable(Fetch("q", 2, kT0, "client-2")));
+  ASSERT_EQ(second.size(), 2u);
+  EXPECT_EQ(second[0].attempt, 2);
+
+  CONF_ASSIGN_OR_FAIL(
+      int64_t stale,
+      exec().JobSetStateIfRunningMany({{
+          Outcome(rows[0].id, JobState::kCompleted, kT0 + seconds(1), std::nullopt, 1),
+          Outcome(rows[1].id, JobState::kRetryable, kT0 + seconds(1),
+                  spool::AttemptError{kT0, 1, "late failure", ""}, 1),
+      }}));
+  EXPECT_EQ(stale, 0);
+  for (const auto& r : rows) {
+    CONF_ASSIGN_OR_FAIL(JobRow now, exec().JobGetByID(r.id));
+    EXPECT_EQ(now.state, JobState::kRunning);
+    EXPECT_EQ(now.attempt, 2);
+    EXPECT_EQ(now.errors.size(), 1u);  // only the rescue's
+  }
+  // The running attempt's own outcomes are written, as is one that names no attempt.
+  CONF_ASSIGN_OR_FAIL(
+      int64_t current,
+      exec().JobSetStateIfRunningMany({{
+          Outcome(rows[0].id, JobState::kCompleted, kT0 + seconds(2), std::nullopt, 2),
+          Outcome(rows[1].id, JobState::kCancelled, kT0 + seconds(2),
+                  spool::AttemptError{kT0, 2, "stop", ""}),
+      }}));
+  EXPECT_EQ(current, 2);
+  CONF_ASSIGN_OR_FAIL(JobRow done, exec().JobGetByID(rows[0].id));
+  EXPECT_EQ(done.state, JobState::kCompleted);
+  CONF_ASSIGN_OR_FAIL(JobRow cancelled, exec().JobGetByID(rows[1].id));
+  EXPECT_EQ(cancelled.state, JobState::kCancelled);
 }
 
 TEST_P(DriverConformanceTest, SetStateCompletesLargeBatchesInOneCall) {

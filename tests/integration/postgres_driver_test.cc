@@ -455,7 +455,8 @@ TEST_F(PostgresDriverTest, ClaimsAndOutcomesInTheCallersTransactionKeepItsSynchr
   auto fetched = (*exec)->JobGetAvailable({"q", 1, "c", kT0});
   ASSERT_TRUE(fetched.has_value() && fetched->size() == 1u);
   JobSetStateIfRunningManyParams done;
-  done.jobs.push_back({(*fetched)[0].id, JobState::kCompleted, kT0, std::nullopt});
+  done.jobs.push_back(
+      {(*fetched)[0].id, (*fetched)[0].attempt, JobState::kCompleted, kT0, std::nullopt});
   auto n = (*exec)->JobSetStateIfRunningMany(done);
   ASSERT_TRUE(n.has_value()) << n.error().ToString();
   EXPECT_EQ(*n, 1);
@@ -479,7 +480,8 @@ TEST_F(PostgresDriverTest, ClaimAndOutcomeWorkWithAndWithoutWaitingForTheFlush) 
     ASSERT_EQ(fetched->size(), 1u);
     EXPECT_EQ((*fetched)[0].state, JobState::kRunning);
     JobSetStateIfRunningManyParams done;
-    done.jobs.push_back({(*fetched)[0].id, JobState::kCompleted, kT0, std::nullopt});
+    done.jobs.push_back(
+        {(*fetched)[0].id, (*fetched)[0].attempt, JobState::kCompleted, kT0, std::nullopt});
     auto n = ex.JobSetStateIfRunningMany(done);
     ASSERT_TRUE(n.has_value()) << n.error().ToString();
     EXPECT_EQ(*n, 1);
@@ -653,7 +655,7 @@ TEST_F(PostgresDriverTest, LockTimeoutIsRetryableWithItsSqlState) {
   Query(app.get(), "BEGIN");
   Query(app.get(), fmt::format("SELECT id FROM spool_job WHERE id = {} FOR UPDATE", id));
   JobSetStateIfRunningManyParams done;
-  done.jobs.push_back({id, JobState::kCompleted, kT0, std::nullopt});
+  done.jobs.push_back({id, 0, JobState::kCompleted, kT0, std::nullopt});
   auto r = impatient->executor().JobSetStateIfRunningMany(done);
   ASSERT_FALSE(r.has_value());
   EXPECT_TRUE(r.error().IsRetryable()) << r.error().ToString();
@@ -883,19 +885,21 @@ TEST_F(PostgresDriverTest, LookupsByIdNeverScanTheRunningIndex) {
   auto running = driver_->executor().JobGetAvailable({"q", 2'000, "c", kT0});
   ASSERT_TRUE(running.has_value()) << running.error().ToString();
   ASSERT_EQ(running->size(), 2'000u);
-  std::vector<std::string> ids, states, ats, errors;
+  std::vector<std::string> ids, states, ats, errors, attempts;
   for (const JobRow& row : *running) {
     ids.push_back(std::to_string(row.id));
     states.emplace_back("completed");
     ats.emplace_back("1800000000000000");
     errors.emplace_back("NULL");
+    attempts.emplace_back("1");
   }
   const auto array = [](const std::vector<std::string>& v) {
     return fmt::format("'{{{}}}'", fmt::join(v, ","));
   };
-  const std::string set_state_args =
-      fmt::format("{}, {}, {}, {}", array(ids), array(states), array(ats), array(errors));
-  const std::string complete_args = fmt::format("{}, {}", array(ids), array(ats));
+  const std::string set_state_args = fmt::format("{}, {}, {}, {}, {}", array(ids), array(states),
+                                                 array(ats), array(errors), array(attempts));
+  const std::string complete_args =
+      fmt::format("{}, {}, {}", array(ids), array(ats), array(attempts));
   for (const char* mode : {"force_custom_plan", "force_generic_plan"}) {
     Query(app.get(), fmt::format("SET plan_cache_mode = {}", mode));
     Query(app.get(), "DEALLOCATE ALL");

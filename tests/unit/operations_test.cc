@@ -216,6 +216,121 @@ TEST_F(OperationsTest, JobsOfADeadClientAreRescuedAndComplete) {
   ASSERT_TRUE(c->Stop(10s).ok());
 }
 
+// An admin cancelled the job while the process running it was dead: the rescuer ends it
+// cancelled. Retrying it would run it again (charge the card) although nobody wants it run.
+TEST_F(OperationsTest, JobOfADeadClientThatAnAdminCancelledIsNotRunAgain) {
+  auto o = Options();
+  o.retry_policy = std::make_shared<testing::FixedRetry>(Duration::zero());
+  std::atomic<int> runs{0};
+  fn_ = [&](JobContext&, const TaskArgs&) {
+    ++runs;
+    return Outcome::Done();
+  };
+  auto c = Open(o);
+  auto r = c->Insert(TaskArgs{"charge the card"});
+  ASSERT_TRUE(r.has_value());
+  {
+    auto d = internal::Driver::Open(url_, {});
+    ASSERT_TRUE(d.has_value());
+    auto got = (*d)->executor().JobGetAvailable(
+        {.queue = "default", .max = 1, .client_id = "dead-client", .now = clock_->Now()});
+    ASSERT_TRUE(got.has_value() && got->size() == 1u);
+  }
+  auto cancel = c->JobCancel(r->job.id);
+  ASSERT_TRUE(cancel.has_value());
+  EXPECT_EQ(cancel->state, JobState::kRunning) << "asked to stop; its worker would notice";
+  ASSERT_TRUE(c->Start().ok());
+  ASSERT_TRUE(Eventually([&] {
+    auto j = c->JobGet(r->job.id);
+    return j.has_value() && j->state == JobState::kCancelled;
+  }));
+  ASSERT_TRUE(c->Stop(10s).ok());
+  EXPECT_EQ(runs, 0);
+  JobRow j = *c->JobGet(r->job.id);
+  EXPECT_EQ(j.attempt, 1);
+  ASSERT_EQ(j.errors.size(), 1u);
+  EXPECT_NE(j.errors[0].error.find("an admin had asked to cancel it, so it is cancelled"),
+            std::string::npos)
+      << j.errors[0].error;
+}
+
+// After an outage every client's heartbeat is old, live or not. A leader that could not reach
+// the database itself must give the others client_stale_after to heartbeat again before it
+// rescues their jobs: rescuing at once ran every job of the cluster a second time.
+TEST_F(OperationsTest, AfterLosingTheDatabaseTheLeaderWaitsBeforeJudgingHeartbeats) {
+  auto o = Options();
+  o.retry_policy = std::make_shared<testing::FixedRetry>(Duration::zero());
+  o.sqlite.busy_timeout = 5ms;  // the heartbeat fails instead of waiting out the lock
+  std::atomic<int> heartbeat_failures{0};
+  o.logger = [&](LogLevel, std::string_view m) {
+    if (m.starts_with("heartbeat failed")) ++heartbeat_failures;
+  };
+  auto c = Open(o);
+  auto r = c->Insert(TaskArgs{"held by a live client"});
+  ASSERT_TRUE(r.has_value());
+  auto d = internal::Driver::Open(url_, {});
+  ASSERT_TRUE(d.has_value());
+  auto& other = (*d)->executor();
+  ASSERT_TRUE(other.ClientHeartbeat({.id = "other", .now = clock_->Now(), .queues = {}}).ok());
+  auto got = other.JobGetAvailable(
+      {.queue = "default", .max = 1, .client_id = "other", .now = clock_->Now()});
+  ASSERT_TRUE(got.has_value() && got->size() == 1u);
+  EventLog log(*c);
+  ASSERT_TRUE(c->Start().ok());
+  ASSERT_TRUE(Eventually([&] { return c->IsLeader(); }));
+
+  // The database is away for 40s (a write lock nobody else can get), for every client.
+  sqlite3* lock = nullptr;
+  ASSERT_EQ(sqlite3_open((dir_.path() / "test.db").c_str(), &lock), SQLITE_OK);
+  sqlite3_busy_timeout(lock, 30'000);
+  ASSERT_EQ(sqlite3_exec(lock, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+  clock_->Advance(40s);
+  ASSERT_TRUE(Eventually([&] { return heartbeat_failures > 0; }));
+  ASSERT_EQ(sqlite3_exec(lock, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(lock);
+  // This client's heartbeat at `at` is written first in a round of its maintenance loop: seeing
+  // it means the rounds before, rescues included, are done.
+  auto heartbeat_seen = [&](TimePoint at) {
+    sqlite3* db = nullptr;
+    sqlite3_stmt* stmt = nullptr;
+    int64_t last = 0;
+    if (sqlite3_open((dir_.path() / "test.db").c_str(), &db) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, "SELECT max(heartbeat_at) FROM spool_client WHERE id <> 'other'", -1,
+                           &stmt, nullptr) == SQLITE_OK &&
+        sqlite3_step(stmt) == SQLITE_ROW) {
+      last = sqlite3_column_int64(stmt, 0);
+    }
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+    return last >=
+           std::chrono::duration_cast<std::chrono::microseconds>(at.time_since_epoch()).count();
+  };
+  // The other client is back, but its last heartbeat is 40s old until it sends the next. Rounds
+  // a second apart until this client leads again, then three more: each a rescue.
+  int rounds_as_leader = 0;
+  for (int i = 0; i < 20 && rounds_as_leader < 3; ++i) {
+    clock_->Advance(1s);
+    const TimePoint at = clock_->Now();
+    ASSERT_TRUE(Eventually([&] { return heartbeat_seen(at); }));
+    if (c->IsLeader()) ++rounds_as_leader;
+  }
+  ASSERT_EQ(rounds_as_leader, 3) << "not leading again within 20s of the outage";
+  auto held = c->JobGet(r->job.id);
+  ASSERT_TRUE(held.has_value());
+  EXPECT_EQ(held->state, JobState::kRunning) << "rescued from a live client after an outage";
+  EXPECT_EQ(held->attempt, 1);
+
+  // The other client never comes back: once this one has reached the database for
+  // client_stale_after, its job is rescued.
+  clock_->Advance(30s);
+  ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobCompleted));
+  JobRow j = *c->JobGet(r->job.id);
+  ASSERT_EQ(j.errors.size(), 1u);
+  EXPECT_NE(j.errors[0].error.find("client other stopped responding"), std::string::npos)
+      << j.errors[0].error;
+  ASSERT_TRUE(c->Stop(10s).ok());
+}
+
 // A node that dies holding many jobs gets one warning per cause, after the rescue is written, not
 // one line per job; each job's own error still says why it was rescued.
 TEST_F(OperationsTest, RescuingManyJobsLogsOneLineForThem) {

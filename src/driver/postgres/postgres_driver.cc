@@ -159,21 +159,23 @@ const std::string& SetStateSql() {
     "ELSE j.attempt END, "
     "errors = CASE WHEN u.err IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(u.err) END "
     "FROM (SELECT DISTINCT ON (id) * FROM unnest($1::int8[], $2::text[], $3::int8[], "
-    "$4::jsonb[]) AS x(id, state, at, err)) AS u "
-    "WHERE j.id = u.id AND j.state = " SPOOL_RUNNING);
+    "$4::jsonb[], $5::int4[]) AS x(id, state, at, err, attempt)) AS u "
+    "WHERE j.id = u.id AND j.state = " SPOOL_RUNNING " "
+    "AND (u.attempt = 0 OR j.attempt = u.attempt)");
   return *kSql;
 }
 
-// Completed without an error, nearly every outcome: two arrays ($1 ids, $2 times in
-// microseconds) and two columns set. With the general statement's DISTINCT ON (a sort), CASEs
-// and arrays of states and errors, these rows took 15-17 us of server time each instead of 10-13
-// in bench burn-downs (pg_stat_statements).
+// Completed without an error, nearly every outcome: three arrays ($1 ids, $2 times in
+// microseconds, $3 attempts or 0) and two columns set. With the general statement's DISTINCT ON (a
+// sort), CASEs and arrays of states and errors, these rows took 15-17 us of server time each
+// instead of 10-13 in bench burn-downs (pg_stat_statements).
 const std::string& CompleteSql() {
   // clang-format off
   static const std::string* const kSql = new std::string(
     "UPDATE spool_job AS j SET state = 'completed', finalized_at = " SPOOL_TS("u.at") " "
-    "FROM unnest($1::int8[], $2::int8[]) AS u(id, at) "
-    "WHERE j.id = u.id AND j.state = " SPOOL_RUNNING);
+    "FROM unnest($1::int8[], $2::int8[], $3::int4[]) AS u(id, at, attempt) "
+    "WHERE j.id = u.id AND j.state = " SPOOL_RUNNING " "
+    "AND (u.attempt = 0 OR j.attempt = u.attempt)");
   // clang-format on
   return *kSql;
 }
@@ -940,19 +942,21 @@ Result<int64_t> SetStateOn(Conn& c, const JobSetStateIfRunningManyParams& p,
                            const pg::Statement* settings) {
   SPOOL_RETURN_IF_ERROR(CheckOutcomeStates(p.jobs));
   if (p.jobs.empty()) return int64_t{0};
-  std::vector<std::string> done_ids, done_ats;
-  std::vector<std::string> ids, states, ats;
+  std::vector<std::string> done_ids, done_ats, done_attempts;
+  std::vector<std::string> ids, states, ats, attempts;
   std::vector<std::optional<std::string>> errs;
   for (const JobSetStateParams& j : p.jobs) {
     if (j.state == JobState::kCompleted && !j.error) {
       done_ids.push_back(std::to_string(j.id));
       done_ats.push_back(Micros(j.at));
+      done_attempts.push_back(std::to_string(j.attempt));
       continue;
     }
     ids.push_back(std::to_string(j.id));
     states.emplace_back(JobStateName(j.state));
     ats.push_back(Micros(j.at));
     errs.push_back(j.error ? std::optional<std::string>(ErrorJson(*j.error)) : std::nullopt);
+    attempts.push_back(std::to_string(j.attempt));
   }
   // Both statements (when both are needed) in one pipeline: one round trip and, outside a
   // transaction, one implicit transaction.
@@ -960,13 +964,14 @@ Result<int64_t> SetStateOn(Conn& c, const JobSetStateIfRunningManyParams& p,
   if (!done_ids.empty()) {
     statements.push_back({"spool_complete",
                           &CompleteSql(),
-                          {pg::ArrayLiteral(done_ids), pg::ArrayLiteral(done_ats)}});
+                          {pg::ArrayLiteral(done_ids), pg::ArrayLiteral(done_ats),
+                           pg::ArrayLiteral(done_attempts)}});
   }
   if (!ids.empty()) {
     statements.push_back({"spool_set_state",
                           &SetStateSql(),
                           {pg::ArrayLiteral(ids), pg::ArrayLiteral(states), pg::ArrayLiteral(ats),
-                           pg::ArrayLiteral(errs)}});
+                           pg::ArrayLiteral(errs), pg::ArrayLiteral(attempts)}});
   }
   SPOOL_ASSIGN_OR_RETURN(std::vector<PgResult> results,
                          QueryWithSettings(c, settings, std::move(statements)));

@@ -450,8 +450,10 @@ Result<sqlite3_stmt*> SqliteQueries::CompleteStmt(int rows) {
   if (slot != nullptr) return slot;
   std::string sql =
       "UPDATE spool_job SET state = 'completed', finalized_at = u.column2 FROM (VALUES ";
-  for (int r = 0; r < rows; ++r) sql += r == 0 ? "(?,?)" : ",(?,?)";
-  sql += ") AS u WHERE spool_job.id = u.column1 AND spool_job.state = 'running'";
+  for (int r = 0; r < rows; ++r) sql += r == 0 ? "(?,?,?)" : ",(?,?,?)";
+  sql +=
+      ") AS u WHERE spool_job.id = u.column1 AND spool_job.state = 'running' "
+      "AND (u.column3 = 0 OR spool_job.attempt = u.column3)";
   SPOOL_ASSIGN_OR_RETURN(slot, cache_.Get(sql));
   return slot;
 }
@@ -459,7 +461,7 @@ Result<sqlite3_stmt*> SqliteQueries::CompleteStmt(int rows) {
 Result<sqlite3_stmt*> SqliteQueries::SetStateStmt(int rows) {
   auto& slot = set_state_[static_cast<size_t>(rows)];
   if (slot != nullptr) return slot;
-  // u: (id, new state, at, error JSON or NULL).
+  // u: (id, new state, at, error JSON or NULL, attempt or 0).
   std::string sql =
       "UPDATE spool_job SET state = u.column2, "
       "finalized_at = CASE WHEN u.column2 IN ('completed', 'cancelled', 'discarded') "
@@ -471,8 +473,10 @@ Result<sqlite3_stmt*> SqliteQueries::SetStateStmt(int rows) {
       "errors = CASE WHEN u.column4 IS NULL THEN spool_job.errors "
       "ELSE json_insert(spool_job.errors, '$[#]', json(u.column4)) END "
       "FROM (VALUES ";
-  for (int r = 0; r < rows; ++r) sql += r == 0 ? "(?,?,?,?)" : ",(?,?,?,?)";
-  sql += ") AS u WHERE spool_job.id = u.column1 AND spool_job.state = 'running'";
+  for (int r = 0; r < rows; ++r) sql += r == 0 ? "(?,?,?,?,?)" : ",(?,?,?,?,?)";
+  sql +=
+      ") AS u WHERE spool_job.id = u.column1 AND spool_job.state = 'running' "
+      "AND (u.column5 = 0 OR spool_job.attempt = u.column5)";
   SPOOL_ASSIGN_OR_RETURN(slot, cache_.Get(sql));
   return slot;
 }
@@ -502,9 +506,10 @@ Result<int64_t> SqliteQueries::JobSetStateIfRunningMany(
     StmtScope use(stmt);
     int rc = SQLITE_OK;
     for (size_t r = 0; r < n && rc == SQLITE_OK; ++r) {
-      const int b = static_cast<int>(r) * 2;
+      const int b = static_cast<int>(r) * 3;
       rc = sqlite3_bind_int64(stmt, b + 1, completed[start + r]->id);
       if (rc == SQLITE_OK) rc = sqlite3_bind_int64(stmt, b + 2, Micros(completed[start + r]->at));
+      if (rc == SQLITE_OK) rc = sqlite3_bind_int(stmt, b + 3, completed[start + r]->attempt);
     }
     SPOOL_RETURN_IF_ERROR(CheckBind(rc, stmt));
     SPOOL_RETURN_IF_ERROR(StepDone(stmt, "complete jobs"));
@@ -520,7 +525,7 @@ Result<int64_t> SqliteQueries::JobSetStateIfRunningMany(
     int rc = SQLITE_OK;
     for (size_t r = 0; r < n && rc == SQLITE_OK; ++r) {
       const JobSetStateParams& job = *other[start + r];
-      const int b = static_cast<int>(r) * 4;
+      const int b = static_cast<int>(r) * 5;
       rc = sqlite3_bind_int64(stmt, b + 1, job.id);
       if (rc == SQLITE_OK) rc = BindText(stmt, b + 2, JobStateName(job.state));
       if (rc == SQLITE_OK) rc = sqlite3_bind_int64(stmt, b + 3, Micros(job.at));
@@ -531,6 +536,7 @@ Result<int64_t> SqliteQueries::JobSetStateIfRunningMany(
           rc = sqlite3_bind_null(stmt, b + 4);
         }
       }
+      if (rc == SQLITE_OK) rc = sqlite3_bind_int(stmt, b + 5, job.attempt);
     }
     SPOOL_RETURN_IF_ERROR(CheckBind(rc, stmt));
     SPOOL_RETURN_IF_ERROR(StepDone(stmt, "set job states"));
