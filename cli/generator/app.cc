@@ -4,7 +4,9 @@
 
 #include "commands/commands.h"
 #include "common/config.h"
+#include "core/url.h"
 #include "generator/names.h"
+#include "spool/client.h"
 
 namespace spool::cli {
 
@@ -32,8 +34,12 @@ void CheckUrlMatchesDb(DbKind kind, const std::string& url, const std::string& w
                                                : (scheme == "postgres" || scheme == "postgresql");
   if (!matches) {
     throw CommandError(fmt::format("{}: database_url \"{}\" does not match db={}: use a {} URL",
-                                   where, url, DbKindName(kind),
+                                   where, UrlWithoutPassword(url), DbKindName(kind),
                                    kind == DbKind::kSqlite ? "sqlite://" : "postgres://"));
+  }
+  // Checked here too, or the app would be generated around a url it cannot use.
+  if (Status st = internal::CheckPostgresUrlEncoding(url); !st.ok()) {
+    throw CommandError(fmt::format("{}: {}", where, st.message()));
   }
 }
 

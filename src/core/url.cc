@@ -1,4 +1,8 @@
 // Showing database URLs without their secrets.
+#include "core/url.h"
+
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cctype>
 #include <string>
@@ -7,20 +11,45 @@
 #include "spool/client.h"
 
 namespace spool {
+namespace {
+
+bool IsPostgresUrl(std::string_view url) {
+  return url.starts_with("postgres://") || url.starts_with("postgresql://");
+}
+
+// Where the authority (user info, host, port) of a url starts, after "://", and where it ends:
+// at the first '/', '?' or '#' (RFC 3986), which libpq follows too.
+size_t AuthorityStart(std::string_view url) { return url.find("://") + 3; }
+size_t AuthorityEnd(std::string_view url) {
+  return std::min(url.find_first_of("/?#", AuthorityStart(url)), url.size());
+}
+
+// An '@' past the authority: a user or password holding an unencoded '/', '?', '#' or '@'.
+bool HasStrayAt(std::string_view url) {
+  const size_t last_at = url.rfind('@');
+  return last_at != std::string_view::npos && last_at >= AuthorityEnd(url);
+}
+
+}  // namespace
 
 std::string UrlWithoutPassword(std::string_view database_url) {
   std::string out(database_url);
   // Only PostgreSQL URLs carry credentials; a SQLite path may hold ':', '@' or '?' as they are.
-  if (!out.starts_with("postgres://") && !out.starts_with("postgresql://")) return out;
-  {
-    // The last '@' before the query ends the user info even when an unencoded '/' in the
-    // password would end the authority first: better a garbled url than a shown password.
-    const size_t authority = out.find("://") + 3;
-    const size_t at = out.rfind('@', std::min(out.find('?'), out.size()));
-    if (at != std::string::npos && at >= authority) {
-      const size_t colon = out.find(':', authority);
-      if (colon < at) out.erase(colon, at - colon);
+  if (!IsPostgresUrl(out)) return out;
+  const size_t authority = AuthorityStart(out);
+  if (HasStrayAt(out)) {
+    // Where the password ends cannot be told (nor can libpq, which refuses or misreads such a
+    // url): everything up to the last '@' goes, and from any password= on.
+    out = out.substr(0, authority) + "..." + out.substr(out.rfind('@'));
+    if (const size_t pw = out.find("password="); pw != std::string::npos) {
+      out = out.substr(0, pw) + "...";
     }
+    return out;
+  }
+  if (const size_t at = out.rfind('@', AuthorityEnd(out));
+      at != std::string::npos && at >= authority) {
+    const size_t colon = out.find(':', authority);
+    if (colon < at) out.erase(colon, at - colon);
   }
   // Query parameters: drop password=... wherever it stands.
   const size_t query = out.find('?');
@@ -51,4 +80,16 @@ std::string UrlSchemeForMessage(std::string_view database_url) {
   return is_scheme ? "\"" + std::string(scheme) + ":...\"" : "(not a url)";
 }
 
+namespace internal {
+
+Status CheckPostgresUrlEncoding(std::string_view url) {
+  if (!IsPostgresUrl(url) || !HasStrayAt(url)) return Status::Ok();
+  return Status::InvalidArgument(fmt::format(
+      "the PostgreSQL url {} has an '@' after its host part: a user name or password holding "
+      "'@', '/', '?' or '#' must be percent-encoded (%40, %2F, %3F, %23), e.g. "
+      "postgres://app:p%40ss@127.0.0.1:5432/db",
+      UrlWithoutPassword(url)));
+}
+
+}  // namespace internal
 }  // namespace spool

@@ -255,6 +255,18 @@ TEST_F(CommandsTest, CommandsInASubfolderWorkOnTheApp) {
   EXPECT_NE(r.out.find("send_email"), std::string::npos) << r.out;
 }
 
+// A password with an unencoded '?' (or '/', '#', '@'): the app would be generated around a url
+// that cannot work, and its main.cpp would hold part of the password as the host.
+TEST_F(CommandsTest, NewRefusesAUrlWhosePasswordIsNotEncodedWithoutShowingIt) {
+  CliRun r = Spool({"new", "leaky", "--db", "postgres", "--database-url",
+                    "postgres://weird:p@ss?S3cret@127.0.0.1:5432/shop"});
+  EXPECT_EQ(r.code, kExitFailed);
+  EXPECT_NE(r.err.find("must be percent-encoded"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("S3cret"), std::string::npos) << r.err;
+  EXPECT_EQ(r.out.find("S3cret"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(tmp_.path() / "leaky"));
+}
+
 TEST_F(CommandsTest, AppMigrationsNameABadDatabaseAndNeverItsPassword) {
   NewApp();
   WriteText(app() / "notes.txt", "not a database\n");

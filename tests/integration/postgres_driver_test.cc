@@ -141,6 +141,29 @@ TEST(PostgresOpenTest, AUrlLibpqCannotParseIsReportedWithoutThePassword) {
       << d.error().ToString();
 }
 
+// Passwords with characters a url must percent-encode: libpq quotes the bad token, or reads part
+// of the password as the host or port. None of it may reach the message.
+TEST(PostgresOpenTest, AnUnencodedPasswordIsRefusedWithoutShowingIt) {
+  SPOOL_REQUIRE_PG_CLUSTER();
+  for (const char* url : {"postgres://weird:s3cr%ZZet@127.0.0.1:1/db",
+                          "postgres://weird:s3cr/et@127.0.0.1:1/db",
+                          "postgres://weird:s3cr?et@127.0.0.1:1/db",
+                          "postgres://weird:p@s3cr:w/et%?#&=@127.0.0.1:1/db",
+                          "postgres://weird:s3cr#et@127.0.0.1:1/db?password=x"}) {
+    auto d = Driver::Open(url, DriverOptions{});
+    ASSERT_FALSE(d.has_value()) << url;
+    EXPECT_TRUE(d.error().IsInvalidArgument()) << d.error().ToString();
+    for (const char* part : {"s3cr", "et@", "et%"}) {
+      EXPECT_EQ(d.error().message().find(part), std::string::npos)
+          << url << ": " << d.error().ToString();
+    }
+  }
+  auto d = Driver::Open("postgres://weird:s3cr/et@127.0.0.1:1/db", DriverOptions{});
+  ASSERT_FALSE(d.has_value());
+  EXPECT_NE(d.error().message().find("must be percent-encoded"), std::string::npos)
+      << d.error().ToString();
+}
+
 TEST(PostgresOpenTest, UnknownDatabaseIsReportedWithItsName) {
   SPOOL_REQUIRE_PG_CLUSTER();
   std::string url = *pgtest::ClusterUrl();

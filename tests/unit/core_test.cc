@@ -110,7 +110,11 @@ TEST(UrlWithoutPasswordTest, DropsOnlyThePassword) {
   EXPECT_EQ(UrlWithoutPassword("postgresql://u@h/db?password=x"), "postgresql://u@h/db");
   EXPECT_EQ(UrlWithoutPassword("postgres://h/db?a=1&password=x&b=2"), "postgres://h/db?a=1&b=2");
   EXPECT_EQ(UrlWithoutPassword("postgres://u:p@ss@h/db"), "postgres://u@h/db");
-  EXPECT_EQ(UrlWithoutPassword("postgres://u:pa/ss@h/db"), "postgres://u@h/db");
+  // An '@' past the host part: where the password ends cannot be told, so all before it goes.
+  EXPECT_EQ(UrlWithoutPassword("postgres://u:pa/ss@h/db"), "postgres://...@h/db");
+  EXPECT_EQ(UrlWithoutPassword("postgres://u:p@ss?word@h:5/db"), "postgres://...@h:5/db");
+  EXPECT_EQ(UrlWithoutPassword("postgres://h:5/db?user=me@corp&password=x"),
+            "postgres://...@corp&...");
   EXPECT_EQ(UrlWithoutPassword("postgres://u:S3cret@[::1:45005/shop"),
             "postgres://u@[::1:45005/shop");
   EXPECT_EQ(UrlWithoutPassword("postgres://127.0.0.1:5432/db"), "postgres://127.0.0.1:5432/db");

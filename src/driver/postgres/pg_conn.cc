@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "core/url.h"
 #include "spool/client.h"
 
 namespace spool::internal::pg {
@@ -31,13 +32,24 @@ std::string TrimMessage(const char* msg) {
 }
 
 // libpq's complaint about a url it cannot parse, without the url it quotes (`in URI: "..."`) or
-// a fragment of it (`after "..."`): either may hold the password.
+// any fragment of it (`after "..."`, `invalid percent-encoded token: "..."`): any may hold the
+// password.
 std::string UnparseableUrlText(const char* err) {
   std::string text = TrimMessage(err);
-  for (std::string_view cut : {" in URI:", " after \"", " in connection info string"}) {
+  for (std::string_view cut : {" in URI:", " in connection info string"}) {
     if (const size_t at = text.find(cut); at != std::string::npos) text.erase(at);
   }
-  return text.empty() ? "libpq could not parse it" : text;
+  std::string kept;
+  bool quoted = false;
+  for (const char c : text) {
+    if (c == '"') {
+      quoted = !quoted;
+    } else if (!quoted) {
+      kept += c;
+    }
+  }
+  while (!kept.empty() && (kept.back() == ' ' || kept.back() == ':')) kept.pop_back();
+  return kept.empty() ? "libpq could not parse it" : kept;
 }
 
 // libpq prints "connection to server at "127.0.0.1", port 1 failed: ..." which names host and
@@ -79,6 +91,7 @@ Status::Code ClassifySqlState(std::string_view s) {
 }
 
 Result<std::unique_ptr<Conn>> Conn::Connect(const std::string& url, const std::string& target) {
+  SPOOL_RETURN_IF_ERROR(CheckPostgresUrlEncoding(url));
   {
     // Parsed first so that a url libpq refuses is reported without libpq's echo of it.
     char* err = nullptr;
