@@ -419,15 +419,17 @@ TEST_F(PostgresMultiNodeTest, JobsOfAKilledNodeAreRescuedAndNoneLost) {
 }
 
 TEST_F(PostgresMultiNodeTest, OneLeaderAtATimeAndEachTickEnqueuedOnce) {
-  // Starts on a whole minute so tick arithmetic below is exact; time runs 60x.
+  // Starts on a whole minute so tick arithmetic below is exact. Time runs 30x, not kScale: every
+  // real-time stall of a node is 30 times longer in clock time, and at 60x a stall of a few
+  // tenths of a second (ctest -j2 beside the end-to-end tests' compiles) let a renewal lapse with
+  // every node alive, or stretched the takeover past two ticks, which the new leader then runs
+  // once (PeriodicJob::Missed::kRunOnce), as designed but not as this test expects.
+  constexpr int64_t kLeaderTestScale = 30;
   auto clock = std::make_shared<ScaledClock>(TimePoint(std::chrono::seconds(1'800'000'000)),
-                                             SteadyClock::now(), kScale);
+                                             SteadyClock::now(), kLeaderTestScale);
   auto options = [&] {
     ClientOptions o = testing::ScaledMaintenanceOptions(clock);
     o.periodic_jobs.push_back(MakePeriodicJob("minutely", "* * * * *", NoopArgs{}));
-    // A lease of 1 s real time: 0.5 s let a renewal starved by a parallel build (ctest -j2 beside
-    // the end-to-end tests' compiles) lapse, and leadership changed hands with every node alive.
-    o.leader_ttl = 60s;
     return o;
   };
   std::map<std::string, pid_t> pids;
@@ -451,7 +453,7 @@ TEST_F(PostgresMultiNodeTest, OneLeaderAtATimeAndEachTickEnqueuedOnce) {
     }
   };
   std::set<std::string> seen;
-  watch(4s, &seen);
+  watch(8s, &seen);
   EXPECT_EQ(seen.size(), 1u) << "leadership changed hands with every node alive";
   auto leader = d->executor().LeaderGet();
   ASSERT_TRUE(leader.has_value() && leader->has_value());
@@ -460,7 +462,7 @@ TEST_F(PostgresMultiNodeTest, OneLeaderAtATimeAndEachTickEnqueuedOnce) {
   Kill(pids[first]);
   const auto killed_at = SteadyClock::now();
   seen.clear();
-  watch(4s, &seen);
+  watch(8s, &seen);
   auto now_leader = d->executor().LeaderGet();
   ASSERT_TRUE(now_leader.has_value() && now_leader->has_value());
   EXPECT_NE((*now_leader)->leader_id, first) << "no survivor took over";
