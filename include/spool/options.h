@@ -83,6 +83,12 @@ enum class LogLevel { kDebug, kInfo, kWarn, kError };
 // Receives the client's log lines. Called from background threads: must be thread safe.
 using Logger = std::function<void(LogLevel, std::string_view message)>;
 
+// A logger that writes lines of `min_level` and above to stderr, each with its UTC time:
+// "2026-12-04T21:50:01.123Z spool warning: ...". The client's default is StderrLogger(kWarn).
+Logger StderrLogger(LogLevel min_level);
+// "debug", "info", "warn" (or "warning") or "error", in any case; nullopt for anything else.
+std::optional<LogLevel> ParseLogLevel(std::string_view name);
+
 // A job enqueued on a cron schedule by whichever client is the leader, each tick exactly once
 // across all processes. The last enqueued tick is stored in the database under `name`, so a
 // restart neither repeats a tick nor silently drops one (see `missed`).

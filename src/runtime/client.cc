@@ -34,11 +34,6 @@ constexpr int kScheduleBatch = 10'000;
 // changes stream in, and at least every poll interval.
 constexpr auto kCancelCheckMinInterval = std::chrono::milliseconds(50);
 
-void DefaultLog(LogLevel level, std::string_view message) {
-  if (level < LogLevel::kWarn) return;
-  fmt::print(stderr, "spool {}: {}\n", level == LogLevel::kWarn ? "warning" : "error", message);
-}
-
 std::string MakeClientId() {
   char host[256] = {};
   if (gethostname(host, sizeof(host) - 1) != 0) host[0] = '\0';
@@ -85,7 +80,7 @@ class Client::Impl {
         clock_(options_.clock ? options_.clock : std::make_shared<SystemClock>()),
         retry_policy_(options_.retry_policy ? options_.retry_policy
                                             : std::make_shared<DefaultRetryPolicy>()),
-        logger_(options_.logger ? options_.logger : Logger(DefaultLog)),
+        logger_(options_.logger ? options_.logger : StderrLogger(LogLevel::kWarn)),
         client_id_(options_.client_id.empty() ? MakeClientId() : options_.client_id),
         completer_(
             driver_->executor(), [this](const auto& batch) { Deliver(batch); }, logger_),
