@@ -46,6 +46,9 @@ class AppDb {
   virtual void Exec(const std::string& sql) = 0;
   // The first column of every row of `sql`.
   virtual std::vector<std::string> Column(const std::string& sql) = 0;
+  // Begins a transaction that no other `spool migration` run on this database can be inside at
+  // the same time, until it commits or rolls back.
+  virtual void BeginExclusive() = 0;
 };
 
 class SqliteAppDb final : public AppDb {
@@ -92,6 +95,9 @@ class SqliteAppDb final : public AppDb {
     if (rc != SQLITE_DONE) throw CommandError(sqlite3_errmsg(db_));
     return out;
   }
+  // The write lock from the start: a second run waits (busy timeout) instead of reading the
+  // migrations table before the first commits.
+  void BeginExclusive() override { Exec("BEGIN IMMEDIATE"); }
 
  private:
   sqlite3* db_ = nullptr;
@@ -114,6 +120,12 @@ class PostgresAppDb final : public AppDb {
     for (int i = 0; i < PQntuples(res); ++i) out.emplace_back(PQgetvalue(res, i, 0));
     PQclear(res);
     return out;
+  }
+  // A transaction-scoped advisory lock, released by COMMIT or ROLLBACK (the key is arbitrary,
+  // and differs from the one spool's own migrations take).
+  void BeginExclusive() override {
+    Exec("BEGIN");
+    Exec("SELECT pg_advisory_xact_lock(7312960410723456001)");
   }
 
  private:
@@ -216,13 +228,25 @@ void Check(const Status& st, const AppMigration& m) {
   if (!st.ok()) throw CommandError(fmt::format("{}: {}", m.path, st.message()));
 }
 
-// Runs `sql` and the tracking change in one transaction.
-void RunInTx(AppDb& db, const std::string& sql, const std::string& track, const AppMigration& m) {
-  db.Exec("BEGIN");
+bool IsApplied(AppDb& db, const std::string& version) {
+  return !db.Column(fmt::format("SELECT version FROM {} WHERE version = '{}'", kTable, version))
+              .empty();
+}
+
+// Runs `sql` and the tracking change in one transaction, unless another `spool migration` run
+// (another node's deploy) did this step since this one listed what to do: false then.
+bool RunInTx(AppDb& db, const std::string& sql, const std::string& track, const AppMigration& m,
+             bool applied_before) {
+  db.BeginExclusive();
   try {
+    if (IsApplied(db, m.version) != applied_before) {
+      db.Exec("ROLLBACK");
+      return false;
+    }
     db.Exec(sql);
     db.Exec(track);
     db.Exec("COMMIT");
+    return true;
   } catch (const CommandError& e) {
     try {
       db.Exec("ROLLBACK");
@@ -232,19 +256,27 @@ void RunInTx(AppDb& db, const std::string& sql, const std::string& track, const 
   }
 }
 
-void ApplyUp(AppDb& db, const fs::path& root, const std::string& url, const AppMigration& m) {
-  const std::string track =
-      fmt::format("INSERT INTO {} (version, name, applied_at) VALUES ('{}', '{}', '{}')", kTable,
-                  m.version, m.name, Now());
+// False if another run applied it first.
+bool ApplyUp(AppDb& db, const fs::path& root, const std::string& url, const AppMigration& m) {
+  // ON CONFLICT: spool's own migrations are idempotent under their own lock, so two runs may both
+  // get here for the queue's step.
+  const std::string track = fmt::format(
+      "INSERT INTO {} (version, name, applied_at) VALUES ('{}', '{}', '{}') "
+      "ON CONFLICT (version) DO NOTHING",
+      kTable, m.version, m.name, Now());
   if (m.queue) {
     Check(MigrateUp(url), m);
     db.Exec(track);
   } else {
     const auto text = ReadFile(root / m.path);
     if (!text) throw CommandError(fmt::format("cannot read {}", m.path));
-    RunInTx(db, Split(*text).up, track, m);
+    if (!RunInTx(db, Split(*text).up, track, m, false)) {
+      fmt::print("{} was applied by another run meanwhile\n", m.path);
+      return false;
+    }
   }
   fmt::print("applied {}\n", m.path);
+  return true;
 }
 
 void ApplyDown(AppDb& db, const fs::path& root, const std::string& url, const AppMigration& m) {
@@ -260,7 +292,10 @@ void ApplyDown(AppDb& db, const fs::path& root, const std::string& url, const Ap
       throw CommandError(
           fmt::format("{} has no `-- +goose Down` section: it cannot be reverted", m.path));
     }
-    RunInTx(db, *sections.down, untrack, m);
+    if (!RunInTx(db, *sections.down, untrack, m, true)) {
+      fmt::print("{} was reverted by another run meanwhile\n", m.path);
+      return;
+    }
   }
   fmt::print("reverted {}\n", m.path);
 }
@@ -324,9 +359,8 @@ void AppMigrateUp(const fs::path& root, const std::string& url,
       continue;
     }
     if (target && m.version > *target) break;
-    ApplyUp(*db, root, url, m);
+    if (ApplyUp(*db, root, url, m)) ++count;
     queue_applied = queue_applied || m.queue;
-    ++count;
   }
   // A newer spool may bring migrations of its own past what the queue file was generated from.
   if (queue_applied) {

@@ -225,6 +225,19 @@ void RunFlow(const std::string& db, const std::string& url) {
     ASSERT_TRUE(client) << client.error().ToString();
   }
 
+  // Three deploys at once (a node each) apply a new app migration once, and all succeed: the
+  // second and third wait for the first and find the step done.
+  ASSERT_EQ(RunIn({spool, "migration", "create", "add_widgets"}, app, log), 0) << fail_log();
+  for (const auto& e : fs::directory_iterator(app / "database/migrations")) {
+    if (e.path().filename().string().ends_with("_add_widgets.sql")) {
+      std::ofstream(e.path()) << "-- +goose Up\nCREATE TABLE widgets (id integer);\n"
+                                 "-- +goose Down\nDROP TABLE widgets;\n";
+    }
+  }
+  std::vector<pid_t> deploys;
+  for (int i = 0; i < 3; ++i) deploys.push_back(Start({spool, "migration", "up"}, app, log, {}));
+  for (const pid_t pid : deploys) EXPECT_EQ(Wait(pid), 0) << fail_log();
+
   // spool serve (already built: --no-build) starts the server and the worker pool.
   const int port = FreePort();
   const std::string base = "http://127.0.0.1:" + std::to_string(port);
