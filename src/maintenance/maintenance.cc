@@ -164,7 +164,9 @@ void Maintenance::Heartbeat(TimePoint now) {
   for (const auto& [name, _] : env_.options.queues) p.queues.push_back(name);
   if (Status st = env_.driver.executor().ClientHeartbeat(p); !st.ok()) {
     trouble_at_ = now;
-    Log(LogLevel::kWarn, "heartbeat failed: " + st.ToString());
+    heartbeat_failures_.Failed(env_.logger, st);
+  } else {
+    heartbeat_failures_.Succeeded(env_.logger);
   }
 }
 
@@ -177,7 +179,9 @@ void Maintenance::Elect(TimePoint now) {
   if (!r) {
     trouble_at_ = now;
     // Without a confirmed lease we must assume we lost it: two leaders would both enqueue.
-    Log(LogLevel::kWarn, "leader election failed: " + r.error().ToString());
+    elect_failures_.Failed(env_.logger, r.error());
+  } else {
+    elect_failures_.Succeeded(env_.logger);
   }
   const bool now_leader = r.has_value() && *r;
   {
@@ -215,10 +219,11 @@ void Maintenance::Rescue(TimePoint now) {
   for (const auto* r : {&orphaned, &long_running}) {
     if (!*r) {
       trouble_at_ = now;
-      Log(LogLevel::kWarn, "rescuer: listing stuck jobs failed: " + r->error().ToString());
+      rescue_failures_.Failed(env_.logger, r->error());
       return;
     }
   }
+  rescue_failures_.Succeeded(env_.logger);
   std::set<int64_t> client_gone;
   std::map<int64_t, const JobRow*> stuck;  // by id: the order rescues are written and logged in
   for (const JobRow& job : *orphaned) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/cron.h"
+#include "core/failure_log.h"
 #include "driver/driver.h"
 #include "spool/client.h"
 
@@ -74,6 +75,10 @@ class Maintenance {
   // live clients need that long to send one again. Used by the maintenance thread only (and by
   // Start before it runs).
   TimePoint trouble_at_{};
+  // Maintenance thread only (and Start, before it runs).
+  FailureLog heartbeat_failures_{"heartbeat"};
+  FailureLog elect_failures_{"leader election"};
+  FailureLog rescue_failures_{"rescuer: listing stuck jobs"};
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <random>
 
+#include "core/failure_log.h"
 #include "core/thread_name.h"
 #include "core/unique.h"
 #include "driver/driver.h"
@@ -361,14 +362,16 @@ class Client::Impl {
 
   // Makes due scheduled and retryable jobs available, and wakes their producers.
   void ScheduleLoop() {
+    internal::FailureLog failures("scheduling due jobs");
     std::unique_lock lock(background_mu_);
     while (!background_stop_) {
       lock.unlock();
       auto r = driver_->executor().JobSchedule({.now = clock_->Now(), .max = kScheduleBatch});
+      if (r) failures.Succeeded(logger_);
       lock.lock();
       Duration wait = options_.schedule_interval;
       if (!r) {
-        logger_(LogLevel::kWarn, "scheduling due jobs failed: " + r.error().ToString());
+        failures.Failed(logger_, r.error());
         wait = std::max<Duration>(wait, kLoopErrorBackoff);
       } else if (r->count > 0) {
         for (const auto& q : r->queues) WakeQueue(q);
@@ -389,10 +392,10 @@ class Client::Impl {
     if (ids.empty()) return;
     auto requested = driver_->executor().JobGetCancelRequested(ids);
     if (!requested) {
-      logger_(LogLevel::kWarn,
-              "checking for cancelled jobs failed: " + requested.error().ToString());
+      cancel_check_failures_.Failed(logger_, requested.error());
       return;
     }
+    cancel_check_failures_.Succeeded(logger_);
     std::lock_guard lock(lifecycle_mu_runners_);
     for (int64_t id : *requested) {
       for (auto& [_, r] : runners_) {
@@ -447,6 +450,7 @@ class Client::Impl {
   std::thread notifier_;
   std::unique_ptr<Maintenance> maintenance_;                   // set by Start under lifecycle_mu_
   std::chrono::steady_clock::time_point last_cancel_check_{};  // notifier thread only
+  internal::FailureLog cancel_check_failures_{"checking for cancelled jobs"};  // notifier only
 
   std::mutex subscribers_mu_;
   std::map<int, std::function<void(const Event&)>> subscribers_;

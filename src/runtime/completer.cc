@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include "core/failure_log.h"
 #include "core/thread_name.h"
 
 namespace spool::internal {
@@ -53,6 +54,7 @@ void Completer::Run() {
   auto backoff = std::chrono::duration_cast<std::chrono::microseconds>(kRetryBackoffStart);
   // max() means not stopping yet; an optional here trips g++ 12's maybe-uninitialized.
   auto give_up_at = std::chrono::steady_clock::time_point::max();
+  FailureLog write_failures("writing job outcomes");
   std::vector<Completion> batch;
   for (;;) {
     {
@@ -77,6 +79,7 @@ void Completer::Run() {
 
     Status st = Write(batch);
     if (st.ok()) {
+      write_failures.Succeeded(logger_);
       {
         // A failure that a retry got past is not the error Stop reports.
         std::lock_guard lock(mu_);
@@ -106,10 +109,9 @@ void Completer::Run() {
         return;
       }
     }
-    if (logger_) {
-      logger_(LogLevel::kWarn, fmt::format("writing {} job outcomes failed, retrying in {}ms: {}",
-                                           batch.size(), backoff.count() / 1000, st.ToString()));
-    }
+    write_failures.Failed(logger_, st,
+                          fmt::format("{} outcomes waiting, next retry in {} ms",
+                                      batch.size() + pending_.size(), backoff.count() / 1000));
     cv_.wait_for(lock, backoff);
     backoff = std::min<std::chrono::microseconds>(backoff * 2, kRetryBackoffMax);
   }

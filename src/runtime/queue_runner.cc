@@ -9,6 +9,7 @@
 #include <tuple>
 #include <typeinfo>
 
+#include "core/failure_log.h"
 #include "core/thread_name.h"
 
 namespace spool::internal {
@@ -18,11 +19,10 @@ namespace {
 // single SQLite writer is not held for long.
 constexpr int kMaxFetch = 1'000;
 // After a failed fetch the producer waits, doubling from the first to the last, so a database
-// that is away is not hammered; and logs the first failure, then one line a period with the
-// count, then the recovery: a warning per attempt flooded the log (11 lines a second a queue).
+// that is away is not hammered; FailureLog keeps the log to a line every 10 s (a warning per
+// attempt was 11 lines a second a queue).
 constexpr auto kFetchErrorBackoff = std::chrono::milliseconds(100);
 constexpr auto kFetchErrorBackoffMax = std::chrono::seconds(1);
-constexpr auto kFetchErrorLogPeriod = std::chrono::seconds(10);
 // How long a producer woken by a freed slot waits for fetch_batch_ free slots before fetching
 // what is free. Short enough not to matter for slow jobs, long enough for fast ones to pile up.
 constexpr auto kFetchLinger = std::chrono::microseconds(500);
@@ -159,9 +159,7 @@ void QueueRunner::Join() {
 
 void QueueRunner::ProduceLoop() {
   std::chrono::steady_clock::duration backoff = kFetchErrorBackoff;
-  int64_t failures = 0;  // in a row
-  int64_t unlogged_failures = 0;
-  std::chrono::steady_clock::time_point first_failure_at{}, last_logged_at{};
+  FailureLog fetch_failures(fmt::format("queue {}: fetching jobs", name_));
   std::unique_lock lock(mu_);
   while (!stop_fetching_) {
     if (!wake_ || busy_ >= max_workers_) {
@@ -197,39 +195,17 @@ void QueueRunner::ProduceLoop() {
       drained_ = false;
       busy_ -= n;
       if (busy_ == 0) idle_cv_.notify_all();
-      const auto now = std::chrono::steady_clock::now();
-      if (failures++ == 0) first_failure_at = now;
-      ++unlogged_failures;
-      if (env_.logger && (failures == 1 || now - last_logged_at >= kFetchErrorLogPeriod)) {
-        env_.logger(
-            LogLevel::kWarn,
-            failures == 1
-                ? fmt::format("queue {}: fetching jobs failed: {}", name_, rows.error().ToString())
-                : fmt::format(
-                      "queue {}: fetching jobs still fails ({} more attempts, "
-                      "retrying every {} ms): {}",
-                      name_, unlogged_failures - 1,
-                      std::chrono::duration_cast<std::chrono::milliseconds>(backoff).count(),
-                      rows.error().ToString()));
-        last_logged_at = now;
-        unlogged_failures = 0;
-      }
+      fetch_failures.Failed(
+          env_.logger, rows.error(),
+          fmt::format("retrying every {} ms",
+                      std::chrono::duration_cast<std::chrono::milliseconds>(backoff).count()));
       wake_ = true;
       producer_cv_.wait_for(lock, backoff, [&] { return stop_fetching_; });
       backoff = std::min<std::chrono::steady_clock::duration>(backoff * 2, kFetchErrorBackoffMax);
       continue;
     }
-    if (failures > 0) {
-      if (env_.logger) {
-        const auto away = std::chrono::duration_cast<std::chrono::milliseconds>(
-            std::chrono::steady_clock::now() - first_failure_at);
-        env_.logger(LogLevel::kInfo,
-                    fmt::format("queue {}: fetching jobs works again after {} failed attempts "
-                                "({} ms)",
-                                name_, failures, away.count()));
-      }
-      failures = 0;
-      unlogged_failures = 0;
+    if (fetch_failures.failures() > 0) {
+      fetch_failures.Succeeded(env_.logger);
       backoff = kFetchErrorBackoff;
     }
     const int got = static_cast<int>(rows->size());

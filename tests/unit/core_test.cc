@@ -4,6 +4,7 @@
 #include <cmath>
 #include <set>
 
+#include "core/failure_log.h"
 #include "driver/row_json.h"
 #include "runtime/deadline_watcher.h"
 #include "spool/spool.h"
@@ -277,3 +278,56 @@ TEST(DeadlineWatcherTest, FiresOnTheSystemClock) {
 
 }  // namespace
 }  // namespace spool
+
+namespace spool::internal {
+namespace {
+
+TEST(FailureLogTest, FirstFailureThenOneLineAPeriodThenTheRecovery) {
+  std::vector<std::pair<LogLevel, std::string>> lines;
+  const Logger logger = [&](LogLevel level, std::string_view m) {
+    lines.emplace_back(level, std::string(m));
+  };
+  FailureLog heartbeat("heartbeat", std::chrono::seconds(10));
+  const auto t0 = std::chrono::steady_clock::time_point(std::chrono::hours(1));
+  const Status down = Status::ConnectionLost("server closed the connection");
+  heartbeat.Succeeded(logger, t0);  // nothing to recover from
+  EXPECT_TRUE(lines.empty());
+  for (int i = 0; i < 25; ++i) heartbeat.Failed(logger, down, "", t0 + std::chrono::seconds(i));
+  // At 0 s (the first), 10 s and 20 s: 10 failures since each report.
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_EQ(lines[0].first, LogLevel::kWarn);
+  EXPECT_EQ(lines[0].second.rfind("heartbeat failed: ", 0), 0u) << lines[0].second;
+  EXPECT_NE(lines[1].second.find("heartbeat still fails (10 failed attempts since the last "
+                                 "report): "),
+            std::string::npos)
+      << lines[1].second;
+  EXPECT_EQ(heartbeat.failures(), 25);
+  heartbeat.Failed(logger, down, "retrying every 1000 ms", t0 + std::chrono::seconds(31));
+  ASSERT_EQ(lines.size(), 4u);
+  EXPECT_NE(lines[3].second.find("(5 failed attempts since the last report, retrying every 1000 "
+                                 "ms)"),
+            std::string::npos)
+      << lines[3].second;
+  heartbeat.Succeeded(logger, t0 + std::chrono::seconds(32));
+  ASSERT_EQ(lines.size(), 5u);
+  EXPECT_EQ(lines[4].first, LogLevel::kInfo);
+  EXPECT_EQ(lines[4].second, "heartbeat works again after 26 failed attempts (32000 ms)");
+  EXPECT_EQ(heartbeat.failures(), 0);
+  // A new outage starts over with its first failure.
+  heartbeat.Failed(logger, down, "", t0 + std::chrono::seconds(33));
+  ASSERT_EQ(lines.size(), 6u);
+  EXPECT_EQ(lines[5].second.rfind("heartbeat failed: ", 0), 0u);
+}
+
+TEST(StderrLoggerTest, ParsesLevelNames) {
+  EXPECT_EQ(ParseLogLevel("debug"), LogLevel::kDebug);
+  EXPECT_EQ(ParseLogLevel("INFO"), LogLevel::kInfo);
+  EXPECT_EQ(ParseLogLevel("warn"), LogLevel::kWarn);
+  EXPECT_EQ(ParseLogLevel("Warning"), LogLevel::kWarn);
+  EXPECT_EQ(ParseLogLevel("error"), LogLevel::kError);
+  EXPECT_EQ(ParseLogLevel("verbose"), std::nullopt);
+  EXPECT_EQ(ParseLogLevel(""), std::nullopt);
+}
+
+}  // namespace
+}  // namespace spool::internal

@@ -1,0 +1,41 @@
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "spool/options.h"
+#include "spool/status.h"
+
+namespace spool::internal {
+
+// Logs a step that fails again and again (the database is away) without flooding the log: the
+// first failure as a warning, then one warning per `period` with the count of failures since,
+// then an info line when the step works again. One per repeating step; not thread safe.
+class FailureLog {
+ public:
+  using SteadyTime = std::chrono::steady_clock::time_point;
+  static constexpr std::chrono::seconds kDefaultPeriod{10};
+
+  // `what` names the step: "queue default: fetching jobs", "heartbeat".
+  explicit FailureLog(std::string what, std::chrono::steady_clock::duration period = kDefaultPeriod)
+      : what_(std::move(what)), period_(period) {}
+
+  // `retry_note`, if any, ends the repeated warning's parenthesis: "retrying every 1000 ms".
+  void Failed(const Logger& logger, const Status& error, std::string_view retry_note = {},
+              SteadyTime now = std::chrono::steady_clock::now());
+  void Succeeded(const Logger& logger, SteadyTime now = std::chrono::steady_clock::now());
+  // Failures in a row so far.
+  int64_t failures() const { return failures_; }
+
+ private:
+  std::string what_;
+  std::chrono::steady_clock::duration period_;
+  int64_t failures_ = 0;
+  int64_t unlogged_ = 0;
+  SteadyTime first_failure_at_{};
+  SteadyTime last_logged_at_{};
+};
+
+}  // namespace spool::internal
