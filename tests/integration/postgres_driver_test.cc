@@ -145,11 +145,11 @@ TEST(PostgresOpenTest, AUrlLibpqCannotParseIsReportedWithoutThePassword) {
 // of the password as the host or port. None of it may reach the message.
 TEST(PostgresOpenTest, AnUnencodedPasswordIsRefusedWithoutShowingIt) {
   SPOOL_REQUIRE_PG_CLUSTER();
-  for (const char* url : {"postgres://weird:s3cr%ZZet@127.0.0.1:1/db",
-                          "postgres://weird:s3cr/et@127.0.0.1:1/db",
-                          "postgres://weird:s3cr?et@127.0.0.1:1/db",
-                          "postgres://weird:p@s3cr:w/et%?#&=@127.0.0.1:1/db",
-                          "postgres://weird:s3cr#et@127.0.0.1:1/db?password=x"}) {
+  for (const char* url :
+       {"postgres://weird:s3cr%ZZet@127.0.0.1:1/db", "postgres://weird:s3cr/et@127.0.0.1:1/db",
+        "postgres://weird:s3cr?et@127.0.0.1:1/db",
+        "postgres://weird:p@s3cr:w/et%?#&=@127.0.0.1:1/db",
+        "postgres://weird:s3cr#et@127.0.0.1:1/db?password=x"}) {
     auto d = Driver::Open(url, DriverOptions{});
     ASSERT_FALSE(d.has_value()) << url;
     EXPECT_TRUE(d.error().IsInvalidArgument()) << d.error().ToString();
@@ -187,6 +187,26 @@ TEST(PostgresErrorTest, ClassifiesSqlStateByWhatTheCallerCanDo) {
   EXPECT_EQ(pg::ClassifySqlState("22P02"), Code::kInvalidArgument);
   EXPECT_EQ(pg::ClassifySqlState("42P01"), Code::kFailedPrecondition);
   EXPECT_EQ(pg::ClassifySqlState("XX000"), Code::kInternal);
+}
+
+// An operator tells spool's sessions apart in pg_stat_activity: "spool" unless the url names them.
+TEST_F(PostgresDriverTest, SessionsAreNamedSpoolUnlessTheUrlNamesThem) {
+  // The fixture's url names its sessions after the test's schema.
+  const size_t named_at = url_.find("&application_name=");
+  ASSERT_NE(named_at, std::string::npos) << url_;
+  const std::string plain = url_.substr(0, named_at);
+  PgConnPtr app = Connect(url_);
+  for (const auto& [url, name] :
+       {std::pair{plain, std::string("spool")},
+        std::pair{plain + "&application_name=node-7", std::string("node-7")}}) {
+    auto d = Driver::Open(url, DriverOptions{});
+    ASSERT_TRUE(d.has_value()) << d.error().ToString();
+    ASSERT_TRUE((*d)->executor().JobInsertMany(OneJob()).has_value());
+    EXPECT_NE(Query(app.get(), "SELECT count(*) FROM pg_stat_activity WHERE application_name = '" +
+                                   name + "'"),
+              "0")
+        << name;
+  }
 }
 
 TEST_F(PostgresDriverTest, LostConnectionIsReportedThenReconnects) {

@@ -105,7 +105,11 @@ Result<std::unique_ptr<Conn>> Conn::Connect(const std::string& url, const std::s
     }
     PQconninfoFree(opts);
   }
-  PGconn* raw = PQconnectdb(url.c_str());
+  // fallback_application_name: pg_stat_activity names spool's sessions "spool" unless the url
+  // sets application_name.
+  const char* const keywords[] = {"dbname", "fallback_application_name", nullptr};
+  const char* const values[] = {url.c_str(), "spool", nullptr};
+  PGconn* raw = PQconnectdbParams(keywords, values, /*expand_dbname=*/1);
   if (raw == nullptr) {
     return Status::ConnectionLost(
         fmt::format("cannot connect to PostgreSQL at {}: out of memory", target));
