@@ -239,12 +239,21 @@ void RunList(const ListFlags& f) {
   // A row that cannot be read comes back with only its id (an empty kind): shown as such, so the
   // other rows still list and this one can be looked at and deleted.
   const auto unreadable = [](const JobRow& job) { return job.kind.empty(); };
+  // A full page may not be all: say how to get the next (on stderr, so --json stays one array).
+  const bool maybe_more = !jobs->empty() && static_cast<int>(jobs->size()) == f.limit;
+  const auto note_more = [&] {
+    if (maybe_more) {
+      fmt::print(stderr, "(the first {} matching jobs by id; more: --after {}, or --limit)\n",
+                 f.limit, jobs->back().id);
+    }
+  };
   if (f.json) {
     Json out = Json::array();
     for (const auto& job : *jobs) {
       out.push_back(unreadable(job) ? Json{{"id", job.id}, {"unreadable", true}} : JobToJson(job));
     }
     fmt::print("{}\n", out.dump(2));
+    note_more();
     return;
   }
   if (jobs->empty()) {
@@ -266,6 +275,8 @@ void RunList(const ListFlags& f) {
                     job.errors.empty() ? "" : Shorten(OneLine(job.errors.back().error), 60)});
   }
   PrintTable(rows);
+  std::fflush(stdout);  // the note after the table, also when both go to one terminal or file
+  note_more();
 }
 
 // --- jobs show ----------------------------------------------------------------------------

@@ -129,6 +129,24 @@ TEST_F(AdminTest, AddListShowJson) {
   EXPECT_EQ(one, arr[0]);
 }
 
+// A full page says how to get the next; a partial one says nothing.
+TEST_F(AdminTest, ListSaysWhenThereMayBeMore) {
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_EQ(Run({"jobs", "add", "resize_image", "--args", "{}"}).code, 0);
+  }
+  CliRun page = Run({"jobs", "list", "--limit", "2"});
+  ASSERT_EQ(page.code, 0) << page.err;
+  EXPECT_NE(page.err.find("more: --after 2"), std::string::npos) << page.err;
+  CliRun json_page = Run({"jobs", "list", "--limit", "2", "--json"});
+  ASSERT_EQ(json_page.code, 0) << json_page.err;
+  EXPECT_EQ(ParseOut(json_page).size(), 2u);
+  EXPECT_NE(json_page.err.find("more: --after 2"), std::string::npos) << json_page.err;
+  CliRun rest = Run({"jobs", "list", "--after", "2"});
+  ASSERT_EQ(rest.code, 0) << rest.err;
+  EXPECT_EQ(rest.err.find("more:"), std::string::npos) << rest.err;
+  EXPECT_NE(rest.out.find("resize_image"), std::string::npos) << rest.out;
+}
+
 TEST_F(AdminTest, HumanOutput) {
   CliRun add = Run({"jobs", "add", "resize_image", "--args", R"({"w":10})"});
   ASSERT_EQ(add.code, 0) << add.err;
