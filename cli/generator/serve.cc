@@ -18,11 +18,23 @@ namespace fs = std::filesystem;
 namespace {
 
 volatile sig_atomic_t g_child_pid = 0;
+volatile sig_atomic_t g_forwarded_signal = 0;  // the last signal forwarded, 0 if none
 
 extern "C" void ForwardSignal(int signal_number) {
   // The whole group: cmake's compilers, or the app and anything it started.
   const pid_t pid = g_child_pid;
   if (pid > 0) kill(-pid, signal_number);
+  g_forwarded_signal = signal_number;
+}
+
+// A build step that failed because the user stopped it (Ctrl-C) is not a failed build: exit as
+// interrupted, with the shell's 128+N.
+void ThrowIfInterrupted(std::string_view step) {
+  if (const int sig = g_forwarded_signal; sig != 0) {
+    throw CommandError(
+        fmt::format("{} was interrupted ({})", step, sig == SIGINT ? "Ctrl-C" : "SIGTERM"),
+        128 + sig);
+  }
 }
 
 // The install prefix of this spool binary when it has spool's CMake package next to it, so the
@@ -96,6 +108,7 @@ int RunForeground(const std::vector<std::string>& argv, const std::string& dir,
 
 int RunServe(const AppInfo& app, bool no_build) {
   const fs::path build_dir = app.root / "build";
+  g_forwarded_signal = 0;
   if (!no_build) {
     std::vector<std::string> configure = {"cmake", "-S", app.root.string(), "-B",
                                           build_dir.string()};
@@ -106,14 +119,17 @@ int RunServe(const AppInfo& app, bool no_build) {
       }
     }
     if (const int rc = RunForeground(configure, app.root.string()); rc != 0) {
+      ThrowIfInterrupted("cmake configure");
       throw CommandError(fmt::format("cmake configure failed (exit {}): see the errors above", rc));
     }
     if (const int rc =
             RunForeground({"cmake", "--build", build_dir.string(), "-j2"}, app.root.string());
         rc != 0) {
+      ThrowIfInterrupted("the build");
       throw CommandError(fmt::format("the build failed (exit {}): see the errors above", rc));
     }
   }
+  ThrowIfInterrupted("spool serve");  // a Ctrl-C the build survived still means stop
   const fs::path binary = build_dir / app.name;
   std::error_code ec;
   if (!fs::exists(binary, ec)) {
