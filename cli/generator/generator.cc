@@ -5,7 +5,9 @@
 #include <algorithm>
 #include <ctime>
 #include <map>
+#include <optional>
 #include <set>
+#include <sstream>
 #include <system_error>
 
 #include "commands/commands.h"
@@ -452,9 +454,17 @@ Generated PlanQueue(const AppInfo& app, const QueueOptions& options) {
 }
 
 Generated PlanJob(const AppInfo& app, std::string_view name_input,
-                  const std::optional<std::string>& schedule, bool force) {
+                  const std::optional<std::string>& schedule_input, bool force) {
   const JobName name = NormalizeJobName(name_input);
-  if (schedule) ValidateCron(*schedule);
+  // Fields one space apart, as they are written into the job's header and the notes.
+  std::optional<std::string> schedule;
+  if (schedule_input) {
+    std::istringstream fields(*schedule_input);
+    std::string field;
+    schedule.emplace();
+    while (fields >> field) *schedule += (schedule->empty() ? "" : " ") + field;
+    ValidateCron(*schedule);
+  }
   Generated out(app.root);
   Plan& plan = out.plan;
   if (!name.note.empty()) out.notes.push_back(name.note);
@@ -497,6 +507,19 @@ Generated PlanJob(const AppInfo& app, std::string_view name_input,
                 "  static constexpr std::string_view kSchedule = \"{}\";",
                 *schedule)
           : "";
+  // A task's test also checks its schedule as the app will: an edited kSchedule with a typo
+  // would otherwise pass the tests and stop the app at start.
+  vars["schedule_test"] =
+      schedule ? fmt::format(
+                     "TEST({0}Test, ScheduleIsAcceptedByTheClient) {{\n"
+                     "  spool::ClientOptions options;\n"
+                     "  options.periodic_jobs.push_back(spool::MakePeriodicJob(\n"
+                     "      \"{1}\", std::string(jobs::{0}Args::kSchedule), jobs::{0}Args{{}}));\n"
+                     "  const auto queue = spool::testing::TestQueue::Create(std::move(options));\n"
+                     "  ASSERT_TRUE(queue) << queue.error().ToString();\n"
+                     "}}\n",
+                     camel, name.snake)
+               : "";
   Put(plan, header, RenderTemplate("job/job.h.tmpl", vars));
   Put(plan, source, RenderTemplate("job/job.cc.tmpl", vars));
   Put(plan, test, RenderTemplate("job/job_test.cc.tmpl", vars));

@@ -144,6 +144,23 @@ TEST_F(CommandsTest, DryRunPrintsTheDiffAndWritesNothing) {
   EXPECT_EQ(Snapshot(app()), queued);
 }
 
+// A schedule typed with extra spaces is written with its fields one space apart, and the task's
+// generated test checks the schedule the way the app will at start.
+TEST_F(CommandsTest, TaskScheduleIsTidiedAndTestedByTheGeneratedTest) {
+  NewApp();
+  ASSERT_EQ(Spool({"gen", "queue"}).code, 0);
+  CliRun r = Spool({"gen", "task", "cleanup", "--schedule", "  */5   *  * * *  "});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("created task cleanup (*/5 * * * *)"), std::string::npos) << r.out;
+  EXPECT_NE(Slurp(app() / "jobs/cleanup.h").find("kSchedule = \"*/5 * * * *\";"),
+            std::string::npos);
+  EXPECT_NE(Slurp(app() / "tests/jobs/cleanup_test.cc")
+                .find("TEST(CleanupTest, ScheduleIsAcceptedByTheClient)"),
+            std::string::npos);
+  ASSERT_EQ(Spool({"gen", "job", "plain"}).code, 0);
+  EXPECT_EQ(Slurp(app() / "tests/jobs/plain_test.cc").find("Schedule"), std::string::npos);
+}
+
 TEST_F(CommandsTest, BadUsageExitsTwo) {
   EXPECT_EQ(Spool({"new"}).code, kExitUsage);
   EXPECT_EQ(Spool({"new", "demo", "--db", "mysql"}).code, kExitUsage);
