@@ -360,6 +360,22 @@ Generated PlanQueue(const AppInfo& app, const QueueOptions& options) {
           "to wire it in again (jobs/ and its files are kept); nothing changed",
           found, !main_wired ? kMainPath : kCMakePath));
     }
+    // Jobs deleted by hand leave jobs/registry.cc including their headers: the build fails on
+    // them until the registry is written again from what jobs/ holds.
+    if (const auto registry = plan.Read(std::string(kRegistrySource))) {
+      constexpr std::string_view kInclude = "#include \"jobs/";
+      for (size_t at = registry->find(kInclude); at != std::string::npos;
+           at = registry->find(kInclude, at + 1)) {
+        const size_t start = at + std::string_view("#include \"").size();
+        const std::string header = registry->substr(start, registry->find('"', start) - start);
+        if (header != kRegistryHeader && !plan.Read(header)) {
+          throw CommandError(fmt::format(
+              "{} still lists {}, which is gone: run spool gen queue --force to write it again "
+              "from the jobs in jobs/ (they and the rest of the app are kept); nothing changed",
+              kRegistrySource, header));
+        }
+      }
+    }
     throw CommandError(fmt::format("queue already set up ({} exists): nothing changed", found));
   }
   const auto vars = AppVars(app);

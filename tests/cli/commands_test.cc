@@ -161,6 +161,28 @@ TEST_F(CommandsTest, TaskScheduleIsTidiedAndTestedByTheGeneratedTest) {
   EXPECT_EQ(Slurp(app() / "tests/jobs/plain_test.cc").find("Schedule"), std::string::npos);
 }
 
+// Removing a job is deleting its files; the registry that still includes it is named, with the
+// command that writes it again.
+TEST_F(CommandsTest, ARemovedJobLeftInTheRegistryIsNamedWithTheFix) {
+  NewApp();
+  ASSERT_EQ(Spool({"gen", "queue"}).code, 0);
+  ASSERT_EQ(Spool({"gen", "job", "keep"}).code, 0);
+  ASSERT_EQ(Spool({"gen", "job", "gone"}).code, 0);
+  for (const char* f : {"jobs/gone.h", "jobs/gone.cc", "tests/jobs/gone_test.cc"}) {
+    fs::remove(app() / f);
+  }
+  CliRun r = Spool({"gen", "queue"});
+  EXPECT_EQ(r.code, kExitFailed);
+  EXPECT_NE(r.err.find("jobs/registry.cc still lists jobs/gone.h, which is gone: run spool gen "
+                       "queue --force"),
+            std::string::npos)
+      << r.err;
+  ASSERT_EQ(Spool({"gen", "queue", "--force"}).code, 0);
+  const std::string registry = Slurp(app() / "jobs/registry.cc");
+  EXPECT_EQ(registry.find("gone"), std::string::npos) << registry;
+  EXPECT_NE(registry.find("jobs/keep.h"), std::string::npos) << registry;
+}
+
 TEST_F(CommandsTest, BadUsageExitsTwo) {
   EXPECT_EQ(Spool({"new"}).code, kExitUsage);
   EXPECT_EQ(Spool({"new", "demo", "--db", "mysql"}).code, kExitUsage);
