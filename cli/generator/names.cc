@@ -68,9 +68,17 @@ bool IsLower(char c) { return c >= 'a' && c <= 'z'; }
 bool IsUpper(char c) { return c >= 'A' && c <= 'Z'; }
 bool IsDigit(char c) { return c >= '0' && c <= '9'; }
 
+// Names that only become files (migrations) need not avoid C++'s words.
+bool BecomesCpp(std::string_view what) { return what == "job"; }
+
 [[noreturn]] void Refuse(std::string_view what, std::string_view input, std::string_view why) {
   std::string rule(kJobNameRule);
-  if (what != "job") rule.replace(0, std::string_view("a job").size(), fmt::format("a {}", what));
+  if (!BecomesCpp(what)) {
+    rule = fmt::format(
+        "a {} name is snake_case: a lowercase letter, then lowercase letters, digits and single "
+        "underscores (e.g. add_users)",
+        what);
+  }
   throw CommandError(fmt::format("invalid {} name \"{}\": {}; {}", what, input, why, rule));
 }
 
@@ -123,12 +131,16 @@ JobName NormalizeJobName(std::string_view input, std::string_view what) {
   if (snake.front() == '_') Refuse(what, input, "it starts with an underscore");
   if (snake.back() == '_') Refuse(what, input, "it ends with an underscore");
   if (snake.find("__") != std::string::npos) {
-    Refuse(what, input, "double underscores are reserved in C++");
+    Refuse(
+        what, input,
+        BecomesCpp(what) ? "double underscores are reserved in C++" : "it has a double underscore");
   }
-  if (IsCppKeyword(snake)) Refuse(what, input, fmt::format("\"{}\" is a C++ keyword", snake));
-  if (std::find(std::begin(kReservedWords), std::end(kReservedWords), snake) !=
-      std::end(kReservedWords)) {
-    Refuse(what, input, fmt::format("\"{}\" is reserved in C++", snake));
+  if (BecomesCpp(what)) {
+    if (IsCppKeyword(snake)) Refuse(what, input, fmt::format("\"{}\" is a C++ keyword", snake));
+    if (std::find(std::begin(kReservedWords), std::end(kReservedWords), snake) !=
+        std::end(kReservedWords)) {
+      Refuse(what, input, fmt::format("\"{}\" is reserved in C++", snake));
+    }
   }
   if (what == "job" && snake == "registry")
     Refuse(what, input, "\"registry\" is spool's own jobs/registry file");
