@@ -111,7 +111,7 @@ void RegisterMigration(CLI::App& app) {
       // Down to version 0 drops spool_job with whatever it holds.
       auto infos = MigrationStatus(u);
       const int current = infos ? AppliedVersion(*infos) : 0;
-      if (current > 0 && (to ? *to == 0 : current == 1)) RefuseToDropUnfinishedJobs(u);
+      if (current > 0 && (to ? *to == 0 : current == 1)) RefuseToDropSpoolTablesInUse(u);
     }
     Check(MigrateDown(u, to));
     PrintStatus(u);

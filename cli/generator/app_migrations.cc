@@ -380,15 +380,31 @@ int AppliedVersion(const std::vector<MigrationInfo>& infos) {
   return current;
 }
 
-void RefuseToDropUnfinishedJobs(const std::string& url) {
+void RefuseToDropSpoolTablesInUse(const std::string& url) {
   // Plain SQL rather than a Client: it must read every schema version a down passes through.
+  std::vector<std::string> live;
   std::vector<std::string> rows;
   try {
-    rows = OpenAppDb(url)->Column(
+    auto db = OpenAppDb(url);
+    // heartbeat_at: microseconds in SQLite, a timestamptz in PostgreSQL. A minute is twice
+    // client_stale_after's default, so a client between two heartbeats counts.
+    live = db->Column(url.starts_with("sqlite:")
+                          ? "SELECT count(*) FROM spool_client WHERE heartbeat_at >= "
+                            "(CAST(strftime('%s', 'now') AS INTEGER) - 60) * 1000000"
+                          : "SELECT count(*) FROM spool_client WHERE heartbeat_at >= "
+                            "now() - interval '60 seconds'");
+    rows = db->Column(
         "SELECT state || ' ' || count(*) FROM spool_job WHERE state <> 'completed' AND "
         "state <> 'cancelled' AND state <> 'discarded' GROUP BY state ORDER BY state");
   } catch (const CommandError&) {
-    return;  // no spool_job to lose
+    return;  // no spool tables to lose
+  }
+  if (!live.empty() && live.front() != "0") {
+    throw CommandError(fmt::format(
+        "{} client(s) of the job queue sent a heartbeat in the last minute (running apps): "
+        "dropping spool's tables under them fails their every call until the tables are back. "
+        "Stop them first, or run again with --force; nothing was reverted",
+        live.front()));
   }
   if (rows.empty()) return;
   int64_t total = 0;
@@ -426,7 +442,7 @@ void AppMigrateDown(const fs::path& root, const std::string& url,
   }
   if (!force && std::any_of(reverting.begin(), reverting.end(),
                             [](const AppMigration* m) { return m->queue; })) {
-    RefuseToDropUnfinishedJobs(url);
+    RefuseToDropSpoolTablesInUse(url);
   }
   for (const AppMigration* m : reverting) ApplyDown(*db, root, url, *m);
   fmt::print("{} migration(s) reverted\n", reverting.size());

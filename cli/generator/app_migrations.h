@@ -34,18 +34,20 @@ std::vector<AppMigration> ListAppMigrations(const std::filesystem::path& root);
 void AppMigrateUp(const std::filesystem::path& root, const std::string& url,
                   const std::optional<std::string>& target);
 // down: the newest applied migration, or every applied one with version > target. Reverting
-// the queue's migration drops spool's tables: refused while they hold unfinished jobs unless
-// `force` (RefuseToDropUnfinishedJobs).
+// the queue's migration drops spool's tables: refused while they are in use unless `force`
+// (RefuseToDropSpoolTablesInUse).
 void AppMigrateDown(const std::filesystem::path& root, const std::string& url,
                     const std::optional<std::string>& target, bool force);
 
 // The newest applied version of spool's schema in MigrationStatus's list (0: none).
 int AppliedVersion(const std::vector<MigrationInfo>& infos);
 
-// Throws CommandError when spool's tables at `url` hold jobs not in a final state (available,
-// scheduled, running, retryable, pending), which dropping the tables would lose; the message
-// counts them by state and names --force. Checks nothing when there is no spool_job.
-void RefuseToDropUnfinishedJobs(const std::string& url);
+// Throws CommandError when spool's tables at `url` are in use: a client of the queue sent a
+// heartbeat in the last minute (it would fail every call until the tables are back), or jobs
+// are not in a final state (available, scheduled, running, retryable, pending), which dropping
+// the tables would lose. The message counts them and names --force. Checks nothing when there
+// are no spool tables.
+void RefuseToDropSpoolTablesInUse(const std::string& url);
 void AppMigrationStatus(const std::filesystem::path& root, const std::string& url);
 
 // `spool migration create NAME`: database/migrations/<timestamp>_NAME.sql with empty Up and

@@ -397,6 +397,20 @@ TEST_F(CommandsTest, AppMigrationsRunInOrderTrackedAndRevert) {
   EXPECT_NE(r.err.find("this app has no job of kind \"send_email\" (its jobs: none yet)"),
             std::string::npos)
       << r.err;
+  // A running app (a started client, heartbeating) holds it back too, until it stops.
+  {
+    spool::ClientOptions options;
+    options.queues["default"] = {.max_workers = 1};
+    auto running = spool::Client::Open(url, std::move(options));
+    ASSERT_TRUE(running) << running.error().ToString();
+    ASSERT_TRUE((*running)->Start().ok());
+    r = Spool({"migration", "down"});
+    EXPECT_EQ(r.code, kExitFailed);
+    EXPECT_NE(r.err.find("1 client(s) of the job queue sent a heartbeat in the last minute"),
+              std::string::npos)
+        << r.err;
+    ASSERT_TRUE((*running)->Stop(std::chrono::seconds(10)).ok());
+  }
   // A job that has not run yet holds the queue migration's down back until --force.
   ASSERT_EQ(Spool({"jobs", "add", "send_email", "--any-kind"}).code, 0);
   r = Spool({"migration", "down"});
