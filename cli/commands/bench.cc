@@ -308,19 +308,20 @@ void RegisterBench(CLI::App& app) {
   cmd->add_option("--database-url", cfg->url,
                   "Database URL; default $SPOOL_DATABASE_URL, then database_url in ./.spoolrc");
   cmd->add_option("--jobs,-n", cfg->jobs, "No-op jobs to insert and work")
-      ->check(CLI::Range(int64_t{1}, int64_t{100'000'000}));
-  cmd->add_option("--workers,-w", cfg->workers, "Worker threads")->check(CLI::Range(1, 10'000));
+      ->check(WholeNumberFrom(1, 100'000'000));
+  cmd->add_option("--workers,-w", cfg->workers, "Worker threads")
+      ->check(WholeNumberFrom(1, 10'000));
   cmd->add_option("--insert-batch", cfg->insert_batch,
                   "Jobs per bulk insert call (one transaction each) in the insert phase")
-      ->check(CLI::Range(1, 1'000'000));
+      ->check(WholeNumberFrom(1, 1'000'000));
   cmd->add_option("--latency-jobs", cfg->latency_jobs, "Jobs in the latency phase")
-      ->check(CLI::Range(1, 1'000'000));
+      ->check(WholeNumberFrom(1, 1'000'000));
   cmd->add_option("--latency-rate", cfg->latency_rate, "Inserts per second in the latency phase")
-      ->check(CLI::Range(1, 100'000));
+      ->check(WholeNumberFrom(1, 100'000));
   cmd->add_option("--job-timeout", cfg->job_timeout_s,
                   "Seconds each job may run (ClientOptions::job_timeout), as most apps set one; "
                   "0: none")
-      ->check(CLI::Range(0, 86'400));
+      ->check(WholeNumberFrom(0, 86'400));
   cmd->add_flag("--no-claim-on-insert{false}", cfg->claim_on_insert,
                 "Every latency-phase job waits for a fetch, as jobs inserted by another process "
                 "do (ClientOptions::claim_on_insert = false)");

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <limits>
 #include <stdexcept>
 #include <string>
 
@@ -18,27 +19,37 @@ struct CommandError : std::runtime_error {
   int exit_code;
 };
 
-// Whole numbers of at least `min`, refused in words ("must be a whole number of 1 or more, got
-// 0"): CLI11's PositiveNumber prints its range as doubles up to 1.8e308.
-inline CLI::Validator WholeNumberFrom(long long min) {
+// Whole numbers of at least `min` (and at most `max`), refused in words ("must be a whole number
+// of 1 or more, got 0"): CLI11's PositiveNumber prints its range as doubles up to 1.8e308, and
+// its Range calls "abc" out of range.
+inline CLI::Validator WholeNumberFrom(long long min,
+                                      long long max = std::numeric_limits<long long>::max()) {
   return CLI::Validator(
-      [min](std::string& value) -> std::string {
+      [min, max](std::string& value) -> std::string {
         long long n = 0;
         size_t used = 0;
         try {
           n = std::stoll(value, &used);
+        } catch (const std::out_of_range&) {
+          return "\"" + value + "\" is too large";
         } catch (const std::exception&) {
           used = 0;
         }
         if (used == 0 || used != value.size()) {
           return "\"" + value + "\" is not a whole number";
         }
+        if (max != std::numeric_limits<long long>::max() && (n < min || n > max)) {
+          return "must be a whole number from " + std::to_string(min) + " to " +
+                 std::to_string(max) + ", got " + value;
+        }
         if (n < min) {
           return "must be a whole number of " + std::to_string(min) + " or more, got " + value;
         }
         return {};
       },
-      "INT>=" + std::to_string(min));
+      max == std::numeric_limits<long long>::max()
+          ? "INT>=" + std::to_string(min)
+          : "INT in [" + std::to_string(min) + " - " + std::to_string(max) + "]");
 }
 
 // The whole `spool` command: parses argv, runs the command, prints errors, returns the exit code.

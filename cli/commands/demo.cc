@@ -221,7 +221,7 @@ void RegisterDemo(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "demo", "Enqueue and work a few thousand demo jobs on SQLite, showing progress and counts");
   cmd->add_option("--database-url", cfg->url, "Database URL; default a new SQLite file in /tmp");
-  cmd->add_option("--jobs,-n", cfg->jobs, "How many jobs")->check(CLI::Range(10, 1'000'000));
+  cmd->add_option("--jobs,-n", cfg->jobs, "How many jobs")->check(WholeNumberFrom(10, 1'000'000));
   cmd->callback([cfg] { RunDemo(*cfg); });
 }
 

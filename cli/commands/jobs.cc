@@ -218,7 +218,11 @@ struct ListFlags {
 
 void RunList(const ListFlags& f) {
   JobListParams params;
-  for (const auto& s : f.states) {
+  for (std::string s : f.states) {
+    // "completed, cancelled": the list's spaces are not part of the names.
+    s.erase(0, s.find_first_not_of(" \t"));
+    s.erase(s.find_last_not_of(" \t") + 1);
+    if (s.empty()) continue;
     auto state = ParseJobState(s);
     if (!state) throw CommandError(state.error().message(), kExitUsage);
     params.states.push_back(*state);
@@ -519,7 +523,7 @@ void RegisterJobs(CLI::App& app) {
   list->add_option("--kind", list_flags->kind, "Only jobs of this kind");
   list->add_option("--limit", list_flags->limit, "At most this many jobs (1-10000)")
       ->capture_default_str()
-      ->check(CLI::Range(1, 10'000));
+      ->check(WholeNumberFrom(1, 10'000));
   list->add_option("--after", list_flags->after, "Only ids greater than this (next page)")
       ->check(WholeNumberFrom(0));
   list->add_flag("--json", list_flags->json, "Print a JSON array of job objects");
@@ -542,7 +546,7 @@ void RegisterJobs(CLI::App& app) {
   add->add_option("--queue", add_flags->queue, "Queue")->capture_default_str();
   add->add_option("--priority", add_flags->priority, "1 (highest) to 4 (lowest)")
       ->capture_default_str()
-      ->check(CLI::Range(kMinPriority, kMaxPriority));
+      ->check(WholeNumberFrom(kMinPriority, kMaxPriority));
   add->add_option("--max-attempts", add_flags->max_attempts, "Attempts before discarding")
       ->capture_default_str()
       ->check(WholeNumberFrom(1));

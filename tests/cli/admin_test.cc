@@ -306,6 +306,19 @@ TEST_F(AdminTest, BadNumbersAreRefusedInWords) {
   r = Run({"jobs", "list", "--after", "-1"});
   EXPECT_EQ(r.code, kExitUsage);
   EXPECT_NE(r.err.find("must be a whole number of 0 or more"), std::string::npos) << r.err;
+  r = Run({"jobs", "show", "99999999999999999999"});
+  EXPECT_EQ(r.code, kExitUsage);
+  EXPECT_NE(r.err.find("\"99999999999999999999\" is too large"), std::string::npos) << r.err;
+  r = Run({"jobs", "list", "--limit", "abc"});
+  EXPECT_EQ(r.code, kExitUsage);
+  EXPECT_NE(r.err.find("\"abc\" is not a whole number"), std::string::npos) << r.err;
+  r = Run({"jobs", "list", "--limit", "0"});
+  EXPECT_EQ(r.code, kExitUsage);
+  EXPECT_NE(r.err.find("must be a whole number from 1 to 10000, got 0"), std::string::npos)
+      << r.err;
+  // A list of states written with spaces after its commas.
+  r = Run({"jobs", "list", "--state", "completed, cancelled"});
+  EXPECT_EQ(r.code, 0) << r.err;
 }
 
 TEST_F(AdminTest, CommandsOnAMistypedPathCreateNoDatabase) {
