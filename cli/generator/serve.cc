@@ -123,7 +123,9 @@ int RunServe(const AppInfo& app, bool no_build) {
       throw CommandError(fmt::format("cmake configure failed (exit {}): see the errors above", rc));
     }
     if (const int rc =
-            RunForeground({"cmake", "--build", build_dir.string(), "-j2"}, app.root.string());
+            // Only the app: its job tests (which ctest runs) would compile every job twice.
+        RunForeground({"cmake", "--build", build_dir.string(), "-j2", "--target", app.name},
+                      app.root.string());
         rc != 0) {
       ThrowIfInterrupted("the build");
       throw CommandError(fmt::format("the build failed (exit {}): see the errors above", rc));

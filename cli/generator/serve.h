@@ -8,8 +8,8 @@
 
 namespace spool::cli {
 
-// `spool serve`: unless `no_build`, configures and builds the app with CMake into app.root/build
-// (-j2), then runs build/<app> in the foreground from app.root, forwarding SIGINT and SIGTERM to
+// `spool serve`: unless `no_build`, configures and builds the app's target with CMake into
+// app.root/build (-j2; not its tests), then runs build/<app> in the foreground from app.root, forwarding SIGINT and SIGTERM to
 // it. Returns the app's exit code (128+N when a signal N ended it). Throws CommandError when the
 // build fails or there is no binary.
 int RunServe(const AppInfo& app, bool no_build);
