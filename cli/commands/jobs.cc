@@ -461,8 +461,22 @@ void RunQueuesList(const std::string& url, bool json) {
     fmt::print("{}\n", out.dump(2));
     return;
   }
+  // Which client runs maintenance and periodic jobs: an operator's first question about a
+  // cluster, which only a look at spool_leader answered.
+  const auto print_leader = [&] {
+    auto lease = client->Leader();
+    if (!lease) {
+      fmt::print("leader: unknown ({})\n", lease.error().message());
+    } else if (!*lease) {
+      fmt::print("leader: none (no running client holds the lease)\n");
+    } else {
+      fmt::print("leader: {} (since {}, lease until {})\n", (*lease)->leader_id,
+                 FormatTime((*lease)->elected_at), FormatTime((*lease)->expires_at));
+    }
+  };
   if (queues->empty()) {
     fmt::print("no queues\n");
+    print_leader();
     return;
   }
   std::vector<std::vector<std::string>> rows(1);
@@ -481,6 +495,7 @@ void RunQueuesList(const std::string& url, bool json) {
     rows.push_back(std::move(row));
   }
   PrintTable(rows);
+  print_leader();
 }
 
 void RunQueuePause(const std::string& url, const std::string& name, bool pause) {

@@ -87,6 +87,13 @@ struct QueueInfo {
   std::map<JobState, int64_t> counts{};
 };
 
+// The leader lease: which client runs maintenance and periodic jobs, and until when at least.
+struct LeaderInfo {
+  std::string leader_id{};  // the client's id (ClientOptions::client_id)
+  TimePoint elected_at{};
+  TimePoint expires_at{};  // renewed every leader_ttl / 3 while the leader runs
+};
+
 // Builds a periodic job from typed args.
 template <JobArgs A>
 PeriodicJob MakePeriodicJob(std::string name, std::string schedule, const A& args,
@@ -190,6 +197,9 @@ class Client {
   Result<std::vector<QueueInfo>> QueueList();
   // True while this client holds the leader lease (runs maintenance and periodic jobs).
   bool IsLeader() const;
+  // The lease as stored, whichever client holds it; nullopt when none is current (no client
+  // runs, or the last leader stopped or died and no other has taken over yet).
+  Result<std::optional<LeaderInfo>> Leader();
 
   // Calls `fn` after each job outcome is written, on a client thread: keep it short and do not
   // call Stop from it. Returns an id for Unsubscribe.

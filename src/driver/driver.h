@@ -152,11 +152,7 @@ struct LeaderElectParams {
   Duration ttl{};
 };
 
-struct LeaderInfo {
-  std::string leader_id{};
-  TimePoint elected_at{};
-  TimePoint expires_at{};
-};
+// LeaderInfo: spool::LeaderInfo (public, as Client::Leader returns it).
 
 struct ClientHeartbeatParams {
   std::string id{};

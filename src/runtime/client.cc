@@ -292,6 +292,7 @@ class Client::Impl {
   }
 
   Driver& driver() { return *driver_; }
+  const Clock& clock() const { return *clock_; }
   const Workers& workers() const { return workers_; }
   const ClientOptions& options() const { return options_; }
   const std::string& client_id() const { return client_id_; }
@@ -573,6 +574,12 @@ Result<JobRow> Client::JobRetry(int64_t id) { return impl_->Retry(id); }
 Result<JobRow> Client::JobDelete(int64_t id) { return impl_->driver().executor().JobDelete(id); }
 Status Client::QueuePause(std::string_view name) { return impl_->SetPaused(name, true); }
 Status Client::QueueResume(std::string_view name) { return impl_->SetPaused(name, false); }
+Result<std::optional<LeaderInfo>> Client::Leader() {
+  SPOOL_ASSIGN_OR_RETURN(std::optional<LeaderInfo> lease, impl_->driver().executor().LeaderGet());
+  if (lease && lease->expires_at <= impl_->clock().Now()) lease.reset();
+  return lease;
+}
+
 Result<std::vector<QueueInfo>> Client::QueueList() {
   return impl_->driver().executor().QueueList();
 }

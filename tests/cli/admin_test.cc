@@ -11,6 +11,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cli_test_util.h"
@@ -145,6 +146,32 @@ TEST_F(AdminTest, ListSaysWhenThereMayBeMore) {
   ASSERT_EQ(rest.code, 0) << rest.err;
   EXPECT_EQ(rest.err.find("more:"), std::string::npos) << rest.err;
   EXPECT_NE(rest.out.find("resize_image"), std::string::npos) << rest.out;
+}
+
+// queues list names the leader: none until a client runs, then that client.
+TEST_F(AdminTest, QueuesListNamesTheLeader) {
+  CliRun r = Run({"queues", "list"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("leader: none (no running client holds the lease)"), std::string::npos)
+      << r.out;
+  ClientOptions options;
+  options.queues["default"] = {.max_workers = 1};
+  options.client_id = "node-7";
+  auto node = Client::Open(url_, std::move(options));
+  ASSERT_TRUE(node) << node.error().ToString();
+  ASSERT_TRUE((*node)->Start().ok());
+  // Client::Start elects synchronously or within a leader_ttl / 3 round; wait on the lease.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (!(*node)->IsLeader() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_TRUE((*node)->IsLeader());
+  r = Run({"queues", "list"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("leader: node-7 (since "), std::string::npos) << r.out;
+  ASSERT_TRUE((*node)->Stop(std::chrono::seconds(10)).ok());
+  r = Run({"queues", "list"});
+  EXPECT_NE(r.out.find("leader: none"), std::string::npos) << "a stopped leader resigns\n" << r.out;
 }
 
 TEST_F(AdminTest, HumanOutput) {
