@@ -141,6 +141,10 @@ class Client {
   Status Stop(Duration timeout);
   // Hard stop at once: cancels running jobs' contexts, waits for them, writes outcomes.
   Status StopAndCancel();
+  // Turns a Stop in progress on another thread into a hard stop now (a second Ctrl-C): stops
+  // fetching, cancels running jobs' contexts and hands back claimed jobs that have not started,
+  // as when Stop's timeout passes. Safe from any thread; Stop must follow if none is in progress.
+  void CancelRunningJobs();
 
   // Inserts one job. InvalidArgument for bad options or args that are not a JSON object. The job
   // comes back running (attempt 1) when this client claimed it for a free worker as it was

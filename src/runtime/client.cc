@@ -176,6 +176,15 @@ class Client::Impl {
     return state_ == LifeState::kStarted;
   }
 
+  // Not under lifecycle_mu_, which a Stop in progress holds while it waits.
+  void CancelRunningJobs() {
+    std::lock_guard lock(lifecycle_mu_runners_);
+    for (auto& [_, r] : runners_) {
+      r->StopFetching();
+      r->CancelAll();
+    }
+  }
+
   Result<std::vector<InsertResult>> Insert(internal::Executor& ex, std::vector<InsertParams> params,
                                            bool fast, int64_t* count, bool wake) {
     internal::JobInsertManyParams p;
@@ -513,6 +522,8 @@ Client::~Client() {
 Status Client::Start() { return impl_->Start(*this); }
 Status Client::Stop(Duration timeout) { return impl_->Stop(std::max(Duration::zero(), timeout)); }
 Status Client::StopAndCancel() { return impl_->Stop(std::nullopt); }
+
+void Client::CancelRunningJobs() { impl_->CancelRunningJobs(); }
 
 Result<InsertResult> Client::InsertRaw(InsertParams params) {
   std::vector<InsertParams> v;

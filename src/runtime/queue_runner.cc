@@ -29,7 +29,8 @@ constexpr auto kFetchLinger = std::chrono::microseconds(500);
 constexpr int kMaxFetchBatch = 200;
 // Appended to the error of a job whose context a hard stop cancelled.
 constexpr std::string_view kStoppedWhileRunning =
-    " (the client was stopping and its Stop timeout passed while the job ran)";
+    " (the client was stopping and cancelled the jobs still running: its Stop timeout passed, or "
+    "CancelRunningJobs was called)";
 
 std::string Demangle(const char* name) {
   int status = 0;

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -507,8 +508,30 @@ TEST_F(ClientTest, HardStopCancelsRunningJobsAndLeavesNoneRunning) {
   EXPECT_EQ(j.state, JobState::kRetryable);
   ASSERT_EQ(j.errors.size(), 1u);
   EXPECT_EQ(j.errors[0].error,
-            "stopped: context cancelled (the client was stopping and its Stop timeout passed "
-            "while the job ran)");
+            "stopped: context cancelled (the client was stopping and cancelled the jobs still "
+            "running: its Stop timeout passed, or CancelRunningJobs was called)");
+}
+
+// A second Ctrl-C: a soft Stop in progress on one thread, made hard from another.
+TEST_F(ClientTest, CancelRunningJobsCutsAStopInProgressShort) {
+  Signal started;
+  behaviour_->fn = [&](JobContext& ctx, const EmailArgs&) {
+    started.Notify();
+    return WaitForCancel(ctx);
+  };
+  auto c = Start();
+  auto r = c->Insert(EmailArgs{"a"});
+  ASSERT_TRUE(started.WaitFor());
+  auto stopping = std::async(std::launch::async, [&] { return c->Stop(std::chrono::hours(1)); });
+  // The Stop waits (up to an hour) for the job, which waits for its cancel.
+  c->CancelRunningJobs();
+  ASSERT_EQ(stopping.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  EXPECT_TRUE(stopping.get().ok());
+  JobRow j = Get(*c, r->job.id);
+  EXPECT_EQ(j.state, JobState::kRetryable);
+  ASSERT_EQ(j.errors.size(), 1u);
+  EXPECT_NE(j.errors[0].error.find("CancelRunningJobs was called"), std::string::npos)
+      << j.errors[0].error;
 }
 
 TEST_F(ClientTest, StopAndCancelCancelsAtOnce) {
