@@ -67,7 +67,6 @@ constexpr Duration kUnreadableRowDelay = std::chrono::minutes(1);
 struct FetchPosition {
   int priority = 1;
   TimePoint scheduled_at{};
-  friend bool operator==(const FetchPosition&, const FetchPosition&) = default;
 };
 
 struct JobGetAvailableParams {
