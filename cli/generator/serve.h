@@ -9,9 +9,9 @@
 namespace spool::cli {
 
 // `spool serve`: unless `no_build`, configures and builds the app's target with CMake into
-// app.root/build (-j2; not its tests), then runs build/<app> in the foreground from app.root, forwarding SIGINT and SIGTERM to
-// it. Returns the app's exit code (128+N when a signal N ended it). Throws CommandError when the
-// build fails or there is no binary.
+// app.root/build (-j2; not its tests), then runs build/<app> in the foreground from app.root,
+// forwarding SIGINT and SIGTERM to it. Returns the app's exit code (128+N when a signal N ended
+// it). Throws CommandError when the build fails or there is no binary.
 int RunServe(const AppInfo& app, bool no_build);
 
 // Runs `argv` in `dir` and waits; forwards SIGINT/SIGTERM while it runs. `env` (NAME, value)

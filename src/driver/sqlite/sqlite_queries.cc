@@ -386,9 +386,9 @@ Result<RawJobRows> SqliteQueries::ClaimAvailable(const JobGetAvailableParams& pa
     int rc = sqlite3_bind_int64(stmt, 1, Micros(params.now));
     if (rc == SQLITE_OK) rc = BindText(stmt, 2, params.queue);
     if (rc == SQLITE_OK) rc = sqlite3_bind_int(stmt, 3, params.max);
-    if (rc == SQLITE_OK && params.after) rc = sqlite3_bind_int(stmt, 4, params.after->priority);
     if (rc == SQLITE_OK && params.after) {
-      rc = sqlite3_bind_int64(stmt, 5, Micros(params.after->scheduled_at));
+      rc = sqlite3_bind_int(stmt, 4, params.after->priority);
+      if (rc == SQLITE_OK) rc = sqlite3_bind_int64(stmt, 5, Micros(params.after->scheduled_at));
     }
     SPOOL_RETURN_IF_ERROR(CheckBind(rc, stmt));
     SPOOL_RETURN_IF_ERROR(StepInto(stmt, "fetch jobs", &rows));
