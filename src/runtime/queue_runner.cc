@@ -178,6 +178,8 @@ void QueueRunner::ProduceLoop() {
         return stop_fetching_ || urgent_ || max_workers_ - busy_ >= fetch_batch_;
       });
       if (stop_fetching_) break;
+      // An insert may have claimed the free slots meanwhile (ReserveForInsert).
+      if (busy_ >= max_workers_) continue;
     }
     wake_ = false;
     urgent_ = false;

@@ -460,6 +460,40 @@ TEST_F(ClientTest, InsertNeverOvertakesAJobWaitingForAWorker) {
   EXPECT_EQ(order, (std::vector<std::string>{"a", "b", "c"}));
 }
 
+// A producer that woke with fewer free slots than a batch lingers for more; an insert that
+// claimed the last free slot meanwhile left it with none to fetch. It fetched zero jobs, took
+// that for a full batch and read the position of its last (missing) row: a crash.
+TEST_F(ClientTest, InsertThatTakesTheLastFreeSlotWhileTheProducerLingers) {
+  Signal started[3], release;
+  std::atomic<int> blocked{0};
+  behaviour_->fn = [&](JobContext&, const EmailArgs& a) {
+    if (a.to == "block") {
+      started[blocked++].Notify();
+      release.WaitFor();
+    }
+    return Outcome::Done();
+  };
+  auto o = Options(4);
+  // Fallback polls every millisecond, each lingering for a batch of three free slots while one is
+  // free: most inserts below land in a linger.
+  o.poll_interval = 1ms;
+  auto c = Open(o);
+  ASSERT_TRUE(c->Start().ok());
+  EventLog log(*c);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(c->Insert(EmailArgs{"block"}).has_value());
+  for (Signal& s : started) ASSERT_TRUE(s.WaitFor());
+  int claimed = 0;
+  for (int i = 0; i < 300; ++i) {
+    auto r = c->Insert(EmailArgs{std::to_string(i)});
+    ASSERT_TRUE(r.has_value()) << r.error().ToString();
+    if (r->job.state == JobState::kRunning) ++claimed;
+    ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobCompleted));
+  }
+  EXPECT_GT(claimed, 0);
+  release.Notify();
+  EXPECT_TRUE(c->Stop(10s).ok());
+}
+
 TEST_F(ClientTest, ClaimOnInsertOffLeavesEveryInsertForAFetch) {
   auto o = Options(2);
   o.claim_on_insert = false;
