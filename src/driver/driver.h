@@ -113,7 +113,7 @@ struct JobScheduleResult {
 };
 
 // Not running and not final: cancelled now (finalized_at = now, error "cancelled by an admin"
-// appended). Running: metadata key "cancel_requested_at" set to now (microseconds) and the row
+// appended). Running: metadata key "cancel_requested_at" set to now (RFC 3339) and the row
 // returned still running; the runtime cancels its context, and other processes are told
 // (PostgreSQL: NOTIFY on the control channel). Final: returned unchanged.
 struct JobCancelParams {

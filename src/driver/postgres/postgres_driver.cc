@@ -283,7 +283,7 @@ const std::string& CancelSql() {
                     "'error', "
                     "'cancelled by an admin', 'trace', '')) END, "
                     "metadata = CASE WHEN j.state = 'running' THEN j.metadata || "
-                    "jsonb_build_object('cancel_requested_at', $2::int8) ELSE j.metadata END "
+                    "jsonb_build_object('cancel_requested_at', $4::text) ELSE j.metadata END "
                     "WHERE j.id = $1 AND j.state NOT IN ('completed', 'cancelled', 'discarded') "
                     "RETURNING j.*) SELECT ",
           ", CASE WHEN j.state = 'running' THEN pg_notify($3, 'cancel') END "
@@ -1045,10 +1045,10 @@ Status NotWritable(Conn& c, int64_t id, std::string_view what) {
 }
 
 Result<JobRow> CancelOn(Conn& c, const JobCancelParams& p, const std::string& control_channel) {
-  SPOOL_ASSIGN_OR_RETURN(
-      PgResult res,
-      c.Query("spool_cancel", CancelSql(), {std::to_string(p.id), Micros(p.now), control_channel},
-              pg::Format::kBinary));
+  SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query("spool_cancel", CancelSql(),
+                                               {std::to_string(p.id), Micros(p.now),
+                                                control_channel, FormatTime(p.now)},
+                                               pg::Format::kBinary));
   if (PQntuples(res.get()) == 0) return GetByIdOn(c, p.id);  // NotFound, or final: unchanged
   return ReadOneRow(res.get());
 }

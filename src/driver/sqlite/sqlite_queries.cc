@@ -692,13 +692,15 @@ Result<JobRow> SqliteQueries::JobCancel(const JobCancelParams& params) {
       "json_object('at', ?2, 'attempt', attempt, 'error', 'cancelled by an admin', 'trace', '')) "
       "END, "
       "metadata = CASE WHEN state = 'running' "
-      "THEN json_set(metadata, '$.cancel_requested_at', ?2) ELSE metadata END "
+      "THEN json_set(metadata, '$.cancel_requested_at', ?3) ELSE metadata END "
       "WHERE id = ?1 AND state NOT IN ('completed', 'cancelled', 'discarded') RETURNING {}",
       kJobColumns);
+  const std::string requested_at = FormatTime(params.now);  // bound without a copy
   SPOOL_ASSIGN_OR_RETURN(auto row, WriteOneRow(kSql, "cancel job", [&](sqlite3_stmt* stmt) {
                            int rc = sqlite3_bind_int64(stmt, 1, params.id);
                            if (rc == SQLITE_OK)
                              rc = sqlite3_bind_int64(stmt, 2, Micros(params.now));
+                           if (rc == SQLITE_OK) rc = BindText(stmt, 3, requested_at);
                            return rc;
                          }));
   if (row.has_value()) return std::move(*row);
