@@ -133,7 +133,7 @@ void RunDemo(DemoConfig cfg) {
     if (mkdtemp(tmpl) == nullptr) throw CommandError("cannot create a temp dir for the demo");
     cfg.url = fmt::format("sqlite://{}/demo.db", tmpl);
   }
-  fmt::print("spool demo on {}\n", cfg.url);
+  fmt::print("spool demo on {}\n", UrlWithoutPassword(cfg.url));
 
   Workers workers;
   workers.Add<SendEmailWorker>()
@@ -211,7 +211,7 @@ void RunDemo(DemoConfig cfg) {
       for (const auto& e : job.errors) fmt::print("    attempt {}: {}\n", e.attempt, e.error);
     }
   }
-  fmt::print("\nThe database stays at {} for a look.\n", cfg.url);
+  fmt::print("\nThe database stays at {} for a look.\n", UrlWithoutPassword(cfg.url));
 }
 
 }  // namespace

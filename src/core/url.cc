@@ -24,10 +24,13 @@ size_t AuthorityEnd(std::string_view url) {
   return std::min(url.find_first_of("/?#", AuthorityStart(url)), url.size());
 }
 
-// An '@' past the authority: a user or password holding an unencoded '/', '?', '#' or '@'.
+// An '@' other than the one between user info and host: a second one in the authority (libpq
+// takes the first as the separator, so the rest of the password became the host) or one past it
+// (a user or password holding an unencoded '/', '?', '#' or '@').
 bool HasStrayAt(std::string_view url) {
   const size_t last_at = url.rfind('@');
-  return last_at != std::string_view::npos && last_at >= AuthorityEnd(url);
+  if (last_at == std::string_view::npos) return false;
+  return last_at >= AuthorityEnd(url) || url.find('@', AuthorityStart(url)) != last_at;
 }
 
 }  // namespace
@@ -85,8 +88,8 @@ namespace internal {
 Status CheckPostgresUrlEncoding(std::string_view url) {
   if (!IsPostgresUrl(url) || !HasStrayAt(url)) return Status::Ok();
   return Status::InvalidArgument(fmt::format(
-      "the PostgreSQL url {} has an '@' after its host part: a user name or password holding "
-      "'@', '/', '?' or '#' must be percent-encoded (%40, %2F, %3F, %23), e.g. "
+      "the PostgreSQL url {} cannot be split into user, password and host: a user name or "
+      "password holding '@', '/', '?' or '#' must be percent-encoded (%40, %2F, %3F, %23), e.g. "
       "postgres://app:p%40ss@127.0.0.1:5432/db",
       UrlWithoutPassword(url)));
 }

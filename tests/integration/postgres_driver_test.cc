@@ -7,6 +7,9 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <libpq-fe.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -147,7 +150,7 @@ TEST(PostgresOpenTest, AnUnencodedPasswordIsRefusedWithoutShowingIt) {
   SPOOL_REQUIRE_PG_CLUSTER();
   for (const char* url :
        {"postgres://weird:s3cr%ZZet@127.0.0.1:1/db", "postgres://weird:s3cr/et@127.0.0.1:1/db",
-        "postgres://weird:s3cr?et@127.0.0.1:1/db",
+        "postgres://weird:s3cr?et@127.0.0.1:1/db", "postgres://weird:s3cr@et@127.0.0.1:1/db",
         "postgres://weird:p@s3cr:w/et%?#&=@127.0.0.1:1/db",
         "postgres://weird:s3cr#et@127.0.0.1:1/db?password=x"}) {
     auto d = Driver::Open(url, DriverOptions{});
@@ -162,6 +165,53 @@ TEST(PostgresOpenTest, AnUnencodedPasswordIsRefusedWithoutShowingIt) {
   ASSERT_FALSE(d.has_value());
   EXPECT_NE(d.error().message().find("must be percent-encoded"), std::string::npos)
       << d.error().ToString();
+}
+
+// A port that accepts connections and never answers (the kernel completes the handshake for a
+// listening socket that nobody accepts on): libpq waited for the server's reply forever.
+class SilentPort {
+ public:
+  SilentPort() {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    auto* sa = reinterpret_cast<sockaddr*>(&addr);
+    if (fd_ < 0 || bind(fd_, sa, len) != 0 || listen(fd_, 16) != 0 ||
+        getsockname(fd_, sa, &len) != 0) {
+      ADD_FAILURE() << "cannot listen on 127.0.0.1";
+    }
+    port_ = ntohs(addr.sin_port);
+  }
+  ~SilentPort() {
+    if (fd_ >= 0) close(fd_);
+  }
+  SilentPort(const SilentPort&) = delete;
+  SilentPort& operator=(const SilentPort&) = delete;
+  int port() const { return port_; }
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+};
+
+TEST(PostgresOpenTest, AServerThatNeverAnswersTimesOutNamingHostAndPort) {
+  SilentPort silent;
+  const std::string base = fmt::format("postgres://app:s3cret@127.0.0.1:{}/db", silent.port());
+  // The url's own connect_timeout wins over spool's default of 10 s.
+  auto quick = Driver::Open(base + "?connect_timeout=1", DriverOptions{});
+  ASSERT_FALSE(quick.has_value());
+  EXPECT_TRUE(quick.error().IsConnectionLost()) << quick.error().ToString();
+  EXPECT_NE(quick.error().message().find(fmt::format("127.0.0.1:{}", silent.port())),
+            std::string::npos)
+      << quick.error().ToString();
+  EXPECT_NE(quick.error().message().find("timeout"), std::string::npos) << quick.error().ToString();
+  EXPECT_EQ(quick.error().message().find("s3cret"), std::string::npos);
+  // Without one, spool's default applies (before it, this never returned).
+  auto plain = Driver::Open(base, DriverOptions{});
+  ASSERT_FALSE(plain.has_value());
+  EXPECT_TRUE(plain.error().IsConnectionLost()) << plain.error().ToString();
 }
 
 TEST(PostgresOpenTest, UnknownDatabaseIsReportedWithItsName) {

@@ -4,12 +4,17 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "core/url.h"
 #include "spool/client.h"
 
 namespace spool::internal::pg {
 namespace {
+
+// How long a connection attempt may take unless the url (connect_timeout=) or PGCONNECT_TIMEOUT
+// says otherwise.
+constexpr const char* kDefaultConnectTimeoutSeconds = "10";
 
 // One line: libpq's messages end in newlines and continue on tab-indented lines, which become
 // "; " so that "Connection refused" and "Is the server running ...?" stay two sentences.
@@ -105,11 +110,20 @@ Result<std::unique_ptr<Conn>> Conn::Connect(const std::string& url, const std::s
     }
     PQconninfoFree(opts);
   }
+  // connect_timeout: libpq waits forever by default for a server that accepts the connection and
+  // never answers, which hung every command and an app's start (unstoppable while it waited).
+  // Before dbname, so that a url's connect_timeout overrides it; PGCONNECT_TIMEOUT is libpq's
+  // own default, so it is left to apply when set.
   // fallback_application_name: pg_stat_activity names spool's sessions "spool" unless the url
   // sets application_name.
-  const char* const keywords[] = {"dbname", "fallback_application_name", nullptr};
-  const char* const values[] = {url.c_str(), "spool", nullptr};
-  PGconn* raw = PQconnectdbParams(keywords, values, /*expand_dbname=*/1);
+  std::vector<const char*> keywords, values;
+  if (const char* env = std::getenv("PGCONNECT_TIMEOUT"); env == nullptr || *env == '\0') {
+    keywords.push_back("connect_timeout");
+    values.push_back(kDefaultConnectTimeoutSeconds);
+  }
+  keywords.insert(keywords.end(), {"dbname", "fallback_application_name", nullptr});
+  values.insert(values.end(), {url.c_str(), "spool", nullptr});
+  PGconn* raw = PQconnectdbParams(keywords.data(), values.data(), /*expand_dbname=*/1);
   if (raw == nullptr) {
     return Status::ConnectionLost(
         fmt::format("cannot connect to PostgreSQL at {}: out of memory", target));
