@@ -553,7 +553,7 @@ Generated PlanJob(const AppInfo& app, std::string_view name_input,
       fmt::format("write the job: its arguments in {} ({}Args), the work in {} ({}Worker::Work)",
                   header, camel, source, camel),
       fmt::format("enqueue it from a handler: jobs_client.Insert(jobs::{}Args{{...}}), or try "
-                  "curl -d '{{\"message\":\"hi\"}}' http://127.0.0.1:8080/jobs/{}",
+                  "curl --json '{{\"message\":\"hi\"}}' http://127.0.0.1:8080/jobs/{}",
                   camel, name.snake),
       "spool serve",
       fmt::format("test it: cmake --build build && ctest --test-dir build -R {}Test", camel),
