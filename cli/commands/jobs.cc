@@ -159,26 +159,38 @@ void PrintJobDetail(const JobRow& job) {
   PrintTable(errors);
 }
 
-// "30s", "5m", "1h30m", "250ms": a sequence of <digits><unit>, units h, m, s, ms.
+// The longest --schedule-in: far beyond any sensible delay, far below TimePoint's range.
+constexpr auto kMaxScheduleIn = std::chrono::days(100 * 366);
+
+// "30s", "5m", "1h30m", "250ms": a sequence of <digits><unit>, units d, h, m, s, ms. A duration
+// past kMaxScheduleIn (or whose digits overflow) comes back as kMaxScheduleIn + 1 day, so that
+// the caller can say "too large" rather than "not a duration".
 std::optional<Duration> ParseDuration(std::string_view text) {
+  constexpr Duration kTooLarge = kMaxScheduleIn + std::chrono::days(1);
   if (text.empty()) return std::nullopt;
+  bool too_large = false;
   Duration total{0};
   size_t i = 0;
   while (i < text.size()) {
     const size_t digits_begin = i;
     int64_t n = 0;
     while (i < text.size() && text[i] >= '0' && text[i] <= '9') {
-      if (n > 1'000'000'000) return std::nullopt;  // far beyond any sensible delay
-      n = n * 10 + (text[i] - '0');
+      if (n > 1'000'000'000) too_large = true;  // and stop growing n
+      if (!too_large) n = n * 10 + (text[i] - '0');
       ++i;
     }
     if (i == digits_begin) return std::nullopt;
     const size_t unit_begin = i;
     while (i < text.size() && (text[i] < '0' || text[i] > '9')) ++i;
     const std::string_view unit = text.substr(unit_begin, i - unit_begin);
-    if (unit == "d") {
-      if (n > 1'000'000) return std::nullopt;  // days in microseconds would overflow sooner
-      total += std::chrono::days(n);
+    if (too_large) {
+      // Only the units are checked from here on.
+      if (unit != "d" && unit != "h" && unit != "m" && unit != "s" && unit != "ms") {
+        return std::nullopt;
+      }
+    } else if (unit == "d") {
+      if (n > 1'000'000) too_large = true;  // days in microseconds would overflow sooner
+      if (!too_large) total += std::chrono::days(n);
     } else if (unit == "h") {
       total += std::chrono::hours(n);
     } else if (unit == "m") {
@@ -190,8 +202,9 @@ std::optional<Duration> ParseDuration(std::string_view text) {
     } else {
       return std::nullopt;
     }
+    if (total > kMaxScheduleIn) too_large = true;
   }
-  return total;
+  return too_large ? kTooLarge : total;
 }
 
 // The same words for an unknown id whichever driver answered; the job is named once, also when
@@ -348,6 +361,12 @@ void RunAdd(const AddFlags& f) {
   params.options.max_attempts = f.max_attempts;
   if (!f.schedule_in.empty()) {
     const auto delay = ParseDuration(f.schedule_in);
+    if (delay && *delay > kMaxScheduleIn) {
+      throw CommandError(fmt::format("--schedule-in \"{}\" is too large: at most 100 years "
+                                     "(36600d); nothing was inserted",
+                                     f.schedule_in),
+                         kExitUsage);
+    }
     if (!delay) {
       throw CommandError(
           fmt::format("--schedule-in \"{}\" is not a duration: use e.g. 30s, 5m, 1h, "
@@ -564,7 +583,7 @@ void RegisterJobs(CLI::App& app) {
       ->check(WholeNumberFrom(kMinPriority, kMaxPriority));
   add->add_option("--max-attempts", add_flags->max_attempts, "Attempts before discarding")
       ->capture_default_str()
-      ->check(WholeNumberFrom(1));
+      ->check(WholeNumberFrom(1, kMaxMaxAttempts));
   add->add_option("--schedule-in", add_flags->schedule_in,
                   "Run no earlier than this from now: 30s, 5m, 1h, 1h30m, 2d");
   add->add_option("--unique-by", add_flags->unique_by,

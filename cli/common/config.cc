@@ -117,10 +117,17 @@ void RequireDatabaseFile(const std::string& url) {
         "migration up",
         path));
   }
+  const std::filesystem::path absolute = std::filesystem::absolute(path, ec);
+  if (!std::filesystem::is_directory(absolute.parent_path(), ec)) {
+    throw CommandError(fmt::format(
+        "no database at {}: its directory {} does not exist; check the path (spool migration up "
+        "creates the file, not its directory)",
+        path, absolute.parent_path().string()));
+  }
   throw CommandError(fmt::format(
       "no database at {} ({}): check the path; spool migration up --database-url {} creates a "
       "new one",
-      path, std::filesystem::absolute(path, ec).string(), url));
+      path, absolute.string(), url));
 }
 
 }  // namespace spool::cli

@@ -15,6 +15,8 @@ namespace spool {
 
 inline constexpr std::string_view kDefaultQueue = "default";
 inline constexpr int kDefaultMaxAttempts = 25;
+// The most attempts a job may have (PostgreSQL keeps the count in a smallint).
+inline constexpr int kMaxMaxAttempts = 32'767;
 inline constexpr int kDefaultPriority = 1;
 inline constexpr int kMinPriority = 1;  // highest
 inline constexpr int kMaxPriority = 4;  // lowest
@@ -48,7 +50,7 @@ struct InsertOptions {
   // 1 (highest) to 4 (lowest); within a queue jobs run by priority, then scheduled_at, then id.
   // Default: 1.
   int priority = kDefaultPriority;
-  // Attempts before the job is discarded; at least 1. Default: 25.
+  // Attempts before the job is discarded: 1 to kMaxMaxAttempts. Default: 25.
   int max_attempts = kDefaultMaxAttempts;
   // Run no earlier than this. Default: now (the job is available at once).
   std::optional<TimePoint> scheduled_at{};

@@ -54,9 +54,10 @@ Status ValidateInsertOptions(const InsertOptions& opts) {
         fmt::format("InsertOptions.priority is {}: it must be between {} (highest) and {} (lowest)",
                     opts.priority, kMinPriority, kMaxPriority));
   }
-  if (opts.max_attempts < 1) {
+  if (opts.max_attempts < 1 || opts.max_attempts > kMaxMaxAttempts) {
     return Status::InvalidArgument(
-        fmt::format("InsertOptions.max_attempts is {}: it must be at least 1", opts.max_attempts));
+        fmt::format("InsertOptions.max_attempts is {}: it must be between 1 and {}",
+                    opts.max_attempts, kMaxMaxAttempts));
   }
   for (const auto& tag : opts.tags) {
     if (tag.empty() || tag.size() > kMaxTagLength || tag.find(',') != std::string::npos) {

@@ -279,6 +279,8 @@ TEST_F(AdminTest, BadUsageExitsTwo) {
       {"jobs", "add", "k", "--schedule-in", "m"},
       {"jobs", "add", "k", "--priority", "9"},
       {"jobs", "add", "k", "--max-attempts", "0"},
+      {"jobs", "add", "k", "--max-attempts", "99999999999"},
+      {"jobs", "add", "k", "--schedule-in", "99999999d"},
       {"jobs", "add", "k", "--queue", "bad queue!"},
       {"jobs", "add", "k", "--unique-by", "colour"},
       {"jobs", "add"},
@@ -325,8 +327,16 @@ TEST_F(AdminTest, AnEmptyQueueIsNamedByItsFlag) {
 TEST_F(AdminTest, BadNumbersAreRefusedInWords) {
   CliRun r = Run({"jobs", "add", "k", "--max-attempts", "0"});
   EXPECT_EQ(r.code, kExitUsage);
-  EXPECT_NE(r.err.find("must be a whole number of 1 or more, got 0"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("must be a whole number from 1 to 32767, got 0"), std::string::npos)
+      << r.err;
   EXPECT_EQ(r.err.find("e+308"), std::string::npos) << r.err;
+  // Past what the job row holds, though it fits a long long: refused by the flag, not by CLI11.
+  r = Run({"jobs", "add", "k", "--max-attempts", "99999999999"});
+  EXPECT_EQ(r.code, kExitUsage);
+  EXPECT_NE(r.err.find("from 1 to 32767, got 99999999999"), std::string::npos) << r.err;
+  r = Run({"jobs", "add", "k", "--schedule-in", "99999999d"});
+  EXPECT_EQ(r.code, kExitUsage);
+  EXPECT_NE(r.err.find("is too large"), std::string::npos) << r.err;
   r = Run({"jobs", "show", "abc"});
   EXPECT_EQ(r.code, kExitUsage);
   EXPECT_NE(r.err.find("\"abc\" is not a whole number"), std::string::npos) << r.err;
@@ -367,6 +377,13 @@ TEST_F(AdminTest, CommandsOnAMistypedPathCreateNoDatabase) {
     EXPECT_NE(r.err.find("spool migration up"), std::string::npos) << r.err;
     EXPECT_FALSE(fs::exists(typo)) << args[0] << " " << args[1] << " created the file";
   }
+  // A directory that does not exist: migration up would not create it, so it is named instead.
+  const fs::path nowhere = dir_.path() / "no_such_dir" / "app.db";
+  CliRun r = Spool({"jobs", "list", "--database-url", "sqlite://" + nowhere.string()});
+  EXPECT_EQ(r.code, kExitFailed) << r.err;
+  EXPECT_NE(r.err.find("its directory " + nowhere.parent_path().string() + " does not exist"),
+            std::string::npos)
+      << r.err;
 }
 
 TEST_F(AdminTest, DroppingSpoolsTablesWaitsForUnfinishedJobsOrForce) {

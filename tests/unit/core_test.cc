@@ -169,6 +169,10 @@ TEST(OptionsTest, InsertOptionsNameTheBadField) {
   o = {};
   o.max_attempts = 0;
   EXPECT_NE(ValidateInsertOptions(o).message().find("max_attempts"), std::string::npos);
+  o.max_attempts = kMaxMaxAttempts + 1;  // more than PostgreSQL's smallint holds
+  EXPECT_NE(ValidateInsertOptions(o).message().find("between 1 and 32767"), std::string::npos);
+  o.max_attempts = kMaxMaxAttempts;
+  EXPECT_TRUE(ValidateInsertOptions(o).ok());
   o = {};
   o.metadata = "[1]";
   EXPECT_NE(ValidateInsertOptions(o).message().find("metadata"), std::string::npos);

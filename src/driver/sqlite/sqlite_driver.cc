@@ -381,8 +381,15 @@ class BorrowedExecutor final : public Executor {
 
 Status RunPragma(sqlite3* db, const std::string& sql, const std::string& path) {
   Status s = SqliteExec(db, sql.c_str());
-  if (!s.ok()) return s.WithContext(fmt::format("setting up SQLite database \"{}\"", path));
-  return s;
+  if (s.ok()) return s;
+  if ((sqlite3_errcode(db) & 0xff) == SQLITE_READONLY) {
+    // Even reading needs write access here: WAL mode keeps -wal and -shm files beside the file.
+    return Status::FailedPrecondition(fmt::format(
+        "setting up SQLite database \"{}\": {}; spool needs to write to the file and to its "
+        "directory (SQLite keeps {}-wal and {}-shm beside it): check their owner and permissions",
+        path, s.message(), path, path));
+  }
+  return s.WithContext(fmt::format("setting up SQLite database \"{}\"", path));
 }
 
 // The writer and the checkpointer sync alike (SqliteOptions::synchronous_full).
@@ -753,6 +760,15 @@ Result<std::unique_ptr<Driver>> OpenSqliteDriver(std::string path, const DriverO
   if (!options.create_if_missing) {
     std::error_code ec;
     if (!std::filesystem::exists(path, ec) && !ec) {
+      // migration up creates the file, not its directory.
+      const std::filesystem::path dir = std::filesystem::absolute(path, ec).parent_path();
+      if (!ec && !std::filesystem::is_directory(dir, ec)) {
+        return Status::FailedPrecondition(
+            fmt::format("no SQLite database at {}: its directory {} does not exist (a typo in the "
+                        "path? or create it, then run `spool migration up --database-url "
+                        "sqlite://{}`)",
+                        path, dir.string(), path));
+      }
       return Status::FailedPrecondition(fmt::format(
           "no SQLite database at {}: run `spool migration up --database-url sqlite://{}` to "
           "create it (or set ClientOptions.auto_migrate)",
