@@ -306,21 +306,28 @@ void RegisterBench(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "bench", "Measure insert and work throughput and pickup latency with no-op jobs");
   cmd->add_option("--database-url", cfg->url,
-                  "Database URL; default $SPOOL_DATABASE_URL, then database_url in ./.spoolrc");
+                  "Database URL; default $SPOOL_DATABASE_URL, then database_url in ./.spoolrc "
+                  "outside an app (an app's own database is never benchmarked by default)");
   cmd->add_option("--jobs,-n", cfg->jobs, "No-op jobs to insert and work")
+      ->capture_default_str()
       ->check(WholeNumberFrom(1, 100'000'000));
   cmd->add_option("--workers,-w", cfg->workers, "Worker threads")
+      ->capture_default_str()
       ->check(WholeNumberFrom(1, 10'000));
   cmd->add_option("--insert-batch", cfg->insert_batch,
                   "Jobs per bulk insert call (one transaction each) in the insert phase")
+      ->capture_default_str()
       ->check(WholeNumberFrom(1, 1'000'000));
   cmd->add_option("--latency-jobs", cfg->latency_jobs, "Jobs in the latency phase")
+      ->capture_default_str()
       ->check(WholeNumberFrom(1, 1'000'000));
   cmd->add_option("--latency-rate", cfg->latency_rate, "Inserts per second in the latency phase")
+      ->capture_default_str()
       ->check(WholeNumberFrom(1, 100'000));
   cmd->add_option("--job-timeout", cfg->job_timeout_s,
                   "Seconds each job may run (ClientOptions::job_timeout), as most apps set one; "
                   "0: none")
+      ->capture_default_str()
       ->check(WholeNumberFrom(0, 86'400));
   cmd->add_flag("--no-claim-on-insert{false}", cfg->claim_on_insert,
                 "Every latency-phase job waits for a fetch, as jobs inserted by another process "

@@ -33,13 +33,22 @@ void CheckUrlMatchesDb(DbKind kind, const std::string& url, const std::string& w
   const bool matches = kind == DbKind::kSqlite ? scheme == "sqlite"
                                                : (scheme == "postgres" || scheme == "postgresql");
   if (!matches) {
-    throw CommandError(fmt::format("{}: database_url \"{}\" does not match db={}: use a {} URL",
-                                   where, UrlWithoutPassword(url), DbKindName(kind),
-                                   kind == DbKind::kSqlite ? "sqlite://" : "postgres://"));
+    // From the command line the fix is usually the other --db (spool new defaults to sqlite).
+    const std::string other = kind == DbKind::kSqlite ? "postgres" : "sqlite";
+    const bool other_matches = kind == DbKind::kSqlite
+                                   ? (scheme == "postgres" || scheme == "postgresql")
+                                   : scheme == "sqlite";
+    throw CommandError(
+        fmt::format("{}: database_url \"{}\" does not match db={}: use a {} URL{}", where,
+                    UrlWithoutPassword(url), DbKindName(kind),
+                    kind == DbKind::kSqlite ? "sqlite://" : "postgres://",
+                    other_matches && where == "--database-url" ? ", or pass --db " + other : ""),
+        where == "--database-url" ? kExitUsage : kExitFailed);
   }
   // Checked here too, or the app would be generated around a url it cannot use.
   if (Status st = internal::CheckPostgresUrlEncoding(url); !st.ok()) {
-    throw CommandError(fmt::format("{}: {}", where, st.message()));
+    throw CommandError(fmt::format("{}: {}", where, st.message()),
+                       where == "--database-url" ? kExitUsage : kExitFailed);
   }
 }
 
@@ -56,7 +65,7 @@ AppInfo LoadApp(const std::filesystem::path& dir) {
         fmt::format("{} has no app=NAME line: add one (e.g. app=my_app)", rc->path.string()));
   }
   app.name = *name;
-  ValidateAppName(app.name);
+  ValidateAppName(app.name, kExitFailed);  // a .spoolrc's, not an argument
   app.db = ParseDbKind(rc->Get("db").value_or("sqlite"), fmt::format("db in {}", rc->path.string()),
                        kExitFailed);
   app.database_url = rc->Get("database_url").value_or("");

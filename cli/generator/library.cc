@@ -22,10 +22,10 @@ MigrationSource LibraryMigrations() {
 void ValidateCron(const std::string& expr) {
   auto parsed = spool::CronSchedule::Parse(expr);
   if (!parsed) {
-    throw CommandError(
-        fmt::format("{}; nothing was written (e.g. --schedule \"0 3 * * *\" for "
-                    "03:00 UTC every day)",
-                    parsed.error().message()));
+    throw CommandError(fmt::format("{}; nothing was written (e.g. --schedule \"0 3 * * *\" for "
+                                   "03:00 UTC every day)",
+                                   parsed.error().message()),
+                       kExitUsage);
   }
 }
 

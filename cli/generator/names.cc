@@ -79,7 +79,8 @@ bool BecomesCpp(std::string_view what) { return what == "job"; }
         "underscores (e.g. add_users)",
         what);
   }
-  throw CommandError(fmt::format("invalid {} name \"{}\": {}; {}", what, input, why, rule));
+  throw CommandError(fmt::format("invalid {} name \"{}\": {}; {}", what, input, why, rule),
+                     kExitUsage);
 }
 
 // SendEmail -> send_email, SyncAPI -> sync_api, HTMLParser -> html_parser.
@@ -172,19 +173,21 @@ std::string CamelCase(std::string_view snake) {
   return out;
 }
 
-void ValidateAppName(std::string_view name) {
+void ValidateAppName(std::string_view name, int exit_code) {
   constexpr std::string_view kRule =
       "an app name is a lowercase letter, then lowercase letters, digits, '_' or '-', at most 64 "
       "characters (e.g. my_app)";
   bool ok = !name.empty() && name.size() <= 64 && IsLower(name.front());
   for (const char c : name) ok = ok && (IsLower(c) || IsDigit(c) || c == '_' || c == '-');
-  if (!ok) throw CommandError(fmt::format("invalid app name \"{}\": {}", name, kRule));
+  if (!ok) throw CommandError(fmt::format("invalid app name \"{}\": {}", name, kRule), exit_code);
   if (std::find(std::begin(kCMakeReservedTargets), std::end(kCMakeReservedTargets), name) !=
       std::end(kCMakeReservedTargets)) {
-    throw CommandError(fmt::format(
-        "invalid app name \"{}\": CMake reserves the target name \"{}\", so the app could not "
-        "be built; choose another (e.g. {}_app)",
-        name, name, name));
+    throw CommandError(
+        fmt::format(
+            "invalid app name \"{}\": CMake reserves the target name \"{}\", so the app could not "
+            "be built; choose another (e.g. {}_app)",
+            name, name, name),
+        exit_code);
   }
 }
 

@@ -3,6 +3,8 @@
 #include <string>
 #include <string_view>
 
+#include "commands/commands.h"
+
 namespace spool::cli {
 
 // A job name after normalisation: `snake` is what files, kinds and the registry use; `note` says
@@ -34,6 +36,6 @@ bool IsCppKeyword(std::string_view word);
 // Checks an app name for `spool new`: a lowercase letter, then lowercase letters, digits, '_'
 // or '-'; at most 64 characters; not a target name CMake reserves (all, test, install, ...).
 // Throws CommandError (exit 1) with the rule otherwise.
-void ValidateAppName(std::string_view name);
+void ValidateAppName(std::string_view name, int exit_code = kExitUsage);
 
 }  // namespace spool::cli

@@ -100,20 +100,27 @@ TEST_F(CommandsTest, QueueMigrationDdlEqualsTheLibrarys) {
   }
 }
 
-TEST_F(CommandsTest, RefusedCommandsChangeNothingAndExitOne) {
+TEST_F(CommandsTest, RefusedCommandsChangeNothingAndSayWhy) {
   NewApp();
   ASSERT_EQ(Spool({"gen", "queue"}).code, 0);
   ASSERT_EQ(Spool({"gen", "job", "send_email"}).code, 0);
   const auto before = Snapshot(app());
-  const std::vector<std::vector<std::string>> refused = {
-      {"gen", "queue"},         {"gen", "job", "send_email"},
-      {"gen", "job", "9lives"}, {"gen", "job", "class"},
-      {"gen", "job", "../x"},   {"gen", "job", "a b"},
-      {"gen", "job", ""},       {"gen", "task", "report", "--schedule", "99 * * * *"},
+  // Refused because of the app's state: exit 1; because of a bad argument (a name, a cron
+  // string): exit 2, as for bad flags.
+  const std::vector<std::pair<std::vector<std::string>, int>> refused = {
+      {{"gen", "queue"}, kExitFailed},
+      {{"gen", "job", "send_email"}, kExitFailed},
+      {{"gen", "job", "9lives"}, kExitUsage},
+      {{"gen", "job", "class"}, kExitUsage},
+      {{"gen", "job", "../x"}, kExitUsage},
+      {{"gen", "job", "a b"}, kExitUsage},
+      {{"gen", "job", ""}, kExitUsage},
+      {{"gen", "task", "report", "--schedule", "99 * * * *"}, kExitUsage},
+      {{"migration", "create", "Bad Name"}, kExitUsage},
   };
-  for (const auto& args : refused) {
+  for (const auto& [args, code] : refused) {
     const CliRun r = Spool(args);
-    EXPECT_EQ(r.code, kExitFailed) << args.back() << "\n" << r.out << r.err;
+    EXPECT_EQ(r.code, code) << args.back() << "\n" << r.out << r.err;
     EXPECT_NE(r.err.find("error: "), std::string::npos) << r.err;
     EXPECT_EQ(Snapshot(app()), before) << args.back();
   }
@@ -299,7 +306,7 @@ TEST_F(CommandsTest, CommandsInASubfolderWorkOnTheApp) {
 TEST_F(CommandsTest, NewRefusesAUrlWhosePasswordIsNotEncodedWithoutShowingIt) {
   CliRun r = Spool({"new", "leaky", "--db", "postgres", "--database-url",
                     "postgres://weird:p@ss?S3cret@127.0.0.1:5432/shop"});
-  EXPECT_EQ(r.code, kExitFailed);
+  EXPECT_EQ(r.code, kExitUsage);
   EXPECT_NE(r.err.find("must be percent-encoded"), std::string::npos) << r.err;
   EXPECT_EQ(r.err.find("S3cret"), std::string::npos) << r.err;
   EXPECT_EQ(r.out.find("S3cret"), std::string::npos) << r.out;
@@ -328,7 +335,7 @@ TEST_F(CommandsTest, AppMigrationsNameABadDatabaseAndNeverItsPassword) {
 TEST_F(CommandsTest, MigrationNamesFollowTheRuleAndAreNotRepeated) {
   NewApp();
   CliRun r = Spool({"migration", "create", "Add Users"});
-  EXPECT_EQ(r.code, kExitFailed);
+  EXPECT_EQ(r.code, kExitUsage);
   EXPECT_NE(r.err.find("invalid migration name \"Add Users\""), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("a migration name is snake_case"), std::string::npos) << r.err;
   EXPECT_EQ(r.err.find("C++"), std::string::npos) << r.err;

@@ -200,7 +200,7 @@ void RunFlow(const std::string& db, const std::string& url) {
   for (const char* bad : {"9lives", "class", "../x", "a b", ""}) {
     EXPECT_NE(RunIn({spool, "gen", "job", bad}, app, log), 0) << bad << fail_log();
   }
-  EXPECT_EQ(RunIn({spool, "gen", "task", "weekly", "--schedule", "61 * * * *"}, app, log), 1)
+  EXPECT_EQ(RunIn({spool, "gen", "task", "weekly", "--schedule", "61 * * * *"}, app, log), 2)
       << fail_log();
   EXPECT_EQ(RunIn({spool, "gen", "job", "extra", "--dry-run"}, app, log), 0) << fail_log();
   EXPECT_EQ(RunIn({spool, "gen", "task", "extra", "--schedule", "@daily", "--dry-run"}, app, log),

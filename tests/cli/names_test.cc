@@ -25,7 +25,7 @@ TEST_P(JobNameRulesTest, NormalizesOrRefusesWithTheRule) {
       NormalizeJobName(c.input);
       FAIL() << "\"" << c.input << "\" was accepted";
     } catch (const CommandError& e) {
-      EXPECT_EQ(e.exit_code, kExitFailed);
+      EXPECT_EQ(e.exit_code, kExitUsage);  // a bad argument
       EXPECT_NE(std::string(e.what()).find(kJobNameRule), std::string::npos) << e.what();
       EXPECT_NE(std::string(e.what()).find(std::string("\"") + c.input + "\""), std::string::npos)
           << e.what();
