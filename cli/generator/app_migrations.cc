@@ -363,12 +363,19 @@ void AppMigrateUp(const fs::path& root, const std::string& url,
     queue_applied = queue_applied || m.queue;
   }
   // A newer spool may bring migrations of its own past what the queue file was generated from.
+  // Also when spool's tables were dropped from outside the app (migration down --target 0
+  // elsewhere): then the queue's file counts as applied and only spool's migrations run.
+  int spool_steps = 0;
   if (queue_applied) {
+    auto before = MigrationStatus(url);
     if (const Status st = MigrateUp(url); !st.ok()) {
       throw CommandError(fmt::format("spool's tables: {}", st.message()));
     }
+    auto after = MigrationStatus(url);
+    if (before && after) spool_steps = AppliedVersion(*after) - AppliedVersion(*before);
   }
   fmt::print("{} migration(s) applied\n", count);
+  if (spool_steps > 0) fmt::print("{} of spool's own migration(s) applied\n", spool_steps);
   AppMigrationStatus(root, url);
 }
 
