@@ -252,8 +252,12 @@ void RunFlow(const std::string& db, const std::string& url) {
   EXPECT_EQ(hello, "Hello from shop\n") << fail_log();
 
   const std::string inserted =
-      Curl({"-d", "{\"message\":\"hi\"}", base + "/jobs/send_email"}, tmp.path, log);
+      Curl({"--json", "{\"message\":\"hi\"}", base + "/jobs/send_email"}, tmp.path, log);
   ASSERT_EQ(inserted.rfind("{\"id\":", 0), 0u) << inserted << fail_log();
+  // Any kind the app has no job for is answered in words, also one the route's names never are.
+  EXPECT_EQ(Curl({"--json", "{}", base + "/jobs/Send_Email"}, tmp.path, log),
+            "no job kind Send_Email in jobs/\n")
+      << fail_log();
   const int64_t http_id = std::stoll(inserted.substr(6));
   // Args the worker cannot read are refused by the route, not inserted to fail every attempt.
   const std::string refused =
