@@ -35,7 +35,8 @@ bool IsCppKeyword(std::string_view word);
 
 // Checks an app name for `spool new`: a lowercase letter, then lowercase letters, digits, '_'
 // or '-'; at most 64 characters; not a target name CMake reserves (all, test, install, ...).
-// Throws CommandError (exit 1) with the rule otherwise.
+// Throws CommandError with the rule otherwise: `exit_code` 2 for a name given as an argument,
+// 1 for one read from .spoolrc.
 void ValidateAppName(std::string_view name, int exit_code = kExitUsage);
 
 }  // namespace spool::cli
