@@ -29,26 +29,26 @@ std::string DefaultDatabaseUrl(DbKind kind, const std::string& app) {
 }
 
 void CheckUrlMatchesDb(DbKind kind, const std::string& url, const std::string& where) {
+  // A url given as an argument is bad usage (exit 2); one read from .spoolrc, a refusal (1).
+  const bool from_flag = where == "--database-url";
+  const int exit_code = from_flag ? kExitUsage : kExitFailed;
   const std::string scheme = url.substr(0, url.find("://"));
-  const bool matches = kind == DbKind::kSqlite ? scheme == "sqlite"
-                                               : (scheme == "postgres" || scheme == "postgresql");
+  const bool is_sqlite = scheme == "sqlite";
+  const bool is_postgres = scheme == "postgres" || scheme == "postgresql";
+  const bool matches = kind == DbKind::kSqlite ? is_sqlite : is_postgres;
   if (!matches) {
     // From the command line the fix is usually the other --db (spool new defaults to sqlite).
     const std::string other = kind == DbKind::kSqlite ? "postgres" : "sqlite";
-    const bool other_matches = kind == DbKind::kSqlite
-                                   ? (scheme == "postgres" || scheme == "postgresql")
-                                   : scheme == "sqlite";
-    throw CommandError(
-        fmt::format("{}: database_url \"{}\" does not match db={}: use a {} URL{}", where,
-                    UrlWithoutPassword(url), DbKindName(kind),
-                    kind == DbKind::kSqlite ? "sqlite://" : "postgres://",
-                    other_matches && where == "--database-url" ? ", or pass --db " + other : ""),
-        where == "--database-url" ? kExitUsage : kExitFailed);
+    const bool other_matches = kind == DbKind::kSqlite ? is_postgres : is_sqlite;
+    throw CommandError(fmt::format("{}: database_url \"{}\" does not match db={}: use a {} URL{}",
+                                   where, UrlWithoutPassword(url), DbKindName(kind),
+                                   kind == DbKind::kSqlite ? "sqlite://" : "postgres://",
+                                   other_matches && from_flag ? ", or pass --db " + other : ""),
+                       exit_code);
   }
   // Checked here too, or the app would be generated around a url it cannot use.
   if (Status st = internal::CheckPostgresUrlEncoding(url); !st.ok()) {
-    throw CommandError(fmt::format("{}: {}", where, st.message()),
-                       where == "--database-url" ? kExitUsage : kExitFailed);
+    throw CommandError(fmt::format("{}: {}", where, st.message()), exit_code);
   }
 }
 
