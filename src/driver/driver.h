@@ -98,6 +98,9 @@ struct JobSetStateParams {
 
 struct JobSetStateIfRunningManyParams {
   std::vector<JobSetStateParams> jobs{};
+  // When set, receives the ids of the jobs left unchanged (no longer running, or running another
+  // attempt), in no particular order; cleared first. Costs nothing when every job is written.
+  std::vector<int64_t>* skipped = nullptr;
 };
 
 // Moves up to `max` scheduled and retryable jobs with scheduled_at <= now to available, and tells

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "core/failure_log.h"
 #include "core/thread_name.h"
 
@@ -56,6 +58,8 @@ void Completer::Run() {
   auto give_up_at = std::chrono::steady_clock::time_point::max();
   FailureLog write_failures("writing job outcomes");
   std::vector<Completion> batch;
+  std::vector<int64_t> skipped;
+  bool retrying = false;  // the last write failed, and may have committed nonetheless
   for (;;) {
     {
       std::unique_lock lock(mu_);
@@ -77,7 +81,8 @@ void Completer::Run() {
     }
     space_cv_.notify_all();
 
-    Status st = Write(batch);
+    skipped.clear();
+    Status st = Write(batch, retrying ? nullptr : &skipped);
     if (st.ok()) {
       write_failures.Succeeded(logger_);
       {
@@ -85,6 +90,19 @@ void Completer::Run() {
         std::lock_guard lock(mu_);
         last_error_ = Status::Ok();
       }
+      if (!skipped.empty()) {
+        if (logger_) {
+          logger_(LogLevel::kDebug,
+                  fmt::format("{} of {} outcomes not written: the jobs had stopped running "
+                              "(cancelled, rescued or deleted meanwhile)",
+                              skipped.size(), batch.size()));
+        }
+        std::sort(skipped.begin(), skipped.end());
+        std::erase_if(batch, [&](const Completion& c) {
+          return std::binary_search(skipped.begin(), skipped.end(), c.params.id);
+        });
+      }
+      retrying = false;
       deliver_(batch);
       batch.clear();
       // The two vectors trade buffers; after a backlog, neither keeps more than a full batch's.
@@ -93,6 +111,7 @@ void Completer::Run() {
       give_up_at = std::chrono::steady_clock::time_point::max();
       continue;
     }
+    retrying = true;
     std::unique_lock lock(mu_);
     last_error_ = st;
     if (stopping_) {
@@ -117,8 +136,9 @@ void Completer::Run() {
   }
 }
 
-Status Completer::Write(const std::vector<Completion>& batch) {
+Status Completer::Write(const std::vector<Completion>& batch, std::vector<int64_t>* skipped) {
   JobSetStateIfRunningManyParams params;
+  params.skipped = skipped;
   params.jobs.reserve(batch.size());
   for (const auto& c : batch) params.jobs.push_back(c.params);
   auto r = executor_.JobSetStateIfRunningMany(params);

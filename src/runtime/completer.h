@@ -20,6 +20,9 @@ struct Completion {
 // Writes worker outcomes in batches: one JobSetStateIfRunningMany per batch, so completing N jobs
 // costs one transaction, not N. Batches form by themselves under load (outcomes pile up while the
 // previous batch is written); under light load an outcome waits at most `linger`. Thread safe.
+// Events are delivered for the outcomes written: a job that stopped running meanwhile (cancelled,
+// rescued or deleted by someone else) gets none, except after a failed write, when an outcome
+// found already written may have been this completer's own in-doubt commit.
 class Completer {
  public:
   using Deliver = std::function<void(const std::vector<Completion>&)>;
@@ -40,7 +43,8 @@ class Completer {
 
  private:
   void Run();
-  Status Write(const std::vector<Completion>& batch);
+  // Writes `batch`; with `skipped`, receives the ids of the jobs the database left unchanged.
+  Status Write(const std::vector<Completion>& batch, std::vector<int64_t>* skipped);
 
   Executor& executor_;
   Deliver deliver_;

@@ -760,6 +760,67 @@ TEST_P(DriverConformanceTest, SetStateSkipsAnOutcomeOfAnEarlierAttempt) {
   EXPECT_EQ(cancelled.state, JobState::kCancelled);
 }
 
+TEST_P(DriverConformanceTest, SetStateNamesTheOutcomesItSkipped) {
+  // Five running jobs: one is then ended by someone else, and one is rescued and runs again as
+  // attempt 2. Outcomes of attempt 1 for all five, and one for an unknown id, write only the jobs
+  // still running attempt 1; `skipped` names the rest. The batch holds plain completions and
+  // other outcomes, so both of a driver's statements are used.
+  std::vector<JobInsertParams> jobs(5, Job("k", "q"));
+  CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(exec(), Many(jobs)));
+  CONF_ASSIGN_OR_FAIL(auto running, exec().JobGetAvailable(Fetch("q", 10)));
+  ASSERT_EQ(running.size(), 5u);
+  const spool::AttemptError err{kT0, 1, "x", ""};
+  // rows[1] ends (written by someone else); rows[3] is rescued and runs again as attempt 2.
+  CONF_ASSIGN_OR_FAIL(int64_t before, exec().JobSetStateIfRunningMany({{
+                                          Outcome(rows[1].id, JobState::kCancelled, kT0, err),
+                                          Outcome(rows[3].id, JobState::kRetryable, kT0, err),
+                                      }}));
+  ASSERT_EQ(before, 2);
+  CONF_ASSIGN_OR_FAIL(auto sched, exec().JobSchedule({kT0, 10}));
+  ASSERT_EQ(sched.count, 1);
+  CONF_ASSIGN_OR_FAIL(auto again, exec().JobGetAvailable(Fetch("q", 10, kT0, "client-2")));
+  ASSERT_EQ(again.size(), 1u);
+  ASSERT_EQ(again[0].attempt, 2);
+
+  std::vector<int64_t> skipped{42};  // cleared by the call
+  JobSetStateIfRunningManyParams p{
+      .jobs = {Outcome(rows[0].id, JobState::kCompleted, kT0 + seconds(1), std::nullopt, 1),
+               Outcome(rows[1].id, JobState::kCompleted, kT0 + seconds(1), std::nullopt, 1),
+               Outcome(rows[2].id, JobState::kRetryable, kT0 + seconds(1), err, 1),
+               Outcome(rows[3].id, JobState::kCompleted, kT0 + seconds(1), std::nullopt, 1),
+               Outcome(rows[4].id, JobState::kDiscarded, kT0 + seconds(1), err),
+               Outcome(999'999, JobState::kRetryable, kT0 + seconds(1), err)},
+      .skipped = &skipped};
+  CONF_ASSIGN_OR_FAIL(int64_t n, exec().JobSetStateIfRunningMany(p));
+  EXPECT_EQ(n, 3);
+  std::sort(skipped.begin(), skipped.end());
+  EXPECT_EQ(skipped, (std::vector<int64_t>{rows[1].id, rows[3].id, 999'999}));
+  const std::map<int64_t, JobState> want{{rows[0].id, JobState::kCompleted},
+                                         {rows[1].id, JobState::kCancelled},
+                                         {rows[2].id, JobState::kRetryable},
+                                         {rows[3].id, JobState::kRunning},
+                                         {rows[4].id, JobState::kDiscarded}};
+  for (const auto& [id, state] : want) {
+    CONF_ASSIGN_OR_FAIL(JobRow row, exec().JobGetByID(id));
+    EXPECT_EQ(row.state, state) << "job " << id;
+  }
+  CONF_ASSIGN_OR_FAIL(JobRow rescued, exec().JobGetByID(rows[3].id));
+  EXPECT_EQ(rescued.attempt, 2);
+  EXPECT_EQ(rescued.errors.size(), 1u) << "only the rescue's error";
+
+  // Every job written: nothing skipped. Nothing written: all of them.
+  p.jobs = {Outcome(rows[3].id, JobState::kCompleted, kT0 + seconds(2), std::nullopt, 2)};
+  CONF_ASSIGN_OR_FAIL(int64_t one, exec().JobSetStateIfRunningMany(p));
+  EXPECT_EQ(one, 1);
+  EXPECT_TRUE(skipped.empty());
+  p.jobs = {Outcome(rows[0].id, JobState::kCompleted, kT0 + seconds(3)),
+            Outcome(rows[2].id, JobState::kCancelled, kT0 + seconds(3), err)};
+  CONF_ASSIGN_OR_FAIL(int64_t none, exec().JobSetStateIfRunningMany(p));
+  EXPECT_EQ(none, 0);
+  std::sort(skipped.begin(), skipped.end());
+  EXPECT_EQ(skipped, (std::vector<int64_t>{rows[0].id, rows[2].id}));
+}
+
 TEST_P(DriverConformanceTest, SetStateCompletesLargeBatchesInOneCall) {
   constexpr int kJobs = 700;
   std::vector<JobInsertParams> jobs(kJobs, Job("k", "q"));

@@ -528,6 +528,48 @@ TEST_F(ClientTest, SoftStopLetsRunningJobsFinish) {
   EXPECT_EQ(Get(*c, r->job.id).state, JobState::kCompleted);
 }
 
+// A job's row leaves `running` while its Work runs (another process cancelled, rescued or deleted
+// it): the outcome is not written, and no event claims it was; other jobs' events still arrive.
+TEST_F(ClientTest, NoEventForAnOutcomeThatWasNotWritten) {
+  Signal slow_started, release;
+  behaviour_->fn = [&](JobContext&, const EmailArgs& args) {
+    if (args.to == "slow") {
+      slow_started.Notify();
+      release.WaitFor();
+    }
+    return Outcome::Done();
+  };
+  auto c = Start();
+  EventLog log(*c);
+  auto slow = c->Insert(EmailArgs{"slow"});
+  ASSERT_TRUE(slow.has_value());
+  ASSERT_TRUE(slow_started.WaitFor());
+  // Another process ends the job: a connection of its own, which waits out the client's write
+  // lock instead of failing with SQLITE_BUSY.
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir_.path() / "test.db").c_str(), &db), SQLITE_OK);
+  sqlite3_busy_timeout(db, 60'000);
+  const std::string sql = "UPDATE spool_job SET state = 'cancelled', finalized_at = 1 WHERE id = " +
+                          std::to_string(slow->job.id);
+  char* err = nullptr;
+  const int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err);
+  EXPECT_EQ(rc, SQLITE_OK) << (err != nullptr ? err : "");
+  sqlite3_free(err);
+  EXPECT_EQ(sqlite3_changes(db), 1);
+  sqlite3_close(db);
+  auto fast = c->Insert(EmailArgs{"fast"});
+  ASSERT_TRUE(fast.has_value());
+  ASSERT_TRUE(log.WaitForJob(fast->job.id, Event::Kind::kJobCompleted));
+  release.Notify();
+  // Stop writes every outcome and delivers its events before it returns.
+  ASSERT_TRUE(c->Stop(60s).ok());
+  for (const Event& e : log.events()) {
+    EXPECT_NE(e.job.id, slow->job.id) << "an event for the job whose outcome was not written";
+  }
+  EXPECT_EQ(Get(*c, slow->job.id).state, JobState::kCancelled);
+  EXPECT_EQ(Get(*c, fast->job.id).state, JobState::kCompleted);
+}
+
 TEST_F(ClientTest, HardStopCancelsRunningJobsAndLeavesNoneRunning) {
   Signal started;
   behaviour_->fn = [&](JobContext& ctx, const EmailArgs&) {

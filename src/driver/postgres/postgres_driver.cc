@@ -161,7 +161,7 @@ const std::string& SetStateSql() {
     "FROM (SELECT DISTINCT ON (id) * FROM unnest($1::int8[], $2::text[], $3::int8[], "
     "$4::jsonb[], $5::int4[]) AS x(id, state, at, err, attempt)) AS u "
     "WHERE j.id = u.id AND j.state = " SPOOL_RUNNING " "
-    "AND (u.attempt = 0 OR j.attempt = u.attempt)");
+    "AND (u.attempt = 0 OR j.attempt = u.attempt) RETURNING j.id");
   return *kSql;
 }
 
@@ -175,7 +175,7 @@ const std::string& CompleteSql() {
     "UPDATE spool_job AS j SET state = 'completed', finalized_at = " SPOOL_TS("u.at") " "
     "FROM unnest($1::int8[], $2::int8[], $3::int4[]) AS u(id, at, attempt) "
     "WHERE j.id = u.id AND j.state = " SPOOL_RUNNING " "
-    "AND (u.attempt = 0 OR j.attempt = u.attempt)");
+    "AND (u.attempt = 0 OR j.attempt = u.attempt) RETURNING j.id");
   // clang-format on
   return *kSql;
 }
@@ -941,6 +941,7 @@ Result<std::vector<JobRow>> FetchOn(Conn& c, const JobGetAvailableParams& p,
 Result<int64_t> SetStateOn(Conn& c, const JobSetStateIfRunningManyParams& p,
                            const pg::Statement* settings) {
   SPOOL_RETURN_IF_ERROR(CheckOutcomeStates(p.jobs));
+  if (p.skipped != nullptr) p.skipped->clear();
   if (p.jobs.empty()) return int64_t{0};
   std::vector<std::string> done_ids, done_ats, done_attempts;
   std::vector<std::string> ids, states, ats, attempts;
@@ -977,6 +978,20 @@ Result<int64_t> SetStateOn(Conn& c, const JobSetStateIfRunningManyParams& p,
                          QueryWithSettings(c, settings, std::move(statements)));
   int64_t changed = 0;
   for (const PgResult& res : results) changed += AffectedRows(res.get());
+  // The statements return the ids they changed (a few bytes a row), read only when some job was
+  // skipped and the caller asked which.
+  if (p.skipped != nullptr && changed < static_cast<int64_t>(p.jobs.size())) {
+    std::set<int64_t> written;
+    for (const PgResult& res : results) {
+      for (int i = 0; i < PQntuples(res.get()); ++i) {
+        SPOOL_ASSIGN_OR_RETURN(int64_t id, ParseInt(PQgetvalue(res.get(), i, 0), "id"));
+        written.insert(id);
+      }
+    }
+    for (const JobSetStateParams& j : p.jobs) {
+      if (!written.contains(j.id)) p.skipped->push_back(j.id);
+    }
+  }
   return changed;
 }
 

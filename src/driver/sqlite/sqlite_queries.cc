@@ -483,22 +483,72 @@ Result<sqlite3_stmt*> SqliteQueries::SetStateStmt(int rows) {
 
 Result<int64_t> SqliteQueries::JobSetStateIfRunningMany(
     const JobSetStateIfRunningManyParams& params) {
-  // Completed without an error is nearly every outcome: it gets a narrower statement that binds
-  // two values a row. Everything else shares one general statement.
   SPOOL_RETURN_IF_ERROR(CheckOutcomeStates(params.jobs));
-  std::vector<const JobSetStateParams*> completed;
-  std::vector<const JobSetStateParams*> other;
-  completed.reserve(params.jobs.size());
+  if (params.skipped != nullptr) params.skipped->clear();
+  if (params.jobs.empty()) return int64_t{0};
+  std::vector<const JobSetStateParams*> all;
+  all.reserve(params.jobs.size());
+  for (const auto& job : params.jobs) all.push_back(&job);
+  {
+    SPOOL_ASSIGN_OR_RETURN(auto scope, WriteScope::Begin(cache_));
+    SPOOL_ASSIGN_OR_RETURN(int64_t changed, SetStates(all));
+    if (params.skipped == nullptr || changed == static_cast<int64_t>(all.size())) {
+      SPOOL_RETURN_IF_ERROR(scope->Commit());
+      return changed;
+    }
+  }  // rolled back
+  // Some job was no longer running, and the caller needs to know which: the updates cannot say
+  // which rows they skipped, so they are run again on the jobs found still running, in one write
+  // transaction with the look-up (no other writer comes between). Only this rare case pays for
+  // the look-up.
+  SPOOL_ASSIGN_OR_RETURN(auto scope, WriteScope::Begin(cache_));
+  SPOOL_ASSIGN_OR_RETURN(std::set<int64_t> running, StillRunning(params.jobs));
+  std::vector<const JobSetStateParams*> kept;
+  kept.reserve(running.size());
   for (const auto& job : params.jobs) {
-    if (job.state == JobState::kCompleted && !job.error.has_value()) {
-      completed.push_back(&job);
+    if (running.contains(job.id)) {
+      kept.push_back(&job);
     } else {
-      other.push_back(&job);
+      params.skipped->push_back(job.id);
     }
   }
-  if (params.jobs.empty()) return int64_t{0};
+  SPOOL_ASSIGN_OR_RETURN(int64_t changed, SetStates(kept));
+  SPOOL_RETURN_IF_ERROR(scope->Commit());
+  return changed;
+}
 
-  SPOOL_ASSIGN_OR_RETURN(auto scope, WriteScope::Begin(cache_));
+Result<std::set<int64_t>> SqliteQueries::StillRunning(const std::vector<JobSetStateParams>& jobs) {
+  // [[id, attempt], ...]; attempt 0 matches any.
+  nlohmann::json pairs = nlohmann::json::array();
+  for (const auto& job : jobs) pairs.push_back({job.id, job.attempt});
+  const std::string ids = pairs.dump();
+  constexpr std::string_view kSql =
+      "SELECT j.id FROM json_each(?1) AS e JOIN spool_job AS j "
+      "ON j.id = json_extract(e.value, '$[0]') WHERE j.state = 'running' "
+      "AND (json_extract(e.value, '$[1]') = 0 OR j.attempt = json_extract(e.value, '$[1]'))";
+  SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt, cache_.Get(kSql));
+  StmtScope use(stmt);
+  SPOOL_RETURN_IF_ERROR(CheckBind(BindText(stmt, 1, ids), stmt));
+  std::set<int64_t> running;
+  int rc;
+  while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) running.insert(sqlite3_column_int64(stmt, 0));
+  if (rc != SQLITE_DONE) return SqliteStatus(rc, cache_.db(), "find jobs still running");
+  return running;
+}
+
+Result<int64_t> SqliteQueries::SetStates(const std::vector<const JobSetStateParams*>& jobs) {
+  // Completed without an error is nearly every outcome: it gets a narrower statement that binds
+  // two values a row. Everything else shares one general statement.
+  std::vector<const JobSetStateParams*> completed;
+  std::vector<const JobSetStateParams*> other;
+  completed.reserve(jobs.size());
+  for (const JobSetStateParams* job : jobs) {
+    if (job->state == JobState::kCompleted && !job->error.has_value()) {
+      completed.push_back(job);
+    } else {
+      other.push_back(job);
+    }
+  }
   int64_t changed = 0;
   for (size_t start = 0; start < completed.size(); start += kUpdateChunk) {
     const size_t n = std::min(completed.size() - start, static_cast<size_t>(kUpdateChunk));
@@ -542,7 +592,6 @@ Result<int64_t> SqliteQueries::JobSetStateIfRunningMany(
     SPOOL_RETURN_IF_ERROR(StepDone(stmt, "set job states"));
     changed += sqlite3_changes64(cache_.db());
   }
-  SPOOL_RETURN_IF_ERROR(scope->Commit());
   return changed;
 }
 

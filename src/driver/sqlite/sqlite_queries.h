@@ -8,6 +8,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -130,6 +131,11 @@ class SqliteQueries {
   Result<sqlite3_stmt*> InsertStmt(int rows, bool returning);
   Result<sqlite3_stmt*> CompleteStmt(int rows);
   Result<sqlite3_stmt*> SetStateStmt(int rows);
+  // The outcome updates of JobSetStateIfRunningMany, inside the caller's write scope; returns
+  // how many rows changed.
+  Result<int64_t> SetStates(const std::vector<const JobSetStateParams*>& jobs);
+  // Of `jobs`, the ids whose row is running the attempt the outcome is of.
+  Result<std::set<int64_t>> StillRunning(const std::vector<JobSetStateParams>& jobs);
 
   StatementCache cache_;
   // Multi-row statements by row count, so a chunk never rebuilds its SQL to look it up.
