@@ -178,7 +178,9 @@ struct ClientOptions {
   Duration leader_ttl = std::chrono::seconds(15);
   // How often the leader looks for stuck jobs. Default: 5s.
   Duration rescue_interval = std::chrono::seconds(5);
-  // A job running longer than this is rescued even if its client is alive. Default: 1h.
+  // A job without a timeout (no Worker::Timeout, job_timeout 0) running longer than this is
+  // rescued even if its client is alive; a job with one is rescued past timeout + margin below,
+  // however long that is. Default: 1h.
   Duration rescue_after = std::chrono::hours(1);
   // A job running past its per-attempt timeout by more than this is rescued. Default: 1min.
   Duration rescue_timeout_margin = std::chrono::minutes(1);

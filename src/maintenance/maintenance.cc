@@ -257,7 +257,9 @@ void Maintenance::Rescue(TimePoint now) {
                           Seconds(timeout), Seconds(margin), client);
       why = fmt::format("job ran past its {} timeout by more than {} on client {}; rescued",
                         Seconds(timeout), Seconds(margin), client);
-    } else if (started < now - o.rescue_after) {
+    } else if (timeout <= Duration::zero() && started < now - o.rescue_after) {
+      // rescue_after bounds only jobs without a timeout: a job allowed 2 h by its worker is not
+      // stuck at 1 h while its client is alive.
       cause = fmt::format("they were running for more than {} on client {}",
                           Seconds(o.rescue_after), client);
       why = fmt::format("job was running for more than {} on client {}; rescued",

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
+#include <optional>
 #include <stop_token>
 
 #include "driver/driver.h"
@@ -33,6 +34,11 @@ class TaskWorker final : public Worker<TaskArgs> {
   explicit TaskWorker(std::function<Outcome(JobContext&, const TaskArgs&)> fn)
       : fn_(std::move(fn)) {}
   Outcome Work(JobContext& ctx, const TaskArgs& a) override { return fn_(ctx, a); }
+  // Jobs named "long..." are allowed two hours; the others have the client's job_timeout.
+  std::optional<Duration> Timeout(const JobRow& job) const override {
+    if (job.args.find(R"("name":"long)") != std::string::npos) return std::chrono::hours(2);
+    return std::nullopt;
+  }
 
  private:
   std::function<Outcome(JobContext&, const TaskArgs&)> fn_;
@@ -437,6 +443,51 @@ TEST_F(OperationsTest, JobRunningPastItsTimeoutOnALiveClientIsRescued) {
   ASSERT_EQ(j.errors.size(), 1u);
   EXPECT_NE(j.errors[0].error.find("ran past its 10s timeout by more than 60s"), std::string::npos)
       << j.errors[0].error;
+  ASSERT_TRUE(c->Stop(10s).ok());
+}
+
+// rescue_after bounds jobs without a timeout only: one its worker allows two hours is left to run
+// on a live client past rescue_after, and rescued once past its own timeout and the margin.
+TEST_F(OperationsTest, RescueAfterLeavesAJobWithALongerTimeoutRunning) {
+  auto o = Options();
+  o.retry_policy = std::make_shared<testing::FixedRetry>(Duration::zero());
+  o.rescue_after = 1h;
+  o.rescue_timeout_margin = 1min;
+  o.client_id = "live-client";
+  auto c = Open(o);
+  auto plain = c->Insert(TaskArgs{"plain"});
+  auto long_job = c->Insert(TaskArgs{"long report"});
+  ASSERT_TRUE(plain.has_value() && long_job.has_value());
+  {
+    // Claimed under this (live, heartbeating) client's id by workers that then hung.
+    auto d = internal::Driver::Open(url_, {});
+    ASSERT_TRUE(d.has_value());
+    auto got = (*d)->executor().JobGetAvailable(
+        {.queue = "default", .max = 2, .client_id = "live-client", .now = clock_->Now()});
+    ASSERT_TRUE(got.has_value());
+    ASSERT_EQ(got->size(), 2u);
+  }
+  EventLog log(*c);
+  ASSERT_TRUE(c->Start().ok());
+  ASSERT_TRUE(Eventually([&] { return c->IsLeader(); }));
+  clock_->Advance(61min);
+  // The rescue pass that took the plain job back (it then ran and completed here) saw the long
+  // one too, and left it running.
+  ASSERT_TRUE(log.WaitForJob(plain->job.id, Event::Kind::kJobCompleted));
+  JobRow p = *c->JobGet(plain->job.id);
+  ASSERT_EQ(p.errors.size(), 1u);
+  EXPECT_NE(p.errors[0].error.find("running for more than 3600s"), std::string::npos)
+      << p.errors[0].error;
+  JobRow l = *c->JobGet(long_job->job.id);
+  EXPECT_EQ(l.state, JobState::kRunning);
+  EXPECT_TRUE(l.errors.empty());
+  clock_->Advance(61min);  // 2 h 2 min after the claim: past timeout + margin
+  ASSERT_TRUE(log.WaitForJob(long_job->job.id, Event::Kind::kJobCompleted));
+  l = *c->JobGet(long_job->job.id);
+  ASSERT_EQ(l.errors.size(), 1u);
+  EXPECT_NE(l.errors[0].error.find("ran past its 7200s timeout by more than 60s"),
+            std::string::npos)
+      << l.errors[0].error;
   ASSERT_TRUE(c->Stop(10s).ok());
 }
 
