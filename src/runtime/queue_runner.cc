@@ -380,6 +380,13 @@ Completion QueueRunner::MakeCompletion(JobRow job, const Outcome& outcome, bool 
         c.params.state = JobState::kCompleted;
         c.params.at = now;
         c.event.kind = Event::Kind::kJobCompleted;
+        // Its work is done, so it is not run again; but the history keeps that it overran.
+        if (timed_out) {
+          record_error(fmt::format(
+              "job timed out after {}; Work returned success after its deadline, so the job is "
+              "completed",
+              FormatDuration(timeout)));
+        }
         break;
       case Outcome::Kind::kSnooze:
         c.params.state = JobState::kScheduled;

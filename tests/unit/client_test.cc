@@ -331,6 +331,33 @@ TEST_F(ClientTest, TimeoutCancelsTheContextAndRecordsATimeoutError) {
   EXPECT_TRUE(c->Stop(10s).ok());
 }
 
+TEST_F(ClientTest, SuccessAfterTheTimeoutCompletesAndKeepsATimeoutNote) {
+  Signal started;
+  behaviour_->fn = [&](JobContext& ctx, const EmailArgs&) {
+    started.Notify();
+    (void)WaitForCancel(ctx);
+    return Outcome::Done();  // ignores the cancel: the work was finished anyway
+  };
+  auto o = Options();
+  o.job_timeout = 5s;
+  auto c = Open(o);
+  ASSERT_TRUE(c->Start().ok());
+  EventLog log(*c);
+  auto r = c->Insert(EmailArgs{"slow"});
+  ASSERT_TRUE(r.has_value());
+  ASSERT_TRUE(started.WaitFor());
+  clock_->Advance(6s);
+  ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobCompleted));
+  JobRow j = Get(*c, r->job.id);
+  EXPECT_EQ(j.state, JobState::kCompleted);
+  EXPECT_EQ(j.attempt, 1);
+  ASSERT_EQ(j.errors.size(), 1u);
+  EXPECT_EQ(j.errors[0].error,
+            "job timed out after 5s; Work returned success after its deadline, so the job is "
+            "completed");
+  EXPECT_TRUE(c->Stop(10s).ok());
+}
+
 TEST_F(ClientTest, RunsByPriorityThenScheduledAtThenId) {
   std::mutex mu;
   std::vector<std::string> order;
