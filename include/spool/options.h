@@ -28,7 +28,8 @@ inline constexpr int kMaxPriority = 4;  // lowest
 struct UniqueOptions {
   // Jobs with equal args are duplicates. Default: false.
   bool by_args = false;
-  // Only these top-level args fields are compared; empty compares all. REQUIRES: by_args.
+  // Only these top-level args fields are compared; empty compares all. REQUIRES: by_args, and
+  // each field present in the args' JSON (else the insert is refused with InvalidArgument).
   std::vector<std::string> by_args_fields{};
   // Jobs whose scheduled_at falls in the same period (e.g. 1h: one per hour, aligned to the
   // Unix epoch) are duplicates. Default: zero, any time.

@@ -42,7 +42,16 @@ Result<UniqueKey> ComputeUniqueKey(std::string_view kind, std::string_view args,
       picked = std::move(j);
     } else {
       for (const auto& f : opts->by_args_fields) {
-        if (auto it = j.find(f); it != j.end()) picked[f] = *it;
+        auto it = j.find(f);
+        // Most likely a misspelt field: skipped, it would leave every job of the kind with one
+        // key, and each insert after the first would be dropped as a duplicate.
+        if (it == j.end()) {
+          return Status::InvalidArgument(fmt::format(
+              "UniqueOptions.by_args_fields names \"{}\", which the args of kind \"{}\" do not "
+              "have: use the field's name as it appears in the args' JSON",
+              f, kind));
+        }
+        picked[f] = *it;
       }
     }
     // nlohmann's object is a std::map: dump() sorts keys, so {"a":1,"b":2} and {"b":2,"a":1}

@@ -44,9 +44,24 @@ TEST(UniqueKeyTest, ByArgsIgnoresKeyOrderAndCanPickFields) {
   o.by_args_fields = {"a"};
   EXPECT_EQ(Key("k", R"({"a":1,"b":2})", "q", At(0), o),
             Key("k", R"({"a":1,"b":3})", "q", At(0), o));
-  EXPECT_EQ(Key("k", "{}", "q1", At(0), o), Key("k", "{}", "q2", At(0), o)) << "queue not in key";
+  EXPECT_EQ(Key("k", R"({"a":1})", "q1", At(0), o), Key("k", R"({"a":1})", "q2", At(0), o))
+      << "queue not in key";
   o.by_queue = true;
-  EXPECT_NE(Key("k", "{}", "q1", At(0), o), Key("k", "{}", "q2", At(0), o));
+  EXPECT_NE(Key("k", R"({"a":1})", "q1", At(0), o), Key("k", R"({"a":1})", "q2", At(0), o));
+}
+
+TEST(UniqueKeyTest, AFieldTheArgsLackIsRefusedNamingIt) {
+  // A misspelt field would give every job of the kind the same key.
+  UniqueOptions o{.by_args = true, .by_args_fields = {"user_id", "acount"}};
+  auto k = ComputeUniqueKey("sync", R"({"user_id":1,"account":2})", "q", At(0), o);
+  ASSERT_FALSE(k.has_value());
+  EXPECT_TRUE(k.error().IsInvalidArgument());
+  EXPECT_EQ(k.error().message(),
+            "UniqueOptions.by_args_fields names \"acount\", which the args of kind \"sync\" do not "
+            "have: use the field's name as it appears in the args' JSON");
+  // A field that is there with a null value is a value like any other.
+  o.by_args_fields = {"user_id"};
+  EXPECT_TRUE(ComputeUniqueKey("sync", R"({"user_id":null})", "q", At(0), o).has_value());
 }
 
 TEST(UniqueKeyTest, ByPeriodBucketsScheduledAt) {
