@@ -63,8 +63,8 @@ struct WorkOptions {
 JobRow RunningJobRow(std::string_view kind, std::string args, const WorkOptions& options);
 
 // Runs `worker` on `row` with a real JobContext on `client`, as a pool thread would: an
-// exception thrown by Work becomes Outcome::Fail with its message. InvalidArgument when the
-// worker's kind is not the row's.
+// exception thrown by Work becomes Outcome::Fail with the message the runtime would record
+// ("std::runtime_error thrown: ..."). InvalidArgument when the worker's kind is not the row's.
 Result<Outcome> WorkRowInline(WorkerBase& worker, Client& client, const JobRow& row,
                               const WorkOptions& options = {});
 

@@ -1,14 +1,12 @@
 #include "runtime/queue_runner.h"
 
-#include <cxxabi.h>
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <memory>
 #include <tuple>
-#include <typeinfo>
 
+#include "core/exception.h"
 #include "core/failure_log.h"
 #include "core/thread_name.h"
 
@@ -31,13 +29,6 @@ constexpr int kMaxFetchBatch = 200;
 constexpr std::string_view kStoppedWhileRunning =
     " (the client was stopping and cancelled the jobs still running: its Stop timeout passed, or "
     "CancelRunningJobs was called)";
-
-std::string Demangle(const char* name) {
-  int status = 0;
-  std::unique_ptr<char, decltype(&std::free)> out(
-      abi::__cxa_demangle(name, nullptr, nullptr, &status), &std::free);
-  return status == 0 && out ? std::string(out.get()) : std::string(name);
-}
 
 std::string FormatDuration(Duration d) {
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
@@ -294,13 +285,10 @@ void QueueRunner::WorkLoop() {
         } else {
           try {
             outcome = worker->WorkJob(ctx);
-          } catch (const std::exception& e) {
-            trace = Demangle(typeid(e).name());
-            outcome = Outcome::Fail(fmt::format("{} thrown: {}", trace, e.what()));
           } catch (...) {
-            const std::type_info* ti = abi::__cxa_current_exception_type();
-            trace = ti != nullptr ? Demangle(ti->name()) : "unknown";
-            outcome = Outcome::Fail(fmt::format("non-standard exception thrown: {}", trace));
+            CaughtException caught = DescribeCurrentException();
+            trace = std::move(caught.type);
+            outcome = Outcome::Fail(std::move(caught.message));
           }
         }
         const auto run_time =

@@ -8,6 +8,8 @@
 #include <exception>
 #include <system_error>
 
+#include "core/exception.h"
+
 namespace spool::testing {
 namespace fs = std::filesystem;
 
@@ -70,10 +72,9 @@ Result<Outcome> WorkRowInline(WorkerBase& worker, Client& client, const JobRow& 
   JobContext ctx(row, client, options.stop, options.deadline, logger);
   try {
     return worker.WorkJob(ctx);
-  } catch (const std::exception& e) {
-    return Outcome::Fail(e.what());
   } catch (...) {
-    return Outcome::Fail("unknown exception");
+    // The words the runtime records for the same throw.
+    return Outcome::Fail(internal::DescribeCurrentException().message);
   }
 }
 

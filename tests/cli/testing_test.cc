@@ -26,6 +26,7 @@ class SignupWorker : public spool::Worker<SignupArgs> {
  public:
   spool::Outcome Work(spool::JobContext& ctx, const SignupArgs& args) override {
     if (args.email.empty()) throw std::runtime_error("no email");
+    if (args.email == "int") throw 42;
     seen_attempt = ctx.attempt();
     seen_queue = ctx.job().queue;
     ctx.Log(spool::LogLevel::kInfo, "signup " + args.email);
@@ -69,7 +70,11 @@ TEST(SpoolTestingTest, ExceptionsBecomeFailedAttemptsAndKindsMustMatch) {
   auto outcome = spool::testing::WorkInline(worker, (*queue)->client(), SignupArgs{});
   ASSERT_TRUE(outcome) << outcome.error().ToString();
   EXPECT_EQ(outcome->kind(), spool::Outcome::Kind::kFail);
-  EXPECT_EQ(outcome->message(), "no email");
+  // The words the runtime records for the same throw.
+  EXPECT_EQ(outcome->message(), "std::runtime_error thrown: no email");
+  auto odd = spool::testing::WorkInline(worker, (*queue)->client(), SignupArgs{"int"});
+  ASSERT_TRUE(odd) << odd.error().ToString();
+  EXPECT_EQ(odd->message(), "non-standard exception thrown: int");
   auto wrong = spool::testing::WorkInline(worker, (*queue)->client(), NotifyArgs{"x"});
   ASSERT_FALSE(wrong);
   EXPECT_TRUE(wrong.error().IsInvalidArgument());

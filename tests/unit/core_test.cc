@@ -3,7 +3,10 @@
 #include <atomic>
 #include <cmath>
 #include <set>
+#include <stdexcept>
+#include <string>
 
+#include "core/exception.h"
 #include "core/failure_log.h"
 #include "driver/row_json.h"
 #include "runtime/deadline_watcher.h"
@@ -217,6 +220,29 @@ TEST(WorkersTest, DuplicateKindIsReported) {
   w.Add<AWorker>();
   EXPECT_TRUE(w.status().IsInvalidArgument());
   EXPECT_NE(w.status().message().find("\"a\""), std::string::npos);
+}
+
+struct AppError {};  // not derived from std::exception
+
+template <typename E>
+internal::CaughtException Caught(E e) {
+  try {
+    throw e;
+  } catch (...) {
+    return internal::DescribeCurrentException();
+  }
+}
+
+TEST(DescribeCurrentExceptionTest, NamesTheTypeAndTheMessage) {
+  auto std_error = Caught(std::invalid_argument("bad input"));
+  EXPECT_EQ(std_error.type, "std::invalid_argument");
+  EXPECT_EQ(std_error.message, "std::invalid_argument thrown: bad input");
+  auto number = Caught(7);
+  EXPECT_EQ(number.type, "int");
+  EXPECT_EQ(number.message, "non-standard exception thrown: int");
+  auto app = Caught(AppError{});
+  EXPECT_NE(app.type.find("AppError"), std::string::npos) << app.type;
+  EXPECT_EQ(app.message, "non-standard exception thrown: " + app.type);
 }
 
 TEST(OutcomeTest, StatusConvertsToOutcome) {
