@@ -725,6 +725,58 @@ TEST_F(ClientTest, InsertTxIsVisibleOnlyIfTheCallersTransactionCommits) {
   EXPECT_TRUE(c->Stop(10s).ok());
 }
 
+// A deferred transaction that read before another connection wrote cannot write: SQLite refuses
+// at once (SQLITE_BUSY_SNAPSHOT), and no wait helps. The message says how to get past it.
+TEST_F(ClientTest, InsertTxInAReadThenWriteTransactionSaysHowToRetry) {
+  auto c = Open(Options());
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir_.path() / "test.db").c_str(), &db), SQLITE_OK);
+  sqlite3_busy_timeout(db, 5000);
+  ASSERT_EQ(sqlite3_exec(db, "BEGIN", nullptr, nullptr, nullptr), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "SELECT count(*) FROM spool_job", nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  ASSERT_TRUE(c->Insert(EmailArgs{"another connection"}).has_value());  // the client's writer
+  auto r = c->InsertTx(SqliteTx(db), EmailArgs{"x"});
+  ASSERT_FALSE(r.has_value());
+  EXPECT_TRUE(r.error().IsRetryable()) << r.error().ToString();
+  EXPECT_NE(r.error().message().find("read the database before another connection wrote to it"),
+            std::string::npos)
+      << r.error().ToString();
+  EXPECT_NE(r.error().message().find("ROLLBACK"), std::string::npos) << r.error().ToString();
+  EXPECT_NE(r.error().message().find("BEGIN IMMEDIATE"), std::string::npos) << r.error().ToString();
+  // Rolled back and begun as it says, the insert goes through.
+  ASSERT_EQ(sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "SELECT count(*) FROM spool_job", nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  EXPECT_TRUE(c->InsertTx(SqliteTx(db), EmailArgs{"x"}).has_value());
+  ASSERT_EQ(sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+  EXPECT_EQ(c->JobCountByState()->at(JobState::kAvailable), 2);
+}
+
+// The caller's connection is to a database without spool's tables (another file, or one not yet
+// migrated): the message names that file and the command that creates the tables.
+TEST_F(ClientTest, InsertTxOnADatabaseWithoutSpoolTablesSaysSo) {
+  auto c = Open(Options());
+  const std::string other = (dir_.path() / "app.db").string();
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(other.c_str(), &db), SQLITE_OK);
+  sqlite3_busy_timeout(db, 5000);
+  ASSERT_EQ(sqlite3_exec(db, "BEGIN", nullptr, nullptr, nullptr), SQLITE_OK);
+  auto r = c->InsertTx(SqliteTx(db), EmailArgs{"x"});
+  ASSERT_EQ(sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_TRUE(r.error().IsFailedPrecondition()) << r.error().ToString();
+  EXPECT_NE(r.error().message().find("\"" + other + "\" has no spool tables"), std::string::npos)
+      << r.error().ToString();
+  EXPECT_NE(r.error().message().find("spool migration up --database-url sqlite://" + other),
+            std::string::npos)
+      << r.error().ToString();
+  EXPECT_TRUE(c->JobCountByState()->empty());
+}
+
 TEST_F(ClientTest, InsertTxOutsideATransactionIsRefusedAndInsertsNothing) {
   auto c = Open(Options());
   sqlite3* db = nullptr;

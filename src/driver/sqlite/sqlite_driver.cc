@@ -306,17 +306,56 @@ class SqliteTx final : public Tx {
   SqliteQueries& q_;
 };
 
+// The errors an insert on the caller's own connection meets that the caller must act on, told in
+// the caller's terms: "database is busy; try again" would be wrong advice inside a transaction
+// that can no longer write.
+Status ExplainCallerTxError(sqlite3* db, Status st) {
+  const std::string file = sqlite3_db_filename(db, "main") != nullptr
+                               ? std::string(sqlite3_db_filename(db, "main"))
+                               : std::string();
+  if (st.native_code() == std::to_string(SQLITE_BUSY_SNAPSHOT)) {
+    return Status(
+        Status::Code::kRetryable,
+        "insert inside your transaction: the transaction read the database before another "
+        "connection wrote to it, so SQLite cannot let it write (SQLITE_BUSY_SNAPSHOT; "
+        "waiting does not help): ROLLBACK and run the transaction again, and begin it "
+        "with BEGIN IMMEDIATE, which takes the write lock before the first read",
+        st.native_code());
+  }
+  if (st.native_code() == std::to_string(SQLITE_BUSY)) {
+    return Status(Status::Code::kRetryable,
+                  fmt::format("insert inside your transaction: another connection held the write "
+                              "lock of \"{}\" longer than your connection's busy timeout: ROLLBACK "
+                              "and run the transaction again (BEGIN IMMEDIATE takes the lock up "
+                              "front), or give the connection a longer sqlite3_busy_timeout",
+                              file),
+                  st.native_code());
+  }
+  if (st.message().find("no such table: spool_") != std::string::npos) {
+    return Status::FailedPrecondition(fmt::format(
+        "insert inside your transaction: \"{}\" has no spool tables ({}): if it is the database "
+        "jobs belong in, run `spool migration up --database-url sqlite://{}`; otherwise pass a "
+        "connection to the client's own database",
+        file, st.message(), file));
+  }
+  return st;
+}
+
 // Runs queries on a caller's connection inside the caller's transaction. Owns only its prepared
 // statements, which it finalizes when destroyed: destroy it before closing the connection.
 class BorrowedExecutor final : public Executor {
  public:
-  explicit BorrowedExecutor(sqlite3* db) : q_(db) {}
+  explicit BorrowedExecutor(sqlite3* db) : db_(db), q_(db) {}
 
   Result<std::vector<JobInsertResult>> JobInsertMany(const JobInsertManyParams& params) override {
-    return q_.JobInsertMany(params);
+    auto r = q_.JobInsertMany(params);
+    if (!r) return ExplainCallerTxError(db_, r.error());
+    return r;
   }
   Result<int64_t> JobInsertManyFast(const JobInsertManyParams& params) override {
-    return q_.JobInsertManyFast(params);
+    auto r = q_.JobInsertManyFast(params);
+    if (!r) return ExplainCallerTxError(db_, r.error());
+    return r;
   }
   Result<std::vector<JobRow>> JobGetAvailable(const JobGetAvailableParams& params) override {
     return q_.JobGetAvailable(params);
@@ -376,6 +415,7 @@ class BorrowedExecutor final : public Executor {
   }
 
  private:
+  sqlite3* db_;
   SqliteQueries q_;
 };
 
