@@ -160,6 +160,35 @@ int WaitFor(pid_t pid, std::chrono::seconds timeout) {
   return -1;
 }
 
+// The pids of the processes running `exe` (the app this test built: no other process runs it).
+std::vector<pid_t> PidsRunning(const fs::path& exe) {
+  std::vector<pid_t> pids;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator("/proc", ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.empty() || !std::all_of(name.begin(), name.end(), ::isdigit)) continue;
+    if (fs::read_symlink(e.path() / "exe", ec) == exe) pids.push_back(std::stoi(name));
+  }
+  return pids;
+}
+
+// Ends `spool serve` and the app it started (its own process group) if they are still running
+// after a failed check, so no test leaves them behind.
+void KillServe(pid_t serve, const fs::path& app_binary) {
+  for (const pid_t pid : PidsRunning(app_binary)) kill(pid, SIGKILL);
+  kill(serve, SIGKILL);
+  Wait(serve);
+}
+
+// Waits until `log` holds `text`; false after `timeout`.
+bool WaitForLog(const fs::path& log, const std::string& text, std::chrono::seconds timeout) {
+  for (const auto deadline = steady_clock::now() + timeout; steady_clock::now() < deadline;) {
+    if (Slurp(log).find(text) != std::string::npos) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
 // The whole flow for one database kind: `db` is "sqlite" or "postgres" (then `url` is used).
 void RunFlow(const std::string& db, const std::string& url) {
   if (std::system("command -v curl >/dev/null") != 0) GTEST_SKIP() << "curl is not installed";
@@ -185,6 +214,21 @@ void RunFlow(const std::string& db, const std::string& url) {
   ASSERT_EQ(RunIn({spool, "gen", "queue"}, app, log), 0) << fail_log();
   ASSERT_EQ(RunIn({spool, "gen", "job", "send_email"}, app, log), 0) << fail_log();
   ASSERT_EQ(RunIn({spool, "gen", "job", "sync_api"}, app, log), 0) << fail_log();
+  {
+    // A job that ignores its cancelled context, as real ones sometimes do (a blocking call with
+    // no timeout): only a third signal gets the app out while it runs.
+    const fs::path job = app / "jobs/sync_api.cc";
+    std::string code = Slurp(job);
+    const std::string anchor = "  return spool::Outcome::Done();";
+    const size_t at = code.find(anchor);
+    ASSERT_NE(at, std::string::npos) << code;
+    code.insert(at,
+                "  while (args.message == \"stubborn\") {\n"
+                "    std::this_thread::sleep_for(std::chrono::milliseconds(20));\n"
+                "  }\n");
+    code.insert(0, "#include <chrono>\n#include <thread>\n");
+    std::ofstream(job) << code;
+  }
   ASSERT_EQ(RunIn({spool, "gen", "task", "nightly_report", "--schedule", "0 3 * * *"}, app, log), 0)
       << fail_log();
   EXPECT_NE(Slurp(app / "jobs/registry.cc")
@@ -302,17 +346,57 @@ void RunFlow(const std::string& db, const std::string& url) {
   EXPECT_EQ(cli_state, "completed") << fail_log();
 
   // SIGTERM to spool reaches the app, which stops within its 30 s stop timeout.
+  const fs::path app_binary = app / "build/shop";
   kill(serve, SIGTERM);
   const int rc = WaitFor(serve, std::chrono::seconds(45));
-  if (rc == -1) {
-    kill(serve, SIGKILL);
-    Wait(serve);
-  }
+  if (rc == -1) KillServe(serve, app_binary);
   EXPECT_EQ(rc, 0) << fail_log();
   EXPECT_NE(Slurp(log).find("shop stopped"), std::string::npos) << fail_log();
   const auto jobs = ListJobs(spool, app, log);
   ASSERT_TRUE(jobs.is_array()) << fail_log();
   for (const auto& j : jobs) EXPECT_NE(j.value("state", std::string()), "running") << j.dump();
+
+  // A job that ignores its cancelled context: the first signal starts the stop, the second
+  // cancels the job (which goes on), the third exits at once with 128 + SIGTERM. Each signal is
+  // sent once the app has said it acted on the one before (signals pending together merge).
+  const fs::path stubborn_log = tmp.path / "stubborn.log";
+  const pid_t again =
+      Start({spool, "serve", "--no-build"}, app, stubborn_log, {"PORT=" + std::to_string(port)});
+  const fs::path stubborn_out = tmp.path / "stubborn.json";
+  ASSERT_EQ(Wait(Start({spool, "jobs", "add", "sync_api", "--args", "{\"message\":\"stubborn\"}",
+                        "--json"},
+                       app, stubborn_out)),
+            0)
+      << Slurp(stubborn_out);
+  const auto stubborn = nlohmann::json::parse(Slurp(stubborn_out), nullptr, false);
+  ASSERT_TRUE(stubborn.is_object() && stubborn.contains("id")) << Slurp(stubborn_out);
+  const int64_t stubborn_id = stubborn["id"].is_string()
+                                  ? std::stoll(stubborn["id"].get<std::string>())
+                                  : stubborn["id"].get<int64_t>();
+  std::string stubborn_state;
+  for (const auto deadline = steady_clock::now() + std::chrono::seconds(30);
+       stubborn_state != "running" && steady_clock::now() < deadline;) {
+    stubborn_state = StateOf(ListJobs(spool, app, log), stubborn_id);
+    if (stubborn_state != "running") std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_EQ(stubborn_state, "running") << Slurp(stubborn_log);
+  kill(again, SIGTERM);
+  const bool stopping =
+      WaitForLog(stubborn_log, "stopping: running jobs get", std::chrono::seconds(30));
+  if (stopping) kill(again, SIGTERM);
+  const bool cancelling =
+      stopping && WaitForLog(stubborn_log, "cancelling the running jobs", std::chrono::seconds(30));
+  if (cancelling) kill(again, SIGTERM);
+  const int stubborn_rc = cancelling ? WaitFor(again, std::chrono::seconds(30)) : -1;
+  if (stubborn_rc == -1) KillServe(again, app_binary);
+  EXPECT_TRUE(stopping && cancelling) << Slurp(stubborn_log);
+  EXPECT_EQ(stubborn_rc, 128 + SIGTERM) << Slurp(stubborn_log);
+  EXPECT_NE(Slurp(stubborn_log).find("exiting without waiting: jobs still running stay `running`"),
+            std::string::npos)
+      << Slurp(stubborn_log);
+  EXPECT_TRUE(PidsRunning(app_binary).empty()) << "the app is still running";
+  EXPECT_EQ(StateOf(ListJobs(spool, app, log), stubborn_id), "running")
+      << "left for the rescuer, as the message says";
 }
 
 #ifndef SPOOL_E2E_POSTGRES
