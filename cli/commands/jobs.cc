@@ -413,10 +413,15 @@ void RunAdd(const AddFlags& f) {
 
 enum class Op { kRetry, kCancel, kDelete };
 
-// What happened to one job, for its result line.
-std::string Describe(Op op, const JobRow& job) {
+// What happened to one job, for its result line. `before` is its state read just before the
+// operation, when that read succeeded: it tells a change from a job that was already so.
+std::string Describe(Op op, const JobRow& job, std::optional<JobState> before) {
   switch (op) {
     case Op::kRetry:
+      if (before == JobState::kCompleted) {
+        return fmt::format("job {}: retried, now {}; it had completed, so its work runs again",
+                           job.id, JobStateName(job.state));
+      }
       return fmt::format("job {}: retried, now {}", job.id, JobStateName(job.state));
     case Op::kCancel:
       if (job.state == JobState::kRunning) {
@@ -424,6 +429,9 @@ std::string Describe(Op op, const JobRow& job) {
             "job {}: cancel requested (running; it stops when its worker notices; if its "
             "process is gone, the rescuer cancels it)",
             job.id);
+      }
+      if (job.state == JobState::kCancelled && before == JobState::kCancelled) {
+        return fmt::format("job {}: already cancelled, left unchanged", job.id);
       }
       if (job.state == JobState::kCancelled) return fmt::format("job {}: cancelled", job.id);
       return fmt::format("job {}: already {}, left unchanged", job.id, JobStateName(job.state));
@@ -440,11 +448,15 @@ void RunOp(Op op, const std::string& url, const std::vector<int64_t>& ids) {
   auto client = OpenClient(url);
   int failed = 0;
   for (int64_t id : ids) {
+    std::optional<JobState> before;
+    if (op != Op::kDelete) {
+      if (auto prior = client->JobGet(id); prior) before = prior->state;
+    }
     Result<JobRow> r = op == Op::kRetry    ? client->JobRetry(id)
                        : op == Op::kCancel ? client->JobCancel(id)
                                            : client->JobDelete(id);
     if (r) {
-      fmt::print("{}\n", Describe(op, *r));
+      fmt::print("{}\n", Describe(op, *r, before));
     } else {
       ++failed;
       fmt::print(stderr, "error: {}\n", ErrorText(id, r.error()));
@@ -523,12 +535,19 @@ void RunQueuePause(const std::string& url, const std::string& name, bool pause) 
   // Pausing a queue before its first job is allowed (and is how a deploy holds one back), but a
   // mistyped name would pass silently: say when the queue is new.
   bool known = true;  // when the list cannot be read, no note rather than a wrong one
+  bool was_paused = !pause;
   if (auto queues = client->QueueList(); queues) {
-    known = std::any_of(queues->begin(), queues->end(),
-                        [&](const QueueInfo& q) { return q.name == name; });
+    auto it = std::find_if(queues->begin(), queues->end(),
+                           [&](const QueueInfo& q) { return q.name == name; });
+    known = it != queues->end();
+    was_paused = known && it->paused_at.has_value();
   }
   Status st = pause ? client->QueuePause(name) : client->QueueResume(name);
   if (!st.ok()) throw CommandError(st.message());
+  if (known && was_paused == pause) {
+    fmt::print("queue {} was already {}, left unchanged\n", name, pause ? "paused" : "running");
+    return;
+  }
   fmt::print("{} queue {}\n", pause ? "paused" : "resumed", name);
   if (!known) {
     fmt::print(

@@ -483,6 +483,7 @@ TEST_F(AdminTest, CancelRetryDeleteHappyPath) {
 
   CliRun again = Run({"jobs", "cancel", sid});
   EXPECT_EQ(again.code, 0) << again.err;
+  EXPECT_EQ(again.out, fmt::format("job {}: already cancelled, left unchanged\n", id));
 
   CliRun retry = Run({"jobs", "retry", sid});
   ASSERT_EQ(retry.code, 0) << retry.err;
@@ -573,10 +574,37 @@ TEST_F(AdminTest, QueuesListPauseResume) {
   EXPECT_NE(human.out.find("AVAILABLE"), std::string::npos) << human.out;
   EXPECT_NE(human.out.find("since "), std::string::npos) << human.out;
 
+  CliRun paused_again = Run({"queues", "pause", "alpha"});
+  ASSERT_EQ(paused_again.code, 0) << paused_again.err;
+  EXPECT_EQ(paused_again.out, "queue alpha was already paused, left unchanged\n");
+  EXPECT_EQ(queues()[0]["paused_at"], q[0]["paused_at"]) << "the pause keeps its time";
+
   CliRun resume = Run({"queues", "resume", "alpha"});
   ASSERT_EQ(resume.code, 0) << resume.err;
   EXPECT_EQ(resume.out, "resumed queue alpha\n");
   EXPECT_EQ(queues()[0]["paused"], false);
+  CliRun resumed_again = Run({"queues", "resume", "alpha"});
+  ASSERT_EQ(resumed_again.code, 0) << resumed_again.err;
+  EXPECT_EQ(resumed_again.out, "queue alpha was already running, left unchanged\n");
+}
+
+// Retrying a completed job runs its work a second time: the line says so.
+TEST_F(AdminTest, RetryOfACompletedJobSaysItRunsAgain) {
+  const int64_t id = Add({"k"})["id"];
+  const std::string sid = std::to_string(id);
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir_.path() / "app.db").c_str(), &db), SQLITE_OK);
+  sqlite3_busy_timeout(db, 10'000);
+  const std::string done =
+      "UPDATE spool_job SET state = 'completed', finalized_at = 1 WHERE id = " + sid;
+  EXPECT_EQ(sqlite3_exec(db, done.c_str(), nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+  CliRun retry = Run({"jobs", "retry", sid});
+  ASSERT_EQ(retry.code, 0) << retry.err;
+  EXPECT_EQ(retry.out,
+            fmt::format(
+                "job {}: retried, now available; it had completed, so its work runs again\n", id));
+  EXPECT_EQ(client_->JobGet(id)->state, JobState::kAvailable);
 }
 
 // Collects job events from a working client so a test can wait for an outcome.
