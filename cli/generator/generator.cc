@@ -232,14 +232,17 @@ Generated PlanNew(const NewOptions& options) {
   auto vars = AppVars(app);
   auto rc_vars = vars;
   rc_vars["database_url"] = app.database_url;  // the CLI's own settings: the whole URL
+  std::string gitignore = RenderTemplate("new/gitignore.tmpl", vars);
   if (UrlWithoutPassword(app.database_url) != app.database_url) {
+    // A first `git add .` would otherwise commit the password.
+    gitignore += "# holds the database password\n/.spoolrc\n";
     out.notes.push_back(
-        ".spoolrc holds the database password: keep it out of version control, or give the "
-        "password through ~/.pgpass, $PGPASSWORD or $SPOOL_DATABASE_URL instead (src/main.cpp "
-        "never holds it)");
+        ".spoolrc holds the database password, so .gitignore lists it: to share the other "
+        "settings, give the password through ~/.pgpass, $PGPASSWORD or $SPOOL_DATABASE_URL "
+        "instead and take .spoolrc out of .gitignore (src/main.cpp never holds it)");
   }
   Put(out.plan, ".spoolrc", RenderTemplate("new/spoolrc.tmpl", rc_vars));
-  Put(out.plan, ".gitignore", RenderTemplate("new/gitignore.tmpl", vars));
+  Put(out.plan, ".gitignore", gitignore);
   Put(out.plan, "CMakeLists.txt", RenderTemplate("new/CMakeLists.txt.tmpl", vars));
   Put(out.plan, "README.md", RenderTemplate("new/README.md.tmpl", vars));
   Put(out.plan, "src/main.cpp", RenderTemplate("new/main.cpp.tmpl", vars));

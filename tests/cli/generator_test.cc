@@ -116,6 +116,18 @@ TEST_F(GeneratorTest, NewRecordsDbKindAndUrlInSpoolrc) {
   EXPECT_EQ(sqlite.database_url, "sqlite://app.db");
 }
 
+TEST_F(GeneratorTest, SpoolrcIsIgnoredByGitOnlyWhenItHoldsAPassword) {
+  NewOptions options;
+  options.name = "shop";
+  options.db = DbKind::kPostgres;
+  options.database_url = "postgres://u@127.0.0.1:5432/shop";  // the password is in ~/.pgpass
+  options.dir = root();
+  const Generated made = PlanNew(options);
+  EXPECT_TRUE(made.notes.empty());
+  made.plan.Apply(false);
+  EXPECT_EQ(Read(".gitignore").find(".spoolrc"), std::string::npos) << Read(".gitignore");
+}
+
 TEST_F(GeneratorTest, GeneratedSourceHoldsTheUrlEscapedAndWithoutItsPassword) {
   NewOptions options;
   options.name = "shop";
@@ -125,8 +137,10 @@ TEST_F(GeneratorTest, GeneratedSourceHoldsTheUrlEscapedAndWithoutItsPassword) {
   options.dir = root();
   const Generated made = PlanNew(options);
   ASSERT_EQ(made.notes.size(), 1u);
-  EXPECT_NE(made.notes[0].find(".spoolrc holds the database password"), std::string::npos);
+  EXPECT_NE(made.notes[0].find(".spoolrc holds the database password, so .gitignore lists it"),
+            std::string::npos);
   made.plan.Apply(false);
+  EXPECT_NE(Read(".gitignore").find("\n/.spoolrc\n"), std::string::npos) << Read(".gitignore");
   const AppInfo app = LoadApp(root());
   EXPECT_EQ(app.database_url, options.database_url);  // .spoolrc keeps the whole URL
   Queue(app).plan.Apply(false);
