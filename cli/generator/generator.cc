@@ -469,6 +469,34 @@ Generated PlanQueue(const AppInfo& app, const QueueOptions& options) {
                   "CMAKE_PREFIX_PATH=/opt/spool)",
                   SpoolVersion()),
   };
+  if (existing_registry || existing_migration) {  // --force over a queue already set up
+    // Say which files --force writes over: a hand edit in them is replaced, and "changed" alone
+    // does not tell that from the blocks added to main.cpp and CMakeLists.txt around user code.
+    for (const auto& c : plan.changes()) {
+      if (!c.before) continue;
+      if (c.path == kMainPath || c.path == kCMakePath) {
+        out.notes.push_back(
+            fmt::format("--force adds to {} only the queue's blocks it lacks; the rest, your edits "
+                        "too, is kept",
+                        c.path));
+      } else {
+        out.notes.push_back(fmt::format(
+            "--force writes {} again as spool generates it{}: an edit made to it by hand is "
+            "replaced",
+            c.path, c.path == kRegistrySource ? " (from the jobs in jobs/)" : ""));
+      }
+    }
+    if (plan.changes().empty()) {
+      out.summary = fmt::format(
+          "the job queue ({}) is set up and wired in, and its files are as spool writes them: "
+          "nothing changed",
+          DbTitle(app.db));
+      out.next_steps.clear();
+    } else {
+      out.summary = fmt::format("set up the job queue again ({}, --force); your jobs are kept",
+                                DbTitle(app.db));
+    }
+  }
   return out;
 }
 

@@ -251,7 +251,14 @@ TEST_F(GeneratorTest, QueueWithForceRefreshesTheRegistryWithoutWiringTwice) {
   const std::string main = Read("src/main.cpp");
   const std::string cmake = Read("CMakeLists.txt");
   WriteText(root() / "jobs/registry.cc", "garbage\n");
-  Queue(app, /*force=*/true).plan.Apply(true);
+  const Generated forced = Queue(app, /*force=*/true);
+  // The output says which file --force writes over, and that the jobs are kept.
+  ASSERT_EQ(forced.notes.size(), 1u);
+  EXPECT_EQ(forced.notes[0],
+            "--force writes jobs/registry.cc again as spool generates it (from the jobs in jobs/): "
+            "an edit made to it by hand is replaced");
+  EXPECT_EQ(forced.summary, "set up the job queue again (SQLite, --force); your jobs are kept");
+  forced.plan.Apply(true);
   EXPECT_EQ(Read("src/main.cpp"), main);
   EXPECT_EQ(Read("CMakeLists.txt"), cmake);
   EXPECT_EQ(Read("jobs/registry.cc"), RenderRegistry({{"send_email", false}}));
@@ -261,6 +268,32 @@ TEST_F(GeneratorTest, QueueWithForceRefreshesTheRegistryWithoutWiringTwice) {
     migrations += e.path().filename().string().ends_with("_setup_spool_queue.sql") ? 1 : 0;
   }
   EXPECT_EQ(migrations, 1);
+  // Once more: nothing left to write, and it says so.
+  const Generated again = Queue(app, /*force=*/true);
+  EXPECT_TRUE(again.plan.changes().empty());
+  EXPECT_TRUE(again.notes.empty());
+  EXPECT_NE(again.summary.find("is set up and wired in"), std::string::npos) << again.summary;
+  EXPECT_NE(again.summary.find("nothing changed"), std::string::npos) << again.summary;
+  EXPECT_TRUE(again.next_steps.empty());
+}
+
+TEST_F(GeneratorTest, QueueWithForceOverAHalfWiredMainSaysItsEditsAreKept) {
+  const AppInfo app = NewApp();
+  Queue(app).plan.Apply(false);
+  // The user took the shutdown block out of main.cpp (and wrote code of their own around it).
+  std::string main = Read("src/main.cpp");
+  const size_t stop = main.find("spool_client->Stop(");
+  ASSERT_NE(stop, std::string::npos);
+  main.replace(stop, std::string_view("spool_client->Stop(").size(), "spool_client->StopX(");
+  main += "// my own code\n";
+  WriteText(root() / "src/main.cpp", main);
+  const Generated forced = Queue(app, /*force=*/true);
+  ASSERT_EQ(forced.notes.size(), 1u);
+  EXPECT_EQ(forced.notes[0],
+            "--force adds to src/main.cpp only the queue's blocks it lacks; the rest, your edits "
+            "too, is kept");
+  forced.plan.Apply(true);
+  EXPECT_NE(Read("src/main.cpp").find("// my own code\n"), std::string::npos);
 }
 
 TEST_F(GeneratorTest, NewRefusesAUrlOfTheOtherDbKind) {
