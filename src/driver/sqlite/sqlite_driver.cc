@@ -310,9 +310,8 @@ class SqliteTx final : public Tx {
 // the caller's terms: "database is busy; try again" would be wrong advice inside a transaction
 // that can no longer write.
 Status ExplainCallerTxError(sqlite3* db, Status st) {
-  const std::string file = sqlite3_db_filename(db, "main") != nullptr
-                               ? std::string(sqlite3_db_filename(db, "main"))
-                               : std::string();
+  const char* name = sqlite3_db_filename(db, "main");
+  const std::string file = name != nullptr ? name : "";
   if (st.native_code() == std::to_string(SQLITE_BUSY_SNAPSHOT)) {
     return Status(
         Status::Code::kRetryable,
@@ -325,9 +324,10 @@ Status ExplainCallerTxError(sqlite3* db, Status st) {
   if (st.native_code() == std::to_string(SQLITE_BUSY)) {
     return Status(Status::Code::kRetryable,
                   fmt::format("insert inside your transaction: another connection held the write "
-                              "lock of \"{}\" longer than your connection's busy timeout: ROLLBACK "
-                              "and run the transaction again (BEGIN IMMEDIATE takes the lock up "
-                              "front), or give the connection a longer sqlite3_busy_timeout",
+                              "lock of \"{}\" (longer than your connection's busy timeout, or "
+                              "while your transaction had already read, when SQLite cannot wait): "
+                              "ROLLBACK and run the transaction again, begun with BEGIN IMMEDIATE, "
+                              "which waits for the lock before the first read",
                               file),
                   st.native_code());
   }
