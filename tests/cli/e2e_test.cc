@@ -164,10 +164,12 @@ int WaitFor(pid_t pid, std::chrono::seconds timeout) {
 std::vector<pid_t> PidsRunning(const fs::path& exe) {
   std::vector<pid_t> pids;
   std::error_code ec;
+  const fs::path target = fs::weakly_canonical(exe, ec);  // /proc shows the resolved path
   for (const auto& e : fs::directory_iterator("/proc", ec)) {
     const std::string name = e.path().filename().string();
-    if (name.empty() || !std::all_of(name.begin(), name.end(), ::isdigit)) continue;
-    if (fs::read_symlink(e.path() / "exe", ec) == exe) pids.push_back(std::stoi(name));
+    const auto digit = [](char c) { return c >= '0' && c <= '9'; };
+    if (name.empty() || !std::all_of(name.begin(), name.end(), digit)) continue;
+    if (fs::read_symlink(e.path() / "exe", ec) == target) pids.push_back(std::stoi(name));
   }
   return pids;
 }
@@ -380,6 +382,7 @@ void RunFlow(const std::string& db, const std::string& url) {
     if (stubborn_state != "running") std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   ASSERT_EQ(stubborn_state, "running") << Slurp(stubborn_log);
+  EXPECT_EQ(PidsRunning(app_binary).size(), 1u) << "the app is found by its binary";
   kill(again, SIGTERM);
   const bool stopping =
       WaitForLog(stubborn_log, "stopping: running jobs get", std::chrono::seconds(30));
