@@ -309,53 +309,48 @@ TEST_F(ClientTest, InsertRejectsArgsThatAreNotAJsonObject) {
   EXPECT_TRUE(counts->empty()) << "nothing may be inserted by a rejected call";
 }
 
-TEST_F(ClientTest, TimeoutCancelsTheContextAndRecordsATimeoutError) {
-  Signal started;
-  behaviour_->fn = [&](JobContext& ctx, const EmailArgs&) {
-    started.Notify();
-    return WaitForCancel(ctx);
-  };
-  auto o = Options();
-  o.job_timeout = 5s;
-  auto c = Open(o);
-  ASSERT_TRUE(c->Start().ok());
-  EventLog log(*c);
-  auto r = c->Insert(EmailArgs{"slow"});
-  ASSERT_TRUE(r.has_value());
-  ASSERT_TRUE(started.WaitFor());
-  clock_->Advance(6s);
-  ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobFailed));
-  JobRow j = Get(*c, r->job.id);
+class TimeoutTest : public ClientTest {
+ protected:
+  // Runs one job with a 5 s timeout whose Work waits for its context to be cancelled, then
+  // returns what `after_cancel` makes of that; the fake clock passes the deadline. Returns the
+  // job once its event of `kind` came.
+  JobRow RunPastTimeout(const std::function<Outcome(Outcome)>& after_cancel, Event::Kind kind) {
+    Signal started;
+    behaviour_->fn = [&](JobContext& ctx, const EmailArgs&) {
+      started.Notify();
+      return after_cancel(WaitForCancel(ctx));
+    };
+    auto o = Options();
+    o.job_timeout = 5s;
+    auto c = Open(o);
+    EXPECT_TRUE(c->Start().ok());
+    EventLog log(*c);
+    auto r = c->Insert(EmailArgs{"slow"});
+    EXPECT_TRUE(r.has_value());
+    if (!r || !started.WaitFor()) return {};
+    clock_->Advance(6s);
+    EXPECT_TRUE(log.WaitForJob(r->job.id, kind));
+    JobRow j = Get(*c, r->job.id);
+    EXPECT_TRUE(c->Stop(10s).ok());
+    return j;
+  }
+};
+
+TEST_F(TimeoutTest, TimeoutCancelsTheContextAndRecordsATimeoutError) {
+  JobRow j = RunPastTimeout([](Outcome o) { return o; }, Event::Kind::kJobFailed);
   ASSERT_EQ(j.errors.size(), 1u);
   EXPECT_EQ(j.errors[0].error, "job timed out after 5s; Work returned: stopped: context cancelled");
-  EXPECT_TRUE(c->Stop(10s).ok());
 }
 
-TEST_F(ClientTest, SuccessAfterTheTimeoutCompletesAndKeepsATimeoutNote) {
-  Signal started;
-  behaviour_->fn = [&](JobContext& ctx, const EmailArgs&) {
-    started.Notify();
-    (void)WaitForCancel(ctx);
-    return Outcome::Done();  // ignores the cancel: the work was finished anyway
-  };
-  auto o = Options();
-  o.job_timeout = 5s;
-  auto c = Open(o);
-  ASSERT_TRUE(c->Start().ok());
-  EventLog log(*c);
-  auto r = c->Insert(EmailArgs{"slow"});
-  ASSERT_TRUE(r.has_value());
-  ASSERT_TRUE(started.WaitFor());
-  clock_->Advance(6s);
-  ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobCompleted));
-  JobRow j = Get(*c, r->job.id);
+TEST_F(TimeoutTest, SuccessAfterTheTimeoutCompletesAndKeepsATimeoutNote) {
+  // Work ignores the cancel: its work was finished anyway.
+  JobRow j = RunPastTimeout([](Outcome) { return Outcome::Done(); }, Event::Kind::kJobCompleted);
   EXPECT_EQ(j.state, JobState::kCompleted);
   EXPECT_EQ(j.attempt, 1);
   ASSERT_EQ(j.errors.size(), 1u);
   EXPECT_EQ(j.errors[0].error,
             "job timed out after 5s; Work returned success after its deadline, so the job is "
             "completed");
-  EXPECT_TRUE(c->Stop(10s).ok());
 }
 
 TEST_F(ClientTest, RunsByPriorityThenScheduledAtThenId) {

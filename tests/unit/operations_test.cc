@@ -73,6 +73,18 @@ class OperationsTest : public ::testing::Test {
     return c ? std::move(*c) : nullptr;
   }
 
+  // Claims up to `max` jobs of the default queue as `client_id` would, through a driver of its
+  // own, and returns how many it got (0 on error).
+  size_t ClaimAs(const std::string& client_id, int max) {
+    auto d = internal::Driver::Open(url_, {});
+    EXPECT_TRUE(d.has_value());
+    if (!d) return 0;
+    auto got = (*d)->executor().JobGetAvailable(
+        {.queue = "default", .max = max, .client_id = client_id, .now = clock_->Now()});
+    EXPECT_TRUE(got.has_value());
+    return got ? got->size() : 0;
+  }
+
   TempDir dir_;
   std::string url_ = dir_.SqliteUrl();
   std::shared_ptr<FakeClock> clock_ = std::make_shared<FakeClock>(
@@ -202,15 +214,8 @@ TEST_F(OperationsTest, JobsOfADeadClientAreRescuedAndComplete) {
   auto c = Open(o);
   auto r = c->Insert(TaskArgs{"orphan"});
   ASSERT_TRUE(r.has_value());
-  {
-    // Another "process" claims the job and dies without a trace (no heartbeat row).
-    auto d = internal::Driver::Open(url_, {});
-    ASSERT_TRUE(d.has_value());
-    auto got = (*d)->executor().JobGetAvailable(
-        {.queue = "default", .max = 1, .client_id = "dead-client", .now = clock_->Now()});
-    ASSERT_TRUE(got.has_value());
-    ASSERT_EQ(got->size(), 1u);
-  }
+  // Another "process" claims the job and dies without a trace (no heartbeat row).
+  ASSERT_EQ(ClaimAs("dead-client", 1), 1u);
   EventLog log(*c);
   ASSERT_TRUE(c->Start().ok());
   ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobCompleted));
@@ -235,13 +240,7 @@ TEST_F(OperationsTest, JobOfADeadClientThatAnAdminCancelledIsNotRunAgain) {
   auto c = Open(o);
   auto r = c->Insert(TaskArgs{"charge the card"});
   ASSERT_TRUE(r.has_value());
-  {
-    auto d = internal::Driver::Open(url_, {});
-    ASSERT_TRUE(d.has_value());
-    auto got = (*d)->executor().JobGetAvailable(
-        {.queue = "default", .max = 1, .client_id = "dead-client", .now = clock_->Now()});
-    ASSERT_TRUE(got.has_value() && got->size() == 1u);
-  }
+  ASSERT_EQ(ClaimAs("dead-client", 1), 1u);
   auto cancel = c->JobCancel(r->job.id);
   ASSERT_TRUE(cancel.has_value());
   EXPECT_EQ(cancel->state, JobState::kRunning) << "asked to stop; its worker would notice";
@@ -423,16 +422,9 @@ TEST_F(OperationsTest, JobRunningPastItsTimeoutOnALiveClientIsRescued) {
   auto c = Open(o);
   auto r = c->Insert(TaskArgs{"hung"});
   ASSERT_TRUE(r.has_value());
-  {
-    // The job was claimed under this (live, heartbeating) client's id by a worker that then
-    // hung and ignored its cancelled context.
-    auto d = internal::Driver::Open(url_, {});
-    ASSERT_TRUE(d.has_value());
-    auto got = (*d)->executor().JobGetAvailable(
-        {.queue = "default", .max = 1, .client_id = "live-client", .now = clock_->Now()});
-    ASSERT_TRUE(got.has_value());
-    ASSERT_EQ(got->size(), 1u);
-  }
+  // The job was claimed under this (live, heartbeating) client's id by a worker that then hung
+  // and ignored its cancelled context.
+  ASSERT_EQ(ClaimAs("live-client", 1), 1u);
   EventLog log(*c);
   ASSERT_TRUE(c->Start().ok());
   ASSERT_TRUE(Eventually([&] { return c->IsLeader(); }));
@@ -458,15 +450,8 @@ TEST_F(OperationsTest, RescueAfterLeavesAJobWithALongerTimeoutRunning) {
   auto plain = c->Insert(TaskArgs{"plain"});
   auto long_job = c->Insert(TaskArgs{"long report"});
   ASSERT_TRUE(plain.has_value() && long_job.has_value());
-  {
-    // Claimed under this (live, heartbeating) client's id by workers that then hung.
-    auto d = internal::Driver::Open(url_, {});
-    ASSERT_TRUE(d.has_value());
-    auto got = (*d)->executor().JobGetAvailable(
-        {.queue = "default", .max = 2, .client_id = "live-client", .now = clock_->Now()});
-    ASSERT_TRUE(got.has_value());
-    ASSERT_EQ(got->size(), 2u);
-  }
+  // Claimed under this (live, heartbeating) client's id by workers that then hung.
+  ASSERT_EQ(ClaimAs("live-client", 2), 2u);
   EventLog log(*c);
   ASSERT_TRUE(c->Start().ok());
   ASSERT_TRUE(Eventually([&] { return c->IsLeader(); }));
