@@ -382,15 +382,22 @@ Completion QueueRunner::MakeCompletion(JobRow job, const Outcome& outcome, bool 
         c.event.kind = Event::Kind::kJobSnoozed;
         job.attempt -= 1;
         break;
-      case Outcome::Kind::kCancel:
+      case Outcome::Kind::kCancel: {
         c.params.state = JobState::kCancelled;
         c.params.at = now;
         c.event.kind = Event::Kind::kJobCancelled;
-        // The worker's word is kept, but the history says why its context was cancelled.
-        record_error((outcome.message().empty() ? std::string("cancelled by its worker")
-                                                : "cancelled: " + outcome.message()) +
-                     (stop_cancelled && !timed_out ? std::string(kStoppedWhileRunning) : ""));
+        // The worker's word is kept, but the history says why its context was cancelled: a
+        // worker that gives up once its context is cancelled may be answering the timeout.
+        std::string message = outcome.message().empty() ? std::string("cancelled by its worker")
+                                                        : "cancelled: " + outcome.message();
+        if (timed_out) {
+          message = fmt::format("job timed out after {}; {}", FormatDuration(timeout), message);
+        } else if (stop_cancelled) {
+          message += kStoppedWhileRunning;
+        }
+        record_error(std::move(message));
         break;
+      }
       case Outcome::Kind::kFail: {
         std::string message =
             outcome.message().empty() ? "job failed (no message)" : outcome.message();

@@ -353,6 +353,16 @@ TEST_F(TimeoutTest, SuccessAfterTheTimeoutCompletesAndKeepsATimeoutNote) {
             "completed");
 }
 
+// A worker that gives up when its context is cancelled may be answering the timeout: the job is
+// cancelled as the worker asked, and its history says the timeout came first.
+TEST_F(TimeoutTest, CancelAfterTheTimeoutKeepsTheWorkersWordAndTheTimeout) {
+  JobRow j = RunPastTimeout([](Outcome) { return Outcome::Cancel("gave up"); },
+                            Event::Kind::kJobCancelled);
+  EXPECT_EQ(j.state, JobState::kCancelled);
+  ASSERT_EQ(j.errors.size(), 1u);
+  EXPECT_EQ(j.errors[0].error, "job timed out after 5s; cancelled: gave up");
+}
+
 TEST_F(ClientTest, RunsByPriorityThenScheduledAtThenId) {
   std::mutex mu;
   std::vector<std::string> order;
