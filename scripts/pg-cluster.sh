@@ -16,6 +16,8 @@ set -euo pipefail
 
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
 DB_NAME="spool_test"
+# Connects with a password only (scram-sha-256); the tests that need it create it.
+PASSWORD_ROLE="spool_password_test"
 
 die() {
   echo "pg-cluster: $*" >&2
@@ -105,6 +107,12 @@ cmd_start() {
     cat "$tmp/initdb.log" >&2
     die "initdb failed"
   }
+  # One role that must give its password, for the tests of a wrong or missing one: pg_hba.conf
+  # takes the first line that matches, so these go before initdb's trust lines.
+  local hba="$tmp/data/pg_hba.conf"
+  as_owner sh -c "{ printf '%s\n' 'local all $PASSWORD_ROLE scram-sha-256' \
+    'host all $PASSWORD_ROLE 127.0.0.1/32 scram-sha-256'; cat '$hba'; } >'$hba.new' &&
+    mv '$hba.new' '$hba'"
 
   local port attempt started=0
   for attempt in 1 2 3 4 5; do

@@ -220,8 +220,61 @@ TEST(PostgresOpenTest, UnknownDatabaseIsReportedWithItsName) {
   url = url.substr(0, url.rfind('/')) + "/spool_no_such_db";
   auto d = Driver::Open(url, DriverOptions{});
   ASSERT_FALSE(d.has_value());
-  EXPECT_TRUE(d.error().IsConnectionLost()) << d.error().ToString();
+  // No retry can make it exist: the caller has to create it or fix the url.
+  EXPECT_TRUE(d.error().IsInvalidArgument()) << d.error().ToString();
   EXPECT_NE(d.error().message().find("spool_no_such_db"), std::string::npos);
+  EXPECT_NE(d.error().message().find("createdb"), std::string::npos) << d.error().ToString();
+}
+
+// scripts/pg-cluster.sh makes the server ask this role, and only it, for its password.
+constexpr const char* kPasswordRole = "spool_password_test";
+
+// The cluster's url with `userinfo` (user[:password]) instead of its own user; no password file
+// is read (a missing file is skipped silently).
+std::string ClusterUrlAs(const std::string& userinfo) {
+  std::string url = *pgtest::ClusterUrl();
+  const size_t user = url.find("://") + 3;
+  const size_t at = url.find('@', user);
+  url.replace(user, at - user, userinfo);
+  return url + (url.find('?') == std::string::npos ? "?" : "&") + "passfile=/nonexistent/pgpass";
+}
+
+TEST(PostgresOpenTest, AWrongOrMissingPasswordIsTheCallersToFixAndNeverPrinted) {
+  SPOOL_REQUIRE_PG_CLUSTER();
+  PgConnPtr admin = Connect(*pgtest::ClusterUrl());
+  Query(admin.get(), fmt::format("DO $$ BEGIN CREATE ROLE {0} LOGIN; EXCEPTION WHEN "
+                                 "duplicate_object THEN NULL; END $$; "
+                                 "ALTER ROLE {0} PASSWORD 'right-pw'",
+                                 kPasswordRole));
+  auto right =
+      Driver::Open(ClusterUrlAs(fmt::format("{}:right-pw", kPasswordRole)), DriverOptions{});
+  ASSERT_TRUE(right.has_value()) << right.error().ToString();
+  auto trusted =
+      Driver::Open(ClusterUrlAs(fmt::format("{}:wrong-pw", kPasswordRole)), DriverOptions{});
+  if (trusted.has_value()) {
+    GTEST_SKIP() << "this server does not ask " << kPasswordRole
+                 << " for a password (pg_hba.conf); scripts/pg-cluster.sh's clusters do";
+  }
+  const std::string host_port = pg::DescribeTarget(*pgtest::ClusterUrl());
+  const Status& wrong = trusted.error();
+  // A connection lost would be retried for ever; this needs the user or password fixed.
+  EXPECT_TRUE(wrong.IsInvalidArgument()) << wrong.ToString();
+  EXPECT_NE(wrong.message().find(host_port), std::string::npos) << wrong.ToString();
+  EXPECT_NE(wrong.message().find("password authentication failed"), std::string::npos)
+      << wrong.ToString();
+  EXPECT_EQ(wrong.message().find("wrong-pw"), std::string::npos) << wrong.ToString();
+
+  auto none = Driver::Open(ClusterUrlAs(kPasswordRole), DriverOptions{});
+  ASSERT_FALSE(none.has_value());
+  EXPECT_TRUE(none.error().IsInvalidArgument()) << none.error().ToString();
+  EXPECT_NE(none.error().message().find("asks for a password"), std::string::npos)
+      << none.error().ToString();
+
+  auto nobody = Driver::Open(ClusterUrlAs("spool_no_such_role:pw"), DriverOptions{});
+  ASSERT_FALSE(nobody.has_value());
+  EXPECT_TRUE(nobody.error().IsInvalidArgument()) << nobody.error().ToString();
+  EXPECT_NE(nobody.error().message().find("spool_no_such_role"), std::string::npos)
+      << nobody.error().ToString();
 }
 
 TEST(PostgresErrorTest, ClassifiesSqlStateByWhatTheCallerCanDo) {

@@ -61,6 +61,29 @@ std::string UnparseableUrlText(const char* err) {
 // port already, but never the password: it is safe to pass through.
 std::string ConnErrorText(PGconn* conn) { return TrimMessage(PQerrorMessage(conn)); }
 
+// What to fix when the server refused the connection for a reason no retry can change: the url
+// names a user, password or database it does not accept. libpq keeps no SQLSTATE of a failed
+// connection, so its own flag and the server's words (English unless the server's lc_messages
+// says otherwise) tell; empty for anything else, which stays ConnectionLost.
+std::string RefusalHint(PGconn* conn, std::string_view text) {
+  const auto has = [&](std::string_view part) { return text.find(part) != std::string::npos; };
+  if (PQconnectionNeedsPassword(conn) != 0) {
+    return "the server asks for a password: give it in the url as "
+           "postgres://user:password@host/db, "
+           "in PGPASSWORD or in ~/.pgpass";
+  }
+  if (has("password authentication failed")) {
+    return "check the user and password in the url, PGPASSWORD or ~/.pgpass";
+  }
+  if (has("database \"") && has("does not exist")) {
+    return "create the database (createdb NAME) or fix its name in the url";
+  }
+  if (has("role \"") && has("does not exist")) {
+    return "create the role or fix the user name in the url";
+  }
+  return {};
+}
+
 }  // namespace
 
 std::string DescribeTarget(const std::string& url) {
@@ -134,8 +157,13 @@ Result<std::unique_ptr<Conn>> Conn::Connect(const std::string& url, const std::s
   PQsetNoticeProcessor(
       raw, [](void*, const char*) {}, nullptr);
   if (PQstatus(raw) != CONNECTION_OK) {
+    const std::string text = ConnErrorText(raw);
+    if (const std::string hint = RefusalHint(raw, text); !hint.empty()) {
+      return Status::InvalidArgument(
+          fmt::format("PostgreSQL at {} refused the connection: {} ({})", target, text, hint));
+    }
     return Status::ConnectionLost(
-        fmt::format("cannot connect to PostgreSQL at {}: {}", target, ConnErrorText(raw)));
+        fmt::format("cannot connect to PostgreSQL at {}: {}", target, text));
   }
   return conn;
 }

@@ -54,7 +54,9 @@ struct Statement {
 // thread at a time. Owned connections cache prepared statements by name.
 class Conn {
  public:
-  // Connects to `url`. ConnectionLost naming `target` (host and port) if it fails.
+  // Connects to `url`. Errors name `target` (host and port), never the password:
+  // InvalidArgument if the server refused the url's user, password or database (no retry
+  // helps), else ConnectionLost.
   static Result<std::unique_ptr<Conn>> Connect(const std::string& url, const std::string& target);
   // Wraps a caller's connection: never closed, never given prepared statements.
   static std::unique_ptr<Conn> Borrow(PGconn* conn);
