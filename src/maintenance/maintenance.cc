@@ -9,6 +9,7 @@
 #include <random>
 #include <set>
 #include <utility>
+#include <vector>
 
 #include "core/nap.h"
 #include "core/thread_name.h"
@@ -240,7 +241,8 @@ void Maintenance::Rescue(TimePoint now) {
     std::vector<int64_t> ids;  // the first kIdsShown
   };
   constexpr size_t kIdsShown = 10;
-  std::map<std::pair<std::string, bool>, Rescued> by_cause;  // (cause, cancelled)
+  using Cause = std::pair<std::string, bool>;     // (cause, cancelled)
+  std::vector<std::pair<int64_t, Cause>> causes;  // each update's job and its cause
   for (const auto& [id, row] : stuck) {
     const JobRow& job = *row;
     const std::string client = job.attempted_by.empty() ? "unknown" : job.attempted_by.back();
@@ -292,18 +294,32 @@ void Maintenance::Rescue(TimePoint now) {
       if (worker != nullptr) delay = worker->NextRetry(job);
       u.at = now + delay.value_or(env_.retry_policy.NextRetry(job));
     }
-    Log(LogLevel::kDebug, fmt::format("job {} ({}): {}", job.id, job.kind, why));
-    Rescued& group = by_cause[{cause, cancel_requested}];
-    ++group.count;
-    if (group.ids.size() < kIdsShown) group.ids.push_back(job.id);
+    Log(LogLevel::kDebug, fmt::format("rescuing job {} ({}): {}", job.id, job.kind, why));
+    causes.emplace_back(job.id, Cause{std::move(cause), cancel_requested});
     updates.jobs.push_back(std::move(u));
   }
   if (updates.jobs.empty()) return;
+  // A job that finished (or was rescued by another node) after it was read is left as it is, and
+  // is not counted as rescued.
+  std::vector<int64_t> skipped;
+  updates.skipped = &skipped;
   if (auto r = ex.JobSetStateIfRunningMany(updates); !r) {
     Log(LogLevel::kWarn, fmt::format("rescuer: writing {} rescued jobs failed (tried again at the "
                                      "next rescue): {}",
                                      updates.jobs.size(), r.error().ToString()));
     return;
+  }
+  for (const int64_t id : skipped) {
+    Log(LogLevel::kDebug,
+        fmt::format("job {} was left as it is: its run ended before its rescue was written", id));
+  }
+  const std::set<int64_t> not_rescued(skipped.begin(), skipped.end());
+  std::map<Cause, Rescued> by_cause;
+  for (const auto& [id, cause] : causes) {
+    if (not_rescued.contains(id)) continue;
+    Rescued& group = by_cause[cause];
+    ++group.count;
+    if (group.ids.size() < kIdsShown) group.ids.push_back(id);
   }
   for (const auto& [key, group] : by_cause) {
     const auto& [cause, cancelled] = key;

@@ -1,5 +1,6 @@
 // Issue 3 behaviour through the public client on SQLite with a fake clock: unique jobs, periodic
 // jobs, rescue of jobs whose client died, the cleaner, pause/resume, and the admin calls.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 
@@ -384,6 +385,65 @@ TEST_F(OperationsTest, RescuingManyJobsLogsOneLineForThem) {
   ASSERT_EQ(j.errors.size(), 1u);
   EXPECT_EQ(j.errors[0].error,
             "client dead-client stopped responding (no heartbeat for 30s); job rescued");
+}
+
+// A job whose run ends after the rescuer read it and before the rescue is written is left as its
+// run ended, and the warning counts only the jobs rescued.
+TEST_F(OperationsTest, AJobThatFinishesBeforeItsRescueIsWrittenIsNotCountedAsRescued) {
+  auto o = Options();
+  o.retry_policy = std::make_shared<testing::FixedRetry>(Duration::zero());
+  constexpr int kHeld = 3;
+  std::mutex mu;
+  std::vector<std::string> warnings;
+  std::vector<int64_t> held;                 // filled before the client starts
+  std::unique_ptr<internal::Driver> holder;  // the stuck client's connection, still able to write
+  Status finish_late = Status::Internal("the rescuer never got to job " + std::to_string(kHeld));
+  o.logger = [&](LogLevel level, std::string_view m) {
+    std::lock_guard lock(mu);
+    if (level >= LogLevel::kWarn) warnings.emplace_back(m);
+    // The rescuer has read the jobs and not yet written: the first one's run ends now.
+    if (!held.empty() && m.starts_with(fmt::format("rescuing job {} ", held[0]))) {
+      internal::JobSetStateIfRunningManyParams done;
+      done.jobs.push_back(
+          {.id = held[0], .attempt = 1, .state = JobState::kCompleted, .at = clock_->Now()});
+      auto r = holder->executor().JobSetStateIfRunningMany(done);
+      finish_late = r ? Status::Ok() : r.error();
+    }
+  };
+  auto c = Open(o);
+  std::vector<InsertParams> batch(
+      kHeld, InsertParams{std::string(TaskArgs::kKind), R"({"name":"x"})", {}});
+  ASSERT_TRUE(c->InsertMany(std::move(batch)).has_value());
+  {
+    auto d = internal::Driver::Open(url_, {});
+    ASSERT_TRUE(d.has_value());
+    holder = std::move(*d);
+    auto got = holder->executor().JobGetAvailable(
+        {.queue = "default", .max = kHeld, .client_id = "dead-client", .now = clock_->Now()});
+    ASSERT_TRUE(got.has_value());
+    ASSERT_EQ(got->size(), size_t{kHeld});
+    std::lock_guard lock(mu);
+    for (const auto& j : *got) held.push_back(j.id);
+  }
+  EventLog log(*c);
+  ASSERT_TRUE(c->Start().ok());
+  ASSERT_TRUE(log.WaitForCount(Event::Kind::kJobCompleted, kHeld - 1));
+  ASSERT_TRUE(c->Stop(10s).ok());
+
+  std::lock_guard lock(mu);
+  ASSERT_TRUE(finish_late.ok()) << finish_late.ToString();
+  std::vector<std::string> rescue_lines;
+  for (const auto& w : warnings) {
+    if (w.find("rescued") != std::string::npos) rescue_lines.push_back(w);
+  }
+  ASSERT_EQ(rescue_lines.size(), 1u) << ::testing::PrintToString(rescue_lines);
+  EXPECT_EQ(
+      rescue_lines[0].rfind(fmt::format("rescued 2 jobs (ids {}, {}): ", held[1], held[2]), 0), 0u)
+      << rescue_lines[0];
+  JobRow first = *c->JobGet(held[0]);
+  EXPECT_EQ(first.state, JobState::kCompleted);
+  EXPECT_TRUE(first.errors.empty()) << first.errors.size();
+  EXPECT_EQ(first.attempt, 1);
 }
 
 // A leader whose renewal is stuck (another process holds the database's write lock) stops acting
