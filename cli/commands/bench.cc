@@ -153,7 +153,7 @@ void WaitCompleted(BenchState& st, int64_t target, Progress& progress, const cha
 }
 
 void RunBench(const BenchConfig& cfg) {
-  if (Status st = MigrateUp(cfg.url); !st.ok()) throw CommandError(st.message());
+  if (Status st = MigrateUp(cfg.url); !st.ok()) throw CommandError(st);
 
   // A queue of its own, so the bench never touches the application's jobs.
   std::random_device rd;
@@ -168,7 +168,7 @@ void RunBench(const BenchConfig& cfg) {
   options.job_timeout = std::chrono::seconds(cfg.job_timeout_s);
   options.claim_on_insert = cfg.claim_on_insert;
   auto opened = Client::Open(cfg.url, options, std::move(workers));
-  if (!opened) throw CommandError(opened.error().message());
+  if (!opened) throw CommandError(opened.error());
   auto& client = **opened;
   client.Subscribe([&state, &queue](const Event& e) {
     if (e.job.queue != queue || e.kind != Event::Kind::kJobCompleted) return;
@@ -205,12 +205,12 @@ void RunBench(const BenchConfig& cfg) {
   // Phase 2: burn-down. The client starts with the queue paused, so starting its worker threads
   // (a one-off cost: about 130 ms for 1,000 on the benchmark machine) is reported on its own
   // instead of being counted as time spent working jobs.
-  if (Status st = client.QueuePause(queue); !st.ok()) throw CommandError(st.message());
+  if (Status st = client.QueuePause(queue); !st.ok()) throw CommandError(st);
   const auto s0 = SteadyClock::now();
-  if (Status st = client.Start(); !st.ok()) throw CommandError(st.message());
+  if (Status st = client.Start(); !st.ok()) throw CommandError(st);
   const double start_secs = std::chrono::duration<double>(SteadyClock::now() - s0).count();
   const auto w0 = SteadyClock::now();
-  if (Status st = client.QueueResume(queue); !st.ok()) throw CommandError(st.message());
+  if (Status st = client.QueueResume(queue); !st.ok()) throw CommandError(st);
   WaitCompleted(state, cfg.jobs, progress, "work");
   const double work_secs = std::chrono::duration<double>(SteadyClock::now() - w0).count();
   progress.Done(fmt::format("work: {} jobs in {:.3f}s", cfg.jobs, work_secs));
@@ -247,7 +247,7 @@ void RunBench(const BenchConfig& cfg) {
   int64_t not_once = 0;
   for (auto& r : state.runs) not_once += r.load() != 1 ? 1 : 0;
   auto counts = client.JobCountByState(queue);
-  if (!counts) throw CommandError(counts.error().message());
+  if (!counts) throw CommandError(counts.error());
   const int64_t expected = cfg.jobs + cfg.latency_jobs;
   const bool table_ok = counts->size() == 1 && counts->begin()->first == JobState::kCompleted &&
                         counts->begin()->second == expected;

@@ -5,6 +5,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "spool/status.h"
+
 namespace spool::cli {
 
 // Exit codes of every spool command.
@@ -16,6 +18,10 @@ inline constexpr int kExitUsage = 2;   // bad flags or arguments
 struct CommandError : std::runtime_error {
   CommandError(const std::string& message, int code = kExitFailed)
       : std::runtime_error(message), exit_code(code) {}
+  // A failed call's message; exit 2 when the caller's input was wrong (InvalidArgument: a
+  // malformed url, a password or database the server refused, args that do not parse), else 1.
+  explicit CommandError(const Status& failed)
+      : CommandError(failed.message(), failed.IsInvalidArgument() ? kExitUsage : kExitFailed) {}
   int exit_code;
 };
 

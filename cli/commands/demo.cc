@@ -146,9 +146,9 @@ void RunDemo(DemoConfig cfg) {
   options.schedule_interval = 100ms;
   options.auto_migrate = true;
   auto opened = Client::Open(cfg.url, options, std::move(workers));
-  if (!opened) throw CommandError(opened.error().message());
+  if (!opened) throw CommandError(opened.error());
   Client& client = **opened;
-  if (Status st = client.Start(); !st.ok()) throw CommandError(st.message());
+  if (Status st = client.Start(); !st.ok()) throw CommandError(st);
 
   // A mix: mostly e-mails and images, some charges, a few hopeless syncs, a few scheduled reports
   // and a couple of jobs of a kind no worker handles (they end up discarded, not lost).
@@ -186,14 +186,14 @@ void RunDemo(DemoConfig cfg) {
     }
   }
   auto inserted = client.InsertMany(std::move(batch));
-  if (!inserted) throw CommandError(inserted.error().message());
+  if (!inserted) throw CommandError(inserted.error());
   fmt::print("inserted {} jobs in one batch\n", inserted->size());
 
   std::map<JobState, int64_t> counts;
   const auto deadline = std::chrono::steady_clock::now() + 60s;
   for (;;) {
     auto c = client.JobCountByState();
-    if (!c) throw CommandError(c.error().message());
+    if (!c) throw CommandError(c.error());
     counts = *c;
     fmt::print("  {}\n", CountsLine(counts));
     if (AllFinal(counts)) break;
@@ -201,7 +201,7 @@ void RunDemo(DemoConfig cfg) {
       throw CommandError("demo did not finish in 60s");
     std::this_thread::sleep_for(500ms);  // the display's refresh rate
   }
-  if (Status st = client.Stop(10s); !st.ok()) throw CommandError(st.message());
+  if (Status st = client.Stop(10s); !st.ok()) throw CommandError(st);
 
   fmt::print("\nfinal counts: {}\n", CountsLine(counts));
   auto discarded = client.JobList({.states = {JobState::kDiscarded}, .limit = 2});

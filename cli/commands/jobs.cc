@@ -39,10 +39,7 @@ std::unique_ptr<Client> OpenClient(const std::string& flag_url) {
           "{}\nthis app has no job queue yet: run spool gen queue, then spool migration up",
           client.error().message()));
     }
-    // A malformed url is the caller's mistake; everything else (missing schema, cannot open) is
-    // a failed operation.
-    throw CommandError(client.error().message(),
-                       client.error().IsInvalidArgument() ? kExitUsage : kExitFailed);
+    throw CommandError(client.error());
   }
   return std::move(*client);
 }
@@ -252,7 +249,7 @@ void RunList(const ListFlags& f) {
 
   auto client = OpenClient(f.url);
   auto jobs = client->JobList(params);
-  if (!jobs) throw CommandError(jobs.error().message());
+  if (!jobs) throw CommandError(jobs.error());
   // A row that cannot be read comes back with only its id (an empty kind): shown as such, so the
   // other rows still list and this one can be looked at and deleted.
   const auto unreadable = [](const JobRow& job) { return job.kind.empty(); };
@@ -395,7 +392,7 @@ void RunAdd(const AddFlags& f) {
 
   auto client = OpenClient(f.url);
   auto res = client->InsertRaw(std::move(params));
-  if (!res) throw CommandError(res.error().message());
+  if (!res) throw CommandError(res.error());
   if (f.json) {
     Json out = JobToJson(res->job);
     out["duplicate"] = res->duplicate;
@@ -474,7 +471,7 @@ void RunOp(Op op, const std::string& url, const std::vector<int64_t>& ids) {
 void RunQueuesList(const std::string& url, bool json) {
   auto client = OpenClient(url);
   auto queues = client->QueueList();
-  if (!queues) throw CommandError(queues.error().message());
+  if (!queues) throw CommandError(queues.error());
   auto count = [](const QueueInfo& q, JobState s) -> int64_t {
     auto it = q.counts.find(s);
     return it == q.counts.end() ? 0 : it->second;
@@ -543,7 +540,7 @@ void RunQueuePause(const std::string& url, const std::string& name, bool pause) 
     was_paused = known && it->paused_at.has_value();
   }
   Status st = pause ? client->QueuePause(name) : client->QueueResume(name);
-  if (!st.ok()) throw CommandError(st.message());
+  if (!st.ok()) throw CommandError(st);
   if (known && was_paused == pause) {
     fmt::print("queue {} was already {}, left unchanged\n", name, pause ? "paused" : "running");
     return;

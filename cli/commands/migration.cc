@@ -14,12 +14,12 @@ namespace spool::cli {
 namespace {
 
 void Check(const Status& st) {
-  if (!st.ok()) throw CommandError(st.message());
+  if (!st.ok()) throw CommandError(st);
 }
 
 void PrintStatus(const std::string& url) {
   auto infos = MigrationStatus(url);
-  if (!infos) throw CommandError(infos.error().message());
+  if (!infos) throw CommandError(infos.error());
   fmt::print("spool schema at {}: version {} of {}\n", UrlWithoutPassword(url),
              AppliedVersion(*infos), infos->empty() ? 0 : infos->back().version);
   for (const auto& m : *infos) {

@@ -110,7 +110,7 @@ class PostgresAppDb final : public AppDb {
   // included), names host and port when the server cannot be reached, and quiets NOTICEs.
   explicit PostgresAppDb(const std::string& url) {
     auto conn = internal::pg::Conn::Connect(url, internal::pg::DescribeTarget(url));
-    if (!conn) throw CommandError(conn.error().message());
+    if (!conn) throw CommandError(conn.error());
     conn_ = std::move(*conn);
   }
   void Exec(const std::string& sql) override { PQclear(Run(sql)); }
@@ -483,7 +483,7 @@ void AppMigrationStatus(const fs::path& root, const std::string& url) {
                                      [](const AppMigration& m) { return m.queue; });
   if (has_queue) {
     auto infos = MigrationStatus(url);
-    if (!infos) throw CommandError(infos.error().message());
+    if (!infos) throw CommandError(infos.error());
     fmt::print("spool schema: version {} of {}\n", AppliedVersion(*infos),
                infos->empty() ? 0 : infos->back().version);
   }
