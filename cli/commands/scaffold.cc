@@ -171,7 +171,7 @@ void RegisterServe(CLI::App& parent) {
   serve->callback([no_build] {
     const AppInfo app = LoadApp(AppRoot());
     const int rc = RunServe(app, *no_build);
-    if (rc != 0) throw CommandError(fmt::format("{} exited with code {}", app.name, rc), rc);
+    if (rc != 0) throw CommandError(fmt::format("{} {}", app.name, DescribeExit(rc)), rc);
   });
 }
 

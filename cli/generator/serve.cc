@@ -106,6 +106,14 @@ int RunForeground(const std::vector<std::string>& argv, const std::string& dir,
   return kExitFailed;
 }
 
+std::string DescribeExit(int code) {
+  std::string text = fmt::format("exited with code {}", code);
+  if (code > 128) {
+    if (const char* name = sigabbrev_np(code - 128)) text += fmt::format(" (128 + SIG{})", name);
+  }
+  return text;
+}
+
 int RunServe(const AppInfo& app, bool no_build) {
   const fs::path build_dir = app.root / "build";
   g_forwarded_signal = 0;

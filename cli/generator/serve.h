@@ -14,6 +14,10 @@ namespace spool::cli {
 // it). Throws CommandError when the build fails or there is no binary.
 int RunServe(const AppInfo& app, bool no_build);
 
+// "exited with code 7"; a code above 128 that is 128 + a signal's number also names the signal, as
+// shells report a process that signal ended: "exited with code 143 (128 + SIGTERM)".
+std::string DescribeExit(int code);
+
 // Runs `argv` in `dir` and waits; forwards SIGINT/SIGTERM while it runs. `env` (NAME, value)
 // pairs are set in the child only, never overriding a variable already set. Returns its exit
 // code (128+N for signal N); throws CommandError when it cannot be started.

@@ -254,6 +254,15 @@ TEST_F(CommandsTest, ServeRunsTheAppAndReturnsItsExitCode) {
   EXPECT_EQ(std::getenv("SPOOL_DATABASE_URL"), nullptr);
 }
 
+TEST_F(CommandsTest, ServeNamesTheSignalThatEndedTheApp) {
+  NewApp();
+  WriteText(app() / "build/demo", "#!/bin/sh\nkill -TERM $$\n");
+  fs::permissions(app() / "build/demo", fs::perms::owner_all);
+  const CliRun r = Spool({"serve", "--no-build"});
+  EXPECT_EQ(r.code, 143) << r.err;
+  EXPECT_NE(r.err.find("demo exited with code 143 (128 + SIGTERM)"), std::string::npos) << r.err;
+}
+
 TEST_F(CommandsTest, AnAppWithoutAQueueSaysToGenerateOne) {
   NewApp();
   CliRun r = Spool({"migration", "status"});
