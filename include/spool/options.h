@@ -162,7 +162,9 @@ struct ClientOptions {
   Duration job_timeout = Duration::zero();
   // Backoff for failed jobs whose worker does not override NextRetry. Default: attempt^4 s +-10%.
   std::shared_ptr<const RetryPolicy> retry_policy{};
-  // Where log lines go. Default: warnings and errors to stderr.
+  // Where log lines go. Default: warnings and errors to stderr. Each failed or discarded attempt
+  // is a warning with its error, a cancel an info line, a snooze a debug line; completions are not
+  // logged (subscribe to events for them).
   Logger logger{};
   // Source of time. Default: the system clock.
   std::shared_ptr<const Clock> clock{};

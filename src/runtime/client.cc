@@ -50,6 +50,47 @@ bool IsJsonObject(std::string_view args) {
   return first != std::string_view::npos && args[first] == '{' && nlohmann::json::accept(args);
 }
 
+// "850ms", "16s", "5m12s", "2h46m": a wait as an operator reads it.
+std::string ForHumans(Duration d) {
+  using std::chrono::duration_cast;
+  const int64_t ms = duration_cast<std::chrono::milliseconds>(d).count();
+  if (ms < 1000) return fmt::format("{}ms", std::max<int64_t>(ms, 0));
+  const int64_t s = (ms + 500) / 1000;
+  if (s < 60) return fmt::format("{}s", s);
+  if (s < 3600) return fmt::format("{}m{}s", s / 60, s % 60);
+  return fmt::format("{}h{}m", s / 3600, s % 3600 / 60);
+}
+
+// One line for an outcome an operator may need to act on, once it is written: failed and
+// discarded attempts (warn, with their error), cancels (info), snoozes (debug). Completions are
+// not logged: at thousands a second they would bury everything else.
+void LogOutcome(const Logger& log, const Event& e) {
+  const JobRow& j = e.job;
+  if (j.errors.empty() && e.kind != Event::Kind::kJobSnoozed) return;
+  switch (e.kind) {
+    case Event::Kind::kJobFailed:
+      log(LogLevel::kWarn,
+          fmt::format("job {} ({}) failed on attempt {} of {}, retried in {}: {}", j.id, j.kind,
+                      j.attempt, j.max_attempts, ForHumans(j.scheduled_at - j.errors.back().at),
+                      j.errors.back().error));
+      break;
+    case Event::Kind::kJobDiscarded:
+      log(LogLevel::kWarn, fmt::format("job {} ({}) discarded after attempt {} of {}: {}", j.id,
+                                       j.kind, j.attempt, j.max_attempts, j.errors.back().error));
+      break;
+    case Event::Kind::kJobCancelled:
+      log(LogLevel::kInfo, fmt::format("job {} ({}) on attempt {}: {}", j.id, j.kind, j.attempt,
+                                       j.errors.back().error));
+      break;
+    case Event::Kind::kJobSnoozed:
+      log(LogLevel::kDebug,
+          fmt::format("job {} ({}) snoozed until {}", j.id, j.kind, FormatTime(j.scheduled_at)));
+      break;
+    default:
+      break;
+  }
+}
+
 }  // namespace
 
 std::string_view EventKindName(Event::Kind kind) {
@@ -363,6 +404,7 @@ class Client::Impl {
   }
 
   void Deliver(const std::vector<Completion>& batch) {
+    for (const auto& c : batch) LogOutcome(logger_, c.event);
     std::lock_guard lock(subscribers_mu_);
     if (subscribers_.empty()) return;
     for (const auto& c : batch) {

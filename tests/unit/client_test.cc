@@ -1,5 +1,6 @@
 // The runtime end to end on SQLite in a temp dir, with a fake clock. Waits are on events with a
 // deadline; nothing sleeps to wait for a thread.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <pthread.h>
 #include <sqlite3.h>
@@ -267,6 +268,61 @@ TEST_F(ClientTest, CancelFinalizesWithReason) {
   EXPECT_EQ(j.errors[0].error, "cancelled: user deleted");
   EXPECT_TRUE(j.finalized_at.has_value());
   EXPECT_TRUE(c->Stop(10s).ok());
+}
+
+// Each failed, discarded or cancelled attempt leaves a line with its error, written before its
+// event is delivered; a completion leaves none.
+TEST_F(ClientTest, FailuresDiscardsAndCancelsAreLoggedWithTheirErrors) {
+  behaviour_->fn = [](JobContext& ctx, const EmailArgs& a) {
+    if (a.to == "gone") return Outcome::Cancel("address gone");
+    if (a.to == "ok") return Outcome::Done();
+    return Outcome::Fail("smtp down " + std::to_string(ctx.attempt()));
+  };
+  std::mutex mu;
+  std::vector<std::pair<LogLevel, std::string>> lines;
+  auto o = Options();
+  o.logger = [&](LogLevel level, std::string_view m) {
+    std::lock_guard lock(mu);
+    lines.emplace_back(level, m);
+  };
+  auto c = Open(std::move(o));
+  ASSERT_TRUE(c->Start().ok());
+  EventLog log(*c);
+  auto failing = c->Insert(EmailArgs{"x"}, {.max_attempts = 2});
+  auto gone = c->Insert(EmailArgs{"gone"});
+  auto ok = c->Insert(EmailArgs{"ok"});
+  auto unknown = c->InsertRaw({"no_such_kind", "{}", {.max_attempts = 1}});
+  ASSERT_TRUE(failing && gone && ok && unknown);
+  ASSERT_TRUE(log.WaitForJob(failing->job.id, Event::Kind::kJobFailed));
+  clock_->Advance(10s);
+  ASSERT_TRUE(log.WaitForJob(failing->job.id, Event::Kind::kJobDiscarded));
+  ASSERT_TRUE(log.WaitForJob(gone->job.id, Event::Kind::kJobCancelled));
+  ASSERT_TRUE(log.WaitForJob(ok->job.id, Event::Kind::kJobCompleted));
+  ASSERT_TRUE(log.WaitForJob(unknown->job.id, Event::Kind::kJobDiscarded));
+  ASSERT_TRUE(c->Stop(10s).ok());
+
+  std::lock_guard lock(mu);
+  auto logged = [&](LogLevel level, const std::string& start) {
+    return std::any_of(lines.begin(), lines.end(), [&](const auto& l) {
+      return l.first == level && l.second.starts_with(start);
+    });
+  };
+  const int64_t id = failing->job.id;
+  EXPECT_TRUE(logged(LogLevel::kWarn, fmt::format("job {} (email) failed on attempt 1 of 2, "
+                                                  "retried in 10s: smtp down 1",
+                                                  id)))
+      << ::testing::PrintToString(lines);
+  EXPECT_TRUE(
+      logged(LogLevel::kWarn,
+             fmt::format("job {} (email) discarded after attempt 2 of 2: smtp down 2", id)));
+  EXPECT_TRUE(logged(LogLevel::kInfo, fmt::format("job {} (email) on attempt 1: cancelled: "
+                                                  "address gone",
+                                                  gone->job.id)));
+  EXPECT_TRUE(logged(LogLevel::kWarn, fmt::format("job {} (no_such_kind) discarded after attempt 1 "
+                                                  "of 1: no worker registered for kind",
+                                                  unknown->job.id)));
+  const std::string ok_prefix = fmt::format("job {} ", ok->job.id);
+  for (const auto& [level, line] : lines) EXPECT_FALSE(line.starts_with(ok_prefix)) << line;
 }
 
 TEST_F(ClientTest, UnknownKindIsRetriedThenDiscardedNeverLost) {
