@@ -68,8 +68,7 @@ std::string ConnErrorText(PGconn* conn) { return TrimMessage(PQerrorMessage(conn
 std::string RefusalHint(PGconn* conn, std::string_view text) {
   const auto has = [&](std::string_view part) { return text.find(part) != std::string::npos; };
   if (PQconnectionNeedsPassword(conn) != 0) {
-    return "the server asks for a password: give it in the url as "
-           "postgres://user:password@host/db, "
+    return "the server asks for a password: put it in the url as user:password@host, "
            "in PGPASSWORD or in ~/.pgpass";
   }
   if (has("password authentication failed")) {
