@@ -239,7 +239,7 @@ std::string ClusterUrlAs(const std::string& userinfo) {
   return url + (url.find('?') == std::string::npos ? "?" : "&") + "passfile=/nonexistent/pgpass";
 }
 
-TEST(PostgresOpenTest, AWrongOrMissingPasswordIsTheCallersToFixAndNeverPrinted) {
+TEST(PostgresOpenTest, ARefusedPasswordRoleOrLoginIsTheCallersToFixAndNeverPrinted) {
   SPOOL_REQUIRE_PG_CLUSTER();
   PgConnPtr admin = Connect(*pgtest::ClusterUrl());
   Query(admin.get(), fmt::format("DO $$ BEGIN CREATE ROLE {0} LOGIN; EXCEPTION WHEN "
@@ -275,6 +275,15 @@ TEST(PostgresOpenTest, AWrongOrMissingPasswordIsTheCallersToFixAndNeverPrinted) 
   EXPECT_TRUE(nobody.error().IsInvalidArgument()) << nobody.error().ToString();
   EXPECT_NE(nobody.error().message().find("spool_no_such_role"), std::string::npos)
       << nobody.error().ToString();
+
+  Query(admin.get(),
+        "DO $$ BEGIN CREATE ROLE spool_nologin_test NOLOGIN; EXCEPTION WHEN duplicate_object THEN "
+        "NULL; END $$");
+  auto barred = Driver::Open(ClusterUrlAs("spool_nologin_test"), DriverOptions{});
+  ASSERT_FALSE(barred.has_value());
+  EXPECT_TRUE(barred.error().IsInvalidArgument()) << barred.error().ToString();
+  EXPECT_NE(barred.error().message().find("ALTER ROLE ... LOGIN"), std::string::npos)
+      << barred.error().ToString();
 }
 
 TEST(PostgresErrorTest, ClassifiesSqlStateByWhatTheCallerCanDo) {

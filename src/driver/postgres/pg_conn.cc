@@ -80,6 +80,11 @@ std::string RefusalHint(PGconn* conn, std::string_view text) {
   if (has("role \"") && has("does not exist")) {
     return "create the role or fix the user name in the url";
   }
+  if (has("is not permitted to log in")) return "ALTER ROLE ... LOGIN, or connect as another user";
+  if (has("no pg_hba.conf entry")) {
+    return "the server's pg_hba.conf has no line for this host, user and database: add one, or "
+           "connect as another user";
+  }
   return {};
 }
 
