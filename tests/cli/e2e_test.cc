@@ -231,6 +231,21 @@ void RunFlow(const std::string& db, const std::string& url) {
     code.insert(0, "#include <chrono>\n#include <thread>\n");
     std::ofstream(job) << code;
   }
+  {
+    // A request that never ends (a handler stuck on a call with no timeout): only a second
+    // signal gets the app out while the server waits for it.
+    const fs::path main_cpp = app / "src/main.cpp";
+    std::string code = Slurp(main_cpp);
+    const std::string anchor = "  // spool:routes";
+    const size_t at = code.find(anchor);
+    ASSERT_NE(at, std::string::npos) << code;
+    code.insert(at,
+                "  server.Get(\"/hang\", [](const httplib::Request&, httplib::Response&) {\n"
+                "    std::cout << \"shop: answering /hang\" << std::endl;\n"
+                "    for (;;) std::this_thread::sleep_for(std::chrono::milliseconds(20));\n"
+                "  });\n");
+    std::ofstream(main_cpp) << code;
+  }
   ASSERT_EQ(RunIn({spool, "gen", "task", "nightly_report", "--schedule", "0 3 * * *"}, app, log), 0)
       << fail_log();
   EXPECT_NE(Slurp(app / "jobs/registry.cc")
@@ -400,6 +415,34 @@ void RunFlow(const std::string& db, const std::string& url) {
   EXPECT_TRUE(PidsRunning(app_binary).empty()) << "the app is still running";
   EXPECT_EQ(StateOf(ListJobs(spool, app, log), stubborn_id), "running")
       << "left for the rescuer, as the message says";
+
+  // A request that never ends: the first signal stops the server, which waits for it; the second
+  // exits at once with 128 + SIGTERM.
+  const fs::path hang_log = tmp.path / "hang.log";
+  const pid_t third =
+      Start({spool, "serve", "--no-build"}, app, hang_log, {"PORT=" + std::to_string(port)});
+  const bool listening = WaitForLog(hang_log, "listening on", std::chrono::seconds(30));
+  const pid_t hanging_curl = listening ? Start({"curl", "-s", "-m", "120", base + "/hang"},
+                                               tmp.path, tmp.path / "hang.out")
+                                       : -1;
+  const bool answering =
+      listening && WaitForLog(hang_log, "shop: answering /hang", std::chrono::seconds(30));
+  if (answering) kill(third, SIGTERM);
+  const bool waiting = answering && WaitForLog(hang_log, "waiting for the requests being answered",
+                                               std::chrono::seconds(30));
+  if (waiting) kill(third, SIGTERM);
+  const int hang_rc = waiting ? WaitFor(third, std::chrono::seconds(30)) : -1;
+  if (hang_rc == -1) KillServe(third, app_binary);
+  if (hanging_curl > 0 && WaitFor(hanging_curl, std::chrono::seconds(10)) == -1) {
+    kill(hanging_curl, SIGKILL);
+    Wait(hanging_curl);
+  }
+  EXPECT_TRUE(listening && answering && waiting) << Slurp(hang_log);
+  EXPECT_EQ(hang_rc, 128 + SIGTERM) << Slurp(hang_log);
+  EXPECT_NE(Slurp(hang_log).find("exiting without waiting for the requests still being answered"),
+            std::string::npos)
+      << Slurp(hang_log);
+  EXPECT_TRUE(PidsRunning(app_binary).empty()) << "the app is still running";
 }
 
 #ifndef SPOOL_E2E_POSTGRES
