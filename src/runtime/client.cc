@@ -66,25 +66,28 @@ std::string ForHumans(Duration d) {
 // not logged: at thousands a second they would bury everything else.
 void LogOutcome(const Logger& log, const Event& e) {
   const JobRow& j = e.job;
-  if (j.errors.empty() && e.kind != Event::Kind::kJobSnoozed) return;
+  if (e.kind == Event::Kind::kJobSnoozed) {
+    log(LogLevel::kDebug,
+        fmt::format("job {} ({}) snoozed until {}", j.id, j.kind, FormatTime(j.scheduled_at)));
+    return;
+  }
+  // Failed, discarded and cancelled attempts always carry the error that ended them; a plain
+  // completion carries none and stops here.
+  if (j.errors.empty()) return;
+  const AttemptError& last = j.errors.back();
   switch (e.kind) {
     case Event::Kind::kJobFailed:
       log(LogLevel::kWarn,
           fmt::format("job {} ({}) failed on attempt {} of {}, retried in {}: {}", j.id, j.kind,
-                      j.attempt, j.max_attempts, ForHumans(j.scheduled_at - j.errors.back().at),
-                      j.errors.back().error));
+                      j.attempt, j.max_attempts, ForHumans(j.scheduled_at - last.at), last.error));
       break;
     case Event::Kind::kJobDiscarded:
       log(LogLevel::kWarn, fmt::format("job {} ({}) discarded after attempt {} of {}: {}", j.id,
-                                       j.kind, j.attempt, j.max_attempts, j.errors.back().error));
+                                       j.kind, j.attempt, j.max_attempts, last.error));
       break;
     case Event::Kind::kJobCancelled:
-      log(LogLevel::kInfo, fmt::format("job {} ({}) on attempt {}: {}", j.id, j.kind, j.attempt,
-                                       j.errors.back().error));
-      break;
-    case Event::Kind::kJobSnoozed:
-      log(LogLevel::kDebug,
-          fmt::format("job {} ({}) snoozed until {}", j.id, j.kind, FormatTime(j.scheduled_at)));
+      log(LogLevel::kInfo,
+          fmt::format("job {} ({}) on attempt {}: {}", j.id, j.kind, j.attempt, last.error));
       break;
     default:
       break;

@@ -39,6 +39,11 @@ class CommandsTest : public ::testing::Test {
     ASSERT_EQ(r.code, 0) << r.err;
     fs::current_path(app());
   }
+  // A stand-in for the built app, which `spool serve --no-build` runs: a shell script.
+  void FakeBuiltApp(const std::string& script) const {
+    WriteText(app() / "build/demo", "#!/bin/sh\n" + script);
+    fs::permissions(app() / "build/demo", fs::perms::owner_all);
+  }
   std::string MigrationFile() const {
     for (const auto& e : fs::directory_iterator(app() / "database/migrations")) {
       if (e.path().filename().string().ends_with("_setup_spool_queue.sql")) {
@@ -243,10 +248,8 @@ TEST_F(CommandsTest, ServeWithoutABuildSaysSo) {
 
 TEST_F(CommandsTest, ServeRunsTheAppAndReturnsItsExitCode) {
   NewApp();
-  // A stand-in for the built app: a script that records the database URL it was given and exits
-  // with a known code.
-  WriteText(app() / "build/demo", "#!/bin/sh\necho \"$SPOOL_DATABASE_URL\" > url.txt\nexit 7\n");
-  fs::permissions(app() / "build/demo", fs::perms::owner_all);
+  // Records the database URL it was given and exits with a known code.
+  FakeBuiltApp("echo \"$SPOOL_DATABASE_URL\" > url.txt\nexit 7\n");
   const CliRun r = Spool({"serve", "--no-build"});
   EXPECT_EQ(r.code, 7) << r.err;
   EXPECT_NE(r.err.find("demo exited with code 7"), std::string::npos) << r.err;
@@ -256,8 +259,7 @@ TEST_F(CommandsTest, ServeRunsTheAppAndReturnsItsExitCode) {
 
 TEST_F(CommandsTest, ServeNamesTheSignalThatEndedTheApp) {
   NewApp();
-  WriteText(app() / "build/demo", "#!/bin/sh\nkill -TERM $$\n");
-  fs::permissions(app() / "build/demo", fs::perms::owner_all);
+  FakeBuiltApp("kill -TERM $$\n");
   const CliRun r = Spool({"serve", "--no-build"});
   EXPECT_EQ(r.code, 143) << r.err;
   EXPECT_NE(r.err.find("demo exited with code 143 (128 + SIGTERM)"), std::string::npos) << r.err;

@@ -191,6 +191,15 @@ bool WaitForLog(const fs::path& log, const std::string& text, std::chrono::secon
   return false;
 }
 
+// Writes `text` into `file` just before `anchor`, as a user editing generated code would.
+void InsertBefore(const fs::path& file, const std::string& anchor, const std::string& text) {
+  std::string code = Slurp(file);
+  const size_t at = code.find(anchor);
+  ASSERT_NE(at, std::string::npos) << anchor << " not in " << file << ":\n" << code;
+  code.insert(at, text);
+  std::ofstream(file) << code;
+}
+
 // The whole flow for one database kind: `db` is "sqlite" or "postgres" (then `url` is used).
 void RunFlow(const std::string& db, const std::string& url) {
   if (std::system("command -v curl >/dev/null") != 0) GTEST_SKIP() << "curl is not installed";
@@ -216,36 +225,23 @@ void RunFlow(const std::string& db, const std::string& url) {
   ASSERT_EQ(RunIn({spool, "gen", "queue"}, app, log), 0) << fail_log();
   ASSERT_EQ(RunIn({spool, "gen", "job", "send_email"}, app, log), 0) << fail_log();
   ASSERT_EQ(RunIn({spool, "gen", "job", "sync_api"}, app, log), 0) << fail_log();
-  {
-    // A job that ignores its cancelled context, as real ones sometimes do (a blocking call with
-    // no timeout): only a third signal gets the app out while it runs.
-    const fs::path job = app / "jobs/sync_api.cc";
-    std::string code = Slurp(job);
-    const std::string anchor = "  return spool::Outcome::Done();";
-    const size_t at = code.find(anchor);
-    ASSERT_NE(at, std::string::npos) << code;
-    code.insert(at,
-                "  while (args.message == \"stubborn\") {\n"
-                "    std::this_thread::sleep_for(std::chrono::milliseconds(20));\n"
-                "  }\n");
-    code.insert(0, "#include <chrono>\n#include <thread>\n");
-    std::ofstream(job) << code;
-  }
-  {
-    // A request that never ends (a handler stuck on a call with no timeout): only a second
-    // signal gets the app out while the server waits for it.
-    const fs::path main_cpp = app / "src/main.cpp";
-    std::string code = Slurp(main_cpp);
-    const std::string anchor = "  // spool:routes";
-    const size_t at = code.find(anchor);
-    ASSERT_NE(at, std::string::npos) << code;
-    code.insert(at,
-                "  server.Get(\"/hang\", [](const httplib::Request&, httplib::Response&) {\n"
-                "    std::cout << \"shop: answering /hang\" << std::endl;\n"
-                "    for (;;) std::this_thread::sleep_for(std::chrono::milliseconds(20));\n"
-                "  });\n");
-    std::ofstream(main_cpp) << code;
-  }
+  // A job that ignores its cancelled context, as real ones sometimes do (a blocking call with no
+  // timeout): only a third signal gets the app out while it runs.
+  const fs::path job = app / "jobs/sync_api.cc";
+  ASSERT_NO_FATAL_FAILURE(
+      InsertBefore(job, "  return spool::Outcome::Done();",
+                   "  while (args.message == \"stubborn\") {\n"
+                   "    std::this_thread::sleep_for(std::chrono::milliseconds(20));\n"
+                   "  }\n"));
+  ASSERT_NO_FATAL_FAILURE(InsertBefore(job, "#include", "#include <chrono>\n#include <thread>\n"));
+  // A request that never ends (a handler stuck on a call with no timeout): only a second signal
+  // gets the app out while the server waits for it.
+  ASSERT_NO_FATAL_FAILURE(
+      InsertBefore(app / "src/main.cpp", "  // spool:routes",
+                   "  server.Get(\"/hang\", [](const httplib::Request&, httplib::Response&) {\n"
+                   "    std::cout << \"shop: answering /hang\" << std::endl;\n"
+                   "    for (;;) std::this_thread::sleep_for(std::chrono::milliseconds(20));\n"
+                   "  });\n"));
   ASSERT_EQ(RunIn({spool, "gen", "task", "nightly_report", "--schedule", "0 3 * * *"}, app, log), 0)
       << fail_log();
   EXPECT_NE(Slurp(app / "jobs/registry.cc")
