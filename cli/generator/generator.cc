@@ -207,6 +207,56 @@ std::optional<std::string> InsertAtMarker(const std::string& text, std::string_v
   return std::nullopt;
 }
 
+// Adds the queue's blocks at the markers of main.cpp and CMakeLists.txt (`main_text` and
+// `cmake_text`, edited in place; a block already there is not added again). Returns the edits
+// that need a hand because a marker is missing, empty when every block is in.
+std::string WireQueue(const AppInfo& app, std::string& main_text, std::string& cmake_text) {
+  const auto vars = AppVars(app);
+  std::map<std::string, std::string> setup_vars = vars;
+  setup_vars["db_options"] = app.db == DbKind::kSqlite
+                                 ? "  // SQLite: one file shared by the app's threads; a writer "
+                                   "waits this long for a lock.\n"
+                                   "  spool_options.sqlite.busy_timeout = std::chrono::seconds(5);"
+                                 : "";
+  const std::vector<MarkerEdit> main_edits = {
+      {"// spool:includes",
+       DropPresentIncludes(RenderTemplate("queue/includes.tmpl", vars), main_text),
+       "\"jobs/registry.h\"", "with the other #include lines"},
+      {"// spool:setup", RenderTemplate("queue/setup.tmpl", setup_vars), kMainWiredSentinel,
+       "in main(), after the signals are blocked and before the server is created"},
+      {"// spool:routes", RenderTemplate("queue/routes.tmpl", vars), "jobs::IsKnownKind(",
+       "in main(), with the other routes"},
+      {"// spool:shutdown", RenderTemplate("queue/shutdown.tmpl", vars), "spool_client->Stop(",
+       "in main(), after the server has stopped"},
+  };
+  const std::vector<MarkerEdit> cmake_edits = {
+      {"# spool:find-packages", RenderTemplate("queue/cmake_find.tmpl", vars), kCMakeWiredSentinel,
+       "after the other find_package lines"},
+      {"# spool:sources", RenderTemplate("queue/cmake_sources.tmpl", vars), "/jobs/*.cc",
+       fmt::format("after add_executable({})", app.name)},
+      {"# spool:link", RenderTemplate("queue/cmake_link.tmpl", vars), "spool::spool)",
+       fmt::format("after target_link_libraries({} ...)", app.name)},
+      {"# spool:tests", RenderTemplate("queue/cmake_tests.tmpl", vars), "_job_tests",
+       "at the end of the file"},
+  };
+  std::string manual;
+  auto apply = [&manual](std::string& text, std::string_view file,
+                         const std::vector<MarkerEdit>& edits) {
+    for (const auto& e : edits) {
+      auto edited = InsertAtMarker(text, e.marker, e.block, e.sentinel);
+      if (edited) {
+        text = std::move(*edited);
+      } else if (text.find(e.sentinel) == std::string::npos) {
+        manual += fmt::format("\n{}: no `{}` marker. Add, {}:\n{}", file, e.marker, e.where,
+                              Indent(e.block, "    "));
+      }
+    }
+  };
+  apply(main_text, kMainPath, main_edits);
+  apply(cmake_text, kCMakePath, cmake_edits);
+  return manual;
+}
+
 Generated PlanNew(const NewOptions& options) {
   ValidateAppName(options.name);
   Generated out(options.dir);
@@ -241,19 +291,44 @@ Generated PlanNew(const NewOptions& options) {
         "settings, give the password through ~/.pgpass, $PGPASSWORD or $SPOOL_DATABASE_URL "
         "instead and take .spoolrc out of .gitignore (src/main.cpp never holds it)");
   }
+  std::string main_text = RenderTemplate("new/main.cpp.tmpl", vars);
+  std::string cmake_text = RenderTemplate("new/CMakeLists.txt.tmpl", vars);
+  // --force over an app whose queue is set up: the skeleton is written again with the queue wired
+  // in, as `spool gen queue` left it, so that jobs/ keeps running (gen queue's files are kept).
+  const auto registry = out.plan.Read(std::string(kRegistryHeader));
+  const auto queue_migration = ExistingQueueMigration(out.plan);
+  const bool queue_set_up = options.force && (registry || queue_migration);
+  if (queue_set_up) {
+    if (const std::string manual = WireQueue(app, main_text, cmake_text); !manual.empty()) {
+      throw CommandError("internal: the new app's templates lack the queue's markers:" + manual);
+    }
+    out.notes.push_back(fmt::format(
+        "the job queue set up in this app ({}) is wired into the new {} and {} again; jobs/ and "
+        "{} are kept",
+        registry ? kRegistryHeader : *queue_migration, kMainPath, kCMakePath, kMigrationsDir));
+    // The queue's migration names the driver it was written for (RenderQueueMigration).
+    const auto migration_text =
+        queue_migration ? out.plan.Read(*queue_migration) : std::optional<std::string>();
+    const std::string written_for = fmt::format("job queue tables for {},", DbKindName(app.db));
+    if (migration_text && migration_text->find(written_for) == std::string::npos) {
+      out.notes.push_back(fmt::format(
+          "{} was not written for {}: run spool gen queue --force to write it for this database",
+          *queue_migration, DbTitle(app.db)));
+    }
+  }
   Put(out.plan, ".spoolrc", RenderTemplate("new/spoolrc.tmpl", rc_vars));
   Put(out.plan, ".gitignore", gitignore);
-  Put(out.plan, "CMakeLists.txt", RenderTemplate("new/CMakeLists.txt.tmpl", vars));
+  Put(out.plan, std::string(kCMakePath), std::move(cmake_text));
   Put(out.plan, "README.md", RenderTemplate("new/README.md.tmpl", vars));
-  Put(out.plan, "src/main.cpp", RenderTemplate("new/main.cpp.tmpl", vars));
+  Put(out.plan, std::string(kMainPath), std::move(main_text));
   Put(out.plan, "database/migrations/.gitkeep", "");
   out.summary =
       fmt::format("created app {} ({}) in {}", app.name, DbTitle(app.db), options.dir.string());
   out.next_steps = {
       fmt::format("cd {}", options.dir.string()),
       "spool serve    (builds into ./build and serves http://127.0.0.1:8080/; PORT=... to change)",
-      "spool gen queue    (adds background jobs)",
   };
+  if (!queue_set_up) out.next_steps.push_back("spool gen queue    (adds background jobs)");
   return out;
 }
 
@@ -391,51 +466,9 @@ Generated PlanQueue(const AppInfo& app, const QueueOptions& options) {
         "{} not found: spool gen queue edits the files `spool new` creates; nothing was written",
         !main_text ? kMainPath : kCMakePath));
   }
-  std::map<std::string, std::string> setup_vars = vars;
-  setup_vars["db_options"] = app.db == DbKind::kSqlite
-                                 ? "  // SQLite: one file shared by the app's threads; a writer "
-                                   "waits this long for a lock.\n"
-                                   "  spool_options.sqlite.busy_timeout = std::chrono::seconds(5);"
-                                 : "";
-  const std::vector<MarkerEdit> main_edits = {
-      {"// spool:includes",
-       DropPresentIncludes(RenderTemplate("queue/includes.tmpl", vars), *main_text),
-       "\"jobs/registry.h\"", "with the other #include lines"},
-      {"// spool:setup", RenderTemplate("queue/setup.tmpl", setup_vars), kMainWiredSentinel,
-       "in main(), after the signals are blocked and before the server is created"},
-      {"// spool:routes", RenderTemplate("queue/routes.tmpl", vars), "jobs::IsKnownKind(",
-       "in main(), with the other routes"},
-      {"// spool:shutdown", RenderTemplate("queue/shutdown.tmpl", vars), "spool_client->Stop(",
-       "in main(), after the server has stopped"},
-  };
-  const std::vector<MarkerEdit> cmake_edits = {
-      {"# spool:find-packages", RenderTemplate("queue/cmake_find.tmpl", vars), kCMakeWiredSentinel,
-       "after the other find_package lines"},
-      {"# spool:sources", RenderTemplate("queue/cmake_sources.tmpl", vars), "/jobs/*.cc",
-       fmt::format("after add_executable({})", app.name)},
-      {"# spool:link", RenderTemplate("queue/cmake_link.tmpl", vars), "spool::spool)",
-       fmt::format("after target_link_libraries({} ...)", app.name)},
-      {"# spool:tests", RenderTemplate("queue/cmake_tests.tmpl", vars), "_job_tests",
-       "at the end of the file"},
-  };
   std::string new_main = *main_text;
   std::string new_cmake = *cmake_text;
-  std::string manual;
-  auto apply = [&manual](std::string& text, std::string_view file,
-                         const std::vector<MarkerEdit>& edits) {
-    for (const auto& e : edits) {
-      auto edited = InsertAtMarker(text, e.marker, e.block, e.sentinel);
-      if (edited) {
-        text = std::move(*edited);
-      } else if (text.find(e.sentinel) == std::string::npos) {
-        manual += fmt::format("\n{}: no `{}` marker. Add, {}:\n{}", file, e.marker, e.where,
-                              Indent(e.block, "    "));
-      }
-    }
-  };
-  apply(new_main, kMainPath, main_edits);
-  apply(new_cmake, kCMakePath, cmake_edits);
-  if (!manual.empty()) {
+  if (const std::string manual = WireQueue(app, new_main, new_cmake); !manual.empty()) {
     throw CommandError(fmt::format(
         "cannot wire the job queue in automatically; nothing was written.\n"
         "Add the marker lines (then run spool gen queue again) or make these edits by hand:\n{}",

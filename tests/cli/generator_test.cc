@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <optional>
 #include <string>
 
 #include "cli_test_util.h"
@@ -63,6 +64,14 @@ class GeneratorTest : public ::testing::Test {
     return PlanQueue(app, options);
   }
   fs::path root() const { return tmp_.path() / "app"; }
+  // The queue's migration, relative to the app root (nullopt when there is none).
+  std::optional<std::string> ExistingMigrationFile() const {
+    for (const auto& e : fs::directory_iterator(root() / "database/migrations")) {
+      const std::string name = e.path().filename().string();
+      if (name.ends_with("_setup_spool_queue.sql")) return "database/migrations/" + name;
+    }
+    return std::nullopt;
+  }
   std::string Read(const std::string& rel) const { return Slurp(root() / rel); }
 
   // Expects `fn` to throw CommandError containing `needle` and to leave the app untouched.
@@ -229,19 +238,66 @@ TEST_F(GeneratorTest, SecondQueueIsRefusedAndChangesNothing) {
 }
 
 TEST_F(GeneratorTest, QueueOnAnAppThatLostItsWiringPointsAtForce) {
-  const AppInfo app = NewApp();
+  const std::string unwired_main = [&] {
+    NewApp();
+    return Read("src/main.cpp");
+  }();
+  const AppInfo app = LoadApp(root());
   Queue(app).plan.Apply(false);
   PlanJob(app, "send_email", std::nullopt, false).plan.Apply(false);
-  // `spool new --force` over the app: main.cpp and CMakeLists.txt as first generated.
-  NewOptions options;
-  options.name = "demo";
-  options.dir = root();
-  options.force = true;
-  PlanNew(options).plan.Apply(true);
+  // main.cpp put back by hand as `spool new` first wrote it.
+  WriteText(root() / "src/main.cpp", unwired_main);
   ExpectRefused([&] { Queue(app); }, "src/main.cpp does not use it: run spool gen queue --force");
   Queue(app, /*force=*/true).plan.Apply(true);
   EXPECT_NE(Read("src/main.cpp").find("spool::Client::Open("), std::string::npos);
   EXPECT_NE(Read("jobs/registry.cc").find("SendEmailWorker"), std::string::npos);
+}
+
+TEST_F(GeneratorTest, NewWithForceOverAnAppWithAQueueKeepsTheQueueWiredIn) {
+  const AppInfo app = NewApp();
+  Queue(app).plan.Apply(false);
+  PlanJob(app, "send_email", std::nullopt, false).plan.Apply(false);
+  const std::string wired_main = Read("src/main.cpp");
+  const std::string wired_cmake = Read("CMakeLists.txt");
+  const std::string registry = Read("jobs/registry.cc");
+  // The user's edits to the skeleton are what --force replaces.
+  WriteText(root() / "src/main.cpp", wired_main + "// my own code\n");
+  NewOptions options;
+  options.name = "demo";
+  options.dir = root();
+  options.force = true;
+  const Generated forced = PlanNew(options);
+  ASSERT_EQ(forced.notes.size(), 1u);
+  EXPECT_EQ(forced.notes[0],
+            "the job queue set up in this app (jobs/registry.h) is wired into the new "
+            "src/main.cpp and CMakeLists.txt again; jobs/ and database/migrations are kept");
+  for (const auto& step : forced.next_steps) {
+    EXPECT_EQ(step.find("gen queue"), std::string::npos) << step;
+  }
+  forced.plan.Apply(true);
+  // As `gen queue` wired them, and the queue is found set up and wired in.
+  EXPECT_EQ(Read("src/main.cpp"), wired_main);
+  EXPECT_EQ(Read("CMakeLists.txt"), wired_cmake);
+  EXPECT_EQ(Read("jobs/registry.cc"), registry);
+  ExpectRefused([&] { Queue(app); },
+                "queue already set up (jobs/registry.h exists): nothing changed");
+
+  // Another database: the queue's migration was written for SQLite, and the note says so.
+  options.db = DbKind::kPostgres;
+  options.database_url = "postgres://127.0.0.1:5432/demo";
+  const Generated other_db = PlanNew(options);
+  ASSERT_EQ(other_db.notes.size(), 2u);
+  EXPECT_NE(other_db.notes[1].find("_setup_spool_queue.sql was not written for PostgreSQL: run "
+                                   "spool gen queue --force"),
+            std::string::npos)
+      << other_db.notes[1];
+  other_db.plan.Apply(true);
+  EXPECT_NE(Read("src/main.cpp").find("spool::Client::Open("), std::string::npos);
+  const Generated requeued = Queue(LoadApp(root()), /*force=*/true);
+  requeued.plan.Apply(true);
+  EXPECT_NE(Read(*ExistingMigrationFile()).find("job queue tables for postgres,"),
+            std::string::npos);
+  EXPECT_EQ(PlanNew(options).notes.size(), 1u);
 }
 
 TEST_F(GeneratorTest, QueueWithForceRefreshesTheRegistryWithoutWiringTwice) {
