@@ -247,6 +247,12 @@ TEST_F(GeneratorTest, QueueOnAnAppThatLostItsWiringPointsAtForce) {
   PlanJob(app, "send_email", std::nullopt, false).plan.Apply(false);
   // main.cpp put back by hand as `spool new` first wrote it.
   WriteText(root() / "src/main.cpp", unwired_main);
+  // A job added meanwhile would never run: gen job says so.
+  const Generated job = PlanJob(app, "welcome", std::nullopt, false);
+  ASSERT_EQ(job.notes.size(), 1u);
+  EXPECT_EQ(job.notes[0],
+            "src/main.cpp does not use the job queue, so the app will not run this job: run spool "
+            "gen queue --force to wire it in again");
   ExpectRefused([&] { Queue(app); }, "src/main.cpp does not use it: run spool gen queue --force");
   Queue(app, /*force=*/true).plan.Apply(true);
   EXPECT_NE(Read("src/main.cpp").find("spool::Client::Open("), std::string::npos);
