@@ -306,7 +306,13 @@ Generated PlanNew(const NewOptions& options) {
   // in, as `spool gen queue` left it, so that jobs/ keeps running (gen queue's files are kept).
   const auto registry = out.plan.Read(std::string(kRegistryHeader));
   const auto queue_migration = ExistingQueueMigration(out.plan);
-  const bool queue_set_up = options.force && (registry || queue_migration);
+  // The wiring includes jobs/registry.h, so only an app that has it is wired.
+  const bool queue_set_up = options.force && registry.has_value();
+  if (options.force && !registry && queue_migration) {
+    out.notes.push_back(fmt::format(
+        "{} is here but {} is not: run spool gen queue --force to set the job queue up again",
+        *queue_migration, kRegistryHeader));
+  }
   if (queue_set_up) {
     if (const std::string manual = WireQueue(app, main_text, cmake_text); !manual.empty()) {
       throw CommandError("internal: the new app's templates lack the queue's markers:" + manual);
@@ -314,7 +320,7 @@ Generated PlanNew(const NewOptions& options) {
     out.notes.push_back(fmt::format(
         "the job queue set up in this app ({}) is wired into the new {} and {} again; jobs/ and "
         "{} are kept",
-        registry ? kRegistryHeader : *queue_migration, kMainPath, kCMakePath, kMigrationsDir));
+        kRegistryHeader, kMainPath, kCMakePath, kMigrationsDir));
     // The queue's migration names the driver it was written for (RenderQueueMigration).
     const auto migration_text =
         queue_migration ? out.plan.Read(*queue_migration) : std::optional<std::string>();

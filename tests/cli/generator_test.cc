@@ -304,6 +304,18 @@ TEST_F(GeneratorTest, NewWithForceOverAnAppWithAQueueKeepsTheQueueWiredIn) {
   EXPECT_NE(Read(*ExistingMigrationFile()).find("job queue tables for postgres,"),
             std::string::npos);
   EXPECT_EQ(PlanNew(options).notes.size(), 1u);
+
+  // Without jobs/registry.h (which the wiring includes) nothing is wired, and the note says what
+  // sets the queue up again.
+  fs::remove(root() / "jobs/registry.h");
+  const Generated half = PlanNew(options);
+  ASSERT_EQ(half.notes.size(), 1u);
+  EXPECT_NE(half.notes[0].find("_setup_spool_queue.sql is here but jobs/registry.h is not: run "
+                               "spool gen queue --force"),
+            std::string::npos)
+      << half.notes[0];
+  half.plan.Apply(true);
+  EXPECT_EQ(Read("src/main.cpp").find("spool::Client::Open("), std::string::npos);
 }
 
 TEST_F(GeneratorTest, QueueWithForceRefreshesTheRegistryWithoutWiringTwice) {
