@@ -301,7 +301,7 @@ TEST_F(GeneratorTest, NewWithForceOverAnAppWithAQueueKeepsTheQueueWiredIn) {
   EXPECT_NE(Read("src/main.cpp").find("spool::Client::Open("), std::string::npos);
   const Generated requeued = Queue(LoadApp(root()), /*force=*/true);
   requeued.plan.Apply(true);
-  EXPECT_NE(Read(*ExistingMigrationFile()).find("job queue tables for postgres,"),
+  EXPECT_NE(Read(ExistingMigrationFile().value()).find("job queue tables for postgres,"),
             std::string::npos);
   EXPECT_EQ(PlanNew(options).notes.size(), 1u);
 
