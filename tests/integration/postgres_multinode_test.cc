@@ -98,21 +98,29 @@ class NoopWorker final : public Worker<NoopArgs> {
 // first sample that saw it gone instead made an observer thread starved on a loaded machine
 // report overlaps nobody acted in: its lease (and its belief) ended while it was not running.
 void WatchLeadership(const Client& client, int fd, const std::atomic<bool>& stop) {
+  const auto now_ns = [] {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               SteadyClock::now().time_since_epoch())
+        .count();
+  };
   bool was = false;
   int64_t last_seen_leading_ns = 0;
   while (!stop.load()) {
+    // The answer held at some instant between `before` and `after`; this thread may be preempted
+    // anywhere in between. So an interval starts at `after` of its first answer and ends at
+    // `before` of its last: it lies inside the node's true belief, and an overlap of two nodes'
+    // intervals is a real one, never the observer's delay.
+    const int64_t before = now_ns();
     const bool is = client.IsLeader();
-    const auto ns =
-        std::chrono::duration_cast<std::chrono::nanoseconds>(SteadyClock::now().time_since_epoch())
-            .count();
+    const int64_t after = now_ns();
     if (is != was) {
       char line[64];
-      const long long at = is ? ns : last_seen_leading_ns;
+      const long long at = is ? after : last_seen_leading_ns;
       const int n = std::snprintf(line, sizeof line, "%lld %d\n", at, is ? 1 : 0);
       if (n > 0) (void)!write(fd, line, static_cast<size_t>(n));
       was = is;
     }
-    if (is) last_seen_leading_ns = ns;
+    if (is) last_seen_leading_ns = before;
     std::this_thread::sleep_for(2ms);  // sampling rate of the observer
   }
 }
@@ -506,7 +514,8 @@ TEST_F(PostgresMultiNodeTest, OneLeaderAtATimeAndEachTickEnqueuedOnce) {
       const Interval& y = intervals[j];
       if (x.node == y.node) continue;
       EXPECT_TRUE(x.to <= y.from || y.to <= x.from)
-          << x.node << " and " << y.node << " both believed they led at the same time";
+          << x.node << " and " << y.node << " both believed they led at the same time, for "
+          << (std::min(x.to, y.to) - std::max(x.from, y.from)) / 1000 << " us";
     }
   }
 
