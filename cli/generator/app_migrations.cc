@@ -11,6 +11,7 @@
 #include <set>
 #include <system_error>
 
+#include "driver/sqlite/sqlite_migrations.h"
 #ifdef SPOOL_CLI_WITH_POSTGRES
 #include "driver/postgres/pg_conn.h"
 #endif
@@ -400,9 +401,15 @@ void RefuseToDropSpoolTablesInUse(const std::string& url) {
                             "(CAST(strftime('%s', 'now') AS INTEGER) - 60) * 1000000"
                           : "SELECT count(*) FROM spool_client WHERE heartbeat_at >= "
                             "now() - interval '60 seconds'");
-    rows = db->Column(
-        "SELECT state || ' ' || count(*) FROM spool_job WHERE state <> 'completed' AND "
-        "state <> 'cancelled' AND state <> 'discarded' GROUP BY state ORDER BY state");
+    // SQLite's state is a code since schema version 3 (text before): named either way.
+    const std::string state =
+        url.starts_with("sqlite:")
+            ? fmt::format("coalesce({}, state)", spool::internal::SqliteStateNameSql("state"))
+            : "state";
+    rows = db->Column(fmt::format(
+        "SELECT {0} || ' ' || count(*) FROM spool_job GROUP BY {0} HAVING {0} <> 'completed' AND "
+        "{0} <> 'cancelled' AND {0} <> 'discarded' ORDER BY {0}",
+        state));
   } catch (const CommandError&) {
     return;  // no spool tables to lose
   }

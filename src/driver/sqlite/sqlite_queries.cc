@@ -21,6 +21,33 @@ constexpr std::string_view kJobColumns =
     "id, state, attempt, max_attempts, attempted_at, attempted_by, created_at, scheduled_at, "
     "finalized_at, priority, queue, kind, args, metadata, tags, errors";
 
+// spool_job.state holds JobState's position (schema version 3, sqlite_migrations.cc). The
+// statements spell the codes through these macros, so that each reads as the state it means.
+#define SPOOL_AVAILABLE "0"
+#define SPOOL_SCHEDULED "1"
+#define SPOOL_RUNNING "2"
+#define SPOOL_RETRYABLE "3"
+#define SPOOL_COMPLETED "4"
+#define SPOOL_CANCELLED "5"
+#define SPOOL_DISCARDED "6"
+// completed, cancelled and discarded: the final states.
+#define SPOOL_FINAL_STATES "(" SPOOL_COMPLETED ", " SPOOL_CANCELLED ", " SPOOL_DISCARDED ")"
+static_assert(
+    static_cast<int>(JobState::kAvailable) == 0 && static_cast<int>(JobState::kScheduled) == 1 &&
+    static_cast<int>(JobState::kRunning) == 2 && static_cast<int>(JobState::kRetryable) == 3 &&
+    static_cast<int>(JobState::kCompleted) == 4 && static_cast<int>(JobState::kCancelled) == 5 &&
+    static_cast<int>(JobState::kDiscarded) == 6 && static_cast<int>(JobState::kPending) == 7);
+
+int StateCode(JobState state) { return static_cast<int>(state); }
+
+Result<JobState> StateFromCode(int64_t code) {
+  if (code < 0 || code >= static_cast<int64_t>(std::size(kAllJobStates))) {
+    return Status::Internal(
+        fmt::format("{} is not a job state's code (0 to {})", code, std::size(kAllJobStates) - 1));
+  }
+  return kAllJobStates[static_cast<size_t>(code)];
+}
+
 constexpr int kInsertParamsPerRow = 9;  // plus ?1, created_at, shared by all rows
 
 int64_t Micros(TimePoint t) { return t.time_since_epoch().count(); }
@@ -67,7 +94,7 @@ int BindInsertRow(sqlite3_stmt* stmt, int b, const JobInsertParams& job,
   std::string_view tags = "[]";
   if (!job.tags.empty()) tags = tag_json.emplace_back(nlohmann::json(job.tags).dump());
   int rc;
-  if ((rc = BindText(stmt, b + 1, JobStateName(job.state))) != SQLITE_OK) return rc;
+  if ((rc = sqlite3_bind_int(stmt, b + 1, StateCode(job.state))) != SQLITE_OK) return rc;
   if ((rc = sqlite3_bind_int(stmt, b + 2, job.max_attempts)) != SQLITE_OK) return rc;
   if ((rc = sqlite3_bind_int64(stmt, b + 3, Micros(job.scheduled_at))) != SQLITE_OK) return rc;
   if ((rc = sqlite3_bind_int(stmt, b + 4, job.priority)) != SQLITE_OK) return rc;
@@ -93,8 +120,8 @@ Status ReadInsertedRows(sqlite3_stmt* stmt, std::string_view context,
 
 void RawJobRows::Append(sqlite3_stmt* stmt) {
   // Column numbers in kJobColumns of the integers and of the text columns, in Row's order.
-  static constexpr std::array<int, 6> kInts = {0, 2, 3, 6, 7, 9};
-  static constexpr std::array<int, 8> kTexts = {1, 5, 10, 11, 12, 13, 14, 15};
+  static constexpr std::array<int, 7> kInts = {0, 1, 2, 3, 6, 7, 9};
+  static constexpr std::array<int, 7> kTexts = {5, 10, 11, 12, 13, 14, 15};
   Row& row = rows_.emplace_back();
   for (size_t k = 0; k < kInts.size(); ++k) row.ints[k] = sqlite3_column_int64(stmt, kInts[k]);
   row.attempted_at = OptionalInt(stmt, 4);
@@ -115,21 +142,21 @@ Result<JobRow> RawJobRows::Decode(size_t i) const {
 Result<JobRow> RawJobRows::DecodeRow(const Row& r) const {
   JobRow row;
   row.id = r.ints[0];
-  SPOOL_ASSIGN_OR_RETURN(row.state, InColumn("state", ParseJobState(Text(r, 0))));
-  row.attempt = static_cast<int>(r.ints[1]);
-  row.max_attempts = static_cast<int>(r.ints[2]);
+  SPOOL_ASSIGN_OR_RETURN(row.state, InColumn("state", StateFromCode(r.ints[1])));
+  row.attempt = static_cast<int>(r.ints[2]);
+  row.max_attempts = static_cast<int>(r.ints[3]);
   row.attempted_at = OptionalTime(r.attempted_at);
-  SPOOL_ASSIGN_OR_RETURN(row.attempted_by, InColumn("attempted_by", ParseStringArray(Text(r, 1))));
-  row.created_at = FromMicros(r.ints[3]);
-  row.scheduled_at = FromMicros(r.ints[4]);
+  SPOOL_ASSIGN_OR_RETURN(row.attempted_by, InColumn("attempted_by", ParseStringArray(Text(r, 0))));
+  row.created_at = FromMicros(r.ints[4]);
+  row.scheduled_at = FromMicros(r.ints[5]);
   row.finalized_at = OptionalTime(r.finalized_at);
-  row.priority = static_cast<int>(r.ints[5]);
-  row.queue = Text(r, 2);
-  row.kind = Text(r, 3);
-  row.args = Text(r, 4);
-  row.metadata = Text(r, 5);
-  SPOOL_ASSIGN_OR_RETURN(row.tags, InColumn("tags", ParseStringArray(Text(r, 6))));
-  SPOOL_ASSIGN_OR_RETURN(row.errors, InColumn("errors", ParseErrors(Text(r, 7))));
+  row.priority = static_cast<int>(r.ints[6]);
+  row.queue = Text(r, 1);
+  row.kind = Text(r, 2);
+  row.args = Text(r, 3);
+  row.metadata = Text(r, 4);
+  SPOOL_ASSIGN_OR_RETURN(row.tags, InColumn("tags", ParseStringArray(Text(r, 5))));
+  SPOOL_ASSIGN_OR_RETURN(row.errors, InColumn("errors", ParseErrors(Text(r, 6))));
   return row;
 }
 
@@ -202,7 +229,8 @@ Status SqliteQueries::ClaimInserted(const JobInsertManyParams& params, JobInsert
   // The rows were inserted available in this transaction, so no other claim can have taken them;
   // only a paused queue keeps them available.
   static const std::string kClaim =
-      "UPDATE spool_job SET state = 'running', attempt = 1, attempted_at = ?1, "
+      "UPDATE spool_job SET state = " SPOOL_RUNNING
+      ", attempt = 1, attempted_at = ?1, "
       "attempted_by = '[' || ?2 || ']' WHERE id IN (SELECT value FROM json_each(?3)) "
       "AND NOT EXISTS (SELECT 1 FROM spool_queue WHERE name = spool_job.queue "
       "AND paused_at IS NOT NULL) RETURNING id";
@@ -249,10 +277,7 @@ Result<int64_t> SqliteQueries::InsertUnique(const JobInsertManyParams& params,
   // The WHERE terms repeat the unique index's, so the lookup uses it.
   static const std::string kExistingSql = fmt::format(
       "SELECT {} FROM spool_job WHERE unique_key = ?1 AND unique_key IS NOT NULL AND "
-      "unique_states IS NOT NULL AND (unique_states >> CASE state "
-      "WHEN 'available' THEN 0 WHEN 'scheduled' THEN 1 WHEN 'running' THEN 2 "
-      "WHEN 'retryable' THEN 3 WHEN 'completed' THEN 4 WHEN 'cancelled' THEN 5 "
-      "WHEN 'discarded' THEN 6 WHEN 'pending' THEN 7 END) & 1 = 1",
+      "unique_states IS NOT NULL AND (unique_states >> state) & 1 = 1",
       kJobColumns);
   const auto& jobs = params.jobs;
   SPOOL_ASSIGN_OR_RETURN(auto scope, WriteScope::Begin(cache_));
@@ -357,7 +382,8 @@ Result<RawJobRows> SqliteQueries::ClaimAvailable(const JobGetAvailableParams& pa
   // change to the decoded rows (FinishClaim).
   // With `after`, ?4 and ?5 are its priority and scheduled_at.
   static const std::string kSelectFrom = "SELECT " + std::string(kJobColumns) +
-                                         " FROM spool_job WHERE state = 'available' AND queue = ?2 "
+                                         " FROM spool_job WHERE state = " SPOOL_AVAILABLE
+                                         " AND queue = ?2 "
                                          "AND scheduled_at <= ?1 ";
   static const std::string kSelectRest =
       "AND NOT EXISTS (SELECT 1 FROM spool_queue WHERE name = ?2 AND paused_at IS NOT NULL) "
@@ -371,7 +397,8 @@ Result<RawJobRows> SqliteQueries::ClaimAvailable(const JobGetAvailableParams& pa
   // so a list shorter than 298 characters has fewer than 99 entries and may grow without a
   // count; longer ones take the JSON path, which enforces the cap.
   static const std::string kUpdate =
-      "UPDATE spool_job SET state = 'running', attempt = attempt + 1, attempted_at = ?1, "
+      "UPDATE spool_job SET state = " SPOOL_RUNNING
+      ", attempt = attempt + 1, attempted_at = ?1, "
       "attempted_by = CASE WHEN attempted_by = '[]' THEN '[' || ?2 || ']' "
       "WHEN length(attempted_by) < 298 "
       "THEN substr(attempted_by, 1, length(attempted_by) - 1) || ',' || ?2 || ']' "
@@ -449,11 +476,11 @@ Result<sqlite3_stmt*> SqliteQueries::CompleteStmt(int rows) {
   auto& slot = complete_[static_cast<size_t>(rows)];
   if (slot != nullptr) return slot;
   std::string sql =
-      "UPDATE spool_job SET state = 'completed', finalized_at = u.column2 FROM (VALUES ";
+      "UPDATE spool_job SET state = " SPOOL_COMPLETED ", finalized_at = u.column2 FROM (VALUES ";
   for (int r = 0; r < rows; ++r) sql += r == 0 ? "(?,?,?)" : ",(?,?,?)";
-  sql +=
-      ") AS u WHERE spool_job.id = u.column1 AND spool_job.state = 'running' "
-      "AND (u.column3 = 0 OR spool_job.attempt = u.column3)";
+  sql += ") AS u WHERE spool_job.id = u.column1 AND spool_job.state = " SPOOL_RUNNING
+         " "
+         "AND (u.column3 = 0 OR spool_job.attempt = u.column3)";
   SPOOL_ASSIGN_OR_RETURN(slot, cache_.Get(sql));
   return slot;
 }
@@ -464,19 +491,22 @@ Result<sqlite3_stmt*> SqliteQueries::SetStateStmt(int rows) {
   // u: (id, new state, at, error JSON or NULL, attempt or 0).
   std::string sql =
       "UPDATE spool_job SET state = u.column2, "
-      "finalized_at = CASE WHEN u.column2 IN ('completed', 'cancelled', 'discarded') "
+      "finalized_at = CASE WHEN u.column2 IN " SPOOL_FINAL_STATES
+      " "
       "THEN u.column3 ELSE NULL END, "
-      "scheduled_at = CASE WHEN u.column2 IN ('retryable', 'scheduled') "
+      "scheduled_at = CASE WHEN u.column2 IN (" SPOOL_SCHEDULED ", " SPOOL_RETRYABLE
+      ") "
       "THEN u.column3 ELSE spool_job.scheduled_at END, "
-      "attempt = CASE WHEN u.column2 = 'scheduled' "
+      "attempt = CASE WHEN u.column2 = " SPOOL_SCHEDULED
+      " "
       "THEN max(spool_job.attempt - 1, 0) ELSE spool_job.attempt END, "
       "errors = CASE WHEN u.column4 IS NULL THEN spool_job.errors "
       "ELSE json_insert(spool_job.errors, '$[#]', json(u.column4)) END "
       "FROM (VALUES ";
   for (int r = 0; r < rows; ++r) sql += r == 0 ? "(?,?,?,?,?)" : ",(?,?,?,?,?)";
-  sql +=
-      ") AS u WHERE spool_job.id = u.column1 AND spool_job.state = 'running' "
-      "AND (u.column5 = 0 OR spool_job.attempt = u.column5)";
+  sql += ") AS u WHERE spool_job.id = u.column1 AND spool_job.state = " SPOOL_RUNNING
+         " "
+         "AND (u.column5 = 0 OR spool_job.attempt = u.column5)";
   SPOOL_ASSIGN_OR_RETURN(slot, cache_.Get(sql));
   return slot;
 }
@@ -524,7 +554,8 @@ Result<std::set<int64_t>> SqliteQueries::StillRunning(const std::vector<JobSetSt
   const std::string ids = pairs.dump();
   constexpr std::string_view kSql =
       "SELECT j.id FROM json_each(?1) AS e JOIN spool_job AS j "
-      "ON j.id = json_extract(e.value, '$[0]') WHERE j.state = 'running' "
+      "ON j.id = json_extract(e.value, '$[0]') WHERE j.state = " SPOOL_RUNNING
+      " "
       "AND (json_extract(e.value, '$[1]') = 0 OR j.attempt = json_extract(e.value, '$[1]'))";
   SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt, cache_.Get(kSql));
   StmtScope use(stmt);
@@ -577,7 +608,7 @@ Result<int64_t> SqliteQueries::SetStates(const std::vector<const JobSetStatePara
       const JobSetStateParams& job = *other[start + r];
       const int b = static_cast<int>(r) * 5;
       rc = sqlite3_bind_int64(stmt, b + 1, job.id);
-      if (rc == SQLITE_OK) rc = BindText(stmt, b + 2, JobStateName(job.state));
+      if (rc == SQLITE_OK) rc = sqlite3_bind_int(stmt, b + 2, StateCode(job.state));
       if (rc == SQLITE_OK) rc = sqlite3_bind_int64(stmt, b + 3, Micros(job.at));
       if (rc == SQLITE_OK) {
         if (job.error.has_value()) {
@@ -601,10 +632,11 @@ Result<JobScheduleResult> SqliteQueries::JobSchedule(const JobScheduleParams& pa
   JobScheduleResult result;
   if (params.max <= 0) return result;
   // The state test matches the partial index's WHERE term word for word, so SQLite uses it.
-  constexpr std::string_view kSql =
-      "UPDATE spool_job SET state = 'available' WHERE id IN (SELECT id FROM spool_job "
-      "WHERE state IN ('scheduled', 'retryable') AND scheduled_at <= ?1 "
-      "ORDER BY scheduled_at, id LIMIT ?2) RETURNING queue";
+  constexpr std::string_view kSql = "UPDATE spool_job SET state = " SPOOL_AVAILABLE
+                                    " WHERE id IN (SELECT id FROM spool_job "
+                                    "WHERE state IN (" SPOOL_SCHEDULED ", " SPOOL_RETRYABLE
+                                    ") AND scheduled_at <= ?1 "
+                                    "ORDER BY scheduled_at, id LIMIT ?2) RETURNING queue";
   SPOOL_ASSIGN_OR_RETURN(auto scope, WriteScope::Begin(cache_));
   SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt, cache_.Get(kSql));
   std::set<std::string, std::less<>> queues;
@@ -659,7 +691,7 @@ Result<std::vector<JobRow>> SqliteQueries::JobList(const JobListParams& params) 
   int i = 1;
   int rc = sqlite3_bind_int64(stmt, i++, params.after_id);
   for (JobState s : params.states) {
-    if (rc == SQLITE_OK) rc = BindText(stmt, i++, JobStateName(s));
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int(stmt, i++, StateCode(s));
   }
   if (rc == SQLITE_OK && !params.queue.empty()) rc = BindText(stmt, i++, params.queue);
   if (rc == SQLITE_OK && !params.kind.empty()) rc = BindText(stmt, i++, params.kind);
@@ -683,7 +715,7 @@ Result<std::map<JobState, int64_t>> SqliteQueries::JobCountByState(std::string_v
   std::map<JobState, int64_t> counts;
   int rc;
   while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
-    SPOOL_ASSIGN_OR_RETURN(JobState state, ParseJobState(ColumnText(stmt, 0)));
+    SPOOL_ASSIGN_OR_RETURN(JobState state, StateFromCode(sqlite3_column_int64(stmt, 0)));
     counts[state] = sqlite3_column_int64(stmt, 1);
   }
   if (rc != SQLITE_DONE) return SqliteStatus(rc, cache_.db(), "count jobs");
@@ -735,14 +767,18 @@ Result<JobRow> SqliteQueries::JobCancel(const JobCancelParams& params) {
   // One statement for both live cases; a final job matches nothing and is read back unchanged.
   static const std::string kSql = fmt::format(
       "UPDATE spool_job SET "
-      "state = CASE WHEN state = 'running' THEN state ELSE 'cancelled' END, "
-      "finalized_at = CASE WHEN state = 'running' THEN NULL ELSE ?2 END, "
-      "errors = CASE WHEN state = 'running' THEN errors ELSE json_insert(errors, '$[#]', "
+      "state = CASE WHEN state = " SPOOL_RUNNING " THEN state ELSE " SPOOL_CANCELLED
+      " END, "
+      "finalized_at = CASE WHEN state = " SPOOL_RUNNING
+      " THEN NULL ELSE ?2 END, "
+      "errors = CASE WHEN state = " SPOOL_RUNNING
+      " THEN errors ELSE json_insert(errors, '$[#]', "
       "json_object('at', ?2, 'attempt', attempt, 'error', 'cancelled by an admin', 'trace', '')) "
       "END, "
-      "metadata = CASE WHEN state = 'running' "
+      "metadata = CASE WHEN state = " SPOOL_RUNNING
+      " "
       "THEN json_set(metadata, '$.cancel_requested_at', ?3) ELSE metadata END "
-      "WHERE id = ?1 AND state NOT IN ('completed', 'cancelled', 'discarded') RETURNING {}",
+      "WHERE id = ?1 AND state NOT IN " SPOOL_FINAL_STATES " RETURNING {}",
       kJobColumns);
   const std::string requested_at = FormatTime(params.now);  // bound without a copy
   SPOOL_ASSIGN_OR_RETURN(auto row, WriteOneRow(kSql, "cancel job", [&](sqlite3_stmt* stmt) {
@@ -760,11 +796,12 @@ Result<JobRow> SqliteQueries::JobRetry(const JobRetryParams& params) {
   // cancel_requested_at goes: it was meant for the attempt that ended, and would cancel the next
   // one as soon as it started.
   static const std::string kSql = fmt::format(
-      "UPDATE spool_job SET state = 'available', scheduled_at = ?2, finalized_at = NULL, "
+      "UPDATE spool_job SET state = " SPOOL_AVAILABLE
+      ", scheduled_at = ?2, finalized_at = NULL, "
       "max_attempts = CASE WHEN attempt >= max_attempts THEN attempt + 1 ELSE max_attempts END, "
       "metadata = CASE WHEN json_type(metadata, '$.cancel_requested_at') IS NULL THEN metadata "
       "ELSE json_remove(metadata, '$.cancel_requested_at') END "
-      "WHERE id = ?1 AND state <> 'running' RETURNING {}",
+      "WHERE id = ?1 AND state <> " SPOOL_RUNNING " RETURNING {}",
       kJobColumns);
   SPOOL_ASSIGN_OR_RETURN(auto row, WriteOneRow(kSql, "retry job", [&](sqlite3_stmt* stmt) {
                            int rc = sqlite3_bind_int64(stmt, 1, params.id);
@@ -779,8 +816,9 @@ Result<JobRow> SqliteQueries::JobRetry(const JobRetryParams& params) {
 }
 
 Result<JobRow> SqliteQueries::JobDelete(int64_t id) {
-  static const std::string kSql = fmt::format(
-      "DELETE FROM spool_job WHERE id = ?1 AND state <> 'running' RETURNING {}", kJobColumns);
+  static const std::string kSql =
+      fmt::format("DELETE FROM spool_job WHERE id = ?1 AND state <> " SPOOL_RUNNING " RETURNING {}",
+                  kJobColumns);
   // Committed before the row is decoded: deleting is how a row that does not read is got rid of.
   SPOOL_ASSIGN_OR_RETURN(RawJobRows raw, WriteRaw(kSql, "delete job", [&](sqlite3_stmt* stmt) {
                            return sqlite3_bind_int64(stmt, 1, id);
@@ -797,7 +835,8 @@ Result<std::vector<int64_t>> SqliteQueries::JobGetCancelRequested(const std::vec
   // The ids travel as one JSON array, so one cached statement serves any count.
   constexpr std::string_view kSql =
       "SELECT id FROM spool_job WHERE id IN (SELECT value FROM json_each(?1)) "
-      "AND state = 'running' AND json_type(metadata, '$.cancel_requested_at') IS NOT NULL "
+      "AND state = " SPOOL_RUNNING
+      " AND json_type(metadata, '$.cancel_requested_at') IS NOT NULL "
       "ORDER BY id";
   const std::string ids_json = nlohmann::json(ids).dump();
   SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt, cache_.Get(kSql));
@@ -815,11 +854,12 @@ Result<std::vector<JobRow>> SqliteQueries::JobGetStuck(const JobGetStuckParams& 
   std::vector<JobRow> rows;
   if (params.max <= 0) return rows;
   // The state test matches spool_job_running_idx, which also gives the attempted_at order.
-  static const std::string kSql = fmt::format(
-      "SELECT {} FROM spool_job WHERE state = 'running' AND (attempted_at < ?2 OR NOT EXISTS "
-      "(SELECT 1 FROM spool_client c WHERE c.id = json_extract(spool_job.attempted_by, "
-      "'$[#-1]') AND c.heartbeat_at >= ?1)) ORDER BY attempted_at, id LIMIT ?3",
-      kJobColumns);
+  static const std::string kSql =
+      fmt::format("SELECT {} FROM spool_job WHERE state = " SPOOL_RUNNING
+                  " AND (attempted_at < ?2 OR NOT EXISTS "
+                  "(SELECT 1 FROM spool_client c WHERE c.id = json_extract(spool_job.attempted_by, "
+                  "'$[#-1]') AND c.heartbeat_at >= ?1)) ORDER BY attempted_at, id LIMIT ?3",
+                  kJobColumns);
   SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt, cache_.Get(kSql));
   StmtScope use(stmt);
   int rc = sqlite3_bind_int64(stmt, 1, Micros(params.heartbeat_stale_before));
@@ -838,7 +878,7 @@ Result<int64_t> SqliteQueries::JobDeleteFinalized(const JobDeleteFinalizedParams
       "DELETE FROM spool_job WHERE id IN (SELECT id FROM spool_job WHERE state = ?1 AND "
       "finalized_at IS NOT NULL AND finalized_at < ?2 ORDER BY finalized_at LIMIT ?3)";
   return Write(kSql, "delete finalized jobs", [&](sqlite3_stmt* stmt) {
-    int rc = BindText(stmt, 1, JobStateName(params.state));
+    int rc = sqlite3_bind_int(stmt, 1, StateCode(params.state));
     if (rc == SQLITE_OK) rc = sqlite3_bind_int64(stmt, 2, Micros(params.finalized_before));
     if (rc == SQLITE_OK) rc = sqlite3_bind_int(stmt, 3, params.max);
     return rc;
@@ -1017,7 +1057,7 @@ Result<std::vector<QueueInfo>> SqliteQueries::QueueList() {
     StmtScope use(counts);
     int rc;
     while ((rc = sqlite3_step(counts)) == SQLITE_ROW) {
-      SPOOL_ASSIGN_OR_RETURN(JobState state, ParseJobState(ColumnText(counts, 1)));
+      SPOOL_ASSIGN_OR_RETURN(JobState state, StateFromCode(sqlite3_column_int64(counts, 1)));
       entry(ColumnText(counts, 0)).counts[state] = sqlite3_column_int64(counts, 2);
     }
     if (rc != SQLITE_DONE) return SqliteStatus(rc, cache_.db(), "count jobs by queue");
@@ -1055,5 +1095,14 @@ Status SqliteQueries::PeriodicSetLastTick(std::string_view name, TimePoint tick,
                })
       .status();
 }
+
+#undef SPOOL_AVAILABLE
+#undef SPOOL_SCHEDULED
+#undef SPOOL_RUNNING
+#undef SPOOL_RETRYABLE
+#undef SPOOL_COMPLETED
+#undef SPOOL_CANCELLED
+#undef SPOOL_DISCARDED
+#undef SPOOL_FINAL_STATES
 
 }  // namespace spool::internal

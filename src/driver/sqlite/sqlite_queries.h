@@ -38,11 +38,11 @@ class RawJobRows {
     size_t size = 0;
   };
   struct Row {
-    // id, attempt, max_attempts, created_at, scheduled_at, priority
-    std::array<int64_t, 6> ints{};
+    // id, state, attempt, max_attempts, created_at, scheduled_at, priority
+    std::array<int64_t, 7> ints{};
     std::optional<int64_t> attempted_at, finalized_at;
-    // state, attempted_by, queue, kind, args, metadata, tags, errors
-    std::array<Span, 8> text{};
+    // attempted_by, queue, kind, args, metadata, tags, errors
+    std::array<Span, 7> text{};
   };
   Result<JobRow> DecodeRow(const Row& r) const;
   std::string_view Text(const Row& row, size_t k) const {
