@@ -156,6 +156,30 @@ TEST_F(SqliteOnlyTest, ClaimOfARowThatDoesNotDecodeGivesTheBatchBack) {
   EXPECT_EQ(second[0].id, rows[1].job.id);
 }
 
+// A state code no JobState has (written past the CHECK by hand) makes the row unreadable, named by
+// its column, like any other value that does not decode.
+TEST_F(SqliteOnlyTest, AStateCodeNoJobStateHasMakesTheRowUnreadable) {
+  auto& ex = driver_->executor();
+  CONF_ASSIGN_OR_FAIL(auto rows, ex.JobInsertMany(OneJob("k")));
+  const int64_t id = rows[0].job.id;
+  auto db = OpenAppConnection();
+  const std::string corrupt =
+      "PRAGMA ignore_check_constraints = ON; UPDATE spool_job SET state = 9 "
+      "WHERE id = " +
+      std::to_string(id);
+  ASSERT_EQ(sqlite3_exec(db.get(), corrupt.c_str(), nullptr, nullptr, nullptr), SQLITE_OK);
+  auto got = ex.JobGetByID(id);
+  ASSERT_FALSE(got.has_value());
+  EXPECT_NE(got.error().message().find(
+                "cannot be read: column state: 9 is not a job state's code (0 to 7)"),
+            std::string::npos)
+      << got.error().ToString();
+  CONF_ASSIGN_OR_FAIL(auto listed, ex.JobList({}));
+  ASSERT_EQ(listed.size(), 1u);
+  EXPECT_EQ(listed[0].id, id);
+  EXPECT_TRUE(listed[0].kind.empty());
+}
+
 // Deleting is how a row that does not read is got rid of: the delete stands and returns the id.
 TEST_F(SqliteOnlyTest, DeleteRemovesARowThatDoesNotDecode) {
   auto& ex = driver_->executor();
