@@ -849,6 +849,58 @@ TEST_P(DriverConformanceTest, SetStateCompletesLargeBatchesInOneCall) {
   EXPECT_EQ(last.finalized_at, std::optional<TimePoint>(kT0 + milliseconds(kJobs - 1)));
 }
 
+// Batches of every shape a driver might round or split (the SQLite driver prepares its outcome
+// statements for rounded row counts), with running jobs outside the batch that must stay as they
+// are.
+TEST_P(DriverConformanceTest, SetStateWritesBatchesOfAnySizeAndNothingElse) {
+  const std::vector<int> sizes = {1, 2, 3, 5, 15, 16, 17, 31, 33, 100, 255, 257};
+  int total = 10;  // bystanders
+  for (int s : sizes) total += s;
+  std::vector<JobInsertParams> jobs(static_cast<size_t>(total), Job("k", "q"));
+  CONF_ASSIGN_OR_FAIL(int64_t inserted, exec().JobInsertManyFast(Many(jobs)));
+  ASSERT_EQ(inserted, total);
+  CONF_ASSIGN_OR_FAIL(auto running, exec().JobGetAvailable(Fetch("q", total)));
+  ASSERT_EQ(running.size(), static_cast<size_t>(total));
+  std::sort(running.begin(), running.end(),
+            [](const JobRow& a, const JobRow& b) { return a.id < b.id; });
+  size_t next = 10;
+  for (int s : sizes) {
+    JobSetStateIfRunningManyParams params;
+    for (int i = 0; i < s; ++i, ++next) {
+      const auto at = kT0 + milliseconds(static_cast<int>(next));
+      if (i % 4 == 1) {  // the general statement too, with rows of its own count
+        params.jobs.push_back(Outcome(running[next].id, JobState::kRetryable, at,
+                                      spool::AttemptError{kT0, 1, "e", ""}));
+      } else {
+        params.jobs.push_back(Outcome(running[next].id, JobState::kCompleted, at));
+      }
+    }
+    CONF_ASSIGN_OR_FAIL(int64_t n, exec().JobSetStateIfRunningMany(params));
+    EXPECT_EQ(n, s) << "batch of " << s;
+  }
+  for (size_t i = 0; i < running.size(); ++i) {
+    CONF_ASSIGN_OR_FAIL(JobRow row, exec().JobGetByID(running[i].id));
+    if (i < 10) {
+      EXPECT_EQ(row.state, JobState::kRunning) << "bystander " << row.id;
+      continue;
+    }
+    const auto at = kT0 + milliseconds(static_cast<int>(i));
+    if (row.state == JobState::kCompleted) {
+      EXPECT_EQ(row.finalized_at, std::optional<TimePoint>(at)) << row.id;
+    } else {
+      EXPECT_EQ(row.state, JobState::kRetryable) << row.id;
+      EXPECT_EQ(row.scheduled_at, at) << row.id;
+      EXPECT_EQ(row.errors.size(), 1u) << row.id;
+    }
+  }
+  CONF_ASSIGN_OR_FAIL(auto counts, exec().JobCountByState("q"));
+  int retryable = 0;
+  for (int s : sizes) retryable += (s + 2) / 4;  // i % 4 == 1 for i < s
+  EXPECT_EQ(counts, (std::map<JobState, int64_t>{{JobState::kRunning, 10},
+                                                 {JobState::kRetryable, retryable},
+                                                 {JobState::kCompleted, total - 10 - retryable}}));
+}
+
 // ---- scheduler --------------------------------------------------------------------------------
 
 TEST_P(DriverConformanceTest, ScheduleMovesDueJobsOnlyAndReportsQueues) {

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <bit>
 #include <deque>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -472,7 +473,24 @@ Result<std::vector<JobRow>> SqliteQueries::FinishClaim(const RawJobRows& raw,
 
 // ---- outcomes ---------------------------------------------------------------------------------
 
+namespace {
+
+// Outcome batches come in every size up to kUpdateChunk, and preparing a statement for each size
+// the first time it came cost a burn-down of 50,000 jobs at 100 workers 69 prepares, 42 ms of the
+// writer's time in a 380 ms run. So sizes are rounded up: to a power of two up to 16, then to a
+// multiple of 16, at most 20 statements of each kind. A padded row costs SQLite about 1,000
+// instructions, a row that updates a job 15,000 or more.
+static_assert(SqliteQueries::kUpdateChunk % 16 == 0,
+              "a rounded chunk must fit its statement array");
+int OutcomeStatementRows(int rows) {
+  if (rows <= 16) return static_cast<int>(std::bit_ceil(static_cast<unsigned>(rows)));
+  return (rows + 15) / 16 * 16;
+}
+
+}  // namespace
+
 Result<sqlite3_stmt*> SqliteQueries::CompleteStmt(int rows) {
+  rows = OutcomeStatementRows(rows);
   auto& slot = complete_[static_cast<size_t>(rows)];
   if (slot != nullptr) return slot;
   std::string sql =
@@ -486,6 +504,7 @@ Result<sqlite3_stmt*> SqliteQueries::CompleteStmt(int rows) {
 }
 
 Result<sqlite3_stmt*> SqliteQueries::SetStateStmt(int rows) {
+  rows = OutcomeStatementRows(rows);
   auto& slot = set_state_[static_cast<size_t>(rows)];
   if (slot != nullptr) return slot;
   // u: (id, new state, at, error JSON or NULL, attempt or 0).

@@ -129,6 +129,9 @@ class SqliteQueries {
   // do not decode.
   Status GiveBack(const RawJobRows& raw, TimePoint now);
   Result<sqlite3_stmt*> InsertStmt(int rows, bool returning);
+  // The outcome statements for `rows` rows (at most kUpdateChunk), prepared for a rounded-up
+  // count: the rows past `rows` are left unbound (StmtScope clears the bindings after each use),
+  // and their NULL ids match no job.
   Result<sqlite3_stmt*> CompleteStmt(int rows);
   Result<sqlite3_stmt*> SetStateStmt(int rows);
   // The outcome updates of JobSetStateIfRunningMany, inside the caller's write scope; returns
