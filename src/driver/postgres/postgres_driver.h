@@ -16,13 +16,13 @@ Result<std::unique_ptr<Driver>> OpenPostgresDriver(std::string url, const Driver
 // write ($1 ids, $2 states, $3 times in microseconds, $4 errors or NULL, all arrays), the plain
 // completion ($1 ids, $2 times) and the cancel-request check ($1 ids).
 const std::string& PostgresSetStateSql();
-// And of the statements that pick jobs by a locking subquery: the claim ($1 queue, $2 now in
+const std::string& PostgresCompleteSql();
+const std::string& PostgresCancelRequestedSql();
+// Likewise the statements that pick jobs by a locking subquery: the claim ($1 queue, $2 now in
 // microseconds, $3 limit, $4 client id; with `after`, $5 priority and $6 scheduled_at), the
 // scheduler ($1 now, $2 limit, $3 channel) and the cleaner ($1 state, $2 before, $3 limit).
 const std::string& PostgresFetchSql(bool after);
 const std::string& PostgresScheduleSql();
 const std::string& PostgresDeleteFinalizedSql();
-const std::string& PostgresCompleteSql();
-const std::string& PostgresCancelRequestedSql();
 
 }  // namespace spool::internal

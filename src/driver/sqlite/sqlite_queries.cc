@@ -478,7 +478,7 @@ namespace {
 // Outcome batches come in every size up to kUpdateChunk, and preparing a statement for each size
 // the first time it came cost a burn-down of 50,000 jobs at 100 workers 69 prepares, 42 ms of the
 // writer's time in a 380 ms run. So sizes are rounded up: to a power of two up to 16, then to a
-// multiple of 16, at most 20 statements of each kind. A padded row costs SQLite about 1,000
+// multiple of 16, at most 20 statements of each kind. A padded row costs SQLite under 1,000
 // instructions, a row that updates a job 15,000 or more.
 static_assert(SqliteQueries::kUpdateChunk % 16 == 0,
               "a rounded chunk must fit its statement array");
