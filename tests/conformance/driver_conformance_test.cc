@@ -355,6 +355,36 @@ TEST_P(DriverConformanceTest, FetchRespectsQueueMaxStateAndScheduledAt) {
   EXPECT_EQ(later[0].id, rows[9].id);
 }
 
+// A claim marks exactly the jobs it returns, whether their ids are consecutive (the SQLite driver
+// then marks them by id range) or have other jobs between them: another queue's, or its own queue's
+// in another state.
+TEST_P(DriverConformanceTest, FetchMarksExactlyTheJobsItReturns) {
+  CONF_ASSIGN_OR_FAIL(auto rows,
+                      InsertRows(exec(), Many({
+                                             JobAt("q1", kT0 - seconds(9)),  // 0
+                                             JobAt("q2", kT0 - seconds(9)),  // 1: another queue
+                                             JobAt("q1", kT0 - seconds(8)),  // 2
+                                             JobAt("q1", kT0 - seconds(9), 1,
+                                                   JobState::kScheduled),    // 3: not available
+                                             JobAt("q1", kT0 - seconds(7)),  // 4
+                                             JobAt("q1", kT0 - seconds(6)),  // 5
+                                             JobAt("q1", kT0 - seconds(6)),  // 6
+                                             JobAt("q1", kT0 - seconds(6)),  // 7
+                                         })));
+  CONF_ASSIGN_OR_FAIL(auto gaps, exec().JobGetAvailable(Fetch("q1", 3)));
+  EXPECT_EQ(Ids(gaps), (std::vector<int64_t>{rows[0].id, rows[2].id, rows[4].id}));
+  CONF_ASSIGN_OR_FAIL(auto run, exec().JobGetAvailable(Fetch("q1", 10)));
+  EXPECT_EQ(Ids(run), (std::vector<int64_t>{rows[5].id, rows[6].id, rows[7].id}));
+  const std::vector<JobState> want = {
+      JobState::kRunning, JobState::kAvailable, JobState::kRunning, JobState::kScheduled,
+      JobState::kRunning, JobState::kRunning,   JobState::kRunning, JobState::kRunning};
+  for (size_t i = 0; i < rows.size(); ++i) {
+    CONF_ASSIGN_OR_FAIL(JobRow row, exec().JobGetByID(rows[i].id));
+    EXPECT_EQ(row.state, want[i]) << "job " << i;
+    EXPECT_EQ(row.attempt, want[i] == JobState::kRunning ? 1 : 0) << "job " << i;
+  }
+}
+
 TEST_P(DriverConformanceTest, FetchOrdersByPriorityThenScheduledAtThenId) {
   CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(exec(), Many({
                                                         JobAt("q", kT0 - seconds(1), 2),    // A
