@@ -53,6 +53,9 @@ class RawJobRows {
   std::vector<Row> rows_;
 };
 
+// The claim's SELECT (for tests): with `after`, the one that starts from a fetch position.
+const std::string& SqliteFetchSql(bool after);
+
 // spool's job queries over one SQLite connection, with the connection's prepared statements.
 // Each write runs in its own transaction, or in a savepoint when the connection is already
 // inside one (a Tx, or a caller's transaction). Does not own the connection and is not thread
