@@ -3,6 +3,7 @@
 #include <sqlite3.h>
 
 #include <array>
+#include <bit>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -63,6 +64,7 @@ const std::string& SqliteFetchSql(bool after);
 class SqliteQueries {
  public:
   // Rows per multi-row statement. 10 parameters a row keeps a chunk far below SQLite's 32766.
+  // A power of two: inserts take pieces of power-of-two sizes (see InsertStmt).
   static constexpr int kInsertChunk = 128;
   static constexpr int kUpdateChunk = 256;
 
@@ -131,6 +133,7 @@ class SqliteQueries {
   // unused, as a snooze leaves a job, at `now`, or kUnreadableRowDelay later for the rows that
   // do not decode.
   Status GiveBack(const RawJobRows& raw, TimePoint now);
+  // The insert statement for `rows` rows, a power of two up to kInsertChunk.
   Result<sqlite3_stmt*> InsertStmt(int rows, bool returning);
   // The outcome statements for `rows` rows (at most kUpdateChunk), prepared for a rounded-up
   // count: the rows past `rows` are left unbound (StmtScope clears the bindings after each use),
@@ -144,9 +147,11 @@ class SqliteQueries {
   Result<std::set<int64_t>> StillRunning(const std::vector<JobSetStateParams>& jobs);
 
   StatementCache cache_;
-  // Multi-row statements by row count, so a chunk never rebuilds its SQL to look it up.
-  std::array<sqlite3_stmt*, kInsertChunk + 1> insert_fast_{};
-  std::array<sqlite3_stmt*, kInsertChunk + 1> insert_returning_{};
+  // Multi-row statements by row count, so a chunk never rebuilds its SQL to look it up; inserts
+  // by the log2 of theirs.
+  static constexpr size_t kInsertSizes = std::bit_width(static_cast<unsigned>(kInsertChunk));
+  std::array<sqlite3_stmt*, kInsertSizes> insert_fast_{};
+  std::array<sqlite3_stmt*, kInsertSizes> insert_returning_{};
   std::array<sqlite3_stmt*, kUpdateChunk + 1> complete_{};
   std::array<sqlite3_stmt*, kUpdateChunk + 1> set_state_{};
 };
