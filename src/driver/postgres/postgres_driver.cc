@@ -114,20 +114,24 @@ const std::string& InsertClaimSql() {
 }
 
 // The statements that pick jobs by a locking subquery (claim, scheduler, cleaner) update or delete
-// them through `id = ANY(ARRAY(subquery))`, never by joining the subquery: the planner estimates
+// them through `ctid = ANY(ARRAY(subquery))`, never by joining the subquery: the planner estimates
 // a LIMIT it cannot see (a generic plan's parameter) as a tenth of the matching rows, and with a
 // backlog it then joined them to the whole table by a hash join over a sequential scan, or a merge
 // join along the primary key from its first id. A claim of 94 jobs took 272 ms that way on a table
-// of a million finished jobs and 450,000 waiting ones, against 1.2 ms as index probes. An array
-// is estimated at 10 elements, so the plan is index probes by id whatever the statistics say.
-#define SPOOL_IDS_OF(subquery) "j.id = ANY(ARRAY(" subquery "))"
+// of a million finished jobs and 450,000 waiting ones, against 1.2 ms as index probes. A list of
+// row addresses is read by a TID scan whatever the statistics say, and costs less than probing
+// the primary key by id (a claim of 100: 943 buffers against 1,030, and 6-16% less time in
+// pgbench; docs/benchmarks.md). The subquery has locked each row's newest version; one that
+// another transaction changed after this statement's snapshot (and that still matched) is not
+// visible to it, so it is left as it is this time, never changed twice or lost.
+#define SPOOL_ROWS_OF(subquery) "j.ctid = ANY(ARRAY(" subquery "))"
 
 // With `after`, $5 and $6 are its priority and scheduled_at: a row comparison the index on
 // (queue, priority, scheduled_at) starts its scan at.
 std::string MakeFetchSql(bool after) {
   // clang-format off
   const std::string pick =
-      "SELECT id FROM spool_job WHERE state = 'available' AND queue = $1 "
+      "SELECT ctid FROM spool_job WHERE state = 'available' AND queue = $1 "
       // Uncorrelated, so evaluated once per fetch (a one-time filter), not per row.
       "AND NOT EXISTS (SELECT 1 FROM spool_queue WHERE name = $1 AND paused_at IS NOT NULL) "
       "AND scheduled_at <= " SPOOL_TS("$2") " " +
@@ -139,8 +143,8 @@ std::string MakeFetchSql(bool after) {
       // attempted_by keeps the last 100 client ids, like the SQLite driver.
       "attempted_by = array_append(CASE WHEN cardinality(j.attempted_by) < 100 "
       "THEN j.attempted_by ELSE j.attempted_by[cardinality(j.attempted_by) - 98:] END, "
-      // SPOOL_IDS_OF, spelled out: the subquery is built at run time.
-      "$4::text) WHERE j.id = ANY(ARRAY(" + pick + ")) RETURNING ",
+      // SPOOL_ROWS_OF, spelled out: the subquery is built at run time.
+      "$4::text) WHERE j.ctid = ANY(ARRAY(" + pick + ")) RETURNING ",
       "");
   // clang-format on
 }
@@ -211,8 +215,8 @@ const pg::Statement& StateTxSettings(bool async_commit) {
 }
 
 constexpr const char* kScheduleSql =
-    "WITH moved AS (UPDATE spool_job AS j SET state = 'available' WHERE " SPOOL_IDS_OF(
-        "SELECT id FROM spool_job WHERE state IN ('scheduled', 'retryable') "
+    "WITH moved AS (UPDATE spool_job AS j SET state = 'available' WHERE " SPOOL_ROWS_OF(
+        "SELECT ctid FROM spool_job WHERE state IN ('scheduled', 'retryable') "
         "AND scheduled_at <= " SPOOL_TS("$1") " ORDER BY scheduled_at, id LIMIT $2 "
         "FOR UPDATE SKIP LOCKED") " RETURNING j.queue), "
     // The leader schedules for every node: each queue that got jobs is announced on channel $3
@@ -337,8 +341,8 @@ const std::string& StuckSql() {
   return *kSql;
 }
 
-constexpr const char* kDeleteFinalizedSql = "DELETE FROM spool_job AS j WHERE " SPOOL_IDS_OF(
-    "SELECT id FROM spool_job WHERE state = $1 AND finalized_at < " SPOOL_TS(
+constexpr const char* kDeleteFinalizedSql = "DELETE FROM spool_job AS j WHERE " SPOOL_ROWS_OF(
+    "SELECT ctid FROM spool_job WHERE state = $1 AND finalized_at < " SPOOL_TS(
         "$2") " ORDER BY finalized_at LIMIT $3 FOR UPDATE SKIP LOCKED");
 
 // One statement, so two electors racing serialise on the row: the second sees the first's lease.
@@ -469,7 +473,7 @@ constexpr const char* kPeriodicSetSql =
 
 #undef SPOOL_TS
 #undef SPOOL_US
-#undef SPOOL_IDS_OF
+#undef SPOOL_ROWS_OF
 
 std::string Micros(TimePoint t) { return std::to_string(t.time_since_epoch().count()); }
 
