@@ -120,10 +120,10 @@ const std::string& InsertClaimSql() {
 // join along the primary key from its first id. A claim of 94 jobs took 272 ms that way on a table
 // of a million finished jobs and 450,000 waiting ones, against 1.2 ms as index probes. A list of
 // row addresses is read by a TID scan whatever the statistics say, and costs less than probing
-// the primary key by id (a claim of 100: 943 buffers against 1,030, and 6-16% less time in
-// pgbench; docs/benchmarks.md). The subquery has locked each row's newest version; one that
-// another transaction changed after this statement's snapshot (and that still matched) is not
-// visible to it, so it is left as it is this time, never changed twice or lost.
+// the primary key by id (a claim of 100: 921-934 buffers against 1,025-1,049, and 1-16% less
+// time in pgbench; docs/benchmarks.md). The subquery has locked each row's newest version; one
+// that another transaction changed after this statement's snapshot (and that still matched) is
+// not visible to it, so it is left as it is this time, never changed twice or lost.
 #define SPOOL_ROWS_OF(subquery) "j.ctid = ANY(ARRAY(" subquery "))"
 
 // With `after`, $5 and $6 are its priority and scheduled_at: a row comparison the index on
