@@ -63,10 +63,12 @@ struct JobInsertManyParams {
 // kUnreadableRowDelay, so they neither stay running nor come round with every batch.
 constexpr Duration kUnreadableRowDelay = std::chrono::minutes(1);
 
-// Where a fetch may start: jobs ordered before (priority, scheduled_at) are skipped.
+// Where a fetch may start: the job at (priority, scheduled_at, id) and every job ordered before
+// it are skipped.
 struct FetchPosition {
   int priority = 1;
   TimePoint scheduled_at{};
+  int64_t id = 0;
 };
 
 struct JobGetAvailableParams {
@@ -77,8 +79,8 @@ struct JobGetAvailableParams {
   // Set by a producer whose last fetch filled its batch up to this position: the jobs before it
   // were claimed then, so the fetch starts here instead of stepping over their index entries
   // (PostgreSQL keeps a claimed job's entry, dead, until a vacuum; a fetch from the start of a
-  // drained backlog of 300,000 jobs stepped over thousands of pages). Jobs ordered before it
-  // are not returned; those at or after it are, in the usual order.
+  // drained backlog of 300,000 jobs stepped over thousands of pages). Jobs ordered at or before
+  // it are not returned; those after it are, in the usual order.
   std::optional<FetchPosition> after{};
 };
 

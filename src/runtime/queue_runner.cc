@@ -212,9 +212,11 @@ void QueueRunner::ProduceLoop() {
     if (got == n && !wake_) {
       const JobRow& last =
           *std::max_element(rows->begin(), rows->end(), [](const JobRow& a, const JobRow& b) {
-            return std::tie(a.priority, a.scheduled_at) < std::tie(b.priority, b.scheduled_at);
+            return std::tie(a.priority, a.scheduled_at, a.id) <
+                   std::tie(b.priority, b.scheduled_at, b.id);
           });
-      fetch_after_ = FetchPosition{.priority = last.priority, .scheduled_at = last.scheduled_at};
+      fetch_after_ = FetchPosition{
+          .priority = last.priority, .scheduled_at = last.scheduled_at, .id = last.id};
     }
     AppendReadyLocked(std::move(*rows));
     // A full batch means more may be waiting: fetch again as soon as a slot frees.

@@ -429,14 +429,15 @@ TEST_P(DriverConformanceTest, FetchFromAPositionSkipsOnlyJobsOrderedBeforeIt) {
                                                         JobAt("q", kT0 + seconds(10), 2),  // G
                                                     })));
   JobGetAvailableParams from_c = Fetch("q", 10);
-  from_c.after = spool::internal::FetchPosition{.priority = 2, .scheduled_at = kT0 - seconds(20)};
-  // At the position (C and D, ties included) and after it, in order; not A or B before it, nor
-  // G, which is not due.
+  from_c.after = spool::internal::FetchPosition{
+      .priority = 2, .scheduled_at = kT0 - seconds(20), .id = rows[2].id};
+  // After the position (C), in order: D (C's priority and time, a later id), F, E; not A or B
+  // before it, nor C at it, nor G, which is not due.
   CONF_ASSIGN_OR_FAIL(auto after, exec().JobGetAvailable(from_c));
-  EXPECT_EQ(Ids(after), (std::vector<int64_t>{rows[2].id, rows[3].id, rows[5].id, rows[4].id}));
-  // From the start, the jobs before the position are still there.
+  EXPECT_EQ(Ids(after), (std::vector<int64_t>{rows[3].id, rows[5].id, rows[4].id}));
+  // From the start, the jobs at and before the position are still there.
   CONF_ASSIGN_OR_FAIL(auto rest, exec().JobGetAvailable(Fetch("q", 10)));
-  EXPECT_EQ(Ids(rest), (std::vector<int64_t>{rows[0].id, rows[1].id}));
+  EXPECT_EQ(Ids(rest), (std::vector<int64_t>{rows[0].id, rows[1].id, rows[2].id}));
 }
 
 TEST_P(DriverConformanceTest, FetchIncrementsAttemptAndRecordsClient) {

@@ -183,6 +183,7 @@ TEST_F(SqliteOnlyTest, FetchOfAPausedQueueReadsNoJobRow) {
     if (after) {
       sqlite3_bind_int(raw, 4, 1);
       sqlite3_bind_int64(raw, 5, kT0.time_since_epoch().count());
+      sqlite3_bind_int64(raw, 6, 0);
     }
     int rows = 0;
     int rc;

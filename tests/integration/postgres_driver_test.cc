@@ -1115,7 +1115,7 @@ TEST_F(PostgresDriverTest, PicksByLockingSubqueryNeverScanTheTable) {
     Query(app.get(), "PREPARE schedule AS " + PostgresScheduleSql());
     Query(app.get(), "PREPARE clean AS " + PostgresDeleteFinalizedSql());
     for (const std::string& execute : {"EXECUTE claim('q', " + now + ", 94, 'c')",
-                                       "EXECUTE claim_after('q', " + now + ", 94, 'c', 1, 0)",
+                                       "EXECUTE claim_after('q', " + now + ", 94, 'c', 1, 0, 0)",
                                        "EXECUTE schedule(" + now + ", 10000, 'spool_insert')",
                                        "EXECUTE clean('completed', " + now + ", 10000)"}) {
       pg::PgResult plan(PQexec(app.get(), ("EXPLAIN " + execute).c_str()));

@@ -126,8 +126,8 @@ const std::string& InsertClaimSql() {
 // not visible to it, so it is left as it is this time, never changed twice or lost.
 #define SPOOL_ROWS_OF(subquery) "j.ctid = ANY(ARRAY(" subquery "))"
 
-// With `after`, $5 and $6 are its priority and scheduled_at: a row comparison the index on
-// (queue, priority, scheduled_at) starts its scan at.
+// With `after`, $5, $6 and $7 are its priority, scheduled_at and id: a row comparison the index on
+// (queue, priority, scheduled_at, id) starts its scan after.
 std::string MakeFetchSql(bool after) {
   // clang-format off
   const std::string pick =
@@ -135,7 +135,7 @@ std::string MakeFetchSql(bool after) {
       // Uncorrelated, so evaluated once per fetch (a one-time filter), not per row.
       "AND NOT EXISTS (SELECT 1 FROM spool_queue WHERE name = $1 AND paused_at IS NOT NULL) "
       "AND scheduled_at <= " SPOOL_TS("$2") " " +
-      std::string(after ? "AND (priority, scheduled_at) >= ($5::int2, " SPOOL_TS("$6") ") " : "") +
+      std::string(after ? "AND (priority, scheduled_at, id) > ($5::int2, " SPOOL_TS("$6") ", $7::int8) " : "") +
       "ORDER BY priority, scheduled_at, id LIMIT $3 FOR UPDATE SKIP LOCKED";
   return Sql(
       "UPDATE spool_job AS j SET state = 'running', attempt = j.attempt + 1, "
@@ -934,6 +934,7 @@ Result<std::vector<JobRow>> FetchOn(Conn& c, const JobGetAvailableParams& p,
   if (p.after) {
     params.emplace_back(std::to_string(p.after->priority));
     params.emplace_back(Micros(p.after->scheduled_at));
+    params.emplace_back(std::to_string(p.after->id));
   }
   SPOOL_ASSIGN_OR_RETURN(std::vector<PgResult> results,
                          QueryWithSettings(c, settings,

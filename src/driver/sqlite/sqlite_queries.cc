@@ -368,7 +368,8 @@ Result<int64_t> SqliteQueries::JobInsertManyFast(const JobInsertManyParams& para
 // ---- fetch ------------------------------------------------------------------------------------
 
 const std::string& SqliteFetchSql(bool after) {
-  // ?1 now, ?2 the queue, ?3 how many; with `after`, ?4 and ?5 are its priority and scheduled_at.
+  // ?1 now, ?2 the queue, ?3 how many; with `after`, ?4, ?5 and ?6 are its priority, scheduled_at
+  // and id.
   // A paused queue is a LIMIT of 0, which SQLite evaluates once before it reads any row: as a
   // WHERE term (NOT EXISTS ...) it was tested row by row along the queue's whole index, 7 ms of
   // the writer's time for each fetch of a paused queue holding 50,000 jobs.
@@ -379,7 +380,8 @@ const std::string& SqliteFetchSql(bool after) {
       "ORDER BY priority, scheduled_at, id LIMIT CASE WHEN EXISTS (SELECT 1 FROM spool_queue "
       "WHERE name = ?2 AND paused_at IS NOT NULL) THEN 0 ELSE ?3 END";
   static const std::string kFromStart = kFrom + kRest;
-  static const std::string kAfter = kFrom + "AND (priority, scheduled_at) >= (?4, ?5) " + kRest;
+  static const std::string kAfter =
+      kFrom + "AND (priority, scheduled_at, id) > (?4, ?5, ?6) " + kRest;
   return after ? kAfter : kFromStart;
 }
 
@@ -437,6 +439,7 @@ Result<RawJobRows> SqliteQueries::ClaimAvailable(const JobGetAvailableParams& pa
     if (rc == SQLITE_OK && params.after) {
       rc = sqlite3_bind_int(stmt, 4, params.after->priority);
       if (rc == SQLITE_OK) rc = sqlite3_bind_int64(stmt, 5, Micros(params.after->scheduled_at));
+      if (rc == SQLITE_OK) rc = sqlite3_bind_int64(stmt, 6, params.after->id);
     }
     SPOOL_RETURN_IF_ERROR(CheckBind(rc, stmt));
     SPOOL_RETURN_IF_ERROR(StepInto(stmt, "fetch jobs", &rows));
