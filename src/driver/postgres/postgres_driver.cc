@@ -135,7 +135,8 @@ std::string MakeFetchSql(bool after) {
       // Uncorrelated, so evaluated once per fetch (a one-time filter), not per row.
       "AND NOT EXISTS (SELECT 1 FROM spool_queue WHERE name = $1 AND paused_at IS NOT NULL) "
       "AND scheduled_at <= " SPOOL_TS("$2") " " +
-      std::string(after ? "AND (priority, scheduled_at, id) > ($5::int2, " SPOOL_TS("$6") ", $7::int8) " : "") +
+      std::string(after ? "AND (priority, scheduled_at, id) > "
+                          "($5::int2, " SPOOL_TS("$6") ", $7::int8) " : "") +
       "ORDER BY priority, scheduled_at, id LIMIT $3 FOR UPDATE SKIP LOCKED";
   return Sql(
       "UPDATE spool_job AS j SET state = 'running', attempt = j.attempt + 1, "
