@@ -44,7 +44,9 @@ QueueRunner::QueueRunner(std::string name, int max_workers, RuntimeEnv env)
       // Three quarters: at 100 workers a half measured 3-5% slower on both databases (more,
       // smaller claims); see benchmarks.md.
       fetch_batch_(std::clamp(max_workers * 3 / 4, 1, kMaxFetchBatch)),
-      env_(env) {}
+      env_(env),
+      fetch_backoff_(kFetchErrorBackoff),
+      fetch_failures_(fmt::format("queue {}: fetching jobs", name_)) {}
 
 QueueRunner::~QueueRunner() {
   StopFetching();
@@ -94,7 +96,7 @@ void QueueRunner::StartInserted(std::vector<JobRow> claimed, int reserved) {
   }
   if (got < reserved) {
     busy_ -= reserved - got;
-    SlotFreedLocked();
+    SlotFreedLocked(false);
   }
 }
 
@@ -152,82 +154,121 @@ void QueueRunner::Join() {
 }
 
 void QueueRunner::ProduceLoop() {
-  std::chrono::steady_clock::duration backoff = kFetchErrorBackoff;
-  FailureLog fetch_failures(fmt::format("queue {}: fetching jobs", name_));
   std::unique_lock lock(mu_);
   while (!stop_fetching_) {
-    if (!wake_ || busy_ >= max_workers_) {
+    if (fetch_failed_) {
+      // The last claim failed, here or in a worker: wait before the next, doubling the wait.
+      producer_cv_.wait_for(lock, fetch_backoff_, [&] { return stop_fetching_; });
+      if (stop_fetching_) break;
+      fetch_backoff_ =
+          std::min<std::chrono::steady_clock::duration>(fetch_backoff_ * 2, kFetchErrorBackoffMax);
+    }
+    // While claimed jobs wait for a thread, the worker that runs the last of them claims the next
+    // batch (WorkLoop); the producer claims meanwhile only after a wake (urgent_) or when many
+    // slots are free (SlotFreedLocked).
+    const auto may_fetch = [&] {
+      return busy_ < max_workers_ && !fetching_ &&
+             (urgent_ || !HasReadyLocked() || max_workers_ - busy_ >= kMaxFetchBatch);
+    };
+    if (!wake_ || !may_fetch()) {
       const bool woken = producer_cv_.wait_for(lock, env_.options.poll_interval, [&] {
-        return stop_fetching_ || (wake_ && busy_ < max_workers_);
+        return stop_fetching_ || fetch_failed_ || (wake_ && may_fetch());
       });
       if (stop_fetching_) break;
+      if (fetch_failed_) continue;
       // On timeout fetch anyway (fallback poll), provided a slot is free.
-      if (!woken && busy_ >= max_workers_) continue;
+      if (!woken && !may_fetch()) continue;
     }
     if (!urgent_ && max_workers_ - busy_ < fetch_batch_) {
       producer_cv_.wait_for(lock, kFetchLinger, [&] {
-        return stop_fetching_ || urgent_ || max_workers_ - busy_ >= fetch_batch_;
+        return stop_fetching_ || urgent_ || (max_workers_ - busy_ >= fetch_batch_ && may_fetch());
       });
       if (stop_fetching_) break;
-      // An insert may have claimed the free slots meanwhile (ReserveForInsert).
-      if (busy_ >= max_workers_) continue;
+      // An insert may have claimed the free slots meanwhile (ReserveForInsert), or a worker
+      // claimed them.
+      if (!may_fetch()) continue;
     }
-    wake_ = false;
-    urgent_ = false;
-    const int n = std::min(max_workers_ - busy_, kMaxFetch);
-    busy_ += n;  // reserve the slots while the fetch runs unlocked
-    const TimePoint fetch_at = env_.clock.Now();
-    if (fetch_after_ && fetch_at - fetched_from_start_at_ >= env_.options.poll_interval) {
-      fetch_after_.reset();
-    }
-    if (!fetch_after_) fetched_from_start_at_ = fetch_at;
-    const std::optional<FetchPosition> after = fetch_after_;
-    lock.unlock();
-    auto rows = env_.executor.JobGetAvailable(
-        {.queue = name_, .max = n, .client_id = env_.client_id, .now = fetch_at, .after = after});
-    lock.lock();
-    fetch_after_.reset();
-    if (!rows) {
-      drained_ = false;
-      busy_ -= n;
-      if (busy_ == 0) idle_cv_.notify_all();
-      fetch_failures.Failed(
-          env_.logger, rows.error(),
-          fmt::format("retrying every {} ms",
-                      std::chrono::duration_cast<std::chrono::milliseconds>(backoff).count()));
-      wake_ = true;
-      producer_cv_.wait_for(lock, backoff, [&] { return stop_fetching_; });
-      backoff = std::min<std::chrono::steady_clock::duration>(backoff * 2, kFetchErrorBackoffMax);
-      continue;
-    }
-    if (fetch_failures.failures() > 0) {
-      fetch_failures.Succeeded(env_.logger);
-      backoff = kFetchErrorBackoff;
-    }
-    const int got = static_cast<int>(rows->size());
-    busy_ -= n - got;
-    if (busy_ == 0) idle_cv_.notify_all();
-    // A wake during the fetch may be for jobs it did not see.
-    drained_ = got < n && !wake_;
-    if (got == n && !wake_) {
-      const JobRow& last =
-          *std::max_element(rows->begin(), rows->end(), [](const JobRow& a, const JobRow& b) {
-            return std::tie(a.priority, a.scheduled_at, a.id) <
-                   std::tie(b.priority, b.scheduled_at, b.id);
-          });
-      fetch_after_ = FetchPosition{
-          .priority = last.priority, .scheduled_at = last.scheduled_at, .id = last.id};
-    }
-    AppendReadyLocked(std::move(*rows));
-    // A full batch means more may be waiting: fetch again as soon as a slot frees.
-    if (got == n) wake_ = true;
-    WakeWorkerLocked();
+    FetchLocked(lock, false);
   }
+}
+
+void QueueRunner::FetchLocked(std::unique_lock<std::mutex>& lock, bool by_worker) {
+  fetching_ = true;
+  wake_ = false;
+  urgent_ = false;
+  const int n = std::min(max_workers_ - busy_, kMaxFetch);
+  busy_ += n;  // reserve the slots while the fetch runs unlocked
+  const TimePoint fetch_at = env_.clock.Now();
+  if (fetch_after_ && fetch_at - fetched_from_start_at_ >= env_.options.poll_interval) {
+    fetch_after_.reset();
+  }
+  if (!fetch_after_) fetched_from_start_at_ = fetch_at;
+  const std::optional<FetchPosition> after = fetch_after_;
+  lock.unlock();
+  auto rows = env_.executor.JobGetAvailable(
+      {.queue = name_, .max = n, .client_id = env_.client_id, .now = fetch_at, .after = after});
+  lock.lock();
+  fetching_ = false;
+  fetch_after_.reset();
+  if (!rows) {
+    drained_ = false;
+    busy_ -= n;
+    if (busy_ == 0) idle_cv_.notify_all();
+    fetch_failures_.Failed(
+        env_.logger, rows.error(),
+        fmt::format("retrying every {} ms",
+                    std::chrono::duration_cast<std::chrono::milliseconds>(fetch_backoff_).count()));
+    fetch_failed_ = true;
+    wake_ = true;
+    producer_cv_.notify_one();
+    return;
+  }
+  if (fetch_failed_) {
+    fetch_failures_.Succeeded(env_.logger);
+    fetch_failed_ = false;
+    fetch_backoff_ = kFetchErrorBackoff;
+  }
+  const int got = static_cast<int>(rows->size());
+  busy_ -= n - got;
+  if (busy_ == 0) idle_cv_.notify_all();
+  // A wake during the fetch may be for jobs it did not see.
+  drained_ = got < n && !wake_;
+  if (got == n && !wake_) {
+    const JobRow& last =
+        *std::max_element(rows->begin(), rows->end(), [](const JobRow& a, const JobRow& b) {
+          return std::tie(a.priority, a.scheduled_at, a.id) <
+                 std::tie(b.priority, b.scheduled_at, b.id);
+        });
+    fetch_after_ =
+        FetchPosition{.priority = last.priority, .scheduled_at = last.scheduled_at, .id = last.id};
+  }
+  AppendReadyLocked(std::move(*rows));
+  // A full batch means more may be waiting: fetch again as soon as enough slots free.
+  if (got == n) wake_ = true;
+  // A worker that claimed takes the first job itself and wakes the next (WorkLoop).
+  if (!by_worker) WakeWorkerLocked();
+  // A wake that came during a worker's fetch found the producer unable to fetch.
+  if (urgent_) producer_cv_.notify_one();
+}
+
+bool QueueRunner::WorkerFetchesLocked() const {
+  if (!wake_ || fetching_ || fetch_failed_ || stop_fetching_ || cancel_all_) return false;
+  // Only once no claimed job waits for a thread: the claim then takes every slot the batch
+  // freed. Beside waiting jobs the producer claims, and only when many slots are free
+  // (SlotFreedLocked, docs/benchmarks.md).
+  return !HasReadyLocked() && max_workers_ - busy_ >= fetch_batch_;
 }
 
 void QueueRunner::WorkLoop() {
   std::unique_lock lock(mu_);
+  bool worked = false;  // this thread has just run a job
   for (;;) {
+    if (worked && !HasReadyLocked() && WorkerFetchesLocked()) {
+      // This thread ran the last job claimed and enough slots are free: it claims the next batch
+      // and works it, without waking the producer (see WorkerFetchesLocked).
+      FetchLocked(lock, true);
+    }
+    worked = false;
     while (!HasReadyLocked() && !exit_workers_) {
       ++idle_workers_;
       worker_cv_.wait(lock);
@@ -240,6 +281,8 @@ void QueueRunner::WorkLoop() {
     if (ready_head_ == ready_.size()) {
       ready_.clear();
       ready_head_ = 0;
+      // Slots that free from here on may be the producer's to claim (SlotFreedLocked).
+      announce_free_ = true;
     }
     WakeWorkerLocked();
     if (cancel_all_) {
@@ -262,7 +305,7 @@ void QueueRunner::WorkLoop() {
       running_.emplace(job.id, &running);
       const int64_t id = job.id;
       lock.unlock();
-      // Work runs here; RunJob never throws.
+      // Work runs here; whatever it throws becomes the outcome.
       [&] {
         WorkerBase* worker = env_.workers.Find(job.kind);
         Duration timeout = env_.options.job_timeout;
@@ -309,7 +352,8 @@ void QueueRunner::WorkLoop() {
       running_.erase(id);
     }
     --busy_;
-    SlotFreedLocked();
+    SlotFreedLocked(true);
+    worked = true;
   }
 }
 
@@ -335,12 +379,25 @@ void QueueRunner::WakeWorkerLocked() {
   worker_cv_.notify_one();
 }
 
-void QueueRunner::SlotFreedLocked() {
+void QueueRunner::SlotFreedLocked(bool by_worker) {
   if (busy_ == 0) idle_cv_.notify_all();
-  // The producer needs to hear of the first free slot (to start lingering) and of enough free
-  // slots for a batch (to stop lingering); every other free slot would be a wasted wake-up.
+  // The worker claims the next batch itself (WorkLoop).
+  if (by_worker && WorkerFetchesLocked()) return;
+  // While claimed jobs wait for a thread, their threads take the free slots, and a claim beside
+  // them is worth it only when it is large: on PostgreSQL at 1,000 workers one of 200 or more
+  // keeps the claims running back to back, as they are the slowest step there.
+  if (HasReadyLocked()) {
+    if (max_workers_ - busy_ == kMaxFetchBatch) producer_cv_.notify_one();
+    return;
+  }
+  // Otherwise the producer claims. It needs to hear of the first free slot (to start lingering)
+  // and of enough free slots for a batch (to stop lingering); every other free slot would be a
+  // wasted wake-up. Slots freed while jobs waited for a thread were not announced.
   const int free = max_workers_ - busy_;
-  if (free == 1 || free == fetch_batch_ || busy_ == 0) producer_cv_.notify_one();
+  if (announce_free_ || free == 1 || free == fetch_batch_ || busy_ == 0) {
+    announce_free_ = false;
+    producer_cv_.notify_one();
+  }
 }
 
 Completion QueueRunner::MakeCompletion(JobRow job, const Outcome& outcome, bool timed_out,

@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/failure_log.h"
 #include "driver/driver.h"
 #include "runtime/completer.h"
 #include "runtime/deadline_watcher.h"
@@ -30,8 +31,12 @@ struct RuntimeEnv {
   const std::string& client_id;
 };
 
-// Works one queue: a producer thread claims batches of available jobs, never more than the free
-// worker slots, and `max_workers` threads run them and hand outcomes to the completer.
+// Works one queue: batches of available jobs are claimed, never more than the free worker slots,
+// and `max_workers` threads run them and hand outcomes to the completer. The worker that runs the
+// last job of a batch claims the next when enough slots are free, so a backlog of fast jobs is
+// claimed and worked without a thread waking another to claim; a producer thread claims after a
+// wake (an insert, a due job) or a poll, when slow jobs free slots a few at a time, and beside
+// jobs still waiting when many slots are free.
 class QueueRunner {
  public:
   QueueRunner(std::string name, int max_workers, RuntimeEnv env);
@@ -73,12 +78,18 @@ class QueueRunner {
   };
   void ProduceLoop();
   void WorkLoop();
-  void RunJob(JobRow job);
+  // Claims up to the free slots (at most kMaxFetch) and queues the rows; mu_ is unlocked while the
+  // claim runs. `by_worker`: a worker claims, and takes the first job itself. REQUIRES: `lock`
+  // holds mu_, !fetching_.
+  void FetchLocked(std::unique_lock<std::mutex>& lock, bool by_worker);
+  // Whether a worker that has just run a job claims the next batch itself.
+  bool WorkerFetchesLocked() const;
   Completion MakeCompletion(JobRow job, const Outcome& outcome, bool timed_out,
                             bool admin_cancelled, bool stop_cancelled, Duration timeout,
                             Duration run_time) const;
-  // Called with mu_ held after a job finished: wakes the producer only when it is worth a fetch.
-  void SlotFreedLocked();
+  // Called with mu_ held after slots were freed (`by_worker`: by a worker that goes on to
+  // WorkLoop's next step): wakes the producer only when it is worth a fetch.
+  void SlotFreedLocked(bool by_worker);
   void WakeWorkerLocked();
   // Queues claimed rows for the workers (their slots are already counted in busy_).
   void AppendReadyLocked(std::vector<JobRow> rows);
@@ -102,8 +113,16 @@ class QueueRunner {
   int busy_ = 0;             // claimed and not finished; guarded by mu_
   int idle_workers_ = 0;     // workers waiting on worker_cv_; guarded by mu_
   int wakes_in_flight_ = 0;  // notify_one calls not yet consumed; guarded by mu_
-  bool wake_ = true;         // guarded by mu_
-  bool urgent_ = true;       // a wake from an insert: fetch without lingering
+  // The ready jobs ran out since the producer last heard of free slots; guarded by mu_.
+  bool announce_free_ = false;
+  bool fetching_ = false;  // a claim runs, the producer's or a worker's; guarded by mu_
+  // The last claim failed: only the producer claims, after this backoff (doubling up to a
+  // limit). Guarded by mu_.
+  bool fetch_failed_ = false;
+  std::chrono::steady_clock::duration fetch_backoff_;
+  FailureLog fetch_failures_;  // guarded by mu_
+  bool wake_ = true;           // guarded by mu_
+  bool urgent_ = true;         // a wake from an insert: fetch without lingering
   // The last fetch got fewer jobs than it asked for and no wake came since: no available job
   // of this queue is known to wait. Guarded by mu_.
   bool drained_ = false;

@@ -617,6 +617,37 @@ TEST_F(ClientTest, SoftStopLetsRunningJobsFinish) {
   EXPECT_EQ(Get(*c, r->job.id).state, JobState::kCompleted);
 }
 
+// A slow job in a batch of fast ones: the jobs after it in the batch must not wait for the thread
+// that runs it, whichever thread claimed the batch.
+TEST_F(ClientTest, ASlowJobDoesNotHoldUpTheRestOfItsBatch) {
+  Signal release, rest_done;
+  std::atomic<int> fast_done{0};
+  constexpr int kBefore = 200, kAfter = 40;
+  behaviour_->fn = [&](JobContext&, const EmailArgs& args) {
+    if (args.to == "slow") {
+      release.WaitFor();
+    } else if (args.to == "fast" && ++fast_done == kBefore + kAfter) {
+      rest_done.Notify();
+    }
+    return Outcome::Done();
+  };
+  auto c = Start(kBefore + kAfter + 1);
+  EventLog log(*c);
+  // Once a first job has run, the workers wait for a wake-up; the batch is then claimed by its
+  // insert, in id order, and one woken worker starts on it.
+  auto first = c->Insert(EmailArgs{"first"});
+  ASSERT_TRUE(first.has_value());
+  ASSERT_TRUE(log.WaitForJob(first->job.id, Event::Kind::kJobCompleted));
+  std::vector<InsertParams> many;
+  for (int i = 0; i < kBefore; ++i) many.push_back(InsertParams::From(EmailArgs{"fast"}));
+  many.push_back(InsertParams::From(EmailArgs{"slow"}));
+  for (int i = 0; i < kAfter; ++i) many.push_back(InsertParams::From(EmailArgs{"fast"}));
+  ASSERT_TRUE(c->InsertMany(std::move(many)).has_value());
+  EXPECT_TRUE(rest_done.WaitFor()) << fast_done.load() << " of " << kBefore + kAfter;
+  release.Notify();
+  EXPECT_TRUE(c->Stop(30s).ok());
+}
+
 // A job's row leaves `running` while its Work runs (another process cancelled, rescued or deleted
 // it): the outcome is not written, and no event claims it was; other jobs' events still arrive,
 // that of a job released with it included (their outcomes mostly share a batch).
