@@ -263,7 +263,7 @@ void QueueRunner::WorkLoop() {
   std::unique_lock lock(mu_);
   bool worked = false;  // this thread has just run a job
   for (;;) {
-    if (worked && !HasReadyLocked() && WorkerFetchesLocked()) {
+    if (worked && WorkerFetchesLocked()) {
       // This thread ran the last job claimed and enough slots are free: it claims the next batch
       // and works it, without waking the producer (see WorkerFetchesLocked).
       FetchLocked(lock, true);
