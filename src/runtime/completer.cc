@@ -19,8 +19,12 @@ constexpr auto kStopWriteDeadline = std::chrono::seconds(10);
 
 }  // namespace
 
-Completer::Completer(Executor& executor, Deliver deliver, Logger logger)
-    : executor_(executor), deliver_(std::move(deliver)), logger_(std::move(logger)) {}
+Completer::Completer(Executor& executor, Deliver deliver, Logger logger,
+                     std::chrono::microseconds linger)
+    : executor_(executor),
+      deliver_(std::move(deliver)),
+      logger_(std::move(logger)),
+      linger_(linger) {}
 
 Completer::~Completer() {
   if (thread_.joinable()) (void)Stop();
@@ -38,6 +42,13 @@ void Completer::Add(Completion c) {
   space_cv_.wait(lock, [&] { return pending_.size() < kBacklogLimit || stopping_; });
   pending_.push_back(std::move(c));
   if (pending_.size() == 1 || pending_.size() >= kBatchTarget) cv_.notify_one();
+}
+
+void Completer::FlushSoon() {
+  std::lock_guard lock(mu_);
+  if (pending_.empty()) return;
+  flush_ = true;
+  cv_.notify_one();
 }
 
 Status Completer::Stop() {
@@ -67,9 +78,11 @@ void Completer::Run() {
         cv_.wait(lock, [&] { return !pending_.empty() || stopping_; });
         if (pending_.empty() && stopping_) return;
         // A short linger lets a trickle of outcomes share one transaction.
-        if (pending_.size() < kBatchTarget && !stopping_) {
-          cv_.wait_for(lock, kLinger, [&] { return pending_.size() >= kBatchTarget || stopping_; });
+        if (pending_.size() < kBatchTarget && !stopping_ && !flush_) {
+          cv_.wait_for(lock, linger_,
+                       [&] { return pending_.size() >= kBatchTarget || stopping_ || flush_; });
         }
+        flush_ = false;
         if (pending_.size() <= kMaxBatch) {
           batch.swap(pending_);  // pending_ keeps the capacity of the last batch
         } else {

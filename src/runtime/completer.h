@@ -19,28 +19,33 @@ struct Completion {
 
 // Writes worker outcomes in batches: one JobSetStateIfRunningMany per batch, so completing N jobs
 // costs one transaction, not N. Batches form by themselves under load (outcomes pile up while the
-// previous batch is written); under light load an outcome waits at most `linger`. Thread safe.
-// Events are delivered for the outcomes written: a job that stopped running meanwhile (cancelled,
-// rescued or deleted by someone else) gets none, except after a failed write, when an outcome
-// found already written may have been this completer's own in-doubt commit.
+// previous batch is written); otherwise an outcome waits at most `linger`, or less when FlushSoon
+// says no more are coming. Thread safe. Events are delivered for the outcomes written: a job that
+// stopped running meanwhile (cancelled, rescued or deleted by someone else) gets none, except
+// after a failed write, when an outcome found already written may have been this completer's own
+// in-doubt commit.
 class Completer {
  public:
   using Deliver = std::function<void(const std::vector<Completion>&)>;
-  Completer(Executor& executor, Deliver deliver, Logger logger);
+  Completer(Executor& executor, Deliver deliver, Logger logger,
+            std::chrono::microseconds linger = kLinger);
   ~Completer();
 
   void Start();
   // Queues one outcome. Blocks while the backlog is over its limit (backpressure on workers).
   void Add(Completion c);
+  // Writes what is queued without waiting out the linger: a queue ran dry, so no outcome that
+  // would share the write is coming soon.
+  void FlushSoon();
   // Writes everything queued, then stops the thread. Returns the last write error, if any, when
   // outcomes could not be written (those jobs stay running until rescued).
   Status Stop();
 
-  // A write starts once kBatchTarget outcomes wait, or kLinger after the first of them. Under
-  // load a longer linger means fewer, larger writes, each of which on SQLite holds up a claim that
-  // wants the one writer: 5 ms against 0.5 won 13 of 15 rounds at 100 workers on SQLite and 4 of
-  // 4 at 1,000 on PostgreSQL, with lower pickup latency there (docs/benchmarks.md). A job's
-  // outcome is then written up to 5 ms after it ends (River's completer: 50-250 ms).
+  // A write starts once kBatchTarget outcomes wait, or kLinger after the first of them, or at
+  // FlushSoon. Under load a longer linger means fewer, larger writes, each of which on SQLite holds
+  // up a claim that wants the one writer: 5 ms against 0.5 won 13 of 15 rounds at 100 workers on
+  // SQLite and 4 of 4 at 1,000 on PostgreSQL (docs/benchmarks.md). River's completer waits
+  // 50-250 ms.
   static constexpr size_t kBatchTarget = 512;
   static constexpr size_t kMaxBatch = 5'000;
   static constexpr size_t kBacklogLimit = 20'000;
@@ -61,7 +66,9 @@ class Completer {
   // outcome is larger than its 512-byte nodes) and the writer moved each one under the lock.
   std::vector<Completion> pending_;  // guarded by mu_
   bool stopping_ = false;            // guarded by mu_
-  Status last_error_;                // guarded by mu_
+  bool flush_ = false;               // FlushSoon since the last batch was taken; guarded by mu_
+  const std::chrono::microseconds linger_;
+  Status last_error_;  // guarded by mu_
   std::thread thread_;
 };
 

@@ -233,6 +233,8 @@ void QueueRunner::FetchLocked(std::unique_lock<std::mutex>& lock, bool by_worker
   if (busy_ == 0) idle_cv_.notify_all();
   // A wake during the fetch may be for jobs it did not see.
   drained_ = got < n && !wake_;
+  // Found nothing, with no job running: as at the last job's end (SlotFreedLocked).
+  if (busy_ == 0 && drained_) env_.completer.FlushSoon();
   if (got == n && !wake_) {
     const JobRow& last =
         *std::max_element(rows->begin(), rows->end(), [](const JobRow& a, const JobRow& b) {
@@ -380,7 +382,12 @@ void QueueRunner::WakeWorkerLocked() {
 }
 
 void QueueRunner::SlotFreedLocked(bool by_worker) {
-  if (busy_ == 0) idle_cv_.notify_all();
+  if (busy_ == 0) {
+    idle_cv_.notify_all();
+    // The queue ran dry (the last claim came up short) and its last job has ended: no outcome
+    // will join its in the completer's next write, which need not wait out the linger.
+    if (drained_) env_.completer.FlushSoon();
+  }
   // The worker claims the next batch itself (WorkLoop).
   if (by_worker && WorkerFetchesLocked()) return;
   // While claimed jobs wait for a thread, their threads take the free slots, and a claim beside

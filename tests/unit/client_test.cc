@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "driver/driver.h"
+#include "runtime/completer.h"
 #include "spool/spool.h"
 #include "support/test_util.h"
 
@@ -976,6 +977,56 @@ TEST(ClientOpenTest, DuplicateWorkerKindIsRefused) {
   ASSERT_FALSE(c.has_value());
   EXPECT_NE(c.error().message().find("two workers are registered for kind \"dup\""),
             std::string::npos);
+}
+
+// The completer holds an outcome back for others to share its write, up to its linger; FlushSoon
+// (a queue ran dry, nothing more is coming) writes it at once. The linger here is an hour, so
+// only FlushSoon delivers within the wait.
+TEST(CompleterTest, FlushSoonWritesWithoutWaitingOutTheLinger) {
+  TempDir dir;
+  const std::string url = dir.SqliteUrl();
+  ASSERT_TRUE(MigrateUp(url).ok());
+  auto d = internal::Driver::Open(url, {});
+  ASSERT_TRUE(d.has_value()) << d.error().ToString();
+  internal::Executor& ex = (*d)->executor();
+  const TimePoint now = std::chrono::time_point_cast<Duration>(std::chrono::system_clock::now());
+  auto inserted = ex.JobInsertMany(
+      {.jobs = {{.kind = "email", .queue = "default", .scheduled_at = now, .claim = true}},
+       .now = now,
+       .claim_for = "c1"});
+  ASSERT_TRUE(inserted.has_value()) << inserted.error().ToString();
+  ASSERT_EQ(inserted->size(), 1u);
+  const JobRow job = inserted->front().job;
+  ASSERT_EQ(job.state, JobState::kRunning);
+
+  Signal delivered;
+  std::vector<int64_t> ids;
+  std::mutex mu;
+  internal::Completer completer(
+      ex,
+      [&](const std::vector<internal::Completion>& batch) {
+        {
+          std::lock_guard lock(mu);
+          for (const auto& c : batch) ids.push_back(c.params.id);
+        }
+        delivered.Notify();
+      },
+      Logger{}, std::chrono::hours(1));
+  completer.Start();
+  internal::Completion c;
+  c.params = {.id = job.id, .attempt = 1, .state = JobState::kCompleted, .at = now, .error = {}};
+  c.event = {.kind = Event::Kind::kJobCompleted, .job = job, .run_time = {}, .queue = "default"};
+  completer.Add(std::move(c));
+  completer.FlushSoon();
+  ASSERT_TRUE(delivered.WaitFor());
+  {
+    std::lock_guard lock(mu);
+    EXPECT_EQ(ids, std::vector<int64_t>{job.id});
+  }
+  EXPECT_TRUE(completer.Stop().ok());
+  auto row = ex.JobGetByID(job.id);
+  ASSERT_TRUE(row.has_value()) << row.error().ToString();
+  EXPECT_EQ(row->state, JobState::kCompleted);
 }
 
 }  // namespace
