@@ -43,8 +43,8 @@ class Completer {
 
   // A write starts once kBatchTarget outcomes wait, or kLinger after the first of them, or at
   // FlushSoon. Under load a longer linger means fewer, larger writes, each of which on SQLite holds
-  // up a claim that wants the one writer: 5 ms against 0.5 won 13 of 15 rounds at 100 workers on
-  // SQLite and 4 of 4 at 1,000 on PostgreSQL (docs/benchmarks.md). River's completer waits
+  // up a claim that wants the one writer: 5 ms against 0.5 won 18 of 23 rounds at 100 workers on
+  // SQLite and 7 of 8 at 1,000 on PostgreSQL (docs/benchmarks.md). River's completer waits
   // 50-250 ms.
   static constexpr size_t kBatchTarget = 512;
   static constexpr size_t kMaxBatch = 5'000;

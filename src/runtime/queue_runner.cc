@@ -384,8 +384,8 @@ void QueueRunner::WakeWorkerLocked() {
 void QueueRunner::SlotFreedLocked(bool by_worker) {
   if (busy_ == 0) {
     idle_cv_.notify_all();
-    // The queue ran dry (the last claim came up short) and its last job has ended: no outcome
-    // will join its in the completer's next write, which need not wait out the linger.
+    // The queue ran dry (the last claim came up short) and its last job has ended: none of its
+    // outcomes is coming soon, so the completer's next write need not wait out the linger.
     if (drained_) env_.completer.FlushSoon();
   }
   // The worker claims the next batch itself (WorkLoop).
