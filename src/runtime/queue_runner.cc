@@ -213,7 +213,7 @@ void QueueRunner::FetchLocked(std::unique_lock<std::mutex>& lock, bool by_worker
   if (!rows) {
     drained_ = false;
     busy_ -= n;
-    if (busy_ == 0) idle_cv_.notify_all();
+    BusyDroppedLocked();
     fetch_failures_.Failed(
         env_.logger, rows.error(),
         fmt::format("retrying every {} ms",
@@ -230,11 +230,9 @@ void QueueRunner::FetchLocked(std::unique_lock<std::mutex>& lock, bool by_worker
   }
   const int got = static_cast<int>(rows->size());
   busy_ -= n - got;
-  if (busy_ == 0) idle_cv_.notify_all();
   // A wake during the fetch may be for jobs it did not see.
   drained_ = got < n && !wake_;
-  // Found nothing, with no job running: as at the last job's end (SlotFreedLocked).
-  if (busy_ == 0 && drained_) env_.completer.FlushSoon();
+  BusyDroppedLocked();
   if (got == n && !wake_) {
     const JobRow& last =
         *std::max_element(rows->begin(), rows->end(), [](const JobRow& a, const JobRow& b) {
@@ -381,13 +379,16 @@ void QueueRunner::WakeWorkerLocked() {
   worker_cv_.notify_one();
 }
 
+void QueueRunner::BusyDroppedLocked() {
+  if (busy_ != 0) return;
+  idle_cv_.notify_all();
+  // The queue ran dry (the last claim came up short) and no job of it runs: none of its outcomes
+  // is coming soon, so the completer's next write need not wait out the linger.
+  if (drained_) env_.completer.FlushSoon();
+}
+
 void QueueRunner::SlotFreedLocked(bool by_worker) {
-  if (busy_ == 0) {
-    idle_cv_.notify_all();
-    // The queue ran dry (the last claim came up short) and its last job has ended: none of its
-    // outcomes is coming soon, so the completer's next write need not wait out the linger.
-    if (drained_) env_.completer.FlushSoon();
-  }
+  BusyDroppedLocked();
   // The worker claims the next batch itself (WorkLoop).
   if (by_worker && WorkerFetchesLocked()) return;
   // While claimed jobs wait for a thread, their threads take the free slots, and a claim beside

@@ -87,6 +87,9 @@ class QueueRunner {
   Completion MakeCompletion(JobRow job, const Outcome& outcome, bool timed_out,
                             bool admin_cancelled, bool stop_cancelled, Duration timeout,
                             Duration run_time) const;
+  // Called with mu_ held after busy_ went down: at zero, tells WaitIdle and, if the queue ran
+  // dry, the completer.
+  void BusyDroppedLocked();
   // Called with mu_ held after slots were freed (`by_worker`: by a worker that goes on to
   // WorkLoop's next step): wakes the producer only when it is worth a fetch.
   void SlotFreedLocked(bool by_worker);
