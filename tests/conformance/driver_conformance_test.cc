@@ -102,6 +102,27 @@ spool::Result<std::vector<JobRow>> InsertRows(spool::internal::Executor& ex,
   return rows;
 }
 
+// Of the running jobs of `queue` (attempt 1), `ended` ends (cancelled, as by someone else) and
+// `rescued` is rescued and runs again as attempt 2, claimed by another client.
+Status EndOneAndRunOneAgain(spool::internal::Executor& ex, const std::string& queue, int64_t ended,
+                            int64_t rescued) {
+  const spool::AttemptError err{kT0, 1, "x", ""};
+  SPOOL_ASSIGN_OR_RETURN(int64_t n, ex.JobSetStateIfRunningMany({{
+                                        Outcome(ended, JobState::kCancelled, kT0, err),
+                                        Outcome(rescued, JobState::kRetryable, kT0, err),
+                                    }}));
+  SPOOL_ASSIGN_OR_RETURN(auto scheduled, ex.JobSchedule({kT0, 10}));
+  SPOOL_ASSIGN_OR_RETURN(auto again, ex.JobGetAvailable(Fetch(queue, 10, kT0, "client-2")));
+  if (n != 2 || scheduled.count != 1 || again.size() != 1 || again[0].id != rescued ||
+      again[0].attempt != 2) {
+    return Status::Internal("set-up: " + std::to_string(n) + " outcomes written, " +
+                            std::to_string(scheduled.count) + " scheduled, " +
+                            std::to_string(again.size()) + " claimed again (want 2, 1 and job " +
+                            std::to_string(rescued) + " as attempt 2)");
+  }
+  return Status::Ok();
+}
+
 std::vector<int64_t> Ids(const std::vector<JobRow>& rows) {
   std::vector<int64_t> ids;
   for (const auto& r : rows) ids.push_back(r.id);
@@ -801,17 +822,7 @@ TEST_P(DriverConformanceTest, SetStateNamesTheOutcomesItSkipped) {
   CONF_ASSIGN_OR_FAIL(auto running, exec().JobGetAvailable(Fetch("q", 10)));
   ASSERT_EQ(running.size(), 5u);
   const spool::AttemptError err{kT0, 1, "x", ""};
-  // rows[1] ends (written by someone else); rows[3] is rescued and runs again as attempt 2.
-  CONF_ASSIGN_OR_FAIL(int64_t before, exec().JobSetStateIfRunningMany({{
-                                          Outcome(rows[1].id, JobState::kCancelled, kT0, err),
-                                          Outcome(rows[3].id, JobState::kRetryable, kT0, err),
-                                      }}));
-  ASSERT_EQ(before, 2);
-  CONF_ASSIGN_OR_FAIL(auto sched, exec().JobSchedule({kT0, 10}));
-  ASSERT_EQ(sched.count, 1);
-  CONF_ASSIGN_OR_FAIL(auto again, exec().JobGetAvailable(Fetch("q", 10, kT0, "client-2")));
-  ASSERT_EQ(again.size(), 1u);
-  ASSERT_EQ(again[0].attempt, 2);
+  CONF_ASSERT_OK(EndOneAndRunOneAgain(exec(), "q", rows[1].id, rows[3].id));
 
   std::vector<int64_t> skipped{42};  // cleared by the call
   JobSetStateIfRunningManyParams p{
@@ -930,6 +941,56 @@ TEST_P(DriverConformanceTest, SetStateWritesBatchesOfAnySizeAndNothingElse) {
   EXPECT_EQ(counts, (std::map<JobState, int64_t>{{JobState::kRunning, 10},
                                                  {JobState::kRetryable, retryable},
                                                  {JobState::kCompleted, total - 10 - retryable}}));
+}
+
+// Plain completions of jobs with close ids, as a backlog worked in id order gives (the SQLite
+// driver writes such runs by id range): in the range, jobs not in the batch, jobs no longer
+// running and jobs running another attempt must stay as they are, and each job written gets its
+// own finalized_at.
+TEST_P(DriverConformanceTest, SetStateCompletesRunsOfCloseIdsAndNothingElse) {
+  std::vector<JobInsertParams> jobs(30, Job("k", "q"));
+  for (int i = 0; i < 20; ++i) jobs.push_back(Job("k", "other"));  // a gap in q's ids
+  for (int i = 0; i < 10; ++i) jobs.push_back(Job("k", "q"));
+  CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(exec(), Many(jobs)));
+  std::vector<int64_t> q_ids;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    if (i < 30 || i >= 50) q_ids.push_back(rows[i].id);
+  }
+  CONF_ASSIGN_OR_FAIL(auto running, exec().JobGetAvailable(Fetch("q", 40)));
+  ASSERT_EQ(running.size(), 40u);
+  CONF_ASSERT_OK(EndOneAndRunOneAgain(exec(), "q", q_ids[5], q_ids[9]));
+
+  // Every q job but two bystanders (q_ids[12] and q_ids[13]), in no particular order: attempt 1,
+  // or 0 (any attempt) for q_ids[20]; q_ids[5] and q_ids[9] must be left alone, as must an id no
+  // job has. No `skipped`: the statements alone must tell (with it, a driver may first look up
+  // which jobs still run, as the SQLite driver does when a write changes fewer rows than asked).
+  const std::set<size_t> bystanders{12, 13};
+  JobSetStateIfRunningManyParams p;
+  for (size_t i = q_ids.size(); i-- > 0;) {
+    if (bystanders.contains(i)) continue;
+    p.jobs.push_back(Outcome(q_ids[i], JobState::kCompleted,
+                             kT0 + milliseconds(static_cast<int>(i)), std::nullopt,
+                             i == 20 ? 0 : 1));
+  }
+  p.jobs.push_back(Outcome(999'999, JobState::kCompleted, kT0, std::nullopt, 1));
+  CONF_ASSIGN_OR_FAIL(int64_t n, exec().JobSetStateIfRunningMany(p));
+  EXPECT_EQ(n, 40 - 2 - 2);
+  for (size_t i = 0; i < q_ids.size(); ++i) {
+    CONF_ASSIGN_OR_FAIL(JobRow row, exec().JobGetByID(q_ids[i]));
+    if (bystanders.contains(i) || i == 9) {
+      EXPECT_EQ(row.state, JobState::kRunning) << "job " << i;
+      EXPECT_EQ(row.finalized_at, std::nullopt) << "job " << i;
+    } else if (i == 5) {
+      EXPECT_EQ(row.state, JobState::kCancelled);
+      EXPECT_EQ(row.finalized_at, std::optional<TimePoint>(kT0));
+    } else {
+      EXPECT_EQ(row.state, JobState::kCompleted) << "job " << i;
+      EXPECT_EQ(row.finalized_at, std::optional<TimePoint>(kT0 + milliseconds(static_cast<int>(i))))
+          << "job " << i;
+    }
+  }
+  CONF_ASSIGN_OR_FAIL(auto other, exec().JobCountByState("other"));
+  EXPECT_EQ(other, (std::map<JobState, int64_t>{{JobState::kAvailable, 20}}));
 }
 
 // ---- scheduler --------------------------------------------------------------------------------

@@ -252,6 +252,73 @@ TEST_F(SqliteOnlyTest, InsertsOfEverySizePrepareAFewStatements) {
   EXPECT_LE(statements() - before, 2 * 8 + 6);
 }
 
+// Plain completions of close ids go by id range through the SQL function spool_outcome_at, and
+// scattered ones through the VALUES join; both write exactly their jobs. The function reads only
+// a run the driver bound as a pointer: called from SQL text with anything else, it fails.
+TEST_F(SqliteOnlyTest, CloseCompletionsGoByRangeAndTheirRunCannotBeForged) {
+  auto db = OpenAppConnection();
+  spool::internal::SqliteQueries queries(db.get());
+  JobInsertManyParams many = OneJob("k");
+  many.jobs.resize(100, many.jobs[0]);
+  CONF_ASSIGN_OR_FAIL(auto inserted, queries.JobInsertMany(many));
+  CONF_ASSIGN_OR_FAIL(
+      auto running,
+      queries.JobGetAvailable(
+          {.queue = "default", .max = 100, .client_id = "c", .now = kT0, .after = std::nullopt}));
+  ASSERT_EQ(running.size(), 100u);
+  const auto prepared = [&](std::string_view needle) {
+    int n = 0;
+    for (sqlite3_stmt* s = sqlite3_next_stmt(db.get(), nullptr); s != nullptr;
+         s = sqlite3_next_stmt(db.get(), s)) {
+      if (std::string_view(sqlite3_sql(s)).find(needle) != std::string_view::npos) ++n;
+    }
+    return n;
+  };
+  const auto complete = [&](const std::vector<size_t>& which) {
+    spool::internal::JobSetStateIfRunningManyParams p;
+    for (size_t i : which) {
+      p.jobs.push_back({.id = inserted[i].job.id,
+                        .attempt = 1,
+                        .state = JobState::kCompleted,
+                        .at = kT0 + std::chrono::seconds(static_cast<int>(i)),
+                        .error = std::nullopt});
+    }
+    return queries.JobSetStateIfRunningMany(p);
+  };
+  // Every tenth job: too far apart for a range.
+  std::vector<size_t> scattered;
+  for (size_t i = 0; i < 100; i += 10) scattered.push_back(i);
+  CONF_ASSIGN_OR_FAIL(int64_t n, complete(scattered));
+  EXPECT_EQ(n, 10);
+  EXPECT_EQ(prepared("spool_outcome_at"), 0);
+  // Jobs 41 to 69 but 50 and 60 (done above) and 55: one run.
+  std::vector<size_t> close;
+  for (size_t i = 41; i < 70; ++i) {
+    if (i % 10 != 0 && i != 55) close.push_back(i);
+  }
+  CONF_ASSIGN_OR_FAIL(n, complete(close));
+  EXPECT_EQ(n, static_cast<int64_t>(close.size()));
+  EXPECT_EQ(prepared("spool_outcome_at"), 1);
+  CONF_ASSIGN_OR_FAIL(auto counts, queries.JobCountByState("default"));
+  EXPECT_EQ(counts, (std::map<JobState, int64_t>{{JobState::kRunning, 100 - 10 - 26},
+                                                 {JobState::kCompleted, 10 + 26}}));
+  CONF_ASSIGN_OR_FAIL(spool::JobRow job55, queries.JobGetByID(inserted[55].job.id));
+  EXPECT_EQ(job55.state, JobState::kRunning);
+  CONF_ASSIGN_OR_FAIL(spool::JobRow job56, queries.JobGetByID(inserted[56].job.id));
+  EXPECT_EQ(job56.finalized_at, std::optional(kT0 + std::chrono::seconds(56)));
+
+  for (const char* arg : {"NULL", "42", "'spool_outcome_run'", "x'00000000'"}) {
+    SCOPED_TRACE(arg);
+    sqlite3_stmt* raw = nullptr;
+    const std::string sql = std::string("SELECT spool_outcome_at(") + arg + ", 1, 1)";
+    ASSERT_EQ(sqlite3_prepare_v2(db.get(), sql.c_str(), -1, &raw, nullptr), SQLITE_OK);
+    spool::internal::SqliteStmtPtr stmt(raw);
+    EXPECT_EQ(sqlite3_step(stmt.get()), SQLITE_ERROR);
+    EXPECT_NE(std::string(sqlite3_errmsg(db.get())).find("no outcome run bound"), std::string::npos)
+        << sqlite3_errmsg(db.get());
+  }
+}
+
 // A state code no JobState has (written past the CHECK by hand) makes the row unreadable, named by
 // its column, like any other value that does not decode.
 TEST_F(SqliteOnlyTest, AStateCodeNoJobStateHasMakesTheRowUnreadable) {

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <optional>
 #include <set>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -139,6 +140,10 @@ class SqliteQueries {
   // count: the rows past `rows` are left unbound (StmtScope clears the bindings after each use),
   // and their NULL ids match no job.
   Result<sqlite3_stmt*> CompleteStmt(int rows);
+  // Plain completions of jobs `run.front()->id` to `run.back()->id` (sorted by id, no id twice),
+  // by id range with the per-job values looked up by the SQL function spool_outcome_at, which it
+  // registers on the connection at first use; returns how many rows changed.
+  Result<int64_t> CompleteRun(std::span<const JobSetStateParams* const> run);
   Result<sqlite3_stmt*> SetStateStmt(int rows);
   // The outcome updates of JobSetStateIfRunningMany, inside the caller's write scope; returns
   // how many rows changed.
@@ -154,6 +159,7 @@ class SqliteQueries {
   std::array<sqlite3_stmt*, kInsertSizes> insert_returning_{};
   std::array<sqlite3_stmt*, kUpdateChunk + 1> complete_{};
   std::array<sqlite3_stmt*, kUpdateChunk + 1> set_state_{};
+  bool outcome_function_ = false;  // spool_outcome_at is registered on the connection
 };
 
 }  // namespace spool::internal
