@@ -492,6 +492,76 @@ TEST_P(DriverConformanceTest, FetchIncrementsAttemptAndRecordsClient) {
   EXPECT_EQ(stored.attempted_by, f2[0].attempted_by);
 }
 
+// Every field of a claimed job is what the driver stores for it after the claim, on the first
+// attempt and on a later one (errors and clients recorded). The jobs around it, in id order,
+// differ from it in every field, and the batch comes back in fetch order, not id order.
+TEST_P(DriverConformanceTest, FetchReturnsEachRowAsStored) {
+  const auto job = [](int n, int priority) {
+    JobInsertParams p = Job("kind_" + std::to_string(n), "q");
+    p.args = R"({"n":)" + std::to_string(n) + R"(,"s":"args"})";
+    p.metadata = R"({"m":)" + std::to_string(n) + "}";
+    p.tags = {"tag_" + std::to_string(n), "all"};
+    p.priority = priority;
+    p.max_attempts = 10 + n;
+    p.scheduled_at = kT0 - seconds(100 - n);
+    return p;
+  };
+  CONF_ASSIGN_OR_FAIL(
+      auto rows, InsertRows(exec(), Many({job(0, 3), job(1, 1), job(2, 2)}, kT0 - seconds(200))));
+  const auto expect_as_stored = [&](const std::vector<JobRow>& claimed) {
+    for (const JobRow& got : claimed) {
+      SCOPED_TRACE("job " + std::to_string(got.id));
+      CONF_ASSIGN_OR_FAIL(JobRow want, exec().JobGetByID(got.id));
+      EXPECT_EQ(got.state, want.state);
+      EXPECT_EQ(got.attempt, want.attempt);
+      EXPECT_EQ(got.max_attempts, want.max_attempts);
+      EXPECT_EQ(got.attempted_at, want.attempted_at);
+      EXPECT_EQ(got.attempted_by, want.attempted_by);
+      EXPECT_EQ(got.created_at, want.created_at);
+      EXPECT_EQ(got.scheduled_at, want.scheduled_at);
+      EXPECT_EQ(got.finalized_at, want.finalized_at);
+      EXPECT_EQ(got.priority, want.priority);
+      EXPECT_EQ(got.queue, want.queue);
+      EXPECT_EQ(got.kind, want.kind);
+      EXPECT_EQ(Json(got.args), Json(want.args));
+      EXPECT_EQ(Json(got.metadata), Json(want.metadata));
+      EXPECT_EQ(got.tags, want.tags);
+      ASSERT_EQ(got.errors.size(), want.errors.size());
+      for (size_t i = 0; i < got.errors.size(); ++i) {
+        EXPECT_EQ(got.errors[i].at, want.errors[i].at);
+        EXPECT_EQ(got.errors[i].attempt, want.errors[i].attempt);
+        EXPECT_EQ(got.errors[i].error, want.errors[i].error);
+        EXPECT_EQ(got.errors[i].trace, want.errors[i].trace);
+      }
+    }
+  };
+  CONF_ASSIGN_OR_FAIL(auto first, exec().JobGetAvailable(Fetch("q", 10, kT0, "client-a")));
+  EXPECT_EQ(Ids(first), (std::vector<int64_t>{rows[1].id, rows[2].id, rows[0].id}));
+  expect_as_stored(first);
+  EXPECT_EQ(first[0].created_at, kT0 - seconds(200));
+  EXPECT_EQ(first[0].scheduled_at, kT0 - seconds(99));
+  EXPECT_EQ(Json(first[0].args), Json(R"({"n":1,"s":"args"})"));
+
+  // All three fail and come back; the second claim sees their errors and first client.
+  JobSetStateIfRunningManyParams failed;
+  for (const JobRow& r : first) {
+    failed.jobs.push_back(Outcome(r.id, JobState::kRetryable, kT0 + seconds(1),
+                                  spool::AttemptError{kT0, 1, "failed " + r.kind, "trace"}, 1));
+  }
+  CONF_ASSIGN_OR_FAIL(int64_t n, exec().JobSetStateIfRunningMany(failed));
+  ASSERT_EQ(n, 3);
+  CONF_ASSIGN_OR_FAIL(auto sched, exec().JobSchedule({kT0 + seconds(1), 10}));
+  ASSERT_EQ(sched.count, 3);
+  CONF_ASSIGN_OR_FAIL(auto second,
+                      exec().JobGetAvailable(Fetch("q", 10, kT0 + seconds(2), "client-b")));
+  EXPECT_EQ(Ids(second), (std::vector<int64_t>{rows[1].id, rows[2].id, rows[0].id}));
+  expect_as_stored(second);
+  ASSERT_EQ(second.size(), 3u);
+  EXPECT_EQ(second[2].attempted_by, (std::vector<std::string>{"client-a", "client-b"}));
+  ASSERT_EQ(second[2].errors.size(), 1u);
+  EXPECT_EQ(second[2].errors[0].error, "failed kind_0");
+}
+
 JobInsertParams Claimed(JobInsertParams p) {
   p.claim = true;
   return p;

@@ -253,9 +253,9 @@ TEST_F(SqliteOnlyTest, InsertsOfEverySizePrepareAFewStatements) {
 }
 
 // Plain completions of close ids go by id range through the SQL function spool_outcome_at, and
-// scattered ones through the VALUES join; both write exactly their jobs. The function reads only
-// a run the driver bound as a pointer: called from SQL text with anything else, it fails.
-TEST_F(SqliteOnlyTest, CloseCompletionsGoByRangeAndTheirRunCannotBeForged) {
+// scattered ones through the VALUES join; both write exactly their jobs. The driver's functions
+// read only what it binds as a pointer: called from SQL text with anything else, they fail.
+TEST_F(SqliteOnlyTest, CloseCompletionsGoByRangeAndTheDriversFunctionsCannotBeForged) {
   auto db = OpenAppConnection();
   spool::internal::SqliteQueries queries(db.get());
   JobInsertManyParams many = OneJob("k");
@@ -307,15 +307,23 @@ TEST_F(SqliteOnlyTest, CloseCompletionsGoByRangeAndTheirRunCannotBeForged) {
   CONF_ASSIGN_OR_FAIL(spool::JobRow job56, queries.JobGetByID(inserted[56].job.id));
   EXPECT_EQ(job56.finalized_at, std::optional(kT0 + std::chrono::seconds(56)));
 
-  for (const char* arg : {"NULL", "42", "'spool_outcome_run'", "x'00000000'"}) {
-    SCOPED_TRACE(arg);
-    sqlite3_stmt* raw = nullptr;
-    const std::string sql = std::string("SELECT spool_outcome_at(") + arg + ", 1, 1)";
-    ASSERT_EQ(sqlite3_prepare_v2(db.get(), sql.c_str(), -1, &raw, nullptr), SQLITE_OK);
-    spool::internal::SqliteStmtPtr stmt(raw);
-    EXPECT_EQ(sqlite3_step(stmt.get()), SQLITE_ERROR);
-    EXPECT_NE(std::string(sqlite3_errmsg(db.get())).find("no outcome run bound"), std::string::npos)
-        << sqlite3_errmsg(db.get());
+  // Both of the driver's functions, with anything but the pointer the driver binds.
+  for (const std::string call : {"spool_outcome_at(%, 1, 1)",
+                                 "spool_claimed(%, 1, 1, 1, '[]', 1, 1, 1, 'k', '{}', '{}', "
+                                 "'[]', '[]')"}) {
+    for (const char* arg :
+         {"NULL", "42", "'spool_outcome_run'", "'spool_claimed_rows'", "x'00000000'"}) {
+      std::string sql = "SELECT " + call;
+      sql.replace(sql.find('%'), 1, arg);
+      SCOPED_TRACE(sql);
+      sqlite3_stmt* raw = nullptr;
+      ASSERT_EQ(sqlite3_prepare_v2(db.get(), sql.c_str(), -1, &raw, nullptr), SQLITE_OK)
+          << sqlite3_errmsg(db.get());
+      spool::internal::SqliteStmtPtr stmt(raw);
+      EXPECT_EQ(sqlite3_step(stmt.get()), SQLITE_ERROR);
+      EXPECT_NE(std::string(sqlite3_errmsg(db.get())).find(" bound"), std::string::npos)
+          << sqlite3_errmsg(db.get());
+    }
   }
 }
 

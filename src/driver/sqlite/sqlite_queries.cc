@@ -135,6 +135,54 @@ void RawJobRows::Append(sqlite3_stmt* stmt) {
   }
 }
 
+void RawJobRows::AppendClaimed(sqlite3_value** values, std::string_view queue) {
+  // values: kClaimedColumns. Row: ints id, state, attempt, max_attempts, created_at,
+  // scheduled_at, priority; texts attempted_by, queue, kind, args, metadata, tags, errors.
+  Row& row = rows_.emplace_back();
+  row.ints = {sqlite3_value_int64(values[0]), StateCode(JobState::kAvailable),
+              sqlite3_value_int64(values[1]), sqlite3_value_int64(values[2]),
+              sqlite3_value_int64(values[4]), sqlite3_value_int64(values[5]),
+              sqlite3_value_int64(values[6])};
+  if (!claimed_queue_ ||
+      std::string_view(text_).substr(claimed_queue_->offset, claimed_queue_->size) != queue) {
+    claimed_queue_ = Span{text_.size(), queue.size()};
+    text_.append(queue);
+  }
+  static constexpr std::array<int, 7> kTexts = {3, -1, 7, 8, 9, 10, 11};  // -1: the queue
+  for (size_t k = 0; k < kTexts.size(); ++k) {
+    if (kTexts[k] < 0) {
+      row.text[k] = *claimed_queue_;
+      continue;
+    }
+    sqlite3_value* v = values[kTexts[k]];
+    const auto* text = reinterpret_cast<const char*>(sqlite3_value_text(v));
+    const auto size = static_cast<size_t>(sqlite3_value_bytes(v));
+    row.text[k] = {text_.size(), size};
+    if (size > 0) text_.append(text, size);
+  }
+}
+
+Status RawJobRows::Reorder(const std::vector<int64_t>& ids) {
+  std::vector<std::pair<int64_t, size_t>> by_id(rows_.size());
+  for (size_t i = 0; i < rows_.size(); ++i) by_id[i] = {rows_[i].ints[0], i};
+  std::sort(by_id.begin(), by_id.end());
+  std::vector<Row> ordered;
+  ordered.reserve(ids.size());
+  for (int64_t id : ids) {
+    auto it = std::lower_bound(by_id.begin(), by_id.end(), std::pair<int64_t, size_t>{id, 0});
+    if (it == by_id.end() || it->first != id) {
+      return Status::Internal(fmt::format("claim: job {} was read but not updated", id));
+    }
+    ordered.push_back(rows_[it->second]);
+  }
+  if (ordered.size() != rows_.size()) {
+    return Status::Internal(
+        fmt::format("claim: {} jobs read but {} updated", ids.size(), rows_.size()));
+  }
+  rows_.swap(ordered);
+  return Status::Ok();
+}
+
 Result<JobRow> RawJobRows::Decode(size_t i) const {
   Result<JobRow> row = DecodeRow(rows_[i]);
   if (!row) return UnreadableRowError(std::to_string(id(i)), row.error());
@@ -374,8 +422,7 @@ const std::string& SqliteFetchSql(bool after) {
   // A paused queue is a LIMIT of 0, which SQLite evaluates once before it reads any row: as a
   // WHERE term (NOT EXISTS ...) it was tested row by row along the queue's whole index, 7 ms of
   // the writer's time for each fetch of a paused queue holding 50,000 jobs.
-  static const std::string kFrom = "SELECT " + std::string(kJobColumns) +
-                                   " FROM spool_job WHERE state = " SPOOL_AVAILABLE
+  static const std::string kFrom = "SELECT id FROM spool_job WHERE state = " SPOOL_AVAILABLE
                                    " AND queue = ?2 AND scheduled_at <= ?1 ";
   static const std::string kRest =
       "ORDER BY priority, scheduled_at, id LIMIT CASE WHEN EXISTS (SELECT 1 FROM spool_queue "
@@ -401,21 +448,58 @@ Status SqliteQueries::GiveBack(const RawJobRows& raw, TimePoint now) {
   return JobSetStateIfRunningMany(back).status();
 }
 
+namespace {
+
+// The columns a claim's UPDATE hands to spool_claimed, in RawJobRows::AppendClaimed's order. The
+// others it knows: the row was available (state, and so no finalized_at) in the claim's queue,
+// and the claim overwrites attempted_at.
+constexpr std::string_view kClaimedColumns =
+    "id, attempt, max_attempts, attempted_by, created_at, scheduled_at, priority, kind, args, "
+    "metadata, tags, errors";
+constexpr int kClaimedColumnCount = 12;
+constexpr const char* kClaimedRowsType = "spool_claimed_rows";
+
+// The rows a claim's UPDATE marks, with the queue they were claimed from.
+struct ClaimedRows {
+  RawJobRows* rows;
+  std::string_view queue;
+};
+
+// spool_claimed(rows, kClaimedColumns...): copies the row as the UPDATE found it into `rows`
+// (bound with sqlite3_bind_pointer, which SQL text cannot forge) and returns its attempt. An
+// UPDATE evaluates its SET expressions once for each row it writes, so every row marked is
+// copied once.
+void ClaimedFunction(sqlite3_context* ctx, int argc, sqlite3_value** argv) {
+  auto* claimed = static_cast<ClaimedRows*>(sqlite3_value_pointer(argv[0], kClaimedRowsType));
+  if (claimed == nullptr || argc != kClaimedColumnCount + 1) {
+    sqlite3_result_error(ctx, "spool_claimed: no claimed rows bound", -1);
+    return;
+  }
+  claimed->rows->AppendClaimed(argv + 1, claimed->queue);
+  sqlite3_result_int64(ctx, sqlite3_value_int64(argv[2]));
+}
+
+}  // namespace
+
 Result<RawJobRows> SqliteQueries::ClaimAvailable(const JobGetAvailableParams& params) {
   RawJobRows rows;
   if (params.max <= 0) return rows;
-  // A SELECT, then an UPDATE of the rows it read, in one write transaction (no other writer can
-  // come between), instead of UPDATE ... RETURNING: SQLite stores RETURNING rows in a temporary
-  // table before handing them out, which cost more than reading them here and applying the same
-  // change to the decoded rows (FinishClaim).
+  SPOOL_RETURN_IF_ERROR(RegisterFunctions());
+  // The SELECT reads only the ids (the fetch index covers them), then one UPDATE marks the rows
+  // read and hands each to spool_claimed as it finds it, all in one write transaction (no other
+  // writer can come between). A SELECT of whole rows cost 6,640 instructions a job, most of it
+  // reading 16 columns out of SQLite; the ids cost 1,930 and the copy inside the UPDATE 2,090
+  // (callgrind, docs/benchmarks.md). UPDATE ... RETURNING stores its rows in a temporary table
+  // before handing them out, which cost more still.
   // attempted_by keeps the last 100 client ids. Short lists (nearly all) grow by plain string
   // concatenation of the pre-encoded JSON string ?2: running the JSON functions on every claimed
   // row was a visible share of the claim. An entry takes at least 3 characters ("" and a comma),
   // so a list shorter than 298 characters has fewer than 99 entries and may grow without a
   // count; longer ones take the JSON path, which enforces the cap.
   static const std::string kSet =
-      "UPDATE spool_job SET state = " SPOOL_RUNNING
-      ", attempt = attempt + 1, attempted_at = ?1, "
+      "UPDATE spool_job SET state = " SPOOL_RUNNING ", attempt = spool_claimed(?5, " +
+      std::string(kClaimedColumns) +
+      ") + 1, attempted_at = ?1, "
       "attempted_by = CASE WHEN attempted_by = '[]' THEN '[' || ?2 || ']' "
       "WHEN length(attempted_by) < 298 "
       "THEN substr(attempted_by, 1, length(attempted_by) - 1) || ',' || ?2 || ']' "
@@ -430,6 +514,7 @@ Result<RawJobRows> SqliteQueries::ClaimAvailable(const JobGetAvailableParams& pa
   // as many of them as ids in it, and no other writer comes between the read and the update.
   static const std::string kUpdateRange = kSet + "WHERE id BETWEEN ?3 AND ?4";
   SPOOL_ASSIGN_OR_RETURN(auto scope, WriteScope::Begin(cache_));
+  std::vector<int64_t> ids;
   {
     SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt,
                            cache_.Get(SqliteFetchSql(params.after.has_value())));
@@ -443,44 +528,42 @@ Result<RawJobRows> SqliteQueries::ClaimAvailable(const JobGetAvailableParams& pa
       if (rc == SQLITE_OK) rc = sqlite3_bind_int64(stmt, 6, params.after->id);
     }
     SPOOL_RETURN_IF_ERROR(CheckBind(rc, stmt));
-    SPOOL_RETURN_IF_ERROR(StepInto(stmt, "fetch jobs", &rows));
+    ids.reserve(static_cast<size_t>(params.max));
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) ids.push_back(sqlite3_column_int64(stmt, 0));
+    if (rc != SQLITE_DONE) return SqliteStatus(rc, cache_.db(), "fetch jobs");
   }
-  if (rows.empty()) return rows;  // the scope rolls back the read-only transaction
+  if (ids.empty()) return rows;  // the scope rolls back the read-only transaction
   {
-    int64_t lo = rows.id(0);
-    int64_t hi = lo;
-    for (size_t i = 1; i < rows.size(); ++i) {
-      lo = std::min(lo, rows.id(i));
-      hi = std::max(hi, rows.id(i));
-    }
-    const bool consecutive = hi - lo + 1 == static_cast<int64_t>(rows.size());
-    std::string ids;
+    const auto [lo, hi] = std::minmax_element(ids.begin(), ids.end());
+    const bool consecutive = *hi - *lo + 1 == static_cast<int64_t>(ids.size());
+    std::string list;
     if (!consecutive) {
-      ids = "[";
-      for (size_t i = 0; i < rows.size(); ++i) {
-        if (ids.size() > 1) ids += ',';
-        ids += std::to_string(rows.id(i));
+      list = "[";
+      for (int64_t id : ids) {
+        if (list.size() > 1) list += ',';
+        list += std::to_string(id);
       }
-      ids += ']';
+      list += ']';
     }
     const std::string client_json = nlohmann::json(params.client_id).dump();
+    ClaimedRows claimed{.rows = &rows, .queue = params.queue};
     SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt, cache_.Get(consecutive ? kUpdateRange : kUpdate));
     StmtScope use(stmt);
     int rc = sqlite3_bind_int64(stmt, 1, Micros(params.now));
     if (rc == SQLITE_OK) rc = BindText(stmt, 2, client_json);
     if (rc == SQLITE_OK && consecutive) {
-      rc = sqlite3_bind_int64(stmt, 3, lo);
-      if (rc == SQLITE_OK) rc = sqlite3_bind_int64(stmt, 4, hi);
+      rc = sqlite3_bind_int64(stmt, 3, *lo);
+      if (rc == SQLITE_OK) rc = sqlite3_bind_int64(stmt, 4, *hi);
     } else if (rc == SQLITE_OK) {
-      rc = BindText(stmt, 3, ids);
+      rc = BindText(stmt, 3, list);
     }
+    if (rc == SQLITE_OK) rc = sqlite3_bind_pointer(stmt, 5, &claimed, kClaimedRowsType, nullptr);
     SPOOL_RETURN_IF_ERROR(CheckBind(rc, stmt));
     SPOOL_RETURN_IF_ERROR(StepDone(stmt, "claim jobs"));
-    if (sqlite3_changes64(cache_.db()) != static_cast<int64_t>(rows.size())) {
-      return Status::Internal(fmt::format("claim: {} jobs read but {} updated", rows.size(),
-                                          sqlite3_changes64(cache_.db())));
-    }
   }
+  // The UPDATE meets the rows in id order; the workers take them in the SELECT's (priority,
+  // scheduled_at, id).
+  SPOOL_RETURN_IF_ERROR(rows.Reorder(ids));
   SPOOL_RETURN_IF_ERROR(scope->Commit());
   return rows;
 }
@@ -659,14 +742,23 @@ Result<std::set<int64_t>> SqliteQueries::StillRunning(const std::vector<JobSetSt
   return running;
 }
 
-Result<int64_t> SqliteQueries::CompleteRun(std::span<const JobSetStateParams* const> run) {
-  if (!outcome_function_) {
-    const int rc = sqlite3_create_function_v2(cache_.db(), "spool_outcome_at", 3,
-                                              SQLITE_UTF8 | SQLITE_DIRECTONLY, nullptr,
-                                              &OutcomeAtFunction, nullptr, nullptr, nullptr);
-    if (rc != SQLITE_OK) return SqliteStatus(rc, cache_.db(), "register spool_outcome_at");
-    outcome_function_ = true;
+Status SqliteQueries::RegisterFunctions() {
+  if (functions_registered_) return Status::Ok();
+  // DIRECTONLY: not callable from triggers, views or the schema.
+  constexpr int kFlags = SQLITE_UTF8 | SQLITE_DIRECTONLY;
+  int rc = sqlite3_create_function_v2(cache_.db(), "spool_claimed", kClaimedColumnCount + 1, kFlags,
+                                      nullptr, &ClaimedFunction, nullptr, nullptr, nullptr);
+  if (rc == SQLITE_OK) {
+    rc = sqlite3_create_function_v2(cache_.db(), "spool_outcome_at", 3, kFlags, nullptr,
+                                    &OutcomeAtFunction, nullptr, nullptr, nullptr);
   }
+  if (rc != SQLITE_OK) return SqliteStatus(rc, cache_.db(), "register spool's SQL functions");
+  functions_registered_ = true;
+  return Status::Ok();
+}
+
+Result<int64_t> SqliteQueries::CompleteRun(std::span<const JobSetStateParams* const> run) {
+  SPOOL_RETURN_IF_ERROR(RegisterFunctions());
   const int64_t lo = run.front()->id;
   const int64_t hi = run.back()->id;
   OutcomeRun outcomes;

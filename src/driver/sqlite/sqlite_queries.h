@@ -28,6 +28,11 @@ class RawJobRows {
  public:
   // Copies the current row of `stmt`.
   void Append(sqlite3_stmt* stmt);
+  // Copies a row a claim's UPDATE hands to spool_claimed (SqliteQueries::ClaimAvailable): its
+  // kClaimedColumns values, the row being available in `queue`.
+  void AppendClaimed(sqlite3_value** values, std::string_view queue);
+  // Puts the rows in the order of `ids`, which must name each row once.
+  Status Reorder(const std::vector<int64_t>& ids);
   size_t size() const { return rows_.size(); }
   bool empty() const { return rows_.empty(); }
   int64_t id(size_t i) const { return rows_[i].ints[0]; }
@@ -53,6 +58,7 @@ class RawJobRows {
 
   std::string text_;
   std::vector<Row> rows_;
+  std::optional<Span> claimed_queue_;  // AppendClaimed's queue, copied into text_ once
 };
 
 // The claim's SELECT (for tests): with `after`, the one that starts from a fetch position.
@@ -141,9 +147,11 @@ class SqliteQueries {
   // and their NULL ids match no job.
   Result<sqlite3_stmt*> CompleteStmt(int rows);
   // Plain completions of jobs `run.front()->id` to `run.back()->id` (sorted by id, no id twice),
-  // by id range with the per-job values looked up by the SQL function spool_outcome_at, which it
-  // registers on the connection at first use; returns how many rows changed.
+  // by id range with the per-job values looked up by the SQL function spool_outcome_at; returns
+  // how many rows changed.
   Result<int64_t> CompleteRun(std::span<const JobSetStateParams* const> run);
+  // Registers spool_claimed and spool_outcome_at on the connection, once.
+  Status RegisterFunctions();
   Result<sqlite3_stmt*> SetStateStmt(int rows);
   // The outcome updates of JobSetStateIfRunningMany, inside the caller's write scope; returns
   // how many rows changed.
@@ -159,7 +167,7 @@ class SqliteQueries {
   std::array<sqlite3_stmt*, kInsertSizes> insert_returning_{};
   std::array<sqlite3_stmt*, kUpdateChunk + 1> complete_{};
   std::array<sqlite3_stmt*, kUpdateChunk + 1> set_state_{};
-  bool outcome_function_ = false;  // spool_outcome_at is registered on the connection
+  bool functions_registered_ = false;  // RegisterFunctions
 };
 
 }  // namespace spool::internal
