@@ -485,12 +485,13 @@ Result<RawJobRows> SqliteQueries::ClaimAvailable(const JobGetAvailableParams& pa
   RawJobRows rows;
   if (params.max <= 0) return rows;
   SPOOL_RETURN_IF_ERROR(RegisterFunctions());
-  // The SELECT reads only the ids (the fetch index covers them), then one UPDATE marks the rows
-  // read and hands each to spool_claimed as it finds it, all in one write transaction (no other
-  // writer can come between). A SELECT of whole rows cost 6,640 instructions a job, most of it
-  // reading 16 columns out of SQLite; the ids cost 1,930 and the copy inside the UPDATE 2,090
-  // (callgrind, docs/benchmarks.md). UPDATE ... RETURNING stores its rows in a temporary table
-  // before handing them out, which cost more still.
+  // The SELECT reads only the ids, along the fetch index (SQLite 3.40 still looks up each row,
+  // for the state the partial index already implies), then one UPDATE marks the rows read and
+  // hands each to spool_claimed as it finds it, all in one write transaction (no other writer can
+  // come between). A SELECT of whole rows cost 6,640 instructions a job, most of it reading 16
+  // columns out of SQLite; the ids cost 1,930 and the copy inside the UPDATE 2,090 (callgrind,
+  // docs/benchmarks.md). UPDATE ... RETURNING stores its rows in a temporary table before
+  // handing them out, which cost more still.
   // attempted_by keeps the last 100 client ids. Short lists (nearly all) grow by plain string
   // concatenation of the pre-encoded JSON string ?2: running the JSON functions on every claimed
   // row was a visible share of the claim. An entry takes at least 3 characters ("" and a comma),
