@@ -493,8 +493,9 @@ TEST_P(DriverConformanceTest, FetchIncrementsAttemptAndRecordsClient) {
 }
 
 // Every field of a claimed job is what the driver stores for it after the claim, on the first
-// attempt and on a later one (errors and clients recorded). The jobs around it, in id order,
-// differ from it in every field, and the batch comes back in fetch order, not id order.
+// attempt and on a later one (errors and clients recorded). The three jobs differ in every
+// field, and their priorities put them in another order than their ids: the batch comes back in
+// fetch order.
 TEST_P(DriverConformanceTest, FetchReturnsEachRowAsStored) {
   const auto job = [](int n, int priority) {
     JobInsertParams p = Job("kind_" + std::to_string(n), "q");
