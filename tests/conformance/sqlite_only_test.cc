@@ -33,6 +33,16 @@ using spool::internal::JobInsertParams;
 
 const spool::TimePoint kT0{std::chrono::seconds(1'800'000'000)};
 
+// Statements prepared on `db` whose SQL contains `containing` (all of them when empty).
+int PreparedStatements(sqlite3* db, std::string_view containing = {}) {
+  int n = 0;
+  for (sqlite3_stmt* s = sqlite3_next_stmt(db, nullptr); s != nullptr;
+       s = sqlite3_next_stmt(db, s)) {
+    if (std::string_view(sqlite3_sql(s)).find(containing) != std::string_view::npos) ++n;
+  }
+  return n;
+}
+
 JobInsertManyParams OneJob(std::string kind) {
   JobInsertParams p;
   p.kind = std::move(kind);
@@ -217,14 +227,7 @@ TEST_F(SqliteOnlyTest, FetchOfAPausedQueueReadsNoJobRow) {
 TEST_F(SqliteOnlyTest, InsertsOfEverySizePrepareAFewStatements) {
   auto db = OpenAppConnection();
   spool::internal::SqliteQueries queries(db.get());
-  const auto statements = [&] {
-    int n = 0;
-    for (sqlite3_stmt* s = sqlite3_next_stmt(db.get(), nullptr); s != nullptr;
-         s = sqlite3_next_stmt(db.get(), s)) {
-      ++n;
-    }
-    return n;
-  };
+  const auto statements = [&] { return PreparedStatements(db.get()); };
   const int before = statements();
   int64_t total = 0;
   for (int size = 1; size <= 2 * spool::internal::SqliteQueries::kInsertChunk + 3; ++size) {
@@ -267,12 +270,7 @@ TEST_F(SqliteOnlyTest, CloseCompletionsGoByRangeAndTheDriversFunctionsCannotBeFo
           {.queue = "default", .max = 100, .client_id = "c", .now = kT0, .after = std::nullopt}));
   ASSERT_EQ(running.size(), 100u);
   const auto prepared = [&](std::string_view needle) {
-    int n = 0;
-    for (sqlite3_stmt* s = sqlite3_next_stmt(db.get(), nullptr); s != nullptr;
-         s = sqlite3_next_stmt(db.get(), s)) {
-      if (std::string_view(sqlite3_sql(s)).find(needle) != std::string_view::npos) ++n;
-    }
-    return n;
+    return PreparedStatements(db.get(), needle);
   };
   const auto complete = [&](const std::vector<size_t>& which) {
     spool::internal::JobSetStateIfRunningManyParams p;

@@ -143,8 +143,7 @@ void RawJobRows::AppendClaimed(sqlite3_value** values, std::string_view queue) {
               sqlite3_value_int64(values[1]), sqlite3_value_int64(values[2]),
               sqlite3_value_int64(values[4]), sqlite3_value_int64(values[5]),
               sqlite3_value_int64(values[6])};
-  if (!claimed_queue_ ||
-      std::string_view(text_).substr(claimed_queue_->offset, claimed_queue_->size) != queue) {
+  if (!claimed_queue_) {
     claimed_queue_ = Span{text_.size(), queue.size()};
     text_.append(queue);
   }

@@ -29,7 +29,8 @@ class RawJobRows {
   // Copies the current row of `stmt`.
   void Append(sqlite3_stmt* stmt);
   // Copies a row a claim's UPDATE hands to spool_claimed (SqliteQueries::ClaimAvailable): its
-  // kClaimedColumns values, the row being available in `queue`.
+  // kClaimedColumns values, the row being available in `queue`. REQUIRES: every row appended
+  // this way is of one claim, so of one queue (copied once).
   void AppendClaimed(sqlite3_value** values, std::string_view queue);
   // Puts the rows in the order of `ids`, which must name each row once.
   Status Reorder(const std::vector<int64_t>& ids);
