@@ -21,6 +21,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "driver/driver.h"
@@ -1004,19 +1005,26 @@ TEST_F(PostgresDriverTest, FetchOfAPausedQueueIsOneStatementUsingThePartialIndex
   ASSERT_NE(driver_, nullptr);
   PgConnPtr app = Connect(url_);
   Query(app.get(), "SET enable_seqscan = off");
-  pg::PgResult plan(PQexec(app.get(),
-                           "EXPLAIN SELECT id FROM spool_job WHERE state = 'available' AND "
-                           "queue = 'q' AND NOT EXISTS (SELECT 1 FROM spool_queue WHERE name = "
-                           "'q' AND paused_at IS NOT NULL) AND scheduled_at <= now() "
-                           "ORDER BY priority, scheduled_at, id LIMIT 10 FOR UPDATE SKIP LOCKED"));
-  ASSERT_EQ(PQresultStatus(plan.get()), PGRES_TUPLES_OK);
-  std::string text;
-  for (int i = 0; i < PQntuples(plan.get()); ++i)
-    text += std::string(PQgetvalue(plan.get(), i, 0)) + "\n";
-  EXPECT_NE(text.find("spool_job_fetch_idx"), std::string::npos) << text;
-  EXPECT_EQ(text.find("Sort"), std::string::npos) << "the index gives the order: " << text;
-  EXPECT_NE(text.find("One-Time Filter"), std::string::npos)
-      << "the pause check runs once per fetch, not per row: " << text;
+  for (const char* mode : {"force_custom_plan", "force_generic_plan"}) {
+    Query(app.get(), fmt::format("SET plan_cache_mode = {}", mode));
+    Query(app.get(), "DEALLOCATE ALL");
+    Query(app.get(), "PREPARE claim AS " + PostgresFetchSql(false));
+    Query(app.get(), "PREPARE claim_after AS " + PostgresFetchSql(true));
+    for (const char* execute : {"EXECUTE claim('q', 1800000000000000, 10, 'c')",
+                                "EXECUTE claim_after('q', 1800000000000000, 10, 'c', 1, 0, 0)"}) {
+      pg::PgResult plan(PQexec(app.get(), fmt::format("EXPLAIN {}", execute).c_str()));
+      ASSERT_EQ(PQresultStatus(plan.get()), PGRES_TUPLES_OK) << PQerrorMessage(app.get());
+      std::string text;
+      for (int i = 0; i < PQntuples(plan.get()); ++i)
+        text += std::string(PQgetvalue(plan.get(), i, 0)) + "\n";
+      EXPECT_NE(text.find("Index Scan using spool_job_fetch_idx"), std::string::npos)
+          << mode << "\n"
+          << text;
+      EXPECT_EQ(text.find("Sort"), std::string::npos) << "the index gives the order: " << text;
+      EXPECT_NE(text.find("One-Time Filter"), std::string::npos)
+          << "the pause check runs once per fetch, not per row: " << text;
+    }
+  }
 
   ASSERT_TRUE(driver_->executor().JobInsertMany(OneJob()).has_value());
   ASSERT_TRUE(driver_->executor().QueuePause("q", kT0).ok());
@@ -1027,6 +1035,51 @@ TEST_F(PostgresDriverTest, FetchOfAPausedQueueIsOneStatementUsingThePartialIndex
   auto one = driver_->executor().JobGetAvailable({"q", 10, "c", kT0});
   ASSERT_TRUE(one.has_value());
   EXPECT_EQ(one->size(), 1u);
+}
+
+// Schema version 2 keys the fetch index by a hash of the queue name. Jobs inserted under version 1
+// are fetched after the step up, each queue's alone and in order, and back down again.
+TEST_F(PostgresDriverTest, FetchIndexByQueueHashKeepsQueuesApartAcrossVersionTwo) {
+  ASSERT_NE(driver_, nullptr);
+  ASSERT_EQ(spool::internal::LatestVersion(*driver_), 2);
+  ASSERT_TRUE(driver_->MigrateDown(1).ok());
+  JobInsertManyParams jobs = OneJob("a", kT0 + seconds(2));
+  for (const auto& [queue, at, priority] : std::vector<std::tuple<std::string, TimePoint, int>>{
+           {"b", kT0, 1}, {"a", kT0 + seconds(1), 1}, {"ab", kT0, 1}, {"a", kT0 + seconds(3), 2}}) {
+    JobInsertParams p = jobs.jobs.front();
+    p.queue = queue;
+    p.scheduled_at = at;
+    p.priority = priority;
+    jobs.jobs.push_back(p);
+  }
+  auto ids = driver_->executor().JobInsertMany(jobs);
+  ASSERT_TRUE(ids.has_value()) << ids.error().ToString();
+  const auto id = [&](size_t i) { return (*ids)[i].job.id; };
+
+  for (int round = 0; round < 2; ++round) {
+    SCOPED_TRACE(round);
+    ASSERT_TRUE(driver_->MigrateUp(2).ok());
+    std::map<std::string, std::vector<int64_t>> claimed;
+    for (const std::string queue : {"a", "b", "ab", "c"}) {
+      auto rows = driver_->executor().JobGetAvailable({queue, 10, "c", kT0 + seconds(10)});
+      ASSERT_TRUE(rows.has_value()) << rows.error().ToString();
+      for (const JobRow& r : *rows) {
+        EXPECT_EQ(r.queue, queue);
+        claimed[queue].push_back(r.id);
+      }
+    }
+    // Priority first, then scheduled_at.
+    EXPECT_EQ(claimed["a"], (std::vector<int64_t>{id(2), id(0), id(4)}));
+    EXPECT_EQ(claimed["b"], std::vector<int64_t>{id(1)});
+    EXPECT_EQ(claimed["ab"], std::vector<int64_t>{id(3)});
+    EXPECT_FALSE(claimed.contains("c"));
+    if (round == 0) {
+      // Back to version 1 with the jobs available again: its index is rebuilt from the rows.
+      ASSERT_TRUE(driver_->MigrateDown(1).ok());
+      PgConnPtr app = Connect(url_);
+      Query(app.get(), "UPDATE spool_job SET state = 'available', attempt = 0");
+    }
+  }
 }
 
 // Outcome writes and cancel checks look jobs up by id. Given statistics taken while few jobs ran,

@@ -127,11 +127,14 @@ const std::string& InsertClaimSql() {
 #define SPOOL_ROWS_OF(subquery) "j.ctid = ANY(ARRAY(" subquery "))"
 
 // With `after`, $5, $6 and $7 are its priority, scheduled_at and id: a row comparison the index on
-// (queue, priority, scheduled_at, id) starts its scan after.
+// (hashtextextended(queue, 0), priority, scheduled_at, id) starts its scan after. The index finds
+// the queue by its hash (schema version 2); the name is rechecked, so a collision costs a skipped
+// entry, never another queue's job.
 std::string MakeFetchSql(bool after) {
   // clang-format off
   const std::string pick =
-      "SELECT ctid FROM spool_job WHERE state = 'available' AND queue = $1 "
+      "SELECT ctid FROM spool_job WHERE state = 'available' "
+      "AND hashtextextended(queue, 0) = hashtextextended($1, 0) AND queue = $1 "
       // Uncorrelated, so evaluated once per fetch (a one-time filter), not per row.
       "AND NOT EXISTS (SELECT 1 FROM spool_queue WHERE name = $1 AND paused_at IS NOT NULL) "
       "AND scheduled_at <= " SPOOL_TS("$2") " " +

@@ -109,11 +109,33 @@ DROP TABLE IF EXISTS spool_job;
 DROP TABLE IF EXISTS spool_migration;
 )sql";
 
+// The fetch index keyed by a 64-bit hash of the queue name instead of the name. Every insert of
+// an available job descends this index comparing its key with about 16 others, and with the
+// name first (a variable-length column) PostgreSQL finds each later column by walking the tuple
+// from its start and compares the names through the collation's function: 19,000 instructions a
+// row under callgrind, 40% of what a bulk COPY costs the server. With fixed-width columns only the
+// offsets are known and the comparisons are integer ones: the COPY's cost drops by a fifth
+// (docs/benchmarks.md). The fetch compares the hash and rechecks the name, so two queues whose
+// names collide only share index entries, never jobs. The key ends in the unique id, so there are
+// no duplicates to merge: deduplication would only scan each full page before it splits.
+constexpr const char* kUp2 = R"sql(
+DROP INDEX spool_job_fetch_idx;
+CREATE INDEX spool_job_fetch_idx
+  ON spool_job (hashtextextended(queue, 0), priority, scheduled_at, id)
+  WITH (deduplicate_items = off) WHERE state = 'available';
+)sql";
+
+constexpr const char* kDown2 = R"sql(
+DROP INDEX spool_job_fetch_idx;
+CREATE INDEX spool_job_fetch_idx ON spool_job (queue, priority, scheduled_at, id)
+  WHERE state = 'available';
+)sql";
+
 }  // namespace
 
 const std::vector<Migration>& PostgresMigrations() {
-  static const std::vector<Migration>* const kMigrations =
-      new std::vector<Migration>{{1, "create_tables", kUp1, kDown1}};
+  static const std::vector<Migration>* const kMigrations = new std::vector<Migration>{
+      {1, "create_tables", kUp1, kDown1}, {2, "fetch_index_by_queue_hash", kUp2, kDown2}};
   return *kMigrations;
 }
 
