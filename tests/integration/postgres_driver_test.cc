@@ -679,6 +679,46 @@ TEST_F(PostgresDriverTest, TimestampsAreStoredExactlyToTheMicrosecond) {
             "1969-12-30 23:59:59.999999");
 }
 
+// Bulk inserts go by binary COPY: times exact to the microsecond on both sides of PostgreSQL's
+// epoch (2000) and of 2^53; a batch holding a time past year 9999 takes the INSERT instead and is
+// stored as exactly.
+TEST_F(PostgresDriverTest, BulkInsertsStoreTimesExactlyToTheMicrosecond) {
+  ASSERT_NE(driver_, nullptr);
+  const std::vector<TimePoint> times = {
+      TimePoint{std::chrono::microseconds(1'800'000'000'123'457)},    // 2027-01-15T08:00:00.123457Z
+      TimePoint{std::chrono::microseconds(946'684'799'999'999)},      // just before 2000
+      TimePoint{std::chrono::microseconds(-86'400'000'001)},          // before 1970
+      TimePoint{std::chrono::microseconds(253'402'300'799'999'999)},  // 9999-12-31T23:59:59.999999Z
+  };
+  const TimePoint far{std::chrono::microseconds(316'224'000'000'000'001)};  // year 11990
+  for (const bool with_far : {false, true}) {
+    SCOPED_TRACE(with_far);
+    PgConnPtr app = Connect(url_);
+    Query(app.get(), "DELETE FROM spool_job");
+    JobInsertManyParams p = OneJob();
+    p.jobs.clear();
+    for (TimePoint t : times) p.jobs.push_back(OneJob("q", t).jobs[0]);
+    if (with_far) p.jobs.push_back(OneJob("q", far).jobs[0]);
+    p.now = times[1];
+    auto n = driver_->executor().JobInsertManyFast(p);
+    ASSERT_TRUE(n.has_value()) << n.error().ToString();
+    ASSERT_EQ(*n, static_cast<int64_t>(p.jobs.size()));
+    auto rows = driver_->executor().JobList({.limit = 10});
+    ASSERT_TRUE(rows.has_value()) << rows.error().ToString();
+    ASSERT_EQ(rows->size(), p.jobs.size());
+    for (size_t i = 0; i < rows->size(); ++i) {
+      EXPECT_EQ((*rows)[i].scheduled_at, p.jobs[i].scheduled_at) << i;
+      EXPECT_EQ((*rows)[i].created_at, times[1]) << i;
+    }
+    EXPECT_EQ(Query(app.get(),
+                    "SELECT string_agg(to_char(scheduled_at AT TIME ZONE 'UTC', "
+                    "'YYYY-MM-DD HH24:MI:SS.US'), ',' ORDER BY id) FROM spool_job "
+                    "WHERE scheduled_at < '10000-01-01'"),
+              "2027-01-15 08:00:00.123457,1999-12-31 23:59:59.999999,1969-12-30 23:59:59.999999,"
+              "9999-12-31 23:59:59.999999");
+  }
+}
+
 TEST_F(PostgresDriverTest, ArraysAndJsonReadBackAsWritten) {
   ASSERT_NE(driver_, nullptr);
   JobInsertManyParams p = OneJob();
@@ -795,6 +835,49 @@ TEST(PostgresBinaryTest, DecodesTheServersFormatsAndRejectsTheRest) {
   EXPECT_EQ(*pg::BinaryJsonb({bytes({1, '{', '}'}), "j"}), "{}");
   EXPECT_FALSE(pg::BinaryJsonb({bytes({2, '{', '}'}), "j"}).has_value());
   EXPECT_FALSE(pg::BinaryJsonb({"", "j"}).has_value());
+}
+
+// Each encoded value is its length then the bytes the decoders above read back.
+TEST(PostgresBinaryTest, EncodesCopyValuesTheDecodersReadBack) {
+  const auto value = [](std::string encoded) -> std::string {
+    EXPECT_GE(encoded.size(), 4u);
+    const std::string body = encoded.substr(4);
+    EXPECT_EQ(*pg::BinaryInt({encoded.substr(0, 4), "length"}), static_cast<int64_t>(body.size()));
+    return body;
+  };
+  std::string out;
+  pg::AppendCopyHeader(out);
+  EXPECT_EQ(out, std::string("PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0\0", 19));
+  out.clear();
+  pg::AppendCopyRow(out, 10);
+  EXPECT_EQ(out, std::string("\0\n", 2));
+  out.clear();
+  pg::AppendCopyTrailer(out);
+  EXPECT_EQ(out, "\xff\xff");
+
+  for (const int16_t v : {int16_t{1}, int16_t{-2}, int16_t{32'767}}) {
+    out.clear();
+    pg::AppendCopyInt2(out, v);
+    EXPECT_EQ(*pg::BinaryInt({value(out), "i"}), v);
+  }
+  for (const int64_t us : {int64_t{946'684'800'000'001}, int64_t{946'684'799'999'999},
+                           int64_t{-86'400'000'001}, int64_t{253'402'300'799'999'999}}) {
+    out.clear();
+    pg::AppendCopyTimestamp(out, TimePoint(std::chrono::microseconds(us)));
+    EXPECT_EQ(*pg::BinaryTimestamp({value(out), "t"}), TimePoint(std::chrono::microseconds(us)));
+  }
+  for (const std::vector<std::string>& tags :
+       {std::vector<std::string>{}, std::vector<std::string>{"a", "", "tab\tand \"quote\""}}) {
+    out.clear();
+    pg::AppendCopyTextArray(out, tags);
+    EXPECT_EQ(*pg::BinaryTextArray({value(out), "tags"}), tags);
+  }
+  out.clear();
+  pg::AppendCopyJsonb(out, R"({"a":1})");
+  EXPECT_EQ(*pg::BinaryJsonb({value(out), "j"}), R"({"a":1})");
+  out.clear();
+  pg::AppendCopyText(out, "kind");
+  EXPECT_EQ(value(out), "kind");
 }
 
 TEST_F(PostgresDriverTest, LockTimeoutIsRetryableWithItsSqlState) {

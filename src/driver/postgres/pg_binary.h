@@ -1,7 +1,7 @@
 #pragma once
 
-// Decoders of PostgreSQL's binary result format for the types spool reads back. Only files under
-// src/driver/postgres/ include this.
+// PostgreSQL's binary format: decoders for the types spool reads back, encoders for the rows of a
+// binary COPY. Only files under src/driver/postgres/ include this.
 
 #include <cstdint>
 #include <string>
@@ -28,5 +28,20 @@ Result<TimePoint> BinaryTimestamp(BinaryValue v);
 Result<std::vector<std::string>> BinaryTextArray(BinaryValue v);
 // jsonb: the JSON text after the format's version byte.
 Result<std::string_view> BinaryJsonb(BinaryValue v);
+
+// Encoders of `COPY ... FROM STDIN WITH (FORMAT binary)`: the data starts with the header, each
+// row with AppendCopyRow and its number of values, each value is one AppendCopy* of the column's
+// type, and the trailer ends the data. A value must be shorter than 1 GiB (PostgreSQL's limit).
+void AppendCopyHeader(std::string& out);
+void AppendCopyTrailer(std::string& out);
+void AppendCopyRow(std::string& out, int16_t values);
+void AppendCopyText(std::string& out, std::string_view s);
+// jsonb from JSON text (the server parses it, as from text).
+void AppendCopyJsonb(std::string& out, std::string_view json);
+void AppendCopyInt2(std::string& out, int16_t v);
+// timestamptz; `t` must lie in years 1..9999.
+void AppendCopyTimestamp(std::string& out, TimePoint t);
+// A text[]: one dimension, or none when empty.
+void AppendCopyTextArray(std::string& out, const std::vector<std::string>& items);
 
 }  // namespace spool::internal::pg

@@ -352,27 +352,6 @@ Result<std::vector<PgResult>> Conn::QueryPipelined(const std::vector<Statement>&
   return out;
 }
 
-void AppendCopyField(std::string& out, std::string_view s) {
-  for (char c : s) {
-    switch (c) {
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      default:
-        out += c;
-    }
-  }
-}
-
 namespace {
 void AppendElement(std::string& out, std::string_view s) {
   out += '"';

@@ -103,9 +103,6 @@ class Conn {
   std::unordered_set<std::string> prepared_;
 };
 
-// Appends `s` as one field of COPY's text format (backslash, tab, newline and CR escaped).
-void AppendCopyField(std::string& out, std::string_view s);
-
 // Encodes strings as a PostgreSQL array literal: {"a","b\"c"}; nullopt elements become NULL.
 std::string ArrayLiteral(const std::vector<std::optional<std::string>>& items);
 std::string ArrayLiteral(const std::vector<std::string>& items);

@@ -768,7 +768,7 @@ Result<int64_t> InsertUniqueOn(Conn& c, const JobInsertManyParams& p, std::vecto
   return inserted;
 }
 
-// Whether `t` is in years 1..9999, the ones a timestamptz literal below spells.
+// Whether `t` is in years 1..9999, the ones a timestamptz literal spells.
 bool SpellableTime(TimePoint t) {
   constexpr int64_t kYear1 = -62'135'596'800'000'000;      // 0001-01-01T00:00:00Z
   constexpr int64_t kYear10000 = 253'402'300'800'000'000;  // 10000-01-01T00:00:00Z
@@ -777,46 +777,46 @@ bool SpellableTime(TimePoint t) {
 }
 
 // Bulk insert without unique keys and without reading rows back: COPY, which costs the server
-// far less per row than an INSERT over unnested arrays. Nothing when a time cannot be spelled.
+// far less per row than an INSERT over unnested arrays, in its binary format, which spares the
+// server parsing each row's times, integers and tags from text (docs/benchmarks.md). Nothing
+// when a time lies outside years 1..9999 or a field is 1 GiB or longer (PostgreSQL's limit, and
+// past 2 GiB its length would not fit the format): the INSERT stores or reports those.
+// CheckInsertRows has kept priority and max_attempts within smallint.
 Result<std::optional<int64_t>> CopyInsertOn(Conn& c, const JobInsertManyParams& p) {
-  const bool spellable = SpellableTime(p.now) &&
-                         std::all_of(p.jobs.begin(), p.jobs.end(), [](const JobInsertParams& j) {
-                           return SpellableTime(j.scheduled_at);
-                         });
-  if (!spellable) return std::optional<int64_t>();
-  const std::string created = FormatTime(p.now);
-  // The jobs of one batch mostly share a scheduled_at (often p.now), so each distinct time is
-  // formatted once, as the rows are written: formatting every row's time up front took about half
-  // of the client's CPU for a bulk insert, before any row was sent (docs/benchmarks.md).
-  TimePoint last_at = p.now;
-  std::string last_text = created;
+  constexpr size_t kMaxField = size_t{1} << 30;
+  const auto copyable = [&](const JobInsertParams& j) {
+    size_t tags = 0;
+    for (const std::string& t : j.tags) tags += t.size() + 4;
+    return SpellableTime(j.scheduled_at) &&
+           std::max({j.kind.size(), j.args.size(), j.metadata.size(), j.queue.size(), tags}) <
+               kMaxField;
+  };
+  if (!SpellableTime(p.now) || !std::all_of(p.jobs.begin(), p.jobs.end(), copyable)) {
+    return std::optional<int64_t>();
+  }
   size_t next = 0;
   SPOOL_ASSIGN_OR_RETURN(
       int64_t n,
       c.CopyIn("COPY spool_job (kind, args, metadata, queue, priority, max_attempts, state, "
-               "scheduled_at, tags, created_at) FROM STDIN",
+               "scheduled_at, tags, created_at) FROM STDIN WITH (FORMAT binary)",
                [&](std::string& buf) {
+                 if (next == 0) pg::AppendCopyHeader(buf);
                  const size_t end = std::min(p.jobs.size(), next + kCopyChunk);
                  for (; next < end; ++next) {
                    const JobInsertParams& j = p.jobs[next];
-                   if (j.scheduled_at != last_at) {
-                     last_at = j.scheduled_at;
-                     last_text = FormatTime(last_at);
-                   }
-                   pg::AppendCopyField(buf, j.kind);
-                   buf += '\t';
-                   pg::AppendCopyField(buf, j.args);
-                   buf += '\t';
-                   pg::AppendCopyField(buf, j.metadata);
-                   buf += '\t';
-                   pg::AppendCopyField(buf, j.queue);
-                   fmt::format_to(std::back_inserter(buf), "\t{}\t{}\t{}\t{}\t", j.priority,
-                                  j.max_attempts, JobStateName(j.state), last_text);
-                   pg::AppendCopyField(buf, pg::ArrayLiteral(j.tags));
-                   buf += '\t';
-                   buf += created;
-                   buf += '\n';
+                   pg::AppendCopyRow(buf, 10);
+                   pg::AppendCopyText(buf, j.kind);
+                   pg::AppendCopyJsonb(buf, j.args);
+                   pg::AppendCopyJsonb(buf, j.metadata);
+                   pg::AppendCopyText(buf, j.queue);
+                   pg::AppendCopyInt2(buf, static_cast<int16_t>(j.priority));
+                   pg::AppendCopyInt2(buf, static_cast<int16_t>(j.max_attempts));
+                   pg::AppendCopyText(buf, JobStateName(j.state));
+                   pg::AppendCopyTimestamp(buf, j.scheduled_at);
+                   pg::AppendCopyTextArray(buf, j.tags);
+                   pg::AppendCopyTimestamp(buf, p.now);
                  }
+                 if (next == p.jobs.size()) pg::AppendCopyTrailer(buf);
                  return next < p.jobs.size();
                }));
   return std::optional<int64_t>(n);
