@@ -35,6 +35,14 @@ Status MigrateUp(std::string_view database_url, std::optional<int> target) {
 Status MigrateDown(std::string_view database_url, std::optional<int> target) {
   SPOOL_ASSIGN_OR_RETURN(auto driver, OpenForMigration(database_url));
   SPOOL_ASSIGN_OR_RETURN(const int current, driver->SchemaVersion());
+  // Only the build that applied a version knows how to revert it; this build's down steps assume
+  // the tables as it left them, and would fail or worse on a newer shape.
+  if (const int latest = internal::LatestVersion(*driver); current > latest) {
+    return Status::FailedPrecondition(fmt::format(
+        "the spool schema is at version {}, newer than this spool knows ({}): run `spool "
+        "migration down` with the newer spool that applied it; nothing was reverted",
+        current, latest));
+  }
   const int to = target.value_or(std::max(0, current - 1));
   SPOOL_RETURN_IF_ERROR(CheckTarget(*driver, to));
   return driver->MigrateDown(to);

@@ -942,6 +942,17 @@ TEST(ClientOpenTest, RefusesASchemaNewerThanItKnows) {
   ASSERT_FALSE(c.has_value());
   EXPECT_TRUE(c.error().IsFailedPrecondition());
   EXPECT_NE(c.error().message().find("newer than this spool knows"), std::string::npos);
+
+  // Nor does it revert a schema it does not know: its down steps would meet tables they never
+  // made.
+  const Status down = MigrateDown(dir.SqliteUrl(), 0);
+  EXPECT_TRUE(down.IsFailedPrecondition()) << down.ToString();
+  EXPECT_NE(down.message().find("nothing was reverted"), std::string::npos) << down.ToString();
+  ASSERT_EQ(sqlite3_open((dir.path() / "test.db").c_str(), &db), SQLITE_OK);
+  EXPECT_EQ(sqlite3_exec(db, "SELECT count(*) FROM spool_job", nullptr, nullptr, nullptr),
+            SQLITE_OK)
+      << "the tables are still there";
+  sqlite3_close(db);
 }
 
 TEST(ClientOpenTest, BadUrlsAndOptionsAreInvalidArguments) {
