@@ -11,7 +11,7 @@
 #include <set>
 #include <system_error>
 
-#include "driver/sqlite/sqlite_migrations.h"
+#include "driver/state_codes.h"
 #ifdef SPOOL_CLI_WITH_POSTGRES
 #include "driver/postgres/pg_conn.h"
 #endif
@@ -401,11 +401,8 @@ void RefuseToDropSpoolTablesInUse(const std::string& url) {
                             "(CAST(strftime('%s', 'now') AS INTEGER) - 60) * 1000000"
                           : "SELECT count(*) FROM spool_client WHERE heartbeat_at >= "
                             "now() - interval '60 seconds'");
-    // SQLite's state is a code since schema version 3 (text before): named either way.
-    const std::string state =
-        url.starts_with("sqlite:")
-            ? fmt::format("coalesce({}, state)", spool::internal::SqliteStateNameSql("state"))
-            : "state";
+    // The state is a code since schema version 3 (its name before): named either way.
+    const std::string state = spool::internal::StateNameSql("state");
     rows = db->Column(fmt::format(
         "SELECT {0} || ' ' || count(*) FROM spool_job GROUP BY {0} HAVING {0} <> 'completed' AND "
         "{0} <> 'cancelled' AND {0} <> 'discarded' ORDER BY {0}",

@@ -761,8 +761,9 @@ TEST_F(PostgresDriverTest, ColumnOfAnotherTypeIsReportedNotMisread) {
             std::string::npos)
       << claimed.error().ToString();
   EXPECT_EQ(Query(app.get(),
-                  "SELECT state || ' ' || attempt || ' ' || (scheduled_at - "
-                  "to_timestamp(1800000000))::text FROM spool_job"),
+                  "SELECT s.name || ' ' || attempt || ' ' || (scheduled_at - "
+                  "to_timestamp(1800000000))::text FROM spool_job JOIN spool_job_state s "
+                  "USING (state)"),
             "scheduled 0 00:01:00");
 }
 
@@ -1120,49 +1121,97 @@ TEST_F(PostgresDriverTest, FetchOfAPausedQueueIsOneStatementUsingThePartialIndex
   EXPECT_EQ(one->size(), 1u);
 }
 
-// Schema version 2 keys the fetch index by a hash of the queue name. Jobs inserted under version 1
-// are fetched after the step up, each queue's alone and in order, and back down again.
-TEST_F(PostgresDriverTest, FetchIndexByQueueHashKeepsQueuesApartAcrossVersionTwo) {
+// Version 2 keys the fetch index by a hash of the queue name; version 3 turns the state into its
+// code. Rows written under version 1 keep their states (and the unique index its hold) up to the
+// latest version and back down, and each queue's jobs are fetched alone and in order.
+TEST_F(PostgresDriverTest, JobsKeepTheirStatesQueuesAndKeysAcrossTheSchemaVersions) {
   ASSERT_NE(driver_, nullptr);
-  ASSERT_EQ(spool::internal::LatestVersion(*driver_), 2);
+  const int latest = spool::internal::LatestVersion(*driver_);
+  ASSERT_GE(latest, 3);
   ASSERT_TRUE(driver_->MigrateDown(1).ok());
-  JobInsertManyParams jobs = OneJob("a", kT0 + seconds(2));
-  for (const auto& [queue, at, priority] : std::vector<std::tuple<std::string, TimePoint, int>>{
-           {"b", kT0, 1}, {"a", kT0 + seconds(1), 1}, {"ab", kT0, 1}, {"a", kT0 + seconds(3), 2}}) {
-    JobInsertParams p = jobs.jobs.front();
-    p.queue = queue;
-    p.scheduled_at = at;
-    p.priority = priority;
-    jobs.jobs.push_back(p);
+  PgConnPtr app = Connect(url_);
+  // ids 1-5: available in queues a, b and ab; 6-12: one job in each other state; 13: a unique
+  // key held while available.
+  Query(app.get(),
+        "INSERT INTO spool_job (kind, queue, state, priority, scheduled_at, attempted_at, "
+        "finalized_at, unique_key, unique_states) VALUES "
+        "('k', 'a', 'available', 1, '2027-01-01 00:00:02Z', NULL, NULL, NULL, NULL), "
+        "('k', 'b', 'available', 1, '2027-01-01 00:00:00Z', NULL, NULL, NULL, NULL), "
+        "('k', 'a', 'available', 1, '2027-01-01 00:00:01Z', NULL, NULL, NULL, NULL), "
+        "('k', 'ab', 'available', 1, '2027-01-01 00:00:00Z', NULL, NULL, NULL, NULL), "
+        "('k', 'a', 'available', 2, '2027-01-01 00:00:00Z', NULL, NULL, NULL, NULL), "
+        "('k', 'z', 'scheduled', 1, '2027-01-01', NULL, NULL, NULL, NULL), "
+        "('k', 'z', 'running', 1, '2027-01-01', '2027-01-01', NULL, NULL, NULL), "
+        "('k', 'z', 'retryable', 1, '2027-01-01', NULL, NULL, NULL, NULL), "
+        "('k', 'z', 'completed', 1, '2027-01-01', NULL, '2027-01-01', NULL, NULL), "
+        "('k', 'z', 'cancelled', 1, '2027-01-01', NULL, '2027-01-01', NULL, NULL), "
+        "('k', 'z', 'discarded', 1, '2027-01-01', NULL, '2027-01-01', NULL, NULL), "
+        "('k', 'z', 'pending', 1, '2027-01-01', NULL, NULL, NULL, NULL), "
+        "('k', 'z', 'available', 1, '2030-01-01', NULL, NULL, '\\x6b6579', 1)");
+  std::vector<JobState> states(5, JobState::kAvailable);
+  for (JobState s :
+       {JobState::kScheduled, JobState::kRunning, JobState::kRetryable, JobState::kCompleted,
+        JobState::kCancelled, JobState::kDiscarded, JobState::kPending, JobState::kAvailable}) {
+    states.push_back(s);
   }
-  auto ids = driver_->executor().JobInsertMany(jobs);
-  ASSERT_TRUE(ids.has_value()) << ids.error().ToString();
-  const auto id = [&](size_t i) { return (*ids)[i].job.id; };
-
-  for (int round = 0; round < 2; ++round) {
-    SCOPED_TRACE(round);
-    ASSERT_TRUE(driver_->MigrateUp(2).ok());
-    std::map<std::string, std::vector<int64_t>> claimed;
-    for (const std::string queue : {"a", "b", "ab", "c"}) {
-      auto rows = driver_->executor().JobGetAvailable({queue, 10, "c", kT0 + seconds(10)});
+  const auto names = [&] {
+    std::vector<std::string> out;
+    for (JobState s : states) out.emplace_back(JobStateName(s));
+    return fmt::format("{}", fmt::join(out, ","));
+  };
+  const auto check = [&](int version) {
+    SCOPED_TRACE(version);
+    if (version == 1) {
+      EXPECT_EQ(Query(app.get(), "SELECT string_agg(state, ',' ORDER BY id) FROM spool_job"),
+                names());
+    } else {
+      auto rows = driver_->executor().JobList({.limit = 100});
       ASSERT_TRUE(rows.has_value()) << rows.error().ToString();
-      for (const JobRow& r : *rows) {
-        EXPECT_EQ(r.queue, queue);
-        claimed[queue].push_back(r.id);
-      }
+      ASSERT_EQ(rows->size(), states.size());
+      for (size_t i = 0; i < rows->size(); ++i) EXPECT_EQ((*rows)[i].state, states[i]) << i;
     }
-    // Priority first, then scheduled_at.
-    EXPECT_EQ(claimed["a"], (std::vector<int64_t>{id(2), id(0), id(4)}));
-    EXPECT_EQ(claimed["b"], std::vector<int64_t>{id(1)});
-    EXPECT_EQ(claimed["ab"], std::vector<int64_t>{id(3)});
-    EXPECT_FALSE(claimed.contains("c"));
-    if (round == 0) {
-      // Back to version 1 with the jobs available again: its index is rebuilt from the rows.
-      ASSERT_TRUE(driver_->MigrateDown(1).ok());
-      PgConnPtr app = Connect(url_);
-      Query(app.get(), "UPDATE spool_job SET state = 'available', attempt = 0");
+    if (version >= 3) {
+      EXPECT_EQ(Query(app.get(),
+                      "SELECT string_agg(s.name, ',' ORDER BY j.id) FROM spool_job j "
+                      "JOIN spool_job_state s USING (state)"),
+                names());
+    }
+    // The key is still held: a second available row with it is refused, whatever the version.
+    pg::PgResult dup(PQexec(app.get(),
+                            "INSERT INTO spool_job (kind, unique_key, unique_states) "
+                            "VALUES ('k', '\\x6b6579', 1)"));
+    EXPECT_EQ(PQresultStatus(dup.get()), PGRES_FATAL_ERROR);
+    EXPECT_NE(std::string(PQerrorMessage(app.get())).find("spool_job_unique_idx"),
+              std::string::npos)
+        << PQerrorMessage(app.get());
+  };
+  check(1);
+  ASSERT_TRUE(driver_->MigrateUp(latest).ok());
+  check(latest);
+
+  std::map<std::string, std::vector<int64_t>> claimed;
+  for (const std::string queue : {"a", "b", "ab", "c"}) {
+    auto rows =
+        driver_->executor().JobGetAvailable({queue, 10, "c", kT0 + std::chrono::hours(24 * 400)});
+    ASSERT_TRUE(rows.has_value()) << rows.error().ToString();
+    for (const JobRow& r : *rows) {
+      EXPECT_EQ(r.queue, queue);
+      claimed[queue].push_back(r.id);
+      states[static_cast<size_t>(r.id - 1)] = JobState::kRunning;
     }
   }
+  // Priority first, then scheduled_at.
+  EXPECT_EQ(claimed["a"], (std::vector<int64_t>{3, 1, 5}));
+  EXPECT_EQ(claimed["b"], std::vector<int64_t>{2});
+  EXPECT_EQ(claimed["ab"], std::vector<int64_t>{4});
+  EXPECT_FALSE(claimed.contains("c"));
+
+  for (int v = latest - 1; v >= 1; --v) {
+    ASSERT_TRUE(driver_->MigrateDown(v).ok()) << v;
+    if (v == 1 || v >= 3) check(v);
+  }
+  ASSERT_TRUE(driver_->MigrateUp(latest).ok());
+  check(latest);
 }
 
 // Outcome writes and cancel checks look jobs up by id. Given statistics taken while few jobs ran,
@@ -1182,7 +1231,7 @@ TEST_F(PostgresDriverTest, LookupsByIdNeverScanTheRunningIndex) {
   std::vector<std::string> ids, states, ats, errors, attempts;
   for (const JobRow& row : *running) {
     ids.push_back(std::to_string(row.id));
-    states.emplace_back("completed");
+    states.push_back(std::to_string(static_cast<int>(JobState::kCompleted)));
     ats.emplace_back("1800000000000000");
     errors.emplace_back("NULL");
     attempts.emplace_back("1");
@@ -1250,10 +1299,12 @@ TEST_F(PostgresDriverTest, PicksByLockingSubqueryNeverScanTheTable) {
     Query(app.get(), "PREPARE claim_after AS " + PostgresFetchSql(true));
     Query(app.get(), "PREPARE schedule AS " + PostgresScheduleSql());
     Query(app.get(), "PREPARE clean AS " + PostgresDeleteFinalizedSql());
-    for (const std::string& execute : {"EXECUTE claim('q', " + now + ", 94, 'c')",
-                                       "EXECUTE claim_after('q', " + now + ", 94, 'c', 1, 0, 0)",
-                                       "EXECUTE schedule(" + now + ", 10000, 'spool_insert')",
-                                       "EXECUTE clean('completed', " + now + ", 10000)"}) {
+    for (const std::string& execute :
+         {"EXECUTE claim('q', " + now + ", 94, 'c')",
+          "EXECUTE claim_after('q', " + now + ", 94, 'c', 1, 0, 0)",
+          "EXECUTE schedule(" + now + ", 10000, 'spool_insert')",
+          "EXECUTE clean(" + std::to_string(static_cast<int>(JobState::kCompleted)) + ", " + now +
+              ", 10000)"}) {
       pg::PgResult plan(PQexec(app.get(), ("EXPLAIN " + execute).c_str()));
       ASSERT_EQ(PQresultStatus(plan.get()), PGRES_TUPLES_OK) << PQerrorMessage(app.get());
       std::string text;

@@ -27,6 +27,7 @@
 #include "driver/postgres/pg_conn.h"
 #include "driver/postgres/postgres_migrations.h"
 #include "driver/row_json.h"
+#include "driver/state_codes.h"
 
 namespace spool::internal {
 namespace {
@@ -79,7 +80,7 @@ const std::string& InsertSql(bool returning) {
               "$10") " "
                      "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int2[], "
                      "$6::int2[], "
-                     "$7::text[], $8::int8[], $9::text[]) WITH ORDINALITY "
+                     "$7::int2[], $8::int8[], $9::text[]) WITH ORDINALITY "
                      "AS u(kind, args, metadata, queue, priority, max_attempts, state, sched, "
                      "tags, ord) "
                      "ORDER BY u.ord RETURNING "));
@@ -99,12 +100,12 @@ const std::string& InsertClaimSql() {
       "INSERT INTO spool_job AS j (kind, args, metadata, queue, priority, max_attempts, state, "
       "scheduled_at, tags, created_at, attempt, attempted_at, attempted_by) "
       "SELECT u.kind, u.args::jsonb, u.metadata::jsonb, u.queue, u.priority, u.max_attempts, "
-      "CASE WHEN " SPOOL_CLAIMED " THEN 'running' ELSE u.state END, " SPOOL_TS("u.sched") ", "
+      "CASE WHEN " SPOOL_CLAIMED " THEN " SPOOL_RUNNING " ELSE u.state END, " SPOOL_TS("u.sched") ", "
       "u.tags::text[], " SPOOL_TS("$10") ", CASE WHEN " SPOOL_CLAIMED " THEN 1 ELSE 0 END, "
       "CASE WHEN " SPOOL_CLAIMED " THEN " SPOOL_TS("$10") " END, "
       "CASE WHEN " SPOOL_CLAIMED " THEN ARRAY[$12::text] ELSE '{}'::text[] END "
       "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::int2[], "
-      "$7::text[], $8::int8[], $9::text[], $11::bool[]) WITH ORDINALITY "
+      "$7::int2[], $8::int8[], $9::text[], $11::bool[]) WITH ORDINALITY "
       "AS u(kind, args, metadata, queue, priority, max_attempts, state, sched, tags, claim, ord) "
       "LEFT JOIN spool_queue AS q ON q.name = u.queue AND q.paused_at IS NOT NULL "
       "ORDER BY u.ord RETURNING "));
@@ -133,7 +134,7 @@ const std::string& InsertClaimSql() {
 std::string MakeFetchSql(bool after) {
   // clang-format off
   const std::string pick =
-      "SELECT ctid FROM spool_job WHERE state = 'available' "
+      "SELECT ctid FROM spool_job WHERE state = " SPOOL_AVAILABLE " "
       "AND hashtextextended(queue, 0) = hashtextextended($1, 0) AND queue = $1 "
       // Uncorrelated, so evaluated once per fetch (a one-time filter), not per row.
       "AND NOT EXISTS (SELECT 1 FROM spool_queue WHERE name = $1 AND paused_at IS NOT NULL) "
@@ -142,7 +143,7 @@ std::string MakeFetchSql(bool after) {
                           "($5::int2, " SPOOL_TS("$6") ", $7::int8) " : "") +
       "ORDER BY priority, scheduled_at, id LIMIT $3 FOR UPDATE SKIP LOCKED";
   return Sql(
-      "UPDATE spool_job AS j SET state = 'running', attempt = j.attempt + 1, "
+      "UPDATE spool_job AS j SET state = " SPOOL_RUNNING ", attempt = j.attempt + 1, "
       "attempted_at = " SPOOL_TS("$2") ", "
       // attempted_by keeps the last 100 client ids, like the SQLite driver.
       "attempted_by = array_append(CASE WHEN cardinality(j.attempted_by) < 100 "
@@ -159,27 +160,27 @@ const std::string& FetchSql(bool after) {
   return after ? *kAfter : *kFromStart;
 }
 
-// `state = (SELECT 'running'::text)` instead of `state = 'running'` where rows are looked up by
+// `state = (SELECT 2)` instead of `state = 2` (running) where rows are looked up by
 // id: the planner cannot prove from a subquery's value that the partial index on running jobs
 // covers the rows, so it probes the primary key for each id. Given the constant, whenever the
 // table's statistics had last seen few running jobs it chose to scan that whole index instead,
 // which under load holds every running job and a dead entry for each job completed since the last
 // vacuum: outcome writes of 5,000 jobs took 12-14 s each on a table of 1.9 million rows.
-#define SPOOL_RUNNING "(SELECT 'running'::text)"
+#define SPOOL_RUNNING_OPAQUE "(SELECT " SPOOL_RUNNING ")"
 
 const std::string& SetStateSql() {
   static const std::string* const kSql = new std::string(
     "UPDATE spool_job AS j SET state = u.state, "
-    "finalized_at = CASE WHEN u.state IN ('completed', 'cancelled', 'discarded') "
+    "finalized_at = CASE WHEN u.state IN " SPOOL_FINAL_STATES " "
     "THEN " SPOOL_TS("u.at") " ELSE NULL END, "
-    "scheduled_at = CASE WHEN u.state IN ('retryable', 'scheduled') "
+    "scheduled_at = CASE WHEN u.state IN (" SPOOL_RETRYABLE ", " SPOOL_SCHEDULED ") "
     "THEN " SPOOL_TS("u.at") " ELSE j.scheduled_at END, "
-    "attempt = CASE WHEN u.state = 'scheduled' THEN greatest(j.attempt - 1, 0) "
+    "attempt = CASE WHEN u.state = " SPOOL_SCHEDULED " THEN greatest(j.attempt - 1, 0) "
     "ELSE j.attempt END, "
     "errors = CASE WHEN u.err IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(u.err) END "
-    "FROM (SELECT DISTINCT ON (id) * FROM unnest($1::int8[], $2::text[], $3::int8[], "
+    "FROM (SELECT DISTINCT ON (id) * FROM unnest($1::int8[], $2::int2[], $3::int8[], "
     "$4::jsonb[], $5::int4[]) AS x(id, state, at, err, attempt)) AS u "
-    "WHERE j.id = u.id AND j.state = " SPOOL_RUNNING " "
+    "WHERE j.id = u.id AND j.state = " SPOOL_RUNNING_OPAQUE " "
     "AND (u.attempt = 0 OR j.attempt = u.attempt) RETURNING j.id");
   return *kSql;
 }
@@ -191,9 +192,9 @@ const std::string& SetStateSql() {
 const std::string& CompleteSql() {
   // clang-format off
   static const std::string* const kSql = new std::string(
-    "UPDATE spool_job AS j SET state = 'completed', finalized_at = " SPOOL_TS("u.at") " "
+    "UPDATE spool_job AS j SET state = " SPOOL_COMPLETED ", finalized_at = " SPOOL_TS("u.at") " "
     "FROM unnest($1::int8[], $2::int8[], $3::int4[]) AS u(id, at, attempt) "
-    "WHERE j.id = u.id AND j.state = " SPOOL_RUNNING " "
+    "WHERE j.id = u.id AND j.state = " SPOOL_RUNNING_OPAQUE " "
     "AND (u.attempt = 0 OR j.attempt = u.attempt) RETURNING j.id");
   // clang-format on
   return *kSql;
@@ -219,8 +220,8 @@ const pg::Statement& StateTxSettings(bool async_commit) {
 }
 
 constexpr const char* kScheduleSql =
-    "WITH moved AS (UPDATE spool_job AS j SET state = 'available' WHERE " SPOOL_ROWS_OF(
-        "SELECT ctid FROM spool_job WHERE state IN ('scheduled', 'retryable') "
+    "WITH moved AS (UPDATE spool_job AS j SET state = " SPOOL_AVAILABLE " WHERE " SPOOL_ROWS_OF(
+        "SELECT ctid FROM spool_job WHERE state IN (" SPOOL_SCHEDULED ", " SPOOL_RETRYABLE ") "
         "AND scheduled_at <= " SPOOL_TS("$1") " ORDER BY scheduled_at, id LIMIT $2 "
         "FOR UPDATE SKIP LOCKED") " RETURNING j.queue), "
     // The leader schedules for every node: each queue that got jobs is announced on channel $3
@@ -239,7 +240,7 @@ const std::string& GetByIdSql() {
 const std::string& ListSql() {
   static const std::string* const kSql = new std::string(
       Sql("SELECT ",
-          " FROM spool_job AS j WHERE ($1::text[] IS NULL OR j.state = ANY($1::text[])) "
+          " FROM spool_job AS j WHERE ($1::int2[] IS NULL OR j.state = ANY($1::int2[])) "
           "AND ($2::text = '' OR j.queue = $2::text) AND ($3::text = '' OR j.kind = $3::text) "
           "AND j.id > $4::int8 ORDER BY j.id LIMIT $5::int8"));
   return *kSql;
@@ -262,7 +263,7 @@ const std::string& InsertUniqueSql(bool returning) {
                  "u.ustates "
                  "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int2[], "
                  "$6::int2[], "
-                 "$7::text[], $8::int8[], $9::text[], $11::bytea[], $12::int4[]) WITH ORDINALITY "
+                 "$7::int2[], $8::int8[], $9::text[], $11::bytea[], $12::int4[]) WITH ORDINALITY "
                  "AS u(kind, args, metadata, queue, priority, max_attempts, state, sched, tags, "
                  "ukey, "
                  "ustates, ord) "
@@ -280,10 +281,7 @@ const std::string& UniqueLookupSql() {
       new std::string(Sql("SELECT ",
                           ", encode(j.unique_key, 'hex') FROM spool_job AS j "
                           "WHERE j.unique_key = ANY($1::bytea[]) AND j.unique_key IS NOT NULL AND "
-                          "j.unique_states IS NOT NULL AND (j.unique_states >> CASE j.state "
-                          "WHEN 'available' THEN 0 WHEN 'scheduled' THEN 1 WHEN 'running' THEN 2 "
-                          "WHEN 'retryable' THEN 3 WHEN 'completed' THEN 4 WHEN 'cancelled' THEN 5 "
-                          "WHEN 'discarded' THEN 6 WHEN 'pending' THEN 7 END) & 1 = 1"));
+                          "j.unique_states IS NOT NULL AND (j.unique_states >> j.state) & 1 = 1"));
   return *kSql;
 }
 
@@ -293,18 +291,19 @@ const std::string& UniqueLookupSql() {
 const std::string& CancelSql() {
   static const std::string* const kSql = new std::string(
       Sql("WITH cancelled AS (UPDATE spool_job AS j SET "
-          "state = CASE WHEN j.state = 'running' THEN j.state ELSE 'cancelled' END, "
-          "finalized_at = CASE WHEN j.state = 'running' THEN NULL ELSE " SPOOL_TS(
+          "state = CASE WHEN j.state = " SPOOL_RUNNING " THEN j.state ELSE " SPOOL_CANCELLED
+          " END, "
+          "finalized_at = CASE WHEN j.state = " SPOOL_RUNNING " THEN NULL ELSE " SPOOL_TS(
               "$2") " END, "
-                    "errors = CASE WHEN j.state = 'running' THEN j.errors ELSE j.errors || "
+                    "errors = CASE WHEN j.state = " SPOOL_RUNNING " THEN j.errors ELSE j.errors || "
                     "jsonb_build_array(jsonb_build_object('at', $2::int8, 'attempt', j.attempt, "
                     "'error', "
                     "'cancelled by an admin', 'trace', '')) END, "
-                    "metadata = CASE WHEN j.state = 'running' THEN j.metadata || "
+                    "metadata = CASE WHEN j.state = " SPOOL_RUNNING " THEN j.metadata || "
                     "jsonb_build_object('cancel_requested_at', $4::text) ELSE j.metadata END "
-                    "WHERE j.id = $1 AND j.state NOT IN ('completed', 'cancelled', 'discarded') "
+                    "WHERE j.id = $1 AND j.state NOT IN " SPOOL_FINAL_STATES " "
                     "RETURNING j.*) SELECT ",
-          ", CASE WHEN j.state = 'running' THEN pg_notify($3, 'cancel') END "
+          ", CASE WHEN j.state = " SPOOL_RUNNING " THEN pg_notify($3, 'cancel') END "
           "FROM cancelled AS j"));
   return *kSql;
 }
@@ -312,32 +311,33 @@ const std::string& CancelSql() {
 // A cancel requested while the job last ran must not cancel its next run.
 // The retried job's queue is announced on channel $3 in the same transaction.
 const std::string& RetrySql() {
-  static const std::string* const kSql = new std::string(Sql(
-      "WITH retried AS (UPDATE spool_job AS j SET state = 'available', scheduled_at = " SPOOL_TS(
-          "$2") ", "
-                "finalized_at = NULL, max_attempts = CASE WHEN j.attempt >= j.max_attempts "
-                "THEN j.attempt + 1 ELSE j.max_attempts END, "
-                "metadata = j.metadata - 'cancel_requested_at' "
-                "WHERE j.id = $1 AND j.state <> 'running' RETURNING j.*) SELECT ",
-      ", pg_notify($3, j.queue) FROM retried AS j"));
+  static const std::string* const kSql = new std::string(
+      Sql("WITH retried AS (UPDATE spool_job AS j SET state = " SPOOL_AVAILABLE
+          ", scheduled_at = " SPOOL_TS(
+              "$2") ", "
+                    "finalized_at = NULL, max_attempts = CASE WHEN j.attempt >= j.max_attempts "
+                    "THEN j.attempt + 1 ELSE j.max_attempts END, "
+                    "metadata = j.metadata - 'cancel_requested_at' "
+                    "WHERE j.id = $1 AND j.state <> " SPOOL_RUNNING " RETURNING j.*) SELECT ",
+          ", pg_notify($3, j.queue) FROM retried AS j"));
   return *kSql;
 }
 
 const std::string& DeleteSql() {
-  static const std::string* const kSql = new std::string(
-      Sql("DELETE FROM spool_job AS j WHERE j.id = $1 AND j.state <> 'running' RETURNING "));
+  static const std::string* const kSql = new std::string(Sql(
+      "DELETE FROM spool_job AS j WHERE j.id = $1 AND j.state <> " SPOOL_RUNNING " RETURNING "));
   return *kSql;
 }
 
 constexpr const char* kCancelRequestedSql =
-    "SELECT id FROM spool_job WHERE id = ANY($1::int8[]) AND state = " SPOOL_RUNNING
+    "SELECT id FROM spool_job WHERE id = ANY($1::int8[]) AND state = " SPOOL_RUNNING_OPAQUE
     " AND metadata ? 'cancel_requested_at' ORDER BY id";
 
 // The client of a running job is the last entry of attempted_by.
 const std::string& StuckSql() {
   static const std::string* const kSql = new std::string(Sql(
       "SELECT ",
-      " FROM spool_job AS j WHERE j.state = 'running' AND (j.attempted_at < " SPOOL_TS(
+      " FROM spool_job AS j WHERE j.state = " SPOOL_RUNNING " AND (j.attempted_at < " SPOOL_TS(
           "$2") " OR NOT EXISTS (SELECT 1 FROM spool_client AS c "
                 "WHERE c.id = j.attempted_by[cardinality(j.attempted_by)] "
                 "AND c.heartbeat_at >= " SPOOL_TS("$1") ")) "
@@ -508,7 +508,7 @@ std::string CompactJson(std::string_view text) {
 constexpr Oid kInt8 = 20, kInt2 = 21, kText = 25, kTextArray = 1009, kTimestamptz = 1184,
               kJsonb = 3802;
 constexpr std::array<Oid, kJobColumnCount> kJobColumnTypes = {
-    kInt8,        kText, kInt2, kInt2, kTimestamptz, kTextArray, kTimestamptz, kTimestamptz,
+    kInt8,        kInt2, kInt2, kInt2, kTimestamptz, kTextArray, kTimestamptz, kTimestamptz,
     kTimestamptz, kInt2, kText, kText, kJsonb,       kJsonb,     kTextArray,   kJsonb};
 constexpr std::array<std::string_view, kJobColumnCount> kJobColumnNames = {
     "id",         "state",        "attempt",      "max_attempts", "attempted_at", "attempted_by",
@@ -568,7 +568,8 @@ Result<JobRow> ReadRowValues(const PGresult* r, int i) {
   };
   JobRow row;
   SPOOL_ASSIGN_OR_RETURN(row.id, pg::BinaryInt(value(0)));
-  SPOOL_ASSIGN_OR_RETURN(row.state, InColumn("state", ParseJobState(value(1).bytes)));
+  SPOOL_ASSIGN_OR_RETURN(int64_t state, pg::BinaryInt(value(1)));
+  SPOOL_ASSIGN_OR_RETURN(row.state, InColumn("state", StateFromCode(state)));
   SPOOL_ASSIGN_OR_RETURN(row.attempt, small(2));
   SPOOL_ASSIGN_OR_RETURN(row.max_attempts, small(3));
   if (!null(4)) {
@@ -646,7 +647,7 @@ std::vector<Param> InsertParamsFor(const JobInsertManyParams& p, const std::vect
     queues.push_back(j.queue);
     priorities.push_back(std::to_string(j.priority));
     max_attempts.push_back(std::to_string(j.max_attempts));
-    states.emplace_back(JobStateName(j.state));
+    states.push_back(std::to_string(StateCode(j.state)));
     sched.push_back(Micros(j.scheduled_at));
     tags.push_back(pg::ArrayLiteral(j.tags));
     if (unique) {
@@ -811,7 +812,7 @@ Result<std::optional<int64_t>> CopyInsertOn(Conn& c, const JobInsertManyParams& 
                    pg::AppendCopyText(buf, j.queue);
                    pg::AppendCopyInt2(buf, static_cast<int16_t>(j.priority));
                    pg::AppendCopyInt2(buf, static_cast<int16_t>(j.max_attempts));
-                   pg::AppendCopyText(buf, JobStateName(j.state));
+                   pg::AppendCopyInt2(buf, static_cast<int16_t>(StateCode(j.state)));
                    pg::AppendCopyTimestamp(buf, j.scheduled_at);
                    pg::AppendCopyTextArray(buf, j.tags);
                    pg::AppendCopyTimestamp(buf, p.now);
@@ -973,7 +974,7 @@ Result<int64_t> SetStateOn(Conn& c, const JobSetStateIfRunningManyParams& p,
       continue;
     }
     ids.push_back(std::to_string(j.id));
-    states.emplace_back(JobStateName(j.state));
+    states.push_back(std::to_string(StateCode(j.state)));
     ats.push_back(Micros(j.at));
     errs.push_back(j.error ? std::optional<std::string>(ErrorJson(*j.error)) : std::nullopt);
     attempts.push_back(std::to_string(j.attempt));
@@ -1039,9 +1040,9 @@ Result<std::vector<JobRow>> ListOn(Conn& c, const JobListParams& p) {
   }
   Param states;
   if (!p.states.empty()) {
-    std::vector<std::string> names;
-    for (JobState s : p.states) names.emplace_back(JobStateName(s));
-    states = pg::ArrayLiteral(names);
+    std::vector<std::string> codes;
+    for (JobState s : p.states) codes.push_back(std::to_string(StateCode(s)));
+    states = pg::ArrayLiteral(codes);
   }
   SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query("spool_list", ListSql(),
                                                {states, p.queue, p.kind, std::to_string(p.after_id),
@@ -1060,7 +1061,8 @@ Result<std::map<JobState, int64_t>> CountOn(Conn& c, std::string_view queue) {
   SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query("spool_count", kCountSql, {std::string(queue)}));
   std::map<JobState, int64_t> out;
   for (int i = 0; i < PQntuples(res.get()); ++i) {
-    SPOOL_ASSIGN_OR_RETURN(JobState s, ParseJobState(PQgetvalue(res.get(), i, 0)));
+    SPOOL_ASSIGN_OR_RETURN(int64_t code, ParseInt(PQgetvalue(res.get(), i, 0), "state"));
+    SPOOL_ASSIGN_OR_RETURN(JobState s, StateFromCode(code));
     SPOOL_ASSIGN_OR_RETURN(out[s], ParseInt(PQgetvalue(res.get(), i, 1), "count"));
   }
   return out;
@@ -1132,7 +1134,7 @@ Result<int64_t> DeleteFinalizedOn(Conn& c, const JobDeleteFinalizedParams& p) {
   if (p.max <= 0) return int64_t{0};
   SPOOL_ASSIGN_OR_RETURN(PgResult res,
                          c.Query("spool_delete_finalized", kDeleteFinalizedSql,
-                                 {std::string(JobStateName(p.state)), Micros(p.finalized_before),
+                                 {std::to_string(StateCode(p.state)), Micros(p.finalized_before),
                                   std::to_string(p.max)}));
   return AffectedRows(res.get());
 }
@@ -1199,7 +1201,8 @@ Result<std::vector<QueueInfo>> QueueListOn(Conn& c) {
       q.paused_at = TimePoint(Duration(us));
     }
     if (PQgetisnull(res.get(), i, 2) == 0) {
-      SPOOL_ASSIGN_OR_RETURN(JobState s, ParseJobState(PQgetvalue(res.get(), i, 2)));
+      SPOOL_ASSIGN_OR_RETURN(int64_t code, ParseInt(PQgetvalue(res.get(), i, 2), "state"));
+      SPOOL_ASSIGN_OR_RETURN(JobState s, StateFromCode(code));
       SPOOL_ASSIGN_OR_RETURN(q.counts[s], ParseInt(PQgetvalue(res.get(), i, 3), "count"));
     }
   }

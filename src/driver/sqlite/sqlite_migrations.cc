@@ -6,6 +6,7 @@
 #include <string>
 #include <string_view>
 
+#include "driver/state_codes.h"
 #include "spool/job.h"
 
 namespace spool::internal {
@@ -245,20 +246,11 @@ std::string JobTableV1() {
 }
 
 std::string MigrationV3Down() {
-  return RebuildJobTable(kJobTableV2, SqliteStateNameSql("state"), IndexesV1()) +
+  return RebuildJobTable(kJobTableV2, StateNameSql("state"), IndexesV1()) +
          "\nDROP TABLE spool_job_state;\n";
 }
 
 }  // namespace
-
-std::string SqliteStateNameSql(std::string_view column) {
-  std::string sql = fmt::format("CASE {}", column);
-  for (JobState s : kAllJobStates) {
-    fmt::format_to(std::back_inserter(sql), " WHEN {} THEN '{}'", static_cast<int>(s),
-                   JobStateName(s));
-  }
-  return sql + " END";
-}
 
 const std::vector<Migration>& SqliteMigrations() {
   static const std::vector<Migration>* const kMigrations = new std::vector<Migration>{

@@ -12,8 +12,4 @@ namespace spool::internal {
 // generators use one source.
 const std::vector<Migration>& SqliteMigrations();
 
-// Since version 3 spool_job.state holds JobState's position as an INTEGER. An SQL expression
-// giving the state's name from `column`, which holds such a code (NULL for anything else).
-std::string SqliteStateNameSql(std::string_view column);
-
 }  // namespace spool::internal

@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "driver/row_json.h"
+#include "driver/state_codes.h"
 
 namespace spool::internal {
 
@@ -22,33 +23,6 @@ namespace {
 constexpr std::string_view kJobColumns =
     "id, state, attempt, max_attempts, attempted_at, attempted_by, created_at, scheduled_at, "
     "finalized_at, priority, queue, kind, args, metadata, tags, errors";
-
-// spool_job.state holds JobState's position (schema version 3, sqlite_migrations.cc). The
-// statements spell the codes through these macros, so that each reads as the state it means.
-#define SPOOL_AVAILABLE "0"
-#define SPOOL_SCHEDULED "1"
-#define SPOOL_RUNNING "2"
-#define SPOOL_RETRYABLE "3"
-#define SPOOL_COMPLETED "4"
-#define SPOOL_CANCELLED "5"
-#define SPOOL_DISCARDED "6"
-// completed, cancelled and discarded: the final states.
-#define SPOOL_FINAL_STATES "(" SPOOL_COMPLETED ", " SPOOL_CANCELLED ", " SPOOL_DISCARDED ")"
-static_assert(
-    static_cast<int>(JobState::kAvailable) == 0 && static_cast<int>(JobState::kScheduled) == 1 &&
-    static_cast<int>(JobState::kRunning) == 2 && static_cast<int>(JobState::kRetryable) == 3 &&
-    static_cast<int>(JobState::kCompleted) == 4 && static_cast<int>(JobState::kCancelled) == 5 &&
-    static_cast<int>(JobState::kDiscarded) == 6 && static_cast<int>(JobState::kPending) == 7);
-
-int StateCode(JobState state) { return static_cast<int>(state); }
-
-Result<JobState> StateFromCode(int64_t code) {
-  if (code < 0 || code >= static_cast<int64_t>(std::size(kAllJobStates))) {
-    return Status::Internal(
-        fmt::format("{} is not a job state's code (0 to {})", code, std::size(kAllJobStates) - 1));
-  }
-  return kAllJobStates[static_cast<size_t>(code)];
-}
 
 constexpr int kInsertParamsPerRow = 9;  // plus ?1, created_at, shared by all rows
 
