@@ -769,7 +769,7 @@ Result<int64_t> InsertUniqueOn(Conn& c, const JobInsertManyParams& p, std::vecto
   return inserted;
 }
 
-// Whether `t` is in years 1..9999, the ones a timestamptz literal spells.
+// Whether `t` is in years 1..9999, the times a bulk insert writes by COPY (CopyInsertOn).
 bool SpellableTime(TimePoint t) {
   constexpr int64_t kYear1 = -62'135'596'800'000'000;      // 0001-01-01T00:00:00Z
   constexpr int64_t kYear10000 = 253'402'300'800'000'000;  // 10000-01-01T00:00:00Z
