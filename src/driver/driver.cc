@@ -124,6 +124,11 @@ Status UnreadableClaimError(const Status& cause) {
       std::chrono::duration_cast<std::chrono::seconds>(kUnreadableRowDelay).count()));
 }
 
+std::string SqlBetween(std::string_view sql, std::string_view from, std::string_view to) {
+  const size_t begin = sql.find(from);
+  return std::string(sql.substr(begin, sql.find(to, begin) - begin));
+}
+
 const std::vector<Migration>* MigrationsFor(std::string_view driver_name) {
   if (driver_name == "sqlite") return &SqliteMigrations();
 #ifdef SPOOL_WITH_POSTGRES

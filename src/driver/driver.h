@@ -248,6 +248,10 @@ struct Migration {
   std::string down{};
 };
 
+// The part of `sql` from `from` (included) up to the next `to` (excluded): DDL of an earlier
+// migration that a later one restores.
+std::string SqlBetween(std::string_view sql, std::string_view from, std::string_view to);
+
 struct DriverOptions {
   SqliteOptions sqlite{};
   PostgresOptions postgres{};

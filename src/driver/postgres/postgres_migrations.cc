@@ -163,13 +163,6 @@ constexpr const char* kDropIndexes =
     "DROP INDEX spool_job_fetch_idx, spool_job_schedule_idx, spool_job_running_idx,\n"
     "  spool_job_finalized_idx, spool_job_unique_idx;\n";
 
-// Version 1's DDL from `from` (included) up to `to` (excluded).
-std::string Up1Part(std::string_view from, std::string_view to) {
-  const std::string_view all = kUp1;
-  const size_t begin = all.find(from);
-  return std::string(all.substr(begin, all.find(to, begin) - begin));
-}
-
 // spool_job.state's type changed in place to `type` through `convert`, with its default and the
 // two CHECKs that read it.
 std::string AlterState(std::string_view type, std::string_view convert, std::string_view fallback,
@@ -211,7 +204,7 @@ std::string Down3() {
                     "state IN ('available', 'scheduled', 'running', 'retryable', 'completed', "
                     "'cancelled', 'discarded', 'pending')",
                     "state IN ('completed', 'cancelled', 'discarded')") +
-         std::string(fetch) + Up1Part("-- Scheduler:", "\nCREATE TABLE spool_leader") +
+         std::string(fetch) + SqlBetween(kUp1, "-- Scheduler:", "\nCREATE TABLE spool_leader") +
          "DROP TABLE spool_job_state;\n";
 }
 

@@ -204,17 +204,9 @@ CREATE UNIQUE INDEX spool_job_unique_idx ON spool_job (unique_key)
   WHERE unique_key IS NOT NULL AND unique_states IS NOT NULL AND (unique_states >> state) & 1 = 1;
 )sql";
 
-// Version 1's DDL from `from` (included) up to `to` (excluded).
-std::string Migration1Part(std::string_view from, std::string_view to) {
-  const std::string_view all = kMigration1Up;
-  const size_t begin = all.find(from);
-  const size_t end = all.find(to, begin);
-  return std::string(all.substr(begin, end - begin));
-}
-
 // Version 1's indexes, for the tables with text states.
 std::string IndexesV1() {
-  return Migration1Part("-- Indexes are partial", "CREATE TABLE spool_leader");
+  return SqlBetween(kMigration1Up, "-- Indexes are partial", "CREATE TABLE spool_leader");
 }
 
 // Replaces spool_job by the table that `create_new` creates as spool_job_new, keeping rows, ids and
@@ -240,7 +232,7 @@ std::string RebuildJobTable(const std::string& create_new, std::string_view stat
 
 // Version 1's spool_job, created as spool_job_new: what version 2's down restores.
 std::string JobTableV1() {
-  std::string ddl = Migration1Part("CREATE TABLE spool_job (", "\n\n");
+  std::string ddl = SqlBetween(kMigration1Up, "CREATE TABLE spool_job (", "\n\n");
   ddl.replace(0, std::string_view("CREATE TABLE spool_job").size(), "CREATE TABLE spool_job_new");
   return ddl;
 }
