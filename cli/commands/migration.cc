@@ -20,8 +20,7 @@ void Check(const Status& st) {
 void PrintStatus(const std::string& url) {
   auto infos = MigrationStatus(url);
   if (!infos) throw CommandError(infos.error());
-  fmt::print("spool schema at {}: version {} of {}\n", UrlWithoutPassword(url),
-             AppliedVersion(*infos), infos->empty() ? 0 : infos->back().version);
+  fmt::print("spool schema at {}: {}\n", UrlWithoutPassword(url), SchemaVersionText(*infos));
   for (const auto& m : *infos) {
     fmt::print("  {:>3}  {:<32} {}\n", m.version, m.name, m.applied ? "applied" : "pending");
   }

@@ -380,6 +380,19 @@ void AppMigrateUp(const fs::path& root, const std::string& url,
   AppMigrationStatus(root, url);
 }
 
+std::string SchemaVersionText(const std::vector<MigrationInfo>& infos) {
+  int known = 0;
+  for (const auto& m : infos) {
+    if (m.known) known = m.version;
+  }
+  const int current = AppliedVersion(infos);
+  if (current > known) {
+    return fmt::format("version {}, newer than this spool knows ({}): upgrade spool to use it",
+                       current, known);
+  }
+  return fmt::format("version {} of {}", current, known);
+}
+
 int AppliedVersion(const std::vector<MigrationInfo>& infos) {
   int current = 0;
   for (const auto& m : infos) {
@@ -488,8 +501,7 @@ void AppMigrationStatus(const fs::path& root, const std::string& url) {
   if (has_queue) {
     auto infos = MigrationStatus(url);
     if (!infos) throw CommandError(infos.error());
-    fmt::print("spool schema: version {} of {}\n", AppliedVersion(*infos),
-               infos->empty() ? 0 : infos->back().version);
+    fmt::print("spool schema: {}\n", SchemaVersionText(*infos));
   }
 }
 

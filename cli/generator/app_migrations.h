@@ -41,6 +41,8 @@ void AppMigrateDown(const std::filesystem::path& root, const std::string& url,
 
 // The newest applied version of spool's schema in MigrationStatus's list (0: none).
 int AppliedVersion(const std::vector<MigrationInfo>& infos);
+// "version 2 of 3", or what to do about a version newer than this spool knows.
+std::string SchemaVersionText(const std::vector<MigrationInfo>& infos);
 
 // Throws CommandError when spool's tables at `url` are in use: a client of the queue sent a
 // heartbeat in the last minute (it would fail every call until the tables are back), or jobs

@@ -227,9 +227,11 @@ struct MigrationInfo {
   int version{};
   std::string name{};
   bool applied{};
+  bool known{true};  // false: a version a newer spool recorded, listed last
 };
 // Applies (up) or reverts (down) migrations of spool's tables at `database_url`.
 // up: to the newest version (or `target`). down: one step (or to `target`; 0 removes all).
+// Both refuse (FailedPrecondition, nothing changed) a schema newer than this build knows.
 Status MigrateUp(std::string_view database_url, std::optional<int> target = std::nullopt);
 Status MigrateDown(std::string_view database_url, std::optional<int> target = std::nullopt);
 Result<std::vector<MigrationInfo>> MigrationStatus(std::string_view database_url);

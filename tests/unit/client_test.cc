@@ -943,6 +943,21 @@ TEST(ClientOpenTest, RefusesASchemaNewerThanItKnows) {
   EXPECT_TRUE(c.error().IsFailedPrecondition());
   EXPECT_NE(c.error().message().find("newer than this spool knows"), std::string::npos);
 
+  // Status lists the version it does not know, last.
+  auto infos = MigrationStatus(dir.SqliteUrl());
+  ASSERT_TRUE(infos.has_value()) << infos.error().ToString();
+  ASSERT_FALSE(infos->empty());
+  EXPECT_EQ(infos->back().version, 999);
+  EXPECT_FALSE(infos->back().known);
+  EXPECT_TRUE(infos->back().applied);
+  EXPECT_TRUE(std::all_of(infos->begin(), infos->end() - 1,
+                          [](const MigrationInfo& m) { return m.known && m.applied; }));
+
+  // Nor does `migration up` call it up to date, which the next Open would refuse.
+  const Status up = MigrateUp(dir.SqliteUrl());
+  EXPECT_TRUE(up.IsFailedPrecondition()) << up.ToString();
+  EXPECT_NE(up.message().find("upgrade spool"), std::string::npos) << up.ToString();
+
   // Nor does it revert a schema it does not know: its down steps would meet tables they never
   // made.
   const Status down = MigrateDown(dir.SqliteUrl(), 0);
