@@ -295,6 +295,35 @@ TEST_P(DriverConformanceTest, InsertManyFastStoresEveryValueExactly) {
   EXPECT_TRUE(rb.tags.empty());
 }
 
+// A batch where no row has metadata or tags may leave those columns to the table's defaults
+// (PostgreSQL's COPY does); a batch where one row has them must still store every row's own.
+TEST_P(DriverConformanceTest, InsertManyFastStoresMetadataAndTagsOfMixedBatches) {
+  JobInsertParams with_metadata = Job("m", "q");
+  with_metadata.metadata = R"({"k":1})";
+  JobInsertParams with_tags = Job("t", "q");
+  with_tags.tags = {"a", "b"};
+  CONF_ASSIGN_OR_FAIL(int64_t n1, exec().JobInsertManyFast(Many({with_metadata, Job("p1", "q")})));
+  CONF_ASSIGN_OR_FAIL(int64_t n2, exec().JobInsertManyFast(Many({Job("p2", "q"), with_tags})));
+  CONF_ASSIGN_OR_FAIL(int64_t n3, exec().JobInsertManyFast(Many({Job("p3", "q"), Job("p4", "q")})));
+  EXPECT_EQ(n1 + n2 + n3, 6);
+  spool::JobListParams list;
+  list.limit = 10;
+  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobList(list));
+  ASSERT_EQ(rows.size(), 6u);
+  std::map<std::string, const JobRow*> by_kind;
+  for (const JobRow& r : rows) by_kind[r.kind] = &r;
+  EXPECT_EQ(Json(by_kind["m"]->metadata), Json(with_metadata.metadata));
+  EXPECT_EQ(by_kind["t"]->tags, with_tags.tags);
+  for (const char* plain : {"p1", "p2", "p3", "p4"}) {
+    ASSERT_EQ(by_kind.count(plain), 1u) << plain;
+    EXPECT_EQ(Json(by_kind[plain]->metadata), Json("{}")) << plain;
+    EXPECT_TRUE(by_kind[plain]->tags.empty()) << plain;
+    EXPECT_EQ(by_kind[plain]->errors.size(), 0u) << plain;
+  }
+  EXPECT_TRUE(by_kind["m"]->tags.empty());
+  EXPECT_EQ(Json(by_kind["t"]->metadata), Json("{}"));
+}
+
 TEST_P(DriverConformanceTest, InsertNothingIsANoOp) {
   CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(exec(), Many({})));
   EXPECT_TRUE(rows.empty());

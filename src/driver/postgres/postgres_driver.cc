@@ -782,7 +782,9 @@ bool SpellableTime(TimePoint t) {
 // server parsing each row's times, integers and tags from text (docs/benchmarks.md). Nothing
 // when a time lies outside years 1..9999 or a field is 1 GiB or longer (PostgreSQL's limit, and
 // past 2 GiB its length would not fit the format): the INSERT stores or reports those.
-// CheckInsertRows has kept priority and max_attempts within smallint.
+// CheckInsertRows has kept priority and max_attempts within smallint. metadata and tags, empty in
+// most jobs, are left out when empty in every row of the batch: the table's defaults fill them
+// for less than reading '{}' for each row (6% of a row's instructions, counted with callgrind).
 Result<std::optional<int64_t>> CopyInsertOn(Conn& c, const JobInsertManyParams& p) {
   constexpr size_t kMaxField = size_t{1} << 30;
   const auto copyable = [&](const JobInsertParams& j) {
@@ -795,31 +797,36 @@ Result<std::optional<int64_t>> CopyInsertOn(Conn& c, const JobInsertManyParams& 
   if (!SpellableTime(p.now) || !std::all_of(p.jobs.begin(), p.jobs.end(), copyable)) {
     return std::optional<int64_t>();
   }
+  const bool metadata = std::any_of(p.jobs.begin(), p.jobs.end(),
+                                    [](const JobInsertParams& j) { return j.metadata != "{}"; });
+  const bool tags = std::any_of(p.jobs.begin(), p.jobs.end(),
+                                [](const JobInsertParams& j) { return !j.tags.empty(); });
+  const std::string copy_sql = fmt::format(
+      "COPY spool_job (kind, args, {}queue, priority, max_attempts, state, scheduled_at, "
+      "{}created_at) FROM STDIN WITH (FORMAT binary)",
+      metadata ? "metadata, " : "", tags ? "tags, " : "");
+  const auto fields = static_cast<int16_t>(8 + (metadata ? 1 : 0) + (tags ? 1 : 0));
   size_t next = 0;
-  SPOOL_ASSIGN_OR_RETURN(
-      int64_t n,
-      c.CopyIn("COPY spool_job (kind, args, metadata, queue, priority, max_attempts, state, "
-               "scheduled_at, tags, created_at) FROM STDIN WITH (FORMAT binary)",
-               [&](std::string& buf) {
-                 if (next == 0) pg::AppendCopyHeader(buf);
-                 const size_t end = std::min(p.jobs.size(), next + kCopyChunk);
-                 for (; next < end; ++next) {
-                   const JobInsertParams& j = p.jobs[next];
-                   pg::AppendCopyRow(buf, 10);
-                   pg::AppendCopyText(buf, j.kind);
-                   pg::AppendCopyJsonb(buf, j.args);
-                   pg::AppendCopyJsonb(buf, j.metadata);
-                   pg::AppendCopyText(buf, j.queue);
-                   pg::AppendCopyInt2(buf, static_cast<int16_t>(j.priority));
-                   pg::AppendCopyInt2(buf, static_cast<int16_t>(j.max_attempts));
-                   pg::AppendCopyInt2(buf, static_cast<int16_t>(StateCode(j.state)));
-                   pg::AppendCopyTimestamp(buf, j.scheduled_at);
-                   pg::AppendCopyTextArray(buf, j.tags);
-                   pg::AppendCopyTimestamp(buf, p.now);
-                 }
-                 if (next == p.jobs.size()) pg::AppendCopyTrailer(buf);
-                 return next < p.jobs.size();
-               }));
+  SPOOL_ASSIGN_OR_RETURN(int64_t n, c.CopyIn(copy_sql, [&](std::string& buf) {
+    if (next == 0) pg::AppendCopyHeader(buf);
+    const size_t end = std::min(p.jobs.size(), next + kCopyChunk);
+    for (; next < end; ++next) {
+      const JobInsertParams& j = p.jobs[next];
+      pg::AppendCopyRow(buf, fields);
+      pg::AppendCopyText(buf, j.kind);
+      pg::AppendCopyJsonb(buf, j.args);
+      if (metadata) pg::AppendCopyJsonb(buf, j.metadata);
+      pg::AppendCopyText(buf, j.queue);
+      pg::AppendCopyInt2(buf, static_cast<int16_t>(j.priority));
+      pg::AppendCopyInt2(buf, static_cast<int16_t>(j.max_attempts));
+      pg::AppendCopyInt2(buf, static_cast<int16_t>(StateCode(j.state)));
+      pg::AppendCopyTimestamp(buf, j.scheduled_at);
+      if (tags) pg::AppendCopyTextArray(buf, j.tags);
+      pg::AppendCopyTimestamp(buf, p.now);
+    }
+    if (next == p.jobs.size()) pg::AppendCopyTrailer(buf);
+    return next < p.jobs.size();
+  }));
   return std::optional<int64_t>(n);
 }
 
