@@ -41,3 +41,10 @@ if(spool_pg_integration_sources)
     LIBS spool_pg_test_support
     PROPERTIES FIXTURES_REQUIRED postgres)
 endif()
+
+add_test(NAME baseline_postgres
+  COMMAND sh -c "exec \"$0\" postgres \"$(cat \"$1\")\" 1000"
+    ${PROJECT_SOURCE_DIR}/scripts/baseline.sh ${SPOOL_PG_CLUSTER_DIR}/url)
+set_tests_properties(baseline_postgres PROPERTIES
+  FIXTURES_REQUIRED postgres LABELS benchmark-tools TIMEOUT 60
+  PASS_REGULAR_EXPRESSION "\"jobs_per_sec\":[1-9]")
