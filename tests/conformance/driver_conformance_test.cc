@@ -1149,6 +1149,38 @@ TEST_P(DriverConformanceTest, ScheduleMovesAtMostMax) {
   EXPECT_EQ(counts, (std::vector<int64_t>{2, 2, 1, 0}));
 }
 
+// A batch smaller than what is due moves the longest-due jobs, whichever of the two states.
+TEST_P(DriverConformanceTest, ScheduleMovesTheLongestDueFirstAcrossStates) {
+  CONF_ASSIGN_OR_FAIL(auto rows,
+                      InsertRows(exec(), Many({
+                                             JobAt("q", kT0 - seconds(10), 1, JobState::kScheduled),
+                                             JobAt("q", kT0 - seconds(40), 1, JobState::kScheduled),
+                                             JobAt("r", kT0 - seconds(60)),  // retryable below
+                                             JobAt("q", kT0 - seconds(20), 1, JobState::kScheduled),
+                                         })));
+  CONF_ASSIGN_OR_FAIL(auto running, exec().JobGetAvailable(Fetch("r", 1, kT0 - seconds(60))));
+  ASSERT_EQ(running.size(), 1u);
+  CONF_ASSIGN_OR_FAIL(
+      int64_t n,
+      exec().JobSetStateIfRunningMany(
+          {{Outcome(rows[2].id, JobState::kRetryable, kT0 - seconds(30), spool::AttemptError{})}}));
+  ASSERT_EQ(n, 1);
+  // Due: 40 s (scheduled), 30 s (retryable), 20 s, 10 s (scheduled).
+  std::vector<std::vector<JobState>> after;
+  for (int batch = 0; batch < 2; ++batch) {
+    CONF_ASSIGN_OR_FAIL(auto r, exec().JobSchedule({kT0, 2}));
+    EXPECT_EQ(r.count, 2) << "batch " << batch;
+    std::vector<JobState>& states = after.emplace_back();
+    for (const auto& row : rows) {
+      CONF_ASSIGN_OR_FAIL(JobRow j, exec().JobGetByID(row.id));
+      states.push_back(j.state);
+    }
+  }
+  EXPECT_EQ(after[0], (std::vector<JobState>{JobState::kScheduled, JobState::kAvailable,
+                                             JobState::kAvailable, JobState::kScheduled}));
+  EXPECT_EQ(after[1], std::vector<JobState>(4, JobState::kAvailable));
+}
+
 // ---- reads ------------------------------------------------------------------------------------
 
 TEST_P(DriverConformanceTest, GetByIDReportsNotFoundNamingTheId) {
