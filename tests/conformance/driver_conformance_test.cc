@@ -322,6 +322,16 @@ TEST_P(DriverConformanceTest, InsertManyFastStoresMetadataAndTagsOfMixedBatches)
   }
   EXPECT_TRUE(by_kind["m"]->tags.empty());
   EXPECT_EQ(Json(by_kind["t"]->metadata), Json("{}"));
+
+  // Inserts that return their rows, in pieces with and without the two columns (2 rows, then 1).
+  CONF_ASSIGN_OR_FAIL(auto returned,
+                      InsertRows(exec(), Many({Job("r1", "q"), Job("r2", "q"), with_tags})));
+  ASSERT_EQ(returned.size(), 3u);
+  EXPECT_TRUE(returned[0].tags.empty());
+  EXPECT_EQ(Json(returned[1].metadata), Json("{}"));
+  EXPECT_EQ(returned[2].tags, with_tags.tags);
+  CONF_ASSIGN_OR_FAIL(JobRow stored, exec().JobGetByID(returned[2].id));
+  EXPECT_EQ(stored.tags, with_tags.tags);
 }
 
 TEST_P(DriverConformanceTest, InsertNothingIsANoOp) {

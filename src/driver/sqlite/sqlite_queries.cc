@@ -24,7 +24,9 @@ constexpr std::string_view kJobColumns =
     "id, state, attempt, max_attempts, attempted_at, attempted_by, created_at, scheduled_at, "
     "finalized_at, priority, queue, kind, args, metadata, tags, errors";
 
-constexpr int kInsertParamsPerRow = 9;  // plus ?1, created_at, shared by all rows
+// Values bound for each inserted row (plus ?1, created_at, shared by all rows): seven, or nine
+// with metadata and tags (see InsertStmt).
+int InsertParamsPerRow(bool with_extras) { return with_extras ? 9 : 7; }
 
 int64_t Micros(TimePoint t) { return t.time_since_epoch().count(); }
 TimePoint FromMicros(int64_t us) { return TimePoint(Duration(us)); }
@@ -64,11 +66,13 @@ Status CheckBind(int rc, sqlite3_stmt* stmt) {
   return SqliteStatus(rc, sqlite3_db_handle(stmt), "bind");
 }
 
-// Binds one row's nine values from parameter b + 1 on (b: the parameter before the row's first).
+// Whether the job has metadata or tags, the columns its insert may leave to their defaults.
+bool HasExtras(const JobInsertParams& job) { return job.metadata != "{}" || !job.tags.empty(); }
+
+// Binds one row's InsertParamsPerRow(with_extras) values from parameter b + 1 on (b: the
+// parameter before the row's first).
 int BindInsertRow(sqlite3_stmt* stmt, int b, const JobInsertParams& job,
-                  std::deque<std::string>& tag_json) {
-  std::string_view tags = "[]";
-  if (!job.tags.empty()) tags = tag_json.emplace_back(nlohmann::json(job.tags).dump());
+                  std::deque<std::string>& tag_json, bool with_extras) {
   int rc;
   if ((rc = sqlite3_bind_int(stmt, b + 1, StateCode(job.state))) != SQLITE_OK) return rc;
   if ((rc = sqlite3_bind_int(stmt, b + 2, job.max_attempts)) != SQLITE_OK) return rc;
@@ -76,7 +80,9 @@ int BindInsertRow(sqlite3_stmt* stmt, int b, const JobInsertParams& job,
   if ((rc = sqlite3_bind_int(stmt, b + 4, job.priority)) != SQLITE_OK) return rc;
   if ((rc = BindText(stmt, b + 5, job.queue)) != SQLITE_OK) return rc;
   if ((rc = BindText(stmt, b + 6, job.kind)) != SQLITE_OK) return rc;
-  if ((rc = BindText(stmt, b + 7, job.args)) != SQLITE_OK) return rc;
+  if ((rc = BindText(stmt, b + 7, job.args)) != SQLITE_OK || !with_extras) return rc;
+  std::string_view tags = "[]";
+  if (!job.tags.empty()) tags = tag_json.emplace_back(nlohmann::json(job.tags).dump());
   if ((rc = BindText(stmt, b + 8, job.metadata)) != SQLITE_OK) return rc;
   return BindText(stmt, b + 9, tags);
 }
@@ -188,23 +194,25 @@ Result<JobRow> RawJobRows::DecodeRow(const Row& r) const {
 // Batches come in every size, and a statement prepared for each size a chunk came in gave a
 // long-running client up to 128 statements of each kind: 10.6 MB, and 120 ms of the writer to
 // prepare them (2.3 ms for the largest alone, holding the writer). So a chunk goes in pieces whose
-// sizes are powers of two: at most 8 statements of each kind, and a chunk of n rows takes
-// popcount(n) statements, a few microseconds each beyond its rows.
+// sizes are powers of two: at most 8 statements of each kind and column list, and a chunk of n rows
+// takes popcount(n) statements, a few microseconds each beyond its rows.
 static_assert(std::has_single_bit(static_cast<unsigned>(SqliteQueries::kInsertChunk)),
               "inserts take power-of-two pieces of a chunk");
 
-Result<sqlite3_stmt*> SqliteQueries::InsertStmt(int rows, bool returning) {
+Result<sqlite3_stmt*> SqliteQueries::InsertStmt(int rows, bool returning, bool with_extras) {
   const auto size = static_cast<size_t>(std::countr_zero(static_cast<unsigned>(rows)));
-  auto& slot = returning ? insert_returning_[size] : insert_fast_[size];
+  auto& slot = (returning ? insert_returning_ : insert_fast_)[with_extras ? 1 : 0][size];
   if (slot != nullptr) return slot;
-  std::string sql =
+  std::string sql = fmt::format(
       "INSERT INTO spool_job (created_at, state, max_attempts, scheduled_at, priority, queue, "
-      "kind, args, metadata, tags) VALUES ";
+      "kind, args{}) VALUES ",
+      with_extras ? ", metadata, tags" : "");
+  const int per_row = InsertParamsPerRow(with_extras);
   for (int r = 0; r < rows; ++r) {
-    const int b = 1 + r * kInsertParamsPerRow;
-    fmt::format_to(std::back_inserter(sql), "{}(?1,?{},?{},?{},?{},?{},?{},?{},?{},?{})",
-                   r == 0 ? "" : ",", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8,
-                   b + 9);
+    const int b = 1 + r * per_row;
+    sql += r == 0 ? "(?1" : ",(?1";
+    for (int k = 1; k <= per_row; ++k) fmt::format_to(std::back_inserter(sql), ",?{}", b + k);
+    sql += ')';
   }
   if (returning) fmt::format_to(std::back_inserter(sql), " RETURNING {}", kJobColumns);
   SPOOL_ASSIGN_OR_RETURN(slot, cache_.Get(sql));
@@ -229,13 +237,16 @@ Result<int64_t> SqliteQueries::Insert(const JobInsertManyParams& params,
   std::deque<std::string> tag_json;
   for (size_t start = 0, n = 0; start < jobs.size(); start += n) {
     n = std::bit_floor(std::min(jobs.size() - start, static_cast<size_t>(kInsertChunk)));
-    SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt, InsertStmt(static_cast<int>(n), out != nullptr));
+    const auto piece = std::span(jobs).subspan(start, n);
+    const bool with_extras = std::any_of(piece.begin(), piece.end(), HasExtras);
+    SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt,
+                           InsertStmt(static_cast<int>(n), out != nullptr, with_extras));
     StmtScope use(stmt);
     tag_json.clear();
     int rc = sqlite3_bind_int64(stmt, 1, Micros(params.now));
+    const int per_row = InsertParamsPerRow(with_extras);
     for (size_t r = 0; r < n && rc == SQLITE_OK; ++r) {
-      rc = BindInsertRow(stmt, 1 + static_cast<int>(r) * kInsertParamsPerRow, jobs[start + r],
-                         tag_json);
+      rc = BindInsertRow(stmt, 1 + static_cast<int>(r) * per_row, piece[r], tag_json, with_extras);
     }
     SPOOL_RETURN_IF_ERROR(CheckBind(rc, stmt));
     if (out != nullptr) {
@@ -341,7 +352,7 @@ Result<int64_t> SqliteQueries::InsertUnique(const JobInsertManyParams& params,
       StmtScope use(insert);
       tag_json.clear();
       int rc = sqlite3_bind_int64(insert, 1, Micros(params.now));
-      if (rc == SQLITE_OK) rc = BindInsertRow(insert, 1, job, tag_json);
+      if (rc == SQLITE_OK) rc = BindInsertRow(insert, 1, job, tag_json, /*with_extras=*/true);
       if (rc == SQLITE_OK) {
         rc = sqlite3_bind_blob64(insert, 11, job.unique_key.data(), job.unique_key.size(),
                                  SQLITE_STATIC);
