@@ -334,6 +334,44 @@ TEST_P(DriverConformanceTest, InsertManyFastStoresMetadataAndTagsOfMixedBatches)
   EXPECT_EQ(stored.tags, with_tags.tags);
 }
 
+// Jobs alike but for args and time (a driver may bind the shared values once for the batch).
+TEST_P(DriverConformanceTest, InsertManyOfAlikeJobsStoresEachRowsOwnArgsAndTime) {
+  std::vector<JobInsertParams> jobs;
+  for (int i = 0; i < 300; ++i) {
+    JobInsertParams j = Job("alike", "q_alike");
+    j.priority = 3;
+    j.max_attempts = 7;
+    j.state = JobState::kScheduled;
+    j.metadata = R"({"batch":1})";
+    j.tags = {"x", "y"};
+    j.args = "{\"n\":" + std::to_string(i) + "}";
+    j.scheduled_at = kT0 + std::chrono::microseconds(i);
+    jobs.push_back(std::move(j));
+  }
+  CONF_ASSIGN_OR_FAIL(int64_t n, exec().JobInsertManyFast(Many(jobs)));
+  EXPECT_EQ(n, 300);
+  CONF_ASSIGN_OR_FAIL(auto returned, InsertRows(exec(), Many({jobs[7], jobs[8], jobs[9]})));
+  ASSERT_EQ(returned.size(), 3u);
+  spool::JobListParams list;
+  list.limit = 400;
+  CONF_ASSIGN_OR_FAIL(auto rows, exec().JobList(list));
+  ASSERT_EQ(rows.size(), 303u);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const JobInsertParams& want = jobs[i < 300 ? i : i - 300 + 7];
+    const JobRow& got = rows[i];
+    EXPECT_EQ(Json(got.args), Json(want.args)) << i;
+    EXPECT_EQ(got.scheduled_at, want.scheduled_at) << i;
+    EXPECT_EQ(got.kind, "alike") << i;
+    EXPECT_EQ(got.queue, "q_alike") << i;
+    EXPECT_EQ(got.priority, 3) << i;
+    EXPECT_EQ(got.max_attempts, 7) << i;
+    EXPECT_EQ(got.state, JobState::kScheduled) << i;
+    EXPECT_EQ(Json(got.metadata), Json(want.metadata)) << i;
+    EXPECT_EQ(got.tags, want.tags) << i;
+  }
+  EXPECT_EQ(Json(returned[2].args), Json(jobs[9].args));
+}
+
 TEST_P(DriverConformanceTest, InsertNothingIsANoOp) {
   CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(exec(), Many({})));
   EXPECT_TRUE(rows.empty());
@@ -416,8 +454,8 @@ TEST_P(DriverConformanceTest, FetchRespectsQueueMaxStateAndScheduledAt) {
 }
 
 // A claim marks exactly the jobs it returns, whether their ids are consecutive (the SQLite driver
-// then marks them by id range) or have other jobs between them: another queue's, or its own queue's
-// in another state.
+// then marks them by id range) or have other jobs between them: another queue's, or its own
+// queue's in another state.
 TEST_P(DriverConformanceTest, FetchMarksExactlyTheJobsItReturns) {
   CONF_ASSIGN_OR_FAIL(auto rows,
                       InsertRows(exec(), Many({

@@ -24,10 +24,6 @@ constexpr std::string_view kJobColumns =
     "id, state, attempt, max_attempts, attempted_at, attempted_by, created_at, scheduled_at, "
     "finalized_at, priority, queue, kind, args, metadata, tags, errors";
 
-// Values bound for each inserted row (plus ?1, created_at, shared by all rows): seven, or nine
-// with metadata and tags (see InsertStmt).
-int InsertParamsPerRow(bool with_extras) { return with_extras ? 9 : 7; }
-
 int64_t Micros(TimePoint t) { return t.time_since_epoch().count(); }
 TimePoint FromMicros(int64_t us) { return TimePoint(Duration(us)); }
 
@@ -66,25 +62,92 @@ Status CheckBind(int rc, sqlite3_stmt* stmt) {
   return SqliteStatus(rc, sqlite3_db_handle(stmt), "bind");
 }
 
-// Whether the job has metadata or tags, the columns its insert may leave to their defaults.
-bool HasExtras(const JobInsertParams& job) { return job.metadata != "{}" || !job.tags.empty(); }
+// The columns an insert writes besides created_at (?1, shared by every row), in statement order.
+enum InsertColumn {
+  kState,
+  kMaxAttempts,
+  kScheduledAt,
+  kPriority,
+  kQueue,
+  kKind,
+  kArgs,
+  kMetadata,
+  kTags,
+  kInsertColumns
+};
+constexpr std::array<std::string_view, kInsertColumns> kInsertColumnNames = {
+    "state", "max_attempts", "scheduled_at", "priority", "queue",
+    "kind",  "args",         "metadata",     "tags"};
 
-// Binds one row's InsertParamsPerRow(with_extras) values from parameter b + 1 on (b: the
-// parameter before the row's first).
-int BindInsertRow(sqlite3_stmt* stmt, int b, const JobInsertParams& job,
-                  std::deque<std::string>& tag_json, bool with_extras) {
-  int rc;
-  if ((rc = sqlite3_bind_int(stmt, b + 1, StateCode(job.state))) != SQLITE_OK) return rc;
-  if ((rc = sqlite3_bind_int(stmt, b + 2, job.max_attempts)) != SQLITE_OK) return rc;
-  if ((rc = sqlite3_bind_int64(stmt, b + 3, Micros(job.scheduled_at))) != SQLITE_OK) return rc;
-  if ((rc = sqlite3_bind_int(stmt, b + 4, job.priority)) != SQLITE_OK) return rc;
-  if ((rc = BindText(stmt, b + 5, job.queue)) != SQLITE_OK) return rc;
-  if ((rc = BindText(stmt, b + 6, job.kind)) != SQLITE_OK) return rc;
-  if ((rc = BindText(stmt, b + 7, job.args)) != SQLITE_OK || !with_extras) return rc;
-  std::string_view tags = "[]";
-  if (!job.tags.empty()) tags = tag_json.emplace_back(nlohmann::json(job.tags).dump());
-  if ((rc = BindText(stmt, b + 8, job.metadata)) != SQLITE_OK) return rc;
-  return BindText(stmt, b + 9, tags);
+// How a piece of an insert passes each column (SqliteQueries::InsertLayout).
+enum class Pass : uint8_t { kPerRow, kShared, kDefault };
+using LayoutColumns = std::array<Pass, kInsertColumns>;
+constexpr std::array<LayoutColumns, SqliteQueries::kInsertLayouts> kLayouts = {{
+    // kInsertPerRow: every value for every row.
+    {Pass::kPerRow, Pass::kPerRow, Pass::kPerRow, Pass::kPerRow, Pass::kPerRow, Pass::kPerRow,
+     Pass::kPerRow, Pass::kPerRow, Pass::kPerRow},
+    // kInsertNoExtras: metadata and tags left to the table's defaults ('{}' and '[]').
+    {Pass::kPerRow, Pass::kPerRow, Pass::kPerRow, Pass::kPerRow, Pass::kPerRow, Pass::kPerRow,
+     Pass::kPerRow, Pass::kDefault, Pass::kDefault},
+    // kInsertShared: jobs alike but for args and scheduled_at, bound once for the piece.
+    {Pass::kShared, Pass::kShared, Pass::kPerRow, Pass::kShared, Pass::kShared, Pass::kShared,
+     Pass::kPerRow, Pass::kShared, Pass::kShared},
+}};
+
+// The layout for a piece: alike jobs share their values; without metadata and tags, those are
+// left out.
+SqliteQueries::InsertLayout ChooseLayout(std::span<const JobInsertParams> piece) {
+  const JobInsertParams& a = piece.front();
+  const bool alike = std::all_of(piece.begin() + 1, piece.end(), [&](const JobInsertParams& b) {
+    return b.state == a.state && b.max_attempts == a.max_attempts && b.priority == a.priority &&
+           b.queue == a.queue && b.kind == a.kind && b.metadata == a.metadata && b.tags == a.tags;
+  });
+  if (alike) return SqliteQueries::kInsertShared;
+  const bool extras = std::any_of(piece.begin(), piece.end(), [](const JobInsertParams& j) {
+    return j.metadata != "{}" || !j.tags.empty();
+  });
+  return extras ? SqliteQueries::kInsertPerRow : SqliteQueries::kInsertNoExtras;
+}
+
+int BindInsertValue(sqlite3_stmt* stmt, int index, const JobInsertParams& job, InsertColumn col,
+                    std::deque<std::string>& tag_json) {
+  switch (col) {
+    case kState:
+      return sqlite3_bind_int(stmt, index, StateCode(job.state));
+    case kMaxAttempts:
+      return sqlite3_bind_int(stmt, index, job.max_attempts);
+    case kScheduledAt:
+      return sqlite3_bind_int64(stmt, index, Micros(job.scheduled_at));
+    case kPriority:
+      return sqlite3_bind_int(stmt, index, job.priority);
+    case kQueue:
+      return BindText(stmt, index, job.queue);
+    case kKind:
+      return BindText(stmt, index, job.kind);
+    case kArgs:
+      return BindText(stmt, index, job.args);
+    case kMetadata:
+      return BindText(stmt, index, job.metadata);
+    case kTags:
+      if (job.tags.empty()) return BindText(stmt, index, "[]");
+      return BindText(stmt, index, tag_json.emplace_back(nlohmann::json(job.tags).dump()));
+    case kInsertColumns:
+      break;
+  }
+  return SQLITE_MISUSE;
+}
+
+// Binds `pass` values of `job` from parameter `next` on, in column order; returns the first
+// parameter after them through `next`.
+int BindInsertValues(sqlite3_stmt* stmt, int* next, const JobInsertParams& job,
+                     SqliteQueries::InsertLayout layout, Pass pass,
+                     std::deque<std::string>& tag_json) {
+  for (int c = 0; c < kInsertColumns; ++c) {
+    if (kLayouts[static_cast<size_t>(layout)][static_cast<size_t>(c)] != pass) continue;
+    const int rc = BindInsertValue(stmt, (*next)++, job, static_cast<InsertColumn>(c), tag_json);
+    if (rc != SQLITE_OK) return rc;
+  }
+  return SQLITE_OK;
 }
 
 // ReadJobRows for inserts: every row read is a new one (duplicate = false).
@@ -199,19 +262,28 @@ Result<JobRow> RawJobRows::DecodeRow(const Row& r) const {
 static_assert(std::has_single_bit(static_cast<unsigned>(SqliteQueries::kInsertChunk)),
               "inserts take power-of-two pieces of a chunk");
 
-Result<sqlite3_stmt*> SqliteQueries::InsertStmt(int rows, bool returning, bool with_extras) {
+Result<sqlite3_stmt*> SqliteQueries::InsertStmt(int rows, bool returning, InsertLayout layout) {
   const auto size = static_cast<size_t>(std::countr_zero(static_cast<unsigned>(rows)));
-  auto& slot = (returning ? insert_returning_ : insert_fast_)[with_extras ? 1 : 0][size];
+  auto& slot = (returning ? insert_returning_ : insert_fast_)[static_cast<size_t>(layout)][size];
   if (slot != nullptr) return slot;
-  std::string sql = fmt::format(
-      "INSERT INTO spool_job (created_at, state, max_attempts, scheduled_at, priority, queue, "
-      "kind, args{}) VALUES ",
-      with_extras ? ", metadata, tags" : "");
-  const int per_row = InsertParamsPerRow(with_extras);
+  const LayoutColumns& cols = kLayouts[static_cast<size_t>(layout)];
+  // ?1 created_at, then the shared values, then each row's own, all in column order.
+  std::string sql = "INSERT INTO spool_job (created_at";
+  std::array<int, kInsertColumns> shared_param{};
+  int next = 2;
+  for (size_t c = 0; c < cols.size(); ++c) {
+    if (cols[c] == Pass::kDefault) continue;
+    fmt::format_to(std::back_inserter(sql), ", {}", kInsertColumnNames[c]);
+    if (cols[c] == Pass::kShared) shared_param[c] = next++;
+  }
+  sql += ") VALUES ";
   for (int r = 0; r < rows; ++r) {
-    const int b = 1 + r * per_row;
     sql += r == 0 ? "(?1" : ",(?1";
-    for (int k = 1; k <= per_row; ++k) fmt::format_to(std::back_inserter(sql), ",?{}", b + k);
+    for (size_t c = 0; c < cols.size(); ++c) {
+      if (cols[c] == Pass::kShared)
+        fmt::format_to(std::back_inserter(sql), ",?{}", shared_param[c]);
+      if (cols[c] == Pass::kPerRow) fmt::format_to(std::back_inserter(sql), ",?{}", next++);
+    }
     sql += ')';
   }
   if (returning) fmt::format_to(std::back_inserter(sql), " RETURNING {}", kJobColumns);
@@ -238,15 +310,18 @@ Result<int64_t> SqliteQueries::Insert(const JobInsertManyParams& params,
   for (size_t start = 0, n = 0; start < jobs.size(); start += n) {
     n = std::bit_floor(std::min(jobs.size() - start, static_cast<size_t>(kInsertChunk)));
     const auto piece = std::span(jobs).subspan(start, n);
-    const bool with_extras = std::any_of(piece.begin(), piece.end(), HasExtras);
+    const InsertLayout layout = ChooseLayout(piece);
     SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt,
-                           InsertStmt(static_cast<int>(n), out != nullptr, with_extras));
+                           InsertStmt(static_cast<int>(n), out != nullptr, layout));
     StmtScope use(stmt);
     tag_json.clear();
     int rc = sqlite3_bind_int64(stmt, 1, Micros(params.now));
-    const int per_row = InsertParamsPerRow(with_extras);
+    int next = 2;
+    if (rc == SQLITE_OK) {
+      rc = BindInsertValues(stmt, &next, piece.front(), layout, Pass::kShared, tag_json);
+    }
     for (size_t r = 0; r < n && rc == SQLITE_OK; ++r) {
-      rc = BindInsertRow(stmt, 1 + static_cast<int>(r) * per_row, piece[r], tag_json, with_extras);
+      rc = BindInsertValues(stmt, &next, piece[r], layout, Pass::kPerRow, tag_json);
     }
     SPOOL_RETURN_IF_ERROR(CheckBind(rc, stmt));
     if (out != nullptr) {
@@ -352,7 +427,10 @@ Result<int64_t> SqliteQueries::InsertUnique(const JobInsertManyParams& params,
       StmtScope use(insert);
       tag_json.clear();
       int rc = sqlite3_bind_int64(insert, 1, Micros(params.now));
-      if (rc == SQLITE_OK) rc = BindInsertRow(insert, 1, job, tag_json, /*with_extras=*/true);
+      int next = 2;
+      if (rc == SQLITE_OK) {
+        rc = BindInsertValues(insert, &next, job, kInsertPerRow, Pass::kPerRow, tag_json);
+      }
       if (rc == SQLITE_OK) {
         rc = sqlite3_bind_blob64(insert, 11, job.unique_key.data(), job.unique_key.size(),
                                  SQLITE_STATIC);

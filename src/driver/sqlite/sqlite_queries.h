@@ -76,6 +76,13 @@ class SqliteQueries {
   static constexpr int kInsertChunk = 128;
   static constexpr int kUpdateChunk = 256;
 
+  // How a piece of a bulk insert passes its values. Binding a value costs SQLite about 200
+  // instructions, a tenth of a row's insert for the nine columns (callgrind, docs/benchmarks.md),
+  // so jobs alike but for their args and time (one kind into one queue, the usual bulk insert)
+  // bind the rest once for the piece, and jobs without metadata and tags leave those to the
+  // table's defaults.
+  enum InsertLayout { kInsertPerRow, kInsertNoExtras, kInsertShared, kInsertLayouts };
+
   explicit SqliteQueries(sqlite3* db) : cache_(db) {}
 
   StatementCache& cache() { return cache_; }
@@ -141,11 +148,8 @@ class SqliteQueries {
   // unused, as a snooze leaves a job, at `now`, or kUnreadableRowDelay later for the rows that
   // do not decode.
   Status GiveBack(const RawJobRows& raw, TimePoint now);
-  // The insert statement for `rows` rows, a power of two up to kInsertChunk. Without
-  // `with_extras` it leaves metadata and tags to the table's defaults ('{}' and '[]'), for pieces
-  // in which every job has them empty: binding and storing them cost 6% of a bulk insert's
-  // instructions (callgrind, docs/benchmarks.md).
-  Result<sqlite3_stmt*> InsertStmt(int rows, bool returning, bool with_extras);
+  // The insert statement for `rows` rows, a power of two up to kInsertChunk, in `layout`.
+  Result<sqlite3_stmt*> InsertStmt(int rows, bool returning, InsertLayout layout);
   // The outcome statements for `rows` rows (at most kUpdateChunk), prepared for a rounded-up
   // count: the rows past `rows` are left unbound (StmtScope clears the bindings after each use),
   // and their NULL ids match no job.
@@ -167,9 +171,9 @@ class SqliteQueries {
   // Multi-row statements by row count, so a chunk never rebuilds its SQL to look it up; inserts
   // by the log2 of theirs.
   static constexpr size_t kInsertSizes = std::bit_width(static_cast<unsigned>(kInsertChunk));
-  // [with_extras][log2 of the rows]
-  std::array<std::array<sqlite3_stmt*, kInsertSizes>, 2> insert_fast_{};
-  std::array<std::array<sqlite3_stmt*, kInsertSizes>, 2> insert_returning_{};
+  // [layout][log2 of the rows]
+  std::array<std::array<sqlite3_stmt*, kInsertSizes>, kInsertLayouts> insert_fast_{};
+  std::array<std::array<sqlite3_stmt*, kInsertSizes>, kInsertLayouts> insert_returning_{};
   std::array<sqlite3_stmt*, kUpdateChunk + 1> complete_{};
   std::array<sqlite3_stmt*, kUpdateChunk + 1> set_state_{};
   bool functions_registered_ = false;  // RegisterFunctions
