@@ -280,9 +280,11 @@ Result<sqlite3_stmt*> SqliteQueries::InsertStmt(int rows, bool returning, Insert
   for (int r = 0; r < rows; ++r) {
     sql += r == 0 ? "(?1" : ",(?1";
     for (size_t c = 0; c < cols.size(); ++c) {
-      if (cols[c] == Pass::kShared)
+      if (cols[c] == Pass::kShared) {
         fmt::format_to(std::back_inserter(sql), ",?{}", shared_param[c]);
-      if (cols[c] == Pass::kPerRow) fmt::format_to(std::back_inserter(sql), ",?{}", next++);
+      } else if (cols[c] == Pass::kPerRow) {
+        fmt::format_to(std::back_inserter(sql), ",?{}", next++);
+      }
     }
     sql += ')';
   }

@@ -77,7 +77,7 @@ class SqliteQueries {
   static constexpr int kUpdateChunk = 256;
 
   // How a piece of a bulk insert passes its values. Binding a value costs SQLite about 200
-  // instructions, a tenth of a row's insert for the nine columns (callgrind, docs/benchmarks.md),
+  // instructions, some 15% of a row's insert for the nine columns (callgrind, docs/benchmarks.md),
   // so jobs alike but for their args and time (one kind into one queue, the usual bulk insert)
   // bind the rest once for the piece, and jobs without metadata and tags leave those to the
   // table's defaults.
