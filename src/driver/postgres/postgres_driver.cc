@@ -144,7 +144,9 @@ std::string MakeFetchSql(bool after) {
       "ORDER BY priority, scheduled_at, id LIMIT $3 FOR UPDATE SKIP LOCKED";
   return Sql(
       "UPDATE spool_job AS j SET state = " SPOOL_RUNNING ", attempt = j.attempt + 1, "
-      "attempted_at = " SPOOL_TS("$2") ", "
+      // A subquery is evaluated once: the generic plan would compute the time again for
+      // every row (800 instructions a row, 1% of a claim; callgrind).
+      "attempted_at = (SELECT " SPOOL_TS("$2") "), "
       // attempted_by keeps the last 100 client ids, like the SQLite driver.
       "attempted_by = array_append(CASE WHEN cardinality(j.attempted_by) < 100 "
       "THEN j.attempted_by ELSE j.attempted_by[cardinality(j.attempted_by) - 98:] END, "
