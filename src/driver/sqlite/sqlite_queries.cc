@@ -350,7 +350,7 @@ Status SqliteQueries::ClaimInserted(const JobInsertManyParams& params, JobInsert
   static const std::string kClaim =
       "UPDATE spool_job SET state = " SPOOL_RUNNING
       ", attempt = 1, attempted_at = ?1, "
-      "attempted_by = '[' || ?2 || ']' WHERE id IN (SELECT value FROM json_each(?3)) "
+      "attempted_by = ?2 WHERE id IN (SELECT value FROM json_each(?3)) "
       "AND NOT EXISTS (SELECT 1 FROM spool_queue WHERE name = spool_job.queue "
       "AND paused_at IS NOT NULL) RETURNING id";
   std::vector<int64_t> to_claim;
@@ -359,11 +359,11 @@ Status SqliteQueries::ClaimInserted(const JobInsertManyParams& params, JobInsert
   }
   if (to_claim.empty()) return Status::Ok();
   const std::string ids = nlohmann::json(to_claim).dump();
-  const std::string client_json = nlohmann::json(params.claim_for).dump();
+  const std::string attempted_by = nlohmann::json::array({params.claim_for}).dump();
   SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt, cache_.Get(kClaim));
   StmtScope use(stmt);
   int rc = sqlite3_bind_int64(stmt, 1, Micros(params.now));
-  if (rc == SQLITE_OK) rc = BindText(stmt, 2, client_json);
+  if (rc == SQLITE_OK) rc = BindText(stmt, 2, attempted_by);
   if (rc == SQLITE_OK) rc = BindText(stmt, 3, ids);
   SPOOL_RETURN_IF_ERROR(CheckBind(rc, stmt));
   std::vector<int64_t> claimed;
@@ -560,12 +560,13 @@ Result<RawJobRows> SqliteQueries::ClaimAvailable(const JobGetAvailableParams& pa
   // concatenation of the pre-encoded JSON string ?2: running the JSON functions on every claimed
   // row was a visible share of the claim. An entry takes at least 3 characters ("" and a comma),
   // so a list shorter than 298 characters has fewer than 99 entries and may grow without a
-  // count; longer ones take the JSON path, which enforces the cap.
+  // count; longer ones take the JSON path, which enforces the cap. A job's first claim (most
+  // claims) takes the whole list ?6, bound once: building it row by row was 2.6% of a claim.
   static const std::string kSet =
       "UPDATE spool_job SET state = " SPOOL_RUNNING ", attempt = spool_claimed(?5, " +
       std::string(kClaimedColumns) +
       ") + 1, attempted_at = ?1, "
-      "attempted_by = CASE WHEN attempted_by = '[]' THEN '[' || ?2 || ']' "
+      "attempted_by = CASE WHEN attempted_by = '[]' THEN ?6 "
       "WHEN length(attempted_by) < 298 "
       "THEN substr(attempted_by, 1, length(attempted_by) - 1) || ',' || ?2 || ']' "
       "WHEN json_array_length(attempted_by) < 100 "
@@ -623,6 +624,8 @@ Result<RawJobRows> SqliteQueries::ClaimAvailable(const JobGetAvailableParams& pa
       rc = BindText(stmt, 3, list);
     }
     if (rc == SQLITE_OK) rc = sqlite3_bind_pointer(stmt, 5, &claimed, kClaimedRowsType, nullptr);
+    const std::string first_list = "[" + client_json + "]";
+    if (rc == SQLITE_OK) rc = BindText(stmt, 6, first_list);
     SPOOL_RETURN_IF_ERROR(CheckBind(rc, stmt));
     SPOOL_RETURN_IF_ERROR(StepDone(stmt, "claim jobs"));
   }
