@@ -23,26 +23,29 @@ Status CheckTarget(const Driver& driver, int target) {
   return Status::Ok();
 }
 
-// Only the build that applied a version knows its tables: this build's steps, up or down, assume
-// the tables as it left them, and a newer shape is one it cannot use either.
-Status CheckNotNewer(Driver& driver, std::string_view fix) {
+// The schema's version, unless it is newer than this build knows. Only the build that applied a
+// version knows its tables: this build's steps, up or down, assume the tables as it left them,
+// and a newer shape is one it cannot use either.
+Result<int> KnownSchemaVersion(Driver& driver, std::string_view fix) {
   SPOOL_ASSIGN_OR_RETURN(const int current, driver.SchemaVersion());
   if (const int latest = internal::LatestVersion(driver); current > latest) {
     return Status::FailedPrecondition(
         fmt::format("the spool schema is at version {}, newer than this spool knows ({}): {}",
                     current, latest, fix));
   }
-  return Status::Ok();
+  return current;
 }
 
 }  // namespace
 
 Status MigrateUp(std::string_view database_url, std::optional<int> target) {
   SPOOL_ASSIGN_OR_RETURN(auto driver, OpenForMigration(database_url));
-  SPOOL_RETURN_IF_ERROR(CheckNotNewer(
-      *driver,
-      "nothing to apply, and this spool cannot use it; upgrade spool to the version that applied "
-      "it, or revert with that spool's `spool migration down`"));
+  SPOOL_RETURN_IF_ERROR(
+      KnownSchemaVersion(*driver,
+                         "nothing to apply, and this spool cannot use it; upgrade spool to the "
+                         "version that applied it, or revert with that spool's `spool migration "
+                         "down`")
+          .status());
   const int to = target.value_or(internal::LatestVersion(*driver));
   SPOOL_RETURN_IF_ERROR(CheckTarget(*driver, to));
   return driver->MigrateUp(to);
@@ -50,10 +53,11 @@ Status MigrateUp(std::string_view database_url, std::optional<int> target) {
 
 Status MigrateDown(std::string_view database_url, std::optional<int> target) {
   SPOOL_ASSIGN_OR_RETURN(auto driver, OpenForMigration(database_url));
-  SPOOL_RETURN_IF_ERROR(CheckNotNewer(
-      *driver,
-      "run `spool migration down` with the newer spool that applied it; nothing was reverted"));
-  SPOOL_ASSIGN_OR_RETURN(const int current, driver->SchemaVersion());
+  SPOOL_ASSIGN_OR_RETURN(
+      const int current,
+      KnownSchemaVersion(
+          *driver,
+          "run `spool migration down` with the newer spool that applied it; nothing was reverted"));
   const int to = target.value_or(std::max(0, current - 1));
   SPOOL_RETURN_IF_ERROR(CheckTarget(*driver, to));
   return driver->MigrateDown(to);
