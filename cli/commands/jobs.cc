@@ -34,12 +34,18 @@ std::unique_ptr<Client> OpenClient(const std::string& flag_url) {
   RequireDatabaseFile(url);
   auto client = Client::Open(url, ClientOptions{});
   if (!client) {
+    // The library's advice to programs; a command's user runs the command it names instead.
+    std::string message = client.error().message();
+    constexpr std::string_view kLibraryHint = " (or set ClientOptions.auto_migrate)";
+    if (const size_t at = message.find(kLibraryHint); at != std::string::npos) {
+      message.erase(at, kLibraryHint.size());
+    }
     if (client.error().IsFailedPrecondition() && AppWithoutQueueHere()) {
       throw CommandError(fmt::format(
           "{}\nthis app has no job queue yet: run spool gen queue, then spool migration up",
-          client.error().message()));
+          message));
     }
-    throw CommandError(client.error());
+    throw CommandError(Status(client.error().code(), std::move(message)));
   }
   return std::move(*client);
 }
@@ -159,15 +165,18 @@ void PrintJobDetail(const JobRow& job) {
 // The longest --schedule-in: far beyond any sensible delay, far below TimePoint's range.
 constexpr auto kMaxScheduleIn = std::chrono::days(100 * 366);
 
-// "30s", "5m", "1h30m", "250ms": a sequence of <digits><unit>, units d, h, m, s, ms. A duration
-// past kMaxScheduleIn (or whose digits overflow) comes back as kMaxScheduleIn + 1 day, so that
+// "30s", "5m", "1h30m", "250ms": a sequence of <digits><unit>, units d, h, m, s, ms, each at most
+// once and largest first ("1m1m" is more likely a slip than two minutes). A duration past
+// kMaxScheduleIn (or whose digits overflow) comes back as kMaxScheduleIn + 1 day, so that
 // the caller can say "too large" rather than "not a duration".
 std::optional<Duration> ParseDuration(std::string_view text) {
   constexpr Duration kTooLarge = kMaxScheduleIn + std::chrono::days(1);
   if (text.empty()) return std::nullopt;
+  constexpr std::string_view kUnits[] = {"d", "h", "m", "s", "ms"};
   bool too_large = false;
   Duration total{0};
   size_t i = 0;
+  size_t next_unit = 0;  // units before this one in kUnits are used up
   while (i < text.size()) {
     const size_t digits_begin = i;
     int64_t n = 0;
@@ -180,6 +189,9 @@ std::optional<Duration> ParseDuration(std::string_view text) {
     const size_t unit_begin = i;
     while (i < text.size() && (text[i] < '0' || text[i] > '9')) ++i;
     const std::string_view unit = text.substr(unit_begin, i - unit_begin);
+    const auto rank = std::find(std::begin(kUnits), std::end(kUnits), unit) - std::begin(kUnits);
+    if (static_cast<size_t>(rank) < next_unit) return std::nullopt;  // unknown: past the end
+    next_unit = static_cast<size_t>(rank) + 1;
     if (too_large) {
       // Only the units are checked from here on.
       if (unit != "d" && unit != "h" && unit != "m" && unit != "s" && unit != "ms") {
@@ -219,8 +231,8 @@ TimePoint Now() { return std::chrono::time_point_cast<Duration>(std::chrono::sys
 struct ListFlags {
   std::string url;
   std::vector<std::string> states;
-  std::string queue;
-  std::string kind;
+  std::optional<std::string> queue;  // given empty, refused: a script's empty variable would
+  std::optional<std::string> kind;   // otherwise list (and feed on to delete) every job
   int limit = 100;
   int64_t after = 0;
   bool json = false;
@@ -237,13 +249,20 @@ void RunList(const ListFlags& f) {
     if (!state) throw CommandError(state.error().message(), kExitUsage);
     params.states.push_back(*state);
   }
-  if (!f.queue.empty()) {
-    if (Status st = ValidateQueueName(f.queue); !st.ok()) {
-      throw CommandError(st.message(), kExitUsage);
+  if (f.queue) {
+    if (Status st = ValidateQueueName(*f.queue); !st.ok()) {
+      throw CommandError(
+          fmt::format("--queue: {} (leave the flag out to list every queue)", st.message()),
+          kExitUsage);
     }
+    params.queue = *f.queue;
   }
-  params.queue = f.queue;
-  params.kind = f.kind;
+  if (f.kind) {
+    if (f.kind->empty()) {
+      throw CommandError("--kind is empty: leave the flag out to list every kind", kExitUsage);
+    }
+    params.kind = *f.kind;
+  }
   params.limit = f.limit;
   params.after_id = f.after;
 
@@ -315,7 +334,7 @@ struct AddFlags {
   std::string queue = std::string(kDefaultQueue);
   int priority = kDefaultPriority;
   int max_attempts = kDefaultMaxAttempts;
-  std::string schedule_in;
+  std::optional<std::string> schedule_in;
   std::vector<std::string> unique_by;
   bool json = false;
   bool any_kind = false;
@@ -335,6 +354,11 @@ void CheckKindIsTheApps(const std::string& kind) {
 }
 
 void RunAdd(const AddFlags& f) {
+  if (f.kind.find_first_not_of(" \t\r\n") == std::string::npos) {
+    throw CommandError(fmt::format("KIND is {}: give the job's kind, e.g. send_email",
+                                   f.kind.empty() ? "empty" : "only spaces"),
+                       kExitUsage);
+  }
   if (!f.any_kind) CheckKindIsTheApps(f.kind);
   InsertParams params;
   params.kind = f.kind;
@@ -356,19 +380,19 @@ void RunAdd(const AddFlags& f) {
   params.options.queue = f.queue;
   params.options.priority = f.priority;
   params.options.max_attempts = f.max_attempts;
-  if (!f.schedule_in.empty()) {
-    const auto delay = ParseDuration(f.schedule_in);
+  if (f.schedule_in) {
+    const auto delay = ParseDuration(*f.schedule_in);
     if (delay && *delay > kMaxScheduleIn) {
       throw CommandError(fmt::format("--schedule-in \"{}\" is too large: at most 100 years "
                                      "(36600d); nothing was inserted",
-                                     f.schedule_in),
+                                     *f.schedule_in),
                          kExitUsage);
     }
     if (!delay) {
       throw CommandError(
           fmt::format("--schedule-in \"{}\" is not a duration: use e.g. 30s, 5m, 1h, "
-                      "1h30m or 2d; nothing was inserted",
-                      f.schedule_in),
+                      "1h30m or 2d (each unit once, largest first); nothing was inserted",
+                      *f.schedule_in),
           kExitUsage);
     }
     if (delay->count() > 0) params.options.scheduled_at = Now() + *delay;
@@ -381,7 +405,6 @@ void RunAdd(const AddFlags& f) {
     }
     params.options.unique = unique;
   }
-  if (params.kind.empty()) throw CommandError("KIND must not be empty", kExitUsage);
   // The flag's name, not the library field's it sets ("InsertOptions.queue").
   if (Status st = ValidateQueueName(params.options.queue); !st.ok()) {
     throw CommandError("--queue: " + st.message(), kExitUsage);
@@ -539,6 +562,13 @@ void RunQueuePause(const std::string& url, const std::string& name, bool pause) 
     known = it != queues->end();
     was_paused = known && it->paused_at.has_value();
   }
+  if (!known && !pause) {
+    fmt::print(
+        "queue {} is not paused: no job or process has used it yet (spool queues list shows the "
+        "others); nothing changed\n",
+        name);
+    return;
+  }
   Status st = pause ? client->QueuePause(name) : client->QueueResume(name);
   if (!st.ok()) throw CommandError(st);
   if (known && was_paused == pause) {
@@ -549,10 +579,8 @@ void RunQueuePause(const std::string& url, const std::string& name, bool pause) 
   if (!known) {
     fmt::print(
         "note: no job or process has used queue {} yet (spool queues list shows the "
-        "others); {}\n",
-        name,
-        pause ? fmt::format("it stays paused for when one does (spool queues resume {})", name)
-              : "nothing was paused");
+        "others); it stays paused for when one does (spool queues resume {})\n",
+        name, name);
   }
 }
 

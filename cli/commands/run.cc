@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "commands/commands.h"
+#include "common/config.h"
 
 namespace spool::cli {
 namespace {
@@ -33,9 +34,16 @@ std::string UnknownSubcommand(CLI::App& app) {
                      names, path);
 }
 
+void PrintUrlNote() {
+  if (const std::string note = TakeDatabaseUrlNote(); !note.empty()) {
+    fmt::print(stderr, "note: {}\n", note);
+  }
+}
+
 }  // namespace
 
 int Run(int argc, char** argv) {
+  (void)TakeDatabaseUrlNote();  // tests run several commands in one process
   CLI::App app{"spool: durable background jobs for C++ applications", "spool"};
   app.set_version_flag("--version", std::string("spool ") + SPOOL_VERSION);
   app.require_subcommand(1);
@@ -62,9 +70,11 @@ int Run(int argc, char** argv) {
     return kExitUsage;
   } catch (const CommandError& e) {
     fmt::print(stderr, "error: {}\n", e.what());
+    PrintUrlNote();
     return e.exit_code;
   } catch (const std::exception& e) {
     fmt::print(stderr, "error: {}\n", e.what());
+    PrintUrlNote();
     return kExitFailed;
   }
   return kExitOk;

@@ -26,7 +26,8 @@ struct GenFlags {
 
 void AddGenFlags(CLI::App* cmd, GenFlags& flags) {
   cmd->add_flag("--dry-run", flags.dry_run, "Print the changes as a unified diff; write nothing");
-  cmd->add_flag("--force", flags.force, "Overwrite files spool generated before");
+  cmd->add_flag("--force", flags.force,
+                "Overwrite files spool generated before (what was edited in them is replaced)");
 }
 
 void Finish(const Generated& gen, const GenFlags& flags) {
@@ -47,7 +48,7 @@ void RefuseFlagLike(const std::string& value, std::string_view what) {
 void RegisterNew(CLI::App& parent) {
   struct Args {
     std::string name;
-    std::string db = "sqlite";
+    std::string db;  // empty: the app's own with --force over one, else sqlite
     std::string database_url;
     std::string dir;
     GenFlags flags;
@@ -57,9 +58,9 @@ void RegisterNew(CLI::App& parent) {
       parent.add_subcommand("new", "Create a C++ service skeleton (CMake, HTTP server)");
   cmd->add_option("NAME", args->name, "App name: lowercase letters, digits, '_' or '-'")
       ->required();
-  cmd->add_option("--db", args->db, "Database kind")
-      ->check(CLI::IsMember({"sqlite", "postgres"}))
-      ->capture_default_str();
+  cmd->add_option("--db", args->db,
+                  "Database kind: sqlite (default) or postgres; --force over an app keeps its own")
+      ->check(CLI::IsMember({"sqlite", "postgres"}));
   cmd->add_option("--database-url", args->database_url,
                   "Database URL (default: sqlite://app.db, or postgres://127.0.0.1:5432/NAME)");
   cmd->add_option("--dir", args->dir, "Folder to create (default: ./NAME)");
@@ -76,7 +77,7 @@ void RegisterNew(CLI::App& parent) {
     ValidateAppName(args->name);
     NewOptions options;
     options.name = args->name;
-    options.db = ParseDbKind(args->db, "--db", kExitUsage);
+    if (!args->db.empty()) options.db = ParseDbKind(args->db, "--db", kExitUsage);
     options.database_url = args->database_url;
     options.dir = args->dir.empty() ? Here() / args->name : fs::absolute(args->dir);
     options.force = args->flags.force;

@@ -60,6 +60,13 @@ class SqliteAppDb final : public AppDb {
       const std::string err = db_ != nullptr ? sqlite3_errmsg(db_) : "out of memory";
       sqlite3_close(db_);
       db_ = nullptr;
+      if (const auto folder = MissingSqliteFolder("sqlite://" + path)) {
+        throw CommandError(fmt::format(
+            "cannot create the SQLite database {}: its directory {} does not exist; check the "
+            "path, or create the directory (spool migration up creates the file, not its "
+            "directory)",
+            path, folder->string()));
+      }
       throw CommandError(fmt::format("cannot open the SQLite database {}: {}", path, err));
     }
     sqlite3_busy_timeout(db_, 5000);
@@ -301,11 +308,23 @@ void ApplyDown(AppDb& db, const fs::path& root, const std::string& url, const Ap
   fmt::print("reverted {}\n", m.path);
 }
 
-void CheckTarget(const std::optional<std::string>& target) {
-  if (target && !IsTimestamp(*target)) {
+// A target must name one of the app's migrations (or be all zeros: before the first), or a
+// mistyped timestamp would apply or revert up to wherever it happens to fall.
+void CheckTarget(const std::optional<std::string>& target,
+                 const std::vector<AppMigration>& migrations) {
+  if (!target) return;
+  if (!IsTimestamp(*target)) {
     throw CommandError(
         fmt::format("--target {}: in an app, give a migration's 14-digit timestamp", *target),
         kExitUsage);
+  }
+  if (*target == "00000000000000") return;
+  if (std::none_of(migrations.begin(), migrations.end(),
+                   [&](const AppMigration& m) { return m.version == *target; })) {
+    throw CommandError(fmt::format("--target {}: no migration in {} has that timestamp (spool "
+                                   "migration status lists them); nothing was changed",
+                                   *target, kDir),
+                       kExitUsage);
   }
 }
 
@@ -348,8 +367,8 @@ std::vector<AppMigration> ListAppMigrations(const fs::path& root) {
 
 void AppMigrateUp(const fs::path& root, const std::string& url,
                   const std::optional<std::string>& target) {
-  CheckTarget(target);
   const auto migrations = ListAppMigrations(root);
+  CheckTarget(target, migrations);
   auto db = OpenAppDb(url);
   const auto applied = Applied(*db);
   int count = 0;
@@ -444,8 +463,8 @@ void RefuseToDropSpoolTablesInUse(const std::string& url) {
 
 void AppMigrateDown(const fs::path& root, const std::string& url,
                     const std::optional<std::string>& target, bool force) {
-  CheckTarget(target);
   const auto migrations = ListAppMigrations(root);
+  CheckTarget(target, migrations);
   auto db = OpenAppDb(url);
   const auto applied = Applied(*db);
   for (const auto& [version, unused] : applied) {
@@ -476,8 +495,12 @@ void AppMigrateDown(const fs::path& root, const std::string& url,
 void AppMigrationStatus(const fs::path& root, const std::string& url) {
   const auto migrations = ListAppMigrations(root);
   if (DatabaseFileMissing(url)) {  // status only reads: it must not create the file
-    fmt::print("app migrations at {} (no database yet: spool migration up creates it):\n",
-               UrlWithoutPassword(url));
+    const auto folder = MissingSqliteFolder(url);
+    fmt::print("app migrations at {} ({}):\n", UrlWithoutPassword(url),
+               folder ? fmt::format("no database, and its directory {} does not exist: check "
+                                    "the path, or create the directory before spool migration up",
+                                    folder->string())
+                      : std::string("no database yet: spool migration up creates it"));
     if (migrations.empty()) fmt::print("  none in {}\n", kDir);
     for (const auto& m : migrations) fmt::print("  {}  {:<40} pending\n", m.version, m.name);
     return;

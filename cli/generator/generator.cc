@@ -11,6 +11,7 @@
 #include <system_error>
 
 #include "commands/commands.h"
+#include "common/config.h"
 #include "generator/names.h"
 #include "generator/templates.h"
 #include "spool/client.h"
@@ -129,6 +130,41 @@ std::vector<std::pair<std::string, bool>> ScanJobs(const Plan& plan,
   return jobs;
 }
 
+// `existing` with the lines of `wanted` it lacks appended (each with the comment lines just above
+// it in `wanted`).
+std::string MergeGitignore(const std::string& existing, const std::string& wanted) {
+  std::set<std::string> have;
+  std::istringstream in(existing);
+  for (std::string line; std::getline(in, line);) have.insert(line);
+  std::string added;
+  std::string comments;
+  std::istringstream want(wanted);
+  for (std::string line; std::getline(want, line);) {
+    if (line.empty() || line.front() == '#') {
+      if (!have.contains(line)) comments += line + "\n";
+      continue;
+    }
+    if (!have.contains(line)) added += comments + line + "\n";
+    comments.clear();
+  }
+  if (added.empty()) return existing;
+  std::string out = existing;
+  if (!out.empty() && out.back() != '\n') out += '\n';
+  return out + added;
+}
+
+// Notes that --force writes `paths` again, for those of them the plan changes: "changed" alone
+// does not say that what the user wrote in them is gone.
+void NoteRewrittenFiles(Generated& out, const std::vector<std::string>& paths) {
+  for (const auto& c : out.plan.changes()) {
+    if (!c.before || std::find(paths.begin(), paths.end(), c.path) == paths.end()) continue;
+    out.notes.push_back(fmt::format(
+        "--force writes {} again as spool generates it: what was written in it by hand is "
+        "replaced (--dry-run shows the diff)",
+        c.path));
+  }
+}
+
 // The first words of the queue's migration, which name the database it was written for.
 std::string QueueMigrationTitle(std::string_view driver) {
   return fmt::format("spool's job queue tables for {},", driver);
@@ -237,7 +273,8 @@ std::string WireQueue(const AppInfo& app, std::string& main_text, std::string& c
        DropPresentIncludes(RenderTemplate("queue/includes.tmpl", vars), main_text),
        "\"jobs/registry.h\"", "with the other #include lines"},
       {"// spool:setup", RenderTemplate("queue/setup.tmpl", setup_vars), kMainWiredSentinel,
-       "in main(), after the signals are blocked and before the server is created"},
+       "in main(), after the port is bound and the signal-waiter thread started, before "
+       "`set_up = true`"},
       {"// spool:routes", RenderTemplate("queue/routes.tmpl", vars), "jobs::IsKnownKind(",
        "in main(), with the other routes"},
       {"// spool:shutdown", RenderTemplate("queue/shutdown.tmpl", vars), "spool_client->Stop(",
@@ -275,6 +312,7 @@ Generated PlanNew(const NewOptions& options) {
   ValidateAppName(options.name);
   Generated out(options.dir);
   std::error_code ec;
+  std::optional<SpoolRc> existing_rc;
   if (fs::exists(options.dir, ec)) {
     if (!fs::is_directory(options.dir, ec)) {
       throw CommandError(fmt::format("{} exists and is not a folder", options.dir.string()));
@@ -282,17 +320,37 @@ Generated PlanNew(const NewOptions& options) {
     if (!options.force && !fs::is_empty(options.dir, ec)) {
       throw CommandError(fmt::format(
           "{} exists and is not empty: choose another --dir (or --force to overwrite the "
-          "generated files)",
+          "files of an app spool new made there)",
           options.dir.string()));
     }
+    existing_rc = ReadSpoolRc(options.dir);
   }
   AppInfo app;
   app.root = options.dir;
   app.name = options.name;
-  app.db = options.db;
-  app.database_url = options.database_url.empty() ? DefaultDatabaseUrl(options.db, options.name)
-                                                  : options.database_url;
-  CheckUrlMatchesDb(app.db, app.database_url, "--database-url");
+  // --force over an app keeps its database unless the command names another: writing the
+  // skeleton again must not move the app to a new, empty database.
+  const auto rc_db = existing_rc ? existing_rc->Get("db") : std::nullopt;
+  const auto rc_url = existing_rc ? existing_rc->Get("database_url") : std::nullopt;
+  app.db = options.db ? *options.db
+           : rc_db    ? ParseDbKind(*rc_db, fmt::format("db in {}", existing_rc->path.string()),
+                                    kExitFailed)
+                      : DbKind::kSqlite;
+  const bool keep_url = options.database_url.empty() && rc_url && !rc_url->empty() &&
+                        (!options.db || !rc_db || *rc_db == DbKindName(*options.db));
+  app.database_url = !options.database_url.empty() ? options.database_url
+                     : keep_url                    ? *rc_url
+                                                   : DefaultDatabaseUrl(app.db, options.name);
+  CheckUrlMatchesDb(app.db, app.database_url,
+                    keep_url ? existing_rc->path.string() : "--database-url");
+  // A relative SQLite path is the app folder's, which this command makes.
+  if (app.database_url.starts_with("sqlite:///")) {
+    if (const auto folder = MissingSqliteFolder(app.database_url)) {
+      out.notes.push_back(fmt::format(
+          "the database's directory {} does not exist: create it before spool migration up",
+          folder->string()));
+    }
+  }
   auto vars = AppVars(app);
   auto rc_vars = vars;
   rc_vars["database_url"] = app.database_url;  // the CLI's own settings: the whole URL
@@ -304,6 +362,26 @@ Generated PlanNew(const NewOptions& options) {
         ".spoolrc holds the database password, so .gitignore lists it: to share the other "
         "settings, give the password through ~/.pgpass, $PGPASSWORD or $SPOOL_DATABASE_URL "
         "instead and take .spoolrc out of .gitignore (src/main.cpp never holds it)");
+  }
+  // An existing .gitignore keeps its lines (one may hide a secret); the skeleton's are added.
+  if (const auto existing = out.plan.Read(".gitignore")) {
+    gitignore = MergeGitignore(*existing, gitignore);
+  }
+  if (options.force && !existing_rc) {
+    // Not an app spool new made: its files are the user's, not generated ones.
+    std::vector<std::string> theirs;
+    for (const std::string_view path :
+         {".gitignore", "CMakeLists.txt", "README.md", "src/main.cpp"}) {
+      if (out.plan.Read(std::string(path))) theirs.emplace_back(path);
+    }
+    if (!theirs.empty()) {
+      std::string list;
+      for (const auto& path : theirs) list += (list.empty() ? "" : ", ") + path;
+      throw CommandError(fmt::format(
+          "{} has no .spoolrc, so spool new did not make it, and --force would write over files "
+          "spool did not write: {}. Nothing was written: move them away or choose another --dir",
+          options.dir.string(), list));
+    }
   }
   std::string main_text = RenderTemplate("new/main.cpp.tmpl", vars);
   std::string cmake_text = RenderTemplate("new/CMakeLists.txt.tmpl", vars);
@@ -342,6 +420,17 @@ Generated PlanNew(const NewOptions& options) {
   Put(out.plan, "README.md", RenderTemplate("new/README.md.tmpl", vars));
   Put(out.plan, std::string(kMainPath), std::move(main_text));
   Put(out.plan, "database/migrations/.gitkeep", "");
+  if (existing_rc) {
+    if (keep_url) {
+      out.notes.push_back(fmt::format("the app keeps its database, {}, from .spoolrc",
+                                      UrlWithoutPassword(app.database_url)));
+    } else if (rc_url && *rc_url != app.database_url) {
+      out.notes.push_back(fmt::format(".spoolrc's database_url changes from {} to {}",
+                                      UrlWithoutPassword(*rc_url),
+                                      UrlWithoutPassword(app.database_url)));
+    }
+  }
+  NoteRewrittenFiles(out, {std::string(kMainPath), std::string(kCMakePath), "README.md"});
   out.summary =
       fmt::format("created app {} ({}) in {}", app.name, DbTitle(app.db), options.dir.string());
   out.next_steps = {
@@ -571,17 +660,19 @@ Generated PlanJob(const AppInfo& app, std::string_view name_input,
   const std::string header = fmt::format("jobs/{}.h", name.snake);
   const std::string source = fmt::format("jobs/{}.cc", name.snake);
   const std::string test = fmt::format("tests/jobs/{}_test.cc", name.snake);
+  const std::string camel = CamelCase(name.snake);
+  auto jobs = ScanJobs(plan, out.notes);
   if (!force) {
     for (const auto& path : {header, source, test}) {
       if (plan.Read(path)) {
+        const auto found = std::find_if(jobs.begin(), jobs.end(),
+                                        [&](const auto& j) { return j.first == name.snake; });
         throw CommandError(
-            fmt::format("job {} already exists ({}): nothing changed (use --force to overwrite it)",
-                        name.snake, path));
+            fmt::format("{} {} already exists ({}): nothing changed (use --force to overwrite it)",
+                        found != jobs.end() && found->second ? "task" : "job", name.snake, path));
       }
     }
   }
-  const std::string camel = CamelCase(name.snake);
-  auto jobs = ScanJobs(plan, out.notes);
   for (const auto& [other, is_task] : jobs) {
     if (other != name.snake && CamelCase(other) == camel) {
       throw CommandError(fmt::format(
@@ -625,6 +716,7 @@ Generated PlanJob(const AppInfo& app, std::string_view name_input,
   Put(plan, header, RenderTemplate("job/job.h.tmpl", vars));
   Put(plan, source, RenderTemplate("job/job.cc.tmpl", vars));
   Put(plan, test, RenderTemplate("job/job_test.cc.tmpl", vars));
+  NoteRewrittenFiles(out, {header, source, test});
 
   jobs.erase(std::remove_if(jobs.begin(), jobs.end(),
                             [&](const auto& j) { return j.first == name.snake; }),
@@ -633,8 +725,10 @@ Generated PlanJob(const AppInfo& app, std::string_view name_input,
   const std::string registry_path(kRegistrySource);
   Put(plan, registry_path, RenderRegistry(jobs));
 
-  out.summary = schedule ? fmt::format("created task {} ({})", name.snake, *schedule)
-                         : fmt::format("created job {}", name.snake);
+  const bool existed = plan.Read(header).has_value();
+  out.summary = fmt::format("{} {} {}{}", existed ? "wrote" : "created", schedule ? "task" : "job",
+                            name.snake, schedule ? fmt::format(" ({})", *schedule) : "");
+  if (existed) out.summary += " again (--force)";
   out.next_steps = {
       fmt::format("write the job: its arguments in {} ({}Args), the work in {} ({}Worker::Work)",
                   header, camel, source, camel),

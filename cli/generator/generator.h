@@ -25,9 +25,13 @@ struct Generated {
 
 struct NewOptions {
   std::string name;
-  DbKind db = DbKind::kSqlite;
-  std::string database_url;   // empty: DefaultDatabaseUrl
+  // nullopt: with `force` over an app, its .spoolrc's db (and database_url, unless one is given);
+  // otherwise SQLite.
+  std::optional<DbKind> db;
+  std::string database_url;   // empty: the app's (as for db), else DefaultDatabaseUrl
   std::filesystem::path dir;  // the app folder to create (must be absent or empty)
+  // Write over the files of an app spool new made (a folder with a .spoolrc); a folder without
+  // one is refused when a file spool would write holds something else.
   bool force = false;
 };
 

@@ -128,13 +128,18 @@ JobName NormalizeJobName(std::string_view input, std::string_view what) {
   if (input.size() > 64) Refuse(what, input, "it is longer than 64 characters");
   std::string snake = SnakeFromCamel(input);
   std::replace(snake.begin(), snake.end(), '-', '_');
+  // The rules below are about the snake_case name; when it differs from what was typed
+  // (send--email), the reason names it.
+  const std::string as_snake =
+      snake == input ? std::string() : fmt::format(" (as snake_case: {})", snake);
   if (IsDigit(snake.front())) Refuse(what, input, "it starts with a digit");
-  if (snake.front() == '_') Refuse(what, input, "it starts with an underscore");
-  if (snake.back() == '_') Refuse(what, input, "it ends with an underscore");
+  if (snake.front() == '_') Refuse(what, input, "it starts with an underscore" + as_snake);
+  if (snake.back() == '_') Refuse(what, input, "it ends with an underscore" + as_snake);
   if (snake.find("__") != std::string::npos) {
-    Refuse(
-        what, input,
-        BecomesCpp(what) ? "double underscores are reserved in C++" : "it has a double underscore");
+    Refuse(what, input,
+           (BecomesCpp(what) ? "double underscores are reserved in C++"
+                             : "it has a double underscore") +
+               as_snake);
   }
   if (BecomesCpp(what)) {
     if (IsCppKeyword(snake)) Refuse(what, input, fmt::format("\"{}\" is a C++ keyword", snake));

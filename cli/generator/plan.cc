@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <system_error>
@@ -69,11 +71,18 @@ std::vector<DiffOp> LineDiff(const std::vector<std::string>& a, const std::vecto
   return ops;
 }
 
-void WriteFileOrThrow(const fs::path& path, const std::string& content) {
+// Writes `path`; an error names `shown` (the file the user knows, not its temp file) and why.
+void WriteFileOrThrow(const fs::path& path, const std::string& content,
+                      const fs::path& shown = {}) {
+  errno = 0;
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out << content;
   out.flush();
-  if (!out) throw CommandError(fmt::format("cannot write {}", path.string()));
+  if (!out) {
+    const int err = errno;
+    throw CommandError(fmt::format("cannot write {}{}", (shown.empty() ? path : shown).string(),
+                                   err != 0 ? ": " + std::string(std::strerror(err)) : ""));
+  }
 }
 
 }  // namespace
@@ -171,14 +180,23 @@ void Plan::Apply(bool force) const {
       }
       for (auto it = missing.rbegin(); it != missing.rend(); ++it) {
         if (!fs::create_directory(*it, ec) && ec) {
-          throw CommandError(fmt::format("cannot create {}: {}", it->string(), ec.message()));
+          throw CommandError(
+              fmt::format("cannot create {}: {}; nothing was changed", it->string(), ec.message()));
         }
         made_dirs.push_back(*it);
+      }
+      if (!fs::is_directory(full.parent_path(), ec)) {
+        throw CommandError(fmt::format("cannot write {}: {} is not a folder; nothing was changed",
+                                       full.string(), full.parent_path().string()));
       }
       const fs::path tmp =
           full.parent_path() / fmt::format(".{}.spool-tmp-{}", full.filename().string(), getpid());
       staged.emplace_back(tmp, full);
-      WriteFileOrThrow(tmp, c.after);
+      try {
+        WriteFileOrThrow(tmp, c.after, full);
+      } catch (const CommandError& e) {
+        throw CommandError(std::string(e.what()) + "; nothing was changed");
+      }
       if (c.before) {  // the rename must not reset the mode the user gave the file
         const auto mode = fs::status(full, ec).permissions();
         if (!ec) fs::permissions(tmp, mode, ec);

@@ -277,6 +277,11 @@ TEST_F(AdminTest, BadUsageExitsTwo) {
       {"jobs", "add", "k", "--schedule-in", "soon"},
       {"jobs", "add", "k", "--schedule-in", "5x"},
       {"jobs", "add", "k", "--schedule-in", "m"},
+      {"jobs", "add", "k", "--schedule-in", ""},
+      {"jobs", "add", "k", "--schedule-in", "1m1m"},
+      {"jobs", "add", "k", "--schedule-in", "30s1h"},
+      {"jobs", "add", ""},
+      {"jobs", "add", " ", "--any-kind"},
       {"jobs", "add", "k", "--priority", "9"},
       {"jobs", "add", "k", "--max-attempts", "0"},
       {"jobs", "add", "k", "--max-attempts", "99999999999"},
@@ -286,6 +291,8 @@ TEST_F(AdminTest, BadUsageExitsTwo) {
       {"jobs", "add"},
       {"jobs", "list", "--limit", "0"},
       {"jobs", "list", "--queue", "bad queue!"},
+      {"jobs", "list", "--queue", ""},
+      {"jobs", "list", "--kind", ""},
       {"jobs", "show", "abc"},
       {"jobs", "show"},
       {"jobs", "retry"},
@@ -588,6 +595,11 @@ TEST_F(AdminTest, QueuesListPauseResume) {
   CliRun resumed_again = Run({"queues", "resume", "alpha"});
   ASSERT_EQ(resumed_again.code, 0) << resumed_again.err;
   EXPECT_EQ(resumed_again.out, "queue alpha was already running, left unchanged\n");
+  CliRun unknown = Run({"queues", "resume", "nosuch"});
+  ASSERT_EQ(unknown.code, 0) << unknown.err;
+  EXPECT_EQ(unknown.out,
+            "queue nosuch is not paused: no job or process has used it yet (spool queues list "
+            "shows the others); nothing changed\n");
 }
 
 // Retrying a completed job runs its work a second time: the line says so.

@@ -225,6 +225,65 @@ TEST_F(CommandsTest, UnknownDbKindInSpoolrc) {
   EXPECT_NE(r.err.find("valid values are sqlite and postgres"), std::string::npos) << r.err;
 }
 
+// A .spoolrc key spool does not read is named (a typo would leave the setting unset), and an
+// exported $SPOOL_DATABASE_URL that overrides the app's is named with an error it leads to.
+TEST_F(CommandsTest, SettingsThatMisleadAreNamed) {
+  NewApp();
+  WriteText(app() / ".spoolrc", "app=demo\ndb=sqlite\ndatabse_url=sqlite://app.db\n");
+  CliRun r = Spool({"jobs", "list"});
+  EXPECT_EQ(r.code, kExitUsage);
+  EXPECT_NE(r.err.find(".spoolrc:3: unknown key \"databse_url\" (did you mean database_url?), "
+                       "ignored"),
+            std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("no database url"), std::string::npos) << r.err;
+
+  WriteText(app() / ".spoolrc", "app=demo\ndb=sqlite\ndatabase_url=sqlite:/app.db\n");
+  r = Spool({"jobs", "list"});
+  EXPECT_EQ(r.code, kExitUsage);
+  EXPECT_NE(r.err.find("database_url in " + (app() / ".spoolrc").string() +
+                       " is not a database url (no scheme://)"),
+            std::string::npos)
+      << r.err;
+
+  WriteText(app() / ".spoolrc", "app=demo\ndb=sqlite\ndatabase_url=sqlite://app.db\n");
+  ASSERT_EQ(setenv("SPOOL_DATABASE_URL", "sqlite://ap.db", 1), 0);
+  r = Spool({"jobs", "list"});
+  const CliRun bogus = (setenv("SPOOL_DATABASE_URL", "user:secret@db", 1), Spool({"jobs", "list"}));
+  unsetenv("SPOOL_DATABASE_URL");
+  EXPECT_EQ(r.code, kExitFailed);
+  EXPECT_NE(r.err.find("no database at ap.db"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("note: the database url came from $SPOOL_DATABASE_URL (sqlite://ap.db), "
+                       "not from " +
+                       (app() / ".spoolrc").string() +
+                       " (sqlite://app.db): unset the variable to use the app's"),
+            std::string::npos)
+      << r.err;
+  EXPECT_EQ(bogus.code, kExitUsage);
+  EXPECT_NE(bogus.err.find("$SPOOL_DATABASE_URL is not a database url"), std::string::npos)
+      << bogus.err;
+  EXPECT_EQ(bogus.err.find("secret"), std::string::npos) << bogus.err;
+}
+
+// A SQLite path whose folder is missing: status says so rather than "up creates it", and up
+// names the folder.
+TEST_F(CommandsTest, AMissingDatabaseFolderIsNamed) {
+  NewApp();
+  const std::string url = "sqlite://" + (tmp_.path() / "nodir/x.db").string();
+  CliRun r = Spool({"migration", "status", "--database-url", url});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("no database, and its directory " + (tmp_.path() / "nodir").string() +
+                       " does not exist"),
+            std::string::npos)
+      << r.out;
+  r = Spool({"migration", "up", "--database-url", url});
+  EXPECT_EQ(r.code, kExitFailed);
+  EXPECT_NE(r.err.find("its directory " + (tmp_.path() / "nodir").string() + " does not exist"),
+            std::string::npos)
+      << r.err;
+  EXPECT_FALSE(fs::exists(tmp_.path() / "nodir"));
+}
+
 TEST_F(CommandsTest, HelpHasUsageOptionsAndExamples) {
   for (const auto& args : std::vector<std::vector<std::string>>{{"new", "--help"},
                                                                 {"gen", "queue", "-h"},
@@ -401,6 +460,15 @@ TEST_F(CommandsTest, AppMigrationsRunInOrderTrackedAndRevert) {
   r = Spool({"migration", "up"});
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("0 migration(s) applied"), std::string::npos) << r.out;
+  // A timestamp that names no migration is a typo, not a point between two.
+  for (const char* direction : {"up", "down"}) {
+    r = Spool({"migration", direction, "--target", "20200101000000"});
+    EXPECT_EQ(r.code, kExitUsage) << direction;
+    EXPECT_NE(r.err.find("--target 20200101000000: no migration in database/migrations has that "
+                         "timestamp"),
+              std::string::npos)
+        << r.err;
+  }
 
   r = Spool({"migration", "down"});
   ASSERT_EQ(r.code, 0) << r.err;

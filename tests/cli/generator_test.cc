@@ -87,6 +87,15 @@ class GeneratorTest : public ::testing::Test {
     EXPECT_EQ(Snapshot(root()), before) << "a refused command changed the app";
   }
 
+  // Whether one of `gen`'s notes contains `text`.
+  static bool HasNote(const Generated& gen, std::string_view text) {
+    for (const auto& note : gen.notes) {
+      if (note.find(text) != std::string::npos) return true;
+    }
+    ADD_FAILURE() << "no note contains: " << text;
+    return false;
+  }
+
   TempDir tmp_;
 };
 
@@ -259,6 +268,61 @@ TEST_F(GeneratorTest, QueueOnAnAppThatLostItsWiringPointsAtForce) {
   EXPECT_NE(Read("jobs/registry.cc").find("SendEmailWorker"), std::string::npos);
 }
 
+TEST_F(GeneratorTest, NewWithForceKeepsTheAppsDatabaseAndItsGitignoreLines) {
+  NewOptions options;
+  options.name = "demo";
+  options.db = DbKind::kPostgres;
+  options.database_url = "postgres://u:secret@127.0.0.1:5432/demo";
+  options.dir = root();
+  PlanNew(options).plan.Apply(false);
+  WriteText(root() / ".gitignore", Read(".gitignore") + "secrets.env\n");
+  const std::string spoolrc = Read(".spoolrc");
+
+  // No --db, no --database-url: writing the skeleton again keeps the app on its database.
+  NewOptions again;
+  again.name = "demo";
+  again.dir = root();
+  again.force = true;
+  const Generated forced = PlanNew(again);
+  EXPECT_TRUE(HasNote(forced, "the app keeps its database, postgres://u@127.0.0.1:5432/demo"));
+  forced.plan.Apply(true);
+  EXPECT_EQ(Read(".spoolrc"), spoolrc);
+  const std::string gitignore = Read(".gitignore");
+  EXPECT_NE(gitignore.find("secrets.env\n"), std::string::npos) << gitignore;
+  EXPECT_NE(gitignore.find("/.spoolrc\n"), std::string::npos) << gitignore;
+  EXPECT_EQ(LoadApp(root()).db, DbKind::kPostgres);
+
+  // Naming a database moves the app, and says so.
+  again.db = DbKind::kSqlite;
+  const Generated moved = PlanNew(again);
+  EXPECT_TRUE(HasNote(moved,
+                      ".spoolrc's database_url changes from "
+                      "postgres://u@127.0.0.1:5432/demo to sqlite://app.db"));
+  moved.plan.Apply(true);
+  EXPECT_EQ(LoadApp(root()).database_url, "sqlite://app.db");
+  // The user's line and the password's stay listed: the old .spoolrc may be in history.
+  EXPECT_NE(Read(".gitignore").find("secrets.env\n"), std::string::npos);
+}
+
+TEST_F(GeneratorTest, NewWithForceRefusesToWriteOverFilesOfAFolderSpoolDidNotMake) {
+  fs::create_directories(root());
+  WriteText(root() / "README.md", "# my readme\n");
+  WriteText(root() / "CMakeLists.txt", "project(mine)\n");
+  NewOptions options;
+  options.name = "demo";
+  options.dir = root();
+  options.force = true;
+  ExpectRefused([&] { (void)PlanNew(options).plan.Apply(true); },
+                "has no .spoolrc, so spool new did not make it, and --force would write over "
+                "files spool did not write: CMakeLists.txt, README.md. Nothing was written");
+  // Other files of the user's are no obstacle.
+  fs::remove(root() / "README.md");
+  fs::remove(root() / "CMakeLists.txt");
+  WriteText(root() / "notes.txt", "mine\n");
+  PlanNew(options).plan.Apply(true);
+  EXPECT_EQ(Read("notes.txt"), "mine\n");
+}
+
 TEST_F(GeneratorTest, NewWithForceOverAnAppWithAQueueKeepsTheQueueWiredIn) {
   const AppInfo app = NewApp();
   Queue(app).plan.Apply(false);
@@ -273,10 +337,16 @@ TEST_F(GeneratorTest, NewWithForceOverAnAppWithAQueueKeepsTheQueueWiredIn) {
   options.dir = root();
   options.force = true;
   const Generated forced = PlanNew(options);
-  ASSERT_EQ(forced.notes.size(), 1u);
-  EXPECT_EQ(forced.notes[0],
-            "the job queue set up in this app (jobs/registry.h) is wired into the new "
-            "src/main.cpp and CMakeLists.txt again; jobs/ and database/migrations are kept");
+  EXPECT_TRUE(HasNote(forced,
+                      "the job queue set up in this app (jobs/registry.h) is wired into the new "
+                      "src/main.cpp and CMakeLists.txt again; jobs/ and database/migrations are "
+                      "kept"));
+  EXPECT_TRUE(HasNote(forced, "the app keeps its database, sqlite://app.db, from .spoolrc"));
+  // The hand edit it replaces is named; the files it writes as they were are not.
+  EXPECT_TRUE(HasNote(forced,
+                      "--force writes src/main.cpp again as spool generates it: what was "
+                      "written in it by hand is replaced (--dry-run shows the diff)"));
+  EXPECT_EQ(forced.notes.size(), 3u);
   for (const auto& step : forced.next_steps) {
     EXPECT_EQ(step.find("gen queue"), std::string::npos) << step;
   }
@@ -292,11 +362,12 @@ TEST_F(GeneratorTest, NewWithForceOverAnAppWithAQueueKeepsTheQueueWiredIn) {
   options.db = DbKind::kPostgres;
   options.database_url = "postgres://127.0.0.1:5432/demo";
   const Generated other_db = PlanNew(options);
-  ASSERT_EQ(other_db.notes.size(), 2u);
-  EXPECT_NE(other_db.notes[1].find("_setup_spool_queue.sql was not written for PostgreSQL: run "
-                                   "spool gen queue --force"),
-            std::string::npos)
-      << other_db.notes[1];
+  EXPECT_TRUE(HasNote(other_db,
+                      "_setup_spool_queue.sql was not written for PostgreSQL: run "
+                      "spool gen queue --force"));
+  EXPECT_TRUE(HasNote(other_db,
+                      ".spoolrc's database_url changes from sqlite://app.db to "
+                      "postgres://127.0.0.1:5432/demo"));
   other_db.plan.Apply(true);
   EXPECT_NE(Read("src/main.cpp").find("spool::Client::Open("), std::string::npos);
   const Generated requeued = Queue(LoadApp(root()), /*force=*/true);
@@ -309,11 +380,13 @@ TEST_F(GeneratorTest, NewWithForceOverAnAppWithAQueueKeepsTheQueueWiredIn) {
   // sets the queue up again.
   fs::remove(root() / "jobs/registry.h");
   const Generated half = PlanNew(options);
-  ASSERT_EQ(half.notes.size(), 1u);
-  EXPECT_NE(half.notes[0].find("_setup_spool_queue.sql is here but jobs/registry.h is not: run "
-                               "spool gen queue --force"),
-            std::string::npos)
-      << half.notes[0];
+  EXPECT_TRUE(HasNote(half,
+                      "_setup_spool_queue.sql is here but jobs/registry.h is not: run "
+                      "spool gen queue --force"));
+  // Written again without the wiring, which the notes say.
+  EXPECT_TRUE(HasNote(half, "--force writes src/main.cpp again"));
+  EXPECT_TRUE(HasNote(half, "--force writes CMakeLists.txt again"));
+  EXPECT_EQ(half.notes.size(), 3u);
   half.plan.Apply(true);
   EXPECT_EQ(Read("src/main.cpp").find("spool::Client::Open("), std::string::npos);
 }
@@ -469,6 +542,9 @@ TEST_F(GeneratorTest, JobRefusals) {
                 "job send_email already exists (jobs/send_email.h)");
   ExpectRefused([&] { PlanJob(app, "SendEmail", std::nullopt, false); },
                 "already exists (jobs/send_email.h)");
+  PlanJob(app, "nightly", std::string("0 3 * * *"), false).plan.Apply(false);
+  ExpectRefused([&] { PlanJob(app, "nightly", std::nullopt, false); },
+                "task nightly already exists (jobs/nightly.h)");
   for (const char* bad : {"9lives", "class", "../x", "a b", ""}) {
     ExpectRefused([&] { PlanJob(app, bad, std::nullopt, false); }, "snake_case C++ identifier");
   }
@@ -490,6 +566,9 @@ TEST_F(GeneratorTest, ForceRewritesAJobAsAnEdit) {
   ASSERT_EQ(gen.plan.changes().size(), 1u);  // only the changed file
   EXPECT_EQ(gen.plan.changes()[0].path, "jobs/send_email.cc");
   EXPECT_TRUE(gen.plan.changes()[0].before.has_value());
+  EXPECT_EQ(gen.summary, "wrote job send_email again (--force)");
+  EXPECT_TRUE(HasNote(gen, "--force writes jobs/send_email.cc again as spool generates it"));
+  EXPECT_EQ(gen.notes.size(), 1u);  // the files written as they were are not named
   gen.plan.Apply(true);
   EXPECT_NE(Read("jobs/send_email.cc").find("SendEmailWorker::Work"), std::string::npos);
 }
