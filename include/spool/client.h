@@ -137,9 +137,12 @@ class Client {
   Status Start();
   // Soft stop: no new fetches; running jobs finish. When `timeout` passes, running jobs' contexts
   // are cancelled (hard stop) and Stop waits for them to return. All finished outcomes are
-  // written before Stop returns. Idempotent; safe before Start.
+  // written before Stop returns. Idempotent; safe before Start. A timeout over kMaxDelay is
+  // kMaxDelay. FailedPrecondition from a job's Work or an event subscriber, where waiting for
+  // the jobs would wait for itself.
   Status Stop(Duration timeout);
-  // Hard stop at once: cancels running jobs' contexts, waits for them, writes outcomes.
+  // Hard stop at once: cancels running jobs' contexts, waits for them, writes outcomes. Refused
+  // where Stop is.
   Status StopAndCancel();
   // Turns a Stop in progress on another thread into a hard stop now (a second Ctrl-C): stops
   // fetching, cancels running jobs' contexts and hands back claimed jobs that have not started,
@@ -187,7 +190,8 @@ class Client {
   // completes first. Final: returned unchanged. NotFound naming the id.
   Result<JobRow> JobCancel(int64_t id);
   // Makes a job that is not running available now; attempts already used are kept (max_attempts
-  // grows by one if they are used up). FailedPrecondition for a running job.
+  // grows by one if they are used up). FailedPrecondition for a running job, and for a unique
+  // job whose key another waiting or running job now holds.
   Result<JobRow> JobRetry(int64_t id);
   // Deletes a job that is not running and returns it. FailedPrecondition for a running job. A
   // row that cannot be read (edited by hand, or of an altered column) is deleted all the same and
@@ -205,9 +209,12 @@ class Client {
   // runs, or the last leader stopped or died and no other has taken over yet).
   Result<std::optional<LeaderInfo>> Leader();
 
-  // Calls `fn` after each job outcome is written, on a client thread: keep it short and do not
-  // call Stop from it. Returns an id for Unsubscribe.
+  // Calls `fn` after each job outcome is written (and on queue pause/resume), on a client
+  // thread: keep it short. It may call the client, Subscribe and Unsubscribe; Stop from it is
+  // refused (FailedPrecondition). What it throws is logged. Returns an id for Unsubscribe.
   int Subscribe(std::function<void(const Event&)> fn);
+  // Once it returns, the subscriber is not running (unless this is called from it) and is not
+  // called again.
   void Unsubscribe(int id);
 
   const std::string& client_id() const;

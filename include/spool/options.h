@@ -20,6 +20,10 @@ inline constexpr int kMaxMaxAttempts = 32'767;
 inline constexpr int kDefaultPriority = 1;
 inline constexpr int kMinPriority = 1;  // highest
 inline constexpr int kMaxPriority = 4;  // lowest
+// The longest delay spool counts: ClientOptions durations above it are refused, and a longer
+// timeout, retry delay or snooze a worker or retry policy returns (or a Stop timeout) is
+// shortened to it, so no time overflows.
+inline constexpr Duration kMaxDelay = std::chrono::days(36'600);  // 100 years
 
 // Makes a job unique: while a job with the same key is in one of `by_states`, inserting another
 // returns the existing job (InsertResult::duplicate) instead. The key is always the kind plus
@@ -71,7 +75,8 @@ struct InsertOptions {
 class RetryPolicy {
  public:
   virtual ~RetryPolicy() = default;
-  // `job.attempt` is the attempt that just failed (1 for the first run).
+  // `job.attempt` is the attempt that just failed (1 for the first run). A negative delay is
+  // taken as 0, one over kMaxDelay as kMaxDelay; if it throws, DefaultRetryPolicy's is used.
   virtual Duration NextRetry(const JobRow& job) const = 0;
 };
 
@@ -83,7 +88,8 @@ class DefaultRetryPolicy final : public RetryPolicy {
 
 enum class LogLevel { kDebug, kInfo, kWarn, kError };
 
-// Receives the client's log lines. Called from background threads: must be thread safe.
+// Receives the client's log lines. Called from background threads: must be thread safe. What it
+// throws is dropped (with the line).
 using Logger = std::function<void(LogLevel, std::string_view message)>;
 
 // A logger that writes lines of `min_level` and above to stderr, each with its UTC time:
@@ -209,6 +215,8 @@ struct ClientOptions {
 
 // Returns InvalidArgument naming the first bad field, or OK.
 Status ValidateInsertOptions(const InsertOptions& opts);
+// The checks of InsertOptions.unique: InvalidArgument naming the bad field, or OK.
+Status ValidateUniqueOptions(const UniqueOptions& opts);
 Status ValidateClientOptions(const ClientOptions& opts);
 // Queue names: 1-128 characters of [A-Za-z0-9_.:-].
 Status ValidateQueueName(std::string_view name);

@@ -40,7 +40,7 @@ class Outcome {
   static Outcome Done() { return Outcome(Kind::kDone, {}, {}); }
   // The attempt failed: retryable after backoff, or discarded once attempts are used up.
   static Outcome Fail(std::string message) { return Outcome(Kind::kFail, std::move(message), {}); }
-  // Run again after `delay` without consuming an attempt.
+  // Run again after `delay` (0 to kMaxDelay) without consuming an attempt.
   static Outcome Snooze(Duration delay) { return Outcome(Kind::kSnooze, {}, delay); }
   // Stop for good: the job becomes cancelled with `reason` in its error history.
   static Outcome Cancel(std::string reason) {
@@ -98,9 +98,11 @@ class WorkerBase {
   virtual std::string_view Kind() const = 0;
   // Parses job.args and runs the job. Exceptions are the runtime's to catch.
   virtual Outcome WorkJob(JobContext& ctx) = 0;
-  // Time limit for one attempt; nullopt uses ClientOptions::job_timeout, zero means none.
+  // Time limit for one attempt; nullopt uses ClientOptions::job_timeout, zero means none (and
+  // over kMaxDelay, kMaxDelay). If it throws, the error is logged and job_timeout used.
   virtual std::optional<Duration> Timeout(const JobRow& /*job*/) const { return std::nullopt; }
-  // Backoff after a failed attempt; nullopt uses the client's retry policy.
+  // Backoff after a failed attempt (0 to kMaxDelay); nullopt uses the client's retry policy, as
+  // does a throw (logged).
   virtual std::optional<Duration> NextRetry(const JobRow& /*job*/) const { return std::nullopt; }
   // OK when `args_json` is args this worker can run; InvalidArgument saying why otherwise.
   virtual Status CheckArgs(std::string_view /*args_json*/) const { return Status::Ok(); }

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -28,6 +29,10 @@ Duration DefaultRetryPolicy::NextRetry(const JobRow& job) const {
   thread_local std::mt19937_64 rng{std::random_device{}()};
   std::uniform_real_distribution<double> jitter(-0.1, 0.1);
   const double s = base_s * (1.0 + jitter(rng));
+  // attempt^4 passes 100 years near attempt 1,330 (max_attempts allows 32,767); converting a
+  // larger double to an integer would be undefined.
+  const double max_s = std::chrono::duration<double>(kMaxDelay).count();
+  if (s >= max_s) return kMaxDelay;
   return Duration(static_cast<int64_t>(s * 1e6));
 }
 
@@ -43,6 +48,26 @@ Status ValidateQueueName(std::string_view name) {
           "queue name \"{}\" has an invalid character '{}': use letters, digits, _ - . :", name,
           c));
     }
+  }
+  return Status::Ok();
+}
+
+Status ValidateUniqueOptions(const UniqueOptions& opts) {
+  for (JobState s : {JobState::kAvailable, JobState::kPending, JobState::kRunning,
+                     JobState::kRetryable, JobState::kScheduled}) {
+    if (std::find(opts.by_states.begin(), opts.by_states.end(), s) == opts.by_states.end()) {
+      return Status::InvalidArgument(fmt::format(
+          "UniqueOptions.by_states lacks \"{}\": it must include every non-final state "
+          "(available, pending, running, retryable, scheduled), else a job could collide with "
+          "its duplicate as it moves between states",
+          JobStateName(s)));
+    }
+  }
+  if (!opts.by_args && !opts.by_args_fields.empty()) {
+    return Status::InvalidArgument("UniqueOptions.by_args_fields is set but by_args is false");
+  }
+  if (opts.by_period < Duration::zero()) {
+    return Status::InvalidArgument("UniqueOptions.by_period is negative");
   }
   return Status::Ok();
 }
@@ -71,6 +96,7 @@ Status ValidateInsertOptions(const InsertOptions& opts) {
       return Status::InvalidArgument("InsertOptions.metadata must be a JSON object, e.g. {}");
     }
   }
+  if (opts.unique) return ValidateUniqueOptions(*opts.unique);
   return Status::Ok();
 }
 
@@ -105,6 +131,10 @@ Status ValidateClientOptions(const ClientOptions& opts) {
       return Status::InvalidArgument(
           fmt::format("ClientOptions.{} is {}us: it must be positive", field, d.count()));
     }
+    if (d > kMaxDelay) {
+      return Status::InvalidArgument(fmt::format(
+          "ClientOptions.{} is {}us: it must be at most 100 years (kMaxDelay)", field, d.count()));
+    }
   }
   if (opts.client_stale_after <= opts.heartbeat_interval) {
     return Status::InvalidArgument(
@@ -115,6 +145,15 @@ Status ValidateClientOptions(const ClientOptions& opts) {
     return Status::InvalidArgument(
         fmt::format("ClientOptions.job_timeout is negative ({}us): use 0 for no timeout",
                     opts.job_timeout.count()));
+  }
+  if (opts.job_timeout > kMaxDelay) {
+    return Status::InvalidArgument(fmt::format(
+        "ClientOptions.job_timeout is {}us: it must be at most 100 years (kMaxDelay); use 0 for "
+        "no timeout",
+        opts.job_timeout.count()));
+  }
+  if (opts.sqlite.busy_timeout > kMaxDelay) {
+    return Status::InvalidArgument("ClientOptions.sqlite.busy_timeout is over 100 years");
   }
   if (opts.sqlite.busy_timeout < Duration::zero()) {
     return Status::InvalidArgument("ClientOptions.sqlite.busy_timeout is negative");

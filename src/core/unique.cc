@@ -12,24 +12,9 @@ Result<UniqueKey> ComputeUniqueKey(std::string_view kind, std::string_view args,
                                    std::string_view queue, TimePoint scheduled_at,
                                    const std::optional<UniqueOptions>& opts) {
   if (!opts) return UniqueKey{};
+  SPOOL_RETURN_IF_ERROR(ValidateUniqueOptions(*opts));
   UniqueKey out;
   for (JobState s : opts->by_states) out.states |= UniqueStateBit(s);
-  for (JobState s : {JobState::kAvailable, JobState::kPending, JobState::kRunning,
-                     JobState::kRetryable, JobState::kScheduled}) {
-    if ((out.states & UniqueStateBit(s)) == 0) {
-      return Status::InvalidArgument(fmt::format(
-          "UniqueOptions.by_states lacks \"{}\": it must include every non-final state "
-          "(available, pending, running, retryable, scheduled), else a job could collide with "
-          "its duplicate as it moves between states",
-          JobStateName(s)));
-    }
-  }
-  if (!opts->by_args && !opts->by_args_fields.empty()) {
-    return Status::InvalidArgument("UniqueOptions.by_args_fields is set but by_args is false");
-  }
-  if (opts->by_period < Duration::zero()) {
-    return Status::InvalidArgument("UniqueOptions.by_period is negative");
-  }
 
   // Length-prefixed parts, so no choice of kind or queue can forge another key.
   std::string material = fmt::format("kind:{}:{}", kind.size(), kind);

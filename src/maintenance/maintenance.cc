@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/job_hooks.h"
 #include "core/nap.h"
 #include "core/thread_name.h"
 #include "core/unique.h"
@@ -37,7 +38,13 @@ Duration MissedGrace(const ClientOptions& o) {
 
 }  // namespace
 
-Status ValidatePeriodicJobs(const ClientOptions& opts) {
+Status ValidatePeriodicJobs(const ClientOptions& opts, const Workers& workers) {
+  if (!opts.periodic_jobs.empty() && opts.queues.empty()) {
+    // Only a started client enqueues them, and Start needs queues: they would never fire.
+    return Status::InvalidArgument(
+        "ClientOptions.periodic_jobs are enqueued by a client that works queues, and this one has "
+        "none: set ClientOptions.queues, or leave periodic_jobs to the client that does");
+  }
   std::set<std::string, std::less<>> names;
   for (const auto& p : opts.periodic_jobs) {
     if (p.name.empty()) return Status::InvalidArgument("a periodic job has an empty name");
@@ -52,6 +59,16 @@ Status ValidatePeriodicJobs(const ClientOptions& opts) {
     if (!schedule) return schedule.error().WithContext(fmt::format("periodic job \"{}\"", p.name));
     SPOOL_RETURN_IF_ERROR(
         ValidateInsertOptions(p.options).WithContext(fmt::format("periodic job \"{}\"", p.name)));
+    // Checked now rather than failing every attempt of every tick.
+    const nlohmann::json args = nlohmann::json::parse(p.args, nullptr, false);
+    if (!args.is_object()) {
+      return Status::InvalidArgument(
+          fmt::format("periodic job \"{}\": args are not a JSON object: {:.80}", p.name, p.args));
+    }
+    if (const WorkerBase* worker = workers.Find(p.kind)) {
+      SPOOL_RETURN_IF_ERROR(
+          worker->CheckArgs(p.args).WithContext(fmt::format("periodic job \"{}\"", p.name)));
+    }
   }
   return Status::Ok();
 }
@@ -247,10 +264,7 @@ void Maintenance::Rescue(TimePoint now) {
     const JobRow& job = *row;
     const std::string client = job.attempted_by.empty() ? "unknown" : job.attempted_by.back();
     const WorkerBase* worker = env_.workers.Find(job.kind);
-    Duration timeout = o.job_timeout;
-    if (worker != nullptr) {
-      if (auto t = worker->Timeout(job)) timeout = *t;
-    }
+    const Duration timeout = JobTimeout(worker, o, job, env_.logger);
     const TimePoint started = job.attempted_at.value_or(job.scheduled_at);
     std::string cause;
     std::string why;
@@ -290,9 +304,7 @@ void Maintenance::Rescue(TimePoint now) {
     } else if (job.attempt >= job.max_attempts) {
       u.state = JobState::kDiscarded;
     } else {
-      std::optional<Duration> delay;
-      if (worker != nullptr) delay = worker->NextRetry(job);
-      u.at = now + delay.value_or(env_.retry_policy.NextRetry(job));
+      u.at = now + RetryDelay(worker, env_.retry_policy, job, env_.logger);
     }
     Log(LogLevel::kDebug, fmt::format("rescuing job {} ({}): {}", job.id, job.kind, why));
     causes.emplace_back(job.id, Cause{std::move(cause), cancel_requested});

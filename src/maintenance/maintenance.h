@@ -91,8 +91,9 @@ class Maintenance {
   std::thread thread_;
 };
 
-// Validates the periodic jobs of `opts`: unique names, cron expressions, time zones, kinds.
+// Validates the periodic jobs of `opts`: unique names, cron expressions, time zones, kinds, args
+// (a JSON object the kind's worker in `workers`, if any, can read), and queues to work.
 // InvalidArgument naming the job and what is wrong.
-Status ValidatePeriodicJobs(const ClientOptions& opts);
+Status ValidatePeriodicJobs(const ClientOptions& opts, const Workers& workers);
 
 }  // namespace spool::internal

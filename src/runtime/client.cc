@@ -4,9 +4,14 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdio>
+#include <memory>
 #include <random>
+#include <span>
+#include <thread>
 
+#include "core/exception.h"
 #include "core/failure_log.h"
 #include "core/thread_name.h"
 #include "core/unique.h"
@@ -116,6 +121,17 @@ std::string_view EventKindName(Event::Kind kind) {
   return "unknown";
 }
 
+// `logger` with its exceptions dropped: it is called on the client's threads (the completer's,
+// the workers'), where one would end the process.
+Logger CatchingLogger(Logger logger) {
+  return [logger = std::move(logger)](LogLevel level, std::string_view message) {
+    try {
+      logger(level, message);
+    } catch (...) {  // NOLINT(bugprone-empty-catch): the line is lost, the client goes on
+    }
+  };
+}
+
 class Client::Impl {
  public:
   Impl(std::unique_ptr<Driver> driver, ClientOptions options, Workers workers)
@@ -125,7 +141,7 @@ class Client::Impl {
         clock_(options_.clock ? options_.clock : std::make_shared<SystemClock>()),
         retry_policy_(options_.retry_policy ? options_.retry_policy
                                             : std::make_shared<DefaultRetryPolicy>()),
-        logger_(options_.logger ? options_.logger : StderrLogger(LogLevel::kWarn)),
+        logger_(CatchingLogger(options_.logger ? options_.logger : StderrLogger(LogLevel::kWarn))),
         client_id_(options_.client_id.empty() ? MakeClientId() : options_.client_id),
         completer_(
             driver_->executor(), [this](const auto& batch) { Deliver(batch); }, logger_),
@@ -174,6 +190,14 @@ class Client::Impl {
   }
 
   Status Stop(std::optional<Duration> timeout) {
+    // Stop waits for the thread it would be called on: refused rather than a hang for good
+    // (Client::Stop refuses a call from a job's Work).
+    if (OnDeliveringThread()) {
+      return Status::FailedPrecondition(
+          "Stop was called from an event subscriber, and would wait for the thread that runs it: "
+          "call it from another thread");
+    }
+    if (timeout) timeout = std::min(*timeout, kMaxDelay);  // steady_clock counts nanoseconds
     std::lock_guard lock(lifecycle_mu_);
     if (state_ != LifeState::kStarted) {
       state_ = LifeState::kStopped;
@@ -294,11 +318,20 @@ class Client::Impl {
 
   void Subscribe(int id, std::function<void(const Event&)> fn) {
     std::lock_guard lock(subscribers_mu_);
-    subscribers_.emplace(id, std::move(fn));
+    subscribers_.emplace(id,
+                         std::make_shared<const std::function<void(const Event&)>>(std::move(fn)));
   }
   void Unsubscribe(int id) {
-    std::lock_guard lock(subscribers_mu_);
+    std::unique_lock lock(subscribers_mu_);
     subscribers_.erase(id);
+    if (delivering_ == std::this_thread::get_id()) {
+      // From a callback: the delivery under way skips it from here on (Deliver re-checks).
+      subscribers_changed_ = true;
+      return;
+    }
+    // Once Unsubscribe returns the callback is not running and will not run, so the caller may
+    // free what it captured.
+    delivered_cv_.wait(lock, [&] { return delivering_ == std::thread::id(); });
   }
 
   Result<JobRow> Cancel(int64_t id) {
@@ -314,8 +347,17 @@ class Client::Impl {
   }
 
   Result<JobRow> Retry(int64_t id) {
-    SPOOL_ASSIGN_OR_RETURN(JobRow row,
-                           driver_->executor().JobRetry({.id = id, .now = clock_->Now()}));
+    auto retried = driver_->executor().JobRetry({.id = id, .now = clock_->Now()});
+    if (!retried && retried.error().IsAlreadyExists()) {
+      // The unique index: a duplicate of this unique job was inserted since it finished.
+      auto job = driver_->executor().JobGetByID(id);
+      return Status::FailedPrecondition(fmt::format(
+          "job {} cannot be retried: it is a unique job, and another job {}with its unique key "
+          "is waiting or running (list the kind's jobs to find it); retry this one once that one "
+          "has finished, or delete that one",
+          id, job ? fmt::format("of kind \"{}\" ", job->kind) : std::string()));
+    }
+    SPOOL_ASSIGN_OR_RETURN(JobRow row, std::move(retried));
     WakeQueue(row.queue);
     return row;
   }
@@ -329,8 +371,7 @@ class Client::Impl {
     Event e;
     e.kind = paused ? Event::Kind::kQueuePaused : Event::Kind::kQueueResumed;
     e.queue = std::string(queue);
-    std::lock_guard lock(subscribers_mu_);
-    for (auto& [_, fn] : subscribers_) fn(e);
+    DeliverEvents(std::span<const Event>(&e, 1), [](const Event& x) -> const Event& { return x; });
     return Status::Ok();
   }
 
@@ -408,11 +449,54 @@ class Client::Impl {
 
   void Deliver(const std::vector<Completion>& batch) {
     for (const auto& c : batch) LogOutcome(logger_, c.event);
-    std::lock_guard lock(subscribers_mu_);
-    if (subscribers_.empty()) return;
-    for (const auto& c : batch) {
-      for (auto& [_, fn] : subscribers_) fn(c.event);
+    DeliverEvents(batch, [](const Completion& c) -> const Event& { return c.event; });
+  }
+
+  // Calls every subscriber for each event, one delivery at a time, without holding
+  // subscribers_mu_ during the calls: a callback may Subscribe, Unsubscribe or call the client.
+  // `event_of` maps an element of `items` to its Event.
+  template <typename Items, typename EventOf>
+  void DeliverEvents(const Items& items, EventOf event_of) {
+    using Callback = std::shared_ptr<const std::function<void(const Event&)>>;
+    std::vector<std::pair<int, Callback>> callbacks;
+    bool nested = false;  // a callback paused or resumed a queue: its events go out at once
+    {
+      std::unique_lock lock(subscribers_mu_);
+      if (subscribers_.empty()) return;
+      nested = delivering_ == std::this_thread::get_id();
+      if (!nested) {
+        delivered_cv_.wait(lock, [&] { return delivering_ == std::thread::id(); });
+        delivering_ = std::this_thread::get_id();
+        subscribers_changed_ = false;
+      }
+      callbacks.assign(subscribers_.begin(), subscribers_.end());
     }
+    for (const auto& item : items) {
+      const Event& e = event_of(item);
+      for (const auto& [id, fn] : callbacks) {
+        if (subscribers_changed_.load(std::memory_order_acquire)) {
+          std::lock_guard lock(subscribers_mu_);
+          if (!subscribers_.contains(id)) continue;
+        }
+        try {
+          (*fn)(e);
+        } catch (...) {
+          // A subscriber's exception must not take down the thread that writes outcomes.
+          const internal::CaughtException caught = internal::DescribeCurrentException();
+          logger_(LogLevel::kError, fmt::format("an event subscriber: {}", caught.message));
+        }
+      }
+    }
+    if (nested) return;
+    std::lock_guard lock(subscribers_mu_);
+    delivering_ = std::thread::id();
+    delivered_cv_.notify_all();
+  }
+
+  // Whether this thread is delivering events (a subscriber's callback runs on it).
+  bool OnDeliveringThread() {
+    std::lock_guard lock(subscribers_mu_);
+    return delivering_ == std::this_thread::get_id();
   }
 
   // Makes due scheduled and retryable jobs available, and wakes their producers.
@@ -508,16 +592,30 @@ class Client::Impl {
   internal::FailureLog cancel_check_failures_{"checking for cancelled jobs"};  // notifier only
 
   std::mutex subscribers_mu_;
-  std::map<int, std::function<void(const Event&)>> subscribers_;
+  std::map<int, std::shared_ptr<const std::function<void(const Event&)>>>
+      subscribers_;             // guarded by subscribers_mu_
+  std::thread::id delivering_;  // the thread calling subscribers; guarded by it too
+  std::atomic<bool> subscribers_changed_{false};  // an Unsubscribe during that delivery
+  std::condition_variable delivered_cv_;          // delivering_ was cleared
 };
 
 // ---- Client -----------------------------------------------------------------------------------
 
+namespace {
+
+Status StopFromWorkError() {
+  return Status::FailedPrecondition(
+      "Stop was called from inside a job's Work, and would wait for that job to return: call it "
+      "from another thread (CancelRunningJobs may be called from a job)");
+}
+
+}  // namespace
+
 Result<std::unique_ptr<Client>> Client::Open(std::string_view database_url, ClientOptions options,
                                              Workers workers) {
   SPOOL_RETURN_IF_ERROR(ValidateClientOptions(options));
-  SPOOL_RETURN_IF_ERROR(internal::ValidatePeriodicJobs(options));
   SPOOL_RETURN_IF_ERROR(workers.status());
+  SPOOL_RETURN_IF_ERROR(internal::ValidatePeriodicJobs(options, workers));
   SPOOL_ASSIGN_OR_RETURN(auto driver,
                          Driver::Open(database_url, internal::DriverOptions{
                                                         .sqlite = options.sqlite,
@@ -565,8 +663,15 @@ Client::~Client() {
 }
 
 Status Client::Start() { return impl_->Start(*this); }
-Status Client::Stop(Duration timeout) { return impl_->Stop(std::max(Duration::zero(), timeout)); }
-Status Client::StopAndCancel() { return impl_->Stop(std::nullopt); }
+Status Client::Stop(Duration timeout) {
+  // Stop waits for running jobs, so from a job's Work it would wait for itself for good.
+  if (internal::WorkingFor() == this) return StopFromWorkError();
+  return impl_->Stop(std::max(Duration::zero(), timeout));
+}
+Status Client::StopAndCancel() {
+  if (internal::WorkingFor() == this) return StopFromWorkError();
+  return impl_->Stop(std::nullopt);
+}
 
 void Client::CancelRunningJobs() { impl_->CancelRunningJobs(); }
 

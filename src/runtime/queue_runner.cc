@@ -8,6 +8,7 @@
 
 #include "core/exception.h"
 #include "core/failure_log.h"
+#include "core/job_hooks.h"
 #include "core/thread_name.h"
 
 namespace spool::internal {
@@ -30,6 +31,8 @@ constexpr std::string_view kStoppedWhileRunning =
     " (the client was stopping and cancelled the jobs still running: its Stop timeout passed, or "
     "CancelRunningJobs was called)";
 
+thread_local const Client* working_for = nullptr;
+
 std::string FormatDuration(Duration d) {
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
   if (ms % 1000 == 0) return fmt::format("{}s", ms / 1000);
@@ -37,6 +40,8 @@ std::string FormatDuration(Duration d) {
 }
 
 }  // namespace
+
+const Client* WorkingFor() { return working_for; }
 
 QueueRunner::QueueRunner(std::string name, int max_workers, RuntimeEnv env)
     : name_(std::move(name)),
@@ -308,10 +313,7 @@ void QueueRunner::WorkLoop() {
       // Work runs here; whatever it throws becomes the outcome.
       [&] {
         WorkerBase* worker = env_.workers.Find(job.kind);
-        Duration timeout = env_.options.job_timeout;
-        if (worker != nullptr) {
-          if (auto t = worker->Timeout(job)) timeout = *t;
-        }
+        const Duration timeout = JobTimeout(worker, env_.options, job, env_.logger);
         std::atomic<bool> timed_out{false};
         std::optional<TimePoint> deadline;
         if (timeout > Duration::zero()) {
@@ -328,6 +330,7 @@ void QueueRunner::WorkLoop() {
               "process that works queue \"{}\", or delete the job",
               job.kind, name_));
         } else {
+          working_for = &env_.client;
           try {
             outcome = worker->WorkJob(ctx);
           } catch (...) {
@@ -335,6 +338,7 @@ void QueueRunner::WorkLoop() {
             trace = std::move(caught.type);
             outcome = Outcome::Fail(std::move(caught.message));
           }
+          working_for = nullptr;
         }
         const auto run_time =
             std::chrono::duration_cast<Duration>(std::chrono::steady_clock::now() - t0);
@@ -445,7 +449,7 @@ Completion QueueRunner::MakeCompletion(JobRow job, const Outcome& outcome, bool 
         break;
       case Outcome::Kind::kSnooze:
         c.params.state = JobState::kScheduled;
-        c.params.at = now + std::max(Duration::zero(), outcome.snooze_delay());
+        c.params.at = now + ClampDelay(outcome.snooze_delay());
         c.event.kind = Event::Kind::kJobSnoozed;
         job.attempt -= 1;
         break;
@@ -480,11 +484,9 @@ Completion QueueRunner::MakeCompletion(JobRow job, const Outcome& outcome, bool 
           c.params.at = now;
           c.event.kind = Event::Kind::kJobDiscarded;
         } else {
-          std::optional<Duration> delay;
-          if (WorkerBase* w = env_.workers.Find(job.kind)) delay = w->NextRetry(job);
           c.params.state = JobState::kRetryable;
           c.params.at =
-              now + std::max(Duration::zero(), delay.value_or(env_.retry_policy.NextRetry(job)));
+              now + RetryDelay(env_.workers.Find(job.kind), env_.retry_policy, job, env_.logger);
           c.event.kind = Event::Kind::kJobFailed;
         }
         break;

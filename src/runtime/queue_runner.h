@@ -17,6 +17,10 @@
 
 namespace spool::internal {
 
+// The client whose job's Work runs on this thread, else nullptr: Client::Stop refuses to wait
+// for the job that called it.
+const Client* WorkingFor();
+
 // What a queue runner borrows from its client; all outlive the runner.
 struct RuntimeEnv {
   Executor& executor;

@@ -1057,3 +1057,219 @@ TEST(CompleterTest, FlushSoonWritesWithoutWaitingOutTheLinger) {
 
 }  // namespace
 }  // namespace spool
+
+namespace spool {
+namespace {
+
+// A subscriber may unsubscribe itself and subscribe another from its callback: the client goes on
+// delivering and writing outcomes (it used to deadlock on its own lock).
+TEST_F(ClientTest, SubscribersMaySubscribeAndUnsubscribeFromTheirCallbacks) {
+  auto c = Start();
+  EventLog log(*c);
+  std::atomic<int> first_calls{0};
+  std::atomic<int> second_calls{0};
+  std::atomic<int> first_id{0};
+  first_id = c->Subscribe([&](const Event&) {
+    if (first_calls++ == 0) {
+      c->Unsubscribe(first_id);
+      c->Subscribe([&](const Event&) { ++second_calls; });
+    }
+  });
+  const int64_t a = c->Insert(EmailArgs{"a@b"})->job.id;
+  ASSERT_TRUE(log.WaitForJob(a, Event::Kind::kJobCompleted));
+  const int64_t b = c->Insert(EmailArgs{"b@b"})->job.id;
+  ASSERT_TRUE(log.WaitForJob(b, Event::Kind::kJobCompleted));
+  ASSERT_TRUE(c->QueuePause("default").ok());  // an event delivered on the caller's thread
+  EXPECT_TRUE(c->Stop(10s).ok());
+  EXPECT_EQ(first_calls.load(), 1);
+  EXPECT_GE(second_calls.load(), 2);  // b's completion and the pause
+}
+
+// Stop waits for running jobs and for the thread that delivers events, so from a job's Work or a
+// subscriber it would wait for itself for good: refused instead.
+TEST_F(ClientTest, StopFromAJobOrASubscriberIsRefused) {
+  auto c = Start();
+  EventLog log(*c);
+  std::promise<Status> from_work;
+  behaviour_->fn = [&](JobContext& ctx, const EmailArgs&) {
+    from_work.set_value(ctx.client().Stop(1s));
+    return Outcome::Done();
+  };
+  std::promise<Status> from_subscriber;
+  std::atomic<bool> asked{false};
+  c->Subscribe([&](const Event&) {
+    if (!asked.exchange(true)) from_subscriber.set_value(c->StopAndCancel());
+  });
+  const int64_t id = c->Insert(EmailArgs{"a@b"})->job.id;
+  ASSERT_TRUE(log.WaitForJob(id, Event::Kind::kJobCompleted));
+  const Status work_st = from_work.get_future().get();
+  EXPECT_TRUE(work_st.IsFailedPrecondition()) << work_st.ToString();
+  EXPECT_NE(work_st.message().find("from inside a job's Work"), std::string::npos);
+  const Status sub_st = from_subscriber.get_future().get();
+  EXPECT_TRUE(sub_st.IsFailedPrecondition()) << sub_st.ToString();
+  EXPECT_NE(sub_st.message().find("from an event subscriber"), std::string::npos);
+  EXPECT_TRUE(c->Stop(10s).ok());
+}
+
+class MaxRetry final : public RetryPolicy {
+ public:
+  Duration NextRetry(const JobRow&) const override { return Duration::max(); }
+};
+
+// Durations past kMaxDelay from user code are shortened to it: no time overflows (a snooze of
+// Duration::max() ran again at once, a Stop(Duration::max()) was a hard stop).
+TEST_F(ClientTest, DurationsPastTheLongestDelayAreShortenedToIt) {
+  ClientOptions bad = Options();
+  bad.job_timeout = Duration::max();
+  auto refused = Client::Open(url_, bad);
+  ASSERT_FALSE(refused);
+  EXPECT_TRUE(refused.error().IsInvalidArgument());
+  EXPECT_NE(refused.error().message().find("job_timeout"), std::string::npos);
+  bad = Options();
+  bad.leader_ttl = Duration::max();
+  EXPECT_FALSE(Client::Open(url_, bad));
+
+  JobRow far{};
+  far.attempt = kMaxMaxAttempts;
+  EXPECT_EQ(DefaultRetryPolicy().NextRetry(far), kMaxDelay);
+
+  ClientOptions o = Options();
+  o.retry_policy = std::make_shared<MaxRetry>();
+  auto c = Open(o);
+  ASSERT_TRUE(c && c->Start().ok());
+  EventLog log(*c);
+  behaviour_->fn = [](JobContext&, const EmailArgs& a) {
+    return a.to == "snooze" ? Outcome::Snooze(Duration::max()) : Outcome::Fail("no");
+  };
+  const int64_t snoozed = c->Insert(EmailArgs{"snooze"})->job.id;
+  const int64_t failed = c->Insert(EmailArgs{"fail"})->job.id;
+  ASSERT_TRUE(log.WaitForJob(snoozed, Event::Kind::kJobSnoozed));
+  ASSERT_TRUE(log.WaitForJob(failed, Event::Kind::kJobFailed));
+  EXPECT_EQ(Get(*c, snoozed).scheduled_at, clock_->Now() + kMaxDelay);
+  EXPECT_EQ(Get(*c, failed).scheduled_at, clock_->Now() + kMaxDelay);
+
+  // "Wait as long as it takes": the running job finishes instead of being cancelled.
+  Signal started;
+  Signal release;
+  behaviour_->fn = [&](JobContext&, const EmailArgs&) {
+    started.Notify();
+    release.WaitFor();
+    return Outcome::Done();
+  };
+  const int64_t slow = c->Insert(EmailArgs{"slow"})->job.id;
+  ASSERT_TRUE(started.WaitFor());
+  auto stopped = std::async(std::launch::async, [&] { return c->Stop(Duration::max()); });
+  EXPECT_EQ(stopped.wait_for(50ms), std::future_status::timeout);
+  release.Notify();
+  EXPECT_TRUE(stopped.get().ok());
+  EXPECT_EQ(Get(*c, slow).state, JobState::kCompleted);
+}
+
+class ThrowingRetry final : public RetryPolicy {
+ public:
+  Duration NextRetry(const JobRow&) const override { throw std::runtime_error("policy bug"); }
+};
+
+// User code the runtime calls outside Work (retry policy, logger, subscriber) may throw: the
+// client logs it and goes on, where the exception used to end the process.
+TEST_F(ClientTest, ExceptionsFromHooksLoggersAndSubscribersAreContained) {
+  ClientOptions o = Options();
+  o.retry_policy = std::make_shared<ThrowingRetry>();
+  auto lines = std::make_shared<std::vector<std::string>>();
+  auto mu = std::make_shared<std::mutex>();
+  o.logger = [lines, mu](LogLevel level, std::string_view message) {
+    {
+      std::lock_guard lock(*mu);
+      lines->emplace_back(message);
+    }
+    if (level == LogLevel::kWarn) throw std::runtime_error("logger bug");
+  };
+  auto c = Open(o);
+  ASSERT_TRUE(c && c->Start().ok());
+  EventLog log(*c);
+  c->Subscribe([](const Event&) { throw 42; });
+  behaviour_->fn = [](JobContext&, const EmailArgs&) { return Outcome::Fail("no"); };
+  const int64_t id = c->Insert(EmailArgs{"a@b"})->job.id;
+  ASSERT_TRUE(log.WaitForJob(id, Event::Kind::kJobFailed));  // the second subscriber still hears
+  const JobRow j = Get(*c, id);
+  EXPECT_EQ(j.state, JobState::kRetryable);
+  // DefaultRetryPolicy's delay for a first attempt: 1 s +-10%.
+  EXPECT_GE(j.scheduled_at - clock_->Now(), 900ms);
+  EXPECT_LE(j.scheduled_at - clock_->Now(), 1100ms);
+  EXPECT_TRUE(c->Stop(10s).ok());
+  std::lock_guard lock(*mu);
+  const auto has = [&](std::string_view text) {
+    return std::any_of(lines->begin(), lines->end(),
+                       [&](const std::string& l) { return l.find(text) != std::string::npos; });
+  };
+  EXPECT_TRUE(has("the client's RetryPolicy::NextRetry: std::runtime_error thrown: policy bug"));
+  EXPECT_TRUE(has("an event subscriber: non-standard exception thrown: int"));
+}
+
+TEST_F(ClientTest, PeriodicJobsAreCheckedWhenTheClientOpens) {
+  ClientOptions o = Options();
+  o.periodic_jobs.push_back(MakePeriodicJob("hourly", "@hourly", EmailArgs{"a@b"}));
+  o.periodic_jobs.back().args = "not json";
+  auto c = Client::Open(url_, o);
+  ASSERT_FALSE(c);
+  EXPECT_NE(c.error().message().find("periodic job \"hourly\": args are not a JSON object"),
+            std::string::npos)
+      << c.error().ToString();
+  // The kind's worker is asked, as Insert's callers can through CheckArgs.
+  o.periodic_jobs.back().args = R"({"message":"hi"})";
+  Workers w;
+  w.Add<EmailWorker>(behaviour_);
+  c = Client::Open(url_, o, std::move(w));
+  ASSERT_FALSE(c);
+  EXPECT_NE(c.error().message().find("periodic job \"hourly\": cannot parse args of kind email"),
+            std::string::npos)
+      << c.error().ToString();
+  // Only a client that works queues enqueues them.
+  o.periodic_jobs.back().args = R"({"to":"a@b"})";
+  o.queues.clear();
+  c = Client::Open(url_, o);
+  ASSERT_FALSE(c);
+  EXPECT_NE(c.error().message().find("periodic_jobs are enqueued by a client that works queues"),
+            std::string::npos)
+      << c.error().ToString();
+}
+
+TEST_F(ClientTest, ValidateInsertOptionsChecksTheUniqueOptions) {
+  InsertOptions o;
+  o.unique = UniqueOptions{};
+  EXPECT_TRUE(ValidateInsertOptions(o).ok());
+  o.unique->by_states = {JobState::kAvailable};
+  EXPECT_TRUE(ValidateInsertOptions(o).IsInvalidArgument());
+  o.unique = UniqueOptions{.by_args_fields = {"id"}};
+  EXPECT_TRUE(ValidateInsertOptions(o).IsInvalidArgument());
+  o.unique = UniqueOptions{.by_period = -1s};
+  EXPECT_TRUE(ValidateInsertOptions(o).IsInvalidArgument());
+}
+
+// A finished unique job whose key a newer duplicate holds cannot be retried: said in words, not
+// as the unique index's error.
+TEST_F(ClientTest, RetryOfAUniqueJobWhoseKeyIsTakenSaysWhy) {
+  auto c = Open(Options());
+  ASSERT_TRUE(c);
+  InsertOptions o;
+  o.unique = UniqueOptions{
+      .by_args = true,
+      .by_states = {JobState::kAvailable, JobState::kPending, JobState::kRunning,
+                    JobState::kRetryable, JobState::kScheduled, JobState::kCompleted}};
+  const int64_t first = c->Insert(EmailArgs{"a@b"}, o)->job.id;
+  ASSERT_TRUE(c->JobCancel(first));  // final, and cancelled is not in by_states
+  const auto second = c->Insert(EmailArgs{"a@b"}, o);
+  ASSERT_TRUE(second && !second->duplicate);
+  const auto retried = c->JobRetry(first);
+  ASSERT_FALSE(retried);
+  EXPECT_TRUE(retried.error().IsFailedPrecondition()) << retried.error().ToString();
+  EXPECT_NE(retried.error().message().find(fmt::format(
+                "job {} cannot be retried: it is a unique job, and another job of kind \"email\" "
+                "with its unique key is waiting or running",
+                first)),
+            std::string::npos)
+      << retried.error().ToString();
+}
+
+}  // namespace
+}  // namespace spool

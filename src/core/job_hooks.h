@@ -1,0 +1,25 @@
+#pragma once
+
+#include <optional>
+#include <string_view>
+
+#include "spool/options.h"
+#include "spool/worker.h"
+
+namespace spool::internal {
+
+// `d` within 0..kMaxDelay: the delays user code returns are added to the current time.
+Duration ClampDelay(Duration d);
+
+// How long one attempt of `job` may run: its worker's Timeout, else `options.job_timeout` (also
+// when Timeout throws, which is logged), at most kMaxDelay; zero means no limit. The runner and
+// the rescuer ask the same question, so they must get the same answer.
+Duration JobTimeout(const WorkerBase* worker, const ClientOptions& options, const JobRow& job,
+                    const Logger& logger);
+
+// The delay before a failed `job`'s next attempt: its worker's NextRetry, else `policy`'s, else
+// (when both throw, logged) DefaultRetryPolicy's; within 0..kMaxDelay.
+Duration RetryDelay(const WorkerBase* worker, const RetryPolicy& policy, const JobRow& job,
+                    const Logger& logger);
+
+}  // namespace spool::internal
