@@ -48,8 +48,9 @@ class AppDb {
   // The first column of every row of `sql`.
   virtual std::vector<std::string> Column(const std::string& sql) = 0;
   // Begins a transaction that no other `spool migration` run on this database can be inside at
-  // the same time, until it commits or rolls back.
+  // the same time, until EndExclusive (after its COMMIT or ROLLBACK).
   virtual void BeginExclusive() = 0;
+  virtual void EndExclusive() {}
 };
 
 class SqliteAppDb final : public AppDb {
@@ -129,11 +130,21 @@ class PostgresAppDb final : public AppDb {
     PQclear(res);
     return out;
   }
-  // A transaction-scoped advisory lock, released by COMMIT or ROLLBACK (the key is arbitrary,
-  // and differs from the one spool's own migrations take).
+  // A session advisory lock taken before BEGIN (the key is arbitrary, and differs from the one
+  // spool's own migrations take): a transaction that waited for a lock taken inside it would
+  // still see the catalog as it was before the wait, and create spool_app_migration twice.
   void BeginExclusive() override {
-    Exec("BEGIN");
-    Exec("SELECT pg_advisory_xact_lock(7312960410723456001)");
+    Exec("SELECT pg_advisory_lock(7312960410723456001)");
+    try {
+      Exec("BEGIN");
+    } catch (const CommandError&) {
+      EndExclusive();
+      throw;
+    }
+  }
+  void EndExclusive() override {
+    if (PQstatus(conn_->get()) != CONNECTION_OK) return;  // the session and its lock are gone
+    PQclear(PQexec(conn_->get(), "SELECT pg_advisory_unlock(7312960410723456001)"));
   }
 
  private:
@@ -216,11 +227,33 @@ std::string Now() {
   return FormatTime(std::chrono::time_point_cast<Duration>(std::chrono::system_clock::now()));
 }
 
+// Runs `fn` inside db's exclusive transaction: commits when it returns, rolls back when it
+// throws, and ends the exclusion either way.
+template <typename Fn>
+void Exclusively(AppDb& db, Fn fn) {
+  db.BeginExclusive();
+  try {
+    fn();
+    db.Exec("COMMIT");
+  } catch (const CommandError&) {
+    try {
+      db.Exec("ROLLBACK");
+    } catch (const CommandError&) {  // the first error is the one to report
+    }
+    db.EndExclusive();
+    throw;
+  }
+  db.EndExclusive();
+}
+
+// Under the exclusion: racing runs would both try to create it.
 void EnsureTable(AppDb& db) {
-  db.Exec(
-      fmt::format("CREATE TABLE IF NOT EXISTS {} (version TEXT PRIMARY KEY, name TEXT NOT NULL, "
-                  "applied_at TEXT NOT NULL)",
-                  kTable));
+  Exclusively(db, [&] {
+    db.Exec(
+        fmt::format("CREATE TABLE IF NOT EXISTS {} (version TEXT PRIMARY KEY, name TEXT NOT NULL, "
+                    "applied_at TEXT NOT NULL)",
+                    kTable));
+  });
 }
 
 std::map<std::string, std::string> Applied(AppDb& db) {
@@ -245,23 +278,18 @@ bool IsApplied(AppDb& db, const std::string& version) {
 // (another node's deploy) did this step since this one listed what to do: false then.
 bool RunInTx(AppDb& db, const std::string& sql, const std::string& track, const AppMigration& m,
              bool applied_before) {
-  db.BeginExclusive();
+  bool ran = false;
   try {
-    if (IsApplied(db, m.version) != applied_before) {
-      db.Exec("ROLLBACK");
-      return false;
-    }
-    db.Exec(sql);
-    db.Exec(track);
-    db.Exec("COMMIT");
-    return true;
+    Exclusively(db, [&] {
+      if (IsApplied(db, m.version) != applied_before) return;  // nothing written: commits nothing
+      db.Exec(sql);
+      db.Exec(track);
+      ran = true;
+    });
   } catch (const CommandError& e) {
-    try {
-      db.Exec("ROLLBACK");
-    } catch (const CommandError&) {
-    }
     throw CommandError(fmt::format("{}: {}; rolled back", m.path, e.what()));
   }
+  return ran;
 }
 
 // False if another run applied it first.

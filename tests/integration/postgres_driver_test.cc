@@ -1030,6 +1030,40 @@ TEST_F(PostgresDriverTest, UniqueInsertWaitsForAConcurrentTransactionHoldingTheK
   EXPECT_FALSE((*after_rollback)[0].duplicate) << "the holder rolled back: the key is free";
 }
 
+// Several `migration up`s on a database without spool's tables, as deploys of several nodes
+// run them: each step is applied once and every run succeeds. Each driver has read the schema
+// version first (as Client::Open and the command do), which left its session a cached "no
+// spool_migration" that a lock taken inside the transaction did not refresh.
+TEST_F(PostgresDriverTest, RacingMigrationsOnAFreshSchemaApplyEachStepOnce) {
+  ASSERT_NE(driver_, nullptr);
+  std::vector<std::unique_ptr<Driver>> drivers;
+  for (int i = 0; i < 4; ++i) {
+    auto d = Driver::Open(url_, DriverOptions{});
+    ASSERT_TRUE(d.has_value()) << d.error().ToString();
+    drivers.push_back(std::move(*d));
+  }
+  const int latest = LatestVersion(*driver_);
+  for (int round = 0; round < 3; ++round) {
+    ASSERT_TRUE(driver_->MigrateDown(0).ok());
+    for (auto& d : drivers) {
+      auto v = d->SchemaVersion();
+      ASSERT_TRUE(v.has_value()) << v.error().ToString();
+      ASSERT_EQ(*v, 0);
+    }
+    std::vector<std::thread> threads;
+    std::vector<Status> results(drivers.size());
+    for (size_t i = 0; i < drivers.size(); ++i) {
+      threads.emplace_back([&, i] { results[i] = drivers[i]->MigrateUp(latest); });
+    }
+    for (auto& th : threads) th.join();
+    for (const Status& st : results)
+      EXPECT_TRUE(st.ok()) << "round " << round << ": " << st.ToString();
+    auto v = driver_->SchemaVersion();
+    ASSERT_TRUE(v.has_value());
+    EXPECT_EQ(*v, latest);
+  }
+}
+
 TEST_F(PostgresDriverTest, RacingElectorsElectExactlyOneLeader) {
   ASSERT_NE(driver_, nullptr);
   std::unique_ptr<Driver> other = OpenAt(url_);

@@ -1830,23 +1830,34 @@ class PostgresDriver final : public Driver {
 
   // One migration step in its own transaction, serialised across processes by an advisory lock
   // (per schema) and re-checked under it, so concurrent `migration up`s apply each step once.
+  // The lock is the session's, taken before BEGIN: a transaction that waited for a lock taken
+  // inside it still holds the catalog caches of before the wait, and a negative entry for
+  // spool_migration there made a racing first `migration up` create it a second time.
   Status Apply(const Migration& m, bool up) {
     SPOOL_ASSIGN_OR_RETURN(Lease lease, pool_.Acquire());
     Conn& c = *lease;
-    SPOOL_RETURN_IF_ERROR(c.Exec("BEGIN"));
+    static constexpr std::string_view kKey = "hashtext(coalesce(current_schema(), '') || '.spool')";
+    SPOOL_RETURN_IF_ERROR(
+        c.Query("", fmt::format("SELECT pg_advisory_lock({})", kKey), {}).status());
+    auto unlock = [&] {
+      if (c.ok()) (void)c.Query("", fmt::format("SELECT pg_advisory_unlock({})", kKey), {});
+    };
+    if (Status begin = c.Exec("BEGIN"); !begin.ok()) {
+      unlock();
+      return begin;
+    }
     auto fail = [&](const Status& s) {
       if (c.ok()) (void)c.Exec("ROLLBACK");
+      unlock();
       return s.WithContext(
           fmt::format("migration {} {} ({})", up ? "up" : "down", m.version, m.name));
     };
-    Result<PgResult> lock = c.Query(
-        "", "SELECT pg_advisory_xact_lock(hashtext(coalesce(current_schema(), '') || '.spool'))",
-        {});
-    if (!lock) return fail(lock.error());
     Result<int> current = VersionOn(c);
     if (!current) return fail(current.error());
     if (up ? *current >= m.version : *current < m.version) {
-      return c.Exec("ROLLBACK");  // already done by someone else
+      Status rollback = c.Exec("ROLLBACK");  // already done by someone else
+      unlock();
+      return rollback;
     }
     if (!up) {
       Result<PgResult> del =
@@ -1863,6 +1874,7 @@ class PostgresDriver final : public Driver {
     }
     Status commit = c.Exec("COMMIT");
     if (!commit.ok()) return fail(commit);
+    unlock();
     return Status::Ok();
   }
 
