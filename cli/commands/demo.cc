@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <mutex>
+#include <random>
 #include <set>
 #include <thread>
 
@@ -141,8 +142,13 @@ void RunDemo(DemoConfig cfg) {
       .Add<ChargeCardWorker>()
       .Add<SyncInventoryWorker>()
       .Add<NightlyReportWorker>();
+  // Queues of its own, as bench has: on a database other apps use, their nodes would take the
+  // demo's jobs (and fail them, having no worker for the kinds) and it would take theirs.
+  std::random_device rd;
+  const std::string main_queue = fmt::format("spool_demo_{:06x}", rd() & 0xffffffu);
+  const std::string mail_queue = main_queue + "_mail";
   ClientOptions options;
-  options.queues = {{"default", {.max_workers = 20}}, {"mail", {.max_workers = 10}}};
+  options.queues = {{main_queue, {.max_workers = 20}}, {mail_queue, {.max_workers = 10}}};
   options.schedule_interval = 100ms;
   options.auto_migrate = true;
   // Its failures are by design and shown in the counts; a warning for each would bury them.
@@ -163,25 +169,29 @@ void RunDemo(DemoConfig cfg) {
       case 2:
       case 3:
         batch.push_back(InsertParams::From(
-            SendEmailArgs{fmt::format("user{}@example.com", i), "Welcome"}, {.queue = "mail"}));
+            SendEmailArgs{fmt::format("user{}@example.com", i), "Welcome"}, {.queue = mail_queue}));
         break;
       case 4:
       case 5:
       case 6:
-        batch.push_back(InsertParams::From(ResizeImageArgs{fmt::format("img/{}.png", i), 640}));
+        batch.push_back(InsertParams::From(ResizeImageArgs{fmt::format("img/{}.png", i), 640},
+                                           {.queue = main_queue}));
         break;
       case 7:
       case 8:
-        batch.push_back(InsertParams::From(ChargeCardArgs{100 + i}, {.priority = 2}));
+        batch.push_back(
+            InsertParams::From(ChargeCardArgs{100 + i}, {.queue = main_queue, .priority = 2}));
         break;
       default:
         if (i % 100 == 9) {
-          batch.push_back(
-              InsertParams::From(SyncInventoryArgs{fmt::format("SKU-{}", i)}, {.max_attempts = 3}));
+          batch.push_back(InsertParams::From(SyncInventoryArgs{fmt::format("SKU-{}", i)},
+                                             {.queue = main_queue, .max_attempts = 3}));
         } else if (i % 100 == 19) {
-          batch.push_back(InsertParams{"legacy_cleanup", "{}", {.max_attempts = 2}});
+          batch.push_back(
+              InsertParams{"legacy_cleanup", "{}", {.queue = main_queue, .max_attempts = 2}});
         } else {
           InsertOptions o;
+          o.queue = main_queue;
           o.scheduled_at = now + 2s;
           batch.push_back(InsertParams::From(NightlyReportArgs{fmt::format("day-{}", i)}, o));
         }
@@ -189,14 +199,18 @@ void RunDemo(DemoConfig cfg) {
   }
   auto inserted = client.InsertMany(std::move(batch));
   if (!inserted) throw CommandError(inserted.error());
-  fmt::print("inserted {} jobs in one batch\n", inserted->size());
+  fmt::print("inserted {} jobs in one batch into queues {} and {}\n", inserted->size(), main_queue,
+             mail_queue);
 
   std::map<JobState, int64_t> counts;
   const auto deadline = std::chrono::steady_clock::now() + 60s;
   for (;;) {
-    auto c = client.JobCountByState();
-    if (!c) throw CommandError(c.error());
-    counts = *c;
+    counts.clear();
+    for (const std::string& queue : {main_queue, mail_queue}) {
+      auto c = client.JobCountByState(queue);
+      if (!c) throw CommandError(c.error());
+      for (const auto& [state, n] : *c) counts[state] += n;
+    }
     fmt::print("  {}\n", CountsLine(counts));
     if (AllFinal(counts)) break;
     if (std::chrono::steady_clock::now() > deadline)
@@ -206,7 +220,8 @@ void RunDemo(DemoConfig cfg) {
   if (Status st = client.Stop(10s); !st.ok()) throw CommandError(st);
 
   fmt::print("\nfinal counts: {}\n", CountsLine(counts));
-  auto discarded = client.JobList({.states = {JobState::kDiscarded}, .limit = 2});
+  auto discarded =
+      client.JobList({.states = {JobState::kDiscarded}, .queue = main_queue, .limit = 2});
   if (discarded) {
     for (const auto& job : *discarded) {
       fmt::print("discarded job #{} ({}), {} attempts:\n", job.id, job.kind, job.attempt);

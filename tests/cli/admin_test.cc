@@ -602,6 +602,20 @@ TEST_F(AdminTest, QueuesListPauseResume) {
             "shows the others); nothing changed\n");
 }
 
+// The demo on a database an app uses works only its own jobs, in queues of its own, and counts
+// only those: it used to take the app's default-queue jobs (and they its).
+TEST_F(AdminTest, DemoOnASharedDatabaseLeavesTheAppsJobsAlone) {
+  const int64_t app_job = Add({"send_email", "--args", R"({"message":"hi"})"})["id"];
+  CliRun r = Run({"demo", "--jobs", "100"});
+  ASSERT_EQ(r.code, 0) << r.err << r.out;
+  EXPECT_NE(r.out.find("inserted 100 jobs in one batch into queues spool_demo_"), std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("final counts: completed"), std::string::npos) << r.out;
+  const JobRow mine = *client_->JobGet(app_job);
+  EXPECT_EQ(mine.state, JobState::kAvailable);
+  EXPECT_EQ(mine.attempt, 0);
+}
+
 // Retrying a completed job runs its work a second time: the line says so.
 TEST_F(AdminTest, RetryOfACompletedJobSaysItRunsAgain) {
   const int64_t id = Add({"k"})["id"];
