@@ -192,7 +192,21 @@ void Maintenance::Elect(TimePoint now) {
   auto& ex = env_.driver.executor();
   const LeaderElectParams p{
       .leader_id = env_.client_id, .now = now, .ttl = env_.options.leader_ttl};
-  const bool was = is_leader();
+  // `believed`: this client last heard it leads; `was`: its lease has not run out since. A
+  // leader that stalled past its lease (a stopped process, a stuck write) has lost leadership
+  // even if nothing here saw it go, and says so before anything else.
+  bool believed = false;
+  bool was = false;
+  {
+    std::lock_guard lock(mu_);
+    believed = leader_;
+    was = leader_ && now < lease_until_;
+  }
+  if (believed && !was) {
+    Log(LogLevel::kInfo,
+        "this client lost leadership: its lease ran out before it could renew it (was the process "
+        "stopped, or the database slow?)");
+  }
   auto r = was ? ex.LeaderAttemptReelect(p) : ex.LeaderAttemptElect(p);
   if (!r) {
     trouble_at_ = now;

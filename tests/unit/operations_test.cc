@@ -453,6 +453,12 @@ TEST_F(OperationsTest, LeaderWhoseRenewalIsStuckStopsLeadingWhenItsLeaseRunsOut)
   auto o = Options();
   o.leader_ttl = 15s;
   o.sqlite.busy_timeout = 60s;  // the renewal waits on the lock instead of failing
+  auto lines = std::make_shared<std::vector<std::string>>();
+  auto mu = std::make_shared<std::mutex>();
+  o.logger = [lines, mu](LogLevel, std::string_view message) {
+    std::lock_guard lock(*mu);
+    if (message.find("leader") != std::string_view::npos) lines->emplace_back(message);
+  };
   auto c = Open(o);
   ASSERT_TRUE(c->Start().ok());
   ASSERT_TRUE(Eventually([&] { return c->IsLeader(); }));
@@ -471,6 +477,14 @@ TEST_F(OperationsTest, LeaderWhoseRenewalIsStuckStopsLeadingWhenItsLeaseRunsOut)
   EXPECT_TRUE(Eventually([&] { return c->IsLeader(); }))
       << "not re-elected once the lock was freed";
   ASSERT_TRUE(c->Stop(10s).ok());
+  // Its log says it lost leadership before it says it leads again: without that line, two nodes'
+  // logs read as two leaders.
+  std::lock_guard lock(*mu);
+  ASSERT_GE(lines->size(), 3u);
+  EXPECT_EQ((*lines)[0], "this client is now the leader");
+  EXPECT_EQ((*lines)[1].rfind("this client lost leadership: its lease ran out", 0), 0u)
+      << (*lines)[1];
+  EXPECT_EQ((*lines)[2], "this client is now the leader");
 }
 
 TEST_F(OperationsTest, JobRunningPastItsTimeoutOnALiveClientIsRescued) {
