@@ -107,10 +107,14 @@ void RegisterMigration(CLI::App& app) {
     }
     const std::optional<int> to = SpoolTarget(*target);
     if (!*force) {
-      // Down to version 0 drops spool_job with whatever it holds.
+      // Down to version 0 drops spool_job with whatever it holds; any step breaks running
+      // clients, which need the version they were built for.
       auto infos = MigrationStatus(u);
       const int current = infos ? AppliedVersion(*infos) : 0;
-      if (current > 0 && (to ? *to == 0 : current == 1)) RefuseToDropSpoolTablesInUse(u);
+      const int target_version = to ? *to : current - 1;
+      if (current > 0 && target_version < current) {
+        RefuseToDropSpoolTablesInUse(u, /*drops_tables=*/target_version <= 0);
+      }
     }
     Check(MigrateDown(u, to));
     PrintStatus(u);

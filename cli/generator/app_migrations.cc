@@ -448,7 +448,7 @@ int AppliedVersion(const std::vector<MigrationInfo>& infos) {
   return current;
 }
 
-void RefuseToDropSpoolTablesInUse(const std::string& url) {
+void RefuseToDropSpoolTablesInUse(const std::string& url, bool drops_tables) {
   // Plain SQL rather than a Client: it must read every schema version a down passes through.
   std::vector<std::string> live;
   std::vector<std::string> rows;
@@ -472,12 +472,14 @@ void RefuseToDropSpoolTablesInUse(const std::string& url) {
   }
   if (!live.empty() && live.front() != "0") {
     throw CommandError(fmt::format(
-        "{} client(s) of the job queue sent a heartbeat in the last minute (running apps): "
-        "dropping spool's tables under them fails their every call until the tables are back. "
-        "Stop them first, or run again with --force; nothing was reverted",
-        live.front()));
+        "{} client(s) of the job queue sent a heartbeat in the last minute (running apps): {} "
+        "under them fails their every call until {}. Stop them first, or run again with --force; "
+        "nothing was reverted",
+        live.front(),
+        drops_tables ? "dropping spool's tables" : "taking spool's schema back a version",
+        drops_tables ? "the tables are back" : "it is migrated up again"));
   }
-  if (rows.empty()) return;
+  if (!drops_tables || rows.empty()) return;
   int64_t total = 0;
   for (const auto& row : rows) total += std::stoll(row.substr(row.rfind(' ') + 1));
   std::string by_state;
@@ -513,7 +515,7 @@ void AppMigrateDown(const fs::path& root, const std::string& url,
   }
   if (!force && std::any_of(reverting.begin(), reverting.end(),
                             [](const AppMigration* m) { return m->queue; })) {
-    RefuseToDropSpoolTablesInUse(url);
+    RefuseToDropSpoolTablesInUse(url, /*drops_tables=*/true);
   }
   for (const AppMigration* m : reverting) ApplyDown(*db, root, url, *m);
   fmt::print("{} migration(s) reverted\n", reverting.size());

@@ -45,11 +45,12 @@ int AppliedVersion(const std::vector<MigrationInfo>& infos);
 std::string SchemaVersionText(const std::vector<MigrationInfo>& infos);
 
 // Throws CommandError when spool's tables at `url` are in use: a client of the queue sent a
-// heartbeat in the last minute (it would fail every call until the tables are back), or jobs
-// are not in a final state (available, scheduled, running, retryable, pending), which dropping
-// the tables would lose. The message counts them and names --force. Checks nothing when there
-// are no spool tables.
-void RefuseToDropSpoolTablesInUse(const std::string& url);
+// heartbeat in the last minute (it would fail every call until the tables are back, or, for a
+// down step that keeps them, until the schema is migrated up again), or, when `drops_tables`,
+// jobs are not in a final state (available, scheduled, running, retryable, pending), which
+// dropping the tables would lose. The message counts them and names --force. Checks nothing
+// when there are no spool tables.
+void RefuseToDropSpoolTablesInUse(const std::string& url, bool drops_tables);
 void AppMigrationStatus(const std::filesystem::path& root, const std::string& url);
 
 // `spool migration create NAME`: database/migrations/<timestamp>_NAME.sql with empty Up and

@@ -522,6 +522,30 @@ TEST_F(CommandsTest, AppMigrationsRunInOrderTrackedAndRevert) {
   EXPECT_NE(r.out.find("2 migration(s) applied"), std::string::npos) << r.out;
 }
 
+// Outside an app, any step down under a running client is refused (it needs the version it was
+// built for), not only the one that drops the tables.
+TEST_F(CommandsTest, MigrationDownOfOneStepUnderARunningClientIsRefused) {
+  const std::string url = "sqlite://" + (tmp_.path() / "x.db").string();
+  ASSERT_EQ(Spool({"migration", "up", "--database-url", url}).code, 0);
+  spool::ClientOptions options;
+  options.queues["default"] = {.max_workers = 1};
+  auto running = spool::Client::Open(url, std::move(options));
+  ASSERT_TRUE(running) << running.error().ToString();
+  ASSERT_TRUE((*running)->Start().ok());
+  CliRun r = Spool({"migration", "down", "--database-url", url});
+  EXPECT_EQ(r.code, kExitFailed);
+  EXPECT_NE(r.err.find("1 client(s) of the job queue sent a heartbeat in the last minute (running "
+                       "apps): taking spool's schema back a version under them fails their every "
+                       "call until it is migrated up again"),
+            std::string::npos)
+      << r.err;
+  ASSERT_TRUE((*running)->Stop(std::chrono::seconds(10)).ok());
+  r = Spool({"migration", "down", "--database-url", url, "--force"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("version 2 of 3"), std::string::npos) << r.out;
+  EXPECT_EQ(Spool({"migration", "up", "--database-url", url}).code, 0);
+}
+
 TEST_F(CommandsTest, AppMigrationFailureRollsBackAndStops) {
   NewApp();
   ASSERT_EQ(Spool({"gen", "queue"}).code, 0);
