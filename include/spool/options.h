@@ -121,6 +121,8 @@ struct PeriodicJob {
 };
 
 // How long finalized jobs are kept before the cleaner deletes them; negative keeps them forever.
+// How long finished jobs are kept before the cleaner deletes them: up to kMaxDelay, or negative
+// to keep them for ever.
 struct RetentionOptions {
   Duration completed = std::chrono::hours(24);
   Duration cancelled = std::chrono::hours(24);

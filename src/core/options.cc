@@ -152,6 +152,17 @@ Status ValidateClientOptions(const ClientOptions& opts) {
         "no timeout",
         opts.job_timeout.count()));
   }
+  for (const auto& [field, d] :
+       {std::pair<std::string_view, Duration>{"completed", opts.retention.completed},
+        {"cancelled", opts.retention.cancelled},
+        {"discarded", opts.retention.discarded}}) {
+    if (d > kMaxDelay) {
+      return Status::InvalidArgument(fmt::format(
+          "ClientOptions.retention.{} is {}us: at most 100 years (kMaxDelay), or negative to keep "
+          "those jobs for ever",
+          field, d.count()));
+    }
+  }
   if (opts.sqlite.busy_timeout > kMaxDelay) {
     return Status::InvalidArgument("ClientOptions.sqlite.busy_timeout is over 100 years");
   }

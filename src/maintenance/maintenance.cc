@@ -114,9 +114,18 @@ void Maintenance::Stop() {
   }
   // Resigning lets another process take over at once instead of after the lease runs out.
   if (was_leader) {
-    if (Status st = ex.LeaderResign(env_.client_id); !st.ok()) Log(LogLevel::kWarn, st.ToString());
+    if (Status st = ex.LeaderResign(env_.client_id); !st.ok()) {
+      Log(LogLevel::kWarn,
+          "stopping: could not resign leadership (another client leads once the lease runs "
+          "out): " +
+              st.ToString());
+    }
   }
-  if (Status st = ex.ClientDelete(env_.client_id); !st.ok()) Log(LogLevel::kWarn, st.ToString());
+  if (Status st = ex.ClientDelete(env_.client_id); !st.ok()) {
+    Log(LogLevel::kWarn,
+        "stopping: could not remove this client's heartbeat row (the cleaner removes it later): " +
+            st.ToString());
+  }
 }
 
 bool Maintenance::is_leader() const {
@@ -371,12 +380,14 @@ void Maintenance::Clean(TimePoint now) {
       auto n = ex.JobDeleteFinalized(
           {.state = state, .finalized_before = now - keep, .max = kCleanBatch});
       if (!n) {
-        Log(LogLevel::kWarn, "cleaner failed: " + n.error().ToString());
+        // One line a period while it fails, and one when it works again, as the other loops.
+        clean_failures_.Failed(env_.logger, n.error());
         return;
       }
       if (*n < kCleanBatch) break;
     }
   }
+  clean_failures_.Succeeded(env_.logger);
   if (auto n = ex.ClientDeleteStale(now - kClientRowRetention); !n) {
     Log(LogLevel::kWarn, "cleaner: removing old client rows failed: " + n.error().ToString());
   }

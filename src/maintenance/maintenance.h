@@ -79,6 +79,7 @@ class Maintenance {
   FailureLog heartbeat_failures_{"heartbeat"};
   FailureLog elect_failures_{"leader election"};
   FailureLog rescue_failures_{"rescuer: listing stuck jobs"};
+  FailureLog clean_failures_{"cleaner: deleting old finished jobs"};
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

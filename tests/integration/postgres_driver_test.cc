@@ -139,12 +139,26 @@ TEST(PostgresOpenTest, AUrlLibpqCannotParseIsReportedWithoutThePassword) {
     ASSERT_FALSE(d.has_value()) << url;
     EXPECT_EQ(d.error().message().find("s3cr3t-pw"), std::string::npos) << d.error().ToString();
   }
-  // The message still says what is wrong.
+  // The message still says what is wrong, libpq's own quoted marks included.
   auto d = Driver::Open("postgres://spool:s3cr3t-pw@[::1:1/spool_test", DriverOptions{});
   ASSERT_FALSE(d.has_value());
   EXPECT_TRUE(d.error().IsInvalidArgument()) << d.error().ToString();
   EXPECT_NE(d.error().message().find("cannot be parsed"), std::string::npos)
       << d.error().ToString();
+  EXPECT_NE(d.error().message().find("matching \"]\" in IPv6 host address"), std::string::npos)
+      << d.error().ToString();
+  // Values libpq parses but cannot use are the url's fault too: InvalidArgument, not an outage.
+  for (const char* url : {"postgres://spool:s3cr3t-pw@127.0.0.1:abc/db",
+                          "postgres://spool:s3cr3t-pw@127.0.0.1:99999/db",
+                          "postgres://spool:s3cr3t-pw@127.0.0.1:1/db?sslmode=bogus",
+                          "postgres://spool:s3cr3t-pw@127.0.0.1:1/db?connect_timeout=abc"}) {
+    auto bad = Driver::Open(url, DriverOptions{});
+    ASSERT_FALSE(bad.has_value()) << url;
+    EXPECT_TRUE(bad.error().IsInvalidArgument()) << url << ": " << bad.error().ToString();
+    EXPECT_NE(bad.error().message().find("has a value libpq cannot use"), std::string::npos)
+        << bad.error().ToString();
+    EXPECT_EQ(bad.error().message().find("s3cr3t-pw"), std::string::npos) << bad.error().ToString();
+  }
 }
 
 // Passwords with characters a url must percent-encode: libpq quotes the bad token, or reads part

@@ -44,14 +44,22 @@ std::string UnparseableUrlText(const char* err) {
   for (std::string_view cut : {" in URI:", " in connection info string"}) {
     if (const size_t at = text.find(cut); at != std::string::npos) text.erase(at);
   }
+  // A quoted single punctuation mark (`matching "]" in IPv6 host address`) is libpq's own word,
+  // not the url's, and is kept; any other quoted fragment becomes "...".
   std::string kept;
-  bool quoted = false;
-  for (const char c : text) {
-    if (c == '"') {
-      quoted = !quoted;
-    } else if (!quoted) {
-      kept += c;
+  size_t i = 0;
+  while (i < text.size()) {
+    if (text[i] != '"') {
+      kept += text[i++];
+      continue;
     }
+    const size_t close = text.find('"', i + 1);
+    if (close == std::string::npos) break;  // an unclosed quote: drop the rest
+    const std::string_view inside(text.data() + i + 1, close - i - 1);
+    const bool mark =
+        inside.size() == 1 && std::string_view("[]/@?=:&#").find(inside[0]) != std::string::npos;
+    kept += mark ? fmt::format("\"{}\"", inside) : std::string("\"...\"");
+    i = close + 1;
   }
   while (!kept.empty() && (kept.back() == ' ' || kept.back() == ':')) kept.pop_back();
   return kept.empty() ? "libpq could not parse it" : kept;
@@ -162,6 +170,15 @@ Result<std::unique_ptr<Conn>> Conn::Connect(const std::string& url, const std::s
       raw, [](void*, const char*) {}, nullptr);
   if (PQstatus(raw) != CONNECTION_OK) {
     const std::string text = ConnErrorText(raw);
+    // A value libpq cannot use (port=abc, sslmode=bogus): the url is wrong, and no retry helps.
+    const auto has = [&](std::string_view part) { return text.find(part) != std::string::npos; };
+    if (has("for connection option") ||
+        (has("invalid ") && (has(" value: ") || has("invalid port number")))) {
+      return Status::InvalidArgument(
+          fmt::format("the PostgreSQL url {} has a value libpq cannot use: {} "
+                      "(postgres://user:password@host:port/db?option=value)",
+                      UrlWithoutPassword(url), text));
+    }
     if (const std::string hint = RefusalHint(raw, text); !hint.empty()) {
       return Status::InvalidArgument(
           fmt::format("PostgreSQL at {} refused the connection: {} ({})", target, text, hint));
