@@ -414,8 +414,23 @@ void RunAdd(const AddFlags& f) {
   }
 
   auto client = OpenClient(f.url);
+  // A mistyped queue would pass silently and the job wait for ever: say when no job or process
+  // has used the queue before (as queues pause does). No note when the list cannot be read.
+  bool known_queue = params.options.queue == kDefaultQueue;  // which every app works
+  if (!known_queue) {
+    auto queues = client->QueueList();
+    known_queue = !queues || std::any_of(queues->begin(), queues->end(), [&](const QueueInfo& q) {
+      return q.name == params.options.queue;
+    });
+  }
   auto res = client->InsertRaw(std::move(params));
   if (!res) throw CommandError(res.error());
+  if (!known_queue) {
+    fmt::print(stderr,
+               "note: no job or process had used queue {} before (spool queues list shows the "
+               "others): the job waits until a client works that queue\n",
+               res->job.queue);
+  }
   if (f.json) {
     Json out = JobToJson(res->job);
     out["duplicate"] = res->duplicate;

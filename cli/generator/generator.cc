@@ -599,8 +599,12 @@ Generated PlanQueue(const AppInfo& app, const QueueOptions& options) {
   plan.Edit(std::string(kCMakePath), *cmake_text, new_cmake);
 
   out.summary = fmt::format("set up the job queue ({})", DbTitle(app.db));
+  // An app that has jobs already (gen queue --force) is not told to add the sample one.
+  std::vector<std::string> said_above;  // RenderRegistry's scan has noted them
+  const bool has_jobs = !ScanJobs(plan, said_above).empty();
   out.next_steps = {
-      "spool gen job send_email    (a job: jobs/send_email.{h,cc} and its test)",
+      has_jobs ? "spool gen job NAME    (another job: jobs/NAME.{h,cc} and its test)"
+               : "spool gen job send_email    (a job: jobs/send_email.{h,cc} and its test)",
       fmt::format("spool migration up    (creates the queue tables in {})",
                   UrlWithoutPassword(app.database_url)),
       fmt::format("spool serve    (spool {} must be installed where CMake finds it, e.g. "

@@ -205,6 +205,18 @@ TEST_F(AdminTest, HumanOutput) {
   EXPECT_EQ(Run({"jobs", "list", "--state", "completed"}).out, "no jobs\n");
 }
 
+// A queue nobody has used is named (a typo there leaves the job waiting for ever); a known one is
+// not.
+TEST_F(AdminTest, AddToAQueueNobodyUsedSaysSo) {
+  CliRun r = Run({"jobs", "add", "k", "--queue", "mial"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("note: no job or process had used queue mial before"), std::string::npos)
+      << r.err;
+  r = Run({"jobs", "add", "k", "--queue", "mial"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.err, "");
+}
+
 TEST_F(AdminTest, ListFilters) {
   Add({"a", "--queue", "q1"});
   Add({"b", "--queue", "q2"});
