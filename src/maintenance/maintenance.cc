@@ -39,12 +39,6 @@ Duration MissedGrace(const ClientOptions& o) {
 }  // namespace
 
 Status ValidatePeriodicJobs(const ClientOptions& opts, const Workers& workers) {
-  if (!opts.periodic_jobs.empty() && opts.queues.empty()) {
-    // Only a started client enqueues them, and Start needs queues: they would never fire.
-    return Status::InvalidArgument(
-        "ClientOptions.periodic_jobs are enqueued by a client that works queues, and this one has "
-        "none: set ClientOptions.queues, or leave periodic_jobs to the client that does");
-  }
   std::set<std::string, std::less<>> names;
   for (const auto& p : opts.periodic_jobs) {
     if (p.name.empty()) return Status::InvalidArgument("a periodic job has an empty name");

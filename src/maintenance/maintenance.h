@@ -93,7 +93,7 @@ class Maintenance {
 };
 
 // Validates the periodic jobs of `opts`: unique names, cron expressions, time zones, kinds, args
-// (a JSON object the kind's worker in `workers`, if any, can read), and queues to work.
+// (a JSON object the kind's worker in `workers`, if any, can read).
 // InvalidArgument naming the job and what is wrong.
 Status ValidatePeriodicJobs(const ClientOptions& opts, const Workers& workers);
 
