@@ -1206,6 +1206,40 @@ TEST_F(ClientTest, ExceptionsFromHooksLoggersAndSubscribersAreContained) {
   EXPECT_TRUE(has("an event subscriber: non-standard exception thrown: int"));
 }
 
+// A worker whose hooks throw: its jobs run with the client's defaults, and the log says why.
+class ThrowingHooksWorker final : public Worker<EmailArgs> {
+ public:
+  Outcome Work(JobContext&, const EmailArgs&) override { return Outcome::Fail("always"); }
+  std::optional<Duration> Timeout(const JobRow&) const override { throw std::logic_error("t"); }
+  std::optional<Duration> NextRetry(const JobRow&) const override { throw std::logic_error("r"); }
+};
+
+TEST_F(ClientTest, AWorkersThrowingHooksFallBackToTheClientsDefaults) {
+  ClientOptions o = Options();  // FixedRetry(10s)
+  auto lines = std::make_shared<std::vector<std::string>>();
+  auto mu = std::make_shared<std::mutex>();
+  o.logger = [lines, mu](LogLevel, std::string_view message) {
+    std::lock_guard lock(*mu);
+    lines->emplace_back(message);
+  };
+  Workers w;
+  w.Add<ThrowingHooksWorker>();
+  auto c = Client::Open(url_, o, std::move(w));
+  ASSERT_TRUE(c && (*c)->Start().ok());
+  EventLog log(**c);
+  const int64_t id = (*c)->Insert(EmailArgs{"a@b"})->job.id;
+  ASSERT_TRUE(log.WaitForJob(id, Event::Kind::kJobFailed));
+  EXPECT_EQ(Get(**c, id).scheduled_at, clock_->Now() + 10s);  // the client's retry policy
+  EXPECT_TRUE((*c)->Stop(10s).ok());
+  std::lock_guard lock(*mu);
+  const auto has = [&](std::string_view text) {
+    return std::any_of(lines->begin(), lines->end(),
+                       [&](const std::string& l) { return l.find(text) != std::string::npos; });
+  };
+  EXPECT_TRUE(has("Timeout of the worker of kind \"email\": std::logic_error thrown: t"));
+  EXPECT_TRUE(has("NextRetry of the worker of kind \"email\": std::logic_error thrown: r"));
+}
+
 TEST_F(ClientTest, PeriodicJobsAreCheckedWhenTheClientOpens) {
   ClientOptions o = Options();
   o.periodic_jobs.push_back(MakePeriodicJob("hourly", "@hourly", EmailArgs{"a@b"}));
