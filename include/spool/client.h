@@ -39,7 +39,8 @@ class TxRef {
 };
 
 // `db` must be a connection to the same database file as the client, inside BEGIN ... COMMIT
-// (calls given a connection outside a transaction fail with InvalidArgument).
+// (calls given a connection outside a transaction, or on another file, fail with
+// InvalidArgument).
 inline TxRef SqliteTx(sqlite3* db) { return TxRef(TxRef::Kind::kSqlite, db); }
 // `conn` must be connected to the client's database, inside BEGIN ... COMMIT (calls given one
 // outside a transaction, or in a failed one, fail with InvalidArgument).

@@ -120,7 +120,6 @@ struct PeriodicJob {
   bool run_on_start = false;
 };
 
-// How long finalized jobs are kept before the cleaner deletes them; negative keeps them forever.
 // How long finished jobs are kept before the cleaner deletes them: up to kMaxDelay, or negative
 // to keep them for ever.
 struct RetentionOptions {

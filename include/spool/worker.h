@@ -46,7 +46,8 @@ class Outcome {
   static Outcome Cancel(std::string reason) {
     return Outcome(Kind::kCancel, std::move(reason), {});
   }
-  // OK means Done; an error means Fail with the status text. Lets Work `return client.Insert(...)`.
+  // OK means Done; an error means Fail with the status text. Lets Work
+  // `return ctx.client().Insert(...).status();`.
   // NOLINTNEXTLINE(google-explicit-constructor)
   Outcome(const Status& status)
       : kind_(status.ok() ? Kind::kDone : Kind::kFail),

@@ -856,25 +856,38 @@ TEST_F(ClientTest, InsertTxInAReadThenWriteTransactionSaysHowToRetry) {
   EXPECT_EQ(c->JobCountByState()->at(JobState::kAvailable), 2);
 }
 
-// The caller's connection is to a database without spool's tables (another file, or one not yet
-// migrated): the message names that file and the command that creates the tables.
-TEST_F(ClientTest, InsertTxOnADatabaseWithoutSpoolTablesSaysSo) {
+// The caller's connection must be on the client's database file: a job inserted into another file
+// (with spool's tables or without) would never be worked here. The message names both files.
+TEST_F(ClientTest, InsertTxOnAnotherDatabaseFileIsRefusedNamingBoth) {
   auto c = Open(Options());
-  const std::string other = (dir_.path() / "app.db").string();
-  sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open(other.c_str(), &db), SQLITE_OK);
-  sqlite3_busy_timeout(db, 5000);
-  ASSERT_EQ(sqlite3_exec(db, "BEGIN", nullptr, nullptr, nullptr), SQLITE_OK);
-  auto r = c->InsertTx(SqliteTx(db), EmailArgs{"x"});
-  ASSERT_EQ(sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
-  sqlite3_close(db);
-  ASSERT_FALSE(r.has_value());
-  EXPECT_TRUE(r.error().IsFailedPrecondition()) << r.error().ToString();
-  EXPECT_NE(r.error().message().find("\"" + other + "\" has no spool tables"), std::string::npos)
-      << r.error().ToString();
-  EXPECT_NE(r.error().message().find("spool migration up --database-url sqlite://" + other),
-            std::string::npos)
-      << r.error().ToString();
+  const std::string ours = (dir_.path() / "test.db").string();
+  for (const bool migrated : {false, true}) {
+    const std::string other = (dir_.path() / (migrated ? "migrated.db" : "plain.db")).string();
+    if (migrated) {
+      ASSERT_TRUE(MigrateUp("sqlite://" + other).ok());
+    }
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(other.c_str(), &db), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    ASSERT_EQ(sqlite3_exec(db, "BEGIN", nullptr, nullptr, nullptr), SQLITE_OK);
+    auto r = c->InsertTx(SqliteTx(db), EmailArgs{"x"});
+    ASSERT_EQ(sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr), SQLITE_OK);
+    ASSERT_FALSE(r.has_value()) << other;
+    EXPECT_TRUE(r.error().IsInvalidArgument()) << r.error().ToString();
+    EXPECT_NE(r.error().message().find(fmt::format(
+                  "the connection's database is \"{}\" and this client's is \"{}\"", other, ours)),
+              std::string::npos)
+        << r.error().ToString();
+    if (migrated) {
+      sqlite3_stmt* count = nullptr;
+      ASSERT_EQ(sqlite3_prepare_v2(db, "SELECT count(*) FROM spool_job", -1, &count, nullptr),
+                SQLITE_OK);
+      ASSERT_EQ(sqlite3_step(count), SQLITE_ROW);
+      EXPECT_EQ(sqlite3_column_int(count, 0), 0) << "the job went into the other file";
+      sqlite3_finalize(count);
+    }
+    sqlite3_close(db);
+  }
   EXPECT_TRUE(c->JobCountByState()->empty());
 }
 

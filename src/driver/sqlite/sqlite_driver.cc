@@ -621,6 +621,22 @@ class SqliteDriver final : public Driver {
           "SqliteTx(db): the connection has no open transaction: run BEGIN on it first (the "
           "job then exists only if you COMMIT)");
     }
+    // A job inserted into another file with spool's tables would be committed there and never
+    // worked by this client: the same file, or an error naming both.
+    const char* theirs = sqlite3_db_filename(db, "main");
+    const char* ours = sqlite3_db_filename(writer_.get(), "main");
+    const std::string their_file = theirs != nullptr ? theirs : "";
+    const std::string our_file = ours != nullptr ? ours : "";
+    if (their_file != our_file) {
+      std::error_code ec;
+      if (their_file.empty() || !std::filesystem::equivalent(their_file, our_file, ec)) {
+        return Status::InvalidArgument(fmt::format(
+            "SqliteTx(db): the connection's database is \"{}\" and this client's is \"{}\": a "
+            "job inserted there would never be worked here. Open the connection on the client's "
+            "file (or the client on the connection's)",
+            their_file.empty() ? "a temporary or in-memory one" : their_file, our_file));
+      }
+    }
     return std::unique_ptr<Executor>(new BorrowedExecutor(db));
   }
 
