@@ -50,10 +50,15 @@ class TestQueue {
 struct WorkOptions {
   // The attempt being run (1 for the first).
   int attempt = 1;
+  // The job's id (ctx.job().id), for workers that key on it. Default: 0.
+  int64_t id = 0;
   // Queue, priority, max_attempts, tags and metadata of the job row.
   InsertOptions insert{};
   // Request a stop on it to see how the worker handles cancellation. Default: never stopped.
   std::stop_token stop{};
+  // When the attempt's time is up (system clock): ctx.deadline(), and the context is cancelled
+  // then, as the runtime does. Default: now + the worker's Timeout, else the client's
+  // job_timeout; none when both are zero.
   std::optional<TimePoint> deadline{};
   // Receives ctx.Log lines. Default: discarded.
   Logger logger{};
@@ -64,7 +69,8 @@ JobRow RunningJobRow(std::string_view kind, std::string args, const WorkOptions&
 
 // Runs `worker` on `row` with a real JobContext on `client`, as a pool thread would: an
 // exception thrown by Work becomes Outcome::Fail with the message the runtime would record
-// ("std::runtime_error thrown: ..."). InvalidArgument when the worker's kind is not the row's.
+// ("std::runtime_error thrown: ..."), and the context is cancelled at the deadline (see
+// WorkOptions::deadline). InvalidArgument when the worker's kind is not the row's.
 Result<Outcome> WorkRowInline(WorkerBase& worker, Client& client, const JobRow& row,
                               const WorkOptions& options = {});
 

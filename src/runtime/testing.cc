@@ -5,10 +5,15 @@
 #include <stdlib.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <exception>
+#include <mutex>
+#include <stop_token>
 #include <system_error>
+#include <thread>
 
 #include "core/exception.h"
+#include "core/job_hooks.h"
 
 namespace spool::testing {
 namespace fs = std::filesystem;
@@ -45,6 +50,7 @@ TestQueue::~TestQueue() {
 JobRow RunningJobRow(std::string_view kind, std::string args, const WorkOptions& options) {
   const TimePoint now = std::chrono::time_point_cast<Duration>(std::chrono::system_clock::now());
   JobRow row;
+  row.id = options.id;
   row.state = JobState::kRunning;
   row.attempt = options.attempt;
   row.max_attempts = options.insert.max_attempts;
@@ -69,7 +75,29 @@ Result<Outcome> WorkRowInline(WorkerBase& worker, Client& client, const JobRow& 
   }
   const Logger discard = [](LogLevel, std::string_view) {};
   const Logger& logger = options.logger ? options.logger : discard;
-  JobContext ctx(row, client, options.stop, options.deadline, logger);
+  const auto now = std::chrono::time_point_cast<Duration>(std::chrono::system_clock::now());
+  std::optional<TimePoint> deadline = options.deadline;
+  if (!deadline) {
+    // The runtime's rule (its clock aside): the worker's Timeout, else the client's default.
+    const Duration timeout = internal::JobTimeout(&worker, client.options(), row, logger);
+    if (timeout > Duration::zero()) deadline = now + timeout;
+  }
+  // The context's token stops when the caller's does, or at the deadline.
+  std::stop_source source;
+  std::stop_callback forward(options.stop, [&source] { source.request_stop(); });
+  std::jthread timer;
+  if (deadline) {
+    const auto at = std::chrono::steady_clock::now() + (*deadline - now);
+    timer = std::jthread([&source, at](std::stop_token done) {
+      std::mutex mu;
+      std::condition_variable_any cv;
+      std::unique_lock lock(mu);
+      if (!cv.wait_until(lock, done, at, [] { return false; }) && !done.stop_requested()) {
+        source.request_stop();
+      }
+    });
+  }
+  JobContext ctx(row, client, source.get_token(), deadline, logger);
   try {
     return worker.WorkJob(ctx);
   } catch (...) {

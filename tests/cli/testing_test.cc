@@ -3,9 +3,12 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <filesystem>
+#include <optional>
 #include <stdexcept>
 #include <string>
+#include <thread>
 
 namespace {
 
@@ -61,6 +64,47 @@ TEST(SpoolTestingTest, WorkInlineRunsTheWorkerAndRecordsItsInserts) {
   auto signups = spool::testing::RequireInserted<SignupArgs>((*queue)->client());
   ASSERT_FALSE(signups);
   EXPECT_TRUE(signups.error().IsNotFound()) << signups.error().ToString();
+}
+
+// Waits for its context to be cancelled (at most 10 s), as a well-behaved slow job does.
+class PatientWorker : public spool::Worker<NotifyArgs> {
+ public:
+  spool::Outcome Work(spool::JobContext& ctx, const NotifyArgs&) override {
+    seen_id = ctx.job().id;
+    had_deadline = ctx.deadline().has_value();
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!ctx.Cancelled() && std::chrono::steady_clock::now() < give_up) {
+      std::this_thread::yield();
+    }
+    return ctx.Cancelled() ? spool::Outcome::Cancel("timed out") : spool::Outcome::Done();
+  }
+  std::optional<spool::Duration> Timeout(const spool::JobRow&) const override { return timeout; }
+  std::optional<spool::Duration> timeout;
+  int64_t seen_id = -1;
+  bool had_deadline = false;
+};
+
+// The context is cancelled at the worker's Timeout or WorkOptions::deadline, as at run time, so a
+// test can see how a job behaves when its time is up; a job's id can be given.
+TEST(SpoolTestingTest, WorkInlineCancelsTheContextAtTheDeadline) {
+  auto queue = spool::testing::TestQueue::Create();
+  ASSERT_TRUE(queue) << queue.error().ToString();
+  PatientWorker worker;
+  worker.timeout = std::chrono::milliseconds(20);
+  spool::testing::WorkOptions options;
+  options.id = 42;
+  auto outcome = spool::testing::WorkInline(worker, (*queue)->client(), NotifyArgs{"a"}, options);
+  ASSERT_TRUE(outcome) << outcome.error().ToString();
+  EXPECT_EQ(outcome->kind(), spool::Outcome::Kind::kCancel);
+  EXPECT_TRUE(worker.had_deadline);
+  EXPECT_EQ(worker.seen_id, 42);
+
+  worker.timeout.reset();
+  options.deadline = std::chrono::time_point_cast<spool::Duration>(
+      std::chrono::system_clock::now() + std::chrono::milliseconds(20));
+  outcome = spool::testing::WorkInline(worker, (*queue)->client(), NotifyArgs{"a"}, options);
+  ASSERT_TRUE(outcome) << outcome.error().ToString();
+  EXPECT_EQ(outcome->kind(), spool::Outcome::Kind::kCancel);
 }
 
 TEST(SpoolTestingTest, ExceptionsBecomeFailedAttemptsAndKindsMustMatch) {
