@@ -40,7 +40,9 @@ class Outcome {
   static Outcome Done() { return Outcome(Kind::kDone, {}, {}); }
   // The attempt failed: retryable after backoff, or discarded once attempts are used up.
   static Outcome Fail(std::string message) { return Outcome(Kind::kFail, std::move(message), {}); }
-  // Run again after `delay` (0 to kMaxDelay) without consuming an attempt.
+  // Run again after `delay` (0 to kMaxDelay) without consuming an attempt: ctx.attempt() stays
+  // as it was, so a worker that snoozes "once" must count its runs another way, e.g.
+  // ctx.job().attempted_by, which gains an entry at every start (the last 100 are kept).
   static Outcome Snooze(Duration delay) { return Outcome(Kind::kSnooze, {}, delay); }
   // Stop for good: the job becomes cancelled with `reason` in its error history.
   static Outcome Cancel(std::string reason) {
