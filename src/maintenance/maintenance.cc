@@ -69,9 +69,7 @@ Status ValidatePeriodicJobs(const ClientOptions& opts, const Workers& workers) {
 
 Maintenance::Maintenance(MaintenanceEnv env)
     : env_(std::move(env)),
-      max_nap_(MaxNap(env_.clock, std::chrono::duration_cast<Duration>(kMaxNap))) {
-  max_timeout_ = env_.options.job_timeout;
-}
+      max_nap_(MaxNap(env_.clock, std::chrono::duration_cast<Duration>(kMaxNap))) {}
 
 Maintenance::~Maintenance() { Stop(); }
 
@@ -233,10 +231,11 @@ void Maintenance::Elect(TimePoint now) {
 void Maintenance::Rescue(TimePoint now) {
   const auto& o = env_.options;
   const Duration margin = o.rescue_timeout_margin;
-  // Jobs of kinds with a known timeout are stuck sooner than rescue_after; ask for everything
-  // that could be stuck and decide per job below.
-  Duration shortest = o.rescue_after;
-  if (max_timeout_ > Duration::zero()) shortest = std::min(shortest, max_timeout_ + margin);
+  // A job with a timeout (its worker's, which may be shorter than job_timeout, or the client's)
+  // is stuck once it has run past it by the margin, so any job running longer than the margin may
+  // be: ask for those and decide per job below. Only job_timeout was counted here, and a job
+  // whose worker's Timeout was 1 s waited for rescue_after (1 h).
+  const Duration shortest = std::min(o.rescue_after, margin);
   // Two lists: jobs whose client is gone, and jobs running long enough that a timeout or
   // rescue_after may have passed whatever their client (the second is judged per job below: a
   // worker's own timeout may be longer). A client is gone when its row is, or its heartbeat is

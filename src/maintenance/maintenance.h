@@ -68,7 +68,6 @@ class Maintenance {
   MaintenanceEnv env_;
   const Duration max_nap_;
   std::vector<Periodic> periodic_;
-  Duration max_timeout_{};  // the longest per-attempt timeout this client knows of
   // When this client started or last failed to reach the database (heartbeat, election,
   // rescuer). A client is judged dead by its missing heartbeats only once this one has been
   // reaching the database for client_stale_after: after an outage every heartbeat is old, and the

@@ -35,9 +35,11 @@ class TaskWorker final : public Worker<TaskArgs> {
   explicit TaskWorker(std::function<Outcome(JobContext&, const TaskArgs&)> fn)
       : fn_(std::move(fn)) {}
   Outcome Work(JobContext& ctx, const TaskArgs& a) override { return fn_(ctx, a); }
-  // Jobs named "long..." are allowed two hours; the others have the client's job_timeout.
+  // Jobs named "long..." are allowed two hours, "short..." ten seconds; the others have the
+  // client's job_timeout.
   std::optional<Duration> Timeout(const JobRow& job) const override {
     if (job.args.find(R"("name":"long)") != std::string::npos) return std::chrono::hours(2);
+    if (job.args.find(R"("name":"short)") != std::string::npos) return std::chrono::seconds(10);
     return std::nullopt;
   }
 
@@ -498,6 +500,30 @@ TEST_F(OperationsTest, JobRunningPastItsTimeoutOnALiveClientIsRescued) {
   ASSERT_TRUE(r.has_value());
   // The job was claimed under this (live, heartbeating) client's id by a worker that then hung
   // and ignored its cancelled context.
+  ASSERT_EQ(ClaimAs("live-client", 1), 1u);
+  EventLog log(*c);
+  ASSERT_TRUE(c->Start().ok());
+  ASSERT_TRUE(Eventually([&] { return c->IsLeader(); }));
+  EXPECT_EQ(c->JobGet(r->job.id)->state, JobState::kRunning) << "within timeout + margin";
+  clock_->Advance(71s);
+  ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobCompleted));
+  JobRow j = *c->JobGet(r->job.id);
+  ASSERT_EQ(j.errors.size(), 1u);
+  EXPECT_NE(j.errors[0].error.find("ran past its 10s timeout by more than 60s"), std::string::npos)
+      << j.errors[0].error;
+  ASSERT_TRUE(c->Stop(10s).ok());
+}
+
+// The worker's own timeout counts as much as the client's: a job its worker allows 10 s (and no
+// job_timeout) is rescued once past that by the margin, not after rescue_after (it waited 1 h).
+TEST_F(OperationsTest, JobRunningPastItsWorkersTimeoutOnALiveClientIsRescued) {
+  auto o = Options();
+  o.retry_policy = std::make_shared<testing::FixedRetry>(Duration::zero());
+  o.rescue_timeout_margin = 1min;
+  o.client_id = "live-client";
+  auto c = Open(o);
+  auto r = c->Insert(TaskArgs{"short hung"});
+  ASSERT_TRUE(r.has_value());
   ASSERT_EQ(ClaimAs("live-client", 1), 1u);
   EventLog log(*c);
   ASSERT_TRUE(c->Start().ok());
