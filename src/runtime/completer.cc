@@ -55,6 +55,7 @@ Status Completer::Stop() {
   {
     std::lock_guard lock(mu_);
     stopping_ = true;
+    stop_at_ = std::chrono::steady_clock::now();
   }
   cv_.notify_all();
   space_cv_.notify_all();
@@ -65,8 +66,6 @@ Status Completer::Stop() {
 
 void Completer::Run() {
   auto backoff = std::chrono::duration_cast<std::chrono::microseconds>(kRetryBackoffStart);
-  // max() means not stopping yet; an optional here trips g++ 12's maybe-uninitialized.
-  auto give_up_at = std::chrono::steady_clock::time_point::max();
   FailureLog write_failures("writing job outcomes");
   std::vector<Completion> batch;
   std::vector<int64_t> skipped;
@@ -121,17 +120,16 @@ void Completer::Run() {
       // The two vectors trade buffers; after a backlog, neither keeps more than a full batch's.
       if (batch.capacity() > kMaxBatch) batch.shrink_to_fit();
       backoff = kRetryBackoffStart;
-      give_up_at = std::chrono::steady_clock::time_point::max();
       continue;
     }
     retrying = true;
     std::unique_lock lock(mu_);
     last_error_ = st;
     if (stopping_) {
-      if (give_up_at == std::chrono::steady_clock::time_point::max()) {
-        give_up_at = std::chrono::steady_clock::now() + kStopWriteDeadline;
-      }
-      if (std::chrono::steady_clock::now() >= give_up_at) {
+      // Counted from Stop, not from the first failure after it: with the database locked, each
+      // attempt waits out its busy timeout, and counting from the first failure let a stop take
+      // 36 s instead of about 10.
+      if (std::chrono::steady_clock::now() >= stop_at_ + kStopWriteDeadline) {
         if (logger_) {
           logger_(LogLevel::kError,
                   fmt::format("could not write the outcomes of {} jobs before stopping ({}); they "
