@@ -5,6 +5,8 @@
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -83,6 +85,32 @@ class SqliteOnlyTest : public ::testing::Test {
   std::string path_;
   std::unique_ptr<Driver> driver_;
 };
+
+// A file this process may only read is refused when the driver opens it, naming the fix; it was
+// taken, and then every heartbeat and insert of the running client failed. Checked in a child
+// that drops root (CI runs as root, which may write any file).
+TEST_F(SqliteOnlyTest, AFileThisProcessMayOnlyReadIsRefusedAtOpen) {
+  driver_.reset();
+  std::filesystem::permissions(dir_, std::filesystem::perms::all);
+  std::filesystem::permissions(path_, std::filesystem::perms::owner_read |
+                                          std::filesystem::perms::group_read |
+                                          std::filesystem::perms::others_read);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    if (geteuid() == 0 && (setgid(65534) != 0 || setuid(65534) != 0)) _exit(3);
+    auto d = spool::internal::OpenSqliteDriver(path_, {});
+    if (d) _exit(1);
+    const bool named =
+        d.error().IsFailedPrecondition() &&
+        d.error().message().find("can only be read by this process") != std::string::npos;
+    _exit(named ? 0 : 2);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "1: opened; 2: another error; 3: could not drop root";
+}
 
 TEST_F(SqliteOnlyTest, InsertOnCallersTransactionIsVisibleAfterCommit) {
   auto db = OpenAppConnection();

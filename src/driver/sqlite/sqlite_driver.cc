@@ -579,6 +579,16 @@ class SqliteDriver final : public Driver {
     SPOOL_RETURN_IF_ERROR(RunPragma(writer_.get(), "PRAGMA foreign_keys = ON", path_));
     SPOOL_RETURN_IF_ERROR(RunPragma(writer_.get(), kWriterCacheSize, path_));
     SPOOL_RETURN_IF_ERROR(RunPragma(writer_.get(), "PRAGMA temp_store = MEMORY", path_));
+    // SQLite opens a file it may not write read-only, and the pragmas above need no write when
+    // the file is in WAL mode already: refused here rather than by every write of the running
+    // client (a heartbeat warning every few seconds, each insert an error).
+    if (sqlite3_db_readonly(writer_.get(), "main") == 1) {
+      return Status::FailedPrecondition(fmt::format(
+          "SQLite database \"{}\" can only be read by this process; spool needs to write to the "
+          "file and to its directory (SQLite keeps {}-wal and {}-shm beside it): check their "
+          "owner and permissions",
+          path_, path_, path_));
+    }
     // Replaces SQLite's auto-checkpoint (every 1,000 frames, in the committing thread).
     sqlite3_wal_hook(writer_.get(), &Checkpointer::OnCommit, &checkpointer_);
 
