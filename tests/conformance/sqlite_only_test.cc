@@ -112,6 +112,22 @@ TEST_F(SqliteOnlyTest, AFileThisProcessMayOnlyReadIsRefusedAtOpen) {
   EXPECT_EQ(WEXITSTATUS(status), 0) << "1: opened; 2: another error; 3: could not drop root";
 }
 
+// The file deleted under a running client: SQLite would go on writing to the unlinked file (the
+// jobs lost when the client stops). Inserts and heartbeats fail instead, saying what happened.
+TEST_F(SqliteOnlyTest, InsertsAndHeartbeatsFailOnceTheFileIsDeleted) {
+  CONF_ASSERT_OK(driver_->executor().JobInsertMany(OneJob("before")).status());
+  for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path_ + suffix);
+  auto r = driver_->executor().JobInsertMany(OneJob("after"));
+  ASSERT_FALSE(r.has_value());
+  EXPECT_TRUE(r.error().IsFailedPrecondition()) << r.error().ToString();
+  EXPECT_NE(r.error().message().find("was deleted or replaced while this client had it open"),
+            std::string::npos)
+      << r.error().ToString();
+  const spool::Status beat =
+      driver_->executor().ClientHeartbeat({.id = "c1", .now = kT0, .queues = {"default"}});
+  EXPECT_TRUE(beat.IsFailedPrecondition()) << beat.ToString();
+}
+
 TEST_F(SqliteOnlyTest, InsertOnCallersTransactionIsVisibleAfterCommit) {
   auto db = OpenAppConnection();
   ASSERT_EQ(sqlite3_exec(db.get(), "BEGIN", nullptr, nullptr, nullptr), SQLITE_OK);

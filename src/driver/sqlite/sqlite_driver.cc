@@ -36,6 +36,22 @@ constexpr const char* kWriterCacheSize = "PRAGMA cache_size = -2000";
 
 constexpr std::string_view kMigrationLine = "main";
 
+// FailedPrecondition when the file `db` has open was deleted or replaced since (SQLite keeps
+// writing to the open, unlinked file): what is written then is lost when the client stops, and a
+// new file at the path is never seen. One stat() of the path.
+Status CheckFileNotMoved(sqlite3* db) {
+  int moved = 0;
+  if (sqlite3_file_control(db, "main", SQLITE_FCNTL_HAS_MOVED, &moved) != SQLITE_OK || !moved) {
+    return Status::Ok();
+  }
+  const char* name = sqlite3_db_filename(db, "main");
+  return Status::FailedPrecondition(fmt::format(
+      "the SQLite database file \"{}\" was deleted or replaced while this client had it open: "
+      "what it writes now is lost when it stops, and jobs in a new file there are not seen. Stop "
+      "the app, put the file back (or create it with spool migration up) and start it again",
+      name != nullptr ? name : ""));
+}
+
 // Runs every executor method of `Queries` under `mu`: the driver's shared, thread-safe executor.
 class LockedExecutor final : public Executor {
  public:
@@ -43,10 +59,12 @@ class LockedExecutor final : public Executor {
 
   Result<std::vector<JobInsertResult>> JobInsertMany(const JobInsertManyParams& params) override {
     std::lock_guard lock(mu_);
+    SPOOL_RETURN_IF_ERROR(CheckFileNotMoved(q_.cache().db()));
     return q_.JobInsertMany(params);
   }
   Result<int64_t> JobInsertManyFast(const JobInsertManyParams& params) override {
     std::lock_guard lock(mu_);
+    SPOOL_RETURN_IF_ERROR(CheckFileNotMoved(q_.cache().db()));
     return q_.JobInsertManyFast(params);
   }
   Result<std::vector<JobRow>> JobGetAvailable(const JobGetAvailableParams& params) override {
@@ -121,6 +139,8 @@ class LockedExecutor final : public Executor {
   }
   Status ClientHeartbeat(const ClientHeartbeatParams& params) override {
     std::lock_guard lock(mu_);
+    // Every few seconds, so a deleted file is logged even while nothing is inserted.
+    SPOOL_RETURN_IF_ERROR(CheckFileNotMoved(q_.cache().db()));
     return q_.ClientHeartbeat(params);
   }
   Status ClientDelete(std::string_view id) override {
