@@ -301,8 +301,20 @@ bool ApplyUp(AppDb& db, const fs::path& root, const std::string& url, const AppM
       "ON CONFLICT (version) DO NOTHING",
       kTable, m.version, m.name, Now());
   if (m.queue) {
+    // spool's own steps are idempotent under their lock: another run (another node's deploy)
+    // may have applied them all meanwhile, which the line then says.
+    const auto before = MigrationStatus(url);
     Check(MigrateUp(url), m);
     db.Exec(track);
+    const auto after = MigrationStatus(url);
+    if (before && after && AppliedVersion(*before) == AppliedVersion(*after) &&
+        AppliedVersion(*after) > 0) {
+      fmt::print(
+          "{}: spool's tables were up to date already (another run, or spool migration "
+          "up outside the app); recorded as applied\n",
+          m.path);
+      return true;
+    }
   } else {
     const auto text = ReadFile(root / m.path);
     if (!text) throw CommandError(fmt::format("cannot read {}", m.path));

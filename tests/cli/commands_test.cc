@@ -546,6 +546,23 @@ TEST_F(CommandsTest, MigrationDownOfOneStepUnderARunningClientIsRefused) {
   EXPECT_EQ(Spool({"migration", "up", "--database-url", url}).code, 0);
 }
 
+// spool's tables made before the app's own run (outside the app, or by another node's deploy
+// racing this one): the queue's step is recorded, and the line says it found them.
+TEST_F(CommandsTest, QueueStepFindingSpoolsTablesUpToDateSaysSo) {
+  NewApp();
+  ASSERT_EQ(Spool({"gen", "queue"}).code, 0);
+  const std::string url = "sqlite://" + (app() / "app.db").string();
+  fs::current_path(tmp_.path());
+  ASSERT_EQ(Spool({"migration", "up", "--database-url", url}).code, 0);
+  fs::current_path(app());
+  const CliRun r = Spool({"migration", "up"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("_setup_spool_queue.sql: spool's tables were up to date already"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("1 migration(s) applied"), std::string::npos) << r.out;
+}
+
 TEST_F(CommandsTest, AppMigrationFailureRollsBackAndStops) {
   NewApp();
   ASSERT_EQ(Spool({"gen", "queue"}).code, 0);
