@@ -1,5 +1,6 @@
 #pragma once
 
+#include <any>
 #include <functional>
 #include <map>
 #include <memory>
@@ -179,6 +180,10 @@ struct ClientOptions {
   std::string client_id{};
   // Periodic (cron) jobs; names must be unique. Default: none.
   std::vector<PeriodicJob> periodic_jobs{};
+  // The application's own objects its workers need (a connection pool, an HTTP client), as a
+  // std::shared_ptr<T>: Work reaches them as ctx.App<T>(), so workers stay default-constructible
+  // (the generated jobs/registry.cc makes them). Default: none.
+  std::any app{};
   // How often this client records that it is alive. Default: 5s.
   Duration heartbeat_interval = std::chrono::seconds(5);
   // A client silent this long is dead: the leader moves its running jobs back to retryable.

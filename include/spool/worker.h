@@ -1,5 +1,6 @@
 #pragma once
 
+#include <any>
 #include <concepts>
 #include <map>
 #include <memory>
@@ -85,8 +86,17 @@ class JobContext {
   std::optional<TimePoint> deadline() const { return deadline_; }
   // Logs through the client's logger, prefixed with the job's kind and id.
   void Log(LogLevel level, std::string_view message) const;
+  // The application's object set as ClientOptions::app = std::shared_ptr<T>; nullptr when none
+  // is set or it holds another type.
+  template <typename T>
+  T* App() const {
+    const auto* held = std::any_cast<std::shared_ptr<T>>(&AppAny());
+    return held != nullptr ? held->get() : nullptr;
+  }
 
  private:
+  const std::any& AppAny() const;
+
   const JobRow& job_;
   Client& client_;
   std::stop_token stop_;

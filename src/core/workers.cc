@@ -1,5 +1,6 @@
 #include <fmt/format.h>
 
+#include "spool/client.h"
 #include "spool/worker.h"
 
 namespace spool {
@@ -28,6 +29,8 @@ WorkerBase* Workers::Find(std::string_view kind) const {
   auto it = by_kind_.find(kind);
   return it == by_kind_.end() ? nullptr : it->second.get();
 }
+
+const std::any& JobContext::AppAny() const { return client_.options().app; }
 
 void JobContext::Log(LogLevel level, std::string_view message) const {
   if (logger_) logger_(level, fmt::format("[{} #{}] {}", job_.kind, job_.id, message));

@@ -1253,6 +1253,34 @@ TEST_F(ClientTest, AWorkersThrowingHooksFallBackToTheClientsDefaults) {
   EXPECT_TRUE(has("NextRetry of the worker of kind \"email\": std::logic_error thrown: r"));
 }
 
+// What a worker needs from the application (a pool, a gateway) comes through ClientOptions::app:
+// workers stay default-constructible, as the generated registry makes them.
+struct Gateway {
+  std::atomic<int> charges{0};
+};
+
+TEST_F(ClientTest, WorkersReachTheApplicationsObjectsThroughTheContext) {
+  ClientOptions o = Options();
+  auto gateway = std::make_shared<Gateway>();
+  o.app = gateway;
+  auto c = Open(o);
+  ASSERT_TRUE(c && c->Start().ok());
+  EventLog log(*c);
+  std::atomic<bool> wrong_type_is_null{false};
+  behaviour_->fn = [&](JobContext& ctx, const EmailArgs&) {
+    wrong_type_is_null = ctx.App<std::string>() == nullptr;
+    Gateway* g = ctx.App<Gateway>();
+    if (g == nullptr) return Outcome::Fail("no gateway");
+    ++g->charges;
+    return Outcome::Done();
+  };
+  const int64_t id = c->Insert(EmailArgs{"a@b"})->job.id;
+  ASSERT_TRUE(log.WaitForJob(id, Event::Kind::kJobCompleted));
+  EXPECT_EQ(gateway->charges.load(), 1);
+  EXPECT_TRUE(wrong_type_is_null.load());
+  EXPECT_TRUE(c->Stop(10s).ok());
+}
+
 TEST_F(ClientTest, PeriodicJobsAreCheckedWhenTheClientOpens) {
   ClientOptions o = Options();
   o.periodic_jobs.push_back(MakePeriodicJob("hourly", "@hourly", EmailArgs{"a@b"}));
