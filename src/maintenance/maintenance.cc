@@ -421,15 +421,21 @@ Status Maintenance::EnqueueOne(Periodic& p, TimePoint now, TimePoint* next_due) 
     }
     new_last = any_due ? latest_due : *last;
     if (any_due) {
-      const bool missed =
-          latest_due < now - MissedGrace(env_.options) || p.schedule.Next(*last) < latest_due;
-      if (!missed || p.job.missed == PeriodicJob::Missed::kRunOnce) enqueue_tick = latest_due;
-      if (missed) {
+      // The latest due tick is on time when it is within the grace, whatever came before it:
+      // kSkip drops the ticks missed, not one that is due now (it dropped the 11:00 run of an
+      // hourly job restarted at 11:00:10 after 10:00 had been missed).
+      const bool latest_on_time = latest_due >= now - MissedGrace(env_.options);
+      const bool earlier_missed = p.schedule.Next(*last) < latest_due;
+      const bool run_once = p.job.missed == PeriodicJob::Missed::kRunOnce;
+      if (latest_on_time || run_once) enqueue_tick = latest_due;
+      if (earlier_missed || !latest_on_time) {
         Log(LogLevel::kInfo,
             fmt::format("periodic job \"{}\": ticks were missed while no leader ran; {}",
                         p.job.name,
-                        p.job.missed == PeriodicJob::Missed::kRunOnce ? "running it once now"
-                                                                      : "skipping them"));
+                        run_once         ? "running it once now"
+                        : latest_on_time ? fmt::format("skipping them, and running the tick of {}",
+                                                       FormatTime(latest_due))
+                                         : std::string("skipping them")));
       }
     }
   }

@@ -197,6 +197,34 @@ TEST_F(OperationsTest, PeriodicJobCanSkipMissedTicks) {
   EXPECT_EQ((*c->JobCountByState())[JobState::kCompleted], 3);
 }
 
+// kSkip drops the ticks that were missed, not a tick that is due now: restarted 10 s after a tick
+// with the one before it missed, that tick runs.
+TEST_F(OperationsTest, PeriodicSkipStillRunsTheTickThatIsDueNow) {
+  auto o = Options();
+  auto p = MakePeriodicJob("hourly", "@hourly", TaskArgs{"h"});
+  p.missed = PeriodicJob::Missed::kSkip;
+  o.periodic_jobs.push_back(p);
+  // Start just after an hour: the first tick seen is the next one.
+  clock_->Advance(std::chrono::ceil<std::chrono::hours>(clock_->Now().time_since_epoch()) -
+                  clock_->Now().time_since_epoch() + 10s);
+  {
+    auto c = Open(o);
+    EventLog log(*c);
+    ASSERT_TRUE(c->Start().ok());
+    ASSERT_TRUE(Eventually([&] { return c->IsLeader(); }));
+    clock_->Advance(1h);
+    ASSERT_TRUE(log.WaitForCount(Event::Kind::kJobCompleted, 1));
+    ASSERT_TRUE(c->Stop(10s).ok());
+  }
+  clock_->Advance(2h);  // the next tick missed; the one after it due 10 s ago
+  auto c = Open(o);
+  EventLog log(*c);
+  ASSERT_TRUE(c->Start().ok());
+  ASSERT_TRUE(log.WaitForCount(Event::Kind::kJobCompleted, 1)) << "the tick due now was skipped";
+  ASSERT_TRUE(c->Stop(10s).ok());
+  EXPECT_EQ((*c->JobCountByState())[JobState::kCompleted], 2);
+}
+
 TEST_F(OperationsTest, InvalidPeriodicJobsAreRefusedAtOpen) {
   auto o = Options();
   o.periodic_jobs.push_back(MakePeriodicJob("bad", "61 * * * *", TaskArgs{}));
