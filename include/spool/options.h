@@ -108,7 +108,11 @@ struct PeriodicJob {
   // Cron: 5 fields (minute hour day-of-month month day-of-week) with ranges, steps, lists and
   // names (MON, JAN), or @hourly/@daily/@weekly/@monthly/@yearly.
   std::string schedule{};
-  // IANA time zone the schedule is read in, e.g. "Europe/Kyiv". Default: UTC.
+  // IANA time zone the schedule is read in, e.g. "Europe/Kyiv". Default: UTC. Daylight saving
+  // time: a wall-clock time skipped by the spring-forward gap fires once right after it (a
+  // schedule matching every hour skips it instead); one that occurs twice at fall-back fires once,
+  // at its first occurrence, so a schedule every N minutes pauses for the repeated hour. Give
+  // interval schedules UTC.
   std::string time_zone{};
   std::string kind{};
   std::string args = "{}";

@@ -299,6 +299,9 @@ bool ReadTzifHeader(ByteReader* r, TzifHeader* h) {
 
 bool IsValidZoneName(std::string_view name) {
   if (name.empty() || name.size() > 255 || name.front() == '/') return false;
+  // Files of the zoneinfo directory that are not zones: which zone they hold is the host's
+  // setting, so one configuration would mean different zones on different machines.
+  if (name == "localtime" || name == "posixrules" || name == "Factory") return false;
   for (char c : name) {
     const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
                     c == '/' || c == '_' || c == '-' || c == '+' || c == '.';
@@ -545,10 +548,11 @@ Result<unsigned> ParseValue(std::string_view text, const FieldSpec& spec) {
       fmt::format("{} field value \"{}\" is not a number{}", spec.name, text, spec.name_hint));
 }
 
-// Parses a comma list into a bit mask; `has_star` tells whether an item starts with `*`.
+// Parses a comma list into a bit mask; `has_star` tells whether the field starts with `*`, which
+// is how Vixie cron and cronie tell an unrestricted day field ("1,*/5" is restricted there).
 Status ParseField(std::string_view field, const FieldSpec& spec, uint64_t* mask, bool* has_star) {
   *mask = 0;
-  *has_star = false;
+  *has_star = field.starts_with('*');
   size_t start = 0;
   while (true) {
     size_t comma = field.find(',', start);
@@ -582,7 +586,6 @@ Status ParseField(std::string_view field, const FieldSpec& spec, uint64_t* mask,
     unsigned lo = spec.min;
     unsigned hi = spec.max;
     if (range == "*") {
-      *has_star = true;
       // "*" in day-of-week means 0-6; 7 would only repeat Sunday.
       if (spec.names == kWeekdayNames) hi = 6;
     } else {

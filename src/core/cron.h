@@ -31,12 +31,15 @@ inline constexpr TimePoint kCronNever = TimePoint::max();
 // Day matching (Vixie cron): when both day-of-month and day-of-week are restricted, a day matches
 // if EITHER matches ("0 0 1 * MON" = the 1st and every Monday). A field counts as unrestricted when
 // one of its items starts with `*`, so "*/2" in day-of-month is unrestricted and
-// "0 0 */2 * MON" means odd days that are Mondays, exactly as in Vixie cron and cronie.
+// "0 0 */2 * MON" means odd days that are Mondays, exactly as in Vixie cron and cronie (only a
+// field's first character counts: "1,*/5" is restricted).
 //
 // Time zones: the expression is matched against wall-clock time in the zone, read from the system
 // zoneinfo (TZif files under $TZDIR or /usr/share/zoneinfo, POSIX rule footer for times past the
 // last listed transition). Daylight saving time:
-//   - a wall-clock time that occurs twice (fall back) fires once, at its first occurrence;
+//   - a wall-clock time that occurs twice (fall back) fires once, at its first occurrence, also
+//     for schedules that match every hour (cron runs those through the repeated hour: here an
+//     every-15-minutes schedule pauses for it);
 //   - a wall-clock time skipped by a spring-forward gap fires once at the first instant after the
 //     gap (e.g. "30 2 * * *" in America/New_York fires at 03:00 EDT on 2026-03-08), because a
 //     daily or weekly job should still run that day; but when the hour field matches every hour

@@ -180,6 +180,12 @@ TEST(CronTest, DayOfMonthOrDayOfWeekWhenBothRestricted) {
   // Vixie: a field starting with '*' is unrestricted, so this is odd days AND Mondays.
   EXPECT_EQ(Fires("0 0 */2 * MON", "2026-01-01T00:00:00Z", 3),
             (Strings{"2026-01-05T00:00:00Z", "2026-01-19T00:00:00Z", "2026-02-09T00:00:00Z"}));
+  // Only the field's first character counts, as in cronie: "1,*/5" is restricted (OR), so
+  // Mondays and the days 1, 6, 11, ... fire; "*/5,1" is not (AND).
+  EXPECT_EQ(Fires("0 0 1,*/5 * MON", "2027-01-01T00:00:00Z", 4),
+            (Strings{"2027-01-04T00:00:00Z", "2027-01-06T00:00:00Z", "2027-01-11T00:00:00Z",
+                     "2027-01-16T00:00:00Z"}));
+  EXPECT_EQ(NextUtc("0 0 */5,1 * MON", "2027-01-01T00:00:00Z"), "2027-01-11T00:00:00Z");
   // Both restricted makes an impossible day-of-month harmless.
   EXPECT_EQ(NextUtc("0 0 31 2 MON", "2026-01-01T00:00:00Z"), "2026-02-02T00:00:00Z");
 }
@@ -234,7 +240,7 @@ TEST(CronTest, ErrorsNameFieldAndValue) {
 
 TEST(CronTest, TimeZoneErrorsNameTheZone) {
   for (const char* zone : {"Mars/Olympus_Mons", "America", "../../etc/passwd", "/etc/localtime",
-                           "Europe//Kyiv", "Europe/Kyiv ", "a\nb"}) {
+                           "Europe//Kyiv", "Europe/Kyiv ", "a\nb", "localtime", "posixrules"}) {
     const std::string msg = ParseError("* * * * *", zone);
     EXPECT_NE(msg.find(fmt::format("\"{}\"", zone)), std::string::npos) << msg;
     EXPECT_NE(msg.find("time zone"), std::string::npos) << msg;
