@@ -76,6 +76,31 @@ class OperationsTest : public ::testing::Test {
     return c ? std::move(*c) : nullptr;
   }
 
+  // A job named `name` (see TaskWorker::Timeout) that a worker of this live client claimed and
+  // that then hung, ignoring its cancelled context, with a 10 s timeout (the client's
+  // job_timeout, or its worker's): rescued once past it by the 60 s margin.
+  void RescuedPastTimeout(ClientOptions o, const std::string& name) {
+    o.retry_policy = std::make_shared<testing::FixedRetry>(Duration::zero());
+    o.rescue_timeout_margin = 1min;
+    o.client_id = "live-client";
+    auto c = Open(o);
+    auto r = c->Insert(TaskArgs{name});
+    ASSERT_TRUE(r.has_value());
+    ASSERT_EQ(ClaimAs("live-client", 1), 1u);
+    EventLog log(*c);
+    ASSERT_TRUE(c->Start().ok());
+    ASSERT_TRUE(Eventually([&] { return c->IsLeader(); }));
+    EXPECT_EQ(c->JobGet(r->job.id)->state, JobState::kRunning) << "within timeout + margin";
+    clock_->Advance(71s);
+    ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobCompleted));
+    JobRow j = *c->JobGet(r->job.id);
+    ASSERT_EQ(j.errors.size(), 1u);
+    EXPECT_NE(j.errors[0].error.find("ran past its 10s timeout by more than 60s"),
+              std::string::npos)
+        << j.errors[0].error;
+    ASSERT_TRUE(c->Stop(10s).ok());
+  }
+
   // Claims up to `max` jobs of the default queue as `client_id` would, through a driver of its
   // own, and returns how many it got (0 on error).
   size_t ClaimAs(const std::string& client_id, int max) {
@@ -519,51 +544,14 @@ TEST_F(OperationsTest, LeaderWhoseRenewalIsStuckStopsLeadingWhenItsLeaseRunsOut)
 
 TEST_F(OperationsTest, JobRunningPastItsTimeoutOnALiveClientIsRescued) {
   auto o = Options();
-  o.retry_policy = std::make_shared<testing::FixedRetry>(Duration::zero());
   o.job_timeout = 10s;
-  o.rescue_timeout_margin = 1min;
-  o.client_id = "live-client";
-  auto c = Open(o);
-  auto r = c->Insert(TaskArgs{"hung"});
-  ASSERT_TRUE(r.has_value());
-  // The job was claimed under this (live, heartbeating) client's id by a worker that then hung
-  // and ignored its cancelled context.
-  ASSERT_EQ(ClaimAs("live-client", 1), 1u);
-  EventLog log(*c);
-  ASSERT_TRUE(c->Start().ok());
-  ASSERT_TRUE(Eventually([&] { return c->IsLeader(); }));
-  EXPECT_EQ(c->JobGet(r->job.id)->state, JobState::kRunning) << "within timeout + margin";
-  clock_->Advance(71s);
-  ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobCompleted));
-  JobRow j = *c->JobGet(r->job.id);
-  ASSERT_EQ(j.errors.size(), 1u);
-  EXPECT_NE(j.errors[0].error.find("ran past its 10s timeout by more than 60s"), std::string::npos)
-      << j.errors[0].error;
-  ASSERT_TRUE(c->Stop(10s).ok());
+  RescuedPastTimeout(std::move(o), "hung");
 }
 
 // The worker's own timeout counts as much as the client's: a job its worker allows 10 s (and no
 // job_timeout) is rescued once past that by the margin, not after rescue_after (it waited 1 h).
 TEST_F(OperationsTest, JobRunningPastItsWorkersTimeoutOnALiveClientIsRescued) {
-  auto o = Options();
-  o.retry_policy = std::make_shared<testing::FixedRetry>(Duration::zero());
-  o.rescue_timeout_margin = 1min;
-  o.client_id = "live-client";
-  auto c = Open(o);
-  auto r = c->Insert(TaskArgs{"short hung"});
-  ASSERT_TRUE(r.has_value());
-  ASSERT_EQ(ClaimAs("live-client", 1), 1u);
-  EventLog log(*c);
-  ASSERT_TRUE(c->Start().ok());
-  ASSERT_TRUE(Eventually([&] { return c->IsLeader(); }));
-  EXPECT_EQ(c->JobGet(r->job.id)->state, JobState::kRunning) << "within timeout + margin";
-  clock_->Advance(71s);
-  ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobCompleted));
-  JobRow j = *c->JobGet(r->job.id);
-  ASSERT_EQ(j.errors.size(), 1u);
-  EXPECT_NE(j.errors[0].error.find("ran past its 10s timeout by more than 60s"), std::string::npos)
-      << j.errors[0].error;
-  ASSERT_TRUE(c->Stop(10s).ok());
+  RescuedPastTimeout(Options(), "short hung");
 }
 
 // rescue_after bounds jobs without a timeout only: one its worker allows two hours is left to run
