@@ -189,15 +189,12 @@ std::optional<Duration> ParseDuration(std::string_view text) {
     const size_t unit_begin = i;
     while (i < text.size() && (text[i] < '0' || text[i] > '9')) ++i;
     const std::string_view unit = text.substr(unit_begin, i - unit_begin);
-    const auto rank = std::find(std::begin(kUnits), std::end(kUnits), unit) - std::begin(kUnits);
-    if (static_cast<size_t>(rank) < next_unit) return std::nullopt;  // unknown: past the end
-    next_unit = static_cast<size_t>(rank) + 1;
-    if (too_large) {
-      // Only the units are checked from here on.
-      if (unit != "d" && unit != "h" && unit != "m" && unit != "s" && unit != "ms") {
-        return std::nullopt;
-      }
-    } else if (unit == "d") {
+    const auto found = std::find(std::begin(kUnits), std::end(kUnits), unit);
+    const auto rank = static_cast<size_t>(found - std::begin(kUnits));
+    if (found == std::end(kUnits) || rank < next_unit) return std::nullopt;
+    next_unit = rank + 1;
+    if (too_large) continue;  // only the units are checked from here on
+    if (unit == "d") {
       if (n > 1'000'000) too_large = true;  // days in microseconds would overflow sooner
       if (!too_large) total += std::chrono::days(n);
     } else if (unit == "h") {
@@ -206,10 +203,8 @@ std::optional<Duration> ParseDuration(std::string_view text) {
       total += std::chrono::minutes(n);
     } else if (unit == "s") {
       total += std::chrono::seconds(n);
-    } else if (unit == "ms") {
-      total += std::chrono::milliseconds(n);
     } else {
-      return std::nullopt;
+      total += std::chrono::milliseconds(n);
     }
     if (total > kMaxScheduleIn) too_large = true;
   }

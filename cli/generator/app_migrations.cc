@@ -302,13 +302,14 @@ bool ApplyUp(AppDb& db, const fs::path& root, const std::string& url, const AppM
       kTable, m.version, m.name, Now());
   if (m.queue) {
     // spool's own steps are idempotent under their lock: another run (another node's deploy)
-    // may have applied them all meanwhile, which the line then says.
+    // may have applied them all already, which the line then says.
     const auto before = MigrationStatus(url);
+    const bool up_to_date = before && !before->empty() &&
+                            std::all_of(before->begin(), before->end(),
+                                        [](const MigrationInfo& i) { return i.applied; });
     Check(MigrateUp(url), m);
     db.Exec(track);
-    const auto after = MigrationStatus(url);
-    if (before && after && AppliedVersion(*before) == AppliedVersion(*after) &&
-        AppliedVersion(*after) > 0) {
+    if (up_to_date) {
       fmt::print(
           "{}: spool's tables were up to date already (another run, or spool migration "
           "up outside the app); recorded as applied\n",

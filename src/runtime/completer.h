@@ -64,10 +64,10 @@ class Completer {
   std::condition_variable space_cv_;  // wakes workers blocked on backpressure
   // A vector swapped out whole by the writer thread: a deque allocated a node per outcome (an
   // outcome is larger than its 512-byte nodes) and the writer moved each one under the lock.
-  std::vector<Completion> pending_;  // guarded by mu_
-  bool stopping_ = false;            // guarded by mu_
+  std::vector<Completion> pending_;                  // guarded by mu_
+  bool stopping_ = false;                            // guarded by mu_
   std::chrono::steady_clock::time_point stop_at_{};  // when Stop was called; guarded by mu_
-  bool flush_ = false;               // FlushSoon since the last batch was taken; guarded by mu_
+  bool flush_ = false;  // FlushSoon since the last batch was taken; guarded by mu_
   const std::chrono::microseconds linger_;
   Status last_error_;  // guarded by mu_
   std::thread thread_;

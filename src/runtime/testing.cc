@@ -4,16 +4,15 @@
 #include <fmt/format.h>
 #include <stdlib.h>
 
+#include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <exception>
-#include <mutex>
 #include <stop_token>
 #include <system_error>
-#include <thread>
 
 #include "core/exception.h"
 #include "core/job_hooks.h"
+#include "runtime/deadline_watcher.h"
 
 namespace spool::testing {
 namespace fs = std::filesystem;
@@ -75,27 +74,22 @@ Result<Outcome> WorkRowInline(WorkerBase& worker, Client& client, const JobRow& 
   }
   const Logger discard = [](LogLevel, std::string_view) {};
   const Logger& logger = options.logger ? options.logger : discard;
-  const auto now = std::chrono::time_point_cast<Duration>(std::chrono::system_clock::now());
+  static const SystemClock kClock;
   std::optional<TimePoint> deadline = options.deadline;
   if (!deadline) {
     // The runtime's rule (its clock aside): the worker's Timeout, else the client's default.
     const Duration timeout = internal::JobTimeout(&worker, client.options(), row, logger);
-    if (timeout > Duration::zero()) deadline = now + timeout;
+    if (timeout > Duration::zero()) deadline = kClock.Now() + timeout;
   }
-  // The context's token stops when the caller's does, or at the deadline.
+  // The context's token stops when the caller's does, or at the deadline (the runtime's
+  // watcher, on the system clock).
   std::stop_source source;
   std::stop_callback forward(options.stop, [&source] { source.request_stop(); });
-  std::jthread timer;
+  std::atomic<bool> timed_out{false};  // outlives the watcher, which may set it
+  internal::DeadlineWatcher watcher(kClock);
   if (deadline) {
-    const auto at = std::chrono::steady_clock::now() + (*deadline - now);
-    timer = std::jthread([&source, at](std::stop_token done) {
-      std::mutex mu;
-      std::condition_variable_any cv;
-      std::unique_lock lock(mu);
-      if (!cv.wait_until(lock, done, at, [] { return false; }) && !done.stop_requested()) {
-        source.request_stop();
-      }
-    });
+    watcher.Start();
+    watcher.Add(row.id, *deadline, source, &timed_out);
   }
   JobContext ctx(row, client, source.get_token(), deadline, logger);
   try {

@@ -1183,20 +1183,40 @@ class ThrowingRetry final : public RetryPolicy {
   Duration NextRetry(const JobRow&) const override { throw std::runtime_error("policy bug"); }
 };
 
+// The lines a client logs, kept for a test to search. `throw_at` makes the logger throw after
+// keeping a line of that level (a logger with a bug).
+class CapturedLog {
+ public:
+  Logger logger(std::optional<LogLevel> throw_at = std::nullopt) {
+    return [state = state_, throw_at](LogLevel level, std::string_view message) {
+      {
+        std::lock_guard lock(state->mu);
+        state->lines.emplace_back(message);
+      }
+      if (throw_at && level == *throw_at) throw std::runtime_error("logger bug");
+    };
+  }
+  bool Has(std::string_view text) const {
+    std::lock_guard lock(state_->mu);
+    return std::any_of(state_->lines.begin(), state_->lines.end(),
+                       [&](const std::string& l) { return l.find(text) != std::string::npos; });
+  }
+
+ private:
+  struct State {
+    std::mutex mu;
+    std::vector<std::string> lines;
+  };
+  std::shared_ptr<State> state_ = std::make_shared<State>();
+};
+
 // User code the runtime calls outside Work (retry policy, logger, subscriber) may throw: the
 // client logs it and goes on, where the exception used to end the process.
 TEST_F(ClientTest, ExceptionsFromHooksLoggersAndSubscribersAreContained) {
   ClientOptions o = Options();
   o.retry_policy = std::make_shared<ThrowingRetry>();
-  auto lines = std::make_shared<std::vector<std::string>>();
-  auto mu = std::make_shared<std::mutex>();
-  o.logger = [lines, mu](LogLevel level, std::string_view message) {
-    {
-      std::lock_guard lock(*mu);
-      lines->emplace_back(message);
-    }
-    if (level == LogLevel::kWarn) throw std::runtime_error("logger bug");
-  };
+  CapturedLog lines;
+  o.logger = lines.logger(LogLevel::kWarn);
   auto c = Open(o);
   ASSERT_TRUE(c && c->Start().ok());
   EventLog log(*c);
@@ -1210,13 +1230,9 @@ TEST_F(ClientTest, ExceptionsFromHooksLoggersAndSubscribersAreContained) {
   EXPECT_GE(j.scheduled_at - clock_->Now(), 900ms);
   EXPECT_LE(j.scheduled_at - clock_->Now(), 1100ms);
   EXPECT_TRUE(c->Stop(10s).ok());
-  std::lock_guard lock(*mu);
-  const auto has = [&](std::string_view text) {
-    return std::any_of(lines->begin(), lines->end(),
-                       [&](const std::string& l) { return l.find(text) != std::string::npos; });
-  };
-  EXPECT_TRUE(has("the client's RetryPolicy::NextRetry: std::runtime_error thrown: policy bug"));
-  EXPECT_TRUE(has("an event subscriber: non-standard exception thrown: int"));
+  EXPECT_TRUE(
+      lines.Has("the client's RetryPolicy::NextRetry: std::runtime_error thrown: policy bug"));
+  EXPECT_TRUE(lines.Has("an event subscriber: non-standard exception thrown: int"));
 }
 
 // A worker whose hooks throw: its jobs run with the client's defaults, and the log says why.
@@ -1229,12 +1245,8 @@ class ThrowingHooksWorker final : public Worker<EmailArgs> {
 
 TEST_F(ClientTest, AWorkersThrowingHooksFallBackToTheClientsDefaults) {
   ClientOptions o = Options();  // FixedRetry(10s)
-  auto lines = std::make_shared<std::vector<std::string>>();
-  auto mu = std::make_shared<std::mutex>();
-  o.logger = [lines, mu](LogLevel, std::string_view message) {
-    std::lock_guard lock(*mu);
-    lines->emplace_back(message);
-  };
+  CapturedLog lines;
+  o.logger = lines.logger();
   Workers w;
   w.Add<ThrowingHooksWorker>();
   auto c = Client::Open(url_, o, std::move(w));
@@ -1244,13 +1256,8 @@ TEST_F(ClientTest, AWorkersThrowingHooksFallBackToTheClientsDefaults) {
   ASSERT_TRUE(log.WaitForJob(id, Event::Kind::kJobFailed));
   EXPECT_EQ(Get(**c, id).scheduled_at, clock_->Now() + 10s);  // the client's retry policy
   EXPECT_TRUE((*c)->Stop(10s).ok());
-  std::lock_guard lock(*mu);
-  const auto has = [&](std::string_view text) {
-    return std::any_of(lines->begin(), lines->end(),
-                       [&](const std::string& l) { return l.find(text) != std::string::npos; });
-  };
-  EXPECT_TRUE(has("Timeout of the worker of kind \"email\": std::logic_error thrown: t"));
-  EXPECT_TRUE(has("NextRetry of the worker of kind \"email\": std::logic_error thrown: r"));
+  EXPECT_TRUE(lines.Has("Timeout of the worker of kind \"email\": std::logic_error thrown: t"));
+  EXPECT_TRUE(lines.Has("NextRetry of the worker of kind \"email\": std::logic_error thrown: r"));
 }
 
 // What a worker needs from the application (a pool, a gateway) comes through ClientOptions::app:
