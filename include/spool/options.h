@@ -109,10 +109,10 @@ struct PeriodicJob {
   // names (MON, JAN), or @hourly/@daily/@weekly/@monthly/@yearly.
   std::string schedule{};
   // IANA time zone the schedule is read in, e.g. "Europe/Kyiv". Default: UTC. Daylight saving
-  // time: a wall-clock time skipped by the spring-forward gap fires once right after it (a
-  // schedule matching every hour skips it instead); one that occurs twice at fall-back fires once,
-  // at its first occurrence, so a schedule every N minutes pauses for the repeated hour. Give
-  // interval schedules UTC.
+  // time, as in cron: a wall-clock time skipped by the spring-forward gap fires once right after
+  // it; one that occurs twice at fall-back fires once, at its first occurrence. A schedule whose
+  // hour field matches every hour ("*/15 * * * *") follows the clock instead: it skips the gap
+  // and fires again through the repeated hour.
   std::string time_zone{};
   std::string kind{};
   std::string args = "{}";

@@ -23,13 +23,13 @@ constexpr size_t kMaxExpressionLength = 1024;
 constexpr int64_t kSearchYears = 400;
 constexpr int64_t kMaxYear = 9999;
 
-int64_t FloorDiv(int64_t a, int64_t b) {
+constexpr int64_t FloorDiv(int64_t a, int64_t b) {
   const int64_t q = a / b;
   return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
 }
 
 // Howard Hinnant's days_from_civil / civil_from_days (proleptic Gregorian, day 0 = 1970-01-01).
-int64_t DaysFromCivil(int64_t y, unsigned m, unsigned d) {
+constexpr int64_t DaysFromCivil(int64_t y, unsigned m, unsigned d) {
   y -= m <= 2 ? 1 : 0;
   const int64_t era = (y >= 0 ? y : y - 399) / 400;
   const auto yoe = static_cast<unsigned>(y - era * 400);
@@ -642,6 +642,11 @@ std::vector<std::string_view> SplitFields(std::string_view s) {
 }
 
 constexpr uint64_t kAllHours = (uint64_t{1} << 24) - 1;
+// Every instant whose wall-clock time is a given one lies within a day of it.
+constexpr int64_t kDstWindow = 2 * kSecondsPerDay;
+// Fire times lie in [year 1, year 10000).
+constexpr int64_t kMinSeconds = DaysFromCivil(1, 1, 1) * kSecondsPerDay;
+constexpr int64_t kEndSeconds = DaysFromCivil(kMaxYear + 1, 1, 1) * kSecondsPerDay;
 
 }  // namespace
 
@@ -756,35 +761,41 @@ bool CronSchedule::NextLocalMatch(int64_t local, int64_t* match) const {
 }
 
 TimePoint CronSchedule::Next(TimePoint after) const {
-  static const int64_t kMinSeconds = DaysFromCivil(1, 1, 1) * kSecondsPerDay;
-  static const int64_t kEndSeconds = DaysFromCivil(kMaxYear + 1, 1, 1) * kSecondsPerDay;
   // Fire times are whole seconds, so "strictly after `after`" is "after its whole second".
   int64_t after_s = FloorDiv(after.time_since_epoch().count(), 1'000'000);
   if (after_s < kMinSeconds) after_s = kMinSeconds - 1;
   if (after_s >= kEndSeconds) return kCronNever;
 
+  // A schedule matching every hour is an interval (cron's "wildcard" jobs): it follows the
+  // clock through DST, dropping the wall-clock times a gap skips and firing again in the hour a
+  // fall-back repeats. Other schedules name a time of day, which runs once that day.
+  const bool every_hour = hours_ == kAllHours;
+  int64_t next = FirstOccurrenceAfter(after_s, every_hour);
+  if (zone_ && every_hour) next = std::min(next, RepeatedOccurrenceAfter(after_s));
+  if (next >= kEndSeconds) return kCronNever;
+  return TimePoint(std::chrono::seconds(next));
+}
+
+int64_t CronSchedule::FirstOccurrenceAfter(int64_t after_s, bool skip_gaps) const {
   const auto offset_at = [this](int64_t t) { return zone_ ? zone_->OffsetAt(t) : 0; };
-  const bool skip_gaps = hours_ == kAllHours;
   std::vector<int64_t> transitions;
   int64_t local = FloorDiv(after_s + offset_at(after_s), 60) * 60;
   // Each round either returns or moves past one wall-clock minute that does not fire after
-  // `after` (a repeated or skipped minute); the bound only guards against corrupt zone data.
+  // `after_s` (a repeated or skipped minute); the bound only guards against corrupt zone data.
   for (int round = 0; round < 1'000'000; ++round) {
     int64_t candidate = 0;
-    if (!NextLocalMatch(local, &candidate)) return kCronNever;
+    if (!NextLocalMatch(local, &candidate)) return kEndSeconds;
     int64_t fire = candidate;
     int64_t resume = candidate + 60;
     if (zone_) {
-      // Every instant whose wall-clock time is `candidate` lies within a day of it.
-      constexpr int64_t kWindow = 2 * kSecondsPerDay;
       transitions.clear();
-      zone_->TransitionsIn(candidate - kWindow, candidate + kWindow, &transitions);
+      zone_->TransitionsIn(candidate - kDstWindow, candidate + kDstWindow, &transitions);
       std::optional<int64_t> first;
       const auto try_offset = [&](int32_t offset) {
         const int64_t t = candidate - offset;
         if (zone_->OffsetAt(t) == offset && (!first || t < *first)) first = t;
       };
-      try_offset(zone_->OffsetAt(candidate - kWindow));
+      try_offset(zone_->OffsetAt(candidate - kDstWindow));
       for (int64_t tr : transitions) try_offset(zone_->OffsetAt(tr));
       if (first) {
         fire = *first;  // the first of two occurrences when the clock fell back
@@ -807,13 +818,35 @@ TimePoint CronSchedule::Next(TimePoint after) const {
         fire = *gap_end;
       }
     }
-    if (fire > after_s) {
-      if (fire >= kEndSeconds) return kCronNever;
-      return TimePoint(std::chrono::seconds(fire));
-    }
+    if (fire > after_s) return std::min(fire, kEndSeconds);
     local = resume;
   }
-  return kCronNever;
+  return kEndSeconds;
+}
+
+int64_t CronSchedule::RepeatedOccurrenceAfter(int64_t after_s) const {
+  // A second occurrence t can only come before the first occurrence of a later wall-clock time
+  // if its own first occurrence (t minus the hour repeated) is not after `after_s`, so t lies
+  // within one fall-back of `after_s`: only the transitions near it matter.
+  std::vector<int64_t> transitions;
+  zone_->TransitionsIn(after_s - kDstWindow, after_s + kDstWindow, &transitions);
+  for (int64_t tr : transitions) {
+    const int32_t before = zone_->OffsetAt(tr - 1);
+    const int32_t offset = zone_->OffsetAt(tr);
+    if (offset >= before) continue;  // not a fall-back
+    // The instants [tr, repeat_end) show again the wall-clock times [tr + offset, tr + before).
+    const int64_t repeat_end = tr + (before - offset);
+    int64_t start = std::max(tr, after_s + 1);
+    while (start < repeat_end) {
+      int64_t match = 0;
+      if (!NextLocalMatch(FloorDiv(start + offset, 60) * 60, &match)) break;
+      const int64_t t = match - offset;
+      if (t >= repeat_end) break;
+      if (t >= start) return t;
+      start = t + 60;  // the minute began before `start` (an offset with seconds)
+    }
+  }
+  return kEndSeconds;
 }
 
 }  // namespace spool

@@ -37,9 +37,9 @@ inline constexpr TimePoint kCronNever = TimePoint::max();
 // Time zones: the expression is matched against wall-clock time in the zone, read from the system
 // zoneinfo (TZif files under $TZDIR or /usr/share/zoneinfo, POSIX rule footer for times past the
 // last listed transition). Daylight saving time:
-//   - a wall-clock time that occurs twice (fall back) fires once, at its first occurrence, also
-//     for schedules that match every hour (cron runs those through the repeated hour: here an
-//     every-15-minutes schedule pauses for it);
+//   - a wall-clock time that occurs twice (fall back) fires once, at its first occurrence, but
+//     when the hour field matches every hour ("*/15 * * * *", "0 * * * *") it fires at both, as
+//     cron runs such schedules through the repeated hour;
 //   - a wall-clock time skipped by a spring-forward gap fires once at the first instant after the
 //     gap (e.g. "30 2 * * *" in America/New_York fires at 03:00 EDT on 2026-03-08), because a
 //     daily or weekly job should still run that day; but when the hour field matches every hour
@@ -72,6 +72,13 @@ class CronSchedule {
   // Smallest wall-clock minute >= `local` (seconds, on a minute) that matches the fields, or
   // false when there is none before the year 10000.
   bool NextLocalMatch(int64_t local, int64_t* match) const;
+  // UTC seconds of the first instant after `after_s` whose wall-clock time matches, counting a
+  // time repeated by a fall-back at its first occurrence only; a time skipped by a gap fires at
+  // the gap's end unless `skip_gaps`. The end of year 9999 when there is none.
+  int64_t FirstOccurrenceAfter(int64_t after_s, bool skip_gaps) const;
+  // The first instant after `after_s` in the second pass of an hour repeated by a fall-back near
+  // it whose wall-clock time matches, or the end of year 9999.
+  int64_t RepeatedOccurrenceAfter(int64_t after_s) const;
 
   std::string expression_;
   std::string time_zone_;

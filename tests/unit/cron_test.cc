@@ -270,14 +270,67 @@ TEST(CronTest, NewYorkFallBack) {
   // 2026-11-01 02:00 EDT (06:00Z) falls back to 01:00 EST: 01:xx happens twice, fires once.
   EXPECT_EQ(Fires("30 1 * * *", "2026-10-31T12:00:00Z", 3, "America/New_York"),
             (Strings{"2026-11-01T05:30:00Z", "2026-11-02T06:30:00Z", "2026-11-03T06:30:00Z"}));
-  EXPECT_EQ(Fires("0 * * * *", "2026-11-01T03:30:00Z", 4, "America/New_York"),
-            (Strings{"2026-11-01T04:00:00Z", "2026-11-01T05:00:00Z", "2026-11-01T07:00:00Z",
-                     "2026-11-01T08:00:00Z"}));
+  // A schedule matching every hour runs through the repeated hour, as cron does.
+  EXPECT_EQ(Fires("0 * * * *", "2026-11-01T03:30:00Z", 5, "America/New_York"),
+            (Strings{"2026-11-01T04:00:00Z", "2026-11-01T05:00:00Z", "2026-11-01T06:00:00Z",
+                     "2026-11-01T07:00:00Z", "2026-11-01T08:00:00Z"}));
+  EXPECT_EQ(Fires("*/20 * * * *", "2026-11-01T05:30:00Z", 6, "America/New_York"),
+            (Strings{"2026-11-01T05:40:00Z", "2026-11-01T06:00:00Z", "2026-11-01T06:20:00Z",
+                     "2026-11-01T06:40:00Z", "2026-11-01T07:00:00Z", "2026-11-01T07:20:00Z"}));
+  EXPECT_EQ(NextUtc("*/15 * * * *", "2026-11-01T06:10:00Z", "America/New_York"),
+            "2026-11-01T06:15:00Z");
+  // ... but a time of day in the repeated hour runs once.
+  EXPECT_EQ(Fires("*/30 1 * * *", "2026-11-01T04:00:00Z", 3, "America/New_York"),
+            (Strings{"2026-11-01T05:00:00Z", "2026-11-01T05:30:00Z", "2026-11-02T06:00:00Z"}));
   // Asked from inside the second 01:xx, it does not go back to the first.
   EXPECT_EQ(NextUtc("45 1 * * *", "2026-11-01T06:10:00Z", "America/New_York"),
             "2026-11-02T06:45:00Z");
   EXPECT_EQ(NextUtc("0 2 * * *", "2026-11-01T05:00:00Z", "America/New_York"),
             "2026-11-01T07:00:00Z");
+}
+
+// A schedule that matches every hour fires at every instant whose wall-clock time matches: the
+// C library's localtime_r is the oracle, minute by minute across a year's DST changes.
+TEST(CronTest, EveryHourSchedulesFollowTheClockThroughDst) {
+  const char* old = std::getenv("TZ");
+  const std::string old_value = old != nullptr ? old : "";
+  struct Case {
+    const char* zone;
+    const char* from;
+  };
+  // Lord Howe moves its clocks by half an hour.
+  for (const Case& c : {Case{"America/New_York", "2026-03-07T12:00:00Z"},
+                        Case{"America/New_York", "2026-10-31T12:00:00Z"},
+                        Case{"Europe/Kyiv", "2026-10-24T12:00:00Z"},
+                        Case{"Australia/Lord_Howe", "2026-04-04T00:00:00Z"},
+                        Case{"Australia/Lord_Howe", "2026-10-03T00:00:00Z"}}) {
+    ASSERT_EQ(setenv("TZ", c.zone, 1), 0);
+    tzset();
+    for (const char* expr : {"*/15 * * * *", "0 * * * *", "10,40 * * * *", "* * * * *"}) {
+      const CronSchedule s = MustParse(expr, c.zone);
+      const CronSchedule utc = MustParse(expr);
+      TimePoint next = At(c.from);
+      const auto from_s =
+          std::chrono::duration_cast<std::chrono::seconds>(next.time_since_epoch()).count();
+      for (int64_t t = from_s + 60; t < from_s + 2 * 86400; t += 60) {
+        const time_t tt = static_cast<time_t>(t);
+        std::tm wall{};
+        ASSERT_NE(localtime_r(&tt, &wall), nullptr);
+        // The wall-clock minute matches when the UTC schedule matches it read as UTC.
+        const int64_t local_minute = (t + wall.tm_gmtoff) / 60 * 60;
+        const TimePoint as_utc = TimePoint(std::chrono::seconds(local_minute));
+        if (utc.Next(as_utc - std::chrono::seconds(1)) != as_utc) continue;
+        next = s.Next(next);
+        ASSERT_EQ(Utc(next), Utc(TimePoint(std::chrono::seconds(t)))) << expr << " in " << c.zone;
+      }
+    }
+  }
+  if (old != nullptr) {
+    setenv("TZ", old_value.c_str(), 1);
+  } else {
+    unsetenv("TZ");
+  }
+  tzset();
 }
 
 TEST(CronTest, KyivDaylightSaving) {
