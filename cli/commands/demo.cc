@@ -7,9 +7,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
-#include <mutex>
 #include <random>
-#include <set>
 #include <thread>
 
 #include "commands/commands.h"
@@ -78,17 +76,10 @@ class ResizeImageWorker final : public Worker<ResizeImageArgs> {
 class ChargeCardWorker final : public Worker<ChargeCardArgs> {
  public:
   Outcome Work(JobContext& ctx, const ChargeCardArgs&) override {
-    {
-      std::lock_guard lock(mu_);
-      if (snoozed_.insert(ctx.job().id).second) return Outcome::Snooze(500ms);
-    }
+    if (ctx.snoozes() == 0) return Outcome::Snooze(500ms);
     SimulateIo(ctx, 1ms);
     return Outcome::Done();
   }
-
- private:
-  std::mutex mu_;
-  std::set<int64_t> snoozed_;
 };
 
 // Always fails: discarded after its 3 attempts, with every error kept.

@@ -42,8 +42,7 @@ class Outcome {
   // The attempt failed: retryable after backoff, or discarded once attempts are used up.
   static Outcome Fail(std::string message) { return Outcome(Kind::kFail, std::move(message), {}); }
   // Run again after `delay` (0 to kMaxDelay) without consuming an attempt: ctx.attempt() stays
-  // as it was, so a worker that snoozes "once" must count its runs another way, e.g.
-  // ctx.job().attempted_by, which gains an entry at every start (the last 100 are kept).
+  // as it was, and the job's metadata "snoozes" (ctx.snoozes()) grows by one.
   static Outcome Snooze(Duration delay) { return Outcome(Kind::kSnooze, {}, delay); }
   // Stop for good: the job becomes cancelled with `reason` in its error history.
   static Outcome Cancel(std::string reason) {
@@ -78,6 +77,9 @@ class JobContext {
 
   const JobRow& job() const { return job_; }
   int attempt() const { return job_.attempt; }
+  // How many times this job has snoozed: metadata key "snoozes", as River keeps it; 0 when it
+  // never has (or the key holds something other than a non-negative integer).
+  int64_t snoozes() const;
   Client& client() const { return client_; }
   // Requested when the job's timeout passes, an admin cancels it, or the client stops hard.
   const std::stop_token& stop_token() const { return stop_; }

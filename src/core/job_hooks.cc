@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <limits>
+#include <nlohmann/json.hpp>
 
 #include "core/exception.h"
 
@@ -58,6 +60,36 @@ Duration RetryDelay(const WorkerBase* worker, const RetryPolicy& policy, const J
   }
   if (!delay) delay = DefaultRetryPolicy().NextRetry(job);
   return ClampDelay(*delay);
+}
+
+namespace {
+
+// The integer under "snoozes" in a parsed metadata object, when there is one that can grow.
+std::optional<int64_t> SnoozeCount(const nlohmann::json& metadata) {
+  const auto it = metadata.find("snoozes");
+  if (it == metadata.end()) return std::nullopt;
+  if (it->is_number_unsigned()) {
+    const auto n = it->get<uint64_t>();
+    if (n >= static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) return std::nullopt;
+    return static_cast<int64_t>(n);
+  }
+  if (it->is_number_integer()) return it->get<int64_t>();
+  return std::nullopt;
+}
+
+}  // namespace
+
+int64_t SnoozesIn(std::string_view metadata) {
+  const nlohmann::json parsed = nlohmann::json::parse(metadata, nullptr, false);
+  if (!parsed.is_object()) return 0;
+  return std::max<int64_t>(SnoozeCount(parsed).value_or(0), 0);
+}
+
+std::string WithOneMoreSnooze(const std::string& metadata) {
+  nlohmann::json parsed = nlohmann::json::parse(metadata, nullptr, false);
+  if (!parsed.is_object()) return metadata;
+  parsed["snoozes"] = SnoozeCount(parsed).value_or(0) + 1;
+  return parsed.dump();
 }
 
 }  // namespace spool::internal

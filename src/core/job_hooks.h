@@ -1,6 +1,8 @@
 #pragma once
 
+#include <cstdint>
 #include <optional>
+#include <string>
 #include <string_view>
 
 #include "spool/options.h"
@@ -21,5 +23,12 @@ Duration JobTimeout(const WorkerBase* worker, const ClientOptions& options, cons
 // (when both throw, logged) DefaultRetryPolicy's; within 0..kMaxDelay.
 Duration RetryDelay(const WorkerBase* worker, const RetryPolicy& policy, const JobRow& job,
                     const Logger& logger);
+
+// The snoozes counted in a job's metadata (key "snoozes"): 0 unless it holds a positive integer.
+int64_t SnoozesIn(std::string_view metadata);
+
+// `metadata` with its snooze count one higher, as the drivers write it with a snooze's outcome
+// (so that the event tells what the table holds); unchanged when it is not a JSON object.
+std::string WithOneMoreSnooze(const std::string& metadata);
 
 }  // namespace spool::internal

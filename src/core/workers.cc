@@ -1,5 +1,6 @@
 #include <fmt/format.h>
 
+#include "core/job_hooks.h"
 #include "spool/client.h"
 #include "spool/worker.h"
 
@@ -29,6 +30,8 @@ WorkerBase* Workers::Find(std::string_view kind) const {
   auto it = by_kind_.find(kind);
   return it == by_kind_.end() ? nullptr : it->second.get();
 }
+
+int64_t JobContext::snoozes() const { return internal::SnoozesIn(job_.metadata); }
 
 const std::any& JobContext::AppAny() const { return client_.options().app; }
 

@@ -96,6 +96,9 @@ struct JobSetStateParams {
   JobState state = JobState::kCompleted;
   TimePoint at{};
   std::optional<AttemptError> error{};  // appended to the job's errors when set
+  // With kScheduled: the worker snoozed (not a job given back unstarted), so the integer under
+  // metadata key "snoozes" grows by one (set to 1 when absent or not an integer).
+  bool snooze = false;
 };
 
 struct JobSetStateIfRunningManyParams {

@@ -450,8 +450,10 @@ Completion QueueRunner::MakeCompletion(JobRow job, const Outcome& outcome, bool 
       case Outcome::Kind::kSnooze:
         c.params.state = JobState::kScheduled;
         c.params.at = now + ClampDelay(outcome.snooze_delay());
+        c.params.snooze = true;
         c.event.kind = Event::Kind::kJobSnoozed;
         job.attempt -= 1;
+        job.metadata = WithOneMoreSnooze(job.metadata);
         break;
       case Outcome::Kind::kCancel: {
         c.params.state = JobState::kCancelled;

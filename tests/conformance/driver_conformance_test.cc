@@ -764,6 +764,37 @@ TEST_P(DriverConformanceTest, AttemptedByKeepsTheLast100Clients) {
   EXPECT_EQ(job.attempt, 0);
 }
 
+// A worker's snooze counts in metadata "snoozes" (as River keeps it), beside the job's own keys;
+// a job given back unstarted (also scheduled, attempt unused) does not count.
+TEST_P(DriverConformanceTest, SnoozesAreCountedInMetadata) {
+  std::vector<JobInsertParams> jobs(4, Job("k", "q_snooze"));
+  jobs[0].metadata = R"({"origin":"signup"})";
+  jobs[1].metadata = R"({"snoozes":41})";
+  jobs[2].metadata = R"({"snoozes":"many"})";
+  CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(exec(), Many(jobs)));
+  for (int round = 0; round < 2; ++round) {
+    CONF_ASSIGN_OR_FAIL(auto got, exec().JobGetAvailable(Fetch("q_snooze", 10, kT0, "c")));
+    ASSERT_EQ(got.size(), 4u);
+    JobSetStateIfRunningManyParams outcomes;
+    for (size_t i = 0; i < 4; ++i) {
+      JobSetStateParams o = Outcome(rows[i].id, JobState::kScheduled, kT0);
+      o.snooze = i != 3;
+      outcomes.jobs.push_back(o);
+    }
+    CONF_ASSIGN_OR_FAIL(int64_t n, exec().JobSetStateIfRunningMany(outcomes));
+    ASSERT_EQ(n, 4);
+    CONF_ASSIGN_OR_FAIL(auto s, exec().JobSchedule({kT0, 10}));
+    ASSERT_EQ(s.count, 4);
+  }
+  const std::vector<std::string> want = {R"({"origin":"signup","snoozes":2})", R"({"snoozes":43})",
+                                         R"({"snoozes":2})", "{}"};
+  for (size_t i = 0; i < 4; ++i) {
+    CONF_ASSIGN_OR_FAIL(JobRow job, exec().JobGetByID(rows[i].id));
+    EXPECT_EQ(Json(job.metadata), Json(want[i])) << i;
+    EXPECT_EQ(job.attempt, 0) << i;
+  }
+}
+
 TEST_P(DriverConformanceTest, ConcurrentFetchersNeverGetTheSameJob) {
   constexpr int kJobs = 1500;
   std::vector<JobInsertParams> jobs(kJobs, Job("k", "shared"));

@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/job_hooks.h"
 #include "driver/driver.h"
 #include "runtime/completer.h"
 #include "spool/spool.h"
@@ -235,14 +236,18 @@ TEST_F(ClientTest, ExceptionsOfAnyTypeAreRecordedAndThePoolSurvives) {
 }
 
 TEST_F(ClientTest, SnoozeReschedulesWithoutUsingAnAttempt) {
-  behaviour_->fn = [](JobContext& ctx, const EmailArgs&) {
-    return ctx.attempt() == 1 && ctx.job().scheduled_at < ctx.job().created_at + 1s
-               ? Outcome::Snooze(30s)
-               : Outcome::Done();
+  std::mutex mu;
+  std::vector<int64_t> seen;  // ctx.snoozes() at each start
+  behaviour_->fn = [&](JobContext& ctx, const EmailArgs&) {
+    std::lock_guard lock(mu);
+    seen.push_back(ctx.snoozes());
+    return ctx.snoozes() < 2 ? Outcome::Snooze(30s) : Outcome::Done();
   };
   auto c = Start();
   EventLog log(*c);
-  auto r = c->Insert(EmailArgs{"a"});
+  InsertOptions opts;
+  opts.metadata = R"({"origin":"signup"})";
+  auto r = c->Insert(EmailArgs{"a"}, opts);
   ASSERT_TRUE(r.has_value());
   ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobSnoozed));
   JobRow j = Get(*c, r->job.id);
@@ -250,10 +255,26 @@ TEST_F(ClientTest, SnoozeReschedulesWithoutUsingAnAttempt) {
   EXPECT_EQ(j.attempt, 0);
   EXPECT_EQ(j.scheduled_at, clock_->Now() + 30s);
   EXPECT_TRUE(j.errors.empty());
+  EXPECT_EQ(nlohmann::json::parse(j.metadata),
+            nlohmann::json::parse(R"({"origin":"signup","snoozes":1})"));
+  clock_->Advance(30s);
+  ASSERT_TRUE(log.WaitForCount(Event::Kind::kJobSnoozed, 2));
   clock_->Advance(30s);
   ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobCompleted));
-  EXPECT_EQ(Get(*c, r->job.id).attempt, 1);
+  j = Get(*c, r->job.id);
+  EXPECT_EQ(j.attempt, 1);
+  EXPECT_EQ(nlohmann::json::parse(j.metadata),
+            nlohmann::json::parse(R"({"origin":"signup","snoozes":2})"));
   EXPECT_TRUE(c->Stop(10s).ok());
+  EXPECT_EQ(seen, (std::vector<int64_t>{0, 1, 2}));
+  // The events tell what the table holds.
+  std::vector<int64_t> counted;
+  for (const Event& e : log.events()) {
+    if (e.kind == Event::Kind::kJobSnoozed) {
+      counted.push_back(spool::internal::SnoozesIn(e.job.metadata));
+    }
+  }
+  EXPECT_EQ(counted, (std::vector<int64_t>{1, 2}));
 }
 
 TEST_F(ClientTest, CancelFinalizesWithReason) {

@@ -8,6 +8,7 @@
 
 #include "core/exception.h"
 #include "core/failure_log.h"
+#include "core/job_hooks.h"
 #include "driver/row_json.h"
 #include "runtime/deadline_watcher.h"
 #include "spool/spool.h"
@@ -63,6 +64,24 @@ TEST(RowJsonTest, ErrorHistoryRoundTripsAndSkipsWhatItCannotRead) {
   EXPECT_EQ((*loose)[0].error, "x");
   EXPECT_TRUE(internal::ParseErrors("[]")->empty());
   EXPECT_FALSE(internal::ParseErrors(R"({"error": "x"})").has_value());
+}
+
+// The in-memory count follows the drivers' SQL: an integer grows, anything else starts at 1, and
+// metadata that is not an object is left alone.
+TEST(SnoozeCountTest, CountsLikeTheDrivers) {
+  using spool::internal::SnoozesIn;
+  using spool::internal::WithOneMoreSnooze;
+  EXPECT_EQ(SnoozesIn("{}"), 0);
+  EXPECT_EQ(SnoozesIn(R"({"snoozes":3})"), 3);
+  EXPECT_EQ(SnoozesIn(R"({"snoozes":-3})"), 0);
+  EXPECT_EQ(SnoozesIn(R"({"snoozes":"3"})"), 0);
+  EXPECT_EQ(SnoozesIn("not json"), 0);
+  EXPECT_EQ(WithOneMoreSnooze("{}"), R"({"snoozes":1})");
+  EXPECT_EQ(WithOneMoreSnooze(R"({"a":[1],"snoozes":41})"), R"({"a":[1],"snoozes":42})");
+  EXPECT_EQ(WithOneMoreSnooze(R"({"snoozes":1.5})"), R"({"snoozes":1})");
+  EXPECT_EQ(WithOneMoreSnooze(R"({"snoozes":18446744073709551615})"), R"({"snoozes":1})");
+  EXPECT_EQ(WithOneMoreSnooze("[1,2]"), "[1,2]");
+  EXPECT_EQ(WithOneMoreSnooze("not json"), "not json");
 }
 
 TEST(StatusTest, OkIsDefaultAndCheap) {

@@ -179,9 +179,15 @@ const std::string& SetStateSql() {
     "THEN " SPOOL_TS("u.at") " ELSE j.scheduled_at END, "
     "attempt = CASE WHEN u.state = " SPOOL_SCHEDULED " THEN greatest(j.attempt - 1, 0) "
     "ELSE j.attempt END, "
-    "errors = CASE WHEN u.err IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(u.err) END "
+    "errors = CASE WHEN u.err IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(u.err) END, "
+    // Metadata edited by hand into something other than an object is left alone.
+    "metadata = CASE WHEN u.snooze AND jsonb_typeof(j.metadata) = 'object' "
+    "THEN jsonb_set(j.metadata, '{snoozes}', to_jsonb(CASE "
+    "WHEN jsonb_typeof(j.metadata->'snoozes') = 'number' "
+    "AND (j.metadata->>'snoozes') ~ '^-?[0-9]{1,18}$' "
+    "THEN (j.metadata->>'snoozes')::int8 + 1 ELSE 1 END)) ELSE j.metadata END "
     "FROM (SELECT DISTINCT ON (id) * FROM unnest($1::int8[], $2::int2[], $3::int8[], "
-    "$4::jsonb[], $5::int4[]) AS x(id, state, at, err, attempt)) AS u "
+    "$4::jsonb[], $5::int4[], $6::bool[]) AS x(id, state, at, err, attempt, snooze)) AS u "
     "WHERE j.id = u.id AND j.state = " SPOOL_RUNNING_OPAQUE " "
     "AND (u.attempt = 0 OR j.attempt = u.attempt) RETURNING j.id");
   return *kSql;
@@ -983,7 +989,7 @@ Result<int64_t> SetStateOn(Conn& c, const JobSetStateIfRunningManyParams& p,
   if (p.skipped != nullptr) p.skipped->clear();
   if (p.jobs.empty()) return int64_t{0};
   std::vector<std::string> done_ids, done_ats, done_attempts;
-  std::vector<std::string> ids, states, ats, attempts;
+  std::vector<std::string> ids, states, ats, attempts, snoozes;
   std::vector<std::optional<std::string>> errs;
   for (const JobSetStateParams& j : p.jobs) {
     if (j.state == JobState::kCompleted && !j.error) {
@@ -997,6 +1003,7 @@ Result<int64_t> SetStateOn(Conn& c, const JobSetStateIfRunningManyParams& p,
     ats.push_back(Micros(j.at));
     errs.push_back(j.error ? std::optional<std::string>(ErrorJson(*j.error)) : std::nullopt);
     attempts.push_back(std::to_string(j.attempt));
+    snoozes.push_back(j.snooze ? "t" : "f");
   }
   // Both statements (when both are needed) in one pipeline: one round trip and, outside a
   // transaction, one implicit transaction.
@@ -1008,10 +1015,11 @@ Result<int64_t> SetStateOn(Conn& c, const JobSetStateIfRunningManyParams& p,
                            pg::ArrayLiteral(done_attempts)}});
   }
   if (!ids.empty()) {
-    statements.push_back({"spool_set_state",
-                          &SetStateSql(),
-                          {pg::ArrayLiteral(ids), pg::ArrayLiteral(states), pg::ArrayLiteral(ats),
-                           pg::ArrayLiteral(errs), pg::ArrayLiteral(attempts)}});
+    statements.push_back(
+        {"spool_set_state",
+         &SetStateSql(),
+         {pg::ArrayLiteral(ids), pg::ArrayLiteral(states), pg::ArrayLiteral(ats),
+          pg::ArrayLiteral(errs), pg::ArrayLiteral(attempts), pg::ArrayLiteral(snoozes)}});
   }
   SPOOL_ASSIGN_OR_RETURN(std::vector<PgResult> results,
                          QueryWithSettings(c, settings, std::move(statements)));

@@ -731,7 +731,7 @@ Result<sqlite3_stmt*> SqliteQueries::SetStateStmt(int rows) {
   rows = OutcomeStatementRows(rows);
   auto& slot = set_state_[static_cast<size_t>(rows)];
   if (slot != nullptr) return slot;
-  // u: (id, new state, at, error JSON or NULL, attempt or 0).
+  // u: (id, new state, at, error JSON or NULL, attempt or 0, snooze 0 or 1).
   std::string sql =
       "UPDATE spool_job SET state = u.column2, "
       "finalized_at = CASE WHEN u.column2 IN " SPOOL_FINAL_STATES
@@ -744,9 +744,15 @@ Result<sqlite3_stmt*> SqliteQueries::SetStateStmt(int rows) {
       " "
       "THEN max(spool_job.attempt - 1, 0) ELSE spool_job.attempt END, "
       "errors = CASE WHEN u.column4 IS NULL THEN spool_job.errors "
-      "ELSE json_insert(spool_job.errors, '$[#]', json(u.column4)) END "
+      "ELSE json_insert(spool_job.errors, '$[#]', json(u.column4)) END, "
+      // Metadata edited by hand into something other than an object is left alone.
+      "metadata = CASE WHEN u.column6 AND json_type(spool_job.metadata) = 'object' "
+      "THEN json_set(spool_job.metadata, '$.snoozes', "
+      "CASE WHEN json_type(spool_job.metadata, '$.snoozes') = 'integer' "
+      "THEN json_extract(spool_job.metadata, '$.snoozes') + 1 ELSE 1 END) "
+      "ELSE spool_job.metadata END "
       "FROM (VALUES ";
-  for (int r = 0; r < rows; ++r) sql += r == 0 ? "(?,?,?,?,?)" : ",(?,?,?,?,?)";
+  for (int r = 0; r < rows; ++r) sql += r == 0 ? "(?,?,?,?,?,?)" : ",(?,?,?,?,?,?)";
   sql += ") AS u WHERE spool_job.id = u.column1 AND spool_job.state = " SPOOL_RUNNING
          " "
          "AND (u.column5 = 0 OR spool_job.attempt = u.column5)";
@@ -917,7 +923,7 @@ Result<int64_t> SqliteQueries::SetStates(const std::vector<const JobSetStatePara
     int rc = SQLITE_OK;
     for (size_t r = 0; r < n && rc == SQLITE_OK; ++r) {
       const JobSetStateParams& job = *other[start + r];
-      const int b = static_cast<int>(r) * 5;
+      const int b = static_cast<int>(r) * 6;
       rc = sqlite3_bind_int64(stmt, b + 1, job.id);
       if (rc == SQLITE_OK) rc = sqlite3_bind_int(stmt, b + 2, StateCode(job.state));
       if (rc == SQLITE_OK) rc = sqlite3_bind_int64(stmt, b + 3, Micros(job.at));
@@ -929,6 +935,7 @@ Result<int64_t> SqliteQueries::SetStates(const std::vector<const JobSetStatePara
         }
       }
       if (rc == SQLITE_OK) rc = sqlite3_bind_int(stmt, b + 5, job.attempt);
+      if (rc == SQLITE_OK) rc = sqlite3_bind_int(stmt, b + 6, job.snooze ? 1 : 0);
     }
     SPOOL_RETURN_IF_ERROR(CheckBind(rc, stmt));
     SPOOL_RETURN_IF_ERROR(StepDone(stmt, "set job states"));
