@@ -103,6 +103,48 @@ class MultiProcessTest : public ::testing::Test {
   std::vector<pid_t> children_;
 };
 
+// Deploys that start several processes at once on a new file: each runs `migration up` (or
+// auto_migrate); every one must succeed.
+TEST_F(MultiProcessTest, RacingMigrationsOfANewFileAllSucceed) {
+  constexpr int kRounds = 5;
+  constexpr int kProcesses = 3;
+  for (int round = 0; round < kRounds; ++round) {
+    const std::string url = dir_.SqliteUrl("race" + std::to_string(round) + ".db");
+    int go[2];
+    ASSERT_EQ(pipe(go), 0);
+    std::vector<pid_t> pids;
+    for (int i = 0; i < kProcesses; ++i) {
+      const pid_t pid = fork();
+      ASSERT_GE(pid, 0);
+      if (pid == 0) {
+        close(go[1]);
+        char byte = 0;
+        // Blocks until the parent closes its end: all start together.
+        if (read(go[0], &byte, 1) < 0) _exit(4);
+        const Status s = MigrateUp(url);
+        if (!s.ok()) {
+          fprintf(stderr, "child %d: %s\n", i, s.ToString().c_str());
+          _exit(1);
+        }
+        _exit(0);
+      }
+      pids.push_back(pid);
+    }
+    close(go[0]);
+    close(go[1]);
+    for (pid_t pid : pids) {
+      int status = 0;
+      ASSERT_EQ(waitpid(pid, &status, 0), pid);
+      EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "round " << round;
+    }
+    auto d = internal::Driver::Open(url, {});
+    ASSERT_TRUE(d.has_value());
+    auto version = (*d)->SchemaVersion();
+    ASSERT_TRUE(version.has_value());
+    EXPECT_EQ(*version, internal::LatestVersion(**d));
+  }
+}
+
 TEST_F(MultiProcessTest, OneLeaderAtATimeAndEachTickEnqueuedOnceAcrossALeaderKill) {
   const pid_t a = Spawn("proc-a", true, 1ms);
   const pid_t b = Spawn("proc-b", true, 1ms);

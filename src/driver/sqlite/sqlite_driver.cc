@@ -592,8 +592,19 @@ class SqliteDriver final : public Driver {
     sqlite3_busy_timeout(writer_.get(),
                          static_cast<int>(std::clamp<int64_t>(busy_ms, 0, INT32_MAX)));
     // journal_mode is the first statement that reads the file, so it is where a file that is not
-    // a database fails.
-    SPOOL_RETURN_IF_ERROR(RunPragma(writer_.get(), "PRAGMA journal_mode = WAL", path_));
+    // a database fails. Turning a new file to WAL takes its exclusive lock, and while another
+    // process does the same (deploys starting together) SQLite answers SQLITE_BUSY at once,
+    // without calling the busy handler: retried here until the busy timeout instead.
+    const auto give_up = std::chrono::steady_clock::now() + options.sqlite.busy_timeout;
+    auto pause = std::chrono::milliseconds(1);
+    Status wal = RunPragma(writer_.get(), "PRAGMA journal_mode = WAL", path_);
+    while (!wal.ok() && (sqlite3_errcode(writer_.get()) & 0xff) == SQLITE_BUSY &&
+           std::chrono::steady_clock::now() + pause < give_up) {
+      std::this_thread::sleep_for(pause);
+      pause = std::min(pause * 2, std::chrono::milliseconds(50));
+      wal = RunPragma(writer_.get(), "PRAGMA journal_mode = WAL", path_);
+    }
+    SPOOL_RETURN_IF_ERROR(wal);
     SPOOL_RETURN_IF_ERROR(
         RunPragma(writer_.get(), SynchronousPragma(options.sqlite.synchronous_full), path_));
     SPOOL_RETURN_IF_ERROR(RunPragma(writer_.get(), "PRAGMA foreign_keys = ON", path_));
@@ -768,6 +779,11 @@ class SqliteDriver final : public Driver {
         fmt::format("migration {} ({}) {}", m.version, m.name, up ? "up" : "down");
     auto fail = [&](const Status& s) { return s.WithContext(context); };
     SPOOL_ASSIGN_OR_RETURN(auto scope, WriteScope::Begin(queries_.cache()));
+    // Another process may have applied (or reverted) this step since the caller read the
+    // version: read it again under the write lock, so racing deploys apply each step once.
+    Result<int> current = SchemaVersionLocked();
+    if (!current) return fail(current.error());
+    if (up ? *current >= m.version : *current != m.version) return Status::Ok();  // rolls back
     sqlite3* db = writer_.get();
     // Statements are prepared per run (not cached): each migration runs once, and the DDL
     // changes the tables a cached statement would point at.
