@@ -543,23 +543,36 @@ class Client::Impl {
     }
   }
 
-  // Wakes producers when another process changed the database.
+  // Wakes producers when another process changed the database, and looks for cancels of jobs
+  // running here after each change (at most every kCancelCheckMinInterval: a change inside it is
+  // looked at when it ends, not dropped) and every poll_interval.
   void NotifyLoop() {
+    bool check_due = false;
     for (;;) {
       {
         std::lock_guard lock(background_mu_);
         if (background_stop_) return;
       }
-      auto changed = driver_->WaitForChange(options_.poll_interval);
+      Duration wait = options_.poll_interval;
+      if (check_due) {
+        const auto until = last_cancel_check_ + kCancelCheckMinInterval;
+        wait = std::min(wait, std::chrono::duration_cast<Duration>(
+                                  std::max(until - std::chrono::steady_clock::now(),
+                                           std::chrono::steady_clock::duration::zero())));
+      }
+      auto changed = driver_->WaitForChange(wait);
       if (!changed) {
         std::unique_lock lock(background_mu_);
         background_cv_.wait_for(lock, kLoopErrorBackoff, [&] { return background_stop_; });
         continue;
       }
       if (*changed) WakeAll();
+      // A timeout is the poll's own check, or the end of the interval a change waited for.
+      check_due = true;
       const auto now = std::chrono::steady_clock::now();
-      if (!*changed || now - last_cancel_check_ >= kCancelCheckMinInterval) {
+      if (now - last_cancel_check_ >= kCancelCheckMinInterval) {
         last_cancel_check_ = now;
+        check_due = false;
         CancelRequestedJobs();
       }
     }

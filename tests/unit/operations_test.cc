@@ -700,5 +700,38 @@ TEST_F(OperationsTest, CancelFromAnotherClientReachesTheRunningJob) {
   ASSERT_TRUE(worker->Stop(10s).ok());
 }
 
+// An admin cancelling several running jobs commits one change after another within
+// milliseconds: each must reach its job by the change it made, not by the next poll (an hour
+// here), although the client looks for cancels at most every 50 ms.
+TEST_F(OperationsTest, CancelsOfSeveralRunningJobsAllArriveWithoutAPoll) {
+  constexpr int kJobs = 4;
+  std::atomic<int> started_count{0};
+  Signal all_started;
+  fn_ = [&](JobContext& ctx, const TaskArgs&) {
+    if (started_count.fetch_add(1) + 1 == kJobs) all_started.Notify();
+    return WaitForCancel(ctx);
+  };
+  auto worker_opts = Options();
+  worker_opts.poll_interval = 1h;
+  auto worker = Open(worker_opts);
+  EventLog log(*worker);
+  ASSERT_TRUE(worker->Start().ok());
+  std::vector<int64_t> ids;
+  for (int i = 0; i < kJobs; ++i) ids.push_back(worker->Insert(TaskArgs{"long"})->job.id);
+  ASSERT_TRUE(all_started.WaitFor());
+  auto admin_opts = Options();
+  admin_opts.queues.clear();
+  auto admin = Open(admin_opts);
+  // One at a time, each right after the last arrived: inside the 50 ms of the check that found
+  // the last one.
+  for (int64_t id : ids) {
+    auto r = admin->JobCancel(id);
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(r->state, JobState::kRunning);
+    ASSERT_TRUE(log.WaitForJob(id, Event::Kind::kJobCancelled)) << id;
+  }
+  ASSERT_TRUE(worker->Stop(10s).ok());
+}
+
 }  // namespace
 }  // namespace spool
