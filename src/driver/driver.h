@@ -99,6 +99,11 @@ struct JobSetStateParams {
   // With kScheduled: the worker snoozed (not a job given back unstarted), so the integer under
   // metadata key "snoozes" grows by one (set to 1 when absent or not an integer).
   bool snooze = false;
+  // With retryable, scheduled or discarded: if an admin requested the job's cancel while it ran
+  // (metadata key "cancel_requested_at", which the runtime may not have seen yet), the job
+  // becomes cancelled instead, finalized at this error's time, with this error appended in place
+  // of `error` (and no snooze counted). River turns such outcomes into cancels alike.
+  std::optional<AttemptError> if_cancel_requested{};
 };
 
 struct JobSetStateIfRunningManyParams {
@@ -106,6 +111,9 @@ struct JobSetStateIfRunningManyParams {
   // When set, receives the ids of the jobs left unchanged (no longer running, or running another
   // attempt), in no particular order; cleared first. Costs nothing when every job is written.
   std::vector<int64_t>* skipped = nullptr;
+  // When set, receives the ids of the jobs that became cancelled by `if_cancel_requested`, in no
+  // particular order; cleared first.
+  std::vector<int64_t>* cancelled = nullptr;
 };
 
 // Moves up to `max` scheduled and retryable jobs with scheduled_at <= now to available, and tells

@@ -448,8 +448,14 @@ class Client::Impl {
   }
 
   void Deliver(const std::vector<Completion>& batch) {
-    for (const auto& c : batch) LogOutcome(logger_, c.event);
-    DeliverEvents(batch, [](const Completion& c) -> const Event& { return c.event; });
+    std::vector<const Event*> events;
+    events.reserve(batch.size());
+    for (const auto& c : batch) {
+      if (c.silent) continue;
+      LogOutcome(logger_, c.event);
+      events.push_back(&c.event);
+    }
+    DeliverEvents(events, [](const Event* e) -> const Event& { return *e; });
   }
 
   // Calls every subscriber for each event, one delivery at a time, without holding

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "core/failure_log.h"
+#include "core/job_hooks.h"
 #include "core/thread_name.h"
 
 namespace spool::internal {
@@ -16,6 +17,31 @@ constexpr auto kRetryBackoffStart = std::chrono::milliseconds(10);
 constexpr auto kRetryBackoffMax = std::chrono::seconds(2);
 // At Stop, how long to keep trying to write outcomes before giving up on them.
 constexpr auto kStopWriteDeadline = std::chrono::seconds(10);
+
+// Makes the events tell what the table holds: the outcomes that an admin's cancel request turned
+// into cancels (`cancelled`), and a snooze's count in the metadata.
+void AsWritten(std::vector<Completion>& batch, std::vector<int64_t>& cancelled) {
+  std::sort(cancelled.begin(), cancelled.end());
+  for (Completion& c : batch) {
+    JobRow& job = c.event.job;
+    if (c.params.if_cancel_requested &&
+        std::binary_search(cancelled.begin(), cancelled.end(), c.params.id)) {
+      const AttemptError& e = *c.params.if_cancel_requested;
+      if (c.params.error && !job.errors.empty()) {
+        job.errors.back() = e;
+      } else {
+        job.errors.push_back(e);
+      }
+      if (c.params.state == JobState::kScheduled) job.attempt = c.params.attempt;
+      job.state = JobState::kCancelled;
+      job.finalized_at = e.at;
+      c.event.kind = Event::Kind::kJobCancelled;
+      c.silent = false;
+    } else if (c.params.snooze) {
+      job.metadata = WithOneMoreSnooze(job.metadata);
+    }
+  }
+}
 
 }  // namespace
 
@@ -69,6 +95,7 @@ void Completer::Run() {
   FailureLog write_failures("writing job outcomes");
   std::vector<Completion> batch;
   std::vector<int64_t> skipped;
+  std::vector<int64_t> cancelled;
   bool retrying = false;  // the last write failed, and may have committed nonetheless
   for (;;) {
     {
@@ -94,7 +121,7 @@ void Completer::Run() {
     space_cv_.notify_all();
 
     skipped.clear();
-    Status st = Write(batch, retrying ? nullptr : &skipped);
+    Status st = Write(batch, retrying ? nullptr : &skipped, &cancelled);
     if (st.ok()) {
       write_failures.Succeeded(logger_);
       {
@@ -115,6 +142,7 @@ void Completer::Run() {
         });
       }
       retrying = false;
+      AsWritten(batch, cancelled);
       deliver_(batch);
       batch.clear();
       // The two vectors trade buffers; after a backlog, neither keeps more than a full batch's.
@@ -147,9 +175,11 @@ void Completer::Run() {
   }
 }
 
-Status Completer::Write(const std::vector<Completion>& batch, std::vector<int64_t>* skipped) {
+Status Completer::Write(const std::vector<Completion>& batch, std::vector<int64_t>* skipped,
+                        std::vector<int64_t>* cancelled) {
   JobSetStateIfRunningManyParams params;
   params.skipped = skipped;
+  params.cancelled = cancelled;
   params.jobs.reserve(batch.size());
   for (const auto& c : batch) params.jobs.push_back(c.params);
   auto r = executor_.JobSetStateIfRunningMany(params);

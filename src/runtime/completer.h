@@ -15,6 +15,8 @@ namespace spool::internal {
 struct Completion {
   JobSetStateParams params;
   Event event;  // delivered to subscribers once params is written
+  // A job handed back unstarted: no event (it did not run), unless it became cancelled.
+  bool silent = false;
 };
 
 // Writes worker outcomes in batches: one JobSetStateIfRunningMany per batch, so completing N jobs
@@ -53,8 +55,10 @@ class Completer {
 
  private:
   void Run();
-  // Writes `batch`; with `skipped`, receives the ids of the jobs the database left unchanged.
-  Status Write(const std::vector<Completion>& batch, std::vector<int64_t>* skipped);
+  // Writes `batch`; with `skipped`, receives the ids of the jobs the database left unchanged;
+  // `cancelled` receives those that a cancel request made cancels.
+  Status Write(const std::vector<Completion>& batch, std::vector<int64_t>* skipped,
+               std::vector<int64_t>* cancelled);
 
   Executor& executor_;
   Deliver deliver_;

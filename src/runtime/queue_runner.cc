@@ -294,11 +294,11 @@ void QueueRunner::WorkLoop() {
       // Hard stop before this claimed job started: give it back without using an attempt.
       lock.unlock();
       Completion c;
-      c.params = {.id = job.id,
-                  .attempt = job.attempt,
-                  .state = JobState::kScheduled,
-                  .at = env_.clock.Now(),
-                  .error = {}};
+      const TimePoint now = env_.clock.Now();
+      c.params = {.id = job.id, .attempt = job.attempt, .state = JobState::kScheduled, .at = now};
+      c.params.if_cancel_requested = AttemptError{
+          .at = now, .attempt = job.attempt, .error = "cancelled by an admin before it started"};
+      c.silent = true;
       c.event = {.kind = Event::Kind::kJobSnoozed, .job = std::move(job), .run_time = {}};
       c.event.queue = c.event.job.queue;
       c.event.job.state = JobState::kScheduled;
@@ -425,14 +425,18 @@ Completion QueueRunner::MakeCompletion(JobRow job, const Outcome& outcome, bool 
     job.errors.push_back(e);
     c.params.error = std::move(e);
   };
+  const AttemptError admin_cancel{
+      .at = now,
+      .attempt = job.attempt,
+      .error = outcome.message().empty()
+                   ? std::string("cancelled by an admin while running")
+                   : "cancelled by an admin while running; Work returned: " + outcome.message()};
   if (admin_cancelled && outcome.kind() != Outcome::Kind::kDone) {
     // An admin's cancel wins over a retry or snooze: the job stops for good.
     c.params.state = JobState::kCancelled;
     c.params.at = now;
     c.event.kind = Event::Kind::kJobCancelled;
-    record_error(outcome.message().empty()
-                     ? std::string("cancelled by an admin while running")
-                     : "cancelled by an admin while running; Work returned: " + outcome.message());
+    record_error(admin_cancel.error);
   } else {
     switch (outcome.kind()) {
       case Outcome::Kind::kDone:
@@ -453,7 +457,6 @@ Completion QueueRunner::MakeCompletion(JobRow job, const Outcome& outcome, bool 
         c.params.snooze = true;
         c.event.kind = Event::Kind::kJobSnoozed;
         job.attempt -= 1;
-        job.metadata = WithOneMoreSnooze(job.metadata);
         break;
       case Outcome::Kind::kCancel: {
         c.params.state = JobState::kCancelled;
@@ -494,6 +497,12 @@ Completion QueueRunner::MakeCompletion(JobRow job, const Outcome& outcome, bool 
         break;
       }
     }
+  }
+  // A cancel requested that this runner has not seen yet (another process's, read at the next
+  // check) also wins; the driver looks in the row when it writes the outcome.
+  if (c.params.state == JobState::kRetryable || c.params.state == JobState::kScheduled ||
+      c.params.state == JobState::kDiscarded) {
+    c.params.if_cancel_requested = admin_cancel;
   }
   job.state = c.params.state;
   if (IsFinalState(c.params.state)) {

@@ -795,6 +795,56 @@ TEST_P(DriverConformanceTest, SnoozesAreCountedInMetadata) {
   }
 }
 
+// An outcome written after an admin requested the job's cancel, which its runtime had not seen:
+// a retry, a snooze or a discard becomes a cancel; a completion stays one (River does the same).
+TEST_P(DriverConformanceTest, ACancelRequestedWhileRunningWinsOverARetryOrSnooze) {
+  std::vector<JobInsertParams> jobs(5, Job("k", "q_cancel_wins"));
+  CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(exec(), Many(jobs)));
+  CONF_ASSIGN_OR_FAIL(auto got, exec().JobGetAvailable(Fetch("q_cancel_wins", 10, kT0, "c")));
+  ASSERT_EQ(got.size(), 5u);
+  const TimePoint now = kT0 + seconds(5);
+  for (size_t i = 0; i < 4; ++i) {
+    CONF_ASSIGN_OR_FAIL(JobRow r, exec().JobCancel({rows[i].id, now}));
+    ASSERT_EQ(r.state, JobState::kRunning);
+  }
+  const spool::AttemptError failure{now, 1, "smtp down", ""};
+  const spool::AttemptError cancel{now, 1, "cancelled by an admin while running", ""};
+  std::vector<JobSetStateParams> outcomes = {
+      Outcome(rows[0].id, JobState::kRetryable, now + seconds(60), failure),
+      Outcome(rows[1].id, JobState::kScheduled, now + seconds(60)),
+      Outcome(rows[2].id, JobState::kDiscarded, now, failure),
+      Outcome(rows[3].id, JobState::kCompleted, now),
+      Outcome(rows[4].id, JobState::kRetryable, now + seconds(60), failure),  // no request
+  };
+  outcomes[1].snooze = true;
+  for (auto& o : outcomes) {
+    if (o.state != JobState::kCompleted) o.if_cancel_requested = cancel;
+  }
+  std::vector<int64_t> cancelled;
+  JobSetStateIfRunningManyParams params{.jobs = outcomes, .skipped = nullptr};
+  params.cancelled = &cancelled;
+  CONF_ASSIGN_OR_FAIL(int64_t n, exec().JobSetStateIfRunningMany(params));
+  EXPECT_EQ(n, 5);
+  std::sort(cancelled.begin(), cancelled.end());
+  EXPECT_EQ(cancelled, (std::vector<int64_t>{rows[0].id, rows[1].id, rows[2].id}));
+  for (size_t i = 0; i < 3; ++i) {
+    CONF_ASSIGN_OR_FAIL(JobRow job, exec().JobGetByID(rows[i].id));
+    EXPECT_EQ(job.state, JobState::kCancelled) << i;
+    EXPECT_EQ(job.finalized_at, now) << i;
+    EXPECT_EQ(job.attempt, 1) << i;  // the attempt ran: a snooze turned cancel keeps it
+    ASSERT_EQ(job.errors.size(), 1u) << i;
+    EXPECT_EQ(job.errors[0].error, cancel.error) << i;
+    EXPECT_FALSE(Json(job.metadata).contains("snoozes")) << i;
+  }
+  CONF_ASSIGN_OR_FAIL(JobRow done, exec().JobGetByID(rows[3].id));
+  EXPECT_EQ(done.state, JobState::kCompleted);
+  CONF_ASSIGN_OR_FAIL(JobRow retry, exec().JobGetByID(rows[4].id));
+  EXPECT_EQ(retry.state, JobState::kRetryable);
+  EXPECT_EQ(retry.scheduled_at, now + seconds(60));
+  ASSERT_EQ(retry.errors.size(), 1u);
+  EXPECT_EQ(retry.errors[0].error, "smtp down");
+}
+
 TEST_P(DriverConformanceTest, ConcurrentFetchersNeverGetTheSameJob) {
   constexpr int kJobs = 1500;
   std::vector<JobInsertParams> jobs(kJobs, Job("k", "shared"));

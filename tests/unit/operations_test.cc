@@ -733,5 +733,39 @@ TEST_F(OperationsTest, CancelsOfSeveralRunningJobsAllArriveWithoutAPoll) {
   ASSERT_TRUE(worker->Stop(10s).ok());
 }
 
+// A job that fails right after an admin's cancel, before its client has seen the request: the
+// cancel wins (the outcome's write finds it in the row), the job is not retried.
+TEST_F(OperationsTest, AFailureRightAfterACancelRequestEndsCancelled) {
+  Signal started;
+  Signal go;
+  fn_ = [&](JobContext&, const TaskArgs&) {
+    started.Notify();
+    EXPECT_TRUE(go.WaitFor());
+    return Outcome::Fail("own failure");
+  };
+  auto worker_opts = Options();
+  worker_opts.poll_interval = 1h;
+  auto worker = Open(worker_opts);
+  EventLog log(*worker);
+  ASSERT_TRUE(worker->Start().ok());
+  auto job = worker->Insert(TaskArgs{"x"});
+  ASSERT_TRUE(started.WaitFor());
+  auto admin_opts = Options();
+  admin_opts.queues.clear();
+  auto admin = Open(admin_opts);
+  auto r = admin->JobCancel(job->job.id);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->state, JobState::kRunning);
+  go.Notify();
+  ASSERT_TRUE(log.WaitForJob(job->job.id, Event::Kind::kJobCancelled));
+  ASSERT_TRUE(worker->Stop(10s).ok());
+  auto got = admin->JobGet(job->job.id);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->state, JobState::kCancelled);
+  ASSERT_EQ(got->errors.size(), 1u);
+  EXPECT_EQ(got->errors[0].error,
+            "cancelled by an admin while running; Work returned: own failure");
+}
+
 }  // namespace
 }  // namespace spool

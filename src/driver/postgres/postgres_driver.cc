@@ -170,26 +170,37 @@ const std::string& FetchSql(bool after) {
 // vacuum: outcome writes of 5,000 jobs took 12-14 s each on a table of 1.9 million rows.
 #define SPOOL_RUNNING_OPAQUE "(SELECT " SPOOL_RUNNING ")"
 
+// An outcome that an admin's cancel request turns into a cancel (JobSetStateParams::
+// if_cancel_requested, sent as u.cerr); the row's lock, taken by the UPDATE, keeps a request
+// from coming between.
+#define SPOOL_CANCEL_WINS "(u.cerr IS NOT NULL AND jsonb_exists(j.metadata, 'cancel_requested_at'))"
+
 const std::string& SetStateSql() {
   static const std::string* const kSql = new std::string(
-    "UPDATE spool_job AS j SET state = u.state, "
-    "finalized_at = CASE WHEN u.state IN " SPOOL_FINAL_STATES " "
-    "THEN " SPOOL_TS("u.at") " ELSE NULL END, "
-    "scheduled_at = CASE WHEN u.state IN (" SPOOL_RETRYABLE ", " SPOOL_SCHEDULED ") "
+    "UPDATE spool_job AS j SET "
+    "state = CASE WHEN " SPOOL_CANCEL_WINS " THEN " SPOOL_CANCELLED " ELSE u.state END, "
+    "finalized_at = CASE WHEN " SPOOL_CANCEL_WINS " THEN " SPOOL_TS("(u.cerr->>'at')") " "
+    "WHEN u.state IN " SPOOL_FINAL_STATES " THEN " SPOOL_TS("u.at") " ELSE NULL END, "
+    "scheduled_at = CASE WHEN " SPOOL_CANCEL_WINS " THEN j.scheduled_at "
+    "WHEN u.state IN (" SPOOL_RETRYABLE ", " SPOOL_SCHEDULED ") "
     "THEN " SPOOL_TS("u.at") " ELSE j.scheduled_at END, "
-    "attempt = CASE WHEN u.state = " SPOOL_SCHEDULED " THEN greatest(j.attempt - 1, 0) "
-    "ELSE j.attempt END, "
-    "errors = CASE WHEN u.err IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(u.err) END, "
+    "attempt = CASE WHEN u.state = " SPOOL_SCHEDULED " AND NOT " SPOOL_CANCEL_WINS " "
+    "THEN greatest(j.attempt - 1, 0) ELSE j.attempt END, "
+    "errors = CASE WHEN " SPOOL_CANCEL_WINS " THEN j.errors || jsonb_build_array(u.cerr) "
+    "WHEN u.err IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(u.err) END, "
     // Metadata edited by hand into something other than an object is left alone.
-    "metadata = CASE WHEN u.snooze AND jsonb_typeof(j.metadata) = 'object' "
+    "metadata = CASE WHEN u.snooze AND NOT " SPOOL_CANCEL_WINS " "
+    "AND jsonb_typeof(j.metadata) = 'object' "
     "THEN jsonb_set(j.metadata, '{snoozes}', to_jsonb(CASE "
     "WHEN jsonb_typeof(j.metadata->'snoozes') = 'number' "
     "AND (j.metadata->>'snoozes') ~ '^-?[0-9]{1,18}$' "
     "THEN (j.metadata->>'snoozes')::int8 + 1 ELSE 1 END)) ELSE j.metadata END "
     "FROM (SELECT DISTINCT ON (id) * FROM unnest($1::int8[], $2::int2[], $3::int8[], "
-    "$4::jsonb[], $5::int4[], $6::bool[]) AS x(id, state, at, err, attempt, snooze)) AS u "
+    "$4::jsonb[], $5::int4[], $6::bool[], $7::jsonb[]) "
+    "AS x(id, state, at, err, attempt, snooze, cerr)) AS u "
     "WHERE j.id = u.id AND j.state = " SPOOL_RUNNING_OPAQUE " "
-    "AND (u.attempt = 0 OR j.attempt = u.attempt) RETURNING j.id");
+    "AND (u.attempt = 0 OR j.attempt = u.attempt) "
+    "RETURNING j.id, j.state = " SPOOL_CANCELLED " AND u.state <> " SPOOL_CANCELLED);
   return *kSql;
 }
 
@@ -987,10 +998,11 @@ Result<int64_t> SetStateOn(Conn& c, const JobSetStateIfRunningManyParams& p,
                            const pg::Statement* settings) {
   SPOOL_RETURN_IF_ERROR(CheckOutcomeStates(p.jobs));
   if (p.skipped != nullptr) p.skipped->clear();
+  if (p.cancelled != nullptr) p.cancelled->clear();
   if (p.jobs.empty()) return int64_t{0};
   std::vector<std::string> done_ids, done_ats, done_attempts;
   std::vector<std::string> ids, states, ats, attempts, snoozes;
-  std::vector<std::optional<std::string>> errs;
+  std::vector<std::optional<std::string>> errs, cancel_errs;
   for (const JobSetStateParams& j : p.jobs) {
     if (j.state == JobState::kCompleted && !j.error) {
       done_ids.push_back(std::to_string(j.id));
@@ -1004,6 +1016,9 @@ Result<int64_t> SetStateOn(Conn& c, const JobSetStateIfRunningManyParams& p,
     errs.push_back(j.error ? std::optional<std::string>(ErrorJson(*j.error)) : std::nullopt);
     attempts.push_back(std::to_string(j.attempt));
     snoozes.push_back(j.snooze ? "t" : "f");
+    cancel_errs.push_back(j.if_cancel_requested
+                              ? std::optional<std::string>(ErrorJson(*j.if_cancel_requested))
+                              : std::nullopt);
   }
   // Both statements (when both are needed) in one pipeline: one round trip and, outside a
   // transaction, one implicit transaction.
@@ -1015,16 +1030,25 @@ Result<int64_t> SetStateOn(Conn& c, const JobSetStateIfRunningManyParams& p,
                            pg::ArrayLiteral(done_attempts)}});
   }
   if (!ids.empty()) {
-    statements.push_back(
-        {"spool_set_state",
-         &SetStateSql(),
-         {pg::ArrayLiteral(ids), pg::ArrayLiteral(states), pg::ArrayLiteral(ats),
-          pg::ArrayLiteral(errs), pg::ArrayLiteral(attempts), pg::ArrayLiteral(snoozes)}});
+    statements.push_back({"spool_set_state",
+                          &SetStateSql(),
+                          {pg::ArrayLiteral(ids), pg::ArrayLiteral(states), pg::ArrayLiteral(ats),
+                           pg::ArrayLiteral(errs), pg::ArrayLiteral(attempts),
+                           pg::ArrayLiteral(snoozes), pg::ArrayLiteral(cancel_errs)}});
   }
   SPOOL_ASSIGN_OR_RETURN(std::vector<PgResult> results,
                          QueryWithSettings(c, settings, std::move(statements)));
   int64_t changed = 0;
   for (const PgResult& res : results) changed += AffectedRows(res.get());
+  if (p.cancelled != nullptr && !ids.empty()) {
+    // The general statement's rows: (id, whether a cancel request made it a cancel).
+    PGresult* general = results.back().get();
+    for (int i = 0; i < PQntuples(general); ++i) {
+      if (PQgetvalue(general, i, 1)[0] != 't') continue;
+      SPOOL_ASSIGN_OR_RETURN(int64_t id, ParseInt(PQgetvalue(general, i, 0), "id"));
+      p.cancelled->push_back(id);
+    }
+  }
   // The statements return the ids they changed (a few bytes a row), read only when some job was
   // skipped and the caller asked which.
   if (p.skipped != nullptr && changed < static_cast<int64_t>(p.jobs.size())) {

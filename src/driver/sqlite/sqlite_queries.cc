@@ -745,12 +745,14 @@ Result<sqlite3_stmt*> SqliteQueries::SetStateStmt(int rows) {
       "THEN max(spool_job.attempt - 1, 0) ELSE spool_job.attempt END, "
       "errors = CASE WHEN u.column4 IS NULL THEN spool_job.errors "
       "ELSE json_insert(spool_job.errors, '$[#]', json(u.column4)) END, "
-      // Metadata edited by hand into something other than an object is left alone.
-      "metadata = CASE WHEN u.column6 AND json_type(spool_job.metadata) = 'object' "
-      "THEN json_set(spool_job.metadata, '$.snoozes', "
+      // Metadata edited by hand into something other than a JSON object is left alone.
+      // (One test a WHEN: an OR may evaluate json_type on text that is not JSON, an error.)
+      "metadata = CASE WHEN NOT u.column6 THEN spool_job.metadata "
+      "WHEN NOT json_valid(spool_job.metadata) THEN spool_job.metadata "
+      "WHEN json_type(spool_job.metadata) != 'object' THEN spool_job.metadata "
+      "ELSE json_set(spool_job.metadata, '$.snoozes', "
       "CASE WHEN json_type(spool_job.metadata, '$.snoozes') = 'integer' "
-      "THEN json_extract(spool_job.metadata, '$.snoozes') + 1 ELSE 1 END) "
-      "ELSE spool_job.metadata END "
+      "THEN json_extract(spool_job.metadata, '$.snoozes') + 1 ELSE 1 END) END "
       "FROM (VALUES ";
   for (int r = 0; r < rows; ++r) sql += r == 0 ? "(?,?,?,?,?,?)" : ",(?,?,?,?,?,?)";
   sql += ") AS u WHERE spool_job.id = u.column1 AND spool_job.state = " SPOOL_RUNNING
@@ -764,15 +766,22 @@ Result<int64_t> SqliteQueries::JobSetStateIfRunningMany(
     const JobSetStateIfRunningManyParams& params) {
   SPOOL_RETURN_IF_ERROR(CheckOutcomeStates(params.jobs));
   if (params.skipped != nullptr) params.skipped->clear();
+  if (params.cancelled != nullptr) params.cancelled->clear();
   if (params.jobs.empty()) return int64_t{0};
-  std::vector<const JobSetStateParams*> all;
-  all.reserve(params.jobs.size());
-  for (const auto& job : params.jobs) all.push_back(&job);
+  // The outcomes that an admin's cancel request turns into cancels are looked up in the write
+  // transaction that writes them, so no cancel request can come between.
+  std::vector<JobSetStateParams> cancels;
+  const auto report = [&] {
+    if (params.cancelled == nullptr) return;
+    for (const JobSetStateParams& c : cancels) params.cancelled->push_back(c.id);
+  };
   {
     SPOOL_ASSIGN_OR_RETURN(auto scope, WriteScope::Begin(cache_));
+    SPOOL_ASSIGN_OR_RETURN(auto all, WithCancelRequests(params.jobs, nullptr, &cancels));
     SPOOL_ASSIGN_OR_RETURN(int64_t changed, SetStates(all));
     if (params.skipped == nullptr || changed == static_cast<int64_t>(all.size())) {
       SPOOL_RETURN_IF_ERROR(scope->Commit());
+      report();
       return changed;
     }
   }  // rolled back
@@ -781,32 +790,69 @@ Result<int64_t> SqliteQueries::JobSetStateIfRunningMany(
   // transaction with the look-up (no other writer comes between). Only this rare case pays for
   // the look-up.
   SPOOL_ASSIGN_OR_RETURN(auto scope, WriteScope::Begin(cache_));
-  SPOOL_ASSIGN_OR_RETURN(std::set<int64_t> running, StillRunning(params.jobs));
-  std::vector<const JobSetStateParams*> kept;
-  kept.reserve(running.size());
+  SPOOL_ASSIGN_OR_RETURN(std::set<int64_t> running, StillRunning(params.jobs, false));
   for (const auto& job : params.jobs) {
-    if (running.contains(job.id)) {
-      kept.push_back(&job);
-    } else {
-      params.skipped->push_back(job.id);
-    }
+    if (!running.contains(job.id)) params.skipped->push_back(job.id);
   }
+  SPOOL_ASSIGN_OR_RETURN(auto kept, WithCancelRequests(params.jobs, &running, &cancels));
   SPOOL_ASSIGN_OR_RETURN(int64_t changed, SetStates(kept));
   SPOOL_RETURN_IF_ERROR(scope->Commit());
+  report();
   return changed;
 }
 
-Result<std::set<int64_t>> SqliteQueries::StillRunning(const std::vector<JobSetStateParams>& jobs) {
+Result<std::vector<const JobSetStateParams*>> SqliteQueries::WithCancelRequests(
+    const std::vector<JobSetStateParams>& jobs, const std::set<int64_t>* only,
+    std::vector<JobSetStateParams>* cancels) {
+  cancels->clear();
+  cancels->reserve(jobs.size());  // pointed at below: must not reallocate
+  std::vector<JobSetStateParams> may_cancel;
+  for (const auto& job : jobs) {
+    if (job.if_cancel_requested && (only == nullptr || only->contains(job.id))) {
+      may_cancel.push_back(job);
+    }
+  }
+  std::set<int64_t> requested;
+  if (!may_cancel.empty()) {
+    SPOOL_ASSIGN_OR_RETURN(requested, StillRunning(may_cancel, true));
+  }
+  std::vector<const JobSetStateParams*> out;
+  out.reserve(jobs.size());
+  for (const auto& job : jobs) {
+    if (only != nullptr && !only->contains(job.id)) continue;
+    if (!requested.contains(job.id)) {
+      out.push_back(&job);
+      continue;
+    }
+    JobSetStateParams& c = cancels->emplace_back(job);
+    c.state = JobState::kCancelled;
+    c.at = job.if_cancel_requested->at;
+    c.error = job.if_cancel_requested;
+    c.snooze = false;
+    c.if_cancel_requested.reset();
+    out.push_back(&c);
+  }
+  return out;
+}
+
+Result<std::set<int64_t>> SqliteQueries::StillRunning(const std::vector<JobSetStateParams>& jobs,
+                                                      bool cancel_requested) {
   // [[id, attempt], ...]; attempt 0 matches any.
   nlohmann::json pairs = nlohmann::json::array();
   for (const auto& job : jobs) pairs.push_back({job.id, job.attempt});
   const std::string ids = pairs.dump();
-  constexpr std::string_view kSql =
+  constexpr std::string_view kRunning =
       "SELECT j.id FROM json_each(?1) AS e JOIN spool_job AS j "
       "ON j.id = json_extract(e.value, '$[0]') WHERE j.state = " SPOOL_RUNNING
       " "
       "AND (json_extract(e.value, '$[1]') = 0 OR j.attempt = json_extract(e.value, '$[1]'))";
-  SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt, cache_.Get(kSql));
+  // Metadata edited by hand into something that is not JSON counts as no request.
+  static const std::string kCancelRequested =
+      std::string(kRunning) +
+      " AND CASE WHEN json_valid(j.metadata) "
+      "THEN json_type(j.metadata, '$.cancel_requested_at') IS NOT NULL ELSE 0 END";
+  SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt,
+                         cache_.Get(cancel_requested ? kCancelRequested : kRunning));
   StmtScope use(stmt);
   SPOOL_RETURN_IF_ERROR(CheckBind(BindText(stmt, 1, ids), stmt));
   std::set<int64_t> running;

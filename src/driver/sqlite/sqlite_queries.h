@@ -165,7 +165,16 @@ class SqliteQueries {
   // how many rows changed.
   Result<int64_t> SetStates(const std::vector<const JobSetStateParams*>& jobs);
   // Of `jobs`, the ids whose row is running the attempt the outcome is of.
-  Result<std::set<int64_t>> StillRunning(const std::vector<JobSetStateParams>& jobs);
+  // Of `jobs`, those still running in the attempt named (and, if `cancel_requested`, whose cancel
+  // an admin requested).
+  Result<std::set<int64_t>> StillRunning(const std::vector<JobSetStateParams>& jobs,
+                                         bool cancel_requested);
+  // Pointers to `jobs` (those in `only`, when set) for SetStates, where each outcome that a
+  // cancel request turns into a cancel (JobSetStateParams::if_cancel_requested) points instead at
+  // its cancel, kept in `cancels`.
+  Result<std::vector<const JobSetStateParams*>> WithCancelRequests(
+      const std::vector<JobSetStateParams>& jobs, const std::set<int64_t>* only,
+      std::vector<JobSetStateParams>* cancels);
 
   StatementCache cache_;
   // Multi-row statements by row count, so a chunk never rebuilds its SQL to look it up; inserts
