@@ -62,7 +62,11 @@ struct InsertOptions {
   std::optional<TimePoint> scheduled_at{};
   // Free-form labels, each 1-255 characters with no commas. Default: none.
   std::vector<std::string> tags{};
-  // A JSON object stored with the job, for the application's own use. Default: "{}".
+  // A JSON object stored with the job. Default: "{}". spool writes two keys in it, so leave them
+  // to spool: "snoozes", the count of the job's snoozes (ctx.snoozes()), grown by one at each
+  // snooze; and "cancel_requested_at", the time (RFC 3339) an admin asked to cancel the job while
+  // it ran, removed again by a retry. A job that runs with "cancel_requested_at" set is
+  // cancelled as if by an admin.
   std::string metadata = "{}";
   // Insert on hold (state pending): the job runs only once something moves it to available.
   // Default: false.
@@ -167,7 +171,7 @@ struct ClientOptions {
   // How often to look for jobs inserted by other processes, and the fallback fetch period.
   // 1ms-1h. Default: 1s.
   Duration poll_interval = std::chrono::seconds(1);
-  // How often due scheduled and retryable jobs are made available. Default: 1s.
+  // How often due scheduled and retryable jobs are made available. 1ms-1h. Default: 1s.
   Duration schedule_interval = std::chrono::seconds(1);
   // Time limit for one attempt of a job when its worker sets none; 0 means none. When it passes
   // the job's context is cancelled and the attempt fails with a timeout error. Default: 0.
@@ -191,7 +195,7 @@ struct ClientOptions {
   // How often this client records that it is alive. Default: 5s.
   Duration heartbeat_interval = std::chrono::seconds(5);
   // A client silent this long is dead: the leader moves its running jobs back to retryable.
-  // Default: 30s.
+  // Must be longer than heartbeat_interval. Default: 30s.
   Duration client_stale_after = std::chrono::seconds(30);
   // The leader's lease; when the leader dies another client takes over within it. Default: 15s.
   Duration leader_ttl = std::chrono::seconds(15);
@@ -203,8 +207,10 @@ struct ClientOptions {
   Duration rescue_after = std::chrono::hours(1);
   // A job running past its per-attempt timeout by more than this is rescued. Default: 1min.
   Duration rescue_timeout_margin = std::chrono::minutes(1);
-  // How often the leader deletes old finalized jobs, and how old they must be. Default: 30s.
+  // How often the leader deletes finalized jobs older than `retention`. Default: 30s.
   Duration clean_interval = std::chrono::seconds(30);
+  // How long finalized jobs are kept, by state. Default: completed and cancelled 24h,
+  // discarded 7 days.
   RetentionOptions retention{};
   // Never wait on database notifications (PostgreSQL LISTEN/NOTIFY): other processes' inserts,
   // cancels and resumes are found by polling every poll_interval instead. Needed behind
