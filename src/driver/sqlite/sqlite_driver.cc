@@ -469,10 +469,10 @@ const char* SynchronousPragma(bool full) {
 // and lets the log restart: the -wal file stays bounded.
 class Checkpointer {
  public:
-  // 66 MB (62.5 MiB) of WAL with 4 KiB pages. A queue rewrites the same pages (index leaves, the rows just
-  // claimed) many times over, and a page is copied once per checkpoint however often it was
-  // written: copying every 16,000 frames instead of 4,000 cut the copying enough to work 10% more
-  // jobs per second in 300,000-job runs.
+  // 66 MB (62.5 MiB) of WAL with 4 KiB pages. A queue rewrites the same pages (index leaves, the
+  // rows just claimed) many times over, and a page is copied once per checkpoint however often it
+  // was written: copying every 16,000 frames instead of 4,000 cut the copying enough to work 10%
+  // more jobs per second in 300,000-job runs.
   static constexpr int kCheckpointFrames = 16000;
   static constexpr int kInlineCheckpointFrames = 32000;  // 131 MB (125 MiB)
 
