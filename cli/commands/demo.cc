@@ -1,5 +1,6 @@
-// `spool demo`: a few thousand jobs of several kinds on SQLite, some failing and retrying, some
-// snoozed, some scheduled, some discarded, with live progress and the final counts.
+// `spool demo`: a few thousand jobs of several kinds (in a new SQLite file, or the database
+// --database-url names), some failing and retrying, some snoozed, some scheduled, some discarded,
+// with live progress and the final counts.
 #include <fmt/format.h>
 #include <unistd.h>
 
@@ -227,7 +228,9 @@ void RunDemo(DemoConfig cfg) {
 void RegisterDemo(CLI::App& app) {
   auto cfg = std::make_shared<DemoConfig>();
   auto* cmd = app.add_subcommand(
-      "demo", "Enqueue and work a few thousand demo jobs on SQLite, showing progress and counts");
+      "demo",
+      "Enqueue and work a few thousand demo jobs (SQLite, or --database-url's database), showing "
+      "progress and counts");
   cmd->add_option("--database-url", cfg->url, "Database URL; default a new SQLite file in /tmp");
   cmd->add_option("--jobs,-n", cfg->jobs, "How many jobs")->check(WholeNumberFrom(10, 1'000'000));
   cmd->callback([cfg] { RunDemo(*cfg); });

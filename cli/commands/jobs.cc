@@ -641,8 +641,8 @@ void RegisterJobs(CLI::App& app) {
   add->add_option("--schedule-in", add_flags->schedule_in,
                   "Run no earlier than this from now: 30s, 5m, 1h, 1h30m, 2d");
   add->add_option("--unique-by", add_flags->unique_by,
-                  "Skip the insert while a non-final job of this kind with the same args (and "
-                  "queue) exists: args, queue; comma-separate for both")
+                  "Insert nothing while a non-final job of this kind exists with the same args "
+                  "(args), in the same queue (queue), or both (args,queue)")
       ->delimiter(',')
       ->check(CLI::IsMember({"args", "queue"}));
   add->add_flag("--any-kind", add_flags->any_kind,

@@ -91,7 +91,8 @@ void RegisterMigration(CLI::App& app) {
   auto force = std::make_shared<bool>(false);
   down->add_option("--database-url", *url, url_help);
   down->add_flag("--force", *force,
-                 "Drop spool's tables even while they hold jobs that have not finished");
+                 "Revert even while a client of the job queue sent a heartbeat in the last "
+                 "minute, and drop spool's tables even while they hold unfinished jobs");
   down->add_option("--target", *target,
                    "Revert down to this version; 0 removes spool's tables (in an app, a "
                    "timestamp; 0 reverts all)")

@@ -102,10 +102,14 @@ void RegisterGen(CLI::App& parent) {
   queue->footer(
       "Writes database/migrations/<timestamp>_setup_spool_queue.sql (spool's own tables for the\n"
       "app's db kind), jobs/registry.{h,cc}, and wires the client into src/main.cpp and\n"
-      "CMakeLists.txt at their spool: marker lines. Runs once.\n\n"
+      "CMakeLists.txt at their spool: marker lines. Once the queue is set up it changes nothing\n"
+      "unless --force, which writes jobs/registry.cc again from what jobs/ holds (and\n"
+      "jobs/registry.h and the queue's migration; a hand edit in them is replaced) and adds to\n"
+      "src/main.cpp and CMakeLists.txt only the queue's blocks they lack.\n\n"
       "Examples:\n"
       "  spool gen queue\n"
-      "  spool gen queue --dry-run");
+      "  spool gen queue --dry-run\n"
+      "  spool gen queue --force    # after deleting a job's files");
   queue->callback([queue_flags] {
     const AppInfo app = LoadApp(AppRoot());
     QueueOptions options;
