@@ -40,7 +40,9 @@ class TxRef {
 
 // `db` must be a connection to the same database file as the client, inside BEGIN ... COMMIT
 // (calls given a connection outside a transaction, or on another file, fail with
-// InvalidArgument).
+// InvalidArgument). Begin it with BEGIN IMMEDIATE: a plain BEGIN whose transaction read before
+// another connection wrote cannot write any more, and the insert fails with Retryable
+// (SQLITE_BUSY_SNAPSHOT): roll back and run the transaction again.
 inline TxRef SqliteTx(sqlite3* db) { return TxRef(TxRef::Kind::kSqlite, db); }
 // `conn` must be connected to the client's database, inside BEGIN ... COMMIT (calls given one
 // outside a transaction, or in a failed one, fail with InvalidArgument).
