@@ -340,8 +340,12 @@ class Client::Impl {
     if (row.state == JobState::kRunning) {
       // Running here: its context is cancelled now. Running in another process: the driver's
       // cancel told it (PostgreSQL NOTIFY), or it finds the request at its next check.
+      // A job this client claimed last may be on its way from the claim to a thread.
+      const bool claimed_here = !row.attempted_by.empty() && row.attempted_by.back() == client_id_;
       std::lock_guard lock(lifecycle_mu_runners_);
-      if (auto it = runners_.find(row.queue); it != runners_.end()) (void)it->second->CancelJob(id);
+      if (auto it = runners_.find(row.queue); it != runners_.end()) {
+        (void)it->second->CancelJob(id, claimed_here);
+      }
     }
     return row;
   }

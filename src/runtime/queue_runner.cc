@@ -128,18 +128,30 @@ void QueueRunner::CancelAll() {
   worker_cv_.notify_all();
 }
 
-bool QueueRunner::CancelJob(int64_t id) {
+bool QueueRunner::CancelJob(int64_t id, bool claimed_here) {
   std::lock_guard lock(mu_);
   auto it = running_.find(id);
-  if (it == running_.end()) return false;
-  it->second->admin_cancelled = true;
-  it->second->source.request_stop();
+  if (it != running_.end()) {
+    it->second->admin_cancelled = true;
+    it->second->source.request_stop();
+    return true;
+  }
+  // Claimed but waiting for a thread: it is cancelled when a thread takes it, without running.
+  for (size_t i = ready_head_; i < ready_.size(); ++i) {
+    if (ready_[i].id == id) {
+      cancel_at_start_.insert(id);
+      return true;
+    }
+  }
+  if (!claimed_here) return false;
+  cancel_at_start_.insert(id);
   return true;
 }
 
 void QueueRunner::AppendRunningIds(std::vector<int64_t>* ids) {
   std::lock_guard lock(mu_);
   for (const auto& [id, _] : running_) ids->push_back(id);
+  for (size_t i = ready_head_; i < ready_.size(); ++i) ids->push_back(ready_[i].id);
 }
 
 void QueueRunner::Join() {
@@ -290,7 +302,22 @@ void QueueRunner::WorkLoop() {
       announce_free_ = true;
     }
     WakeWorkerLocked();
-    if (cancel_all_) {
+    if (!cancel_at_start_.empty() && cancel_at_start_.erase(job.id) > 0) {
+      // An admin cancelled it while it waited for this thread.
+      lock.unlock();
+      const TimePoint now = env_.clock.Now();
+      Completion c;
+      c.params = {.id = job.id, .attempt = job.attempt, .state = JobState::kCancelled, .at = now};
+      c.params.error = AttemptError{
+          .at = now, .attempt = job.attempt, .error = "cancelled by an admin before it started"};
+      job.errors.push_back(*c.params.error);
+      job.state = JobState::kCancelled;
+      job.finalized_at = now;
+      c.event = {.kind = Event::Kind::kJobCancelled, .job = std::move(job), .run_time = {}};
+      c.event.queue = c.event.job.queue;
+      env_.completer.Add(std::move(c));
+      lock.lock();
+    } else if (cancel_all_) {
       // Hard stop before this claimed job started: give it back without using an attempt.
       lock.unlock();
       Completion c;

@@ -4,6 +4,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <stop_token>
 #include <string>
 #include <thread>
@@ -67,9 +68,11 @@ class QueueRunner {
   // Joins every thread. REQUIRES: StopFetching, and the runner is idle or cancelled.
   void Join();
   // Cancels the context of running job `id` because an admin cancelled it; it then ends
-  // cancelled unless it completes. False if the job is not running here.
-  bool CancelJob(int64_t id);
-  // Ids of the jobs running here now.
+  // cancelled unless it completes. A job claimed here that waits for a thread is cancelled
+  // without running; so is one not seen here yet when `claimed_here` (its claim is on its way
+  // to the threads). False if the job is none of these.
+  bool CancelJob(int64_t id, bool claimed_here = false);
+  // Ids of the jobs running here now, and of those claimed here waiting for a thread.
   void AppendRunningIds(std::vector<int64_t>* ids);
 
   const std::string& name() const { return name_; }
@@ -117,6 +120,8 @@ class QueueRunner {
   // is larger than its 512-byte nodes). Guarded by mu_.
   std::vector<JobRow> ready_;
   size_t ready_head_ = 0;
+  // Ready jobs an admin cancelled before a thread took them; guarded by mu_.
+  std::set<int64_t> cancel_at_start_;
   int busy_ = 0;             // claimed and not finished; guarded by mu_
   int idle_workers_ = 0;     // workers waiting on worker_cv_; guarded by mu_
   int wakes_in_flight_ = 0;  // notify_one calls not yet consumed; guarded by mu_

@@ -767,5 +767,31 @@ TEST_F(OperationsTest, AFailureRightAfterACancelRequestEndsCancelled) {
             "cancelled by an admin while running; Work returned: own failure");
 }
 
+// A job cancelled right after its insert claimed it may still wait for a worker thread: the
+// cancel must reach it then too (before, it waited for the next poll, an hour here).
+TEST_F(OperationsTest, CancelsRightAfterInsertReachEveryJob) {
+  constexpr int kJobs = 40;
+  fn_ = [&](JobContext& ctx, const TaskArgs&) { return WaitForCancel(ctx); };
+  auto opts = Options();
+  opts.queues["default"].max_workers = kJobs;
+  opts.poll_interval = 1h;
+  auto client = Open(opts);
+  EventLog log(*client);
+  ASSERT_TRUE(client->Start().ok());
+  std::vector<int64_t> ids;
+  size_t running = 0;  // cancels of jobs not yet claimed end them at once, with no event
+  for (int i = 0; i < kJobs; ++i) {
+    auto job = client->Insert(TaskArgs{"x"});
+    ASSERT_TRUE(job.has_value());
+    ids.push_back(job->job.id);
+    auto r = client->JobCancel(job->job.id);
+    ASSERT_TRUE(r.has_value());
+    if (r->state == JobState::kRunning) ++running;
+  }
+  ASSERT_TRUE(log.WaitForCount(Event::Kind::kJobCancelled, running));
+  ASSERT_TRUE(client->Stop(10s).ok());
+  for (int64_t id : ids) EXPECT_EQ(client->JobGet(id)->state, JobState::kCancelled) << id;
+}
+
 }  // namespace
 }  // namespace spool
