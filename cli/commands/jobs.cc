@@ -121,9 +121,12 @@ std::string OneLine(std::string_view s) {
   return out;
 }
 
+// At most `max` bytes, cut on a UTF-8 character's boundary.
 std::string Shorten(std::string s, size_t max) {
-  if (s.size() > max) s = s.substr(0, max - 3) + "...";
-  return s;
+  if (s.size() <= max) return s;
+  size_t cut = max - 3;
+  while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) --cut;
+  return s.substr(0, cut) + "...";
 }
 
 std::string TimeOrDash(const std::optional<TimePoint>& t) { return t ? FormatTime(*t) : "-"; }
@@ -243,6 +246,13 @@ void RunList(const ListFlags& f) {
     auto state = ParseJobState(s);
     if (!state) throw CommandError(state.error().message(), kExitUsage);
     params.states.push_back(*state);
+  }
+  if (!f.states.empty() && params.states.empty()) {
+    // A script's empty variable would otherwise list (and feed on to delete) every job.
+    throw CommandError(
+        "--state: no state given (leave the flag out to list every state, or name one of "
+        "available, scheduled, running, retryable, completed, cancelled, discarded, pending)",
+        kExitUsage);
   }
   if (f.queue) {
     if (Status st = ValidateQueueName(*f.queue); !st.ok()) {

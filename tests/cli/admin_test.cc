@@ -305,6 +305,8 @@ TEST_F(AdminTest, BadUsageExitsTwo) {
       {"jobs", "list", "--queue", "bad queue!"},
       {"jobs", "list", "--queue", ""},
       {"jobs", "list", "--kind", ""},
+      {"jobs", "list", "--state", ""},
+      {"jobs", "list", "--state", " , "},
       {"jobs", "show", "abc"},
       {"jobs", "show"},
       {"jobs", "retry"},
@@ -519,6 +521,28 @@ TEST_F(AdminTest, CancelRetryDeleteHappyPath) {
 
 // A row edited by hand so that it no longer reads: the error names it and says to delete it, and
 // `spool jobs delete` does.
+// The LAST ERROR column is cut short on a character's boundary: the listing stays valid UTF-8.
+TEST_F(AdminTest, ALongErrorIsCutBetweenCharacters) {
+  const int64_t id = Add({"k"})["id"];
+  std::string error;
+  for (int i = 0; i < 40; ++i) error += "\u043f";  // п, two bytes in UTF-8
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir_.path() / "app.db").c_str(), &db), SQLITE_OK);
+  // After "xy", the cut at 57 bytes falls inside a character.
+  const std::string set = "UPDATE spool_job SET errors = '[{\"at\":0,\"attempt\":1,\"error\":\"xy" +
+                          error + "\",\"trace\":\"\"}]' WHERE id = " + std::to_string(id);
+  EXPECT_EQ(sqlite3_exec(db, set.c_str(), nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+  CliRun list = Run({"jobs", "list"});
+  ASSERT_EQ(list.code, 0) << list.err;
+  const size_t at = list.out.find("xy\u043f");
+  ASSERT_NE(at, std::string::npos) << list.out;
+  const size_t dots = list.out.find("...", at);
+  ASSERT_NE(dots, std::string::npos) << list.out;
+  // "xy" and 27 whole characters of 2 bytes before "...".
+  EXPECT_EQ(dots - at, 56u) << list.out;
+}
+
 TEST_F(AdminTest, DeleteRemovesARowThatCannotBeRead) {
   const int64_t id = Add({"k"})["id"];
   const int64_t other = Add({"k"})["id"];
