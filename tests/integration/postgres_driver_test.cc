@@ -1278,19 +1278,22 @@ TEST_F(PostgresDriverTest, LookupsByIdNeverScanTheRunningIndex) {
   auto running = driver_->executor().JobGetAvailable({"q", 2'000, "c", kT0});
   ASSERT_TRUE(running.has_value()) << running.error().ToString();
   ASSERT_EQ(running->size(), 2'000u);
-  std::vector<std::string> ids, states, ats, errors, attempts;
+  std::vector<std::string> ids, states, ats, errors, attempts, snoozes, cancel_errors;
   for (const JobRow& row : *running) {
     ids.push_back(std::to_string(row.id));
     states.push_back(std::to_string(static_cast<int>(JobState::kCompleted)));
     ats.emplace_back("1800000000000000");
     errors.emplace_back("NULL");
     attempts.emplace_back("1");
+    snoozes.emplace_back("f");
+    cancel_errors.emplace_back("NULL");
   }
   const auto array = [](const std::vector<std::string>& v) {
     return fmt::format("'{{{}}}'", fmt::join(v, ","));
   };
-  const std::string set_state_args = fmt::format("{}, {}, {}, {}, {}", array(ids), array(states),
-                                                 array(ats), array(errors), array(attempts));
+  const std::string set_state_args =
+      fmt::format("{}, {}, {}, {}, {}, {}, {}", array(ids), array(states), array(ats),
+                  array(errors), array(attempts), array(snoozes), array(cancel_errors));
   const std::string complete_args =
       fmt::format("{}, {}, {}", array(ids), array(ats), array(attempts));
   for (const char* mode : {"force_custom_plan", "force_generic_plan"}) {
