@@ -204,7 +204,7 @@ class Client {
   // Pauses a queue in every process (no new fetches; running jobs finish) until resumed.
   Status QueuePause(std::string_view name);
   Status QueueResume(std::string_view name);
-  // Every queue with jobs or a pause record, by name.
+  // Every queue with jobs, a pause record, or a running client working it, by name.
   Result<std::vector<QueueInfo>> QueueList();
   // True while this client holds the leader lease (runs maintenance and periodic jobs).
   bool IsLeader() const;

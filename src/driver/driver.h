@@ -236,7 +236,8 @@ class Executor {
   // NOTIFY on the control channel).
   virtual Status QueuePause(std::string_view name, TimePoint now) = 0;
   virtual Status QueueResume(std::string_view name, TimePoint now) = 0;
-  // Every queue that has a spool_queue row or any job, by name, with counts by state.
+  // Every queue that has a spool_queue row, any job, or a client (spool_client) working it, by
+  // name, with counts by state.
   virtual Result<std::vector<QueueInfo>> QueueList() = 0;
 
   // The last tick enqueued for a periodic job; nullopt when never.

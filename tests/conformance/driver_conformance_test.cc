@@ -2218,6 +2218,23 @@ TEST_P(DriverConformanceTest, QueuePauseRecordsWhen) {
   EXPECT_TRUE(list[0].counts.empty() || CountOf(list[0].counts, JobState::kAvailable) == 0);
 }
 
+// A queue a running client works is listed before its first job, once, and keeps a pause.
+TEST_P(DriverConformanceTest, QueueListIncludesTheQueuesClientsWork) {
+  CONF_ASSERT_OK(exec().ClientHeartbeat({.id = "a", .now = kT0, .queues = {"mail", "paused"}}));
+  CONF_ASSERT_OK(exec().ClientHeartbeat({.id = "b", .now = kT0, .queues = {"mail"}}));
+  CONF_ASSERT_OK(exec().QueuePause("paused", kT0));
+  CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(exec(), Many({Job("k", "jobs_only")})));
+  CONF_ASSIGN_OR_FAIL(auto list, exec().QueueList());
+  ASSERT_EQ(list.size(), 3u);
+  EXPECT_EQ(list[0].name, "jobs_only");
+  EXPECT_EQ(CountOf(list[0].counts, JobState::kAvailable), 1);
+  EXPECT_EQ(list[1].name, "mail");
+  EXPECT_FALSE(list[1].paused_at.has_value());
+  EXPECT_TRUE(list[1].counts.empty());
+  EXPECT_EQ(list[2].name, "paused");
+  EXPECT_EQ(list[2].paused_at, kT0);
+}
+
 TEST_P(DriverConformanceTest, PeriodicLastTickRoundTrips) {
   CONF_ASSIGN_OR_FAIL(auto never, exec().PeriodicGetLastTick("nightly"));
   EXPECT_FALSE(never.has_value());

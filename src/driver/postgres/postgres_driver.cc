@@ -492,7 +492,11 @@ constexpr const char* kQueueListSql =
     "SELECT coalesce(q.name, c.queue), " SPOOL_US(
         "q.paused_at") ", c.state, c.n "
                        "FROM spool_queue AS q FULL JOIN (SELECT queue, state, count(*)::int8 AS n "
-                       "FROM spool_job GROUP BY queue, state) AS c ON c.queue = q.name";
+                       "FROM spool_job GROUP BY queue, state) AS c ON c.queue = q.name "
+                       // Queues running clients work, before their first job.
+                       "UNION ALL SELECT DISTINCT e.name, NULL::int8, NULL::int2, NULL::int8 FROM spool_client, "
+                       "jsonb_array_elements_text(CASE WHEN jsonb_typeof(spool_client.queues) = "
+                       "'array' THEN spool_client.queues ELSE '[]' END) AS e(name)";
 
 constexpr const char* kPeriodicGetSql =
     "SELECT " SPOOL_US("last_tick_at") " FROM spool_periodic WHERE name = $1";

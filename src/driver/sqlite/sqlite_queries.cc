@@ -1426,6 +1426,18 @@ Result<std::vector<QueueInfo>> SqliteQueries::QueueList() {
     }
     if (rc != SQLITE_DONE) return SqliteStatus(rc, cache_.db(), "count jobs by queue");
   }
+  // A queue a running app works before its first job: without it, `spool queues list` said "no
+  // queues" and `queues pause` that no process had used the queue.
+  SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * worked,
+                         cache_.Get("SELECT DISTINCT q.value FROM spool_client AS c, "
+                                    "json_each(CASE WHEN json_valid(c.queues) THEN c.queues "
+                                    "ELSE '[]' END) AS q WHERE q.type = 'text'"));
+  {
+    StmtScope use(worked);
+    int rc;
+    while ((rc = sqlite3_step(worked)) == SQLITE_ROW) entry(ColumnText(worked, 0));
+    if (rc != SQLITE_DONE) return SqliteStatus(rc, cache_.db(), "list the clients' queues");
+  }
   std::vector<QueueInfo> out;
   out.reserve(queues.size());
   for (auto& [name, info] : queues) out.push_back(std::move(info));
