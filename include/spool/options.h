@@ -120,6 +120,9 @@ struct PeriodicJob {
   std::string time_zone{};
   std::string kind{};
   std::string args = "{}";
+  // Applied to each tick's job. With `unique`, a tick whose job would duplicate one still in
+  // the key's states is skipped (logged): by_args keeps runs from overlapping. `pending` and
+  // `scheduled_at` are refused at Client::Open (each tick's job is available at its tick).
   InsertOptions options{};
   // Ticks that passed while no leader was running (all processes down): run once at start, or
   // skip them. Default: run once.

@@ -53,6 +53,13 @@ Status ValidatePeriodicJobs(const ClientOptions& opts, const Workers& workers) {
     if (!schedule) return schedule.error().WithContext(fmt::format("periodic job \"{}\"", p.name));
     SPOOL_RETURN_IF_ERROR(
         ValidateInsertOptions(p.options).WithContext(fmt::format("periodic job \"{}\"", p.name)));
+    // Each tick's job is available at its tick: options that say otherwise would be ignored.
+    if (p.options.pending || p.options.scheduled_at) {
+      return Status::InvalidArgument(fmt::format(
+          "periodic job \"{}\": options.{} cannot be used: each tick's job is available at the "
+          "tick (leave it unset)",
+          p.name, p.options.pending ? "pending" : "scheduled_at"));
+    }
     // Checked now rather than failing every attempt of every tick.
     const nlohmann::json args = nlohmann::json::parse(p.args, nullptr, false);
     if (!args.is_object()) {
@@ -451,9 +458,16 @@ Status Maintenance::EnqueueOne(Periodic& p, TimePoint now, TimePoint* next_due) 
     j.state = JobState::kAvailable;
     j.scheduled_at = now;
     // Unique in every state: a tick enqueued once is never enqueued again, even after the job
-    // completes.
-    UniqueKey key = InternalUniqueKey(
-        fmt::format("spool:periodic:{}:{}", p.job.name, enqueue_tick->time_since_epoch().count()));
+    // completes. A job's own unique options (e.g. no new run while the last is unfinished) take
+    // the key's place: it also keeps a tick from being enqueued twice while its job is unfinished.
+    UniqueKey key;
+    if (p.job.options.unique) {
+      SPOOL_ASSIGN_OR_RETURN(
+          key, ComputeUniqueKey(j.kind, j.args, j.queue, j.scheduled_at, p.job.options.unique));
+    } else {
+      key = InternalUniqueKey(fmt::format("spool:periodic:{}:{}", p.job.name,
+                                          enqueue_tick->time_since_epoch().count()));
+    }
     j.unique_key = std::move(key.key);
     j.unique_states = key.states;
     JobInsertManyParams ins{.jobs = {std::move(j)}, .now = now};
@@ -461,6 +475,12 @@ Status Maintenance::EnqueueOne(Periodic& p, TimePoint now, TimePoint* next_due) 
     if (!rows.empty() && !rows.front().duplicate) {
       Log(LogLevel::kInfo, fmt::format("periodic job \"{}\": enqueued job {} for tick {}",
                                        p.job.name, rows.front().job.id, FormatTime(*enqueue_tick)));
+    } else if (!rows.empty() && p.job.options.unique) {
+      Log(LogLevel::kInfo,
+          fmt::format("periodic job \"{}\": tick {} skipped: job {} with the same unique key is "
+                      "still {}",
+                      p.job.name, FormatTime(*enqueue_tick), rows.front().job.id,
+                      JobStateName(rows.front().job.state)));
     }
   }
   SPOOL_RETURN_IF_ERROR(tx->PeriodicSetLastTick(p.job.name, new_last, now));

@@ -250,6 +250,57 @@ TEST_F(OperationsTest, PeriodicSkipStillRunsTheTickThatIsDueNow) {
   EXPECT_EQ((*c->JobCountByState())[JobState::kCompleted], 2);
 }
 
+// A periodic job's unique options apply to its ticks: with by_args, a tick while the last run is
+// unfinished is skipped instead of starting a second run beside it.
+TEST_F(OperationsTest, APeriodicJobsUniqueOptionsKeepRunsFromOverlapping) {
+  auto o = Options();
+  InsertOptions unique;
+  unique.unique = UniqueOptions{.by_args = true};
+  auto p = MakePeriodicJob("every_minute", "* * * * *", TaskArgs{"tick"}, unique);
+  p.run_on_start = true;
+  o.periodic_jobs.push_back(p);
+  Signal started;
+  Signal release;
+  std::atomic<int> runs{0};
+  fn_ = [&](JobContext&, const TaskArgs&) {
+    if (runs.fetch_add(1) == 0) {
+      started.Notify();
+      EXPECT_TRUE(release.WaitFor());
+    }
+    return Outcome::Done();
+  };
+  std::mutex mu;
+  int skipped = 0;
+  o.logger = [&](LogLevel, std::string_view line) {
+    std::lock_guard lock(mu);
+    if (line.find("skipped: job") != std::string_view::npos) ++skipped;
+  };
+  auto c = Open(o);
+  EventLog log(*c);
+  ASSERT_TRUE(c->Start().ok());
+  ASSERT_TRUE(started.WaitFor());
+  for (int i = 1; i <= 3; ++i) {
+    clock_->Advance(60s);
+    ASSERT_TRUE(Eventually([&] {
+      std::lock_guard lock(mu);
+      return skipped == i;
+    })) << "tick "
+        << i;
+    auto counts = c->JobCountByState();
+    ASSERT_TRUE(counts.has_value());
+    int64_t jobs = 0;
+    for (const auto& [state, n] : *counts) jobs += n;
+    EXPECT_EQ(jobs, 1);
+  }
+  release.Notify();
+  ASSERT_TRUE(log.WaitForCount(Event::Kind::kJobCompleted, 1));
+  clock_->Advance(60s);  // unfinished no longer: the next tick runs
+  ASSERT_TRUE(log.WaitForCount(Event::Kind::kJobCompleted, 2));
+  ASSERT_TRUE(c->Stop(10s).ok());
+  EXPECT_EQ(runs.load(), 2);
+  EXPECT_EQ((*c->JobCountByState())[JobState::kCompleted], 2);
+}
+
 TEST_F(OperationsTest, InvalidPeriodicJobsAreRefusedAtOpen) {
   auto o = Options();
   o.periodic_jobs.push_back(MakePeriodicJob("bad", "61 * * * *", TaskArgs{}));
@@ -262,6 +313,13 @@ TEST_F(OperationsTest, InvalidPeriodicJobsAreRefusedAtOpen) {
   c = Client::Open(url_, o);
   ASSERT_FALSE(c.has_value());
   EXPECT_NE(c.error().message().find("\"dup\" is used twice"), std::string::npos);
+  InsertOptions pending;
+  pending.pending = true;
+  o.periodic_jobs = {MakePeriodicJob("held", "@daily", TaskArgs{}, pending)};
+  c = Client::Open(url_, o);
+  ASSERT_FALSE(c.has_value());
+  EXPECT_NE(c.error().message().find("options.pending cannot be used"), std::string::npos)
+      << c.error().message();
 }
 
 TEST_F(OperationsTest, JobsOfADeadClientAreRescuedAndComplete) {
