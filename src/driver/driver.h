@@ -173,6 +173,9 @@ struct ClientHeartbeatParams {
   std::string id{};
   TimePoint now{};
   std::vector<std::string> queues{};
+  // When this client started: stored with its row, so that jobs attempted before it under the
+  // same id (a process that ended, then restarted with a fixed client_id) count as orphaned.
+  TimePoint started_at{};
 };
 
 // ---- interfaces -------------------------------------------------------------------------------

@@ -86,6 +86,7 @@ Status Maintenance::Start() {
     periodic_.push_back(Periodic{p, std::move(schedule)});
   }
   trouble_at_ = env_.clock.Now();
+  started_at_ = trouble_at_;
   // Synchronously, so the caller can start claiming jobs knowing the row exists (best effort:
   // a failure is logged and the loop below retries).
   Heartbeat(env_.clock.Now());
@@ -186,7 +187,8 @@ void Maintenance::Run() {
 }
 
 void Maintenance::Heartbeat(TimePoint now) {
-  ClientHeartbeatParams p{.id = env_.client_id, .now = now, .queues = {}};
+  ClientHeartbeatParams p{
+      .id = env_.client_id, .now = now, .queues = {}, .started_at = started_at_};
   for (const auto& [name, _] : env_.options.queues) p.queues.push_back(name);
   if (Status st = env_.driver.executor().ClientHeartbeat(p); !st.ok()) {
     trouble_at_ = now;
@@ -303,9 +305,13 @@ void Maintenance::Rescue(TimePoint now) {
                           Seconds(o.rescue_after), client);
       why = fmt::format("job was running for more than {} on client {}; rescued",
                         Seconds(o.rescue_after), client);
-    } else if (!client_gone.contains(id) || client == env_.client_id) {
+    } else if (!client_gone.contains(id) || (client == env_.client_id && started >= started_at_)) {
       // Its client is alive (this one, if it is ours), and its time has not run out.
       continue;
+    } else if (client == env_.client_id) {
+      // Started under this client's id before this client did: by a process that ended.
+      cause = fmt::format("client {} was restarted (the process that ran them ended)", client);
+      why = cause + "; job rescued";
     } else {
       cause = fmt::format("client {} stopped responding (no heartbeat for {})", client,
                           Seconds(o.client_stale_after));

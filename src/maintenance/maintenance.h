@@ -74,6 +74,9 @@ class Maintenance {
   // live clients need that long to send one again. Used by the maintenance thread only (and by
   // Start before it runs).
   TimePoint trouble_at_{};
+  // When Start ran: the jobs this client runs were all attempted since; older ones under its id
+  // are a previous process's.
+  TimePoint started_at_{};
   // Maintenance thread only (and Start, before it runs).
   FailureLog heartbeat_failures_{"heartbeat"};
   FailureLog elect_failures_{"leader election"};

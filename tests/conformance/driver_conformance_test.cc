@@ -1997,10 +1997,15 @@ TEST_P(DriverConformanceTest, GetStuckFindsRunningJobsOfDeadClientsAndOldAttempt
   const TimePoint now = kT0 + hours(3);
   CONF_ASSERT_OK(exec().ClientHeartbeat({"alive", now, {"q"}}));
   CONF_ASSERT_OK(exec().ClientHeartbeat({"stale", now - minutes(10), {"q"}}));
+  // A process restarted under a fixed id: its row is fresh, its start after the job's attempt.
+  CONF_ASSERT_OK(exec().ClientHeartbeat({"fixed", now - minutes(50), {"q"}, now - minutes(50)}));
+  CONF_ASSERT_OK(exec().ClientHeartbeat({"fixed", now, {"q"}, now - seconds(30)}));
   // Fresh client, recent attempt: not stuck.
   CONF_ASSIGN_OR_FAIL(JobRow fresh, InsertRunning(exec(), "s1", now - seconds(5), "alive"));
   CONF_ASSIGN_OR_FAIL(JobRow of_stale, InsertRunning(exec(), "s2", now - seconds(4), "stale"));
   CONF_ASSIGN_OR_FAIL(JobRow of_ghost, InsertRunning(exec(), "s3", now - seconds(3), "ghost"));
+  CONF_ASSIGN_OR_FAIL(JobRow of_before, InsertRunning(exec(), "s7", now - seconds(40), "fixed"));
+  CONF_ASSIGN_OR_FAIL(JobRow of_now, InsertRunning(exec(), "s8", now - seconds(20), "fixed"));
   // Fresh client, but attempted before attempted_before: stuck.
   CONF_ASSIGN_OR_FAIL(JobRow old, InsertRunning(exec(), "s4", now - hours(2), "alive"));
   // First run by the ghost, now run by the live client: only the last client counts.
@@ -2022,12 +2027,13 @@ TEST_P(DriverConformanceTest, GetStuckFindsRunningJobsOfDeadClientsAndOldAttempt
   p.attempted_before = now - hours(1);
   p.max = 100;
   CONF_ASSIGN_OR_FAIL(auto stuck, exec().JobGetStuck(p));
-  EXPECT_EQ(Ids(stuck), (std::vector<int64_t>{old.id, of_stale.id, of_ghost.id}));
+  EXPECT_EQ(Ids(stuck), (std::vector<int64_t>{old.id, of_before.id, of_stale.id, of_ghost.id}));
   for (const auto& j : stuck) EXPECT_EQ(j.state, JobState::kRunning);
   p.max = 2;
   CONF_ASSIGN_OR_FAIL(auto first_two, exec().JobGetStuck(p));
-  EXPECT_EQ(Ids(first_two), (std::vector<int64_t>{old.id, of_stale.id}));
+  EXPECT_EQ(Ids(first_two), (std::vector<int64_t>{old.id, of_before.id}));
   (void)fresh;
+  (void)of_now;
   (void)done;
 }
 

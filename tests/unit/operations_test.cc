@@ -341,6 +341,40 @@ TEST_F(OperationsTest, JobsOfADeadClientAreRescuedAndComplete) {
   ASSERT_TRUE(c->Stop(10s).ok());
 }
 
+// A process with a fixed client_id dies holding a job and is restarted at once, under the same
+// id: its row stays fresh, but the job was started before the new process, so it is rescued
+// (before, only rescue_after, an hour, brought it back).
+TEST_F(OperationsTest, JobsOfAProcessRestartedUnderTheSameIdAreRescued) {
+  auto o = Options();
+  o.client_id = "worker-host-a";
+  o.retry_policy = std::make_shared<testing::FixedRetry>(Duration::zero());
+  auto c = Open(o);
+  auto r = c->Insert(TaskArgs{"orphan"});
+  ASSERT_TRUE(r.has_value());
+  // The previous process under this id claimed it, heartbeated, and died.
+  ASSERT_EQ(ClaimAs("worker-host-a", 1), 1u);
+  {
+    auto d = internal::Driver::Open(url_, {});
+    ASSERT_TRUE(d.has_value());
+    ASSERT_TRUE((*d)->executor()
+                    .ClientHeartbeat({.id = "worker-host-a",
+                                      .now = clock_->Now(),
+                                      .queues = {"default"},
+                                      .started_at = clock_->Now() - 1h})
+                    .ok());
+  }
+  clock_->Advance(1s);
+  EventLog log(*c);
+  ASSERT_TRUE(c->Start().ok());
+  ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobCompleted));
+  JobRow j = *c->JobGet(r->job.id);
+  ASSERT_EQ(j.errors.size(), 1u);
+  EXPECT_NE(j.errors[0].error.find("client worker-host-a was restarted"), std::string::npos)
+      << j.errors[0].error;
+  EXPECT_EQ(j.attempt, 2);
+  ASSERT_TRUE(c->Stop(10s).ok());
+}
+
 // An admin cancelled the job while the process running it was dead: the rescuer ends it
 // cancelled. Retrying it would run it again (charge the card) although nobody wants it run.
 TEST_F(OperationsTest, JobOfADeadClientThatAnAdminCancelledIsNotRunAgain) {

@@ -369,7 +369,7 @@ const std::string& StuckSql() {
       " FROM spool_job AS j WHERE j.state = " SPOOL_RUNNING " AND (j.attempted_at < " SPOOL_TS(
           "$2") " OR NOT EXISTS (SELECT 1 FROM spool_client AS c "
                 "WHERE c.id = j.attempted_by[cardinality(j.attempted_by)] "
-                "AND c.heartbeat_at >= " SPOOL_TS("$1") ")) "
+                "AND c.heartbeat_at >= " SPOOL_TS("$1") " AND c.started_at <= j.attempted_at)) "
                                                         "ORDER BY j.attempted_at, j.id LIMIT $3"));
   return *kSql;
 }
@@ -457,8 +457,9 @@ constexpr const char* kLeaderGetSql = "SELECT leader_id, " SPOOL_US("elected_at"
 // clang-format off
 constexpr const char* kClientHeartbeatSql =
     "WITH up AS (INSERT INTO spool_client (id, started_at, heartbeat_at, queues) "
-    "VALUES ($1, " SPOOL_TS("$2") ", " SPOOL_TS("$2") ", $3::jsonb) "
-    "ON CONFLICT (id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at, "
+    "VALUES ($1, " SPOOL_TS("$6") ", " SPOOL_TS("$2") ", $3::jsonb) "
+    "ON CONFLICT (id) DO UPDATE SET started_at = EXCLUDED.started_at, "
+    "heartbeat_at = EXCLUDED.heartbeat_at, "
     "queues = EXCLUDED.queues RETURNING (xmax = 0) AS inserted) "
     "SELECT pg_notify($4, $5) FROM up WHERE inserted";
 // clang-format on
@@ -1231,7 +1232,8 @@ Status ClientHeartbeatOn(Conn& c, const ClientHeartbeatParams& p, const Channels
   std::vector<pg::Statement> statements{
       {"spool_client_heartbeat",
        kHeartbeat,
-       {p.id, Micros(p.now), queues, channels.control, std::string(kClientJoinedPayload)}}};
+       {p.id, Micros(p.now), queues, channels.control, std::string(kClientJoinedPayload),
+        Micros(p.started_at)}}};
   if (peers != nullptr) statements.push_back({"spool_peer_queues", kPeers, {p.id}});
   SPOOL_ASSIGN_OR_RETURN(std::vector<PgResult> results, c.QueryPipelined(statements));
   if (peers != nullptr) {

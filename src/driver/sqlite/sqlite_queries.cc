@@ -1222,7 +1222,8 @@ Result<std::vector<JobRow>> SqliteQueries::JobGetStuck(const JobGetStuckParams& 
       fmt::format("SELECT {} FROM spool_job WHERE state = " SPOOL_RUNNING
                   " AND (attempted_at < ?2 OR NOT EXISTS "
                   "(SELECT 1 FROM spool_client c WHERE c.id = json_extract(spool_job.attempted_by, "
-                  "'$[#-1]') AND c.heartbeat_at >= ?1)) ORDER BY attempted_at, id LIMIT ?3",
+                  "'$[#-1]') AND c.heartbeat_at >= ?1 AND c.started_at <= spool_job.attempted_at)) "
+                  "ORDER BY attempted_at, id LIMIT ?3",
                   kJobColumns);
   SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt, cache_.Get(kSql));
   StmtScope use(stmt);
@@ -1325,15 +1326,16 @@ Result<std::optional<LeaderInfo>> SqliteQueries::LeaderGet() {
 
 Status SqliteQueries::ClientHeartbeat(const ClientHeartbeatParams& params) {
   constexpr std::string_view kSql =
-      "INSERT INTO spool_client (id, started_at, heartbeat_at, queues) VALUES (?1, ?2, ?2, ?3) "
-      "ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, "
-      "queues = excluded.queues";
+      "INSERT INTO spool_client (id, started_at, heartbeat_at, queues) VALUES (?1, ?4, ?2, ?3) "
+      "ON CONFLICT (id) DO UPDATE SET started_at = excluded.started_at, "
+      "heartbeat_at = excluded.heartbeat_at, queues = excluded.queues";
   const std::string queues = nlohmann::json(params.queues).dump();
   return Write(kSql, "client heartbeat",
                [&](sqlite3_stmt* stmt) {
                  int rc = BindText(stmt, 1, params.id);
                  if (rc == SQLITE_OK) rc = sqlite3_bind_int64(stmt, 2, Micros(params.now));
                  if (rc == SQLITE_OK) rc = BindText(stmt, 3, queues);
+                 if (rc == SQLITE_OK) rc = sqlite3_bind_int64(stmt, 4, Micros(params.started_at));
                  return rc;
                })
       .status();
