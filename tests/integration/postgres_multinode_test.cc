@@ -123,6 +123,15 @@ void WatchLeadership(const Client& client, int fd, const std::atomic<bool>& stop
     if (is) last_seen_leading_ns = before;
     std::this_thread::sleep_for(2ms);  // sampling rate of the observer
   }
+  // Stopping: the node's belief is observed no longer, so its interval ends at the last sample
+  // that saw it. Left open, the survivors stopped one after another (the first resigning, the
+  // next taking over before its own stop) both counted as leading until the end.
+  if (was) {
+    char line[64];
+    const int n =
+        std::snprintf(line, sizeof line, "%lld 0\n", static_cast<long long>(last_seen_leading_ns));
+    if (n > 0) (void)!write(fd, line, static_cast<size_t>(n));
+  }
 }
 
 struct NodeSpec {
@@ -502,7 +511,7 @@ TEST_F(PostgresMultiNodeTest, OneLeaderAtATimeAndEachTickEnqueuedOnce) {
         open_since.reset();
       }
     }
-    // The killed leader led until it died; the others until they were stopped.
+    // The killed leader led until it died (it could not write its end); the others closed theirs.
     if (open_since) {
       intervals.push_back({*open_since, id == first ? killed_ns : INT64_MAX, id});
     }
