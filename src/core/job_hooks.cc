@@ -79,6 +79,13 @@ std::optional<int64_t> SnoozeCount(const nlohmann::json& metadata) {
 
 }  // namespace
 
+std::string FormatDuration(Duration d) {
+  const auto us = std::chrono::duration_cast<std::chrono::microseconds>(d).count();
+  if (us % 1'000'000 == 0) return fmt::format("{}s", us / 1'000'000);
+  if (us % 1'000 == 0) return fmt::format("{}ms", us / 1'000);
+  return fmt::format("{}us", us);
+}
+
 int64_t SnoozesIn(std::string_view metadata) {
   const nlohmann::json parsed = nlohmann::json::parse(metadata, nullptr, false);
   if (!parsed.is_object()) return 0;

@@ -24,6 +24,9 @@ Duration JobTimeout(const WorkerBase* worker, const ClientOptions& options, cons
 Duration RetryDelay(const WorkerBase* worker, const RetryPolicy& policy, const JobRow& job,
                     const Logger& logger);
 
+// `d` for messages: "30s", "300ms" or "1500us", the largest unit that shows it exactly.
+std::string FormatDuration(Duration d);
+
 // The snoozes counted in a job's metadata (key "snoozes"): 0 unless it holds a positive integer.
 int64_t SnoozesIn(std::string_view metadata);
 

@@ -27,10 +27,6 @@ constexpr int kCleanRoundsPerTick = 10;
 // spool_client rows of clients gone this long are removed.
 constexpr auto kClientRowRetention = std::chrono::hours(24);
 
-std::string Seconds(Duration d) {
-  return fmt::format("{}s", std::chrono::duration_cast<std::chrono::seconds>(d).count());
-}
-
 // A tick due longer ago than this at start is "missed" (the process was down), not just late.
 Duration MissedGrace(const ClientOptions& o) {
   return std::max<Duration>(std::chrono::minutes(1), o.leader_ttl * 2);
@@ -295,16 +291,16 @@ void Maintenance::Rescue(TimePoint now) {
     std::string why;
     if (timeout > Duration::zero() && started < now - (timeout + margin)) {
       cause = fmt::format("they ran past their {} timeout by more than {} on client {}",
-                          Seconds(timeout), Seconds(margin), client);
+                          FormatDuration(timeout), FormatDuration(margin), client);
       why = fmt::format("job ran past its {} timeout by more than {} on client {}; rescued",
-                        Seconds(timeout), Seconds(margin), client);
+                        FormatDuration(timeout), FormatDuration(margin), client);
     } else if (timeout <= Duration::zero() && started < now - o.rescue_after) {
       // rescue_after bounds only jobs without a timeout: a job allowed 2 h by its worker is not
       // stuck at 1 h while its client is alive.
       cause = fmt::format("they were running for more than {} on client {}",
-                          Seconds(o.rescue_after), client);
+                          FormatDuration(o.rescue_after), client);
       why = fmt::format("job was running for more than {} on client {}; rescued",
-                        Seconds(o.rescue_after), client);
+                        FormatDuration(o.rescue_after), client);
     } else if (!client_gone.contains(id) || (client == env_.client_id && started >= started_at_)) {
       // Its client is alive (this one, if it is ours), and its time has not run out.
       continue;
@@ -314,7 +310,7 @@ void Maintenance::Rescue(TimePoint now) {
       why = cause + "; job rescued";
     } else {
       cause = fmt::format("client {} stopped responding (no heartbeat for {})", client,
-                          Seconds(o.client_stale_after));
+                          FormatDuration(o.client_stale_after));
       why = cause + "; job rescued";
     }
     JobSetStateParams u{.id = job.id,

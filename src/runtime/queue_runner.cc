@@ -33,12 +33,6 @@ constexpr std::string_view kStoppedWhileRunning =
 
 thread_local const Client* working_for = nullptr;
 
-std::string FormatDuration(Duration d) {
-  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
-  if (ms % 1000 == 0) return fmt::format("{}s", ms / 1000);
-  return fmt::format("{}ms", ms);
-}
-
 }  // namespace
 
 const Client* WorkingFor() { return working_for; }
