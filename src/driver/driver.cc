@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <nlohmann/json.hpp>
 
 #include "driver/sqlite/sqlite_driver.h"
 #include "spool/client.h"
@@ -96,6 +97,19 @@ Status CheckOutcomeStates(const std::vector<JobSetStateParams>& outcomes) {
     }
   }
   return Status::Ok();
+}
+
+Status RunningJobRefused(const JobRow& job, std::string_view doing) {
+  const nlohmann::json metadata = nlohmann::json::parse(job.metadata, nullptr, false);
+  if (metadata.is_object() && metadata.contains("cancel_requested_at")) {
+    const auto& at = metadata["cancel_requested_at"];
+    return Status::FailedPrecondition(fmt::format(
+        "job {} is running; its cancel was requested{} and it ends cancelled once its worker "
+        "stops (or its client is found dead): wait for that before {} it",
+        job.id, at.is_string() ? " at " + at.get<std::string>() : std::string(), doing));
+  }
+  return Status::FailedPrecondition(fmt::format(
+      "job {} is running: cancel it or wait for it to finish before {} it", job.id, doing));
 }
 
 Status CheckFinalizedState(JobState state) {

@@ -325,6 +325,10 @@ Status CheckInsertRows(const JobInsertManyParams& params, int max_attempts_limit
 Status CheckOutcomeStates(const std::vector<JobSetStateParams>& outcomes);
 // The state of a JobDeleteFinalized call is a final one.
 Status CheckFinalizedState(JobState state);
+
+// Why a running `job` cannot be retried or deleted (`doing`: "retrying", "deleting"), saying what
+// to do, and that its cancel is under way when one was requested.
+Status RunningJobRefused(const JobRow& job, std::string_view doing);
 // Reading job rows, the same words from every driver: `r`, or its error prefixed with the column
 // it came from; the error for job `job` (its id, or a placeholder) whose row cannot be read; and
 // the error a claim returns when it gave its batch back because of such a row, which says what

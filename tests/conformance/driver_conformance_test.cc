@@ -1,6 +1,7 @@
 // The specification of the driver seam. Generic: every driver runs these cases unchanged, so they
 // speak only through driver.h. See conformance.h for how a driver instantiates them.
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -1946,8 +1947,21 @@ TEST_P(DriverConformanceTest, RetryRefusesRunningAndUnknownJobs) {
   auto r = exec().JobRetry({running.id, kT0});
   ASSERT_FALSE(r.has_value());
   EXPECT_TRUE(r.error().IsFailedPrecondition()) << r.error().ToString();
+  // The same words from every driver, naming the job once.
+  EXPECT_EQ(r.error().message(),
+            fmt::format("job {} is running: cancel it or wait for it to finish before retrying it",
+                        running.id));
   CONF_ASSIGN_OR_FAIL(JobRow stored, exec().JobGetByID(running.id));
   EXPECT_EQ(stored.state, JobState::kRunning);
+  // Once its cancel is requested, asking to cancel it again is not the advice.
+  CONF_ASSIGN_OR_FAIL(JobRow requested, exec().JobCancel({running.id, kT0}));
+  ASSERT_EQ(requested.state, JobState::kRunning);
+  auto del = exec().JobDelete(running.id);
+  ASSERT_FALSE(del.has_value());
+  EXPECT_NE(del.error().message().find(
+                fmt::format("job {} is running; its cancel was requested at ", running.id)),
+            std::string::npos)
+      << del.error().ToString();
   auto missing = exec().JobRetry({987'654'321, kT0});
   ASSERT_FALSE(missing.has_value());
   EXPECT_TRUE(missing.error().IsNotFound()) << missing.error().ToString();

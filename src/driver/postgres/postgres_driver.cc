@@ -1130,8 +1130,7 @@ Result<std::map<JobState, int64_t>> CountOn(Conn& c, std::string_view queue) {
 Status NotWritable(Conn& c, int64_t id, std::string_view what) {
   SPOOL_ASSIGN_OR_RETURN(JobRow row, GetByIdOn(c, id));
   if (row.state == JobState::kRunning) {
-    return Status::FailedPrecondition(
-        fmt::format("cannot {} job {}: it is running (cancel it first)", what, id));
+    return RunningJobRefused(row, what == "retry" ? "retrying" : "deleting");
   }
   return Status::Internal(fmt::format("cannot {} job {}: it changed concurrently", what, id));
 }

@@ -1175,8 +1175,7 @@ Result<JobRow> SqliteQueries::JobRetry(const JobRetryParams& params) {
                          }));
   if (row.has_value()) return std::move(*row);
   SPOOL_ASSIGN_OR_RETURN(JobRow job, JobGetByID(params.id));
-  return Status::FailedPrecondition(fmt::format(
-      "job {} is running: cancel it or wait for it to finish before retrying it", job.id));
+  return RunningJobRefused(job, "retrying");
 }
 
 Result<JobRow> SqliteQueries::JobDelete(int64_t id) {
@@ -1189,8 +1188,7 @@ Result<JobRow> SqliteQueries::JobDelete(int64_t id) {
                          }));
   if (!raw.empty()) return RowOrIdOnly(id, raw.Decode(0));
   SPOOL_ASSIGN_OR_RETURN(JobRow job, JobGetByID(id));
-  return Status::FailedPrecondition(fmt::format(
-      "job {} is running: cancel it or wait for it to finish before deleting it", job.id));
+  return RunningJobRefused(job, "deleting");
 }
 
 Result<std::vector<int64_t>> SqliteQueries::JobGetCancelRequested(const std::vector<int64_t>& ids) {
