@@ -364,6 +364,7 @@ void RunAdd(const AddFlags& f) {
                                    f.kind.empty() ? "empty" : "only spaces"),
                        kExitUsage);
   }
+  if (Status st = ValidateKind(f.kind); !st.ok()) throw CommandError(st.message(), kExitUsage);
   if (!f.any_kind) CheckKindIsTheApps(f.kind);
   InsertParams params;
   params.kind = f.kind;

@@ -220,10 +220,12 @@ void RequireDatabaseFile(const std::string& url) {
         "creates the file, not its directory)",
         path, folder->string()));
   }
+  // The path as given, and where it points when that differs.
+  const std::string where =
+      absolute.string() == path ? path : path + " (" + absolute.string() + ")";
   throw CommandError(fmt::format(
-      "no database at {} ({}): check the path; spool migration up --database-url {} creates a "
-      "new one",
-      path, absolute.string(), url));
+      "no database at {}: check the path; spool migration up --database-url {} creates a new one",
+      where, url));
 }
 
 }  // namespace spool::cli

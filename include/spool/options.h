@@ -242,5 +242,8 @@ Status ValidateUniqueOptions(const UniqueOptions& opts);
 Status ValidateClientOptions(const ClientOptions& opts);
 // Queue names: 1-128 characters of [A-Za-z0-9_.:-].
 Status ValidateQueueName(std::string_view name);
+// Job kinds: 1-255 bytes, no control characters (a newline in a kind breaks every listing).
+// Workers::Add and `spool jobs add` check it.
+Status ValidateKind(std::string_view kind);
 
 }  // namespace spool

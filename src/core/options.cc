@@ -52,6 +52,24 @@ Status ValidateQueueName(std::string_view name) {
   return Status::Ok();
 }
 
+Status ValidateKind(std::string_view kind) {
+  constexpr size_t kMaxKindLength = 255;
+  if (kind.empty()) return Status::InvalidArgument("the kind is empty: set Args::kKind");
+  if (kind.size() > kMaxKindLength) {
+    return Status::InvalidArgument(
+        fmt::format("kind \"{}...\" is longer than {} bytes", kind.substr(0, 20), kMaxKindLength));
+  }
+  for (char c : kind) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f) {
+      return Status::InvalidArgument(
+          fmt::format("kind {:?} has a control character (byte {:#04x}): use printable characters",
+                      kind.substr(0, 40), u));
+    }
+  }
+  return Status::Ok();
+}
+
 Status ValidateUniqueOptions(const UniqueOptions& opts) {
   for (JobState s : {JobState::kAvailable, JobState::kPending, JobState::kRunning,
                      JobState::kRetryable, JobState::kScheduled}) {

@@ -17,6 +17,10 @@ Workers& Workers::Add(std::unique_ptr<WorkerBase> worker) {
     status_ = Status::InvalidArgument("a worker has an empty kind: set Args::kKind");
     return *this;
   }
+  if (Status st = ValidateKind(kind); !st.ok()) {
+    status_ = st.WithContext("Workers::Add");
+    return *this;
+  }
   if (by_kind_.contains(kind)) {
     status_ = Status::InvalidArgument(
         fmt::format("two workers are registered for kind \"{}\": register each kind once", kind));

@@ -306,6 +306,7 @@ TEST_F(AdminTest, BadUsageExitsTwo) {
       {"jobs", "list", "--queue", ""},
       {"jobs", "list", "--kind", ""},
       {"jobs", "list", "--state", ""},
+      {"jobs", "add", "evil\nkind", "--any-kind"},
       {"jobs", "list", "--state", " , "},
       {"jobs", "show", "abc"},
       {"jobs", "show"},

@@ -230,6 +230,17 @@ class AWorker : public Worker<A> {
   Outcome Work(JobContext&, const A&) override { return Outcome::Done(); }
 };
 
+TEST(WorkersTest, KindsWithControlCharactersAreRefused) {
+  EXPECT_TRUE(ValidateKind("send_email").ok());
+  EXPECT_TRUE(ValidateKind("Billing::Charge v2").ok());
+  const Status st = ValidateKind("evil\nkind");
+  EXPECT_TRUE(st.IsInvalidArgument());
+  EXPECT_EQ(st.message(),
+            "kind \"evil\\nkind\" has a control character (byte 0x0a): use printable characters");
+  EXPECT_FALSE(ValidateKind(std::string(256, 'k')).ok());
+  EXPECT_FALSE(ValidateKind("").ok());
+}
+
 TEST(WorkersTest, DuplicateKindIsReported) {
   Workers w;
   w.Add<AWorker>();

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <filesystem>
 #include <utility>
 
 namespace spool::internal {
@@ -60,6 +61,13 @@ Result<SqliteDbPtr> SqliteOpen(const std::string& path, const char* vfs) {
   SqliteDbPtr db(raw);
   if (rc != SQLITE_OK) {
     std::string detail = db != nullptr ? sqlite3_errmsg(db.get()) : sqlite3_errstr(rc);
+    std::error_code ec;
+    if (std::filesystem::is_directory(path, ec)) {
+      return Status::InvalidArgument(fmt::format(
+          "cannot open SQLite database \"{}\": it is a directory; name a file in it (e.g. "
+          "\"{}/app.db\")",
+          path, path));
+    }
     return Status(Status::Code::kConnectionLost,
                   fmt::format("cannot open SQLite database \"{}\": {} (does the directory exist "
                               "and is it writable?)",
