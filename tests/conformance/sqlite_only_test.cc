@@ -625,10 +625,13 @@ TEST_F(SqliteOnlyTest, RebuildingTheJobTableKeepsRowsIdsStatesAndUniqueness) {
   EXPECT_GT(fresh[0].job.id, highest) << "an id was reused";
 }
 
-TEST_F(SqliteOnlyTest, ClientHeartbeatKeepsStartedAtAndUpdatesTheRest) {
+// started_at is the client's own start, the same in each of its heartbeats (a new process under
+// the same id writes its own).
+TEST_F(SqliteOnlyTest, ClientHeartbeatStoresStartedAtAndUpdatesTheRest) {
   auto& ex = driver_->executor();
-  CONF_ASSERT_OK(ex.ClientHeartbeat({"c1", kT0, {"a"}}));
-  CONF_ASSERT_OK(ex.ClientHeartbeat({"c1", kT0 + std::chrono::seconds(7), {"b", "c"}}));
+  CONF_ASSERT_OK(ex.ClientHeartbeat({"c1", kT0, {"a"}, kT0 - std::chrono::hours(1)}));
+  CONF_ASSERT_OK(ex.ClientHeartbeat({"c1", kT0, {"a"}, kT0}));
+  CONF_ASSERT_OK(ex.ClientHeartbeat({"c1", kT0 + std::chrono::seconds(7), {"b", "c"}, kT0}));
   auto db = OpenAppConnection();
   sqlite3_stmt* raw = nullptr;
   ASSERT_EQ(sqlite3_prepare_v2(db.get(),
