@@ -446,18 +446,22 @@ Completion QueueRunner::MakeCompletion(JobRow job, const Outcome& outcome, bool 
     job.errors.push_back(e);
     c.params.error = std::move(e);
   };
-  const AttemptError admin_cancel{
-      .at = now,
-      .attempt = job.attempt,
-      .error = outcome.message().empty()
-                   ? std::string("cancelled by an admin while running")
-                   : "cancelled by an admin while running; Work returned: " + outcome.message()};
+  // Made only for outcomes a cancel can replace: nearly every job completes, and the text does
+  // not fit a short string.
+  const auto admin_cancel = [&] {
+    return AttemptError{
+        .at = now,
+        .attempt = job.attempt,
+        .error = outcome.message().empty()
+                     ? std::string("cancelled by an admin while running")
+                     : "cancelled by an admin while running; Work returned: " + outcome.message()};
+  };
   if (admin_cancelled && outcome.kind() != Outcome::Kind::kDone) {
     // An admin's cancel wins over a retry or snooze: the job stops for good.
     c.params.state = JobState::kCancelled;
     c.params.at = now;
     c.event.kind = Event::Kind::kJobCancelled;
-    record_error(admin_cancel.error);
+    record_error(admin_cancel().error);
   } else {
     switch (outcome.kind()) {
       case Outcome::Kind::kDone:
@@ -523,7 +527,7 @@ Completion QueueRunner::MakeCompletion(JobRow job, const Outcome& outcome, bool 
   // check) also wins; the driver looks in the row when it writes the outcome.
   if (c.params.state == JobState::kRetryable || c.params.state == JobState::kScheduled ||
       c.params.state == JobState::kDiscarded) {
-    c.params.if_cancel_requested = admin_cancel;
+    c.params.if_cancel_requested = admin_cancel();
   }
   job.state = c.params.state;
   if (IsFinalState(c.params.state)) {
