@@ -128,7 +128,9 @@ struct PeriodicJob {
   // skip them. Default: run once.
   enum class Missed { kRunOnce, kSkip };
   Missed missed = Missed::kRunOnce;
-  // Also enqueue once when the schedule is first seen, instead of waiting for the first tick.
+  // Also enqueue once when the schedule is first seen (by name, in this database), instead of
+  // waiting for the first tick. Not at every start, as River's RunOnStart: a restart keeps the
+  // stored last tick.
   bool run_on_start = false;
 };
 
