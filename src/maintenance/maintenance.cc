@@ -189,8 +189,27 @@ void Maintenance::Heartbeat(TimePoint now) {
   if (Status st = env_.driver.executor().ClientHeartbeat(p); !st.ok()) {
     trouble_at_ = now;
     heartbeat_failures_.Failed(env_.logger, st);
+    return;
+  }
+  heartbeat_failures_.Succeeded(env_.logger);
+  // spool's tables moved under this client (`spool migration down --force`, or a newer spool's
+  // `up`): its statements may fail, or on SQLite match nothing and look idle. Said every 10 s
+  // until fixed.
+  auto version = env_.driver.SchemaVersion();
+  const int known = LatestVersion(env_.driver);
+  if (!version) {
+    schema_failures_.Failed(env_.logger, version.error());
+  } else if (*version != known) {
+    schema_failures_.Failed(
+        env_.logger,
+        Status::FailedPrecondition(fmt::format(
+            "spool's tables are at version {} but this client needs version {}: {}", *version,
+            known,
+            *version < known ? "run `spool migration up`, or jobs are not worked"
+                             : "upgrade this app's spool, or run `spool migration down` with the "
+                               "newer spool")));
   } else {
-    heartbeat_failures_.Succeeded(env_.logger);
+    schema_failures_.Succeeded(env_.logger);
   }
 }
 

@@ -79,6 +79,7 @@ class Maintenance {
   TimePoint started_at_{};
   // Maintenance thread only (and Start, before it runs).
   FailureLog heartbeat_failures_{"heartbeat"};
+  FailureLog schema_failures_{"checking spool's schema version"};
   FailureLog elect_failures_{"leader election"};
   FailureLog rescue_failures_{"rescuer: listing stuck jobs"};
   FailureLog clean_failures_{"cleaner: deleting old finished jobs"};

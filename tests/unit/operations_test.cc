@@ -375,6 +375,38 @@ TEST_F(OperationsTest, JobsOfAProcessRestartedUnderTheSameIdAreRescued) {
   ASSERT_TRUE(c->Stop(10s).ok());
 }
 
+// spool's tables taken down a version under a running client (migration down --force): on
+// SQLite its statements then match nothing, so it looked idle. Its heartbeat says why.
+TEST_F(OperationsTest, ASchemaMovedUnderARunningClientIsLogged) {
+  auto o = Options();
+  std::mutex mu;
+  std::vector<std::string> lines;
+  o.logger = [&](LogLevel, std::string_view line) {
+    std::lock_guard lock(mu);
+    lines.emplace_back(line);
+  };
+  auto c = Open(o);
+  ASSERT_TRUE(c->Start().ok());
+  int latest = 0;
+  {
+    auto d = internal::Driver::Open(url_, {});
+    ASSERT_TRUE(d.has_value());
+    latest = internal::LatestVersion(**d);
+    ASSERT_TRUE((*d)->MigrateDown(latest - 1).ok());
+  }
+  const std::string want = fmt::format(
+      "spool's tables are at version {} but this client needs version {}: run "
+      "`spool migration up`",
+      latest - 1, latest);
+  ASSERT_TRUE(Eventually([&] {
+    clock_->Advance(1s);  // the next heartbeat
+    std::lock_guard lock(mu);
+    return std::any_of(lines.begin(), lines.end(),
+                       [&](const std::string& l) { return l.find(want) != std::string::npos; });
+  }));
+  EXPECT_TRUE(c->Stop(10s).ok());
+}
+
 // An admin cancelled the job while the process running it was dead: the rescuer ends it
 // cancelled. Retrying it would run it again (charge the card) although nobody wants it run.
 TEST_F(OperationsTest, JobOfADeadClientThatAnAdminCancelledIsNotRunAgain) {
