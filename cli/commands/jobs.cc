@@ -463,6 +463,9 @@ std::string Describe(Op op, const JobRow& job, std::optional<JobState> before) {
         return fmt::format("job {}: retried, now {}; it had completed, so its work runs again",
                            job.id, JobStateName(job.state));
       }
+      if (before == JobState::kAvailable) {
+        return fmt::format("job {}: already available, left in its place in the queue", job.id);
+      }
       return fmt::format("job {}: retried, now {}", job.id, JobStateName(job.state));
     case Op::kCancel:
       if (job.state == JobState::kRunning) {

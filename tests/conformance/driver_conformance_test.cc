@@ -1942,6 +1942,16 @@ TEST_P(DriverConformanceTest, RetryGrowsMaxAttemptsOnlyWhenUsedUp) {
   EXPECT_EQ(got2.max_attempts, 5);
 }
 
+// Retrying a job that waits already keeps its place: it is not sent to the back of its queue.
+TEST_P(DriverConformanceTest, RetryOfAnAvailableJobKeepsItsPlace) {
+  JobInsertParams early = Job("k", "q_retry_place");
+  early.scheduled_at = kT0 - seconds(30);
+  CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(exec(), Many({early})));
+  CONF_ASSIGN_OR_FAIL(JobRow got, exec().JobRetry({rows[0].id, kT0}));
+  EXPECT_EQ(got.state, JobState::kAvailable);
+  EXPECT_EQ(got.scheduled_at, kT0 - seconds(30));
+}
+
 TEST_P(DriverConformanceTest, RetryRefusesRunningAndUnknownJobs) {
   CONF_ASSIGN_OR_FAIL(JobRow running, InsertRunning(exec(), "q", kT0));
   auto r = exec().JobRetry({running.id, kT0});

@@ -341,9 +341,11 @@ const std::string& CancelSql() {
 // The retried job's queue is announced on channel $3 in the same transaction.
 const std::string& RetrySql() {
   static const std::string* const kSql = new std::string(
+      // A job already available keeps its place in line.
       Sql("WITH retried AS (UPDATE spool_job AS j SET state = " SPOOL_AVAILABLE
-          ", scheduled_at = " SPOOL_TS(
-              "$2") ", "
+          ", scheduled_at = CASE WHEN j.state = " SPOOL_AVAILABLE
+          " THEN least(j.scheduled_at, " SPOOL_TS("$2") ") ELSE " SPOOL_TS(
+              "$2") " END, "
                     "finalized_at = NULL, max_attempts = CASE WHEN j.attempt >= j.max_attempts "
                     "THEN j.attempt + 1 ELSE j.max_attempts END, "
                     "metadata = j.metadata - 'cancel_requested_at' "

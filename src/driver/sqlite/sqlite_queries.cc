@@ -1158,10 +1158,11 @@ Result<JobRow> SqliteQueries::JobCancel(const JobCancelParams& params) {
 
 Result<JobRow> SqliteQueries::JobRetry(const JobRetryParams& params) {
   // cancel_requested_at goes: it was meant for the attempt that ended, and would cancel the next
-  // one as soon as it started.
+  // one as soon as it started. A job already available keeps its place in line.
   static const std::string kSql = fmt::format(
       "UPDATE spool_job SET state = " SPOOL_AVAILABLE
-      ", scheduled_at = ?2, finalized_at = NULL, "
+      ", scheduled_at = CASE WHEN state = " SPOOL_AVAILABLE
+      " THEN min(scheduled_at, ?2) ELSE ?2 END, finalized_at = NULL, "
       "max_attempts = CASE WHEN attempt >= max_attempts THEN attempt + 1 ELSE max_attempts END, "
       "metadata = CASE WHEN json_type(metadata, '$.cancel_requested_at') IS NULL THEN metadata "
       "ELSE json_remove(metadata, '$.cancel_requested_at') END "
