@@ -103,6 +103,19 @@ class OperationsTest : public ::testing::Test {
 
   // Claims up to `max` jobs of the default queue as `client_id` would, through a driver of its
   // own, and returns how many it got (0 on error).
+  // Starts `c` beside job `id`, left running by a process that is gone: the job is rescued once,
+  // with `cause` in its error, and completes on its second attempt.
+  void ExpectRescuedThenCompleted(Client& c, int64_t id, const std::string& cause) {
+    EventLog log(c);
+    ASSERT_TRUE(c.Start().ok());
+    ASSERT_TRUE(log.WaitForJob(id, Event::Kind::kJobCompleted));
+    JobRow j = *c.JobGet(id);
+    ASSERT_EQ(j.errors.size(), 1u);
+    EXPECT_NE(j.errors[0].error.find(cause), std::string::npos) << j.errors[0].error;
+    EXPECT_EQ(j.attempt, 2);
+    ASSERT_TRUE(c.Stop(10s).ok());
+  }
+
   size_t ClaimAs(const std::string& client_id, int max) {
     auto d = internal::Driver::Open(url_, {});
     EXPECT_TRUE(d.has_value());
@@ -330,15 +343,7 @@ TEST_F(OperationsTest, JobsOfADeadClientAreRescuedAndComplete) {
   ASSERT_TRUE(r.has_value());
   // Another "process" claims the job and dies without a trace (no heartbeat row).
   ASSERT_EQ(ClaimAs("dead-client", 1), 1u);
-  EventLog log(*c);
-  ASSERT_TRUE(c->Start().ok());
-  ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobCompleted));
-  JobRow j = *c->JobGet(r->job.id);
-  ASSERT_EQ(j.errors.size(), 1u);
-  EXPECT_NE(j.errors[0].error.find("client dead-client stopped responding"), std::string::npos)
-      << j.errors[0].error;
-  EXPECT_EQ(j.attempt, 2);
-  ASSERT_TRUE(c->Stop(10s).ok());
+  ExpectRescuedThenCompleted(*c, r->job.id, "client dead-client stopped responding");
 }
 
 // A process with a fixed client_id dies holding a job and is restarted at once, under the same
@@ -364,15 +369,7 @@ TEST_F(OperationsTest, JobsOfAProcessRestartedUnderTheSameIdAreRescued) {
                     .ok());
   }
   clock_->Advance(1s);
-  EventLog log(*c);
-  ASSERT_TRUE(c->Start().ok());
-  ASSERT_TRUE(log.WaitForJob(r->job.id, Event::Kind::kJobCompleted));
-  JobRow j = *c->JobGet(r->job.id);
-  ASSERT_EQ(j.errors.size(), 1u);
-  EXPECT_NE(j.errors[0].error.find("client worker-host-a was restarted"), std::string::npos)
-      << j.errors[0].error;
-  EXPECT_EQ(j.attempt, 2);
-  ASSERT_TRUE(c->Stop(10s).ok());
+  ExpectRescuedThenCompleted(*c, r->job.id, "client worker-host-a was restarted");
 }
 
 // spool's tables taken down a version under a running client (migration down --force): on
