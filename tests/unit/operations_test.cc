@@ -76,6 +76,13 @@ class OperationsTest : public ::testing::Test {
     return c ? std::move(*c) : nullptr;
   }
 
+  // Another process's client that works no queue, as an admin tool's.
+  std::unique_ptr<Client> OpenAdmin() {
+    auto o = Options();
+    o.queues.clear();
+    return Open(o);
+  }
+
   // A job named `name` (see TaskWorker::Timeout) that a worker of this live client claimed and
   // that then hung, ignoring its cancelled context, with a 10 s timeout (the client's
   // job_timeout, or its worker's): rescued once past it by the 60 s margin.
@@ -811,9 +818,7 @@ TEST_F(OperationsTest, CancelFromAnotherClientReachesTheRunningJob) {
   ASSERT_TRUE(worker->Start().ok());
   auto job = worker->Insert(TaskArgs{"long"});
   ASSERT_TRUE(started.WaitFor());
-  auto admin_opts = Options();
-  admin_opts.queues.clear();
-  auto admin = Open(admin_opts);
+  auto admin = OpenAdmin();
   auto r = admin->JobCancel(job->job.id);
   ASSERT_TRUE(r.has_value());
   EXPECT_EQ(r->state, JobState::kRunning);
@@ -840,9 +845,7 @@ TEST_F(OperationsTest, CancelsOfSeveralRunningJobsAllArriveWithoutAPoll) {
   std::vector<int64_t> ids;
   for (int i = 0; i < kJobs; ++i) ids.push_back(worker->Insert(TaskArgs{"long"})->job.id);
   ASSERT_TRUE(all_started.WaitFor());
-  auto admin_opts = Options();
-  admin_opts.queues.clear();
-  auto admin = Open(admin_opts);
+  auto admin = OpenAdmin();
   // One at a time, each right after the last arrived: inside the 50 ms of the check that found
   // the last one.
   for (int64_t id : ids) {
@@ -871,9 +874,7 @@ TEST_F(OperationsTest, AFailureRightAfterACancelRequestEndsCancelled) {
   ASSERT_TRUE(worker->Start().ok());
   auto job = worker->Insert(TaskArgs{"x"});
   ASSERT_TRUE(started.WaitFor());
-  auto admin_opts = Options();
-  admin_opts.queues.clear();
-  auto admin = Open(admin_opts);
+  auto admin = OpenAdmin();
   auto r = admin->JobCancel(job->job.id);
   ASSERT_TRUE(r.has_value());
   EXPECT_EQ(r->state, JobState::kRunning);
