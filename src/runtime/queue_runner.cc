@@ -296,35 +296,11 @@ void QueueRunner::WorkLoop() {
       announce_free_ = true;
     }
     WakeWorkerLocked();
-    if (!cancel_at_start_.empty() && cancel_at_start_.erase(job.id) > 0) {
-      // An admin cancelled it while it waited for this thread.
+    // An admin cancelled it while it waited for this thread, or a hard stop came first.
+    const bool cancelled = !cancel_at_start_.empty() && cancel_at_start_.erase(job.id) > 0;
+    if (cancelled || cancel_all_) {
       lock.unlock();
-      const TimePoint now = env_.clock.Now();
-      Completion c;
-      c.params = {.id = job.id, .attempt = job.attempt, .state = JobState::kCancelled, .at = now};
-      c.params.error = AttemptError{
-          .at = now, .attempt = job.attempt, .error = "cancelled by an admin before it started"};
-      job.errors.push_back(*c.params.error);
-      job.state = JobState::kCancelled;
-      job.finalized_at = now;
-      c.event = {.kind = Event::Kind::kJobCancelled, .job = std::move(job), .run_time = {}};
-      c.event.queue = c.event.job.queue;
-      env_.completer.Add(std::move(c));
-      lock.lock();
-    } else if (cancel_all_) {
-      // Hard stop before this claimed job started: give it back without using an attempt.
-      lock.unlock();
-      Completion c;
-      const TimePoint now = env_.clock.Now();
-      c.params = {.id = job.id, .attempt = job.attempt, .state = JobState::kScheduled, .at = now};
-      c.params.if_cancel_requested = AttemptError{
-          .at = now, .attempt = job.attempt, .error = "cancelled by an admin before it started"};
-      c.silent = true;
-      c.event = {.kind = Event::Kind::kJobSnoozed, .job = std::move(job), .run_time = {}};
-      c.event.queue = c.event.job.queue;
-      c.event.job.state = JobState::kScheduled;
-      c.event.job.attempt -= 1;
-      env_.completer.Add(std::move(c));
+      EndUnstarted(std::move(job), cancelled);
       lock.lock();
     } else {
       Running running;
@@ -380,6 +356,34 @@ void QueueRunner::WorkLoop() {
     SlotFreedLocked(true);
     worked = true;
   }
+}
+
+void QueueRunner::EndUnstarted(JobRow job, bool cancelled) {
+  const TimePoint now = env_.clock.Now();
+  const AttemptError cancel{
+      .at = now, .attempt = job.attempt, .error = "cancelled by an admin before it started"};
+  Completion c;
+  c.params = {.id = job.id,
+              .attempt = job.attempt,
+              .state = cancelled ? JobState::kCancelled : JobState::kScheduled,
+              .at = now};
+  if (cancelled) {
+    c.params.error = cancel;
+    job.errors.push_back(cancel);
+    job.finalized_at = now;
+  } else {
+    // Given back without using an attempt, and without an event (it did not run), unless the
+    // driver finds a cancel requested in its row.
+    c.params.if_cancel_requested = cancel;
+    c.silent = true;
+    job.attempt -= 1;
+  }
+  job.state = c.params.state;
+  c.event = {.kind = cancelled ? Event::Kind::kJobCancelled : Event::Kind::kJobSnoozed,
+             .job = std::move(job),
+             .run_time = {}};
+  c.event.queue = c.event.job.queue;
+  env_.completer.Add(std::move(c));
 }
 
 void QueueRunner::AppendReadyLocked(std::vector<JobRow> rows) {

@@ -103,6 +103,9 @@ class QueueRunner {
   void WakeWorkerLocked();
   // Queues claimed rows for the workers (their slots are already counted in busy_).
   void AppendReadyLocked(std::vector<JobRow> rows);
+  // Ends a claimed job that will not run: `cancelled` by an admin while it waited for a thread,
+  // or handed back at a hard stop. Called without mu_.
+  void EndUnstarted(JobRow job, bool cancelled);
   bool HasReadyLocked() const { return ready_head_ < ready_.size(); }
 
   const std::string name_;

@@ -805,13 +805,14 @@ Result<std::vector<const JobSetStateParams*>> SqliteQueries::WithCancelRequests(
     const std::vector<JobSetStateParams>& jobs, const std::set<int64_t>* only,
     std::vector<JobSetStateParams>* cancels) {
   cancels->clear();
-  cancels->reserve(jobs.size());  // pointed at below: must not reallocate
   std::vector<JobSetStateParams> may_cancel;
   for (const auto& job : jobs) {
     if (job.if_cancel_requested && (only == nullptr || only->contains(job.id))) {
       may_cancel.push_back(job);
     }
   }
+  // Pointed at below, so it must not reallocate; empty for batches of completions.
+  cancels->reserve(may_cancel.size());
   std::set<int64_t> requested;
   if (!may_cancel.empty()) {
     SPOOL_ASSIGN_OR_RETURN(requested, StillRunning(may_cancel, true));
@@ -820,7 +821,7 @@ Result<std::vector<const JobSetStateParams*>> SqliteQueries::WithCancelRequests(
   out.reserve(jobs.size());
   for (const auto& job : jobs) {
     if (only != nullptr && !only->contains(job.id)) continue;
-    if (!requested.contains(job.id)) {
+    if (!job.if_cancel_requested || !requested.contains(job.id)) {
       out.push_back(&job);
       continue;
     }
