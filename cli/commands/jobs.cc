@@ -226,17 +226,23 @@ TimePoint Now() { return std::chrono::time_point_cast<Duration>(std::chrono::sys
 
 // --- jobs list ----------------------------------------------------------------------------
 
-struct ListFlags {
-  std::string url;
+// The filters shared by `jobs list` and the bulk forms of retry, cancel and delete.
+struct JobFilter {
   std::vector<std::string> states;
   std::optional<std::string> queue;  // given empty, refused: a script's empty variable would
-  std::optional<std::string> kind;   // otherwise list (and feed on to delete) every job
+  std::optional<std::string> kind;   // otherwise match (and delete) every job
+};
+
+struct ListFlags {
+  std::string url;
+  JobFilter filter;
   int limit = 100;
   int64_t after = 0;
   bool json = false;
 };
 
-void RunList(const ListFlags& f) {
+// The filter checked, as list parameters (limit and cursor left to the caller).
+JobListParams FilterParams(const JobFilter& f) {
   JobListParams params;
   for (std::string s : f.states) {
     // "completed, cancelled": the list's spaces are not part of the names.
@@ -268,6 +274,11 @@ void RunList(const ListFlags& f) {
     }
     params.kind = *f.kind;
   }
+  return params;
+}
+
+void RunList(const ListFlags& f) {
+  JobListParams params = FilterParams(f.filter);
   params.limit = f.limit;
   params.after_id = f.after;
 
@@ -488,28 +499,100 @@ std::string Describe(Op op, const JobRow& job, std::optional<JobState> before) {
   return {};
 }
 
-void RunOp(Op op, const std::string& url, const std::vector<int64_t>& ids) {
-  auto client = OpenClient(url);
-  int failed = 0;
-  for (int64_t id : ids) {
-    std::optional<JobState> before;
-    if (op != Op::kDelete) {
-      if (auto prior = client->JobGet(id); prior) before = prior->state;
+// Applies `op` to one job and prints its result line; false (and an error line) if it failed.
+bool ApplyOp(Client& client, Op op, int64_t id) {
+  std::optional<JobState> before;
+  if (op != Op::kDelete) {
+    if (auto prior = client.JobGet(id); prior) before = prior->state;
+  }
+  Result<JobRow> r = op == Op::kRetry    ? client.JobRetry(id)
+                     : op == Op::kCancel ? client.JobCancel(id)
+                                         : client.JobDelete(id);
+  if (r) {
+    fmt::print("{}\n", Describe(op, *r, before));
+  } else {
+    fmt::print(stderr, "error: {}\n", ErrorText(id, r.error()));
+  }
+  std::fflush(stdout);
+  return r.has_value();
+}
+
+const char* OpVerb(Op op) {
+  return op == Op::kRetry ? "retried" : op == Op::kCancel ? "cancelled" : "deleted";
+}
+
+struct OpFlags {
+  std::string url;
+  std::vector<int64_t> ids;
+  JobFilter filter;
+};
+
+// Jobs named by id, or every job matching a filter (`--state`, narrowed by `--queue`/`--kind`):
+// how an operator retries the jobs a fixed bug discarded, or deletes a queue's cancelled ones.
+void RunOp(Op op, const OpFlags& f) {
+  const bool by_filter = !f.filter.states.empty() || f.filter.queue || f.filter.kind;
+  const char* name = op == Op::kRetry ? "retry" : op == Op::kCancel ? "cancel" : "delete";
+  if (by_filter && !f.ids.empty()) {
+    throw CommandError(fmt::format("give job ids or --state/--queue/--kind, not both (spool jobs "
+                                   "{} 12 13, or spool jobs {} --state discarded --kind K)",
+                                   name, name),
+                       kExitUsage);
+  }
+  if (!by_filter && f.ids.empty()) {
+    throw CommandError(
+        fmt::format("which jobs? give their ids (spool jobs {} 12 13) or --state, optionally "
+                    "with --queue and --kind (spool jobs {} --state discarded --kind K)",
+                    name, name),
+        kExitUsage);
+  }
+  JobListParams params;
+  if (by_filter) {
+    params = FilterParams(f.filter);
+    // A state is what says which jobs an operator means: "every job of kind K" is rarely it.
+    if (params.states.empty()) {
+      throw CommandError(fmt::format("--queue and --kind narrow a --state: name the state of "
+                                     "the jobs to {} (e.g. --state discarded)",
+                                     name),
+                         kExitUsage);
     }
-    Result<JobRow> r = op == Op::kRetry    ? client->JobRetry(id)
-                       : op == Op::kCancel ? client->JobCancel(id)
-                                           : client->JobDelete(id);
-    if (r) {
-      fmt::print("{}\n", Describe(op, *r, before));
+    if (op != Op::kCancel && std::find(params.states.begin(), params.states.end(),
+                                       JobState::kRunning) != params.states.end()) {
+      throw CommandError(fmt::format("running jobs cannot be {}; cancel them first (spool jobs "
+                                     "cancel --state running ...)",
+                                     OpVerb(op)),
+                         kExitUsage);
+    }
+  }
+  auto client = OpenClient(f.url);
+  int64_t failed = 0;
+  int64_t tried = 0;
+  if (!by_filter) {
+    for (int64_t id : f.ids) {
+      ++tried;
+      if (!ApplyOp(*client, op, id)) ++failed;
+    }
+  } else {
+    // Page by id, so a job the operation leaves matching (or one inserted meanwhile with a
+    // higher id) is met at most once and the walk ends.
+    params.limit = 1000;
+    for (;;) {
+      auto page = client->JobList(params);
+      if (!page) throw CommandError(page.error());
+      for (const JobRow& job : *page) {
+        ++tried;
+        if (!ApplyOp(*client, op, job.id)) ++failed;
+      }
+      if (static_cast<int>(page->size()) < params.limit) break;
+      params.after_id = page->back().id;
+    }
+    if (tried == 0) {
+      fmt::print("no jobs matched\n");
     } else {
-      ++failed;
-      fmt::print(stderr, "error: {}\n", ErrorText(id, r.error()));
+      fmt::print("{} job(s) matched\n", tried);
     }
-    std::fflush(stdout);
   }
   if (failed > 0) {
-    const char* verb = op == Op::kRetry ? "retried" : op == Op::kCancel ? "cancelled" : "deleted";
-    throw CommandError(fmt::format("{} of {} job(s) could not be {}", failed, ids.size(), verb));
+    throw CommandError(fmt::format("{} of {} job(s) could not be {}", failed, tried, OpVerb(op)));
   }
 }
 
@@ -617,12 +700,12 @@ void RegisterJobs(CLI::App& app) {
   auto list_flags = std::make_shared<ListFlags>();
   auto* list = cmd->add_subcommand("list", "List jobs by id, optionally filtered");
   list->add_option("--database-url", list_flags->url, kUrlHelp);
-  list->add_option("--state", list_flags->states,
+  list->add_option("--state", list_flags->filter.states,
                    "Only jobs in this state (repeat or comma-separate for several): available, "
                    "scheduled, running, retryable, completed, cancelled, discarded, pending")
       ->delimiter(',');
-  list->add_option("--queue", list_flags->queue, "Only jobs of this queue");
-  list->add_option("--kind", list_flags->kind, "Only jobs of this kind");
+  list->add_option("--queue", list_flags->filter.queue, "Only jobs of this queue");
+  list->add_option("--kind", list_flags->filter.kind, "Only jobs of this kind");
   list->add_option("--limit", list_flags->limit, "At most this many jobs (1-10000)")
       ->capture_default_str()
       ->check(WholeNumberFrom(1, 10'000));
@@ -675,13 +758,19 @@ void RegisterJobs(CLI::App& app) {
                Op::kRetry},
         OpSpec{"cancel", "Cancel jobs (a running job is asked to stop)", Op::kCancel},
         OpSpec{"delete", "Delete jobs that are not running", Op::kDelete}}) {
-    auto url = std::make_shared<std::string>();
-    auto ids = std::make_shared<std::vector<int64_t>>();
+    auto flags = std::make_shared<OpFlags>();
     auto* sub = cmd->add_subcommand(spec.name, spec.help);
-    sub->add_option("ID", *ids, "Job ids")->required()->check(WholeNumberFrom(1));
-    sub->add_option("--database-url", *url, kUrlHelp);
+    sub->add_option("ID", flags->ids, "Job ids (or choose the jobs by --state)")
+        ->check(WholeNumberFrom(1));
+    sub->add_option("--database-url", flags->url, kUrlHelp);
+    sub->add_option("--state", flags->filter.states,
+                    "Every job in this state (repeat or comma-separate for several) instead of "
+                    "ids")
+        ->delimiter(',');
+    sub->add_option("--queue", flags->filter.queue, "With --state: only jobs of this queue");
+    sub->add_option("--kind", flags->filter.kind, "With --state: only jobs of this kind");
     const Op op = spec.op;
-    sub->callback([url, ids, op] { RunOp(op, *url, *ids); });
+    sub->callback([flags, op] { RunOp(op, *flags); });
   }
 }
 

@@ -1,6 +1,7 @@
 // `spool jobs ...` and `spool queues ...` as a user runs them: parsed by CLI11 in-process against
 // a temp SQLite database, checked through the public Client API.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 #include <stdlib.h>
@@ -494,6 +495,72 @@ TEST_F(AdminTest, OpsTryEveryIdThenFail) {
   EXPECT_EQ(del.code, kExitFailed);
   EXPECT_TRUE(client_->JobGet(a).error().IsNotFound());
   EXPECT_TRUE(client_->JobGet(b).has_value());
+}
+
+// The bulk form: every job in a state, narrowed by queue and kind. The jobs that do not match are
+// left alone.
+TEST_F(AdminTest, OpsByStateTouchOnlyTheMatchingJobs) {
+  const int64_t a1 = Add({"a"})["id"];
+  const int64_t a2 = Add({"a", "--queue", "q2"})["id"];
+  const int64_t b1 = Add({"b"})["id"];
+  const int64_t a3 = Add({"a"})["id"];
+  CliRun cancel = Run({"jobs", "cancel", "--state", "available", "--kind", "a"});
+  ASSERT_EQ(cancel.code, 0) << cancel.err;
+  EXPECT_EQ(cancel.out, fmt::format("job {}: cancelled\njob {}: cancelled\njob {}: cancelled\n"
+                                    "3 job(s) matched\n",
+                                    a1, a2, a3));
+  EXPECT_EQ(client_->JobGet(b1)->state, JobState::kAvailable);
+
+  CliRun retry = Run({"jobs", "retry", "--state", "cancelled", "--queue", "q2"});
+  ASSERT_EQ(retry.code, 0) << retry.err;
+  EXPECT_EQ(retry.out, fmt::format("job {}: retried, now available\n1 job(s) matched\n", a2));
+  EXPECT_EQ(client_->JobGet(a1)->state, JobState::kCancelled);
+  EXPECT_EQ(client_->JobGet(a2)->state, JobState::kAvailable);
+
+  CliRun none = Run({"jobs", "delete", "--state", "discarded"});
+  ASSERT_EQ(none.code, 0) << none.err;
+  EXPECT_EQ(none.out, "no jobs matched\n");
+
+  CliRun del = Run({"jobs", "delete", "--state", "cancelled,available", "--kind", "a"});
+  ASSERT_EQ(del.code, 0) << del.err;
+  EXPECT_NE(del.out.find("3 job(s) matched"), std::string::npos) << del.out;
+  ASSERT_EQ(AllJobs().size(), 1u);
+  EXPECT_EQ(AllJobs()[0].id, b1);
+}
+
+// More jobs than one page of the walk: each is met once.
+TEST_F(AdminTest, OpsByStateWalkEveryPage) {
+  std::vector<InsertParams> many(2'345);
+  for (auto& p : many) {
+    p.kind = "k";
+    p.options.queue = "bulk";
+  }
+  ASSERT_TRUE(client_->InsertMany(std::move(many)).has_value());
+  Add({"k"});  // another queue's
+  CliRun del = Run({"jobs", "delete", "--state", "available", "--queue", "bulk"});
+  ASSERT_EQ(del.code, 0) << del.err;
+  EXPECT_NE(del.out.find("\n2345 job(s) matched\n"), std::string::npos);
+  ASSERT_EQ(AllJobs().size(), 1u);
+  EXPECT_EQ(AllJobs()[0].queue, "default");
+}
+
+// The bulk form's mistakes are usage errors that touch no job.
+TEST_F(AdminTest, OpsByStateRefuseWhatIsUnclear) {
+  const int64_t id = Add({"a"})["id"];
+  const auto refused = [&](std::vector<std::string> args, std::string_view says) {
+    CliRun r = Run(args);
+    EXPECT_EQ(r.code, kExitUsage) << fmt::format("{}", fmt::join(args, " "));
+    EXPECT_NE(r.err.find(says), std::string::npos) << r.err;
+  };
+  refused({"jobs", "delete"}, "which jobs? give their ids");
+  refused({"jobs", "delete", "--kind", "a"}, "--queue and --kind narrow a --state");
+  refused({"jobs", "delete", std::to_string(id), "--state", "available"}, "not both");
+  refused({"jobs", "retry", "--state", "running"}, "running jobs cannot be retried");
+  refused({"jobs", "delete", "--state", "running,available"}, "running jobs cannot be deleted");
+  refused({"jobs", "cancel", "--state", ""}, "--state: no state given");
+  refused({"jobs", "cancel", "--state", "available", "--queue", ""}, "--queue");
+  refused({"jobs", "cancel", "--state", "availabel"}, "availabel");
+  EXPECT_EQ(client_->JobGet(id)->state, JobState::kAvailable);
 }
 
 TEST_F(AdminTest, CancelRetryDeleteHappyPath) {
