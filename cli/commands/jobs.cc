@@ -214,6 +214,71 @@ std::optional<Duration> ParseDuration(std::string_view text) {
   return too_large ? kTooLarge : total;
 }
 
+// "2026-12-24T09:00:00Z", "2026-12-24T09:00:00.5+01:00" (RFC 3339; "t", "z" and a space for
+// the "T" accepted). A time without its zone is refused rather than guessed: the caller's local
+// time and the server's UTC differ by hours.
+std::optional<TimePoint> ParseRfc3339(std::string_view text) {
+  size_t i = 0;
+  const auto number = [&](size_t digits, int& out) {
+    if (i + digits > text.size()) return false;
+    out = 0;
+    for (size_t end = i + digits; i < end; ++i) {
+      if (text[i] < '0' || text[i] > '9') return false;
+      out = out * 10 + (text[i] - '0');
+    }
+    return true;
+  };
+  const auto expect = [&](std::string_view any_of) {
+    if (i >= text.size() || any_of.find(text[i]) == std::string_view::npos) return false;
+    ++i;
+    return true;
+  };
+  std::tm tm{};
+  int year = 0, month = 0, day = 0, hour = 0, minute = 0, second = 0;
+  if (!number(4, year) || !expect("-") || !number(2, month) || !expect("-") || !number(2, day) ||
+      !expect("Tt ") || !number(2, hour) || !expect(":") || !number(2, minute) || !expect(":") ||
+      !number(2, second)) {
+    return std::nullopt;
+  }
+  int64_t micros = 0;
+  if (i < text.size() && text[i] == '.') {
+    ++i;
+    int64_t scale = 100'000;
+    const size_t begin = i;
+    for (; i < text.size() && text[i] >= '0' && text[i] <= '9'; ++i) {
+      micros += (text[i] - '0') * scale;  // digits past microseconds add 0
+      scale /= 10;
+    }
+    if (i == begin) return std::nullopt;
+  }
+  int offset_minutes = 0;
+  if (!expect("Zz")) {
+    if (i >= text.size() || (text[i] != '+' && text[i] != '-')) return std::nullopt;
+    const int sign = text[i++] == '-' ? -1 : 1;
+    int oh = 0, om = 0;
+    if (!number(2, oh) || !expect(":") || !number(2, om) || oh > 23 || om > 59) {
+      return std::nullopt;
+    }
+    offset_minutes = sign * (oh * 60 + om);
+  }
+  if (i != text.size() || month < 1 || month > 12 || day < 1 || hour > 23 || minute > 59 ||
+      second > 60) {
+    return std::nullopt;
+  }
+  tm.tm_year = year - 1900;
+  tm.tm_mon = month - 1;
+  tm.tm_mday = day;
+  tm.tm_hour = hour;
+  tm.tm_min = minute;
+  tm.tm_sec = std::min(second, 59);  // a leap second is the second before it
+  const std::tm asked = tm;
+  const time_t secs = timegm(&tm);
+  if (tm.tm_mday != asked.tm_mday || tm.tm_mon != asked.tm_mon) return std::nullopt;  // Feb 30
+  const int64_t us =
+      (static_cast<int64_t>(secs) - int64_t{offset_minutes} * 60) * 1'000'000 + micros;
+  return TimePoint(Duration(us));
+}
+
 // The same words for an unknown id whichever driver answered; the job is named once, also when
 // the driver's message already names it ("job 5 cannot be read: ...").
 std::string ErrorText(int64_t id, const Status& st) {
@@ -351,6 +416,9 @@ struct AddFlags {
   int priority = kDefaultPriority;
   int max_attempts = kDefaultMaxAttempts;
   std::optional<std::string> schedule_in;
+  std::optional<std::string> schedule_at;
+  std::vector<std::string> tags;
+  std::optional<std::string> metadata;
   std::vector<std::string> unique_by;
   bool json = false;
   bool any_kind = false;
@@ -413,6 +481,45 @@ void RunAdd(const AddFlags& f) {
           kExitUsage);
     }
     if (delay->count() > 0) params.options.scheduled_at = Now() + *delay;
+  }
+  if (f.schedule_at) {
+    const auto at = ParseRfc3339(*f.schedule_at);
+    if (!at) {
+      throw CommandError(
+          fmt::format("--schedule-at \"{}\" is not a time: use RFC 3339 with its zone, e.g. "
+                      "2026-12-24T09:00:00Z or 2026-12-24T10:00:00+01:00; nothing was inserted",
+                      *f.schedule_at),
+          kExitUsage);
+    }
+    if (*at - Now() > kMaxScheduleIn) {
+      throw CommandError(fmt::format("--schedule-at \"{}\" is more than 100 years ahead; "
+                                     "nothing was inserted",
+                                     *f.schedule_at),
+                         kExitUsage);
+    }
+    if (*at > Now()) params.options.scheduled_at = *at;  // a past time: available now
+  }
+  for (std::string tag : f.tags) {
+    tag.erase(0, tag.find_first_not_of(" \t"));
+    tag.erase(tag.find_last_not_of(" \t") + 1);
+    if (tag.empty() || tag.size() > kMaxTagLength) {
+      throw CommandError(fmt::format("--tag \"{}\": a tag is 1-{} characters (commas separate "
+                                     "tags); nothing was inserted",
+                                     tag, kMaxTagLength),
+                         kExitUsage);
+    }
+    params.options.tags.push_back(std::move(tag));
+  }
+  if (f.metadata) {
+    const Json metadata = Json::parse(*f.metadata, nullptr, /*allow_exceptions=*/false);
+    if (!metadata.is_object()) {
+      throw CommandError(
+          fmt::format("--metadata must be a JSON object like '{{\"source\": \"cli\"}}', got "
+                      "{}; nothing was inserted",
+                      metadata.is_discarded() ? "text that is not JSON" : metadata.type_name()),
+          kExitUsage);
+    }
+    params.options.metadata = metadata.dump();
   }
   if (!f.unique_by.empty()) {
     UniqueOptions unique;
@@ -736,7 +843,13 @@ void RegisterJobs(CLI::App& app) {
       ->capture_default_str()
       ->check(WholeNumberFrom(1, kMaxMaxAttempts));
   add->add_option("--schedule-in", add_flags->schedule_in,
-                  "Run no earlier than this from now: 30s, 5m, 1h, 1h30m, 2d");
+                  "Run no earlier than this from now: 30s, 5m, 1h, 1h30m, 2d")
+      ->excludes(add->add_option("--schedule-at", add_flags->schedule_at,
+                                 "Run no earlier than this time (RFC 3339 with its zone: "
+                                 "2026-12-24T09:00:00Z)"));
+  add->add_option("--tag", add_flags->tags, "A tag (repeat or comma-separate for several)")
+      ->delimiter(',');
+  add->add_option("--metadata", add_flags->metadata, "A JSON object stored with the job");
   add->add_option("--unique-by", add_flags->unique_by,
                   "Insert nothing while a non-final job of this kind exists with the same args "
                   "(args), in the same queue (queue), or both (args,queue)")

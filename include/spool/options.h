@@ -1,6 +1,7 @@
 #pragma once
 
 #include <any>
+#include <cstddef>
 #include <functional>
 #include <map>
 #include <memory>
@@ -21,6 +22,8 @@ inline constexpr int kMaxMaxAttempts = 32'767;
 inline constexpr int kDefaultPriority = 1;
 inline constexpr int kMinPriority = 1;  // highest
 inline constexpr int kMaxPriority = 4;  // lowest
+// The longest tag, in bytes (InsertOptions::tags).
+inline constexpr size_t kMaxTagLength = 255;
 // The longest delay spool counts: ClientOptions durations above it are refused, and a longer
 // timeout, retry delay or snooze a worker or retry policy returns (or a Stop timeout) is
 // shortened to it, so no time overflows.
@@ -60,7 +63,7 @@ struct InsertOptions {
   int max_attempts = kDefaultMaxAttempts;
   // Run no earlier than this. Default: now (the job is available at once).
   std::optional<TimePoint> scheduled_at{};
-  // Free-form labels, each 1-255 characters with no commas. Default: none.
+  // Free-form labels, each 1 to kMaxTagLength bytes with no commas. Default: none.
   std::vector<std::string> tags{};
   // A JSON object stored with the job. Default: "{}". spool writes two keys in it, so leave them
   // to spool: "snoozes", the count of the job's snoozes (ctx.snoozes()), grown by one at each

@@ -12,7 +12,6 @@ namespace {
 
 constexpr int kMaxWorkersLimit = 10'000;
 constexpr size_t kMaxQueueNameLength = 128;
-constexpr size_t kMaxTagLength = 255;
 
 bool IsQueueChar(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||

@@ -256,6 +256,56 @@ TEST_F(AdminTest, ScheduleIn) {
   EXPECT_GE(row->scheduled_at - std::chrono::time_point_cast<Duration>(before), 48h);
 }
 
+TEST_F(AdminTest, ScheduleAtTakesRfc3339WithItsZone) {
+  json j = Add({"later", "--schedule-at", "2099-12-24T09:00:00Z"});
+  EXPECT_EQ(j["state"], "scheduled");
+  EXPECT_EQ(j["scheduled_at"], "2099-12-24T09:00:00.000000Z");
+  j = Add({"later", "--schedule-at", "2099-12-24T10:30:00.25+01:30"});
+  EXPECT_EQ(j["scheduled_at"], "2099-12-24T09:00:00.250000Z");
+  j = Add({"later", "--schedule-at", "2099-02-28 23:00:00-02:00"});
+  EXPECT_EQ(j["scheduled_at"], "2099-03-01T01:00:00.000000Z");
+  // A time past is now: the job is available at once.
+  j = Add({"now", "--schedule-at", "2001-01-01T00:00:00Z"});
+  EXPECT_EQ(j["state"], "available");
+  for (const char* bad : {"2099-12-24T09:00:00", "2099-12-24", "tomorrow", "2099-02-30T00:00:00Z",
+                          "2099-13-01T00:00:00Z", "2099-12-24T25:00:00Z", "2099-12-24T09:00:00+1",
+                          "2099-12-24T09:00:00Zjunk", "12099-01-01T00:00:00Z"}) {
+    CliRun r = Run({"jobs", "add", "k", "--schedule-at", bad});
+    EXPECT_EQ(r.code, kExitUsage) << bad;
+    EXPECT_NE(r.err.find("is not a time: use RFC 3339 with its zone"), std::string::npos)
+        << bad << ": " << r.err;
+  }
+  CliRun far = Run({"jobs", "add", "k", "--schedule-at", "2999-12-24T09:00:00Z"});
+  EXPECT_EQ(far.code, kExitUsage);
+  EXPECT_NE(far.err.find("more than 100 years ahead"), std::string::npos) << far.err;
+  CliRun both =
+      Run({"jobs", "add", "k", "--schedule-at", "2099-12-24T09:00:00Z", "--schedule-in", "1h"});
+  EXPECT_EQ(both.code, kExitUsage) << both.err;
+  EXPECT_EQ(AllJobs().size(), 4u);
+}
+
+TEST_F(AdminTest, TagsAndMetadata) {
+  json j = Add({"k", "--tag", "billing, urgent", "--tag", "cli", "--metadata",
+                R"({"source": "ops", "ticket": 42})"});
+  EXPECT_EQ(j["tags"], json::array({"billing", "urgent", "cli"}));
+  EXPECT_EQ(j["metadata"], json::parse(R"({"source": "ops", "ticket": 42})"));
+  auto row = client_->JobGet(j["id"]);
+  ASSERT_TRUE(row.has_value());
+  EXPECT_EQ(row->tags, (std::vector<std::string>{"billing", "urgent", "cli"}));
+
+  const auto refused = [&](std::vector<std::string> args, std::string_view says) {
+    args.insert(args.begin(), {"jobs", "add", "k"});
+    CliRun r = Run(args);
+    EXPECT_EQ(r.code, kExitUsage) << fmt::format("{}", fmt::join(args, " "));
+    EXPECT_NE(r.err.find(says), std::string::npos) << r.err;
+  };
+  refused({"--tag", "a, ,b"}, "--tag \"\": a tag is 1-255 characters");
+  refused({"--tag", std::string(256, 't')}, "a tag is 1-255 characters");
+  refused({"--metadata", "[1]"}, "--metadata must be a JSON object");
+  refused({"--metadata", "{oops"}, "got text that is not JSON");
+  EXPECT_EQ(AllJobs().size(), 1u);
+}
+
 TEST_F(AdminTest, UniqueByArgs) {
   json first = Add({"sync", "--args", R"({"account":1})", "--unique-by", "args"});
   EXPECT_EQ(first["duplicate"], false);
