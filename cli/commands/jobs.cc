@@ -9,6 +9,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -437,6 +438,18 @@ void CheckKindIsTheApps(const std::string& kind) {
       kind, kinds.empty() ? std::string("none yet") : fmt::format("{}", fmt::join(kinds, ", "))));
 }
 
+// A job made available in a paused queue waits, silently, until someone resumes the queue: say
+// so. No note when the pause cannot be read.
+void NotePausedQueues(Client& client, const std::set<std::string>& queues) {
+  for (const std::string& queue : queues) {
+    auto since = client.QueuePausedAt(queue);
+    if (!since || !*since) continue;
+    fmt::print(stderr,
+               "note: queue {} is paused (since {}): its jobs wait until spool queues resume {}\n",
+               queue, FormatTime(**since), queue);
+  }
+}
+
 void RunAdd(const AddFlags& f) {
   if (f.kind.find_first_not_of(" \t\r\n") == std::string::npos) {
     throw CommandError(fmt::format("KIND is {}: give the job's kind, e.g. send_email",
@@ -555,6 +568,7 @@ void RunAdd(const AddFlags& f) {
                "others): the job waits until a client works that queue\n",
                res->job.queue);
   }
+  if (!res->duplicate) NotePausedQueues(*client, {res->job.queue});
   if (f.json) {
     Json out = JobToJson(res->job);
     out["duplicate"] = res->duplicate;
@@ -607,7 +621,8 @@ std::string Describe(Op op, const JobRow& job, std::optional<JobState> before) {
 }
 
 // Applies `op` to one job and prints its result line; false (and an error line) if it failed.
-bool ApplyOp(Client& client, Op op, int64_t id) {
+// The queues of the jobs it makes available are added to `made_available`.
+bool ApplyOp(Client& client, Op op, int64_t id, std::set<std::string>& made_available) {
   std::optional<JobState> before;
   if (op != Op::kDelete) {
     if (auto prior = client.JobGet(id); prior) before = prior->state;
@@ -617,6 +632,7 @@ bool ApplyOp(Client& client, Op op, int64_t id) {
                                          : client.JobDelete(id);
   if (r) {
     fmt::print("{}\n", Describe(op, *r, before));
+    if (op == Op::kRetry && r->state == JobState::kAvailable) made_available.insert(r->queue);
   } else {
     fmt::print(stderr, "error: {}\n", ErrorText(id, r.error()));
   }
@@ -673,10 +689,11 @@ void RunOp(Op op, const OpFlags& f) {
   auto client = OpenClient(f.url);
   int64_t failed = 0;
   int64_t tried = 0;
+  std::set<std::string> made_available;
   if (!by_filter) {
     for (int64_t id : f.ids) {
       ++tried;
-      if (!ApplyOp(*client, op, id)) ++failed;
+      if (!ApplyOp(*client, op, id, made_available)) ++failed;
     }
   } else {
     // Page by id, so a job the operation leaves matching (or one inserted meanwhile with a
@@ -687,7 +704,7 @@ void RunOp(Op op, const OpFlags& f) {
       if (!page) throw CommandError(page.error());
       for (const JobRow& job : *page) {
         ++tried;
-        if (!ApplyOp(*client, op, job.id)) ++failed;
+        if (!ApplyOp(*client, op, job.id, made_available)) ++failed;
       }
       if (static_cast<int>(page->size()) < params.limit) break;
       params.after_id = page->back().id;
@@ -698,6 +715,7 @@ void RunOp(Op op, const OpFlags& f) {
       fmt::print("{} job(s) matched\n", tried);
     }
   }
+  NotePausedQueues(*client, made_available);
   if (failed > 0) {
     throw CommandError(fmt::format("{} of {} job(s) could not be {}", failed, tried, OpVerb(op)));
   }

@@ -206,6 +206,9 @@ class Client {
   Status QueueResume(std::string_view name);
   // Every queue with jobs, a pause record, or a running client working it, by name.
   Result<std::vector<QueueInfo>> QueueList();
+  // Since when the queue is paused; nullopt when it is not. Cheap on any table size (QueueList
+  // counts every job). InvalidArgument for a name no queue can have.
+  Result<std::optional<TimePoint>> QueuePausedAt(std::string_view name);
   // True while this client holds the leader lease (runs maintenance and periodic jobs).
   bool IsLeader() const;
   // The lease as stored, whichever client holds it; nullopt when none is current (no client

@@ -242,6 +242,9 @@ class Executor {
   // Every queue that has a spool_queue row, any job, or a client (spool_client) working it, by
   // name, with counts by state.
   virtual Result<std::vector<QueueInfo>> QueueList() = 0;
+  // When the queue was paused; nullopt when it is not (never paused, or resumed). Reads the pause
+  // record alone, so it costs the same on any job table.
+  virtual Result<std::optional<TimePoint>> QueuePausedAt(std::string_view name) = 0;
 
   // The last tick enqueued for a periodic job; nullopt when never.
   virtual Result<std::optional<TimePoint>> PeriodicGetLastTick(std::string_view name) = 0;

@@ -767,6 +767,11 @@ Result<std::optional<LeaderInfo>> Client::Leader() {
 Result<std::vector<QueueInfo>> Client::QueueList() {
   return impl_->driver().executor().QueueList();
 }
+
+Result<std::optional<TimePoint>> Client::QueuePausedAt(std::string_view name) {
+  SPOOL_RETURN_IF_ERROR(ValidateQueueName(name));
+  return impl_->driver().executor().QueuePausedAt(name);
+}
 bool Client::IsLeader() const { return impl_->IsLeader(); }
 
 int Client::Subscribe(std::function<void(const Event&)> fn) {

@@ -218,6 +218,30 @@ TEST_F(AdminTest, AddToAQueueNobodyUsedSaysSo) {
   EXPECT_EQ(r.err, "");
 }
 
+// A job added or retried into a paused queue waits until the queue is resumed: the command says so.
+TEST_F(AdminTest, AddOrRetryIntoAPausedQueueSaysSo) {
+  ASSERT_TRUE(client_->QueuePause("default").ok());
+  CliRun add = Run({"jobs", "add", "k", "--json"});
+  ASSERT_EQ(add.code, 0) << add.err;
+  EXPECT_NE(add.err.find("note: queue default is paused (since "), std::string::npos) << add.err;
+  EXPECT_NE(add.err.find("its jobs wait until spool queues resume default"), std::string::npos)
+      << add.err;
+  const int64_t id = ParseOut(add)["id"];
+  ASSERT_TRUE(client_->JobCancel(id).has_value());
+  CliRun retry = Run({"jobs", "retry", std::to_string(id)});
+  ASSERT_EQ(retry.code, 0) << retry.err;
+  EXPECT_NE(retry.err.find("note: queue default is paused"), std::string::npos) << retry.err;
+  // Once resumed, or when nothing became available, no note.
+  ASSERT_TRUE(client_->JobCancel(id).has_value());
+  CliRun del = Run({"jobs", "delete", "--state", "cancelled"});
+  ASSERT_EQ(del.code, 0) << del.err;
+  EXPECT_EQ(del.err, "");
+  ASSERT_TRUE(client_->QueueResume("default").ok());
+  CliRun again = Run({"jobs", "add", "k"});
+  ASSERT_EQ(again.code, 0) << again.err;
+  EXPECT_EQ(again.err, "");
+}
+
 TEST_F(AdminTest, ListFilters) {
   Add({"a", "--queue", "q1"});
   Add({"b", "--queue", "q2"});

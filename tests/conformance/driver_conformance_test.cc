@@ -2248,6 +2248,20 @@ TEST_P(DriverConformanceTest, QueuePauseRecordsWhen) {
   EXPECT_TRUE(list[0].counts.empty() || CountOf(list[0].counts, JobState::kAvailable) == 0);
 }
 
+TEST_P(DriverConformanceTest, QueuePausedAtReadsThePauseRecord) {
+  CONF_ASSIGN_OR_FAIL(auto never, exec().QueuePausedAt("q"));
+  EXPECT_FALSE(never.has_value());
+  CONF_ASSERT_OK(exec().QueuePause("q", kT0 + seconds(3)));
+  CONF_ASSERT_OK(exec().QueuePause("q", kT0 + seconds(5)));  // keeps the first time
+  CONF_ASSIGN_OR_FAIL(auto paused, exec().QueuePausedAt("q"));
+  EXPECT_EQ(paused, kT0 + seconds(3));
+  CONF_ASSIGN_OR_FAIL(auto other, exec().QueuePausedAt("r"));
+  EXPECT_FALSE(other.has_value());
+  CONF_ASSERT_OK(exec().QueueResume("q", kT0 + seconds(6)));
+  CONF_ASSIGN_OR_FAIL(auto resumed, exec().QueuePausedAt("q"));
+  EXPECT_FALSE(resumed.has_value());
+}
+
 // A queue a running client works is listed before its first job, once, and keeps a pause.
 TEST_P(DriverConformanceTest, QueueListIncludesTheQueuesClientsWork) {
   CONF_ASSERT_OK(exec().ClientHeartbeat({.id = "a", .now = kT0, .queues = {"mail", "paused"}}));

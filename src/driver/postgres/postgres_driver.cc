@@ -501,6 +501,9 @@ constexpr const char* kQueueListSql =
                        "jsonb_array_elements_text(CASE WHEN jsonb_typeof(spool_client.queues) = "
                        "'array' THEN spool_client.queues ELSE '[]' END) AS e(name)";
 
+constexpr const char* kQueuePausedAtSql =
+    "SELECT " SPOOL_US("paused_at") " FROM spool_queue WHERE name = $1";
+
 constexpr const char* kPeriodicGetSql =
     "SELECT " SPOOL_US("last_tick_at") " FROM spool_periodic WHERE name = $1";
 
@@ -1270,6 +1273,16 @@ Result<std::vector<QueueInfo>> QueueListOn(Conn& c) {
   return out;
 }
 
+Result<std::optional<TimePoint>> QueuePausedAtOn(Conn& c, std::string_view name) {
+  SPOOL_ASSIGN_OR_RETURN(PgResult res,
+                         c.Query("spool_queue_paused_at", kQueuePausedAtSql, {std::string(name)}));
+  if (PQntuples(res.get()) == 0 || PQgetisnull(res.get(), 0, 0) != 0) {
+    return std::optional<TimePoint>();
+  }
+  SPOOL_ASSIGN_OR_RETURN(int64_t us, ParseInt(PQgetvalue(res.get(), 0, 0), "paused_at"));
+  return std::optional<TimePoint>(TimePoint(Duration(us)));
+}
+
 Result<std::optional<TimePoint>> PeriodicGetOn(Conn& c, std::string_view name) {
   SPOOL_ASSIGN_OR_RETURN(PgResult res,
                          c.Query("spool_periodic_get", kPeriodicGetSql, {std::string(name)}));
@@ -1506,6 +1519,9 @@ class PgExecutor : public Base {
   }
   Result<std::vector<QueueInfo>> QueueList() override {
     return Run<std::vector<QueueInfo>>([&](Conn& c) { return QueueListOn(c); });
+  }
+  Result<std::optional<TimePoint>> QueuePausedAt(std::string_view name) override {
+    return Run<std::optional<TimePoint>>([&](Conn& c) { return QueuePausedAtOn(c, name); });
   }
 
   Result<std::optional<TimePoint>> PeriodicGetLastTick(std::string_view name) override {

@@ -163,6 +163,10 @@ class LockedExecutor final : public Executor {
     std::lock_guard lock(mu_);
     return q_.QueueList();
   }
+  Result<std::optional<TimePoint>> QueuePausedAt(std::string_view name) override {
+    std::lock_guard lock(mu_);
+    return q_.QueuePausedAt(name);
+  }
   Result<std::optional<TimePoint>> PeriodicGetLastTick(std::string_view name) override {
     std::lock_guard lock(mu_);
     return q_.PeriodicGetLastTick(name);
@@ -282,6 +286,10 @@ class SqliteTx final : public Tx {
   Result<std::vector<QueueInfo>> QueueList() override {
     SPOOL_RETURN_IF_ERROR(CheckOpen());
     return q_.QueueList();
+  }
+  Result<std::optional<TimePoint>> QueuePausedAt(std::string_view name) override {
+    SPOOL_RETURN_IF_ERROR(CheckOpen());
+    return q_.QueuePausedAt(name);
   }
   Result<std::optional<TimePoint>> PeriodicGetLastTick(std::string_view name) override {
     SPOOL_RETURN_IF_ERROR(CheckOpen());
@@ -430,6 +438,9 @@ class BorrowedExecutor final : public Executor {
     return q_.QueueResume(name, now);
   }
   Result<std::vector<QueueInfo>> QueueList() override { return q_.QueueList(); }
+  Result<std::optional<TimePoint>> QueuePausedAt(std::string_view name) override {
+    return q_.QueuePausedAt(name);
+  }
   Result<std::optional<TimePoint>> PeriodicGetLastTick(std::string_view name) override {
     return q_.PeriodicGetLastTick(name);
   }

@@ -1448,6 +1448,17 @@ Result<std::vector<QueueInfo>> SqliteQueries::QueueList() {
 
 // ---- periodic jobs ----------------------------------------------------------------------------
 
+Result<std::optional<TimePoint>> SqliteQueries::QueuePausedAt(std::string_view name) {
+  SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt,
+                         cache_.Get("SELECT paused_at FROM spool_queue WHERE name = ?1"));
+  StmtScope use(stmt);
+  SPOOL_RETURN_IF_ERROR(CheckBind(BindText(stmt, 1, name), stmt));
+  const int rc = sqlite3_step(stmt);
+  if (rc == SQLITE_DONE) return std::optional<TimePoint>();
+  if (rc != SQLITE_ROW) return SqliteStatus(rc, cache_.db(), "read queue pause");
+  return OptionalTime(OptionalInt(stmt, 0));
+}
+
 Result<std::optional<TimePoint>> SqliteQueries::PeriodicGetLastTick(std::string_view name) {
   SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt,
                          cache_.Get("SELECT last_tick_at FROM spool_periodic WHERE name = ?1"));

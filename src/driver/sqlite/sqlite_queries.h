@@ -119,6 +119,7 @@ class SqliteQueries {
   Status QueuePause(std::string_view name, TimePoint now);
   Status QueueResume(std::string_view name, TimePoint now);
   Result<std::vector<QueueInfo>> QueueList();
+  Result<std::optional<TimePoint>> QueuePausedAt(std::string_view name);
   Result<std::optional<TimePoint>> PeriodicGetLastTick(std::string_view name);
   Status PeriodicSetLastTick(std::string_view name, TimePoint tick, TimePoint now);
 
