@@ -304,6 +304,8 @@ struct ListFlags {
   JobFilter filter;
   int limit = 100;
   int64_t after = 0;
+  int64_t before = 0;
+  bool newest_first = false;
   bool json = false;
 };
 
@@ -347,6 +349,8 @@ void RunList(const ListFlags& f) {
   JobListParams params = FilterParams(f.filter);
   params.limit = f.limit;
   params.after_id = f.after;
+  params.before_id = f.before;
+  params.newest_first = f.newest_first;
 
   auto client = OpenClient(f.url);
   auto jobs = client->JobList(params);
@@ -358,8 +362,9 @@ void RunList(const ListFlags& f) {
   const bool maybe_more = !jobs->empty() && static_cast<int>(jobs->size()) == f.limit;
   const auto note_more = [&] {
     if (maybe_more) {
-      fmt::print(stderr, "(the first {} matching jobs by id; more: --after {}, or --limit)\n",
-                 f.limit, jobs->back().id);
+      fmt::print(stderr, "(the {} {} matching jobs by id; more: --{} {}, or --limit)\n",
+                 f.newest_first ? "newest" : "first", f.limit, f.newest_first ? "before" : "after",
+                 jobs->back().id);
     }
   };
   if (f.json) {
@@ -834,6 +839,11 @@ void RegisterJobs(CLI::App& app) {
   list->add_option("--limit", list_flags->limit, "At most this many jobs (1-10000)")
       ->capture_default_str()
       ->check(WholeNumberFrom(1, 10'000));
+  list->add_flag("--newest-first", list_flags->newest_first,
+                 "Highest ids first (the latest jobs), paged with --before");
+  list->add_option("--before", list_flags->before,
+                   "Only ids less than this (next page, newest first)")
+      ->check(WholeNumberFrom(1));
   list->add_option("--after", list_flags->after, "Only ids greater than this (next page)")
       ->check(WholeNumberFrom(0));
   list->add_flag("--json", list_flags->json, "Print a JSON array of job objects");

@@ -116,7 +116,9 @@ struct JobListParams {
   std::vector<JobState> states{};  // empty: any
   std::string queue{};             // empty: any
   std::string kind{};              // empty: any
-  int64_t after_id = 0;            // cursor: only ids greater than this
+  int64_t after_id = 0;            // only ids greater than this (the cursor of an ascending list)
+  int64_t before_id = 0;           // only ids less than this (of a newest_first list); 0: any
+  bool newest_first = false;       // by id descending instead of ascending
   int limit = 100;
 };
 

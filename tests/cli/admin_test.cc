@@ -262,6 +262,15 @@ TEST_F(AdminTest, ListFilters) {
   EXPECT_EQ(ids({"--state", "available,scheduled", "--queue", "q2"}), (std::vector<int64_t>{2, 3}));
   EXPECT_EQ(ids({"--limit", "2"}), (std::vector<int64_t>{1, 2}));
   EXPECT_EQ(ids({"--limit", "2", "--after", "2"}), (std::vector<int64_t>{3, 4}));
+  EXPECT_EQ(ids({"--newest-first"}), (std::vector<int64_t>{4, 3, 2, 1}));
+  EXPECT_EQ(ids({"--newest-first", "--kind", "a"}), (std::vector<int64_t>{3, 1}));
+  EXPECT_EQ(ids({"--newest-first", "--before", "3"}), (std::vector<int64_t>{2, 1}));
+
+  CliRun page = Run({"jobs", "list", "--newest-first", "--limit", "2"});
+  ASSERT_EQ(page.code, 0) << page.err;
+  EXPECT_NE(page.err.find("(the newest 2 matching jobs by id; more: --before 3, or --limit)"),
+            std::string::npos)
+      << page.err;
 }
 
 TEST_F(AdminTest, ScheduleIn) {

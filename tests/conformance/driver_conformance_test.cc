@@ -1359,6 +1359,25 @@ TEST_P(DriverConformanceTest, ListFiltersAndPagesById) {
   }
   EXPECT_EQ(paged, Ids(rows));
 
+  // Newest first, paged by before_id, filters as above; both bounds together make a window.
+  std::vector<int64_t> newest;
+  int64_t before = 0;
+  for (int page = 0; page < 10; ++page) {
+    auto ids = list({.before_id = before, .newest_first = true, .limit = 4});
+    if (ids.empty()) break;
+    newest.insert(newest.end(), ids.begin(), ids.end());
+    before = ids.back();
+  }
+  std::vector<int64_t> reversed = Ids(rows);
+  std::reverse(reversed.begin(), reversed.end());
+  EXPECT_EQ(newest, reversed);
+  EXPECT_EQ(list({.kind = "k2", .newest_first = true, .limit = 2}),
+            (std::vector<int64_t>{id(9), id(7)}));
+  EXPECT_EQ(list({.after_id = id(2), .before_id = id(6)}),
+            (std::vector<int64_t>{id(3), id(4), id(5)}));
+  EXPECT_EQ(list({.after_id = id(2), .before_id = id(6), .newest_first = true}),
+            (std::vector<int64_t>{id(5), id(4), id(3)}));
+
   CONF_ASSIGN_OR_FAIL(auto full, exec().JobList({.queue = "qa", .limit = 1}));
   ASSERT_EQ(full.size(), 1u);
   EXPECT_EQ(full[0].state, JobState::kRunning);

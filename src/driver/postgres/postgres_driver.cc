@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -266,13 +267,19 @@ const std::string& GetByIdSql() {
   return *kSql;
 }
 
-const std::string& ListSql() {
-  static const std::string* const kSql = new std::string(
-      Sql("SELECT ",
-          " FROM spool_job AS j WHERE ($1::int2[] IS NULL OR j.state = ANY($1::int2[])) "
-          "AND ($2::text = '' OR j.queue = $2::text) AND ($3::text = '' OR j.kind = $3::text) "
-          "AND j.id > $4::int8 ORDER BY j.id LIMIT $5::int8"));
-  return *kSql;
+// The admin listing, oldest or newest first (an ORDER BY cannot be a parameter).
+const std::string& ListSql(bool newest_first) {
+  const auto make = [](const char* order) {
+    return new std::string(
+        Sql("SELECT ", fmt::format(" FROM spool_job AS j WHERE ($1::int2[] IS NULL OR j.state = "
+                                   "ANY($1::int2[])) AND ($2::text = '' OR j.queue = $2::text) AND "
+                                   "($3::text = '' OR j.kind = $3::text) AND j.id > $4::int8 AND "
+                                   "j.id < $6::int8 ORDER BY j.id {} LIMIT $5::int8",
+                                   order)));
+  };
+  static const std::string* const kAscending = make("ASC");
+  static const std::string* const kDescending = make("DESC");
+  return newest_first ? *kDescending : *kAscending;
 }
 
 constexpr const char* kCountSql =
@@ -1105,9 +1112,11 @@ Result<std::vector<JobRow>> ListOn(Conn& c, const JobListParams& p) {
     for (JobState s : p.states) codes.push_back(std::to_string(StateCode(s)));
     states = pg::ArrayLiteral(codes);
   }
-  SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query("spool_list", ListSql(),
+  const int64_t before = p.before_id > 0 ? p.before_id : std::numeric_limits<int64_t>::max();
+  SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query(p.newest_first ? "spool_list_desc" : "spool_list",
+                                               ListSql(p.newest_first),
                                                {states, p.queue, p.kind, std::to_string(p.after_id),
-                                                std::to_string(p.limit)},
+                                                std::to_string(p.limit), std::to_string(before)},
                                                pg::Format::kBinary));
   SPOOL_RETURN_IF_ERROR(CheckJobColumns(res.get()));
   std::vector<JobRow> rows;

@@ -1041,7 +1041,7 @@ Result<std::vector<JobRow>> SqliteQueries::JobList(const JobListParams& params) 
     return Status::InvalidArgument(
         fmt::format("job list limit {} must be at least 1", params.limit));
   }
-  std::string sql = fmt::format("SELECT {} FROM spool_job WHERE id > ?", kJobColumns);
+  std::string sql = fmt::format("SELECT {} FROM spool_job WHERE id > ? AND id < ?", kJobColumns);
   if (!params.states.empty()) {
     sql += " AND state IN (";
     for (size_t i = 0; i < params.states.size(); ++i) sql += i == 0 ? "?" : ",?";
@@ -1049,12 +1049,16 @@ Result<std::vector<JobRow>> SqliteQueries::JobList(const JobListParams& params) 
   }
   if (!params.queue.empty()) sql += " AND queue = ?";
   if (!params.kind.empty()) sql += " AND kind = ?";
-  sql += " ORDER BY id LIMIT ?";
+  sql += params.newest_first ? " ORDER BY id DESC LIMIT ?" : " ORDER BY id LIMIT ?";
   // The shapes are few (state count x queue x kind), so caching by text stays small.
   SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt, cache_.Get(sql));
   StmtScope use(stmt);
   int i = 1;
   int rc = sqlite3_bind_int64(stmt, i++, params.after_id);
+  if (rc == SQLITE_OK) {
+    rc = sqlite3_bind_int64(
+        stmt, i++, params.before_id > 0 ? params.before_id : std::numeric_limits<int64_t>::max());
+  }
   for (JobState s : params.states) {
     if (rc == SQLITE_OK) rc = sqlite3_bind_int(stmt, i++, StateCode(s));
   }
