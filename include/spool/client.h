@@ -74,7 +74,9 @@ struct Event {
     kJobDiscarded,  // an attempt failed and no attempts are left (or the kind is unknown)
     kJobSnoozed,
     kJobCancelled,
-    kQueuePaused,  // by this client (other processes' pauses are not events here)
+    // A queue paused or resumed by this client, when its state changed (a pause of a paused
+    // queue is none); other processes' pauses are not events here.
+    kQueuePaused,
     kQueueResumed,
   };
   Kind kind{};

@@ -236,9 +236,10 @@ class Executor {
 
   // Pause state lives in spool_queue (a row is created on first pause). JobGetAvailable returns
   // nothing for a paused queue. Other processes are told in the same transaction (PostgreSQL:
-  // NOTIFY on the control channel).
-  virtual Status QueuePause(std::string_view name, TimePoint now) = 0;
-  virtual Status QueueResume(std::string_view name, TimePoint now) = 0;
+  // NOTIFY on the control channel). True when the state changed: false for a pause of a paused
+  // queue (which keeps its first paused_at) or a resume of one not paused.
+  virtual Result<bool> QueuePause(std::string_view name, TimePoint now) = 0;
+  virtual Result<bool> QueueResume(std::string_view name, TimePoint now) = 0;
   // Every queue that has a spool_queue row, any job, or a client (spool_client) working it, by
   // name, with counts by state.
   virtual Result<std::vector<QueueInfo>> QueueList() = 0;

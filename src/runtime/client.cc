@@ -369,8 +369,9 @@ class Client::Impl {
   Status SetPaused(std::string_view queue, bool paused) {
     SPOOL_RETURN_IF_ERROR(ValidateQueueName(queue));
     auto& ex = driver_->executor();
-    SPOOL_RETURN_IF_ERROR(paused ? ex.QueuePause(queue, clock_->Now())
-                                 : ex.QueueResume(queue, clock_->Now()));
+    SPOOL_ASSIGN_OR_RETURN(const bool changed, paused ? ex.QueuePause(queue, clock_->Now())
+                                                      : ex.QueueResume(queue, clock_->Now()));
+    if (!changed) return Status::Ok();  // no event: subscribers hear of changes only
     if (!paused) WakeQueue(std::string(queue));
     Event e;
     e.kind = paused ? Event::Kind::kQueuePaused : Event::Kind::kQueueResumed;

@@ -2220,14 +2220,17 @@ TEST_P(DriverConformanceTest, QueuePauseStopsFetchingThatQueueOnly) {
   CONF_ASSIGN_OR_FAIL(
       auto rows,
       InsertRows(exec(), Many({Job("k", "q1"), Job("k", "q1"), Job("k", "q2"), Job("k", "q2")})));
-  CONF_ASSERT_OK(exec().QueuePause("q1", kT0));
+  CONF_ASSIGN_OR_FAIL(const bool paused_q1, exec().QueuePause("q1", kT0));
+  EXPECT_TRUE(paused_q1);
   CONF_ASSIGN_OR_FAIL(auto none, exec().JobGetAvailable(Fetch("q1", 10)));
   EXPECT_TRUE(none.empty());
   CONF_ASSIGN_OR_FAIL(auto q2, exec().JobGetAvailable(Fetch("q2", 1)));
   EXPECT_EQ(q2.size(), 1u);
-  // Pausing twice is fine; so is pausing a queue that has no jobs.
-  CONF_ASSERT_OK(exec().QueuePause("q1", kT0 + seconds(1)));
-  CONF_ASSERT_OK(exec().QueuePause("empty", kT0));
+  // Pausing twice is fine, and changes nothing; so is pausing a queue that has no jobs.
+  CONF_ASSIGN_OR_FAIL(const bool paused_again, exec().QueuePause("q1", kT0 + seconds(1)));
+  EXPECT_FALSE(paused_again);
+  CONF_ASSIGN_OR_FAIL(const bool paused_empty, exec().QueuePause("empty", kT0));
+  EXPECT_TRUE(paused_empty);
 
   CONF_ASSIGN_OR_FAIL(auto list, exec().QueueList());
   ASSERT_EQ(list.size(), 3u);
@@ -2247,8 +2250,12 @@ TEST_P(DriverConformanceTest, QueuePauseStopsFetchingThatQueueOnly) {
   CONF_ASSIGN_OR_FAIL(auto other_none, other->executor().JobGetAvailable(Fetch("q1", 10)));
   EXPECT_TRUE(other_none.empty());
 
-  CONF_ASSERT_OK(exec().QueueResume("q1", kT0 + seconds(2)));
-  CONF_ASSERT_OK(exec().QueueResume("never_paused", kT0));
+  CONF_ASSIGN_OR_FAIL(const bool resumed, exec().QueueResume("q1", kT0 + seconds(2)));
+  EXPECT_TRUE(resumed);
+  CONF_ASSIGN_OR_FAIL(const bool resumed_never, exec().QueueResume("never_paused", kT0));
+  EXPECT_FALSE(resumed_never);
+  CONF_ASSIGN_OR_FAIL(const bool resumed_again, exec().QueueResume("q1", kT0 + seconds(3)));
+  EXPECT_FALSE(resumed_again);
   CONF_ASSIGN_OR_FAIL(auto q1, exec().JobGetAvailable(Fetch("q1", 10)));
   EXPECT_EQ(Ids(q1), (std::vector<int64_t>{rows[0].id, rows[1].id}));
   CONF_ASSIGN_OR_FAIL(list, exec().QueueList());

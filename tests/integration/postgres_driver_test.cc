@@ -1110,7 +1110,7 @@ TEST_F(PostgresDriverTest, PausingAndCancellingARunningJobWakeOtherProcesses) {
   ASSERT_NE(driver_, nullptr);
   std::unique_ptr<Driver> other = OpenAt(url_);
   ASSERT_NE(other, nullptr);
-  ASSERT_TRUE(other->executor().QueuePause("elsewhere", kT0).ok());
+  ASSERT_TRUE(other->executor().QueuePause("elsewhere", kT0).has_value());
   auto woke = driver_->WaitForChange(seconds(20));
   ASSERT_TRUE(woke.has_value()) << woke.error().ToString();
   EXPECT_TRUE(*woke);
@@ -1161,11 +1161,11 @@ TEST_F(PostgresDriverTest, FetchOfAPausedQueueIsOneStatementUsingThePartialIndex
   }
 
   ASSERT_TRUE(driver_->executor().JobInsertMany(OneJob()).has_value());
-  ASSERT_TRUE(driver_->executor().QueuePause("q", kT0).ok());
+  ASSERT_TRUE(driver_->executor().QueuePause("q", kT0).has_value());
   auto none = driver_->executor().JobGetAvailable({"q", 10, "c", kT0});
   ASSERT_TRUE(none.has_value());
   EXPECT_TRUE(none->empty());
-  ASSERT_TRUE(driver_->executor().QueueResume("q", kT0).ok());
+  ASSERT_TRUE(driver_->executor().QueueResume("q", kT0).has_value());
   auto one = driver_->executor().JobGetAvailable({"q", 10, "c", kT0});
   ASSERT_TRUE(one.has_value());
   EXPECT_EQ(one->size(), 1u);
@@ -1467,7 +1467,7 @@ TEST(PostgresPollOnlyTest, NeverListensAndStillFindsOtherProcessesJobs) {
   auto loud = Driver::Open(*url, DriverOptions{});
   ASSERT_TRUE(loud.has_value());
   ASSERT_TRUE((*loud)->executor().JobInsertMany(OneJob()).has_value());
-  ASSERT_TRUE((*loud)->executor().QueuePause("q", kT0).ok());
+  ASSERT_TRUE((*loud)->executor().QueuePause("q", kT0).has_value());
   auto waited = (*quiet)->WaitForChange(milliseconds(100));
   ASSERT_TRUE(waited.has_value()) << waited.error().ToString();
   EXPECT_FALSE(*waited) << "a poll-only driver must not see notifications";

@@ -746,6 +746,7 @@ TEST_F(OperationsTest, PausedQueueRunsNothingUntilResumed) {
   EventLog log(*c);
   ASSERT_TRUE(c->Start().ok());
   ASSERT_TRUE(c->QueuePause("default").ok());
+  ASSERT_TRUE(c->QueuePause("default").ok());  // already paused: no second event
   auto held = c->Insert(TaskArgs{"held"});
   auto other = c->Insert(TaskArgs{"other"}, {.queue = "other"});
   ASSERT_TRUE(log.WaitForJob(other->job.id, Event::Kind::kJobCompleted));
@@ -759,6 +760,8 @@ TEST_F(OperationsTest, PausedQueueRunsNothingUntilResumed) {
   EXPECT_TRUE(saw_paused);
   ASSERT_TRUE(c->QueueResume("default").ok());
   ASSERT_TRUE(log.WaitForJob(held->job.id, Event::Kind::kJobCompleted));
+  ASSERT_TRUE(c->QueueResume("default").ok());  // not paused: no event
+  ASSERT_TRUE(c->QueueResume("never").ok());
   int pause_events = 0;
   for (const auto& e : log.events()) {
     pause_events += e.kind == Event::Kind::kQueuePaused || e.kind == Event::Kind::kQueueResumed;

@@ -490,13 +490,14 @@ constexpr const char* kQueuePauseSql =
     "WITH paused AS (INSERT INTO spool_queue AS q (name, paused_at, created_at, updated_at) "
     "VALUES ($1, " SPOOL_TS("$2") ", " SPOOL_TS("$2") ", " SPOOL_TS(
         "$2") ") "
-              "ON CONFLICT (name) DO UPDATE SET paused_at = coalesce(q.paused_at, "
-              "EXCLUDED.paused_at), updated_at = EXCLUDED.updated_at) "
-              "SELECT pg_notify($3, 'control')";
+              "ON CONFLICT (name) DO UPDATE SET paused_at = EXCLUDED.paused_at, updated_at = "
+              "EXCLUDED.updated_at WHERE q.paused_at IS NULL RETURNING 1) "
+              "SELECT pg_notify($3, 'control') WHERE EXISTS (SELECT 1 FROM paused)";
 
 constexpr const char* kQueueResumeSql =
     "WITH resumed AS (UPDATE spool_queue SET paused_at = NULL, updated_at = " SPOOL_TS(
-        "$2") " WHERE name = $1 AND paused_at IS NOT NULL) SELECT pg_notify($3, 'control')";
+        "$2") " WHERE name = $1 AND paused_at IS NOT NULL RETURNING 1) "
+              "SELECT pg_notify($3, 'control') WHERE EXISTS (SELECT 1 FROM resumed)";
 
 constexpr const char* kQueueListSql =
     "SELECT coalesce(q.name, c.queue), " SPOOL_US(
@@ -1510,20 +1511,21 @@ class PgExecutor : public Base {
     });
   }
 
-  Status QueuePause(std::string_view name, TimePoint now) override {
-    return WithConn([&](Conn& c) {
-      return c
-          .Query("spool_queue_pause", kQueuePauseSql,
-                 {std::string(name), Micros(now), channels_->control})
-          .status();
+  // The statements return their NOTIFY's row only when the pause state changed.
+  Result<bool> QueuePause(std::string_view name, TimePoint now) override {
+    return Run<bool>([&](Conn& c) -> Result<bool> {
+      SPOOL_ASSIGN_OR_RETURN(PgResult res,
+                             c.Query("spool_queue_pause", kQueuePauseSql,
+                                     {std::string(name), Micros(now), channels_->control}));
+      return PQntuples(res.get()) > 0;
     });
   }
-  Status QueueResume(std::string_view name, TimePoint now) override {
-    return WithConn([&](Conn& c) {
-      return c
-          .Query("spool_queue_resume", kQueueResumeSql,
-                 {std::string(name), Micros(now), channels_->control})
-          .status();
+  Result<bool> QueueResume(std::string_view name, TimePoint now) override {
+    return Run<bool>([&](Conn& c) -> Result<bool> {
+      SPOOL_ASSIGN_OR_RETURN(PgResult res,
+                             c.Query("spool_queue_resume", kQueueResumeSql,
+                                     {std::string(name), Micros(now), channels_->control}));
+      return PQntuples(res.get()) > 0;
     });
   }
   Result<std::vector<QueueInfo>> QueueList() override {

@@ -151,11 +151,11 @@ class LockedExecutor final : public Executor {
     std::lock_guard lock(mu_);
     return q_.ClientDeleteStale(before);
   }
-  Status QueuePause(std::string_view name, TimePoint now) override {
+  Result<bool> QueuePause(std::string_view name, TimePoint now) override {
     std::lock_guard lock(mu_);
     return q_.QueuePause(name, now);
   }
-  Status QueueResume(std::string_view name, TimePoint now) override {
+  Result<bool> QueueResume(std::string_view name, TimePoint now) override {
     std::lock_guard lock(mu_);
     return q_.QueueResume(name, now);
   }
@@ -275,11 +275,11 @@ class SqliteTx final : public Tx {
     SPOOL_RETURN_IF_ERROR(CheckOpen());
     return q_.ClientDeleteStale(before);
   }
-  Status QueuePause(std::string_view name, TimePoint now) override {
+  Result<bool> QueuePause(std::string_view name, TimePoint now) override {
     SPOOL_RETURN_IF_ERROR(CheckOpen());
     return q_.QueuePause(name, now);
   }
-  Status QueueResume(std::string_view name, TimePoint now) override {
+  Result<bool> QueueResume(std::string_view name, TimePoint now) override {
     SPOOL_RETURN_IF_ERROR(CheckOpen());
     return q_.QueueResume(name, now);
   }
@@ -431,10 +431,10 @@ class BorrowedExecutor final : public Executor {
   Result<int64_t> ClientDeleteStale(TimePoint before) override {
     return q_.ClientDeleteStale(before);
   }
-  Status QueuePause(std::string_view name, TimePoint now) override {
+  Result<bool> QueuePause(std::string_view name, TimePoint now) override {
     return q_.QueuePause(name, now);
   }
-  Status QueueResume(std::string_view name, TimePoint now) override {
+  Result<bool> QueueResume(std::string_view name, TimePoint now) override {
     return q_.QueueResume(name, now);
   }
   Result<std::vector<QueueInfo>> QueueList() override { return q_.QueueList(); }

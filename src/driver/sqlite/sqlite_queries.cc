@@ -1370,34 +1370,33 @@ Status ValidateQueueName(std::string_view name) {
 
 }  // namespace
 
-Status SqliteQueries::QueuePause(std::string_view name, TimePoint now) {
+Result<bool> SqliteQueries::QueuePause(std::string_view name, TimePoint now) {
   SPOOL_RETURN_IF_ERROR(ValidateQueueName(name));
-  // Pausing a paused queue keeps when it was first paused.
+  // Pausing a paused queue changes nothing: it keeps when it was first paused.
   constexpr std::string_view kSql =
       "INSERT INTO spool_queue (name, paused_at, created_at, updated_at) VALUES (?1, ?2, ?2, ?2) "
-      "ON CONFLICT (name) DO UPDATE SET paused_at = coalesce(spool_queue.paused_at, "
-      "excluded.paused_at), updated_at = excluded.updated_at";
-  return Write(kSql, "pause queue",
-               [&](sqlite3_stmt* stmt) {
-                 int rc = BindText(stmt, 1, name);
-                 if (rc == SQLITE_OK) rc = sqlite3_bind_int64(stmt, 2, Micros(now));
-                 return rc;
-               })
-      .status();
+      "ON CONFLICT (name) DO UPDATE SET paused_at = excluded.paused_at, updated_at = "
+      "excluded.updated_at WHERE spool_queue.paused_at IS NULL";
+  SPOOL_ASSIGN_OR_RETURN(const int64_t changed, Write(kSql, "pause queue", [&](sqlite3_stmt* stmt) {
+                           int rc = BindText(stmt, 1, name);
+                           if (rc == SQLITE_OK) rc = sqlite3_bind_int64(stmt, 2, Micros(now));
+                           return rc;
+                         }));
+  return changed > 0;
 }
 
-Status SqliteQueries::QueueResume(std::string_view name, TimePoint now) {
+Result<bool> SqliteQueries::QueueResume(std::string_view name, TimePoint now) {
   SPOOL_RETURN_IF_ERROR(ValidateQueueName(name));
   constexpr std::string_view kSql =
       "UPDATE spool_queue SET paused_at = NULL, updated_at = ?2 WHERE name = ?1 AND "
       "paused_at IS NOT NULL";
-  return Write(kSql, "resume queue",
-               [&](sqlite3_stmt* stmt) {
-                 int rc = BindText(stmt, 1, name);
-                 if (rc == SQLITE_OK) rc = sqlite3_bind_int64(stmt, 2, Micros(now));
-                 return rc;
-               })
-      .status();
+  SPOOL_ASSIGN_OR_RETURN(const int64_t changed,
+                         Write(kSql, "resume queue", [&](sqlite3_stmt* stmt) {
+                           int rc = BindText(stmt, 1, name);
+                           if (rc == SQLITE_OK) rc = sqlite3_bind_int64(stmt, 2, Micros(now));
+                           return rc;
+                         }));
+  return changed > 0;
 }
 
 Result<std::vector<QueueInfo>> SqliteQueries::QueueList() {

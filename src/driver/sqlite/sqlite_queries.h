@@ -116,8 +116,8 @@ class SqliteQueries {
   Status ClientHeartbeat(const ClientHeartbeatParams& params);
   Status ClientDelete(std::string_view id);
   Result<int64_t> ClientDeleteStale(TimePoint before);
-  Status QueuePause(std::string_view name, TimePoint now);
-  Status QueueResume(std::string_view name, TimePoint now);
+  Result<bool> QueuePause(std::string_view name, TimePoint now);
+  Result<bool> QueueResume(std::string_view name, TimePoint now);
   Result<std::vector<QueueInfo>> QueueList();
   Result<std::optional<TimePoint>> QueuePausedAt(std::string_view name);
   Result<std::optional<TimePoint>> PeriodicGetLastTick(std::string_view name);
