@@ -99,4 +99,25 @@ std::string WithOneMoreSnooze(const std::string& metadata) {
   return parsed.dump();
 }
 
+std::string StorableErrorText(std::string text) {
+  if (text.size() > kMaxErrorBytes) {
+    size_t cut = kMaxErrorBytes;
+    while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+    const size_t dropped = text.size() - cut;
+    text.resize(cut);
+    text += fmt::format(" ... ({} more bytes not kept)", dropped);
+  }
+  if (text.find('\0') == std::string::npos) return text;
+  std::string out;
+  out.reserve(text.size() + 16);
+  for (char c : text) {
+    if (c == '\0') {
+      out += "\xEF\xBF\xBD";  // U+FFFD
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
 }  // namespace spool::internal

@@ -27,6 +27,13 @@ Duration RetryDelay(const WorkerBase* worker, const RetryPolicy& policy, const J
 // `d` for messages: "30s", "300ms" or "1500us", the largest unit that shows it exactly.
 std::string FormatDuration(Duration d);
 
+// The longest error text kept for one attempt, in bytes.
+inline constexpr size_t kMaxErrorBytes = 16 * 1024;
+
+// An attempt's error text as it is stored: NUL bytes (which PostgreSQL's JSON refuses) become
+// U+FFFD, and text past kMaxErrorBytes is cut on a UTF-8 boundary, saying how much was cut.
+std::string StorableErrorText(std::string text);
+
 // The snoozes counted in a job's metadata (key "snoozes"): 0 unless it holds a positive integer.
 int64_t SnoozesIn(std::string_view metadata);
 

@@ -122,6 +122,7 @@ void Completer::Run() {
 
     skipped.clear();
     Status st = Write(batch, retrying ? nullptr : &skipped, &cancelled);
+    if (st.IsInvalidArgument()) st = WriteEach(batch, retrying, skipped, cancelled);
     if (st.ok()) {
       write_failures.Succeeded(logger_);
       {
@@ -175,7 +176,60 @@ void Completer::Run() {
   }
 }
 
-Status Completer::Write(const std::vector<Completion>& batch, std::vector<int64_t>* skipped,
+Status Completer::WriteEach(std::vector<Completion>& batch, bool retrying,
+                            std::vector<int64_t>& skipped, std::vector<int64_t>& cancelled) {
+  skipped.clear();
+  cancelled.clear();
+  std::vector<int64_t> dropped;
+  std::vector<int64_t> one_skipped;
+  std::vector<int64_t> one_cancelled;
+  // The driver refills both lists at each write.
+  const auto write_one = [&](const Completion& c) {
+    Status st = Write(std::span(&c, 1), retrying ? nullptr : &one_skipped, &one_cancelled);
+    if (st.ok()) {
+      if (!retrying) skipped.insert(skipped.end(), one_skipped.begin(), one_skipped.end());
+      cancelled.insert(cancelled.end(), one_cancelled.begin(), one_cancelled.end());
+    }
+    return st;
+  };
+  for (Completion& c : batch) {
+    Status st = write_one(c);
+    if (st.IsInvalidArgument()) {
+      const std::string refusal = StorableErrorText(st.message()).substr(0, 500);
+      if (logger_) {
+        logger_(LogLevel::kError,
+                fmt::format("the database refused job {}'s outcome ({}); writing it again with "
+                            "its error text replaced",
+                            c.params.id, refusal));
+      }
+      const auto stand_in = [&](AttemptError& e) {
+        e.error = fmt::format("the error of this attempt could not be stored: {}", refusal);
+        e.trace.clear();
+      };
+      if (c.params.error) stand_in(*c.params.error);
+      if (c.params.if_cancel_requested) stand_in(*c.params.if_cancel_requested);
+      if (c.params.error && !c.event.job.errors.empty()) stand_in(c.event.job.errors.back());
+      st = write_one(c);
+      if (st.IsInvalidArgument()) {
+        if (logger_) {
+          logger_(LogLevel::kError,
+                  fmt::format("job {}'s outcome cannot be written ({}); it stays running until "
+                              "the rescuer makes it retryable",
+                              c.params.id, StorableErrorText(st.message()).substr(0, 500)));
+        }
+        dropped.push_back(c.params.id);
+        continue;
+      }
+    }
+    if (!st.ok()) return st;
+  }
+  std::erase_if(batch, [&](const Completion& c) {
+    return std::find(dropped.begin(), dropped.end(), c.params.id) != dropped.end();
+  });
+  return Status::Ok();
+}
+
+Status Completer::Write(std::span<const Completion> batch, std::vector<int64_t>* skipped,
                         std::vector<int64_t>* cancelled) {
   JobSetStateIfRunningManyParams params;
   params.skipped = skipped;

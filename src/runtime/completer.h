@@ -3,6 +3,7 @@
 #include <condition_variable>
 #include <functional>
 #include <mutex>
+#include <span>
 #include <thread>
 #include <vector>
 
@@ -57,8 +58,14 @@ class Completer {
   void Run();
   // Writes `batch`; with `skipped`, receives the ids of the jobs the database left unchanged;
   // `cancelled` receives those that a cancel request made cancels.
-  Status Write(const std::vector<Completion>& batch, std::vector<int64_t>* skipped,
+  Status Write(std::span<const Completion> batch, std::vector<int64_t>* skipped,
                std::vector<int64_t>* cancelled);
+  // After the database refused a batch as invalid: writes its outcomes one at a time, so that one
+  // outcome's data (an error history past PostgreSQL's size limit) does not hold back the others.
+  // An outcome refused alone is written with a stand-in for its error text, and dropped (logged;
+  // its job stays running until rescued) if that is refused too. Returns the first other error.
+  Status WriteEach(std::vector<Completion>& batch, bool retrying, std::vector<int64_t>& skipped,
+                   std::vector<int64_t>& cancelled);
 
   Executor& executor_;
   Deliver deliver_;

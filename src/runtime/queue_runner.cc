@@ -332,7 +332,7 @@ void QueueRunner::WorkLoop() {
             outcome = worker->WorkJob(ctx);
           } catch (...) {
             CaughtException caught = DescribeCurrentException();
-            trace = std::move(caught.type);
+            trace = StorableErrorText(std::move(caught.type));
             outcome = Outcome::Fail(std::move(caught.message));
           }
           working_for = nullptr;
@@ -445,8 +445,13 @@ Completion QueueRunner::MakeCompletion(JobRow job, const Outcome& outcome, bool 
   c.params.id = job.id;
   c.params.attempt = job.attempt;  // before a snooze takes it back
   c.event.run_time = run_time;
+  // Every error text of an attempt passes here: what Work returned (or threw) is the user's, and
+  // one the database refuses would hold back every outcome written with it.
   auto record_error = [&](std::string message) {
-    AttemptError e{.at = now, .attempt = job.attempt, .error = std::move(message), .trace = {}};
+    AttemptError e{.at = now,
+                   .attempt = job.attempt,
+                   .error = StorableErrorText(std::move(message)),
+                   .trace = {}};
     job.errors.push_back(e);
     c.params.error = std::move(e);
   };
@@ -458,7 +463,8 @@ Completion QueueRunner::MakeCompletion(JobRow job, const Outcome& outcome, bool 
         .attempt = job.attempt,
         .error = outcome.message().empty()
                      ? std::string("cancelled by an admin while running")
-                     : "cancelled by an admin while running; Work returned: " + outcome.message()};
+                     : StorableErrorText("cancelled by an admin while running; Work returned: " +
+                                         outcome.message())};
   };
   if (admin_cancelled && outcome.kind() != Outcome::Kind::kDone) {
     // An admin's cancel wins over a retry or snooze: the job stops for good.

@@ -30,7 +30,9 @@
 #include "driver/postgres/pg_conn.h"
 #include "driver/state_codes.h"
 #include "integration/postgres_test_db.h"
+#include "runtime/completer.h"
 #include "spool/client.h"
+#include "support/test_util.h"
 
 namespace spool::internal {
 namespace {
@@ -1491,6 +1493,81 @@ TEST(PostgresPollOnlyTest, NeverListensAndStillFindsOtherProcessesJobs) {
   ASSERT_TRUE((*inserter)->Insert(PollArgs{1}).has_value());
   EXPECT_EQ(done.get_future().wait_for(seconds(20)), std::future_status::ready);
   EXPECT_TRUE((*worker)->Stop(seconds(10)).ok());
+}
+
+// An outcome the database refuses (here an error text holding NUL, which PostgreSQL's JSON cannot
+// take; MakeCompletion replaces NULs, but a history past jsonb's size limit fails the same way)
+// used to fail its whole batch for good: no outcome of the node was written again. The completer
+// now writes the others and the refused one with a stand-in for its error.
+TEST_F(PostgresDriverTest, CompleterWritesTheOtherOutcomesWhenTheDatabaseRefusesOne) {
+  std::vector<JobRow> jobs;
+  for (int i = 0; i < 3; ++i) {
+    auto params = OneJob();
+    params.jobs[0].claim = true;
+    params.claim_for = "c1";
+    auto r = driver_->executor().JobInsertMany(params);
+    ASSERT_TRUE(r.has_value()) << r.error().ToString();
+    jobs.push_back(r->front().job);
+    ASSERT_EQ(jobs.back().state, JobState::kRunning);
+  }
+  spool::testing::Signal delivered;
+  std::mutex mu;
+  std::vector<Completion> written;
+  std::vector<std::string> log;
+  Completer completer(
+      driver_->executor(),
+      [&](const std::vector<Completion>& batch) {
+        std::lock_guard lock(mu);
+        written.insert(written.end(), batch.begin(), batch.end());
+        if (written.size() == 3) delivered.Notify();
+      },
+      [&](LogLevel, std::string_view line) {
+        std::lock_guard lock(mu);
+        log.emplace_back(line);
+      },
+      std::chrono::hours(1));
+  completer.Start();
+  for (const JobRow& job : jobs) {
+    Completion c;
+    const bool poisoned = job.id == jobs[1].id;
+    c.params = {.id = job.id,
+                .attempt = 1,
+                .state = JobState::kRetryable,
+                .at = kT0 + seconds(60),
+                .error = AttemptError{.at = kT0,
+                                      .attempt = 1,
+                                      .error = poisoned ? std::string("bad\0nul", 7) : "plain",
+                                      .trace = {}}};
+    c.event = {.kind = Event::Kind::kJobFailed, .job = job, .run_time = {}, .queue = "q"};
+    c.event.job.errors.push_back(*c.params.error);
+    completer.Add(std::move(c));
+  }
+  completer.FlushSoon();
+  ASSERT_TRUE(delivered.WaitFor());
+  EXPECT_TRUE(completer.Stop().ok());
+  for (const JobRow& job : jobs) {
+    auto row = driver_->executor().JobGetByID(job.id);
+    ASSERT_TRUE(row.has_value()) << row.error().ToString();
+    EXPECT_EQ(row->state, JobState::kRetryable);
+    ASSERT_EQ(row->errors.size(), 1u);
+    if (job.id == jobs[1].id) {
+      EXPECT_NE(row->errors[0].error.find("the error of this attempt could not be stored"),
+                std::string::npos)
+          << row->errors[0].error;
+    } else {
+      EXPECT_EQ(row->errors[0].error, "plain");
+    }
+  }
+  std::lock_guard lock(mu);
+  for (const Completion& c : written) {
+    if (c.params.id == jobs[1].id) {
+      EXPECT_EQ(c.event.job.errors.back().error.find('\0'), std::string::npos);
+    }
+  }
+  ASSERT_FALSE(log.empty());
+  EXPECT_NE(log[0].find(fmt::format("the database refused job {}'s outcome", jobs[1].id)),
+            std::string::npos)
+      << log[0];
 }
 
 }  // namespace

@@ -235,6 +235,29 @@ TEST_F(ClientTest, ExceptionsOfAnyTypeAreRecordedAndThePoolSurvives) {
   EXPECT_TRUE(c->Stop(10s).ok());
 }
 
+// What Work returns is stored as the databases can hold it: NUL bytes replaced (PostgreSQL's JSON
+// refuses them, and with them the whole batch of outcomes), and no more than kMaxErrorBytes.
+TEST_F(ClientTest, ErrorTextIsStoredWithoutNulAndWithinItsLimit) {
+  behaviour_->fn = [](JobContext&, const EmailArgs& a) -> Outcome {
+    if (a.to == "nul") return Outcome::Fail(std::string("bad\0nul", 7));
+    return Outcome::Fail(std::string(100'000, 'e'));
+  };
+  auto c = Start(1);
+  EventLog log(*c);
+  auto nul = c->Insert(EmailArgs{"nul"});
+  auto big = c->Insert(EmailArgs{"big"});
+  ASSERT_TRUE(nul && big);
+  ASSERT_TRUE(log.WaitForCount(Event::Kind::kJobFailed, 2));
+  JobRow a = Get(*c, nul->job.id);
+  ASSERT_EQ(a.errors.size(), 1u);
+  EXPECT_EQ(a.errors[0].error, "bad\uFFFDnul");
+  JobRow b = Get(*c, big->job.id);
+  ASSERT_EQ(b.errors.size(), 1u);
+  EXPECT_EQ(b.errors[0].error,
+            std::string(internal::kMaxErrorBytes, 'e') + " ... (83616 more bytes not kept)");
+  EXPECT_TRUE(c->Stop(10s).ok());
+}
+
 TEST_F(ClientTest, SnoozeReschedulesWithoutUsingAnAttempt) {
   std::mutex mu;
   std::vector<int64_t> seen;  // ctx.snoozes() at each start

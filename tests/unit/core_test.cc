@@ -84,6 +84,21 @@ TEST(SnoozeCountTest, CountsLikeTheDrivers) {
   EXPECT_EQ(WithOneMoreSnooze("not json"), "not json");
 }
 
+// What the databases refuse or should not hold is changed before an error is stored: NUL bytes,
+// and text past kMaxErrorBytes, cut between UTF-8 characters.
+TEST(StorableErrorTextTest, ReplacesNulAndCutsBetweenCharacters) {
+  using spool::internal::kMaxErrorBytes;
+  using spool::internal::StorableErrorText;
+  EXPECT_EQ(StorableErrorText("plain"), "plain");
+  EXPECT_EQ(StorableErrorText(std::string("bad\0nul", 7)), "bad\uFFFDnul");
+  std::string long_text(kMaxErrorBytes - 1, 'x');
+  long_text += "\u043f\u043f";  // two 2-byte characters across the limit
+  const std::string cut = StorableErrorText(long_text);
+  EXPECT_EQ(cut, std::string(kMaxErrorBytes - 1, 'x') + " ... (4 more bytes not kept)");
+  const std::string exact(kMaxErrorBytes, 'y');
+  EXPECT_EQ(StorableErrorText(exact), exact);
+}
+
 TEST(StatusTest, OkIsDefaultAndCheap) {
   Status s;
   EXPECT_TRUE(s.ok());

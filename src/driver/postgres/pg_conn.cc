@@ -124,7 +124,10 @@ Status::Code ClassifySqlState(std::string_view s) {
     return Code::kConnectionLost;
   }
   if (s == "23505") return Code::kAlreadyExists;
-  if (s.starts_with("23") || s.starts_with("22")) return Code::kInvalidArgument;
+  // Data the statement cannot take, or a value past a limit (54000: a jsonb array too large).
+  if (s.starts_with("23") || s.starts_with("22") || s.starts_with("54")) {
+    return Code::kInvalidArgument;
+  }
   // Undefined table or column: the schema is missing or older than this build.
   if (s == "42P01" || s == "42703") return Code::kFailedPrecondition;
   return Code::kInternal;
