@@ -51,6 +51,10 @@ std::unique_ptr<Client> OpenClient(const std::string& flag_url) {
   return std::move(*client);
 }
 
+// JSON for people and scripts. A row written by hand (or before kinds were checked) may hold text
+// that is not UTF-8: shown with U+FFFD rather than failing the whole listing.
+std::string Dump(const Json& j) { return j.dump(2, ' ', false, Json::error_handler_t::replace); }
+
 Json OptionalTime(const std::optional<TimePoint>& t) {
   return t ? Json(FormatTime(*t)) : Json(nullptr);
 }
@@ -372,7 +376,7 @@ void RunList(const ListFlags& f) {
     for (const auto& job : *jobs) {
       out.push_back(unreadable(job) ? Json{{"id", job.id}, {"unreadable", true}} : JobToJson(job));
     }
-    fmt::print("{}\n", out.dump(2));
+    fmt::print("{}\n", Dump(out));
     note_more();
     return;
   }
@@ -406,7 +410,7 @@ void RunShow(const std::string& url, int64_t id, bool json) {
   auto job = client->JobGet(id);
   if (!job) throw CommandError(ErrorText(id, job.error()));
   if (json) {
-    fmt::print("{}\n", JobToJson(*job).dump(2));
+    fmt::print("{}\n", Dump(JobToJson(*job)));
   } else {
     PrintJobDetail(*job);
   }
@@ -577,7 +581,7 @@ void RunAdd(const AddFlags& f) {
   if (f.json) {
     Json out = JobToJson(res->job);
     out["duplicate"] = res->duplicate;
-    fmt::print("{}\n", out.dump(2));
+    fmt::print("{}\n", Dump(out));
   } else if (res->duplicate) {
     fmt::print("duplicate of job {} ({}, {})\n", res->job.id, res->job.kind,
                JobStateName(res->job.state));
@@ -746,7 +750,7 @@ void RunQueuesList(const std::string& url, bool json) {
                      {"paused_at", OptionalTime(q.paused_at)},
                      {"counts", std::move(counts)}});
     }
-    fmt::print("{}\n", out.dump(2));
+    fmt::print("{}\n", Dump(out));
     return;
   }
   // Which client runs maintenance and periodic jobs: an operator's first question about a

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -12,6 +13,43 @@ namespace {
 
 constexpr int kMaxWorkersLimit = 10'000;
 constexpr size_t kMaxQueueNameLength = 128;
+
+// Well-formed UTF-8 (no overlong forms, surrogates or code points past U+10FFFF): what JSON and
+// PostgreSQL's text take. A kind or tag that is not would fail at the insert (nlohmann's dump
+// throws) or be unreadable in every listing.
+bool IsUtf8(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto b = static_cast<unsigned char>(s[i]);
+    size_t n = 0;
+    uint32_t cp = 0;
+    if (b < 0x80) {
+      ++i;
+      continue;
+    } else if ((b & 0xE0) == 0xC0) {
+      n = 1;
+      cp = b & 0x1Fu;
+    } else if ((b & 0xF0) == 0xE0) {
+      n = 2;
+      cp = b & 0x0Fu;
+    } else if ((b & 0xF8) == 0xF0) {
+      n = 3;
+      cp = b & 0x07u;
+    } else {
+      return false;
+    }
+    if (i + n >= s.size()) return false;  // its continuation bytes are missing
+    for (size_t k = 1; k <= n; ++k) {
+      const auto c = static_cast<unsigned char>(s[i + k]);
+      if ((c & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (c & 0x3Fu);
+    }
+    static constexpr uint32_t kMin[] = {0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+    i += n + 1;
+  }
+  return true;
+}
 
 bool IsQueueChar(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
@@ -66,6 +104,10 @@ Status ValidateKind(std::string_view kind) {
                       kind.substr(0, 40), u));
     }
   }
+  if (!IsUtf8(kind)) {
+    return Status::InvalidArgument(
+        fmt::format("kind {:?} is not valid UTF-8: use UTF-8 text", kind.substr(0, 40)));
+  }
   return Status::Ok();
 }
 
@@ -105,6 +147,10 @@ Status ValidateInsertOptions(const InsertOptions& opts) {
     if (tag.empty() || tag.size() > kMaxTagLength || tag.find(',') != std::string::npos) {
       return Status::InvalidArgument(fmt::format(
           "InsertOptions.tags has \"{}\": a tag is 1-255 characters without commas", tag));
+    }
+    if (!IsUtf8(tag)) {
+      return Status::InvalidArgument(
+          fmt::format("InsertOptions.tags has {:?}: a tag must be valid UTF-8", tag));
     }
   }
   if (opts.metadata != "{}") {

@@ -258,12 +258,26 @@ class Client::Impl {
     internal::JobInsertManyParams p;
     p.now = clock_->Now();
     p.jobs.reserve(params.size());
+    std::string valid_kind;  // a bulk insert's jobs mostly share one kind: checked once
     for (auto& in : params) {
-      if (in.kind.empty()) return Status::InvalidArgument("job kind is empty");
+      if (in.kind != valid_kind || valid_kind.empty()) {
+        SPOOL_RETURN_IF_ERROR(ValidateKind(in.kind));
+        valid_kind = in.kind;
+      }
       SPOOL_RETURN_IF_ERROR(ValidateInsertOptions(in.options));
       if (!IsJsonObject(in.args)) {
+        // The parser's reason, when there is one: "ill-formed UTF-8 byte" says more than the
+        // args themselves do.
+        std::string why;
+        try {
+          const auto parsed = nlohmann::json::parse(in.args);
+          why = fmt::format(" (it is a JSON {})", parsed.type_name());
+        } catch (const nlohmann::json::exception& e) {
+          why = fmt::format(" ({})", e.what());
+        }
         return Status::InvalidArgument(
-            fmt::format("args of kind \"{}\" are not a JSON object: {:.80}", in.kind, in.args));
+            fmt::format("args of kind \"{}\" are not a JSON object{}: {:?}", in.kind, why,
+                        in.args.substr(0, 80)));
       }
       internal::JobInsertParams j;
       j.kind = std::move(in.kind);

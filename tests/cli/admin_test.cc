@@ -694,6 +694,23 @@ TEST_F(AdminTest, ALongErrorIsCutBetweenCharacters) {
   EXPECT_EQ(dots - at, 56u) << list.out;
 }
 
+// A kind written by hand that is not UTF-8 shows as U+FFFD: the JSON listing still prints.
+TEST_F(AdminTest, JsonOfTextThatIsNotUtf8StillPrints) {
+  const std::string sid = std::to_string(static_cast<int64_t>(Add({"k"})["id"]));
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir_.path() / "app.db").c_str(), &db), SQLITE_OK);
+  const std::string edit = "UPDATE spool_job SET kind = CAST(X'6bff' AS TEXT) WHERE id = " + sid;
+  EXPECT_EQ(sqlite3_exec(db, edit.c_str(), nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+  for (const char* cmd : {"list", "show"}) {
+    std::vector<std::string> args = {"jobs", cmd, "--json"};
+    if (std::string_view(cmd) == "show") args.push_back(sid);
+    CliRun r = Run(args);
+    ASSERT_EQ(r.code, 0) << cmd << ": " << r.err;
+    EXPECT_NE(r.out.find("k\uFFFD"), std::string::npos) << r.out;
+  }
+}
+
 TEST_F(AdminTest, DeleteRemovesARowThatCannotBeRead) {
   const int64_t id = Add({"k"})["id"];
   const int64_t other = Add({"k"})["id"];

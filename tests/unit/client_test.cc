@@ -406,6 +406,30 @@ TEST_F(ClientTest, InsertRejectsArgsThatAreNotAJsonObject) {
   auto bad_opts = c->Insert(EmailArgs{"a"}, {.priority = 9});
   ASSERT_FALSE(bad_opts);
   EXPECT_NE(bad_opts.error().message().find("priority"), std::string::npos);
+  // Text that is not UTF-8: refused with a reason, never thrown (the tags' JSON used to throw).
+  auto array = c->InsertRaw({"email", "[1]", {}});
+  ASSERT_FALSE(array.has_value());
+  EXPECT_NE(array.error().message().find("not a JSON object (it is a JSON array)"),
+            std::string::npos)
+      << array.error().message();
+  auto bad_utf8_args = c->InsertRaw({"email", "{\"to\": \"\xff\"}", {}});
+  ASSERT_FALSE(bad_utf8_args.has_value());
+  EXPECT_NE(bad_utf8_args.error().message().find("UTF-8"), std::string::npos)
+      << bad_utf8_args.error().message();
+  auto bad_kind = c->InsertRaw({"email\xff", "{}", {}});
+  ASSERT_FALSE(bad_kind.has_value());
+  EXPECT_TRUE(bad_kind.error().IsInvalidArgument());
+  EXPECT_NE(bad_kind.error().message().find("not valid UTF-8"), std::string::npos);
+  InsertOptions bad_tag;
+  bad_tag.tags = {"bad\xff"};
+  auto tagged = c->Insert(EmailArgs{"a"}, bad_tag);
+  ASSERT_FALSE(tagged.has_value());
+  EXPECT_TRUE(tagged.error().IsInvalidArgument());
+  std::vector<InsertParams> many(3, InsertParams{"email", "{}", {}});
+  many[2].kind = "email\xff";
+  auto bulk = c->InsertManyFast(std::move(many));
+  ASSERT_FALSE(bulk.has_value());
+  EXPECT_TRUE(bulk.error().IsInvalidArgument());
   auto counts = c->JobCountByState();
   ASSERT_TRUE(counts.has_value());
   EXPECT_TRUE(counts->empty()) << "nothing may be inserted by a rejected call";

@@ -256,6 +256,24 @@ TEST(WorkersTest, KindsWithControlCharactersAreRefused) {
   EXPECT_FALSE(ValidateKind("").ok());
 }
 
+// Text that is not UTF-8 would make the insert throw (nlohmann's dump) or the job unlistable.
+TEST(WorkersTest, KindsAndTagsMustBeUtf8) {
+  EXPECT_TRUE(ValidateKind("\u043f\u0438\u0441\u044c\u043c\u043e \U0001F4E8").ok());
+  for (const char* bad :
+       {"k\xff", "k\xc3", "k\xc0\xaf", "k\xed\xa0\x80", "k\xf4\x90\x80\x80", "\xe2\x82"}) {
+    const Status st = ValidateKind(bad);
+    EXPECT_TRUE(st.IsInvalidArgument()) << bad;
+    EXPECT_NE(st.message().find("is not valid UTF-8"), std::string::npos) << st.message();
+  }
+  InsertOptions o;
+  o.tags = {"ok", "bad\xff"};
+  const Status st = ValidateInsertOptions(o);
+  EXPECT_TRUE(st.IsInvalidArgument());
+  EXPECT_NE(st.message().find("a tag must be valid UTF-8"), std::string::npos) << st.message();
+  o.tags = {"\u00e9t\u00e9"};
+  EXPECT_TRUE(ValidateInsertOptions(o).ok());
+}
+
 TEST(WorkersTest, DuplicateKindIsReported) {
   Workers w;
   w.Add<AWorker>();
