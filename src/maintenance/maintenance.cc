@@ -24,6 +24,10 @@ constexpr int kCleanBatch = 10'000;
 // At most this many cleaner batches per state each round, so a huge backlog is worked off over
 // several rounds instead of holding the writer for long.
 constexpr int kCleanRoundsPerTick = 10;
+// While a backlog remains, the next round comes after this pause rather than clean_interval: at
+// one round per interval (30 s) the cleaner deleted at most 3,333 jobs a second, and a table
+// that completes more grew for ever.
+constexpr auto kCleanBacklogPause = std::chrono::milliseconds(100);
 // spool_client rows of clients gone this long are removed.
 constexpr auto kClientRowRetention = std::chrono::hours(24);
 
@@ -165,8 +169,7 @@ void Maintenance::Run() {
         next_rescue = now + o.rescue_interval;
       }
       if (now >= next_clean) {
-        Clean(now);
-        next_clean = now + o.clean_interval;
+        next_clean = now + (Clean(now) ? Duration(kCleanBacklogPause) : o.clean_interval);
       }
       if (!periodic_.empty() && now >= next_periodic) next_periodic = EnqueuePeriodic(now);
       next_due = std::min({next_due, next_rescue, next_clean});
@@ -389,7 +392,8 @@ void Maintenance::Rescue(TimePoint now) {
   }
 }
 
-void Maintenance::Clean(TimePoint now) {
+bool Maintenance::Clean(TimePoint now) {
+  bool backlog = false;
   const auto& r = env_.options.retention;
   auto& ex = env_.driver.executor();
   const std::pair<JobState, Duration> rules[] = {{JobState::kCompleted, r.completed},
@@ -403,15 +407,17 @@ void Maintenance::Clean(TimePoint now) {
       if (!n) {
         // One line a period while it fails, and one when it works again, as the other loops.
         clean_failures_.Failed(env_.logger, n.error());
-        return;
+        return false;
       }
       if (*n < kCleanBatch) break;
+      if (round + 1 == kCleanRoundsPerTick) backlog = true;
     }
   }
   clean_failures_.Succeeded(env_.logger);
   if (auto n = ex.ClientDeleteStale(now - kClientRowRetention); !n) {
     Log(LogLevel::kWarn, "cleaner: removing old client rows failed: " + n.error().ToString());
   }
+  return backlog;
 }
 
 TimePoint Maintenance::EnqueuePeriodic(TimePoint now) {

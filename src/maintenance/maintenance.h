@@ -59,7 +59,8 @@ class Maintenance {
   void Heartbeat(TimePoint now);
   void Elect(TimePoint now);
   void Rescue(TimePoint now);
-  void Clean(TimePoint now);
+  // One round of deletions; true when a state had more to delete than a round takes.
+  bool Clean(TimePoint now);
   // Enqueues due periodic jobs; returns when the next one is due.
   TimePoint EnqueuePeriodic(TimePoint now);
   Status EnqueueOne(Periodic& p, TimePoint now, TimePoint* next_due);
