@@ -140,7 +140,7 @@ class Client {
   Client& operator=(const Client&) = delete;
 
   // Starts fetching and working jobs of the configured queues. FailedPrecondition if already
-  // started or stopped.
+  // started or stopped, or if the system refuses a thread (the client is then stopped).
   Status Start();
   // Soft stop: no new fetches; running jobs finish. When `timeout` passes, running jobs' contexts
   // are cancelled (hard stop) and Stop waits for them to return. All finished outcomes are

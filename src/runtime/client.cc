@@ -160,32 +160,51 @@ class Client::Impl {
       return Status::FailedPrecondition(
           "no queues to work: set ClientOptions.queues, e.g. {{\"default\", {.max_workers = 10}}}");
     }
-    completer_.Start();
-    deadlines_.Start();
-    internal::RuntimeEnv env{driver_->executor(), *clock_,    workers_, options_, *retry_policy_,
-                             completer_,          deadlines_, self,     logger_,  client_id_};
-    background_stop_ = false;
-    // Before any runner claims a job: Maintenance::Start writes this client's first heartbeat,
-    // and a running job whose client has no heartbeat row looks abandoned to the leader.
-    maintenance_ = std::make_unique<Maintenance>(internal::MaintenanceEnv{
-        *driver_, *clock_, workers_, options_, *retry_policy_, logger_, client_id_,
-        [this](const std::string& queue) { WakeQueue(queue); }});
-    if (Status st = maintenance_->Start(); !st.ok()) return st;
-    for (const auto& [name, q] : options_.queues) {
-      auto runner = std::make_unique<QueueRunner>(name, q.max_workers, env);
-      runner->Start();
-      std::lock_guard rl(lifecycle_mu_runners_);
-      runners_.emplace(name, std::move(runner));
-    }
-    scheduler_ = std::thread([this] {
-      internal::NameThisThread("schedule");
-      ScheduleLoop();
-    });
-    notifier_ = std::thread([this] {
-      internal::NameThisThread("notify");
-      NotifyLoop();
-    });
+    // A failure from here on (the system refusing a thread, which std::thread throws and which
+    // uncaught ended the process) stops what started, as Stop does, and leaves the client
+    // stopped: the caller gets the error.
     state_ = LifeState::kStarted;
+    const auto fail = [&](Status st) {
+      (void)StopLocked(Duration::zero());
+      return st;
+    };
+    try {
+      completer_.Start();
+      deadlines_.Start();
+      internal::RuntimeEnv env{driver_->executor(), *clock_,    workers_, options_, *retry_policy_,
+                               completer_,          deadlines_, self,     logger_,  client_id_};
+      background_stop_ = false;
+      // Before any runner claims a job: Maintenance::Start writes this client's first heartbeat,
+      // and a running job whose client has no heartbeat row looks abandoned to the leader.
+      maintenance_ = std::make_unique<Maintenance>(internal::MaintenanceEnv{
+          *driver_, *clock_, workers_, options_, *retry_policy_, logger_, client_id_,
+          [this](const std::string& queue) { WakeQueue(queue); }});
+      if (Status st = maintenance_->Start(); !st.ok()) return fail(st);
+      for (const auto& [name, q] : options_.queues) {
+        auto runner = std::make_unique<QueueRunner>(name, q.max_workers, env);
+        if (Status st = runner->Start(); !st.ok()) {
+          int total = 0;
+          for (const auto& [_, each] : options_.queues) total += each.max_workers;
+          return fail(Status::FailedPrecondition(fmt::format(
+              "{} (the client's queues ask for {} worker threads in all)", st.message(), total)));
+        }
+        std::lock_guard rl(lifecycle_mu_runners_);
+        runners_.emplace(name, std::move(runner));
+      }
+      scheduler_ = std::thread([this] {
+        internal::NameThisThread("schedule");
+        ScheduleLoop();
+      });
+      notifier_ = std::thread([this] {
+        internal::NameThisThread("notify");
+        NotifyLoop();
+      });
+    } catch (const std::system_error& e) {
+      return fail(Status::FailedPrecondition(
+          fmt::format("the system refused a thread ({}): lower max_workers, or raise the limits "
+                      "on threads (ulimit -u, kernel.threads-max, vm.max_map_count)",
+                      e.what())));
+    }
     return Status::Ok();
   }
 
@@ -203,6 +222,11 @@ class Client::Impl {
       state_ = LifeState::kStopped;
       return Status::Ok();
     }
+    return StopLocked(timeout);
+  }
+
+  // Stop's work, with lifecycle_mu_ held and the client started.
+  Status StopLocked(std::optional<Duration> timeout) {
     for (auto& [_, r] : runners_) r->StopFetching();
     bool idle = true;
     if (timeout) {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <system_error>
 #include <tuple>
 
 #include "core/exception.h"
@@ -53,18 +54,37 @@ QueueRunner::~QueueRunner() {
   Join();
 }
 
-void QueueRunner::Start() {
+Status QueueRunner::Start() {
   workers_.reserve(static_cast<size_t>(max_workers_));
-  for (int i = 0; i < max_workers_; ++i) {
-    workers_.emplace_back([this] {
-      NameThisThread("worker");
-      WorkLoop();
+  try {
+    for (int i = 0; i < max_workers_; ++i) {
+      workers_.emplace_back([this] {
+        NameThisThread("worker");
+        WorkLoop();
+      });
+    }
+    producer_ = std::thread([this] {
+      NameThisThread("produce");
+      ProduceLoop();
     });
+  } catch (const std::system_error& e) {
+    // std::thread throws when the system has no thread to give (threads-max, ulimit -u,
+    // vm.max_map_count); uncaught, it ended the process.
+    const size_t started = workers_.size();
+    {
+      std::lock_guard lock(mu_);
+      exit_workers_ = true;
+    }
+    worker_cv_.notify_all();
+    for (auto& t : workers_) t.join();
+    workers_.clear();
+    return Status::FailedPrecondition(fmt::format(
+        "queue \"{}\": the system refused a thread after {} of its {} workers ({}): lower "
+        "max_workers, or raise the limits on threads (ulimit -u, kernel.threads-max, "
+        "vm.max_map_count)",
+        name_, started, max_workers_, e.what()));
   }
-  producer_ = std::thread([this] {
-    NameThisThread("produce");
-    ProduceLoop();
-  });
+  return Status::Ok();
 }
 
 void QueueRunner::Wake() {

@@ -47,7 +47,9 @@ class QueueRunner {
   QueueRunner(std::string name, int max_workers, RuntimeEnv env);
   ~QueueRunner();
 
-  void Start();
+  // Starts the worker threads and the producer. When the system refuses a thread, ends those it
+  // started and returns the error (ResourceExhausted is not a code: FailedPrecondition).
+  Status Start();
   // Asks the producer to fetch now (jobs were inserted or became due).
   void Wake();
   // Reserves up to `want` free worker slots for jobs about to be claimed as they are inserted:

@@ -258,6 +258,35 @@ TEST_F(ClientTest, ErrorTextIsStoredWithoutNulAndWithinItsLimit) {
   EXPECT_TRUE(c->Stop(10s).ok());
 }
 
+// A thread the system refuses (threads-max, ulimit -u, vm.max_map_count) is an error from Start,
+// with everything started stopped again; std::thread's exception used to end the process. Here
+// every new thread asks for a 1 TiB stack, which no mmap grants.
+TEST_F(ClientTest, AThreadTheSystemRefusesIsAnErrorFromStart) {
+  auto c = Open(Options());
+  pthread_attr_t saved;
+  ASSERT_EQ(pthread_getattr_default_np(&saved), 0);
+  size_t saved_stack = 0;
+  ASSERT_EQ(pthread_attr_getstacksize(&saved, &saved_stack), 0);
+  pthread_attr_t huge;
+  ASSERT_EQ(pthread_attr_init(&huge), 0);
+  ASSERT_EQ(pthread_attr_setstacksize(&huge, size_t{1} << 40), 0);
+  ASSERT_EQ(pthread_setattr_default_np(&huge), 0);
+  const Status st = c->Start();
+  ASSERT_EQ(pthread_setattr_default_np(&saved), 0);
+  pthread_attr_destroy(&huge);
+  pthread_attr_destroy(&saved);
+  ASSERT_TRUE(st.IsFailedPrecondition()) << st.ToString();
+  EXPECT_NE(st.message().find("the system refused a thread"), std::string::npos) << st.message();
+  EXPECT_NE(st.message().find("lower max_workers"), std::string::npos) << st.message();
+  const Status again = c->Start();
+  EXPECT_NE(again.message().find("client was stopped"), std::string::npos) << again.ToString();
+  // Stopped: nothing claims the job, and Stop has nothing left to do.
+  auto r = c->Insert(EmailArgs{"a"});
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(Get(*c, r->job.id).state, JobState::kAvailable);
+  EXPECT_TRUE(c->Stop(1s).ok());
+}
+
 TEST_F(ClientTest, SnoozeReschedulesWithoutUsingAnAttempt) {
   std::mutex mu;
   std::vector<int64_t> seen;  // ctx.snoozes() at each start
