@@ -144,12 +144,14 @@ class Client {
   Status Start();
   // Soft stop: no new fetches; running jobs finish. When `timeout` passes, running jobs' contexts
   // are cancelled (hard stop) and Stop waits for them to return. All finished outcomes are
-  // written before Stop returns. Idempotent; safe before Start. A timeout over kMaxDelay is
-  // kMaxDelay. FailedPrecondition from a job's Work or an event subscriber, where waiting for
-  // the jobs would wait for itself.
+  // written before Stop returns. Idempotent (a later or concurrent call waits for the first and
+  // returns its result); safe before Start. A timeout over kMaxDelay is kMaxDelay.
+  // FailedPrecondition from a job's Work or an event subscriber, where waiting for the jobs would
+  // wait for itself.
   Status Stop(Duration timeout);
-  // Hard stop at once: cancels running jobs' contexts, waits for them, writes outcomes. Refused
-  // where Stop is.
+  // Hard stop at once: cancels running jobs' contexts, waits for them, writes outcomes; also
+  // during a Stop in progress on another thread, which it turns into a hard stop. Refused where
+  // Stop is.
   Status StopAndCancel();
   // Turns a Stop in progress on another thread into a hard stop now (a second Ctrl-C): stops
   // fetching, cancels running jobs' contexts and hands back claimed jobs that have not started,

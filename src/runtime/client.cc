@@ -220,9 +220,10 @@ class Client::Impl {
     std::lock_guard lock(lifecycle_mu_);
     if (state_ != LifeState::kStarted) {
       state_ = LifeState::kStopped;
-      return Status::Ok();
+      return stop_status_;  // a second Stop tells what the first found
     }
-    return StopLocked(timeout);
+    stop_status_ = StopLocked(timeout);
+    return stop_status_;
   }
 
   // Stop's work, with lifecycle_mu_ held and the client started.
@@ -639,6 +640,7 @@ class Client::Impl {
 
   std::mutex lifecycle_mu_;  // serialises Start and Stop
   LifeState state_ = LifeState::kNew;
+  Status stop_status_;  // what the first Stop returned; guarded by lifecycle_mu_
   // runners_ is filled by Start and cleared by Stop under both mutexes; readers (inserts, the
   // scheduler) take only this one.
   std::mutex lifecycle_mu_runners_;
@@ -732,6 +734,9 @@ Status Client::Stop(Duration timeout) {
 }
 Status Client::StopAndCancel() {
   if (internal::WorkingFor() == this) return StopFromWorkError();
+  // A Stop in progress holds the lifecycle lock while it waits out its timeout: cancel first,
+  // so that it ends now rather than when its timeout passes.
+  impl_->CancelRunningJobs();
   return impl_->Stop(std::nullopt);
 }
 

@@ -850,6 +850,26 @@ TEST_F(ClientTest, StopAndCancelCancelsAtOnce) {
   EXPECT_TRUE(c->Start().IsFailedPrecondition());
 }
 
+// StopAndCancel during a Stop on another thread makes it a hard stop now; it used to wait for the
+// Stop's timeout (an hour here) before it cancelled anything.
+TEST_F(ClientTest, StopAndCancelCutsAStopInProgressShort) {
+  Signal started;
+  behaviour_->fn = [&](JobContext& ctx, const EmailArgs&) {
+    started.Notify();
+    return WaitForCancel(ctx);
+  };
+  auto c = Start();
+  auto r = c->Insert(EmailArgs{"a"});
+  ASSERT_TRUE(started.WaitFor());
+  auto stopping = std::async(std::launch::async, [&] { return c->Stop(std::chrono::hours(1)); });
+  auto cancelling = std::async(std::launch::async, [&] { return c->StopAndCancel(); });
+  ASSERT_EQ(cancelling.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  ASSERT_EQ(stopping.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  EXPECT_TRUE(cancelling.get().ok());
+  EXPECT_TRUE(stopping.get().ok());
+  EXPECT_EQ(Get(*c, r->job.id).state, JobState::kRetryable);
+}
+
 TEST_F(ClientTest, NoJobLeftRunningAfterACleanStopMidRun) {
   std::atomic<int> ran{0};
   behaviour_->fn = [&](JobContext&, const EmailArgs&) {
