@@ -281,6 +281,9 @@ struct DriverOptions {
   // creates it, rather than created empty (Client::Open without auto_migrate would refuse the
   // empty file anyway, and leave it behind a mistyped path).
   bool create_if_missing = true;
+  // PostgreSQL: a pooled connection idle this long is checked for a close the server sent
+  // meanwhile (idle_session_timeout, a restart, a proxy) before it is used. Tests set 0.
+  std::chrono::milliseconds pg_check_idle_after{1000};
 };
 
 class Driver {

@@ -358,6 +358,25 @@ TEST_F(PostgresDriverTest, LostConnectionIsReportedThenReconnects) {
   EXPECT_EQ(again->kind, "k");
 }
 
+// A pooled connection the server closed while it sat idle (here terminated; idle_session_timeout
+// and restarts close them the same way) is replaced before use: the call succeeds. Checked only
+// after the connection has been idle a while (1 s; 0 here), so LostConnectionIsReported... above
+// still sees the loss.
+TEST_F(PostgresDriverTest, AConnectionClosedWhileIdleIsReplacedBeforeUse) {
+  DriverOptions options;
+  options.pg_check_idle_after = std::chrono::milliseconds(0);
+  auto d = Driver::Open(url_, options);
+  ASSERT_TRUE(d.has_value()) << d.error().ToString();
+  auto rows = (*d)->executor().JobInsertMany(OneJob());
+  ASSERT_TRUE(rows.has_value()) << rows.error().ToString();
+  KillConnections();
+  auto again = (*d)->executor().JobGetByID((*rows)[0].job.id);
+  ASSERT_TRUE(again.has_value()) << again.error().ToString();
+  EXPECT_EQ(again->kind, "k");
+  auto insert = (*d)->executor().JobInsertMany(OneJob());
+  EXPECT_TRUE(insert.has_value()) << insert.error().ToString();
+}
+
 TEST_F(PostgresDriverTest, WaitForChangeRelistensAfterTheConnectionDrops) {
   ASSERT_NE(driver_, nullptr);
   KillConnections();

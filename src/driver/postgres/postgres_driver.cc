@@ -1326,23 +1326,32 @@ class Lease {
 // server does not get hammered by every producer loop.
 class Pool {
  public:
-  Pool(std::string url, std::string target) : url_(std::move(url)), target_(std::move(target)) {}
+  Pool(std::string url, std::string target, std::chrono::milliseconds check_idle_after)
+      : url_(std::move(url)), target_(std::move(target)), check_idle_after_(check_idle_after) {}
 
   Result<Lease> Acquire() {
     std::unique_lock lock(mu_);
     const auto deadline = SteadyClock::now() + kPoolWait;
-    while (idle_.empty() && open_ >= kMaxPoolConnections) {
+    for (;;) {
+      while (!idle_.empty()) {
+        IdleConn idle = std::move(idle_.back());
+        idle_.pop_back();
+        if (SteadyClock::now() - idle.since < check_idle_after_ ||
+            !ClosedWhileIdle(idle.conn->get())) {
+          return Lease(this, std::move(idle.conn));
+        }
+        // Nothing was sent on it, so a new connection takes its place without doubt: the
+        // caller does not see the close as a failure of its call.
+        --open_;
+        backends_.erase(PQbackendPID(idle.conn->get()));
+      }
+      if (open_ < kMaxPoolConnections) break;
       if (cv_.wait_until(lock, deadline) == std::cv_status::timeout && idle_.empty() &&
           open_ >= kMaxPoolConnections) {
         return Status::Retryable(
             fmt::format("all {} PostgreSQL connections stayed busy for {}s", kMaxPoolConnections,
                         std::chrono::duration_cast<std::chrono::seconds>(kPoolWait).count()));
       }
-    }
-    if (!idle_.empty()) {
-      std::unique_ptr<Conn> c = std::move(idle_.back());
-      idle_.pop_back();
-      return Lease(this, std::move(c));
     }
     if (SteadyClock::now() < retry_after_) return last_error_;
     ++open_;
@@ -1374,7 +1383,7 @@ class Pool {
     if (!keep) c.reset();  // close before taking the lock
     std::lock_guard lock(mu_);
     if (keep) {
-      idle_.push_back(std::move(c));
+      idle_.push_back(IdleConn{std::move(c), SteadyClock::now()});
     } else {
       --open_;
       backends_.erase(backend);
@@ -1396,12 +1405,26 @@ class Pool {
   const std::string target_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::vector<std::unique_ptr<Conn>> idle_;  // guarded by mu_
-  int open_ = 0;                             // guarded by mu_: idle + leased
-  Duration backoff_{};                       // guarded by mu_
-  SteadyClock::time_point retry_after_{};    // guarded by mu_
-  Status last_error_;                        // guarded by mu_
-  std::set<int> backends_;                   // guarded by mu_: server pids of open connections
+  struct IdleConn {
+    std::unique_ptr<Conn> conn;
+    SteadyClock::time_point since;  // back in the pool
+  };
+  // A connection the server closed while it sat in the pool (idle_session_timeout, a restart, a
+  // proxy's idle limit) has the server's goodbye, or the end of the stream, waiting to be read.
+  // A pooled connection listens to nothing, so anything waiting is taken for that: libpq reads a
+  // FATAL that comes while no query runs as a notice and keeps the connection "OK".
+  static bool ClosedWhileIdle(PGconn* c) {
+    if (PQstatus(c) != CONNECTION_OK) return true;
+    pollfd p{PQsocket(c), POLLIN, 0};
+    return poll(&p, 1, 0) != 0;
+  }
+  const std::chrono::milliseconds check_idle_after_;
+  std::vector<IdleConn> idle_;             // guarded by mu_
+  int open_ = 0;                           // guarded by mu_: idle + leased
+  Duration backoff_{};                     // guarded by mu_
+  SteadyClock::time_point retry_after_{};  // guarded by mu_
+  Status last_error_;                      // guarded by mu_
+  std::set<int> backends_;                 // guarded by mu_: server pids of open connections
 };
 
 Lease::~Lease() {
@@ -1728,7 +1751,7 @@ std::string ChannelFor(std::string_view base, const std::string& schema) {
 class PostgresDriver final : public Driver {
  public:
   PostgresDriver(std::string url, std::string target, const DriverOptions& options)
-      : pool_(std::move(url), std::move(target)),
+      : pool_(std::move(url), std::move(target), options.pg_check_idle_after),
         executor_(&pool_, &channels_, !options.postgres.synchronous_state_commits),
         listen_enabled_(options.listen) {
     event_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
