@@ -561,13 +561,11 @@ void RunAdd(const AddFlags& f) {
 
   auto client = OpenClient(f.url);
   // A mistyped queue would pass silently and the job wait for ever: say when no job or process
-  // has used the queue before (as queues pause does). No note when the list cannot be read.
+  // has used the queue before (as queues pause does). No note when that cannot be read.
   bool known_queue = params.options.queue == kDefaultQueue;  // which every app works
   if (!known_queue) {
-    auto queues = client->QueueList();
-    known_queue = !queues || std::any_of(queues->begin(), queues->end(), [&](const QueueInfo& q) {
-      return q.name == params.options.queue;
-    });
+    auto known = client->QueueKnown(params.options.queue);
+    known_queue = !known || *known;
   }
   auto res = client->InsertRaw(std::move(params));
   if (!res) throw CommandError(res.error());
@@ -795,13 +793,12 @@ void RunQueuePause(const std::string& url, const std::string& name, bool pause) 
   auto client = OpenClient(url);
   // Pausing a queue before its first job is allowed (and is how a deploy holds one back), but a
   // mistyped name would pass silently: say when the queue is new.
-  bool known = true;  // when the list cannot be read, no note rather than a wrong one
+  // Neither reads counts: pausing a queue in an incident must not wait for a scan of every job.
+  bool known = true;  // when it cannot be read, no note rather than a wrong one
   bool was_paused = !pause;
-  if (auto queues = client->QueueList(); queues) {
-    auto it = std::find_if(queues->begin(), queues->end(),
-                           [&](const QueueInfo& q) { return q.name == name; });
-    known = it != queues->end();
-    was_paused = known && it->paused_at.has_value();
+  if (auto paused_at = client->QueuePausedAt(name); paused_at) {
+    was_paused = paused_at->has_value();
+    if (auto k = client->QueueKnown(name); k) known = *k;
   }
   if (!known && !pause) {
     fmt::print(

@@ -215,6 +215,9 @@ class Client {
   // Since when the queue is paused; nullopt when it is not. Cheap on any table size (QueueList
   // counts every job). InvalidArgument for a name no queue can have.
   Result<std::optional<TimePoint>> QueuePausedAt(std::string_view name);
+  // Whether QueueList would list the queue (a pause record, a running client working it, or a
+  // job in it), without counting its jobs: cheap unless nothing but its jobs names it.
+  Result<bool> QueueKnown(std::string_view name);
   // True while this client holds the leader lease (runs maintenance and periodic jobs).
   bool IsLeader() const;
   // The lease as stored, whichever client holds it; nullopt when none is current (no client

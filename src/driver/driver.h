@@ -246,6 +246,10 @@ class Executor {
   // When the queue was paused; nullopt when it is not (never paused, or resumed). Reads the pause
   // record alone, so it costs the same on any job table.
   virtual Result<std::optional<TimePoint>> QueuePausedAt(std::string_view name) = 0;
+  // Whether QueueList would list the queue: a pause record, a client working it, or a job in it,
+  // looked for in that order (the jobs only when the others say no, and then only until one is
+  // found, never counted).
+  virtual Result<bool> QueueKnown(std::string_view name) = 0;
 
   // The last tick enqueued for a periodic job; nullopt when never.
   virtual Result<std::optional<TimePoint>> PeriodicGetLastTick(std::string_view name) = 0;

@@ -812,6 +812,11 @@ Result<std::vector<QueueInfo>> Client::QueueList() {
   return impl_->driver().executor().QueueList();
 }
 
+Result<bool> Client::QueueKnown(std::string_view name) {
+  SPOOL_RETURN_IF_ERROR(ValidateQueueName(name));
+  return impl_->driver().executor().QueueKnown(name);
+}
+
 Result<std::optional<TimePoint>> Client::QueuePausedAt(std::string_view name) {
   SPOOL_RETURN_IF_ERROR(ValidateQueueName(name));
   return impl_->driver().executor().QueuePausedAt(name);

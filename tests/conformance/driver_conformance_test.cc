@@ -2303,6 +2303,13 @@ TEST_P(DriverConformanceTest, QueueListIncludesTheQueuesClientsWork) {
   EXPECT_TRUE(list[1].counts.empty());
   EXPECT_EQ(list[2].name, "paused");
   EXPECT_EQ(list[2].paused_at, kT0);
+  // QueueKnown answers for each what QueueList lists, without the counts.
+  for (const char* name : {"jobs_only", "mail", "paused"}) {
+    CONF_ASSIGN_OR_FAIL(const bool known, exec().QueueKnown(name));
+    EXPECT_TRUE(known) << name;
+  }
+  CONF_ASSIGN_OR_FAIL(const bool unknown, exec().QueueKnown("mial"));
+  EXPECT_FALSE(unknown);
 }
 
 TEST_P(DriverConformanceTest, PeriodicLastTickRoundTrips) {

@@ -509,6 +509,14 @@ constexpr const char* kQueueListSql =
                        "jsonb_array_elements_text(CASE WHEN jsonb_typeof(spool_client.queues) = "
                        "'array' THEN spool_client.queues ELSE '[]' END) AS e(name)";
 
+// CASE tries its branches in order: the job table is read only for a queue nothing else names.
+constexpr const char* kQueueKnownSql =
+    "SELECT CASE WHEN EXISTS (SELECT 1 FROM spool_queue WHERE name = $1) THEN true "
+    "WHEN EXISTS (SELECT 1 FROM spool_client, jsonb_array_elements_text(CASE WHEN "
+    "jsonb_typeof(spool_client.queues) = 'array' THEN spool_client.queues ELSE '[]' END) AS "
+    "e(name) WHERE e.name = $1) THEN true "
+    "ELSE EXISTS (SELECT 1 FROM spool_job WHERE queue = $1) END";
+
 constexpr const char* kQueuePausedAtSql =
     "SELECT " SPOOL_US("paused_at") " FROM spool_queue WHERE name = $1";
 
@@ -1556,6 +1564,13 @@ class PgExecutor : public Base {
   }
   Result<std::optional<TimePoint>> QueuePausedAt(std::string_view name) override {
     return Run<std::optional<TimePoint>>([&](Conn& c) { return QueuePausedAtOn(c, name); });
+  }
+  Result<bool> QueueKnown(std::string_view name) override {
+    return Run<bool>([&](Conn& c) -> Result<bool> {
+      SPOOL_ASSIGN_OR_RETURN(PgResult res,
+                             c.Query("spool_queue_known", kQueueKnownSql, {std::string(name)}));
+      return PQntuples(res.get()) > 0 && PQgetvalue(res.get(), 0, 0)[0] == 't';
+    });
   }
 
   Result<std::optional<TimePoint>> PeriodicGetLastTick(std::string_view name) override {

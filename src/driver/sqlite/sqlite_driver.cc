@@ -167,6 +167,10 @@ class LockedExecutor final : public Executor {
     std::lock_guard lock(mu_);
     return q_.QueuePausedAt(name);
   }
+  Result<bool> QueueKnown(std::string_view name) override {
+    std::lock_guard lock(mu_);
+    return q_.QueueKnown(name);
+  }
   Result<std::optional<TimePoint>> PeriodicGetLastTick(std::string_view name) override {
     std::lock_guard lock(mu_);
     return q_.PeriodicGetLastTick(name);
@@ -290,6 +294,10 @@ class SqliteTx final : public Tx {
   Result<std::optional<TimePoint>> QueuePausedAt(std::string_view name) override {
     SPOOL_RETURN_IF_ERROR(CheckOpen());
     return q_.QueuePausedAt(name);
+  }
+  Result<bool> QueueKnown(std::string_view name) override {
+    SPOOL_RETURN_IF_ERROR(CheckOpen());
+    return q_.QueueKnown(name);
   }
   Result<std::optional<TimePoint>> PeriodicGetLastTick(std::string_view name) override {
     SPOOL_RETURN_IF_ERROR(CheckOpen());
@@ -441,6 +449,7 @@ class BorrowedExecutor final : public Executor {
   Result<std::optional<TimePoint>> QueuePausedAt(std::string_view name) override {
     return q_.QueuePausedAt(name);
   }
+  Result<bool> QueueKnown(std::string_view name) override { return q_.QueueKnown(name); }
   Result<std::optional<TimePoint>> PeriodicGetLastTick(std::string_view name) override {
     return q_.PeriodicGetLastTick(name);
   }

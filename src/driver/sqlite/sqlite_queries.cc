@@ -1462,6 +1462,23 @@ Result<std::optional<TimePoint>> SqliteQueries::QueuePausedAt(std::string_view n
   return OptionalTime(OptionalInt(stmt, 0));
 }
 
+Result<bool> SqliteQueries::QueueKnown(std::string_view name) {
+  // CASE tries its branches in order, so the job table is read only for a queue nothing else
+  // names (and then stops at the first job).
+  SPOOL_ASSIGN_OR_RETURN(
+      sqlite3_stmt * stmt,
+      cache_.Get("SELECT CASE WHEN EXISTS (SELECT 1 FROM spool_queue WHERE name = ?1) THEN 1 "
+                 "WHEN EXISTS (SELECT 1 FROM spool_client AS c, json_each(CASE WHEN "
+                 "json_valid(c.queues) THEN c.queues ELSE '[]' END) AS q WHERE q.type = 'text' "
+                 "AND q.value = ?1) THEN 1 "
+                 "ELSE EXISTS (SELECT 1 FROM spool_job WHERE queue = ?1) END"));
+  StmtScope use(stmt);
+  SPOOL_RETURN_IF_ERROR(CheckBind(BindText(stmt, 1, name), stmt));
+  const int rc = sqlite3_step(stmt);
+  if (rc != SQLITE_ROW) return SqliteStatus(rc, cache_.db(), "look for a queue");
+  return sqlite3_column_int(stmt, 0) != 0;
+}
+
 Result<std::optional<TimePoint>> SqliteQueries::PeriodicGetLastTick(std::string_view name) {
   SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt,
                          cache_.Get("SELECT last_tick_at FROM spool_periodic WHERE name = ?1"));

@@ -120,6 +120,7 @@ class SqliteQueries {
   Result<bool> QueueResume(std::string_view name, TimePoint now);
   Result<std::vector<QueueInfo>> QueueList();
   Result<std::optional<TimePoint>> QueuePausedAt(std::string_view name);
+  Result<bool> QueueKnown(std::string_view name);
   Result<std::optional<TimePoint>> PeriodicGetLastTick(std::string_view name);
   Status PeriodicSetLastTick(std::string_view name, TimePoint tick, TimePoint now);
 
