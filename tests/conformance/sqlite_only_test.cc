@@ -497,6 +497,42 @@ TEST_F(SqliteOnlyTest, ErrorTranslationKeepsTheExtendedCode) {
   EXPECT_TRUE(spool::internal::SqliteStatus(SQLITE_OK, nullptr, "x").ok());
 }
 
+// A write that finds the disk full (here the file's max_page_count) is retryable, and the first
+// write that commits once there is room truncates the log, giving back its space; from then on
+// the driver keeps the log small (Checkpointer). An app on a nearly full disk stalled for good
+// before: its log kept the space freed.
+TEST_F(SqliteOnlyTest, ADiskFullWriteIsRetryableAndTheNextCommitTruncatesTheLog) {
+  const std::string file = dir_ + "/full.db";
+  auto db = spool::internal::SqliteOpen(file);
+  ASSERT_TRUE(db.has_value()) << db.error().ToString();
+  ASSERT_TRUE(spool::internal::SqliteExec(db->get(),
+                                          "PRAGMA journal_mode = WAL; CREATE TABLE t "
+                                          "(v BLOB)")
+                  .ok());
+  spool::internal::StatementCache cache(db->get());
+  const auto write = [&]() -> spool::Status {
+    SPOOL_ASSIGN_OR_RETURN(auto scope, spool::internal::WriteScope::Begin(cache));
+    SPOOL_RETURN_IF_ERROR(
+        spool::internal::SqliteExec(db->get(), "INSERT INTO t VALUES (zeroblob(8000))"));
+    return scope->Commit();
+  };
+  ASSERT_TRUE(write().ok());
+  ASSERT_TRUE(spool::internal::SqliteExec(db->get(), "PRAGMA max_page_count = 8").ok());
+  spool::Status full = spool::Status::Ok();
+  for (int i = 0; i < 20 && full.ok(); ++i) full = write();
+  ASSERT_FALSE(full.ok());
+  EXPECT_TRUE(full.IsRetryable()) << full.ToString();
+  EXPECT_NE(full.message().find("the disk is full"), std::string::npos) << full.ToString();
+  EXPECT_TRUE(cache.truncate_log_after_commit);
+  EXPECT_TRUE(cache.disk_was_full);
+  ASSERT_GT(std::filesystem::file_size(file + "-wal"), 0u);
+
+  ASSERT_TRUE(spool::internal::SqliteExec(db->get(), "PRAGMA max_page_count = 1000000").ok());
+  ASSERT_TRUE(write().ok());
+  EXPECT_FALSE(cache.truncate_log_after_commit);
+  EXPECT_EQ(std::filesystem::file_size(file + "-wal"), 0u);
+}
+
 TEST_F(SqliteOnlyTest, OpeningInAMissingDirectoryNamesThePath) {
   const std::string path = dir_ + "/no/such/dir/app.db";
   auto r = Driver::Open("sqlite://" + path, {});

@@ -30,6 +30,14 @@ Status SqliteStatus(int rc, sqlite3* db, std::string_view context) {
       return Status(Status::Code::kRetryable,
                     fmt::format("{}: database is busy ({}); try again", context, detail),
                     std::move(native));
+    case SQLITE_FULL:
+      // Transient: writes succeed again once there is room (and the failed write checkpointed
+      // the log to give its space back).
+      return Status(Status::Code::kRetryable,
+                    fmt::format("{}: the disk is full ({}): free space on the database's disk; "
+                                "try again",
+                                context, detail),
+                    std::move(native));
     case SQLITE_CANTOPEN:
       return Status(
           Status::Code::kConnectionLost,
@@ -130,14 +138,34 @@ Result<std::unique_ptr<WriteScope>> WriteScope::Begin(StatementCache& cache) {
 Status WriteScope::Commit() {
   Status s = RunCached(cache_, own_tx_ ? "COMMIT" : "RELEASE spool_op");
   if (s.ok()) done_ = true;
+  // The log grows until a checkpoint copies it, and checkpoints follow commits only past 16,000
+  // frames: after the disk filled up, the space freed went to the log's next frames, and the
+  // writes stalled again (an audit's app stalled on 20 MB of log over a 4 KB file). The first
+  // commit once there is room copies the log and truncates it, giving its space back.
+  if (s.ok() && own_tx_ && cache_.truncate_log_after_commit) {
+    const int rc = sqlite3_wal_checkpoint_v2(cache_.db(), nullptr, SQLITE_CHECKPOINT_TRUNCATE,
+                                             nullptr, nullptr);
+    if (rc == SQLITE_OK) cache_.truncate_log_after_commit = false;
+  }
   return s;
 }
 
 WriteScope::~WriteScope() {
   if (done_) return;
   if (own_tx_) {
+    const bool disk_full = (sqlite3_extended_errcode(cache_.db()) & 0xff) == SQLITE_FULL;
     // Nothing to do if SQLite already rolled back (some errors end the transaction).
     if (sqlite3_get_autocommit(cache_.db()) == 0) (void)RunCached(cache_, "ROLLBACK");
+    if (disk_full) {
+      // A log copied whole is written again from its start, in the space it has: the writes go
+      // on without more room once the file has what it needs (it grows only by the pages the
+      // log changed). When the copy itself needs room, the first commit after some is freed
+      // truncates the log (Commit).
+      (void)sqlite3_wal_checkpoint_v2(cache_.db(), nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr,
+                                      nullptr);
+      cache_.truncate_log_after_commit = true;
+      cache_.disk_was_full = true;
+    }
   } else {
     (void)RunCached(cache_, "ROLLBACK TO spool_op");
     (void)RunCached(cache_, "RELEASE spool_op");

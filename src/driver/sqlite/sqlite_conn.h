@@ -5,6 +5,7 @@
 
 #include <sqlite3.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -53,6 +54,14 @@ class StatementCache {
   sqlite3* db() const { return db_; }
   // The statement for `sql`, prepared on first use. The caller resets it after use (StmtScope).
   Result<sqlite3_stmt*> Get(std::string_view sql);
+
+  // A write failed with the disk full: the next write that commits also copies the log into the
+  // file and truncates it (WriteScope).
+  bool truncate_log_after_commit = false;
+  // Once the disk has been full, the log is kept small (the writer's checkpoints read it; the
+  // driver's Checkpointer): a log that grows to its usual 66 MB between checkpoints would fill
+  // the disk again.
+  std::atomic<bool> disk_was_full{false};
 
  private:
   sqlite3* db_;
