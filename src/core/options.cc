@@ -143,6 +143,14 @@ Status ValidateInsertOptions(const InsertOptions& opts) {
         fmt::format("InsertOptions.max_attempts is {}: it must be between 1 and {}",
                     opts.max_attempts, kMaxMaxAttempts));
   }
+  // Years 1 to 9999: what both databases store and read back exactly (PostgreSQL's timestamptz
+  // shifted TimePoint::max() by 384 us; SQLite took TimePoint::min(), in year -290308).
+  constexpr TimePoint kEarliest{std::chrono::microseconds(-62'135'596'800'000'000)};  // 0001-01-01
+  constexpr TimePoint kLatest{std::chrono::microseconds(253'402'300'799'999'999)};    // 9999-12-31
+  if (opts.scheduled_at && (*opts.scheduled_at < kEarliest || *opts.scheduled_at > kLatest)) {
+    return Status::InvalidArgument(
+        "InsertOptions.scheduled_at is out of range: it must be in the years 1 to 9999");
+  }
   for (const auto& tag : opts.tags) {
     if (tag.empty() || tag.size() > kMaxTagLength || tag.find(',') != std::string::npos) {
       return Status::InvalidArgument(fmt::format(

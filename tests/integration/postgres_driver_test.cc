@@ -130,6 +130,11 @@ TEST(PostgresOpenTest, UnreachableServerNamesHostAndPortButNotThePassword) {
   EXPECT_TRUE(d.error().IsConnectionLost()) << d.error().ToString();
   EXPECT_NE(d.error().message().find("127.0.0.1:1"), std::string::npos) << d.error().ToString();
   EXPECT_EQ(d.error().message().find("s3cr3t-pw"), std::string::npos) << d.error().ToString();
+  // An IPv6 address is written in brackets, as in the URL: "::1:1" would read as an address.
+  auto v6 = Driver::Open("postgres://spool:s3cr3t-pw@[::1]:1/spool_test", DriverOptions{});
+  ASSERT_FALSE(v6.has_value());
+  EXPECT_NE(v6.error().message().find("[::1]:1"), std::string::npos) << v6.error().ToString();
+  EXPECT_EQ(v6.error().message().find("s3cr3t-pw"), std::string::npos) << v6.error().ToString();
 }
 
 TEST(PostgresOpenTest, AUrlLibpqCannotParseIsReportedWithoutThePassword) {

@@ -274,6 +274,27 @@ TEST(WorkersTest, KindsAndTagsMustBeUtf8) {
   EXPECT_TRUE(ValidateInsertOptions(o).ok());
 }
 
+TEST(InsertOptionsTest, ScheduledAtIsWithinTheYearsTheDatabasesStore) {
+  InsertOptions o;
+  for (TimePoint t : {TimePoint::min(), TimePoint::max(),
+                      TimePoint(std::chrono::microseconds(253'402'300'800'000'000))}) {
+    o.scheduled_at = t;
+    const Status st = ValidateInsertOptions(o);
+    EXPECT_TRUE(st.IsInvalidArgument()) << t.time_since_epoch().count();
+    EXPECT_NE(st.message().find("years 1 to 9999"), std::string::npos) << st.message();
+  }
+  for (const char* ok : {"0001-01-01T00:00:00.000000Z", "9999-12-31T23:59:59.999999Z"}) {
+    bool found = false;
+    for (TimePoint t : {TimePoint(std::chrono::microseconds(-62'135'596'800'000'000)),
+                        TimePoint(std::chrono::microseconds(253'402'300'799'999'999))}) {
+      o.scheduled_at = t;
+      EXPECT_TRUE(ValidateInsertOptions(o).ok());
+      found = found || FormatTime(t) == ok;
+    }
+    EXPECT_TRUE(found) << ok;
+  }
+}
+
 TEST(WorkersTest, DuplicateKindIsReported) {
   Workers w;
   w.Add<AWorker>();

@@ -113,6 +113,8 @@ std::string DescribeTarget(const std::string& url) {
   if (host.empty()) host = "localhost";
   if (port.empty()) port = "5432";
   if (host.starts_with("/")) return fmt::format("socket {}/.s.PGSQL.{}", host, port);
+  // An IPv6 address in brackets, as in a URL: "::1:5432" reads as an address with no port.
+  if (host.find(':') != std::string::npos) return fmt::format("[{}]:{}", host, port);
   return fmt::format("{}:{}", host, port);
 }
 
