@@ -2,7 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <thread>
 #include <utility>
 
 namespace spool::internal {
@@ -129,9 +131,34 @@ Status RunCached(StatementCache& cache, std::string_view sql) {
 
 }  // namespace
 
+void StatementCache::InstallBusyHandler(std::chrono::milliseconds timeout) {
+  busy_timeout_ = timeout;
+  sqlite3_busy_handler(db_, &StatementCache::OnBusy, this);
+}
+
+int StatementCache::OnBusy(void* self, int count) {
+  auto* c = static_cast<StatementCache*>(self);
+  const auto now = std::chrono::steady_clock::now();
+  // A wait long over without a write since (the lock was free between two waits, taken by a
+  // statement that wrote nothing) does not count against this one.
+  if (count == 0 && c->busy_since_ != std::chrono::steady_clock::time_point{} &&
+      now - c->busy_since_ > 2 * c->busy_timeout_ + std::chrono::seconds(1)) {
+    c->busy_since_ = {};
+  }
+  if (c->busy_since_ == std::chrono::steady_clock::time_point{}) c->busy_since_ = now;
+  const auto waited = now - c->busy_since_;
+  if (waited >= c->busy_timeout_) return 0;
+  // SQLite's own handler's steps: short at first, for a lock about to be released.
+  const auto step = std::chrono::milliseconds(std::min(1 << std::min(count, 5), 25));
+  std::this_thread::sleep_for(
+      std::min<std::chrono::steady_clock::duration>(step, c->busy_timeout_ - waited));
+  return 1;
+}
+
 Result<std::unique_ptr<WriteScope>> WriteScope::Begin(StatementCache& cache) {
   const bool own_tx = sqlite3_get_autocommit(cache.db()) != 0;
   SPOOL_RETURN_IF_ERROR(RunCached(cache, own_tx ? "BEGIN IMMEDIATE" : "SAVEPOINT spool_op"));
+  if (own_tx) cache.LockTaken();
   return std::unique_ptr<WriteScope>(new WriteScope(cache, own_tx));
 }
 

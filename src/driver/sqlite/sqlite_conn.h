@@ -6,6 +6,7 @@
 #include <sqlite3.h>
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -58,12 +59,24 @@ class StatementCache {
   // A write failed with the disk full: the next write that commits also copies the log into the
   // file and truncates it (WriteScope).
   bool truncate_log_after_commit = false;
+  // Makes the connection wait for another process's write lock up to `timeout`, as
+  // sqlite3_busy_timeout does, except that once one wait has lasted that long the next ones give
+  // up at once, until a write transaction begins (LockTaken). The driver's loops (heartbeat,
+  // leader, claims, outcomes) and inserts each waited out the whole timeout in turn: an audit's
+  // Stop(2s) took 57 s while another process held the lock.
+  void InstallBusyHandler(std::chrono::milliseconds timeout);
+  void LockTaken() { busy_since_ = {}; }
+
   // Once the disk has been full, the log is kept small (the writer's checkpoints read it; the
   // driver's Checkpointer): a log that grows to its usual 66 MB between checkpoints would fill
   // the disk again.
   std::atomic<bool> disk_was_full{false};
 
  private:
+  static int OnBusy(void* self, int count);
+
+  std::chrono::milliseconds busy_timeout_{0};
+  std::chrono::steady_clock::time_point busy_since_{};  // when the current wait began
   sqlite3* db_;
   std::unordered_map<std::string, SqliteStmtPtr> stmts_;
 };

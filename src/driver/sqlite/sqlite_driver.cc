@@ -650,8 +650,8 @@ class SqliteDriver final : public Driver {
   Status Init(const DriverOptions& options) {
     const auto busy_ms =
         std::chrono::duration_cast<std::chrono::milliseconds>(options.sqlite.busy_timeout).count();
-    sqlite3_busy_timeout(writer_.get(),
-                         static_cast<int>(std::clamp<int64_t>(busy_ms, 0, INT32_MAX)));
+    queries_.cache().InstallBusyHandler(
+        std::chrono::milliseconds(std::clamp<int64_t>(busy_ms, 0, INT32_MAX)));
     // journal_mode is the first statement that reads the file, so it is where a file that is not
     // a database fails. Turning a new file to WAL takes its exclusive lock, and while another
     // process does the same (deploys starting together) SQLite answers SQLITE_BUSY at once,
@@ -705,6 +705,7 @@ class SqliteDriver final : public Driver {
       StmtScope use(stmt);
       SPOOL_RETURN_IF_ERROR(StepDone(stmt, "begin transaction"));
     }
+    queries_.cache().LockTaken();
     return std::unique_ptr<Tx>(new SqliteTx(std::move(lock), queries_));
   }
 
