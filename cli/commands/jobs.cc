@@ -822,6 +822,20 @@ void RunQueuePause(const std::string& url, const std::string& name, bool pause) 
   }
 }
 
+// --state, --queue and --kind, as list and the bulk forms of retry, cancel and delete take them.
+// `jobs` begins the help of --state, `narrowed` that of --queue and --kind.
+void AddFilterFlags(CLI::App& cmd, JobFilter& filter, std::string_view jobs,
+                    std::string_view narrowed) {
+  cmd.add_option("--state", filter.states,
+                 fmt::format("{} in this state (repeat or comma-separate for several): available, "
+                             "scheduled, running, retryable, completed, cancelled, discarded, "
+                             "pending",
+                             jobs))
+      ->delimiter(',');
+  cmd.add_option("--queue", filter.queue, fmt::format("{} of this queue", narrowed));
+  cmd.add_option("--kind", filter.kind, fmt::format("{} of this kind", narrowed));
+}
+
 }  // namespace
 
 void RegisterJobs(CLI::App& app) {
@@ -831,12 +845,7 @@ void RegisterJobs(CLI::App& app) {
   auto list_flags = std::make_shared<ListFlags>();
   auto* list = cmd->add_subcommand("list", "List jobs by id, optionally filtered");
   list->add_option("--database-url", list_flags->url, kUrlHelp);
-  list->add_option("--state", list_flags->filter.states,
-                   "Only jobs in this state (repeat or comma-separate for several): available, "
-                   "scheduled, running, retryable, completed, cancelled, discarded, pending")
-      ->delimiter(',');
-  list->add_option("--queue", list_flags->filter.queue, "Only jobs of this queue");
-  list->add_option("--kind", list_flags->filter.kind, "Only jobs of this kind");
+  AddFilterFlags(*list, list_flags->filter, "Only jobs", "Only jobs");
   list->add_option("--limit", list_flags->limit, "At most this many jobs (1-10000)")
       ->capture_default_str()
       ->check(WholeNumberFrom(1, 10'000));
@@ -905,12 +914,7 @@ void RegisterJobs(CLI::App& app) {
     sub->add_option("ID", flags->ids, "Job ids (or choose the jobs by --state)")
         ->check(WholeNumberFrom(1));
     sub->add_option("--database-url", flags->url, kUrlHelp);
-    sub->add_option("--state", flags->filter.states,
-                    "Every job in this state (repeat or comma-separate for several) instead of "
-                    "ids")
-        ->delimiter(',');
-    sub->add_option("--queue", flags->filter.queue, "With --state: only jobs of this queue");
-    sub->add_option("--kind", flags->filter.kind, "With --state: only jobs of this kind");
+    AddFilterFlags(*sub, flags->filter, "Instead of ids, every job", "With --state, only jobs");
     const Op op = spec.op;
     sub->callback([flags, op] { RunOp(op, *flags); });
   }

@@ -94,6 +94,21 @@ class ClientTest : public ::testing::Test {
     return r ? *r : JobRow{};
   }
 
+  // A started client running one job that returns only once its context is cancelled; `id` is
+  // the job's, set once it runs (0 if it did not start).
+  std::unique_ptr<Client> StartAJobThatWaitsForItsCancel(int64_t& id) {
+    auto started = std::make_shared<Signal>();
+    behaviour_->fn = [started](JobContext& ctx, const EmailArgs&) {
+      started->Notify();
+      return WaitForCancel(ctx);
+    };
+    auto c = Start();
+    auto r = c->Insert(EmailArgs{"a"});
+    EXPECT_TRUE(r.has_value());
+    id = r && started->WaitFor() ? r->job.id : 0;
+    return c;
+  }
+
   TempDir dir_;
   std::string url_ = dir_.SqliteUrl();
   std::shared_ptr<FakeClock> clock_ = std::make_shared<FakeClock>();
@@ -815,20 +830,15 @@ TEST_F(ClientTest, HardStopCancelsRunningJobsAndLeavesNoneRunning) {
 
 // A second Ctrl-C: a soft Stop in progress on one thread, made hard from another.
 TEST_F(ClientTest, CancelRunningJobsCutsAStopInProgressShort) {
-  Signal started;
-  behaviour_->fn = [&](JobContext& ctx, const EmailArgs&) {
-    started.Notify();
-    return WaitForCancel(ctx);
-  };
-  auto c = Start();
-  auto r = c->Insert(EmailArgs{"a"});
-  ASSERT_TRUE(started.WaitFor());
+  int64_t id = 0;
+  auto c = StartAJobThatWaitsForItsCancel(id);
+  ASSERT_NE(id, 0);
   auto stopping = std::async(std::launch::async, [&] { return c->Stop(std::chrono::hours(1)); });
   // The Stop waits (up to an hour) for the job, which waits for its cancel.
   c->CancelRunningJobs();
   ASSERT_EQ(stopping.wait_for(std::chrono::seconds(30)), std::future_status::ready);
   EXPECT_TRUE(stopping.get().ok());
-  JobRow j = Get(*c, r->job.id);
+  JobRow j = Get(*c, id);
   EXPECT_EQ(j.state, JobState::kRetryable);
   ASSERT_EQ(j.errors.size(), 1u);
   EXPECT_NE(j.errors[0].error.find("CancelRunningJobs was called"), std::string::npos)
@@ -836,16 +846,11 @@ TEST_F(ClientTest, CancelRunningJobsCutsAStopInProgressShort) {
 }
 
 TEST_F(ClientTest, StopAndCancelCancelsAtOnce) {
-  Signal started;
-  behaviour_->fn = [&](JobContext& ctx, const EmailArgs&) {
-    started.Notify();
-    return WaitForCancel(ctx);
-  };
-  auto c = Start();
-  auto r = c->Insert(EmailArgs{"a"});
-  ASSERT_TRUE(started.WaitFor());
+  int64_t id = 0;
+  auto c = StartAJobThatWaitsForItsCancel(id);
+  ASSERT_NE(id, 0);
   EXPECT_TRUE(c->StopAndCancel().ok());
-  EXPECT_EQ(Get(*c, r->job.id).state, JobState::kRetryable);
+  EXPECT_EQ(Get(*c, id).state, JobState::kRetryable);
   EXPECT_TRUE(c->Stop(1s).ok()) << "Stop after stop is a no-op";
   EXPECT_TRUE(c->Start().IsFailedPrecondition());
 }
@@ -853,21 +858,16 @@ TEST_F(ClientTest, StopAndCancelCancelsAtOnce) {
 // StopAndCancel during a Stop on another thread makes it a hard stop now; it used to wait for the
 // Stop's timeout (an hour here) before it cancelled anything.
 TEST_F(ClientTest, StopAndCancelCutsAStopInProgressShort) {
-  Signal started;
-  behaviour_->fn = [&](JobContext& ctx, const EmailArgs&) {
-    started.Notify();
-    return WaitForCancel(ctx);
-  };
-  auto c = Start();
-  auto r = c->Insert(EmailArgs{"a"});
-  ASSERT_TRUE(started.WaitFor());
+  int64_t id = 0;
+  auto c = StartAJobThatWaitsForItsCancel(id);
+  ASSERT_NE(id, 0);
   auto stopping = std::async(std::launch::async, [&] { return c->Stop(std::chrono::hours(1)); });
   auto cancelling = std::async(std::launch::async, [&] { return c->StopAndCancel(); });
   ASSERT_EQ(cancelling.wait_for(std::chrono::seconds(30)), std::future_status::ready);
   ASSERT_EQ(stopping.wait_for(std::chrono::seconds(30)), std::future_status::ready);
   EXPECT_TRUE(cancelling.get().ok());
   EXPECT_TRUE(stopping.get().ok());
-  EXPECT_EQ(Get(*c, r->job.id).state, JobState::kRetryable);
+  EXPECT_EQ(Get(*c, id).state, JobState::kRetryable);
 }
 
 TEST_F(ClientTest, NoJobLeftRunningAfterACleanStopMidRun) {
