@@ -99,13 +99,19 @@ std::string WithOneMoreSnooze(const std::string& metadata) {
   return parsed.dump();
 }
 
+std::string CutUtf8(std::string text, size_t max) {
+  if (text.size() <= max) return text;
+  size_t cut = max;
+  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+  text.resize(cut);
+  return text;
+}
+
 std::string StorableErrorText(std::string text) {
   if (text.size() > kMaxErrorBytes) {
-    size_t cut = kMaxErrorBytes;
-    while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
-    const size_t dropped = text.size() - cut;
-    text.resize(cut);
-    text += fmt::format(" ... ({} more bytes not kept)", dropped);
+    const size_t size = text.size();
+    text = CutUtf8(std::move(text), kMaxErrorBytes);
+    text += fmt::format(" ... ({} more bytes not kept)", size - text.size());
   }
   if (text.find('\0') == std::string::npos) return text;
   std::string out;

@@ -30,6 +30,9 @@ std::string FormatDuration(Duration d);
 // The longest error text kept for one attempt, in bytes.
 inline constexpr size_t kMaxErrorBytes = 16 * 1024;
 
+// The first `max` bytes of `text` or fewer, cut where a UTF-8 character begins.
+std::string CutUtf8(std::string text, size_t max);
+
 // An attempt's error text as it is stored: NUL bytes (which PostgreSQL's JSON refuses) become
 // U+FFFD, and text past kMaxErrorBytes is cut on a UTF-8 boundary, saying how much was cut.
 std::string StorableErrorText(std::string text);

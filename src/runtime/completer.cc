@@ -195,7 +195,7 @@ Status Completer::WriteEach(std::vector<Completion>& batch, bool retrying,
   for (Completion& c : batch) {
     Status st = write_one(c);
     if (st.IsInvalidArgument()) {
-      const std::string refusal = StorableErrorText(st.message()).substr(0, 500);
+      const std::string refusal = CutUtf8(StorableErrorText(st.message()), 500);
       if (logger_) {
         logger_(LogLevel::kError,
                 fmt::format("the database refused job {}'s outcome ({}); writing it again with "
@@ -215,7 +215,7 @@ Status Completer::WriteEach(std::vector<Completion>& batch, bool retrying,
           logger_(LogLevel::kError,
                   fmt::format("job {}'s outcome cannot be written ({}); it stays running until "
                               "the rescuer makes it retryable",
-                              c.params.id, StorableErrorText(st.message()).substr(0, 500)));
+                              c.params.id, CutUtf8(StorableErrorText(st.message()), 500)));
         }
         dropped.push_back(c.params.id);
         continue;

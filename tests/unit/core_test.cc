@@ -97,6 +97,10 @@ TEST(StorableErrorTextTest, ReplacesNulAndCutsBetweenCharacters) {
   EXPECT_EQ(cut, std::string(kMaxErrorBytes - 1, 'x') + " ... (4 more bytes not kept)");
   const std::string exact(kMaxErrorBytes, 'y');
   EXPECT_EQ(StorableErrorText(exact), exact);
+  using spool::internal::CutUtf8;
+  EXPECT_EQ(CutUtf8("ab\u043fc", 3), "ab");  // the 2-byte character at 2 is not split
+  EXPECT_EQ(CutUtf8("ab\u043fc", 4), "ab\u043f");
+  EXPECT_EQ(CutUtf8("abc", 10), "abc");
 }
 
 TEST(StatusTest, OkIsDefaultAndCheap) {

@@ -516,10 +516,10 @@ class Checkpointer {
   Checkpointer(const Checkpointer&) = delete;
   Checkpointer& operator=(const Checkpointer&) = delete;
 
-  // sqlite3_wal_hook callback of the writer, after each of its commits.
   // Set by the driver: the writer's flag that the disk has been full.
   void WatchDiskFull(const std::atomic<bool>* disk_was_full) { disk_was_full_ = disk_was_full; }
 
+  // sqlite3_wal_hook callback of the writer, after each of its commits.
   static int OnCommit(void* self, sqlite3* writer, const char* db_name, int frames) {
     auto* c = static_cast<Checkpointer*>(self);
     if (frames >= kSmallLogFrames && c->disk_was_full_ != nullptr && c->disk_was_full_->load()) {
