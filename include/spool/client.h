@@ -144,7 +144,9 @@ class Client {
   Status Start();
   // Soft stop: no new fetches; running jobs finish. When `timeout` passes, running jobs' contexts
   // are cancelled (hard stop) and Stop waits for them to return. All finished outcomes are
-  // written before Stop returns. Idempotent (a later or concurrent call waits for the first and
+  // written before Stop returns, unless the database stalls: 10 s past the timeout the
+  // statements still running are cancelled (PostgreSQL) and unwritten outcomes are left to the
+  // rescuer. Idempotent (a later or concurrent call waits for the first and
   // returns its result); safe before Start. A timeout over kMaxDelay is kMaxDelay.
   // FailedPrecondition from a job's Work or an event subscriber, where waiting for the jobs would
   // wait for itself.

@@ -321,6 +321,10 @@ class Driver {
   // on timeout. Interrupt() makes a blocked call return at once. Called by one thread.
   virtual Result<bool> WaitForChange(Duration timeout) = 0;
   virtual void Interrupt() = 0;
+  // Asks the database to cancel the statements the driver's connections run now, which then
+  // fail as retryable: for a stop that must not wait for a stalled database (a lock, a frozen
+  // server). Thread safe. PostgreSQL; SQLite's waits are bounded by its busy timeout.
+  virtual void CancelStatements() {}
 };
 
 // Checks of seam parameters shared by every driver, so all reject the same input with the same

@@ -382,6 +382,35 @@ TEST_F(PostgresDriverTest, AConnectionClosedWhileIdleIsReplacedBeforeUse) {
   EXPECT_TRUE(insert.has_value()) << insert.error().ToString();
 }
 
+// A stop does not wait for a stalled database: here a lock on spool's table, which the producer's
+// claim waits behind. Past the stop's timeout and 10 s more, spool's statements are cancelled and
+// the stop ends; it used to wait as long as the lock was held (an audit's Stop(2s): 42 s).
+TEST_F(PostgresDriverTest, StopDoesNotWaitForAStalledDatabase) {
+  ClientOptions o;
+  o.queues["default"] = {.max_workers = 2};
+  o.poll_interval = std::chrono::milliseconds(50);
+  auto c = Client::Open(url_, o);
+  ASSERT_TRUE(c.has_value()) << c.error().ToString();
+  ASSERT_TRUE((*c)->Start().ok());
+  PgConnPtr app = Connect(url_);
+  Query(app.get(), "BEGIN");
+  Query(app.get(), "LOCK TABLE spool_job IN ACCESS EXCLUSIVE MODE");
+  // Until the producer's claim waits for the lock.
+  PgConnPtr admin = Connect(*pgtest::ClusterUrl());
+  const auto deadline = std::chrono::steady_clock::now() + seconds(30);
+  while (Query(admin.get(),
+               "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+               "'Lock' AND query LIKE '%spool_job%'") == "0") {
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "no claim waited for the lock";
+    std::this_thread::yield();
+  }
+  auto stopping = std::async(std::launch::async, [&] { return (*c)->Stop(seconds(1)); });
+  const auto waited = stopping.wait_for(seconds(60));
+  Query(app.get(), "ROLLBACK");  // whatever happened, so that a stuck stop ends
+  ASSERT_EQ(waited, std::future_status::ready) << "Stop waited for the lock";
+  EXPECT_TRUE(stopping.get().ok());
+}
+
 TEST_F(PostgresDriverTest, WaitForChangeRelistensAfterTheConnectionDrops) {
   ASSERT_NE(driver_, nullptr);
   KillConnections();

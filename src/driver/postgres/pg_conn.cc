@@ -191,7 +191,14 @@ Result<std::unique_ptr<Conn>> Conn::Connect(const std::string& url, const std::s
     return Status::ConnectionLost(
         fmt::format("cannot connect to PostgreSQL at {}: {}", target, text));
   }
+  conn->cancel_.reset(PQgetCancel(raw));
   return conn;
+}
+
+void Conn::CancelStatement() const {
+  if (!cancel_) return;
+  char error[256];
+  (void)PQcancel(cancel_.get(), error, sizeof error);
 }
 
 std::unique_ptr<Conn> Conn::Borrow(PGconn* conn) {

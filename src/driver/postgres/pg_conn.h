@@ -69,6 +69,9 @@ class Conn {
   bool owned() const { return owned_; }
   // False once the server or network dropped it; the pool discards such connections.
   bool ok() const { return !broken_ && PQstatus(conn_) == CONNECTION_OK; }
+  // Asks the server to cancel the statement this connection runs, if any. Thread safe: for a
+  // stop that must not wait for a stalled database while another thread waits in a query.
+  void CancelStatement() const;
 
   // Runs one or more statements without parameters (DDL, BEGIN/COMMIT).
   Status Exec(std::string_view sql);
@@ -100,6 +103,8 @@ class Conn {
   PGconn* conn_;
   bool owned_;
   bool broken_ = false;  // left in a state no later call can use (a pipeline half sent)
+  // Made once after connecting: PQgetCancel reads the connection, which another thread uses.
+  std::unique_ptr<PGcancel, void (*)(PGcancel*)> cancel_{nullptr, &PQfreeCancel};
   std::unordered_set<std::string> prepared_;
 };
 

@@ -1346,6 +1346,7 @@ class Pool {
         idle_.pop_back();
         if (SteadyClock::now() - idle.since < check_idle_after_ ||
             !ClosedWhileIdle(idle.conn->get())) {
+          leased_.insert(idle.conn.get());
           return Lease(this, std::move(idle.conn));
         }
         // Nothing was sent on it, so a new connection takes its place without doubt: the
@@ -1378,10 +1379,21 @@ class Pool {
     backoff_ = Duration::zero();
     retry_after_ = {};
     backends_.insert(PQbackendPID((*c)->get()));
+    leased_.insert(c->get());
     return Lease(this, std::move(*c));
   }
 
+  // Asks the server to cancel whatever the leased connections run (Driver::CancelStatements).
+  void CancelLeased() {
+    std::lock_guard lock(mu_);
+    for (const Conn* c : leased_) c->CancelStatement();
+  }
+
   void Release(std::unique_ptr<Conn> c) {
+    {
+      std::lock_guard lock(mu_);
+      leased_.erase(c.get());
+    }
     if (c->ok() && PQtransactionStatus(c->get()) != PQTRANS_IDLE) {
       // A call failed mid-transaction; never hand a half-done transaction to the next caller.
       (void)c->Exec("ROLLBACK");
@@ -1433,6 +1445,7 @@ class Pool {
   SteadyClock::time_point retry_after_{};  // guarded by mu_
   Status last_error_;                      // guarded by mu_
   std::set<int> backends_;                 // guarded by mu_: server pids of open connections
+  std::set<const Conn*> leased_;           // guarded by mu_: connections out of the pool
 };
 
 Lease::~Lease() {
@@ -1918,6 +1931,7 @@ class PostgresDriver final : public Driver {
     const uint64_t one = 1;
     (void)!write(event_fd_, &one, sizeof one);
   }
+  void CancelStatements() override { pool_.CancelLeased(); }
 
  private:
   static Result<int> VersionOn(Conn& c) {
