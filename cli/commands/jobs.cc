@@ -798,7 +798,9 @@ void RunQueuePause(const std::string& url, const std::string& name, bool pause) 
   bool was_paused = !pause;
   if (auto paused_at = client->QueuePausedAt(name); paused_at) {
     was_paused = paused_at->has_value();
-    if (auto k = client->QueueKnown(name); k) known = *k;
+    if (!was_paused) {  // a paused queue is known by its pause record
+      if (auto k = client->QueueKnown(name); k) known = *k;
+    }
   }
   if (!known && !pause) {
     fmt::print(

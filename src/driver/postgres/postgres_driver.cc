@@ -499,22 +499,26 @@ constexpr const char* kQueueResumeSql =
         "$2") " WHERE name = $1 AND paused_at IS NOT NULL RETURNING 1) "
               "SELECT pg_notify($3, 'control') WHERE EXISTS (SELECT 1 FROM resumed)";
 
+// The queues running clients work, one row each as e.name (QueueList, QueueKnown): a client row
+// whose queues are not a JSON array counts as none.
+#define SPOOL_CLIENT_QUEUES                                                                \
+  "spool_client, jsonb_array_elements_text(CASE WHEN jsonb_typeof(spool_client.queues) = " \
+  "'array' THEN spool_client.queues ELSE '[]' END) AS e(name)"
+
 constexpr const char* kQueueListSql =
     "SELECT coalesce(q.name, c.queue), " SPOOL_US(
         "q.paused_at") ", c.state, c.n "
                        "FROM spool_queue AS q FULL JOIN (SELECT queue, state, count(*)::int8 AS n "
                        "FROM spool_job GROUP BY queue, state) AS c ON c.queue = q.name "
                        // Queues running clients work, before their first job.
-                       "UNION ALL SELECT DISTINCT e.name, NULL::int8, NULL::int2, NULL::int8 FROM spool_client, "
-                       "jsonb_array_elements_text(CASE WHEN jsonb_typeof(spool_client.queues) = "
-                       "'array' THEN spool_client.queues ELSE '[]' END) AS e(name)";
+                       "UNION ALL SELECT DISTINCT e.name, NULL::int8, NULL::int2, NULL::int8 "
+                       "FROM " SPOOL_CLIENT_QUEUES;
 
 // CASE tries its branches in order: the job table is read only for a queue nothing else names.
 constexpr const char* kQueueKnownSql =
     "SELECT CASE WHEN EXISTS (SELECT 1 FROM spool_queue WHERE name = $1) THEN true "
-    "WHEN EXISTS (SELECT 1 FROM spool_client, jsonb_array_elements_text(CASE WHEN "
-    "jsonb_typeof(spool_client.queues) = 'array' THEN spool_client.queues ELSE '[]' END) AS "
-    "e(name) WHERE e.name = $1) THEN true "
+    "WHEN EXISTS (SELECT 1 FROM " SPOOL_CLIENT_QUEUES
+    " WHERE e.name = $1) THEN true "
     "ELSE EXISTS (SELECT 1 FROM spool_job WHERE queue = $1) END";
 
 constexpr const char* kQueuePausedAtSql =
@@ -533,6 +537,7 @@ constexpr const char* kPeriodicSetSql =
 #undef SPOOL_TS
 #undef SPOOL_US
 #undef SPOOL_ROWS_OF
+#undef SPOOL_CLIENT_QUEUES
 
 std::string Micros(TimePoint t) { return std::to_string(t.time_since_epoch().count()); }
 
@@ -1335,7 +1340,9 @@ class Lease {
 class Pool {
  public:
   Pool(std::string url, std::string target, std::chrono::milliseconds check_idle_after)
-      : url_(std::move(url)), target_(std::move(target)), check_idle_after_(check_idle_after) {}
+      : url_(std::move(url)), target_(std::move(target)), check_idle_after_(check_idle_after) {
+    leased_.reserve(kMaxPoolConnections);  // no allocation per lease
+  }
 
   Result<Lease> Acquire() {
     std::unique_lock lock(mu_);
@@ -1346,7 +1353,7 @@ class Pool {
         idle_.pop_back();
         if (SteadyClock::now() - idle.since < check_idle_after_ ||
             !ClosedWhileIdle(idle.conn->get())) {
-          leased_.insert(idle.conn.get());
+          leased_.push_back(idle.conn.get());
           return Lease(this, std::move(idle.conn));
         }
         // Nothing was sent on it, so a new connection takes its place without doubt: the
@@ -1379,7 +1386,7 @@ class Pool {
     backoff_ = Duration::zero();
     retry_after_ = {};
     backends_.insert(PQbackendPID((*c)->get()));
-    leased_.insert(c->get());
+    leased_.push_back(c->get());
     return Lease(this, std::move(*c));
   }
 
@@ -1390,23 +1397,24 @@ class Pool {
   }
 
   void Release(std::unique_ptr<Conn> c) {
-    {
-      std::lock_guard lock(mu_);
-      leased_.erase(c.get());
-    }
     if (c->ok() && PQtransactionStatus(c->get()) != PQTRANS_IDLE) {
       // A call failed mid-transaction; never hand a half-done transaction to the next caller.
       (void)c->Exec("ROLLBACK");
     }
     const bool keep = c->ok() && PQtransactionStatus(c->get()) == PQTRANS_IDLE;
     const int backend = PQbackendPID(c->get());
-    if (!keep) c.reset();  // close before taking the lock
-    std::lock_guard lock(mu_);
-    if (keep) {
-      idle_.push_back(IdleConn{std::move(c), SteadyClock::now()});
-    } else {
-      --open_;
-      backends_.erase(backend);
+    std::unique_ptr<Conn> closing;  // closed once the lock is released
+    {
+      std::lock_guard lock(mu_);
+      // Out of leased_ before it can be closed: CancelLeased uses what leased_ holds.
+      std::erase(leased_, c.get());
+      if (keep) {
+        idle_.push_back(IdleConn{std::move(c), SteadyClock::now()});
+      } else {
+        --open_;
+        backends_.erase(backend);
+        closing = std::move(c);
+      }
     }
     cv_.notify_one();
   }
@@ -1445,7 +1453,7 @@ class Pool {
   SteadyClock::time_point retry_after_{};  // guarded by mu_
   Status last_error_;                      // guarded by mu_
   std::set<int> backends_;                 // guarded by mu_: server pids of open connections
-  std::set<const Conn*> leased_;           // guarded by mu_: connections out of the pool
+  std::vector<const Conn*> leased_;        // guarded by mu_: connections out of the pool
 };
 
 Lease::~Lease() {
@@ -1555,22 +1563,11 @@ class PgExecutor : public Base {
     });
   }
 
-  // The statements return their NOTIFY's row only when the pause state changed.
   Result<bool> QueuePause(std::string_view name, TimePoint now) override {
-    return Run<bool>([&](Conn& c) -> Result<bool> {
-      SPOOL_ASSIGN_OR_RETURN(PgResult res,
-                             c.Query("spool_queue_pause", kQueuePauseSql,
-                                     {std::string(name), Micros(now), channels_->control}));
-      return PQntuples(res.get()) > 0;
-    });
+    return SetPaused("spool_queue_pause", kQueuePauseSql, name, now);
   }
   Result<bool> QueueResume(std::string_view name, TimePoint now) override {
-    return Run<bool>([&](Conn& c) -> Result<bool> {
-      SPOOL_ASSIGN_OR_RETURN(PgResult res,
-                             c.Query("spool_queue_resume", kQueueResumeSql,
-                                     {std::string(name), Micros(now), channels_->control}));
-      return PQntuples(res.get()) > 0;
-    });
+    return SetPaused("spool_queue_resume", kQueueResumeSql, name, now);
   }
   Result<std::vector<QueueInfo>> QueueList() override {
     return Run<std::vector<QueueInfo>>([&](Conn& c) { return QueueListOn(c); });
@@ -1599,6 +1596,17 @@ class PgExecutor : public Base {
   }
 
  protected:
+  // The pause statements return their NOTIFY's row only when the pause state changed.
+  Result<bool> SetPaused(const char* statement, const char* sql, std::string_view name,
+                         TimePoint now) {
+    return Run<bool>([&](Conn& c) -> Result<bool> {
+      SPOOL_ASSIGN_OR_RETURN(
+          PgResult res,
+          c.Query(statement, sql, {std::string(name), Micros(now), channels_->control}));
+      return PQntuples(res.get()) > 0;
+    });
+  }
+
   // Runs `fn` on a connection: a pooled one, or the transaction's own.
   virtual Status WithConn(const std::function<Status(Conn&)>& fn) = 0;
   // True when WithConn's connection is already inside a transaction.

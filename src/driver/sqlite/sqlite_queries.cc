@@ -1399,6 +1399,12 @@ Result<bool> SqliteQueries::QueueResume(std::string_view name, TimePoint now) {
   return changed > 0;
 }
 
+// The queues running clients work, one row each as q.value (QueueList, QueueKnown): a client
+// row whose queues are not a JSON array counts as none.
+#define SPOOL_CLIENT_QUEUES                                                                   \
+  "spool_client AS c, json_each(CASE WHEN json_valid(c.queues) THEN c.queues ELSE '[]' END) " \
+  "AS q WHERE q.type = 'text'"
+
 Result<std::vector<QueueInfo>> SqliteQueries::QueueList() {
   std::map<std::string, QueueInfo, std::less<>> queues;
   auto entry = [&](std::string_view name) -> QueueInfo& {
@@ -1434,9 +1440,7 @@ Result<std::vector<QueueInfo>> SqliteQueries::QueueList() {
   // A queue a running app works before its first job: without it, `spool queues list` said "no
   // queues" and `queues pause` that no process had used the queue.
   SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * worked,
-                         cache_.Get("SELECT DISTINCT q.value FROM spool_client AS c, "
-                                    "json_each(CASE WHEN json_valid(c.queues) THEN c.queues "
-                                    "ELSE '[]' END) AS q WHERE q.type = 'text'"));
+                         cache_.Get("SELECT DISTINCT q.value FROM " SPOOL_CLIENT_QUEUES));
   {
     StmtScope use(worked);
     int rc;
@@ -1468,9 +1472,7 @@ Result<bool> SqliteQueries::QueueKnown(std::string_view name) {
   SPOOL_ASSIGN_OR_RETURN(
       sqlite3_stmt * stmt,
       cache_.Get("SELECT CASE WHEN EXISTS (SELECT 1 FROM spool_queue WHERE name = ?1) THEN 1 "
-                 "WHEN EXISTS (SELECT 1 FROM spool_client AS c, json_each(CASE WHEN "
-                 "json_valid(c.queues) THEN c.queues ELSE '[]' END) AS q WHERE q.type = 'text' "
-                 "AND q.value = ?1) THEN 1 "
+                 "WHEN EXISTS (SELECT 1 FROM " SPOOL_CLIENT_QUEUES " AND q.value = ?1) THEN 1 "
                  "ELSE EXISTS (SELECT 1 FROM spool_job WHERE queue = ?1) END"));
   StmtScope use(stmt);
   SPOOL_RETURN_IF_ERROR(CheckBind(BindText(stmt, 1, name), stmt));
@@ -1478,6 +1480,8 @@ Result<bool> SqliteQueries::QueueKnown(std::string_view name) {
   if (rc != SQLITE_ROW) return SqliteStatus(rc, cache_.db(), "look for a queue");
   return sqlite3_column_int(stmt, 0) != 0;
 }
+
+#undef SPOOL_CLIENT_QUEUES
 
 Result<std::optional<TimePoint>> SqliteQueries::PeriodicGetLastTick(std::string_view name) {
   SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt,
