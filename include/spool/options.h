@@ -193,9 +193,10 @@ struct ClientOptions {
   // Source of time. Default: the system clock.
   std::shared_ptr<const Clock> clock{};
   // Identifies this client in attempted_by and in logs. Default: "<hostname>-<pid>-<random>".
-  // A fixed id (a host or pod name) must not be used by two running clients at once; a client
-  // started under the id of one that ended takes its place, and the jobs the ended one left
-  // running are rescued at the leader's next rescue pass.
+  // A fixed id (a host or pod name) must not be used by two running clients at once (each logs
+  // an error once it sees the other's heartbeat); a client started under the id of one that
+  // ended takes its place, and the jobs the ended one left running are rescued at the leader's
+  // next rescue pass.
   std::string client_id{};
   // Periodic (cron) jobs; names must be unique. Default: none.
   std::vector<PeriodicJob> periodic_jobs{};

@@ -10,7 +10,7 @@ void FailureLog::Failed(const Logger& logger, const Status& error, std::string_v
   ++unlogged_;
   if (failures_ > 1 && now - last_logged_at_ < period_) return;
   if (logger) {
-    logger(LogLevel::kWarn,
+    logger(level_,
            failures_ == 1
                ? fmt::format("{} failed: {}", what_, error.ToString())
                : fmt::format("{} still fails ({} failed attempts since the last report{}{}): {}",

@@ -11,16 +11,19 @@
 namespace spool::internal {
 
 // Logs a step that fails again and again (the database is away) without flooding the log: the
-// first failure as a warning, then one warning per `period` with the count of failures since,
-// then an info line when the step works again. One per repeating step; not thread safe.
+// first failure as a warning (or at the level given), then one per `period` with the count of
+// failures since, then an info line when the step works again. One per repeating step; not
+// thread safe.
 class FailureLog {
  public:
   using SteadyTime = std::chrono::steady_clock::time_point;
   static constexpr std::chrono::seconds kDefaultPeriod{10};
 
-  // `what` names the step: "queue default: fetching jobs", "heartbeat".
-  explicit FailureLog(std::string what, std::chrono::steady_clock::duration period = kDefaultPeriod)
-      : what_(std::move(what)), period_(period) {}
+  // `what` names the step: "queue default: fetching jobs", "heartbeat". Failures are logged at
+  // `level`.
+  explicit FailureLog(std::string what, std::chrono::steady_clock::duration period = kDefaultPeriod,
+                      LogLevel level = LogLevel::kWarn)
+      : what_(std::move(what)), period_(period), level_(level) {}
 
   // `retry_note`, if any, ends the repeated warning's parenthesis: "retrying every 1000 ms".
   void Failed(const Logger& logger, const Status& error, std::string_view retry_note = {},
@@ -32,6 +35,7 @@ class FailureLog {
  private:
   std::string what_;
   std::chrono::steady_clock::duration period_;
+  LogLevel level_;
   int64_t failures_ = 0;
   int64_t unlogged_ = 0;
   SteadyTime first_failure_at_{};

@@ -228,8 +228,10 @@ class Executor {
   virtual Status LeaderResign(std::string_view leader_id) = 0;
   virtual Result<std::optional<LeaderInfo>> LeaderGet() = 0;
 
-  // Upserts the client's row: started_at on first sight, heartbeat_at = now, queues.
-  virtual Status ClientHeartbeat(const ClientHeartbeatParams& params) = 0;
+  // Upserts the client's row: started_at = params.started_at, heartbeat_at = now, queues.
+  // Returns the started_at the row held before (none for a new row): a value other than the
+  // client's own after its first heartbeat means another running process uses the same id.
+  virtual Result<std::optional<TimePoint>> ClientHeartbeat(const ClientHeartbeatParams& params) = 0;
   virtual Status ClientDelete(std::string_view id) = 0;
   // Deletes client rows with heartbeat_at < before; returns how many.
   virtual Result<int64_t> ClientDeleteStale(TimePoint before) = 0;

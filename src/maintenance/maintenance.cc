@@ -189,12 +189,26 @@ void Maintenance::Heartbeat(TimePoint now) {
   ClientHeartbeatParams p{
       .id = env_.client_id, .now = now, .queues = {}, .started_at = started_at_};
   for (const auto& [name, _] : env_.options.queues) p.queues.push_back(name);
-  if (Status st = env_.driver.executor().ClientHeartbeat(p); !st.ok()) {
+  auto before = env_.driver.executor().ClientHeartbeat(p);
+  if (!before) {
     trouble_at_ = now;
-    heartbeat_failures_.Failed(env_.logger, st);
+    heartbeat_failures_.Failed(env_.logger, before.error());
     return;
   }
   heartbeat_failures_.Succeeded(env_.logger);
+  if (heartbeat_written_ && before->has_value() && **before != started_at_) {
+    shared_id_.Failed(
+        env_.logger,
+        Status::FailedPrecondition(fmt::format(
+            "another running process uses client_id '{}' (it started at {}, this one at {}): "
+            "spool tells processes apart by this id, so the rescuer can take one's running jobs "
+            "for a dead process's and run them again; give every process its own client_id, or "
+            "leave it unset",
+            env_.client_id, FormatTime(**before), FormatTime(started_at_))));
+  } else {
+    shared_id_.Succeeded(env_.logger);
+  }
+  heartbeat_written_ = true;
   // spool's tables moved under this client (`spool migration down --force`, or a newer spool's
   // `up`): its statements may fail, or on SQLite match nothing and look idle. Said every 10 s
   // until fixed.

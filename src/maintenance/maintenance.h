@@ -84,6 +84,12 @@ class Maintenance {
   FailureLog elect_failures_{"leader election"};
   FailureLog rescue_failures_{"rescuer: listing stuck jobs"};
   FailureLog clean_failures_{"cleaner: deleting old finished jobs"};
+  // Another running process heartbeats under this client's id (the rescuer cannot tell them
+  // apart).
+  FailureLog shared_id_{"client id check", std::chrono::minutes(1), LogLevel::kError};
+  // A heartbeat was written: the row's started_at is this client's from then on, unless another
+  // process writes its own (before, a row left by a process that ended is expected).
+  bool heartbeat_written_ = false;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

@@ -39,6 +39,7 @@ using spool::internal::JobSetStateIfRunningManyParams;
 using spool::internal::JobSetStateParams;
 using spool::internal::LeaderElectParams;
 using std::chrono::hours;
+using std::chrono::microseconds;
 using std::chrono::milliseconds;
 using std::chrono::minutes;
 using std::chrono::seconds;
@@ -2034,6 +2035,29 @@ TEST_P(DriverConformanceTest, DeleteRemovesJobsThatAreNotRunning) {
   auto missing = exec().JobDelete(987'654'321);
   ASSERT_FALSE(missing.has_value());
   EXPECT_TRUE(missing.error().IsNotFound()) << missing.error().ToString();
+}
+
+// A heartbeat returns the start it replaced: another one than the client's own, after its first
+// heartbeat, is how a second process under the same id is seen.
+TEST_P(DriverConformanceTest, ClientHeartbeatReturnsTheStartedAtItReplaced) {
+  const TimePoint first = kT0 - hours(1);
+  CONF_ASSIGN_OR_FAIL(auto fresh, exec().ClientHeartbeat({"twin", kT0, {"q"}, first}));
+  EXPECT_FALSE(fresh.has_value()) << "a new row has no start before it";
+  CONF_ASSIGN_OR_FAIL(auto own, exec().ClientHeartbeat({"twin", kT0 + seconds(5), {"q"}, first}));
+  ASSERT_TRUE(own.has_value());
+  EXPECT_EQ(*own, first);
+  // Microseconds survive the round trip (the database keeps them as given).
+  const TimePoint second = kT0 + microseconds(1'234'567);
+  CONF_ASSIGN_OR_FAIL(auto other,
+                      exec().ClientHeartbeat({"twin", kT0 + seconds(6), {"q"}, second}));
+  ASSERT_TRUE(other.has_value());
+  EXPECT_EQ(*other, first);
+  CONF_ASSIGN_OR_FAIL(auto back, exec().ClientHeartbeat({"twin", kT0 + seconds(7), {"q"}, first}));
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(*back, second);
+  CONF_ASSERT_OK(exec().ClientDelete("twin"));
+  CONF_ASSIGN_OR_FAIL(auto gone, exec().ClientHeartbeat({"twin", kT0 + seconds(8), {"q"}, first}));
+  EXPECT_FALSE(gone.has_value()) << "a deleted row comes back new";
 }
 
 TEST_P(DriverConformanceTest, GetStuckFindsRunningJobsOfDeadClientsAndOldAttempts) {

@@ -124,7 +124,7 @@ TEST_F(SqliteOnlyTest, InsertsAndHeartbeatsFailOnceTheFileIsDeleted) {
             std::string::npos)
       << r.error().ToString();
   const spool::Status beat =
-      driver_->executor().ClientHeartbeat({.id = "c1", .now = kT0, .queues = {"default"}});
+      driver_->executor().ClientHeartbeat({.id = "c1", .now = kT0, .queues = {"default"}}).status();
   EXPECT_TRUE(beat.IsFailedPrecondition()) << beat.ToString();
 }
 

@@ -545,7 +545,7 @@ TEST_F(PostgresDriverTest, InsertsNotifyOnlyQueuesAnotherClientWorks) {
   EXPECT_TRUE(other_wakes()) << "an insert before any heartbeat did not notify";
 
   // Nobody else works q: the NOTIFY is left out.
-  ASSERT_TRUE(driver_->executor().ClientHeartbeat({"client-a", kT0, {"q"}}).ok());
+  ASSERT_TRUE(driver_->executor().ClientHeartbeat({"client-a", kT0, {"q"}}).has_value());
   drain(*other);  // client-a's joining
   ASSERT_TRUE(driver_->executor().JobInsertManyFast(OneJob("q")).has_value());
   ASSERT_TRUE(driver_->executor().JobInsertMany(OneJob("q")).has_value());
@@ -562,7 +562,7 @@ TEST_F(PostgresDriverTest, InsertsNotifyOnlyQueuesAnotherClientWorks) {
   EXPECT_TRUE(other_wakes()) << "an insert on the caller's connection did not notify";
 
   // Another client that works q joins: the first client hears of it before its next heartbeat.
-  ASSERT_TRUE(other->executor().ClientHeartbeat({"client-b", kT0, {"q", "r"}}).ok());
+  ASSERT_TRUE(other->executor().ClientHeartbeat({"client-b", kT0, {"q", "r"}}).has_value());
   auto heard = driver_->WaitForChange(seconds(20));
   ASSERT_TRUE(heard.has_value()) << heard.error().ToString();
   EXPECT_TRUE(*heard);
@@ -572,7 +572,7 @@ TEST_F(PostgresDriverTest, InsertsNotifyOnlyQueuesAnotherClientWorks) {
   EXPECT_TRUE(other_wakes()) << "an insert after another client joined did not notify";
 
   // The next heartbeat reads who works what: q and r are worked elsewhere, s is not.
-  ASSERT_TRUE(driver_->executor().ClientHeartbeat({"client-a", kT0, {"q", "s"}}).ok());
+  ASSERT_TRUE(driver_->executor().ClientHeartbeat({"client-a", kT0, {"q", "s"}}).has_value());
   for (const char* queue : {"q", "r"}) {
     ASSERT_TRUE(driver_->executor().JobInsertManyFast(OneJob(queue)).has_value());
     EXPECT_TRUE(other_wakes()) << queue << ": worked by client-b, not notified";

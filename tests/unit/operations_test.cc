@@ -373,7 +373,7 @@ TEST_F(OperationsTest, JobsOfAProcessRestartedUnderTheSameIdAreRescued) {
                                       .now = clock_->Now(),
                                       .queues = {"default"},
                                       .started_at = clock_->Now() - 1h})
-                    .ok());
+                    .has_value());
   }
   clock_->Advance(1s);
   ExpectRescuedThenCompleted(*c, r->job.id, "client worker-host-a was restarted");
@@ -381,6 +381,63 @@ TEST_F(OperationsTest, JobsOfAProcessRestartedUnderTheSameIdAreRescued) {
 
 // spool's tables taken down a version under a running client (migration down --force): on
 // SQLite its statements then match nothing, so it looked idle. Its heartbeat says why.
+// Two running processes under one fixed client_id: the rescuer cannot tell them apart, so each
+// says so, as an error, once the other's heartbeat has replaced its own. A row left by an ended
+// process under the id is not taken for one.
+TEST_F(OperationsTest, TwoRunningClientsWithOneIdAreLoggedAsErrors) {
+  struct Line {
+    char who;
+    LogLevel level;
+    std::string text;
+  };
+  std::mutex mu;
+  std::vector<Line> lines;
+  auto logged = [&](char who, LogLevel level, const std::string& part) {
+    std::lock_guard lock(mu);
+    return std::any_of(lines.begin(), lines.end(), [&](const Line& l) {
+      return l.who == who && l.level == level && l.text.find(part) != std::string::npos;
+    });
+  };
+  auto options = [&](char who) {
+    auto o = Options();
+    o.client_id = "twin";
+    o.logger = [&mu, &lines, who](LogLevel level, std::string_view text) {
+      std::lock_guard lock(mu);
+      lines.push_back({who, level, std::string(text)});
+    };
+    return o;
+  };
+  {
+    auto d = internal::Driver::Open(url_, {});
+    ASSERT_TRUE(d.has_value());
+    ASSERT_TRUE((*d)->executor()
+                    .ClientHeartbeat({.id = "twin",
+                                      .now = clock_->Now(),
+                                      .queues = {"default"},
+                                      .started_at = clock_->Now() - 1h})
+                    .has_value());
+  }
+  const std::string shared = "another running process uses client_id 'twin'";
+  auto a = Open(options('a'));
+  ASSERT_TRUE(a->Start().ok());
+  clock_->Advance(1s);  // b starts a second after a
+  auto b = Open(options('b'));
+  ASSERT_TRUE(b->Start().ok());
+  ASSERT_TRUE(Eventually([&] {
+    clock_->Advance(1s);
+    return logged('a', LogLevel::kError, shared) && logged('b', LogLevel::kError, shared);
+  }));
+  EXPECT_FALSE(logged('a', LogLevel::kError, "it started at 2027-01-15T07:00:00"))
+      << "the ended process's row is not a running one";
+  ASSERT_TRUE(b->Stop(10s).ok());
+  // b's stop deleted the row: a's next heartbeat writes its own again.
+  ASSERT_TRUE(Eventually([&] {
+    clock_->Advance(1s);
+    return logged('a', LogLevel::kInfo, "client id check works again");
+  }));
+  EXPECT_TRUE(a->Stop(10s).ok());
+}
+
 TEST_F(OperationsTest, ASchemaMovedUnderARunningClientIsLogged) {
   auto o = Options();
   std::mutex mu;
@@ -460,7 +517,8 @@ TEST_F(OperationsTest, AfterLosingTheDatabaseTheLeaderWaitsBeforeJudgingHeartbea
   auto d = internal::Driver::Open(url_, {});
   ASSERT_TRUE(d.has_value());
   auto& other = (*d)->executor();
-  ASSERT_TRUE(other.ClientHeartbeat({.id = "other", .now = clock_->Now(), .queues = {}}).ok());
+  ASSERT_TRUE(
+      other.ClientHeartbeat({.id = "other", .now = clock_->Now(), .queues = {}}).has_value());
   auto got = other.JobGetAvailable(
       {.queue = "default", .max = 1, .client_id = "other", .now = clock_->Now()});
   ASSERT_TRUE(got.has_value() && got->size() == 1u);

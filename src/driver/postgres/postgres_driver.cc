@@ -462,15 +462,19 @@ constexpr const char* kLeaderGetSql = "SELECT leader_id, " SPOOL_US("elected_at"
     "expires_at") " FROM spool_leader WHERE name = 'default'";
 
 // A client's first heartbeat (its row inserted, not updated: xmax = 0) tells the others on the
-// control channel $4, so they stop leaving its queues out of their insert NOTIFYs at once.
+// control channel $4, so they stop leaving its queues out of their insert NOTIFYs at once. The
+// row's started_at before the upsert comes back (NULL for a new row) from the statement's
+// snapshot.
 // clang-format off
 constexpr const char* kClientHeartbeatSql =
-    "WITH up AS (INSERT INTO spool_client (id, started_at, heartbeat_at, queues) "
+    "WITH before AS (SELECT started_at FROM spool_client WHERE id = $1), "
+    "up AS (INSERT INTO spool_client (id, started_at, heartbeat_at, queues) "
     "VALUES ($1, " SPOOL_TS("$6") ", " SPOOL_TS("$2") ", $3::jsonb) "
     "ON CONFLICT (id) DO UPDATE SET started_at = EXCLUDED.started_at, "
     "heartbeat_at = EXCLUDED.heartbeat_at, "
     "queues = EXCLUDED.queues RETURNING (xmax = 0) AS inserted) "
-    "SELECT pg_notify($4, $5) FROM up WHERE inserted";
+    "SELECT (SELECT " SPOOL_US("started_at") " FROM before), "
+    "(SELECT count(pg_notify($4, $5)) FROM up WHERE inserted)";
 // clang-format on
 
 // The queues the other clients work (rows of dead clients linger until the leader removes them,
@@ -1249,8 +1253,8 @@ Result<std::optional<LeaderInfo>> LeaderGetOn(Conn& c) {
 
 // The heartbeat and, with `peers`, a fresh read of the queues other clients work, in one round
 // trip.
-Status ClientHeartbeatOn(Conn& c, const ClientHeartbeatParams& p, const Channels& channels,
-                         PeerQueues* peers) {
+Result<std::optional<TimePoint>> ClientHeartbeatOn(Conn& c, const ClientHeartbeatParams& p,
+                                                   const Channels& channels, PeerQueues* peers) {
   const std::string queues =
       nlohmann::json(p.queues).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   const uint64_t generation = peers != nullptr ? peers->Generation() : 0;
@@ -1269,7 +1273,12 @@ Status ClientHeartbeatOn(Conn& c, const ClientHeartbeatParams& p, const Channels
     for (int i = 0; i < PQntuples(res); ++i) worked.emplace(PQgetvalue(res, i, 0));
     peers->Set(std::move(worked), generation);
   }
-  return Status::Ok();
+  const PGresult* heartbeat = results.front().get();
+  if (PQntuples(heartbeat) != 1 || PQgetisnull(heartbeat, 0, 0)) {
+    return std::optional<TimePoint>();
+  }
+  SPOOL_ASSIGN_OR_RETURN(int64_t started, ParseInt(PQgetvalue(heartbeat, 0, 0), "started_at"));
+  return std::optional<TimePoint>(TimePoint(Duration(started)));
 }
 
 Result<std::vector<QueueInfo>> QueueListOn(Conn& c) {
@@ -1544,8 +1553,8 @@ class PgExecutor : public Base {
     return Run<std::optional<LeaderInfo>>([&](Conn& c) { return LeaderGetOn(c); });
   }
 
-  Status ClientHeartbeat(const ClientHeartbeatParams& params) override {
-    return WithConn([&](Conn& c) {
+  Result<std::optional<TimePoint>> ClientHeartbeat(const ClientHeartbeatParams& params) override {
+    return Run<std::optional<TimePoint>>([&](Conn& c) {
       return ClientHeartbeatOn(c, params, *channels_,
                                IgnoresOwnEcho() ? channels_->peers : nullptr);
     });

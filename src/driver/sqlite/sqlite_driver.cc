@@ -137,7 +137,7 @@ class LockedExecutor final : public Executor {
     std::lock_guard lock(mu_);
     return q_.LeaderGet();
   }
-  Status ClientHeartbeat(const ClientHeartbeatParams& params) override {
+  Result<std::optional<TimePoint>> ClientHeartbeat(const ClientHeartbeatParams& params) override {
     std::lock_guard lock(mu_);
     // Every few seconds, so a deleted file is logged even while nothing is inserted.
     SPOOL_RETURN_IF_ERROR(CheckFileNotMoved(q_.cache().db()));
@@ -267,7 +267,7 @@ class SqliteTx final : public Tx {
     SPOOL_RETURN_IF_ERROR(CheckOpen());
     return q_.LeaderGet();
   }
-  Status ClientHeartbeat(const ClientHeartbeatParams& params) override {
+  Result<std::optional<TimePoint>> ClientHeartbeat(const ClientHeartbeatParams& params) override {
     SPOOL_RETURN_IF_ERROR(CheckOpen());
     return q_.ClientHeartbeat(params);
   }
@@ -432,7 +432,7 @@ class BorrowedExecutor final : public Executor {
   }
   Status LeaderResign(std::string_view leader_id) override { return q_.LeaderResign(leader_id); }
   Result<std::optional<LeaderInfo>> LeaderGet() override { return q_.LeaderGet(); }
-  Status ClientHeartbeat(const ClientHeartbeatParams& params) override {
+  Result<std::optional<TimePoint>> ClientHeartbeat(const ClientHeartbeatParams& params) override {
     return q_.ClientHeartbeat(params);
   }
   Status ClientDelete(std::string_view id) override { return q_.ClientDelete(id); }

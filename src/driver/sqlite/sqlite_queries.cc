@@ -1328,21 +1328,39 @@ Result<std::optional<LeaderInfo>> SqliteQueries::LeaderGet() {
 
 // ---- clients ----------------------------------------------------------------------------------
 
-Status SqliteQueries::ClientHeartbeat(const ClientHeartbeatParams& params) {
-  constexpr std::string_view kSql =
+Result<std::optional<TimePoint>> SqliteQueries::ClientHeartbeat(
+    const ClientHeartbeatParams& params) {
+  constexpr std::string_view kReadSql = "SELECT started_at FROM spool_client WHERE id = ?1";
+  constexpr std::string_view kUpsertSql =
       "INSERT INTO spool_client (id, started_at, heartbeat_at, queues) VALUES (?1, ?4, ?2, ?3) "
       "ON CONFLICT (id) DO UPDATE SET started_at = excluded.started_at, "
       "heartbeat_at = excluded.heartbeat_at, queues = excluded.queues";
   const std::string queues = nlohmann::json(params.queues).dump();
-  return Write(kSql, "client heartbeat",
-               [&](sqlite3_stmt* stmt) {
-                 int rc = BindText(stmt, 1, params.id);
-                 if (rc == SQLITE_OK) rc = sqlite3_bind_int64(stmt, 2, Micros(params.now));
-                 if (rc == SQLITE_OK) rc = BindText(stmt, 3, queues);
-                 if (rc == SQLITE_OK) rc = sqlite3_bind_int64(stmt, 4, Micros(params.started_at));
-                 return rc;
-               })
-      .status();
+  SPOOL_ASSIGN_OR_RETURN(auto scope, WriteScope::Begin(cache_));
+  std::optional<TimePoint> before;
+  SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * read, cache_.Get(kReadSql));
+  {
+    StmtScope use(read);
+    SPOOL_RETURN_IF_ERROR(CheckBind(BindText(read, 1, params.id), read));
+    const int rc = sqlite3_step(read);
+    if (rc == SQLITE_ROW) {
+      before = FromMicros(sqlite3_column_int64(read, 0));
+    } else if (rc != SQLITE_DONE) {
+      return SqliteStatus(rc, cache_.db(), "read client");
+    }
+  }
+  SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * upsert, cache_.Get(kUpsertSql));
+  {
+    StmtScope use(upsert);
+    int rc = BindText(upsert, 1, params.id);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(upsert, 2, Micros(params.now));
+    if (rc == SQLITE_OK) rc = BindText(upsert, 3, queues);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(upsert, 4, Micros(params.started_at));
+    SPOOL_RETURN_IF_ERROR(CheckBind(rc, upsert));
+    SPOOL_RETURN_IF_ERROR(StepDone(upsert, "client heartbeat"));
+  }
+  SPOOL_RETURN_IF_ERROR(scope->Commit());
+  return before;
 }
 
 Status SqliteQueries::ClientDelete(std::string_view id) {

@@ -113,7 +113,7 @@ class SqliteQueries {
   Result<bool> LeaderAttemptReelect(const LeaderElectParams& params);
   Status LeaderResign(std::string_view leader_id);
   Result<std::optional<LeaderInfo>> LeaderGet();
-  Status ClientHeartbeat(const ClientHeartbeatParams& params);
+  Result<std::optional<TimePoint>> ClientHeartbeat(const ClientHeartbeatParams& params);
   Status ClientDelete(std::string_view id);
   Result<int64_t> ClientDeleteStale(TimePoint before);
   Result<bool> QueuePause(std::string_view name, TimePoint now);
