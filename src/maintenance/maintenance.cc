@@ -351,6 +351,7 @@ void Maintenance::Rescue(TimePoint now) {
     }
     JobSetStateParams u{.id = job.id,
                         .attempt = job.attempt,
+                        .attempted_at = job.attempted_at,
                         .state = JobState::kRetryable,
                         .at = now,
                         .error = {}};

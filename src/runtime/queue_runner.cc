@@ -385,6 +385,7 @@ void QueueRunner::EndUnstarted(JobRow job, bool cancelled) {
   Completion c;
   c.params = {.id = job.id,
               .attempt = job.attempt,
+              .attempted_at = job.attempted_at,
               .state = cancelled ? JobState::kCancelled : JobState::kScheduled,
               .at = now};
   if (cancelled) {
@@ -464,6 +465,7 @@ Completion QueueRunner::MakeCompletion(JobRow job, const Outcome& outcome, bool 
   Completion c;
   c.params.id = job.id;
   c.params.attempt = job.attempt;  // before a snooze takes it back
+  c.params.attempted_at = job.attempted_at;
   c.event.run_time = run_time;
   // Every error text of an attempt passes here: what Work returned (or threw) is the user's, and
   // one the database refuses would hold back every outcome written with it.

@@ -1043,6 +1043,71 @@ TEST_P(DriverConformanceTest, SetStateSkipsAnOutcomeOfAnEarlierAttempt) {
   EXPECT_EQ(cancelled.state, JobState::kCancelled);
 }
 
+// A claim lost in a database crash (PostgreSQL's claims do not wait for the WAL flush) leaves the
+// job available at its old attempt, so it is claimed again under the same attempt number while
+// the first run goes on. The first run's outcome must leave the second run alone: the claim's
+// time tells them apart. Ten jobs, so that completions of close ids take SQLite's range path;
+// then the join, the general statement and the cancel-request look-up.
+TEST_P(DriverConformanceTest, SetStateSkipsAnOutcomeOfAClaimMadeAgainUnderTheSameAttempt) {
+  std::vector<JobInsertParams> jobs(10, Job("k", "q"));
+  CONF_ASSIGN_OR_FAIL(auto rows, InsertRows(exec(), Many(jobs)));
+  const TimePoint first_claim = kT0 + microseconds(1'000'001);
+  CONF_ASSIGN_OR_FAIL(auto first, exec().JobGetAvailable(Fetch("q", 10, first_claim)));
+  ASSERT_EQ(first.size(), 10u);
+  ASSERT_EQ(first[0].attempted_at, first_claim);
+  // What the lost claim leaves: the jobs available at attempt 0 (given back unstarted).
+  JobSetStateIfRunningManyParams lost;
+  for (const JobRow& j : first) lost.jobs.push_back(Outcome(j.id, JobState::kScheduled, kT0));
+  CONF_ASSIGN_OR_FAIL(int64_t back, exec().JobSetStateIfRunningMany(lost));
+  ASSERT_EQ(back, 10);
+  CONF_ASSIGN_OR_FAIL(auto sched, exec().JobSchedule({kT0 + seconds(2), 10}));
+  ASSERT_EQ(sched.count, 10);
+  const TimePoint second_claim = kT0 + microseconds(2'000'002);
+  CONF_ASSIGN_OR_FAIL(auto second, exec().JobGetAvailable(Fetch("q", 10, second_claim)));
+  ASSERT_EQ(second.size(), 10u);
+  ASSERT_EQ(second[0].attempt, first[0].attempt) << "the same attempt number again";
+  ASSERT_EQ(second[0].attempted_at, second_claim);
+
+  const auto of = [](const JobRow& j, JobState state, std::optional<spool::AttemptError> error) {
+    JobSetStateParams p = Outcome(j.id, state, kT0 + seconds(3), std::move(error), j.attempt);
+    p.attempted_at = j.attempted_at;
+    return p;
+  };
+  std::vector<int64_t> skipped;
+  JobSetStateIfRunningManyParams stale;
+  stale.skipped = &skipped;
+  for (const JobRow& j : first) stale.jobs.push_back(of(j, JobState::kCompleted, std::nullopt));
+  CONF_ASSIGN_OR_FAIL(int64_t range, exec().JobSetStateIfRunningMany(stale));
+  EXPECT_EQ(range, 0) << "completions of close ids";
+  EXPECT_EQ(skipped.size(), 10u);
+  stale.jobs = {of(first[0], JobState::kCompleted, std::nullopt),
+                of(first[5], JobState::kCompleted, std::nullopt)};
+  CONF_ASSIGN_OR_FAIL(int64_t join, exec().JobSetStateIfRunningMany(stale));
+  EXPECT_EQ(join, 0) << "completions of scattered ids";
+  const spool::AttemptError late{kT0 + seconds(3), first[0].attempt, "late failure", ""};
+  stale.jobs = {of(first[1], JobState::kRetryable, late), of(first[2], JobState::kDiscarded, late)};
+  stale.jobs[1].if_cancel_requested = late;
+  CONF_ASSIGN_OR_FAIL(int64_t general, exec().JobSetStateIfRunningMany(stale));
+  EXPECT_EQ(general, 0) << "failures";
+  for (const JobRow& j : second) {
+    CONF_ASSIGN_OR_FAIL(JobRow now, exec().JobGetByID(j.id));
+    EXPECT_EQ(now.state, JobState::kRunning) << j.id;
+    EXPECT_EQ(now.attempted_at, second_claim) << j.id;
+    EXPECT_TRUE(now.errors.empty()) << j.id;
+  }
+
+  // The second run's own outcomes are written, by every path.
+  JobSetStateIfRunningManyParams current;
+  for (size_t i = 3; i < second.size(); ++i) {
+    current.jobs.push_back(of(second[i], JobState::kCompleted, std::nullopt));
+  }
+  current.jobs.push_back(of(second[0], JobState::kCompleted, std::nullopt));
+  current.jobs.push_back(of(second[1], JobState::kRetryable, late));
+  current.jobs.push_back(of(second[2], JobState::kDiscarded, late));
+  CONF_ASSIGN_OR_FAIL(int64_t written, exec().JobSetStateIfRunningMany(current));
+  EXPECT_EQ(written, 10);
+}
+
 TEST_P(DriverConformanceTest, SetStateNamesTheOutcomesItSkipped) {
   // Five running jobs: one is then ended by someone else, and one is rescued and runs again as
   // attempt 2. Outcomes of attempt 1 for all five, and one for an unknown id, write only the jobs

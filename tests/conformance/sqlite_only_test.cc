@@ -350,7 +350,7 @@ TEST_F(SqliteOnlyTest, CloseCompletionsGoByRangeAndTheDriversFunctionsCannotBeFo
   EXPECT_EQ(job56.finalized_at, std::optional(kT0 + std::chrono::seconds(56)));
 
   // Both of the driver's functions, with anything but the pointer the driver binds.
-  for (const std::string call : {"spool_outcome_at(%, 1, 1)",
+  for (const std::string call : {"spool_outcome_at(%, 1, 1, 1)",
                                  "spool_claimed(%, 1, 1, 1, '[]', 1, 1, 1, 'k', '{}', '{}', "
                                  "'[]', '[]')"}) {
     for (const char* arg :

@@ -685,8 +685,10 @@ TEST_F(PostgresDriverTest, ClaimsAndOutcomesInTheCallersTransactionKeepItsSynchr
   auto fetched = (*exec)->JobGetAvailable({"q", 1, "c", kT0});
   ASSERT_TRUE(fetched.has_value() && fetched->size() == 1u);
   JobSetStateIfRunningManyParams done;
-  done.jobs.push_back(
-      {(*fetched)[0].id, (*fetched)[0].attempt, JobState::kCompleted, kT0, std::nullopt});
+  done.jobs.push_back({.id = (*fetched)[0].id,
+                       .attempt = (*fetched)[0].attempt,
+                       .state = JobState::kCompleted,
+                       .at = kT0});
   auto n = (*exec)->JobSetStateIfRunningMany(done);
   ASSERT_TRUE(n.has_value()) << n.error().ToString();
   EXPECT_EQ(*n, 1);
@@ -710,8 +712,10 @@ TEST_F(PostgresDriverTest, ClaimAndOutcomeWorkWithAndWithoutWaitingForTheFlush) 
     ASSERT_EQ(fetched->size(), 1u);
     EXPECT_EQ((*fetched)[0].state, JobState::kRunning);
     JobSetStateIfRunningManyParams done;
-    done.jobs.push_back(
-        {(*fetched)[0].id, (*fetched)[0].attempt, JobState::kCompleted, kT0, std::nullopt});
+    done.jobs.push_back({.id = (*fetched)[0].id,
+                         .attempt = (*fetched)[0].attempt,
+                         .state = JobState::kCompleted,
+                         .at = kT0});
     auto n = ex.JobSetStateIfRunningMany(done);
     ASSERT_TRUE(n.has_value()) << n.error().ToString();
     EXPECT_EQ(*n, 1);
@@ -969,7 +973,7 @@ TEST_F(PostgresDriverTest, LockTimeoutIsRetryableWithItsSqlState) {
   Query(app.get(), "BEGIN");
   Query(app.get(), fmt::format("SELECT id FROM spool_job WHERE id = {} FOR UPDATE", id));
   JobSetStateIfRunningManyParams done;
-  done.jobs.push_back({id, 0, JobState::kCompleted, kT0, std::nullopt});
+  done.jobs.push_back({.id = id, .attempt = 0, .state = JobState::kCompleted, .at = kT0});
   auto r = impatient->executor().JobSetStateIfRunningMany(done);
   ASSERT_FALSE(r.has_value());
   EXPECT_TRUE(r.error().IsRetryable()) << r.error().ToString();
@@ -1333,7 +1337,7 @@ TEST_F(PostgresDriverTest, LookupsByIdNeverScanTheRunningIndex) {
   auto running = driver_->executor().JobGetAvailable({"q", 2'000, "c", kT0});
   ASSERT_TRUE(running.has_value()) << running.error().ToString();
   ASSERT_EQ(running->size(), 2'000u);
-  std::vector<std::string> ids, states, ats, errors, attempts, snoozes, cancel_errors;
+  std::vector<std::string> ids, states, ats, errors, attempts, snoozes, cancel_errors, claims;
   for (const JobRow& row : *running) {
     ids.push_back(std::to_string(row.id));
     states.push_back(std::to_string(static_cast<int>(JobState::kCompleted)));
@@ -1342,15 +1346,16 @@ TEST_F(PostgresDriverTest, LookupsByIdNeverScanTheRunningIndex) {
     attempts.emplace_back("1");
     snoozes.emplace_back("f");
     cancel_errors.emplace_back("NULL");
+    claims.push_back(std::to_string(row.attempted_at.value_or(kT0).time_since_epoch().count()));
   }
   const auto array = [](const std::vector<std::string>& v) {
     return fmt::format("'{{{}}}'", fmt::join(v, ","));
   };
-  const std::string set_state_args =
-      fmt::format("{}, {}, {}, {}, {}, {}, {}", array(ids), array(states), array(ats),
-                  array(errors), array(attempts), array(snoozes), array(cancel_errors));
+  const std::string set_state_args = fmt::format(
+      "{}, {}, {}, {}, {}, {}, {}, {}", array(ids), array(states), array(ats), array(errors),
+      array(attempts), array(snoozes), array(cancel_errors), array(claims));
   const std::string complete_args =
-      fmt::format("{}, {}, {}", array(ids), array(ats), array(attempts));
+      fmt::format("{}, {}, {}, {}", array(ids), array(ats), array(attempts), array(claims));
   for (const char* mode : {"force_custom_plan", "force_generic_plan"}) {
     Query(app.get(), fmt::format("SET plan_cache_mode = {}", mode));
     Query(app.get(), "DEALLOCATE ALL");

@@ -197,25 +197,27 @@ const std::string& SetStateSql() {
     "AND (j.metadata->>'snoozes') ~ '^-?[0-9]{1,18}$' "
     "THEN (j.metadata->>'snoozes')::int8 + 1 ELSE 1 END)) ELSE j.metadata END "
     "FROM (SELECT DISTINCT ON (id) * FROM unnest($1::int8[], $2::int2[], $3::int8[], "
-    "$4::jsonb[], $5::int4[], $6::bool[], $7::jsonb[]) "
-    "AS x(id, state, at, err, attempt, snooze, cerr)) AS u "
+    "$4::jsonb[], $5::int4[], $6::bool[], $7::jsonb[], $8::int8[]) "
+    "AS x(id, state, at, err, attempt, snooze, cerr, claimed)) AS u "
     "WHERE j.id = u.id AND j.state = " SPOOL_RUNNING_OPAQUE " "
     "AND (u.attempt = 0 OR j.attempt = u.attempt) "
+    "AND (u.claimed IS NULL OR j.attempted_at = " SPOOL_TS("u.claimed") ") "
     "RETURNING j.id, j.state = " SPOOL_CANCELLED " AND u.state <> " SPOOL_CANCELLED);
   return *kSql;
 }
 
-// Completed without an error, nearly every outcome: three arrays ($1 ids, $2 times in
-// microseconds, $3 attempts or 0) and two columns set. With the general statement's DISTINCT ON (a
-// sort), CASEs and arrays of states and errors, these rows took 15-17 us of server time each
-// instead of 10-13 in bench burn-downs (pg_stat_statements).
+// Completed without an error, nearly every outcome: four arrays ($1 ids, $2 times in
+// microseconds, $3 attempts or 0, $4 claim times in microseconds or NULL) and two columns set. With
+// the general statement's DISTINCT ON (a sort), CASEs and arrays of states and errors, these rows
+// took 15-17 us of server time each instead of 10-13 in bench burn-downs (pg_stat_statements).
 const std::string& CompleteSql() {
   // clang-format off
   static const std::string* const kSql = new std::string(
     "UPDATE spool_job AS j SET state = " SPOOL_COMPLETED ", finalized_at = " SPOOL_TS("u.at") " "
-    "FROM unnest($1::int8[], $2::int8[], $3::int4[]) AS u(id, at, attempt) "
+    "FROM unnest($1::int8[], $2::int8[], $3::int4[], $4::int8[]) AS u(id, at, attempt, claimed) "
     "WHERE j.id = u.id AND j.state = " SPOOL_RUNNING_OPAQUE " "
-    "AND (u.attempt = 0 OR j.attempt = u.attempt) RETURNING j.id");
+    "AND (u.attempt = 0 OR j.attempt = u.attempt) "
+    "AND (u.claimed IS NULL OR j.attempted_at = " SPOOL_TS("u.claimed") ") RETURNING j.id");
   // clang-format on
   return *kSql;
 }
@@ -1037,12 +1039,16 @@ Result<int64_t> SetStateOn(Conn& c, const JobSetStateIfRunningManyParams& p,
   if (p.jobs.empty()) return int64_t{0};
   std::vector<std::string> done_ids, done_ats, done_attempts;
   std::vector<std::string> ids, states, ats, attempts, snoozes;
-  std::vector<std::optional<std::string>> errs, cancel_errs;
+  std::vector<std::optional<std::string>> errs, cancel_errs, done_claims, claims;
+  const auto claim = [](const JobSetStateParams& j) {
+    return j.attempted_at ? std::optional<std::string>(Micros(*j.attempted_at)) : std::nullopt;
+  };
   for (const JobSetStateParams& j : p.jobs) {
     if (j.state == JobState::kCompleted && !j.error) {
       done_ids.push_back(std::to_string(j.id));
       done_ats.push_back(Micros(j.at));
       done_attempts.push_back(std::to_string(j.attempt));
+      done_claims.push_back(claim(j));
       continue;
     }
     ids.push_back(std::to_string(j.id));
@@ -1054,6 +1060,7 @@ Result<int64_t> SetStateOn(Conn& c, const JobSetStateIfRunningManyParams& p,
     cancel_errs.push_back(j.if_cancel_requested
                               ? std::optional<std::string>(ErrorJson(*j.if_cancel_requested))
                               : std::nullopt);
+    claims.push_back(claim(j));
   }
   // Both statements (when both are needed) in one pipeline: one round trip and, outside a
   // transaction, one implicit transaction.
@@ -1062,14 +1069,15 @@ Result<int64_t> SetStateOn(Conn& c, const JobSetStateIfRunningManyParams& p,
     statements.push_back({"spool_complete",
                           &CompleteSql(),
                           {pg::ArrayLiteral(done_ids), pg::ArrayLiteral(done_ats),
-                           pg::ArrayLiteral(done_attempts)}});
+                           pg::ArrayLiteral(done_attempts), pg::ArrayLiteral(done_claims)}});
   }
   if (!ids.empty()) {
-    statements.push_back({"spool_set_state",
-                          &SetStateSql(),
-                          {pg::ArrayLiteral(ids), pg::ArrayLiteral(states), pg::ArrayLiteral(ats),
-                           pg::ArrayLiteral(errs), pg::ArrayLiteral(attempts),
-                           pg::ArrayLiteral(snoozes), pg::ArrayLiteral(cancel_errs)}});
+    statements.push_back(
+        {"spool_set_state",
+         &SetStateSql(),
+         {pg::ArrayLiteral(ids), pg::ArrayLiteral(states), pg::ArrayLiteral(ats),
+          pg::ArrayLiteral(errs), pg::ArrayLiteral(attempts), pg::ArrayLiteral(snoozes),
+          pg::ArrayLiteral(cancel_errs), pg::ArrayLiteral(claims)}});
   }
   SPOOL_ASSIGN_OR_RETURN(std::vector<PgResult> results,
                          QueryWithSettings(c, settings, std::move(statements)));

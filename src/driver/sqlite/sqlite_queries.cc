@@ -689,15 +689,17 @@ constexpr size_t kMinRunRows = 8;
 // One run's outcomes, indexed by id - lo, for spool_outcome_at.
 struct OutcomeRun {
   int64_t lo = 0;
-  std::vector<int64_t> at;       // kNoOutcome where the run has no job
-  std::vector<int32_t> attempt;  // 0 matches any attempt
+  std::vector<int64_t> at;            // kNoOutcome where the run has no job
+  std::vector<int32_t> attempt;       // 0 matches any attempt
+  std::vector<int64_t> attempted_at;  // kAnyClaim matches any
+  static constexpr int64_t kAnyClaim = std::numeric_limits<int64_t>::min();
   static constexpr int64_t kNoOutcome = std::numeric_limits<int64_t>::min();
 };
 constexpr const char* kOutcomeRunType = "spool_outcome_run";
 
-// spool_outcome_at(run, id, attempt): the outcome's time (microseconds) if `run` completes the
-// job `id` running `attempt`, else NULL. The run is bound with sqlite3_bind_pointer, so SQL text
-// cannot hand it anything else.
+// spool_outcome_at(run, id, attempt, attempted_at): the outcome's time (microseconds) if `run`
+// completes the job `id` running `attempt` of the claim made at `attempted_at`, else NULL. The run
+// is bound with sqlite3_bind_pointer, so SQL text cannot hand it anything else.
 void OutcomeAtFunction(sqlite3_context* ctx, int /*argc*/, sqlite3_value** argv) {
   const auto* run = static_cast<const OutcomeRun*>(sqlite3_value_pointer(argv[0], kOutcomeRunType));
   if (run == nullptr) {
@@ -708,7 +710,18 @@ void OutcomeAtFunction(sqlite3_context* ctx, int /*argc*/, sqlite3_value** argv)
                      static_cast<uint64_t>(run->lo);  // wraps to huge below lo
   if (k >= run->at.size() || run->at[k] == OutcomeRun::kNoOutcome) return;  // NULL
   if (run->attempt[k] != 0 && run->attempt[k] != sqlite3_value_int64(argv[2])) return;
+  if (run->attempted_at[k] != OutcomeRun::kAnyClaim &&
+      (sqlite3_value_type(argv[3]) != SQLITE_INTEGER ||
+       run->attempted_at[k] != sqlite3_value_int64(argv[3]))) {
+    return;
+  }
   sqlite3_result_int64(ctx, run->at[k]);
+}
+
+// An outcome's claim time (JobSetStateParams::attempted_at), or NULL for any.
+int BindClaim(sqlite3_stmt* stmt, int index, const std::optional<TimePoint>& attempted_at) {
+  return attempted_at ? sqlite3_bind_int64(stmt, index, Micros(*attempted_at))
+                      : sqlite3_bind_null(stmt, index);
 }
 
 }  // namespace
@@ -719,10 +732,11 @@ Result<sqlite3_stmt*> SqliteQueries::CompleteStmt(int rows) {
   if (slot != nullptr) return slot;
   std::string sql =
       "UPDATE spool_job SET state = " SPOOL_COMPLETED ", finalized_at = u.column2 FROM (VALUES ";
-  for (int r = 0; r < rows; ++r) sql += r == 0 ? "(?,?,?)" : ",(?,?,?)";
+  for (int r = 0; r < rows; ++r) sql += r == 0 ? "(?,?,?,?)" : ",(?,?,?,?)";
   sql += ") AS u WHERE spool_job.id = u.column1 AND spool_job.state = " SPOOL_RUNNING
          " "
-         "AND (u.column3 = 0 OR spool_job.attempt = u.column3)";
+         "AND (u.column3 = 0 OR spool_job.attempt = u.column3) "
+         "AND (u.column4 IS NULL OR spool_job.attempted_at = u.column4)";
   SPOOL_ASSIGN_OR_RETURN(slot, cache_.Get(sql));
   return slot;
 }
@@ -731,7 +745,8 @@ Result<sqlite3_stmt*> SqliteQueries::SetStateStmt(int rows) {
   rows = OutcomeStatementRows(rows);
   auto& slot = set_state_[static_cast<size_t>(rows)];
   if (slot != nullptr) return slot;
-  // u: (id, new state, at, error JSON or NULL, attempt or 0, snooze 0 or 1).
+  // u: (id, new state, at, error JSON or NULL, attempt or 0, snooze 0 or 1, attempted_at or
+  // NULL).
   std::string sql =
       "UPDATE spool_job SET state = u.column2, "
       "finalized_at = CASE WHEN u.column2 IN " SPOOL_FINAL_STATES
@@ -754,10 +769,11 @@ Result<sqlite3_stmt*> SqliteQueries::SetStateStmt(int rows) {
       "CASE WHEN json_type(spool_job.metadata, '$.snoozes') = 'integer' "
       "THEN json_extract(spool_job.metadata, '$.snoozes') + 1 ELSE 1 END) END "
       "FROM (VALUES ";
-  for (int r = 0; r < rows; ++r) sql += r == 0 ? "(?,?,?,?,?,?)" : ",(?,?,?,?,?,?)";
+  for (int r = 0; r < rows; ++r) sql += r == 0 ? "(?,?,?,?,?,?,?)" : ",(?,?,?,?,?,?,?)";
   sql += ") AS u WHERE spool_job.id = u.column1 AND spool_job.state = " SPOOL_RUNNING
          " "
-         "AND (u.column5 = 0 OR spool_job.attempt = u.column5)";
+         "AND (u.column5 = 0 OR spool_job.attempt = u.column5) "
+         "AND (u.column7 IS NULL OR spool_job.attempted_at = u.column7)";
   SPOOL_ASSIGN_OR_RETURN(slot, cache_.Get(sql));
   return slot;
 }
@@ -838,15 +854,20 @@ Result<std::vector<const JobSetStateParams*>> SqliteQueries::WithCancelRequests(
 
 Result<std::set<int64_t>> SqliteQueries::StillRunning(const std::vector<JobSetStateParams>& jobs,
                                                       bool cancel_requested) {
-  // [[id, attempt], ...]; attempt 0 matches any.
+  // [[id, attempt, attempted_at], ...]; attempt 0 and attempted_at null match any.
   nlohmann::json pairs = nlohmann::json::array();
-  for (const auto& job : jobs) pairs.push_back({job.id, job.attempt});
+  for (const auto& job : jobs) {
+    pairs.push_back({job.id, job.attempt,
+                     job.attempted_at ? nlohmann::json(Micros(*job.attempted_at)) : nullptr});
+  }
   const std::string ids = pairs.dump();
   constexpr std::string_view kRunning =
       "SELECT j.id FROM json_each(?1) AS e JOIN spool_job AS j "
       "ON j.id = json_extract(e.value, '$[0]') WHERE j.state = " SPOOL_RUNNING
       " "
-      "AND (json_extract(e.value, '$[1]') = 0 OR j.attempt = json_extract(e.value, '$[1]'))";
+      "AND (json_extract(e.value, '$[1]') = 0 OR j.attempt = json_extract(e.value, '$[1]')) "
+      "AND (json_extract(e.value, '$[2]') IS NULL OR "
+      "j.attempted_at = json_extract(e.value, '$[2]'))";
   // Metadata edited by hand into something that is not JSON counts as no request.
   static const std::string kCancelRequested =
       std::string(kRunning) +
@@ -870,7 +891,7 @@ Status SqliteQueries::RegisterFunctions() {
   int rc = sqlite3_create_function_v2(cache_.db(), "spool_claimed", kClaimedColumnCount + 1, kFlags,
                                       nullptr, &ClaimedFunction, nullptr, nullptr, nullptr);
   if (rc == SQLITE_OK) {
-    rc = sqlite3_create_function_v2(cache_.db(), "spool_outcome_at", 3, kFlags, nullptr,
+    rc = sqlite3_create_function_v2(cache_.db(), "spool_outcome_at", 4, kFlags, nullptr,
                                     &OutcomeAtFunction, nullptr, nullptr, nullptr);
   }
   if (rc != SQLITE_OK) return SqliteStatus(rc, cache_.db(), "register spool's SQL functions");
@@ -886,17 +907,20 @@ Result<int64_t> SqliteQueries::CompleteRun(std::span<const JobSetStateParams* co
   outcomes.lo = lo;
   outcomes.at.assign(static_cast<size_t>(hi - lo + 1), OutcomeRun::kNoOutcome);
   outcomes.attempt.assign(outcomes.at.size(), 0);
+  outcomes.attempted_at.assign(outcomes.at.size(), OutcomeRun::kAnyClaim);
   for (const JobSetStateParams* job : run) {
     const auto k = static_cast<size_t>(job->id - lo);
     outcomes.at[k] = Micros(job->at);
     outcomes.attempt[k] = job->attempt;
+    if (job->attempted_at) outcomes.attempted_at[k] = Micros(*job->attempted_at);
   }
   // The same test as CompleteStmt's join, row by row along the range: the job is running the
-  // attempt the outcome is of (or the outcome names none).
-  static const std::string kSql = "UPDATE spool_job SET state = " SPOOL_COMPLETED
-                                  ", finalized_at = spool_outcome_at(?3, id, attempt) "
-                                  "WHERE id BETWEEN ?1 AND ?2 AND state = " SPOOL_RUNNING
-                                  " AND spool_outcome_at(?3, id, attempt) IS NOT NULL";
+  // attempt and claim the outcome is of (or the outcome names none).
+  static const std::string kSql =
+      "UPDATE spool_job SET state = " SPOOL_COMPLETED
+      ", finalized_at = spool_outcome_at(?3, id, attempt, attempted_at) "
+      "WHERE id BETWEEN ?1 AND ?2 AND state = " SPOOL_RUNNING
+      " AND spool_outcome_at(?3, id, attempt, attempted_at) IS NOT NULL";
   SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt, cache_.Get(kSql));
   StmtScope use(stmt);
   int rc = sqlite3_bind_int64(stmt, 1, lo);
@@ -951,10 +975,12 @@ Result<int64_t> SqliteQueries::SetStates(const std::vector<const JobSetStatePara
     StmtScope use(stmt);
     int rc = SQLITE_OK;
     for (size_t r = 0; r < n && rc == SQLITE_OK; ++r) {
-      const int b = static_cast<int>(r) * 3;
-      rc = sqlite3_bind_int64(stmt, b + 1, completed[start + r]->id);
-      if (rc == SQLITE_OK) rc = sqlite3_bind_int64(stmt, b + 2, Micros(completed[start + r]->at));
-      if (rc == SQLITE_OK) rc = sqlite3_bind_int(stmt, b + 3, completed[start + r]->attempt);
+      const JobSetStateParams& job = *completed[start + r];
+      const int b = static_cast<int>(r) * 4;
+      rc = sqlite3_bind_int64(stmt, b + 1, job.id);
+      if (rc == SQLITE_OK) rc = sqlite3_bind_int64(stmt, b + 2, Micros(job.at));
+      if (rc == SQLITE_OK) rc = sqlite3_bind_int(stmt, b + 3, job.attempt);
+      if (rc == SQLITE_OK) rc = BindClaim(stmt, b + 4, job.attempted_at);
     }
     SPOOL_RETURN_IF_ERROR(CheckBind(rc, stmt));
     SPOOL_RETURN_IF_ERROR(StepDone(stmt, "complete jobs"));
@@ -970,7 +996,7 @@ Result<int64_t> SqliteQueries::SetStates(const std::vector<const JobSetStatePara
     int rc = SQLITE_OK;
     for (size_t r = 0; r < n && rc == SQLITE_OK; ++r) {
       const JobSetStateParams& job = *other[start + r];
-      const int b = static_cast<int>(r) * 6;
+      const int b = static_cast<int>(r) * 7;
       rc = sqlite3_bind_int64(stmt, b + 1, job.id);
       if (rc == SQLITE_OK) rc = sqlite3_bind_int(stmt, b + 2, StateCode(job.state));
       if (rc == SQLITE_OK) rc = sqlite3_bind_int64(stmt, b + 3, Micros(job.at));
@@ -983,6 +1009,7 @@ Result<int64_t> SqliteQueries::SetStates(const std::vector<const JobSetStatePara
       }
       if (rc == SQLITE_OK) rc = sqlite3_bind_int(stmt, b + 5, job.attempt);
       if (rc == SQLITE_OK) rc = sqlite3_bind_int(stmt, b + 6, job.snooze ? 1 : 0);
+      if (rc == SQLITE_OK) rc = BindClaim(stmt, b + 7, job.attempted_at);
     }
     SPOOL_RETURN_IF_ERROR(CheckBind(rc, stmt));
     SPOOL_RETURN_IF_ERROR(StepDone(stmt, "set job states"));
