@@ -61,6 +61,9 @@ Json OptionalTime(const std::optional<TimePoint>& t) {
 
 // Stored JSON text as a JSON value, so scripts need not parse a string inside the document.
 Json EmbedJson(const std::string& text) {
+  // Printing a value recurses once per level: text nested past what an insert takes (edited by
+  // hand, or written by another tool) is shown as the string it is.
+  if (!ValidateJsonDepth(text, "stored JSON").ok()) return Json(text);
   Json v = Json::parse(text, nullptr, false);
   return v.is_discarded() ? Json(text) : v;
 }
@@ -202,18 +205,17 @@ std::optional<Duration> ParseDuration(std::string_view text) {
     if (found == std::end(kUnits) || rank < next_unit) return std::nullopt;
     next_unit = rank + 1;
     if (too_large) continue;  // only the units are checked from here on
-    if (unit == "d") {
-      if (n > 1'000'000) too_large = true;  // days in microseconds would overflow sooner
-      if (!too_large) total += std::chrono::days(n);
-    } else if (unit == "h") {
-      total += std::chrono::hours(n);
-    } else if (unit == "m") {
-      total += std::chrono::minutes(n);
-    } else if (unit == "s") {
-      total += std::chrono::seconds(n);
-    } else {
-      total += std::chrono::milliseconds(n);
+    const Duration one = unit == "d"   ? Duration(std::chrono::days(1))
+                         : unit == "h" ? Duration(std::chrono::hours(1))
+                         : unit == "m" ? Duration(std::chrono::minutes(1))
+                         : unit == "s" ? Duration(std::chrono::seconds(1))
+                                       : Duration(std::chrono::milliseconds(1));
+    // Compared before multiplying: n units of a day or an hour can overflow microseconds.
+    if (n > kMaxScheduleIn / one) {
+      too_large = true;
+      continue;
     }
+    total += n * one;
     if (total > kMaxScheduleIn) too_large = true;
   }
   return too_large ? kTooLarge : total;
@@ -469,6 +471,9 @@ void RunAdd(const AddFlags& f) {
   if (!f.any_kind) CheckKindIsTheApps(f.kind);
   InsertParams params;
   params.kind = f.kind;
+  if (Status deep = ValidateJsonDepth(f.args, "--args"); !deep.ok()) {
+    throw CommandError(deep.message() + "; nothing was inserted", kExitUsage);
+  }
   Json args;
   try {
     args = Json::parse(f.args);
@@ -533,6 +538,9 @@ void RunAdd(const AddFlags& f) {
     params.options.tags.push_back(std::move(tag));
   }
   if (f.metadata) {
+    if (Status deep = ValidateJsonDepth(*f.metadata, "--metadata"); !deep.ok()) {
+      throw CommandError(deep.message() + "; nothing was inserted", kExitUsage);
+    }
     const Json metadata = Json::parse(*f.metadata, nullptr, /*allow_exceptions=*/false);
     if (!metadata.is_object()) {
       throw CommandError(

@@ -251,5 +251,13 @@ Status ValidateQueueName(std::string_view name);
 // Job kinds: 1-255 bytes, no control characters (a newline in a kind breaks every listing).
 // Workers::Add and `spool jobs add` check it.
 Status ValidateKind(std::string_view kind);
+// The deepest nesting of arrays and objects taken in a job's args and metadata: deeper JSON is
+// refused at insert, and a worker fails an attempt whose args from the table nest deeper (JSON
+// libraries print and copy a document one call per level, so tens of thousands of levels
+// overflow a thread's stack).
+inline constexpr int kMaxJsonDepth = 512;
+// InvalidArgument naming `what` ("args") when the JSON text `json` nests arrays and objects
+// deeper than kMaxJsonDepth. Does not check that it is valid JSON.
+Status ValidateJsonDepth(std::string_view json, std::string_view what);
 
 }  // namespace spool

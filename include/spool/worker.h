@@ -150,6 +150,10 @@ class Worker : public WorkerBase {
 
  private:
   static Status Parse(std::string_view json, A& out) {
+    if (Status deep = ValidateJsonDepth(json, "args"); !deep.ok()) {
+      return Status::InvalidArgument("cannot parse args of kind " + std::string(A::kKind) + ": " +
+                                     deep.message());
+    }
     try {
       out = nlohmann::json::parse(json).template get<A>();
     } catch (const std::exception& e) {

@@ -93,6 +93,9 @@ int64_t SnoozesIn(std::string_view metadata) {
 }
 
 std::string WithOneMoreSnooze(const std::string& metadata) {
+  // Metadata edited by hand past the depth a dump can print stays as it is here (the drivers
+  // count the snooze in the table).
+  if (!ValidateJsonDepth(metadata, "metadata").ok()) return metadata;
   nlohmann::json parsed = nlohmann::json::parse(metadata, nullptr, false);
   if (!parsed.is_object()) return metadata;
   parsed["snoozes"] = SnoozeCount(parsed).value_or(0) + 1;

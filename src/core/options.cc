@@ -111,6 +111,32 @@ Status ValidateKind(std::string_view kind) {
   return Status::Ok();
 }
 
+Status ValidateJsonDepth(std::string_view json, std::string_view what) {
+  int depth = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < json.size(); ++i) {
+    const char c = json[i];
+    if (in_string) {
+      if (c == '\\') {
+        ++i;  // the escaped character, a quote or a backslash included
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      if (++depth > kMaxJsonDepth) {
+        return Status::InvalidArgument(
+            fmt::format("{} nest arrays and objects more than {} levels deep: flatten them", what,
+                        kMaxJsonDepth));
+      }
+    } else if (c == '}' || c == ']') {
+      --depth;
+    }
+  }
+  return Status::Ok();
+}
+
 Status ValidateUniqueOptions(const UniqueOptions& opts) {
   for (JobState s : {JobState::kAvailable, JobState::kPending, JobState::kRunning,
                      JobState::kRetryable, JobState::kScheduled}) {
@@ -162,6 +188,7 @@ Status ValidateInsertOptions(const InsertOptions& opts) {
     }
   }
   if (opts.metadata != "{}") {
+    SPOOL_RETURN_IF_ERROR(ValidateJsonDepth(opts.metadata, "InsertOptions.metadata"));
     const auto j = nlohmann::json::parse(opts.metadata, nullptr, /*allow_exceptions=*/false);
     if (!j.is_object()) {
       return Status::InvalidArgument("InsertOptions.metadata must be a JSON object, e.g. {}");

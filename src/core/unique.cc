@@ -47,7 +47,10 @@ Result<UniqueKey> ComputeUniqueKey(std::string_view kind, std::string_view args,
   if (opts->by_period > Duration::zero()) {
     const int64_t us = scheduled_at.time_since_epoch().count();
     const int64_t p = opts->by_period.count();
-    const int64_t bucket = (us >= 0 ? us / p : (us - p + 1) / p) * p;
+    // The period's start at or before `us` (floor division; us - p + 1 would overflow for a
+    // period near Duration::max()).
+    const int64_t q = us / p - (us % p < 0 ? 1 : 0);
+    const int64_t bucket = q * p;
     material += fmt::format("|period:{}", bucket);
   }
   const auto digest = Sha256(material);

@@ -33,6 +33,24 @@ bool HasStrayAt(std::string_view url) {
   return last_at >= AuthorityEnd(url) || url.find('@', AuthorityStart(url)) != last_at;
 }
 
+// A query parameter that holds a secret, as libpq reads its name: percent-decoded first
+// ("pass%77ord" is "password").
+bool IsSecretParam(std::string_view param) {
+  const std::string_view name = param.substr(0, param.find('='));
+  std::string decoded;
+  for (size_t i = 0; i < name.size(); ++i) {
+    if (name[i] == '%' && i + 2 < name.size() &&
+        std::isxdigit(static_cast<unsigned char>(name[i + 1])) != 0 &&
+        std::isxdigit(static_cast<unsigned char>(name[i + 2])) != 0) {
+      decoded += static_cast<char>(std::stoi(std::string(name.substr(i + 1, 2)), nullptr, 16));
+      i += 2;
+    } else {
+      decoded += name[i];
+    }
+  }
+  return decoded == "password" || decoded == "sslpassword";
+}
+
 }  // namespace
 
 std::string UrlWithoutPassword(std::string_view database_url) {
@@ -44,8 +62,9 @@ std::string UrlWithoutPassword(std::string_view database_url) {
     // Where the password ends cannot be told (nor can libpq, which refuses or misreads such a
     // url): everything up to the last '@' goes, and from any password= on.
     out = out.substr(0, authority) + "..." + out.substr(out.rfind('@'));
-    if (const size_t pw = out.find("password="); pw != std::string::npos) {
-      out = out.substr(0, pw) + "...";
+    // Nor where its parameters begin: none is shown.
+    if (const size_t params = out.find_first_of("?&", authority); params != std::string::npos) {
+      out = out.substr(0, params + 1) + "...";
     }
     return out;
   }
@@ -54,7 +73,7 @@ std::string UrlWithoutPassword(std::string_view database_url) {
     const size_t colon = out.find(':', authority);
     if (colon < at) out.erase(colon, at - colon);
   }
-  // Query parameters: drop password=... wherever it stands.
+  // Query parameters: drop password=... and sslpassword=... wherever they stand.
   const size_t query = out.find('?');
   if (query == std::string::npos) return out;
   std::string kept;
@@ -63,7 +82,7 @@ std::string UrlWithoutPassword(std::string_view database_url) {
     size_t end = out.find('&', start);
     if (end == std::string::npos) end = out.size();
     const std::string param = out.substr(start, end - start);
-    if (!param.empty() && param.rfind("password=", 0) != 0) {
+    if (!param.empty() && !IsSecretParam(param)) {
       kept += (kept.empty() ? "" : "&") + param;
     }
     start = end + 1;

@@ -440,9 +440,12 @@ TEST_F(AdminTest, BadNumbersAreRefusedInWords) {
   r = Run({"jobs", "add", "k", "--max-attempts", "99999999999"});
   EXPECT_EQ(r.code, kExitUsage);
   EXPECT_NE(r.err.find("from 1 to 32767, got 99999999999"), std::string::npos) << r.err;
-  r = Run({"jobs", "add", "k", "--schedule-in", "99999999d"});
-  EXPECT_EQ(r.code, kExitUsage);
-  EXPECT_NE(r.err.find("is too large"), std::string::npos) << r.err;
+  // Hours whose microseconds overflow: once taken as now, or as 58 minutes.
+  for (const char* large : {"99999999d", "3000000000h", "5124095577h", "999999999m2s"}) {
+    r = Run({"jobs", "add", "k", "--schedule-in", large});
+    EXPECT_EQ(r.code, kExitUsage) << large;
+    EXPECT_NE(r.err.find("is too large"), std::string::npos) << large << ": " << r.err;
+  }
   r = Run({"jobs", "show", "abc"});
   EXPECT_EQ(r.code, kExitUsage);
   EXPECT_NE(r.err.find("\"abc\" is not a whole number"), std::string::npos) << r.err;
@@ -708,6 +711,34 @@ TEST_F(AdminTest, JsonOfTextThatIsNotUtf8StillPrints) {
     CliRun r = Run(args);
     ASSERT_EQ(r.code, 0) << cmd << ": " << r.err;
     EXPECT_NE(r.out.find("k\uFFFD"), std::string::npos) << r.out;
+  }
+}
+
+// Args nested past what an insert takes: `jobs add` refuses them before printing them, and a row
+// holding them (written by another tool) lists with its args as a string; printing them as JSON
+// recursed once per level and crashed the command.
+TEST_F(AdminTest, ArgsNestedPastTheLimitAreRefusedAndListedAsText) {
+  const std::string deep = "{\"a\":" + std::string(100'000, '[') + std::string(100'000, ']') + "}";
+  CliRun add = Run({"jobs", "add", "k", "--args", deep});
+  EXPECT_EQ(add.code, kExitUsage);
+  EXPECT_NE(add.err.find("--args nest arrays and objects more than 512 levels deep"),
+            std::string::npos)
+      << add.err;
+  add = Run({"jobs", "add", "k", "--metadata", deep});
+  EXPECT_EQ(add.code, kExitUsage);
+  EXPECT_NE(add.err.find("--metadata nest"), std::string::npos) << add.err;
+  const std::string sid = std::to_string(static_cast<int64_t>(Add({"k"})["id"]));
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir_.path() / "app.db").c_str(), &db), SQLITE_OK);
+  const std::string edit = "UPDATE spool_job SET args = '" + deep + "' WHERE id = " + sid;
+  EXPECT_EQ(sqlite3_exec(db, edit.c_str(), nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+  for (const char* cmd : {"list", "show"}) {
+    std::vector<std::string> args = {"jobs", cmd, "--json"};
+    if (std::string_view(cmd) == "show") args.push_back(sid);
+    CliRun r = Run(args);
+    ASSERT_EQ(r.code, 0) << cmd << ": " << r.err;
+    EXPECT_NE(r.out.find(R"("args": "{\"a\":[[[[)"), std::string::npos) << cmd;
   }
 }
 

@@ -441,6 +441,39 @@ TEST_F(ClientTest, ArgsThatDoNotParseRecordTheParseError) {
   EXPECT_TRUE(c->Stop(10s).ok());
 }
 
+// JSON nested tens of thousands deep crashed a process that printed it (nlohmann's dump, the
+// unique key's canonical form, `spool jobs list --json`): inserts refuse it past kMaxJsonDepth,
+// and a worker fails an attempt whose args from the table are deeper.
+TEST_F(ClientTest, JsonNestedPastTheLimitIsRefusedAndNeverPrinted) {
+  const auto nested = [](int depth) {
+    return "{\"a\":" + std::string(static_cast<size_t>(depth), '[') +
+           std::string(static_cast<size_t>(depth), ']') + "}";
+  };
+  EXPECT_TRUE(ValidateJsonDepth(nested(kMaxJsonDepth - 1), "args").ok());
+  EXPECT_TRUE(ValidateJsonDepth(R"({"s":"[[[[ \" {{{{"})", "args").ok()) << "brackets in strings";
+  auto c = Open(Options());
+  const std::string deep = nested(100'000);
+  InsertOptions unique;
+  unique.unique = UniqueOptions{.by_args = true};
+  for (const InsertOptions& o : {InsertOptions{}, unique}) {
+    auto r = c->InsertRaw({"email", deep, o});
+    ASSERT_FALSE(r.has_value());
+    EXPECT_TRUE(r.error().IsInvalidArgument());
+    EXPECT_EQ(r.error().message(),
+              "kind \"email\": args nest arrays and objects more than 512 levels deep: flatten "
+              "them");
+  }
+  InsertOptions metadata;
+  metadata.metadata = nested(kMaxJsonDepth);
+  auto m = c->InsertRaw({"email", "{}", metadata});
+  ASSERT_FALSE(m.has_value());
+  EXPECT_NE(m.error().message().find("InsertOptions.metadata nest"), std::string::npos)
+      << m.error().message();
+  // Written by another tool: the worker fails the attempt instead of reading the args.
+  EXPECT_NE(c->CheckArgs("email", deep).message().find("more than 512 levels deep"),
+            std::string::npos);
+}
+
 TEST_F(ClientTest, InsertRejectsArgsThatAreNotAJsonObject) {
   auto c = Open(Options());
   auto r = c->InsertRaw({"email", "not json", {}});

@@ -160,6 +160,12 @@ TEST(UrlWithoutPasswordTest, DropsOnlyThePassword) {
             "postgres://...@corp&...");
   EXPECT_EQ(UrlWithoutPassword("postgres://u:S3cret@[::1:45005/shop"),
             "postgres://u@[::1:45005/shop");
+  // libpq decodes a parameter's name too; sslpassword unlocks the client's key.
+  EXPECT_EQ(UrlWithoutPassword("postgres://app@h/db?pass%77ord=S1&sslmode=require"),
+            "postgres://app@h/db?sslmode=require");
+  EXPECT_EQ(UrlWithoutPassword("postgres://app@h/db?sslpassword=K&a=%41"),
+            "postgres://app@h/db?a=%41");
+  EXPECT_EQ(UrlWithoutPassword("postgres://u:p@ss@h/db?pass%77ord=S2"), "postgres://...@h/db?...");
   EXPECT_EQ(UrlWithoutPassword("postgres://127.0.0.1:5432/db"), "postgres://127.0.0.1:5432/db");
   EXPECT_EQ(UrlWithoutPassword("sqlite://u:x@y.db?password=z"), "sqlite://u:x@y.db?password=z");
   EXPECT_EQ(UrlWithoutPassword("sqlite://app.db"), "sqlite://app.db");

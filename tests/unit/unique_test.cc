@@ -69,6 +69,13 @@ TEST(UniqueKeyTest, ByPeriodBucketsScheduledAt) {
   EXPECT_EQ(Key("k", "{}", "q", At(3600), o), Key("k", "{}", "q", At(7199), o));
   EXPECT_NE(Key("k", "{}", "q", At(7199), o), Key("k", "{}", "q", At(7200), o));
   EXPECT_EQ(Key("k", "{}", "q", At(-1), o), Key("k", "{}", "q", At(-3600), o));
+  EXPECT_NE(Key("k", "{}", "q", At(-3600), o), Key("k", "{}", "q", At(-3601), o));
+  // A period as long as a Duration holds ("one per kind, ever"): every time before 1970 is in
+  // one period, every time after in the next (the floor once overflowed: UBSan saw it).
+  UniqueOptions forever{.by_period = Duration::max()};
+  EXPECT_EQ(Key("k", "{}", "q", At(-1), forever), Key("k", "{}", "q", At(-86400 * 365), forever));
+  EXPECT_EQ(Key("k", "{}", "q", At(0), forever), Key("k", "{}", "q", At(86400 * 365), forever));
+  EXPECT_NE(Key("k", "{}", "q", At(-1), forever), Key("k", "{}", "q", At(0), forever));
 }
 
 TEST(UniqueKeyTest, StatesDefaultToNonFinalAndMustIncludeThem) {
