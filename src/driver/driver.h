@@ -5,6 +5,7 @@
 // structs. tests/conformance runs one suite against every driver: it is the specification.
 // Do not implement outside spool.
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -332,6 +333,11 @@ class Driver {
   // fail as retryable: for a stop that must not wait for a stalled database (a lock, a frozen
   // server). Thread safe. PostgreSQL; SQLite's waits are bounded by its busy timeout.
   virtual void CancelStatements() {}
+  // A count that grows each time the database may have lost commits of claims and outcomes it
+  // acknowledged: PostgreSQL's connections found closed or broken while those commits do not wait
+  // for the WAL flush (the server may have crashed). The completer then writes its latest
+  // outcomes again. Null where an acknowledged commit is durable. Lives as long as the driver.
+  virtual const std::atomic<uint64_t>* PossibleCommitLosses() const { return nullptr; }
 };
 
 // Checks of seam parameters shared by every driver, so all reject the same input with the same

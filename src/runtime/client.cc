@@ -144,7 +144,8 @@ class Client::Impl {
         logger_(CatchingLogger(options_.logger ? options_.logger : StderrLogger(LogLevel::kWarn))),
         client_id_(options_.client_id.empty() ? MakeClientId() : options_.client_id),
         completer_(
-            driver_->executor(), [this](const auto& batch) { Deliver(batch); }, logger_),
+            driver_->executor(), [this](const auto& batch) { Deliver(batch); }, logger_,
+            Completer::kLinger, driver_->PossibleCommitLosses()),
         deadlines_(*clock_) {}
 
   ~Impl() = default;

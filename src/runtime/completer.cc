@@ -46,11 +46,14 @@ void AsWritten(std::vector<Completion>& batch, std::vector<int64_t>& cancelled) 
 }  // namespace
 
 Completer::Completer(Executor& executor, Deliver deliver, Logger logger,
-                     std::chrono::microseconds linger)
+                     std::chrono::microseconds linger, const std::atomic<uint64_t>* possible_losses)
     : executor_(executor),
       deliver_(std::move(deliver)),
       logger_(std::move(logger)),
-      linger_(linger) {}
+      linger_(linger),
+      possible_losses_(possible_losses) {
+  if (possible_losses_ != nullptr) losses_seen_ = possible_losses_->load();
+}
 
 Completer::~Completer() {
   if (thread_.joinable()) (void)Stop();
@@ -97,12 +100,26 @@ void Completer::Run() {
   std::vector<int64_t> skipped;
   std::vector<int64_t> cancelled;
   bool retrying = false;  // the last write failed, and may have committed nonetheless
+  std::vector<JobSetStateParams> sent;
+  const auto has_work = [&] { return !pending_.empty() || stopping_; };
   for (;;) {
     {
       std::unique_lock lock(mu_);
       if (batch.empty()) {
-        cv_.wait(lock, [&] { return !pending_.empty() || stopping_; });
-        if (pending_.empty() && stopping_) return;
+        if (recent_.empty()) {
+          cv_.wait(lock, has_work);
+        } else if (!cv_.wait_for(lock, kRewriteWindow / 4, has_work)) {
+          // Idle, with outcomes that a crash noticed only now (the heartbeat's, the listener's
+          // broken connection) may have lost.
+          lock.unlock();
+          RewriteIfLost();
+          continue;
+        }
+        if (pending_.empty() && stopping_) {
+          lock.unlock();
+          RewriteIfLost();
+          return;
+        }
         // A short linger lets a trickle of outcomes share one transaction.
         if (pending_.size() < kBatchTarget && !stopping_ && !flush_) {
           cv_.wait_for(lock, linger_,
@@ -121,7 +138,8 @@ void Completer::Run() {
     space_cv_.notify_all();
 
     skipped.clear();
-    Status st = Write(batch, retrying ? nullptr : &skipped, &cancelled);
+    sent.clear();
+    Status st = Write(batch, retrying ? nullptr : &skipped, &cancelled, &sent);
     if (st.IsInvalidArgument()) st = WriteEach(batch, retrying, skipped, cancelled);
     if (st.ok()) {
       write_failures.Succeeded(logger_);
@@ -143,6 +161,11 @@ void Completer::Run() {
         });
       }
       retrying = false;
+      if (possible_losses_ != nullptr && !sent.empty()) {
+        recent_.push_back({std::chrono::steady_clock::now(), std::move(sent)});
+        sent = {};
+      }
+      RewriteIfLost();
       AsWritten(batch, cancelled);
       deliver_(batch);
       batch.clear();
@@ -230,14 +253,37 @@ Status Completer::WriteEach(std::vector<Completion>& batch, bool retrying,
 }
 
 Status Completer::Write(std::span<const Completion> batch, std::vector<int64_t>* skipped,
-                        std::vector<int64_t>* cancelled) {
+                        std::vector<int64_t>* cancelled, std::vector<JobSetStateParams>* sent) {
   JobSetStateIfRunningManyParams params;
   params.skipped = skipped;
   params.cancelled = cancelled;
   params.jobs.reserve(batch.size());
   for (const auto& c : batch) params.jobs.push_back(c.params);
   auto r = executor_.JobSetStateIfRunningMany(params);
+  if (r && sent != nullptr) *sent = std::move(params.jobs);
   return r.status();
+}
+
+void Completer::RewriteIfLost() {
+  if (possible_losses_ == nullptr) return;
+  const uint64_t losses = possible_losses_->load();
+  if (losses == losses_seen_) {
+    const auto before = std::chrono::steady_clock::now() - kRewriteWindow;
+    while (!recent_.empty() && recent_.front().at < before) recent_.pop_front();
+    return;
+  }
+  JobSetStateIfRunningManyParams again;
+  for (const Written& w : recent_)
+    again.jobs.insert(again.jobs.end(), w.jobs.begin(), w.jobs.end());
+  auto r = executor_.JobSetStateIfRunningMany(again);
+  if (!r) return;  // the database is still away: tried again at the next look
+  losses_seen_ = losses;
+  if (*r > 0 && logger_) {
+    logger_(LogLevel::kWarn,
+            fmt::format("the database lost the outcomes of {} jobs after acknowledging them (a "
+                        "server crash?); they are written again",
+                        *r));
+  }
 }
 
 }  // namespace spool::internal

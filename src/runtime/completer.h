@@ -1,6 +1,9 @@
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
+#include <cstdint>
+#include <deque>
 #include <functional>
 #include <mutex>
 #include <span>
@@ -27,11 +30,18 @@ struct Completion {
 // stopped running meanwhile (cancelled, rescued or deleted by someone else) gets none, except
 // after a failed write, when an outcome found already written may have been this completer's own
 // in-doubt commit.
+//
+// With `possible_losses` (Driver::PossibleCommitLosses, not null), the outcomes written in the last
+// kRewriteWindow are kept, and written again (no events) once the count grows: a PostgreSQL crash
+// loses the last commits that did not wait for the WAL flush, and would leave those jobs running
+// until rescued. The writes only change jobs still running the same claim, so rewriting outcomes
+// that were not lost changes nothing.
 class Completer {
  public:
   using Deliver = std::function<void(const std::vector<Completion>&)>;
   Completer(Executor& executor, Deliver deliver, Logger logger,
-            std::chrono::microseconds linger = kLinger);
+            std::chrono::microseconds linger = kLinger,
+            const std::atomic<uint64_t>* possible_losses = nullptr);
   ~Completer();
 
   void Start();
@@ -53,13 +63,20 @@ class Completer {
   static constexpr size_t kMaxBatch = 5'000;
   static constexpr size_t kBacklogLimit = 20'000;
   static constexpr auto kLinger = std::chrono::milliseconds(5);
+  // PostgreSQL loses at most three times wal_writer_delay (200 ms by default) of commits that do
+  // not wait for the flush.
+  static constexpr auto kRewriteWindow = std::chrono::seconds(1);
 
  private:
   void Run();
   // Writes `batch`; with `skipped`, receives the ids of the jobs the database left unchanged;
   // `cancelled` receives those that a cancel request made cancels.
+  // `sent`, if given, receives the outcomes as sent to the driver.
   Status Write(std::span<const Completion> batch, std::vector<int64_t>* skipped,
-               std::vector<int64_t>* cancelled);
+               std::vector<int64_t>* cancelled, std::vector<JobSetStateParams>* sent = nullptr);
+  // With possible_losses_: writes the kept outcomes again if the count grew since the last look,
+  // else forgets those written before kRewriteWindow. Writer thread only.
+  void RewriteIfLost();
   // After the database refused a batch as invalid: writes its outcomes one at a time, so that one
   // outcome's data (an error history past PostgreSQL's size limit) does not hold back the others.
   // An outcome refused alone is written with a stand-in for its error text, and dropped (logged;
@@ -80,7 +97,15 @@ class Completer {
   std::chrono::steady_clock::time_point stop_at_{};  // when Stop was called; guarded by mu_
   bool flush_ = false;  // FlushSoon since the last batch was taken; guarded by mu_
   const std::chrono::microseconds linger_;
-  Status last_error_;  // guarded by mu_
+  const std::atomic<uint64_t>* const possible_losses_;
+  // The outcomes written lately, a batch at a time, oldest first; writer thread only.
+  struct Written {
+    std::chrono::steady_clock::time_point at;
+    std::vector<JobSetStateParams> jobs;
+  };
+  std::deque<Written> recent_;
+  uint64_t losses_seen_ = 0;  // writer thread only
+  Status last_error_;         // guarded by mu_
   std::thread thread_;
 };
 

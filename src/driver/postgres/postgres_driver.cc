@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cerrno>
 #include <charconv>
 #include <chrono>
@@ -1375,6 +1376,7 @@ class Pool {
         }
         // Nothing was sent on it, so a new connection takes its place without doubt: the
         // caller does not see the close as a failure of its call.
+        broken_.fetch_add(1, std::memory_order_relaxed);
         --open_;
         backends_.erase(PQbackendPID(idle.conn->get()));
       }
@@ -1418,7 +1420,8 @@ class Pool {
       // A call failed mid-transaction; never hand a half-done transaction to the next caller.
       (void)c->Exec("ROLLBACK");
     }
-    const bool keep = c->ok() && PQtransactionStatus(c->get()) == PQTRANS_IDLE;
+    const bool closing_ok = c->ok();
+    const bool keep = closing_ok && PQtransactionStatus(c->get()) == PQTRANS_IDLE;
     const int backend = PQbackendPID(c->get());
     std::unique_ptr<Conn> closing;  // closed once the lock is released
     {
@@ -1428,6 +1431,7 @@ class Pool {
       if (keep) {
         idle_.push_back(IdleConn{std::move(c), SteadyClock::now()});
       } else {
+        if (!closing_ok) broken_.fetch_add(1, std::memory_order_relaxed);
         --open_;
         backends_.erase(backend);
         closing = std::move(c);
@@ -1444,6 +1448,10 @@ class Pool {
 
   const std::string& url() const { return url_; }
   const std::string& target() const { return target_; }
+  // Connections found closed or broken (by the server, a restart, the network), and the listening
+  // connection's breaks that the driver reports here.
+  const std::atomic<uint64_t>& broken() const { return broken_; }
+  void NoteBroken() { broken_.fetch_add(1, std::memory_order_relaxed); }
 
  private:
   const std::string url_;
@@ -1464,6 +1472,7 @@ class Pool {
     return poll(&p, 1, 0) != 0;
   }
   const std::chrono::milliseconds check_idle_after_;
+  std::atomic<uint64_t> broken_{0};
   std::vector<IdleConn> idle_;             // guarded by mu_
   int open_ = 0;                           // guarded by mu_: idle + leased
   Duration backoff_{};                     // guarded by mu_
@@ -1806,6 +1815,7 @@ class PostgresDriver final : public Driver {
   PostgresDriver(std::string url, std::string target, const DriverOptions& options)
       : pool_(std::move(url), std::move(target), options.pg_check_idle_after),
         executor_(&pool_, &channels_, !options.postgres.synchronous_state_commits),
+        async_state_commits_(!options.postgres.synchronous_state_commits),
         listen_enabled_(options.listen) {
     event_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   }
@@ -1832,6 +1842,9 @@ class PostgresDriver final : public Driver {
 
   std::string_view Name() const override { return "postgres"; }
   Executor& executor() override { return executor_; }
+  const std::atomic<uint64_t>* PossibleCommitLosses() const override {
+    return async_state_commits_ ? &pool_.broken() : nullptr;
+  }
 
   Result<std::unique_ptr<Tx>> Begin() override {
     SPOOL_ASSIGN_OR_RETURN(Lease lease, pool_.Acquire());
@@ -2054,6 +2067,7 @@ class PostgresDriver final : public Driver {
     if (PQconsumeInput(listen_->get()) == 0) {
       Status s = listen_->ErrorFrom(nullptr, "waiting for notifications");
       listen_.reset();
+      pool_.NoteBroken();
       return Status(Status::Code::kConnectionLost, s.message(), "08006");
     }
     bool any = false;
@@ -2076,6 +2090,7 @@ class PostgresDriver final : public Driver {
   // Both set by Init, before any call that reads them.
   Channels channels_;
   PoolExecutor executor_;
+  const bool async_state_commits_;
   int event_fd_ = -1;
   // Used only by the one thread that calls WaitForChange.
   const bool listen_enabled_;  // false: poll-only, no LISTEN connection at all
