@@ -47,6 +47,24 @@ class AdminTest : public ::testing::Test {
     client_ = std::move(*c);
   }
 
+  // Adds a job, edits its row by hand (`set`: an UPDATE's SET list), and expects `jobs list` and
+  // `jobs show` to print its JSON, with `shown` in both.
+  void ExpectJsonOfEditedRowShows(const std::string& set, const std::string& shown) {
+    const std::string sid = std::to_string(static_cast<int64_t>(Add({"k"})["id"]));
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((dir_.path() / "app.db").c_str(), &db), SQLITE_OK);
+    const std::string edit = "UPDATE spool_job SET " + set + " WHERE id = " + sid;
+    EXPECT_EQ(sqlite3_exec(db, edit.c_str(), nullptr, nullptr, nullptr), SQLITE_OK);
+    sqlite3_close(db);
+    for (const char* cmd : {"list", "show"}) {
+      std::vector<std::string> args = {"jobs", cmd, "--json"};
+      if (std::string_view(cmd) == "show") args.push_back(sid);
+      CliRun r = Run(args);
+      ASSERT_EQ(r.code, 0) << cmd << ": " << r.err;
+      EXPECT_NE(r.out.find(shown), std::string::npos) << cmd << ": " << r.out.substr(0, 2000);
+    }
+  }
+
   // `spool <args...> --database-url <url_>`
   CliRun Run(std::vector<std::string> args) {
     args.push_back("--database-url");
@@ -699,19 +717,7 @@ TEST_F(AdminTest, ALongErrorIsCutBetweenCharacters) {
 
 // A kind written by hand that is not UTF-8 shows as U+FFFD: the JSON listing still prints.
 TEST_F(AdminTest, JsonOfTextThatIsNotUtf8StillPrints) {
-  const std::string sid = std::to_string(static_cast<int64_t>(Add({"k"})["id"]));
-  sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open((dir_.path() / "app.db").c_str(), &db), SQLITE_OK);
-  const std::string edit = "UPDATE spool_job SET kind = CAST(X'6bff' AS TEXT) WHERE id = " + sid;
-  EXPECT_EQ(sqlite3_exec(db, edit.c_str(), nullptr, nullptr, nullptr), SQLITE_OK);
-  sqlite3_close(db);
-  for (const char* cmd : {"list", "show"}) {
-    std::vector<std::string> args = {"jobs", cmd, "--json"};
-    if (std::string_view(cmd) == "show") args.push_back(sid);
-    CliRun r = Run(args);
-    ASSERT_EQ(r.code, 0) << cmd << ": " << r.err;
-    EXPECT_NE(r.out.find("k\uFFFD"), std::string::npos) << r.out;
-  }
+  ExpectJsonOfEditedRowShows("kind = CAST(X'6bff' AS TEXT)", "k\uFFFD");
 }
 
 // Args nested past what an insert takes: `jobs add` refuses them before printing them, and a row
@@ -727,19 +733,7 @@ TEST_F(AdminTest, ArgsNestedPastTheLimitAreRefusedAndListedAsText) {
   add = Run({"jobs", "add", "k", "--metadata", deep});
   EXPECT_EQ(add.code, kExitUsage);
   EXPECT_NE(add.err.find("--metadata nest"), std::string::npos) << add.err;
-  const std::string sid = std::to_string(static_cast<int64_t>(Add({"k"})["id"]));
-  sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open((dir_.path() / "app.db").c_str(), &db), SQLITE_OK);
-  const std::string edit = "UPDATE spool_job SET args = '" + deep + "' WHERE id = " + sid;
-  EXPECT_EQ(sqlite3_exec(db, edit.c_str(), nullptr, nullptr, nullptr), SQLITE_OK);
-  sqlite3_close(db);
-  for (const char* cmd : {"list", "show"}) {
-    std::vector<std::string> args = {"jobs", cmd, "--json"};
-    if (std::string_view(cmd) == "show") args.push_back(sid);
-    CliRun r = Run(args);
-    ASSERT_EQ(r.code, 0) << cmd << ": " << r.err;
-    EXPECT_NE(r.out.find(R"("args": "{\"a\":[[[[)"), std::string::npos) << cmd;
-  }
+  ExpectJsonOfEditedRowShows("args = '" + deep + "'", R"("args": "{\"a\":[[[[)");
 }
 
 TEST_F(AdminTest, DeleteRemovesARowThatCannotBeRead) {

@@ -102,6 +102,19 @@ class PostgresDriverTest : public ::testing::Test {
     return driver_->ExecutorFor(PostgresTx(app));
   }
 
+  // Inserts `n` jobs that client "c1" claims as they are inserted, into `jobs`.
+  void InsertClaimed(int n, std::vector<JobRow>* jobs) {
+    for (int i = 0; i < n; ++i) {
+      auto params = OneJob();
+      params.jobs[0].claim = true;
+      params.claim_for = "c1";
+      auto r = driver_->executor().JobInsertMany(params);
+      ASSERT_TRUE(r.has_value()) << r.error().ToString();
+      jobs->push_back(r->front().job);
+      ASSERT_EQ(jobs->back().state, JobState::kRunning);
+    }
+  }
+
   // Terminates the driver's server connections and waits until the server has closed them.
   void KillConnections() {
     auto n = PostgresTestDb::Instance().TerminateConnections(url_);
@@ -1559,15 +1572,7 @@ TEST(PostgresPollOnlyTest, NeverListensAndStillFindsOtherProcessesJobs) {
 // now writes the others and the refused one with a stand-in for its error.
 TEST_F(PostgresDriverTest, CompleterWritesTheOtherOutcomesWhenTheDatabaseRefusesOne) {
   std::vector<JobRow> jobs;
-  for (int i = 0; i < 3; ++i) {
-    auto params = OneJob();
-    params.jobs[0].claim = true;
-    params.claim_for = "c1";
-    auto r = driver_->executor().JobInsertMany(params);
-    ASSERT_TRUE(r.has_value()) << r.error().ToString();
-    jobs.push_back(r->front().job);
-    ASSERT_EQ(jobs.back().state, JobState::kRunning);
-  }
+  ASSERT_NO_FATAL_FAILURE(InsertClaimed(3, &jobs));
   spool::testing::Signal delivered;
   std::mutex mu;
   std::vector<Completion> written;
@@ -1644,14 +1649,7 @@ TEST_F(PostgresDriverTest, CompleterWritesAgainTheOutcomesACrashLost) {
   }
   ASSERT_NE(driver_->PossibleCommitLosses(), nullptr);
   std::vector<JobRow> jobs;
-  for (int i = 0; i < 2; ++i) {
-    auto params = OneJob();
-    params.jobs[0].claim = true;
-    params.claim_for = "c1";
-    auto r = driver_->executor().JobInsertMany(params);
-    ASSERT_TRUE(r.has_value()) << r.error().ToString();
-    jobs.push_back(r->front().job);
-  }
+  ASSERT_NO_FATAL_FAILURE(InsertClaimed(2, &jobs));
   std::mutex mu;
   std::condition_variable cv;
   int events = 0;
