@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: the dev build (warnings are errors) with all of CTest, including PostgreSQL
 # (CTest starts a throwaway cluster), then the unit tests and both drivers' conformance suites
-# under ASan+UBSan, and the concurrency tests under TSan. Exits non-zero on the first failure.
+# under ASan+UBSan, the concurrency tests under TSan, and the release build the Quick start makes.
+# Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,3 +30,9 @@ cmake --preset tsan >/dev/null
 cmake --build --preset tsan -j"$jobs" --target spool_unit_tests
 TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
   ctest --preset tsan -j"$jobs" -L concurrency --output-on-failure
+
+# -O2 warns of things -O0 does not see (g++ 12's maybe-uninitialized), and the Quick start's first
+# command builds this.
+echo "== release build of the spool command (warnings are errors)"
+cmake --preset release >/dev/null
+cmake --build --preset release -j"$jobs" --target spool_cli

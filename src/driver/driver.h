@@ -91,11 +91,6 @@ struct JobGetAvailableParams {
 struct JobSetStateParams {
   int64_t id = 0;
   int attempt = 0;  // the attempt the outcome is of; 0: whichever is running
-  // When set, the claim the outcome is of: the row's attempted_at must be this too. A claim lost
-  // in a database crash (PostgreSQL's claims do not wait for the WAL flush) is made again under
-  // the same attempt number; the time tells the new run from the old one, whose outcome then
-  // leaves the job alone.
-  std::optional<TimePoint> attempted_at{};
   // completed, cancelled, discarded: finalized_at = `at`.
   // retryable: scheduled_at = `at`.
   // scheduled (snooze): scheduled_at = `at` and attempt - 1 (a snooze does not use an attempt).
@@ -110,6 +105,11 @@ struct JobSetStateParams {
   // becomes cancelled instead, finalized at this error's time, with this error appended in place
   // of `error` (and no snooze counted). River turns such outcomes into cancels alike.
   std::optional<AttemptError> if_cancel_requested{};
+  // When set, the claim the outcome is of: the row's attempted_at must be this too. A claim lost
+  // in a database crash (PostgreSQL's claims do not wait for the WAL flush) is made again under
+  // the same attempt number; the time tells the new run from the old one, whose outcome then
+  // leaves the job alone.
+  std::optional<TimePoint> attempted_at{};
 };
 
 struct JobSetStateIfRunningManyParams {

@@ -351,10 +351,10 @@ void Maintenance::Rescue(TimePoint now) {
     }
     JobSetStateParams u{.id = job.id,
                         .attempt = job.attempt,
-                        .attempted_at = job.attempted_at,
                         .state = JobState::kRetryable,
                         .at = now,
-                        .error = {}};
+                        .error = {},
+                        .attempted_at = job.attempted_at};
     // An admin asked to cancel it while it ran: its run is over, so the cancel is done now
     // instead of the job being run again.
     const bool cancel_requested =

@@ -385,9 +385,9 @@ void QueueRunner::EndUnstarted(JobRow job, bool cancelled) {
   Completion c;
   c.params = {.id = job.id,
               .attempt = job.attempt,
-              .attempted_at = job.attempted_at,
               .state = cancelled ? JobState::kCancelled : JobState::kScheduled,
-              .at = now};
+              .at = now,
+              .attempted_at = job.attempted_at};
   if (cancelled) {
     c.params.error = cancel;
     job.errors.push_back(cancel);

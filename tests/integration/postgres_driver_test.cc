@@ -1671,9 +1671,9 @@ TEST_F(PostgresDriverTest, CompleterWritesAgainTheOutcomesACrashLost) {
     Completion c;
     c.params = {.id = job.id,
                 .attempt = job.attempt,
-                .attempted_at = job.attempted_at,
                 .state = JobState::kCompleted,
-                .at = kT0 + seconds(60)};
+                .at = kT0 + seconds(60),
+                .attempted_at = job.attempted_at};
     c.event = {.kind = Event::Kind::kJobCompleted, .job = job, .run_time = {}, .queue = "q"};
     completer.Add(std::move(c));
   }
