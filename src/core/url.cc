@@ -60,7 +60,7 @@ std::string UrlWithoutPassword(std::string_view database_url) {
   const size_t authority = AuthorityStart(out);
   if (HasStrayAt(out)) {
     // Where the password ends cannot be told (nor can libpq, which refuses or misreads such a
-    // url): everything up to the last '@' goes, and from any password= on.
+    // url): everything up to the last '@' goes.
     out = out.substr(0, authority) + "..." + out.substr(out.rfind('@'));
     // Nor where its parameters begin: none is shown.
     if (const size_t params = out.find_first_of("?&", authority); params != std::string::npos) {

@@ -273,8 +273,9 @@ void Completer::RewriteIfLost() {
     return;
   }
   JobSetStateIfRunningManyParams again;
-  for (const Written& w : recent_)
+  for (const Written& w : recent_) {
     again.jobs.insert(again.jobs.end(), w.jobs.begin(), w.jobs.end());
+  }
   auto r = executor_.JobSetStateIfRunningMany(again);
   if (!r) return;  // the database is still away: tried again at the next look
   losses_seen_ = losses;
