@@ -139,7 +139,9 @@ void Completer::Run() {
 
     skipped.clear();
     sent.clear();
-    Status st = Write(batch, retrying ? nullptr : &skipped, &cancelled, &sent);
+    // Kept only where a crash can lose acknowledged outcomes.
+    Status st = Write(batch, retrying ? nullptr : &skipped, &cancelled,
+                      possible_losses_ != nullptr ? &sent : nullptr);
     if (st.IsInvalidArgument()) st = WriteEach(batch, retrying, skipped, cancelled);
     if (st.ok()) {
       write_failures.Succeeded(logger_);
@@ -161,7 +163,7 @@ void Completer::Run() {
         });
       }
       retrying = false;
-      if (possible_losses_ != nullptr && !sent.empty()) {
+      if (!sent.empty()) {
         recent_.push_back({std::chrono::steady_clock::now(), std::move(sent)});
         sent = {};
       }

@@ -123,6 +123,18 @@ class OperationsTest : public ::testing::Test {
     ASSERT_TRUE(c.Stop(10s).ok());
   }
 
+  // The heartbeat row a process under `client_id` left when it ended, started an hour ago.
+  void HeartbeatOfAnEndedProcess(const std::string& client_id) {
+    auto d = internal::Driver::Open(url_, {});
+    ASSERT_TRUE(d.has_value());
+    ASSERT_TRUE((*d)->executor()
+                    .ClientHeartbeat({.id = client_id,
+                                      .now = clock_->Now(),
+                                      .queues = {"default"},
+                                      .started_at = clock_->Now() - 1h})
+                    .has_value());
+  }
+
   size_t ClaimAs(const std::string& client_id, int max) {
     auto d = internal::Driver::Open(url_, {});
     EXPECT_TRUE(d.has_value());
@@ -365,16 +377,7 @@ TEST_F(OperationsTest, JobsOfAProcessRestartedUnderTheSameIdAreRescued) {
   ASSERT_TRUE(r.has_value());
   // The previous process under this id claimed it, heartbeated, and died.
   ASSERT_EQ(ClaimAs("worker-host-a", 1), 1u);
-  {
-    auto d = internal::Driver::Open(url_, {});
-    ASSERT_TRUE(d.has_value());
-    ASSERT_TRUE((*d)->executor()
-                    .ClientHeartbeat({.id = "worker-host-a",
-                                      .now = clock_->Now(),
-                                      .queues = {"default"},
-                                      .started_at = clock_->Now() - 1h})
-                    .has_value());
-  }
+  ASSERT_NO_FATAL_FAILURE(HeartbeatOfAnEndedProcess("worker-host-a"));
   clock_->Advance(1s);
   ExpectRescuedThenCompleted(*c, r->job.id, "client worker-host-a was restarted");
 }
@@ -407,16 +410,7 @@ TEST_F(OperationsTest, TwoRunningClientsWithOneIdAreLoggedAsErrors) {
     };
     return o;
   };
-  {
-    auto d = internal::Driver::Open(url_, {});
-    ASSERT_TRUE(d.has_value());
-    ASSERT_TRUE((*d)->executor()
-                    .ClientHeartbeat({.id = "twin",
-                                      .now = clock_->Now(),
-                                      .queues = {"default"},
-                                      .started_at = clock_->Now() - 1h})
-                    .has_value());
-  }
+  ASSERT_NO_FATAL_FAILURE(HeartbeatOfAnEndedProcess("twin"));
   const std::string shared = "another running process uses client_id 'twin'";
   auto a = Open(options('a'));
   ASSERT_TRUE(a->Start().ok());
