@@ -2,17 +2,21 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
 namespace spool::internal {
 
 // The arrays spool writes (nlohmann dump, SQLite's json_insert and string concatenation) have
-// no whitespace, so when the text has no escapes every quote is a delimiter and a plain scan
-// suffices; anything else goes to the full parser. Claims read one such array per job.
+// no whitespace, so when the text is printable ASCII without escapes every quote is a delimiter
+// and a plain scan suffices; anything else (control bytes, UTF-8 to validate, a trailing comma)
+// goes to the full parser, which refuses what is not JSON. Claims read one such array per job.
 Result<std::vector<std::string>> ParseStringArray(std::string_view text) {
   std::vector<std::string> out;
   if (text == "[]") return out;
-  if (text.find('\\') == std::string_view::npos && text.size() >= 2 && text.front() == '[' &&
+  const bool plain = std::all_of(text.begin(), text.end(),
+                                 [](char c) { return c >= 0x20 && c < 0x7f && c != '\\'; });
+  if (plain && text.size() >= 3 && text.front() == '[' && text[text.size() - 2] == '"' &&
       text.back() == ']') {
     size_t i = 1;
     bool simple = true;
