@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "commands/commands.h"
+#include "core/url.h"
 #include "spool/client.h"
 
 namespace spool::cli {
@@ -225,7 +226,7 @@ void RequireDatabaseFile(const std::string& url) {
       absolute.string() == path ? path : path + " (" + absolute.string() + ")";
   throw CommandError(fmt::format(
       "no database at {}: check the path; spool migration up --database-url {} creates a new one",
-      where, url));
+      where, internal::ShellWord(url)));
 }
 
 }  // namespace spool::cli

@@ -8,6 +8,8 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "core/job_hooks.h"
+
 namespace spool {
 namespace {
 
@@ -210,7 +212,8 @@ Status ValidateClientOptions(const ClientOptions& opts) {
   const auto check_interval = [](std::string_view field, Duration d) -> Status {
     if (d < std::chrono::milliseconds(1) || d > std::chrono::hours(1)) {
       return Status::InvalidArgument(
-          fmt::format("ClientOptions.{} is {}us: it must be between 1ms and 1h", field, d.count()));
+          fmt::format("ClientOptions.{} is {}: it must be between 1ms and 1h", field,
+                      internal::FormatDuration(d)));
     }
     return Status::Ok();
   };
@@ -226,12 +229,13 @@ Status ValidateClientOptions(const ClientOptions& opts) {
       {"clean_interval", opts.clean_interval}};
   for (const auto& [field, d] : positive) {
     if (d <= Duration::zero()) {
-      return Status::InvalidArgument(
-          fmt::format("ClientOptions.{} is {}us: it must be positive", field, d.count()));
+      return Status::InvalidArgument(fmt::format("ClientOptions.{} is {}: it must be positive",
+                                                 field, internal::FormatDuration(d)));
     }
     if (d > kMaxDelay) {
-      return Status::InvalidArgument(fmt::format(
-          "ClientOptions.{} is {}us: it must be at most 100 years (kMaxDelay)", field, d.count()));
+      return Status::InvalidArgument(
+          fmt::format("ClientOptions.{} is {}: it must be at most 100 years (kMaxDelay)", field,
+                      internal::FormatDuration(d)));
     }
   }
   if (opts.client_stale_after <= opts.heartbeat_interval) {
@@ -241,14 +245,14 @@ Status ValidateClientOptions(const ClientOptions& opts) {
   }
   if (opts.job_timeout < Duration::zero()) {
     return Status::InvalidArgument(
-        fmt::format("ClientOptions.job_timeout is negative ({}us): use 0 for no timeout",
-                    opts.job_timeout.count()));
+        fmt::format("ClientOptions.job_timeout is negative ({}): use 0 for no timeout",
+                    internal::FormatDuration(opts.job_timeout)));
   }
   if (opts.job_timeout > kMaxDelay) {
     return Status::InvalidArgument(fmt::format(
-        "ClientOptions.job_timeout is {}us: it must be at most 100 years (kMaxDelay); use 0 for "
+        "ClientOptions.job_timeout is {}: it must be at most 100 years (kMaxDelay); use 0 for "
         "no timeout",
-        opts.job_timeout.count()));
+        internal::FormatDuration(opts.job_timeout)));
   }
   for (const auto& [field, d] :
        {std::pair<std::string_view, Duration>{"completed", opts.retention.completed},
@@ -256,9 +260,9 @@ Status ValidateClientOptions(const ClientOptions& opts) {
         {"discarded", opts.retention.discarded}}) {
     if (d > kMaxDelay) {
       return Status::InvalidArgument(fmt::format(
-          "ClientOptions.retention.{} is {}us: at most 100 years (kMaxDelay), or negative to keep "
+          "ClientOptions.retention.{} is {}: at most 100 years (kMaxDelay), or negative to keep "
           "those jobs for ever",
-          field, d.count()));
+          field, internal::FormatDuration(d)));
     }
   }
   if (opts.sqlite.busy_timeout > kMaxDelay) {

@@ -104,6 +104,23 @@ std::string UrlSchemeForMessage(std::string_view database_url) {
 
 namespace internal {
 
+std::string ShellWord(std::string_view word) {
+  const bool plain = !word.empty() && std::all_of(word.begin(), word.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) != 0 ||
+           std::string_view("_@%+=:,./-").find(c) != std::string_view::npos;
+  });
+  if (plain) return std::string(word);
+  std::string out = "'";
+  for (char c : word) {
+    if (c == '\'') {
+      out += "'\\''";
+    } else {
+      out += c;
+    }
+  }
+  return out + "'";
+}
+
 Status CheckPostgresUrlEncoding(std::string_view url) {
   if (!IsPostgresUrl(url) || !HasStrayAt(url)) return Status::Ok();
   return Status::InvalidArgument(fmt::format(

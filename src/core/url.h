@@ -1,5 +1,6 @@
 #pragma once
 
+#include <string>
 #include <string_view>
 
 #include "spool/status.h"
@@ -10,5 +11,9 @@ namespace spool::internal {
 // ends the authority ('/', '?', '#') or an '@', unencoded: libpq would refuse it (quoting parts of
 // the password) or read part of the password as the host or port. Ok for every other url.
 Status CheckPostgresUrlEncoding(std::string_view url);
+
+// `word` as one shell word, for a command that a message tells the user to run: as it is when it
+// holds nothing a shell reads specially, else in single quotes (a url's '&' ended the command).
+std::string ShellWord(std::string_view word);
 
 }  // namespace spool::internal

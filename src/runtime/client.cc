@@ -15,6 +15,7 @@
 #include "core/failure_log.h"
 #include "core/thread_name.h"
 #include "core/unique.h"
+#include "core/url.h"
 #include "driver/driver.h"
 #include "maintenance/maintenance.h"
 #include "runtime/completer.h"
@@ -748,7 +749,7 @@ Result<std::unique_ptr<Client>> Client::Open(std::string_view database_url, Clie
   const std::string shown_url = UrlWithoutPassword(database_url);
   const std::string url_flag =
       shown_url == database_url
-          ? fmt::format("--database-url {}`", shown_url)
+          ? fmt::format("--database-url {}`", internal::ShellWord(shown_url))
           : std::string(
                 "--database-url URL` (URL: this one with its password; or set "
                 "SPOOL_DATABASE_URL)");

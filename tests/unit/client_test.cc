@@ -1090,6 +1090,45 @@ TEST(ClientOpenTest, RefusesMissingSchemaNamingTheCommand) {
   EXPECT_TRUE(Client::Open(fresh.SqliteUrl(), o).has_value()) << "auto_migrate creates the file";
 }
 
+// A relative path is taken from the working directory: an app started from its build folder
+// looked for another file than the one made beside its sources, and the message named only
+// "app.db" with a command that would have made a second, empty database.
+TEST(ClientOpenTest, AMissingRelativePathNamesTheWorkingDirectory) {
+  TempDir dir;
+  const std::filesystem::path before = std::filesystem::current_path();
+  std::filesystem::current_path(dir.path());
+  auto c = Client::Open("sqlite://app.db", {});
+  std::filesystem::current_path(before);
+  ASSERT_FALSE(c.has_value());
+  const std::string abs = (dir.path() / "app.db").string();
+  EXPECT_NE(c.error().message().find("no SQLite database at " + abs +
+                                     " (app.db from the working "
+                                     "directory " +
+                                     dir.path().string() + ")"),
+            std::string::npos)
+      << c.error().ToString();
+  EXPECT_NE(c.error().message().find("`spool migration up --database-url sqlite://" + abs + "`"),
+            std::string::npos)
+      << c.error().ToString();
+}
+
+// The command in the message is one shell word, whatever the path holds.
+TEST(ClientOpenTest, TheCommandInAMessageQuotesItsUrl) {
+  TempDir dir;
+  std::filesystem::create_directory(dir.path() / "my jobs");
+  const std::string url = "sqlite://" + (dir.path() / "my jobs" / "app.db").string();
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir.path() / "my jobs" / "app.db").c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "CREATE TABLE app (id INTEGER)", nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3_close(db);
+  auto c = Client::Open(url, {});
+  ASSERT_FALSE(c.has_value());
+  EXPECT_NE(c.error().message().find("run `spool migration up --database-url '" + url + "'`"),
+            std::string::npos)
+      << c.error().ToString();
+}
+
 TEST(ClientOpenTest, RefusesASchemaNewerThanItKnows) {
   TempDir dir;
   ASSERT_TRUE(MigrateUp(dir.SqliteUrl()).ok());

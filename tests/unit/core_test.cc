@@ -9,6 +9,7 @@
 #include "core/exception.h"
 #include "core/failure_log.h"
 #include "core/job_hooks.h"
+#include "core/url.h"
 #include "driver/row_json.h"
 #include "runtime/deadline_watcher.h"
 #include "spool/spool.h"
@@ -183,6 +184,21 @@ TEST(UrlSchemeForMessageTest, NamesOnlyASchemeNeverTheRest) {
   EXPECT_EQ(UrlSchemeForMessage("sqlite:/tmp/x.db"), "\"sqlite:...\"");
   EXPECT_EQ(UrlSchemeForMessage("host=127.0.0.1 password=pw:x"), "(not a url)");
   EXPECT_EQ(UrlSchemeForMessage("app.db"), "(not a url)");
+}
+
+// The commands in messages are pasted into a shell: a url's '&' or a path's space would cut them.
+TEST(ShellWordTest, QuotesOnlyWhatAShellWouldRead) {
+  EXPECT_EQ(internal::ShellWord("sqlite:///srv/app/app.db"), "sqlite:///srv/app/app.db");
+  EXPECT_EQ(internal::ShellWord("postgres://u@127.0.0.1:5432/db"),
+            "postgres://u@127.0.0.1:5432/db");
+  // '?' is a glob character.
+  EXPECT_EQ(internal::ShellWord("postgres://h/db?sslmode=disable"),
+            "'postgres://h/db?sslmode=disable'");
+  EXPECT_EQ(internal::ShellWord("postgres://h/db?sslmode=disable&application_name=x"),
+            "'postgres://h/db?sslmode=disable&application_name=x'");
+  EXPECT_EQ(internal::ShellWord("sqlite:///tmp/my db/it's.db"),
+            R"('sqlite:///tmp/my db/it'\''s.db')");
+  EXPECT_EQ(internal::ShellWord(""), "''");
 }
 
 TEST(FormatTimeTest, Rfc3339WithMicros) {

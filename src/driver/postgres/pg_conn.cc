@@ -230,6 +230,11 @@ Status Conn::ErrorFrom(const PGresult* res, std::string_view what) const {
   Status::Code code = ClassifySqlState(state);
   if (code == Status::Code::kFailedPrecondition) {
     msg += " (is spool's schema migrated? run: spool migration up)";
+  } else if (std::string_view(state) == "3F000") {
+    // No schema of the search_path exists: the url's options=-csearch_path names a new one.
+    msg +=
+        " (create the schema that the url's search_path names first, e.g. CREATE SCHEMA "
+        "name, or correct the name)";
   }
   return Status(code, fmt::format("{}: {}", what, msg), state);
 }

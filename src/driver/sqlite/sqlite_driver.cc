@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "core/thread_name.h"
+#include "core/url.h"
 #include "driver/sqlite/sqlite_conn.h"
 #include "driver/sqlite/sqlite_migrations.h"
 #include "driver/sqlite/sqlite_queries.h"
@@ -373,9 +374,9 @@ Status ExplainCallerTxError(sqlite3* db, Status st) {
   if (st.message().find("no such table: spool_") != std::string::npos) {
     return Status::FailedPrecondition(fmt::format(
         "insert inside your transaction: \"{}\" has no spool tables ({}): if it is the database "
-        "jobs belong in, run `spool migration up --database-url sqlite://{}`; otherwise pass a "
+        "jobs belong in, run `spool migration up --database-url {}`; otherwise pass a "
         "connection to the client's own database",
-        file, st.message(), file));
+        file, st.message(), internal::ShellWord("sqlite://" + file)));
   }
   return st;
 }
@@ -925,19 +926,30 @@ Result<std::unique_ptr<Driver>> OpenSqliteDriver(std::string path, const DriverO
   if (!options.create_if_missing) {
     std::error_code ec;
     if (!std::filesystem::exists(path, ec) && !ec) {
+      const std::filesystem::path absolute = std::filesystem::absolute(path, ec);
+      const std::string create =
+          fmt::format("spool migration up --database-url {}",
+                      internal::ShellWord("sqlite://" + (ec ? path : absolute.string())));
       // migration up creates the file, not its directory.
-      const std::filesystem::path dir = std::filesystem::absolute(path, ec).parent_path();
+      const std::filesystem::path dir = absolute.parent_path();
       if (!ec && !std::filesystem::is_directory(dir, ec)) {
         return Status::FailedPrecondition(
             fmt::format("no SQLite database at {}: its directory {} does not exist (a typo in the "
-                        "path? or create it, then run `spool migration up --database-url "
-                        "sqlite://{}`)",
-                        path, dir.string(), path));
+                        "path? or create it, then run `{}`)",
+                        path, dir.string(), create));
+      }
+      // A relative path is relative to the working directory, which is not always the folder
+      // the database was made in (an app started from its build folder).
+      if (!ec && absolute.string() != path) {
+        return Status::FailedPrecondition(fmt::format(
+            "no SQLite database at {} ({} from the working directory {}): start the process in "
+            "the folder that holds the database, or give an absolute path; to make a new one "
+            "there, run `{}` (or set ClientOptions.auto_migrate)",
+            absolute.string(), path, std::filesystem::current_path(ec).string(), create));
       }
       return Status::FailedPrecondition(fmt::format(
-          "no SQLite database at {}: run `spool migration up --database-url sqlite://{}` to "
-          "create it (or set ClientOptions.auto_migrate)",
-          path, path));
+          "no SQLite database at {}: run `{}` to create it (or set ClientOptions.auto_migrate)",
+          path, create));
     }
   }
   // Everything the client writes goes through this connection, so its WAL writes are gathered.
