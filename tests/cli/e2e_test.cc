@@ -245,10 +245,15 @@ void RunFlow(const std::string& db, const std::string& url) {
   ASSERT_EQ(RunIn({spool, "gen", "task", "nightly_report", "--schedule", "0 3 * * *"}, app, log), 0)
       << fail_log();
   EXPECT_NE(Slurp(app / "jobs/registry.cc")
-                .find("\"nightly_report\", std::string(NightlyReportArgs::kSchedule)"),
+                .find("periodic.push_back(Task<NightlyReportArgs>(\"nightly_report\"));"),
             std::string::npos);
   EXPECT_NE(Slurp(app / "src/main.cpp").find("spool_options.periodic_jobs = jobs::PeriodicJobs()"),
             std::string::npos);
+  // The task's Configure is where its time zone and other settings go: run_on_start makes the
+  // app enqueue it at its first start, which the run below checks.
+  ASSERT_NO_FATAL_FAILURE(
+      InsertBefore(app / "jobs/nightly_report.h", "(void)task; }",
+                   "task.time_zone = \"Europe/Kyiv\"; task.run_on_start = true; "));
 
   // Refused commands and --dry-run change no file.
   const auto before = Tree(app);
@@ -347,16 +352,22 @@ void RunFlow(const std::string& db, const std::string& url) {
 
   std::string http_state;
   std::string cli_state;
+  bool task_ran = false;
   for (const auto deadline = steady_clock::now() + std::chrono::seconds(30);
        steady_clock::now() < deadline;) {
     const auto jobs = ListJobs(spool, app, log);
     http_state = StateOf(jobs, http_id);
     cli_state = StateOf(jobs, cli_id);
-    if (http_state == "completed" && cli_state == "completed") break;
+    task_ran = jobs.is_array() && std::any_of(jobs.begin(), jobs.end(), [](const auto& j) {
+                 return j.value("kind", std::string()) == "nightly_report" &&
+                        j.value("state", std::string()) == "completed";
+               });
+    if (http_state == "completed" && cli_state == "completed" && task_ran) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   EXPECT_EQ(http_state, "completed") << fail_log();
   EXPECT_EQ(cli_state, "completed") << fail_log();
+  EXPECT_TRUE(task_ran) << "the task's run_on_start, set in its Configure" << fail_log();
 
   // SIGTERM to spool reaches the app, which stops within its 30 s stop timeout.
   const fs::path app_binary = app / "build/shop";

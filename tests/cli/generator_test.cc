@@ -597,9 +597,7 @@ TEST_F(GeneratorTest, TaskMatchesGoldenAndRegistersItsSchedule) {
                Read("jobs/nightly_report.h"));
   ExpectGolden("task_nightly_report/" + Flat("jobs/registry.cc"), Read("jobs/registry.cc"));
   EXPECT_NE(Read("jobs/registry.cc")
-                .find("periodic.push_back(spool::MakePeriodicJob(\n"
-                      "      \"nightly_report\", std::string(NightlyReportArgs::kSchedule), "
-                      "NightlyReportArgs{}));"),
+                .find("periodic.push_back(Task<NightlyReportArgs>(\"nightly_report\"));"),
             std::string::npos);
   // send_email is a plain job: no schedule.
   EXPECT_EQ(Read("jobs/registry.cc").find("\"send_email\", std::string("), std::string::npos);
