@@ -305,9 +305,10 @@ void RegisterBench(CLI::App& app) {
   auto cfg = std::make_shared<BenchConfig>();
   auto* cmd = app.add_subcommand(
       "bench", "Measure insert and work throughput and pickup latency with no-op jobs");
-  cmd->add_option("--database-url", cfg->url,
-                  "Database URL; default $SPOOL_DATABASE_URL, then database_url in ./.spoolrc "
-                  "outside an app (an app's own database is never benchmarked by default)");
+  cmd->add_option(
+      "--database-url", cfg->url,
+      "Database URL; default $SPOOL_DATABASE_URL, then database_url in the nearest .spoolrc "
+      "outside an app (an app's own database is never benchmarked by default)");
   cmd->add_option("--jobs,-n", cfg->jobs, "No-op jobs to insert and work")
       ->capture_default_str()
       ->check(WholeNumberFrom(1, 100'000'000));

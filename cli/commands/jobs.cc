@@ -27,7 +27,7 @@ using Json = nlohmann::ordered_json;
 
 constexpr const char* kUrlHelp =
     "Database URL (sqlite://app.db, postgres://...); default $SPOOL_DATABASE_URL, then "
-    "database_url in ./.spoolrc";
+    "database_url in the .spoolrc of this folder or the nearest parent folder with one";
 
 // Opens an insert-only client (no queues: nothing is fetched or worked by this process).
 std::unique_ptr<Client> OpenClient(const std::string& flag_url) {
@@ -899,8 +899,9 @@ void RegisterJobs(CLI::App& app) {
       ->delimiter(',');
   add->add_option("--metadata", add_flags->metadata, "A JSON object stored with the job");
   add->add_option("--unique-by", add_flags->unique_by,
-                  "Insert nothing while a non-final job of this kind exists with the same args "
-                  "(args), in the same queue (queue), or both (args,queue)")
+                  "Insert nothing while a non-final job of this kind, inserted with the same "
+                  "--unique-by (or the same UniqueOptions), has the same args (args), queue "
+                  "(queue), or both (args,queue); jobs inserted without it never match")
       ->delimiter(',')
       ->check(CLI::IsMember({"args", "queue"}));
   add->add_flag("--any-kind", add_flags->any_kind,

@@ -65,7 +65,7 @@ void RegisterMigration(CLI::App& app) {
   auto target = std::make_shared<std::string>();
   const char* url_help =
       "Database URL (sqlite://app.db, postgres://...); default $SPOOL_DATABASE_URL, then "
-      "database_url in ./.spoolrc";
+      "database_url in the .spoolrc of this folder or the nearest parent folder with one";
 
   auto* up = cmd->add_subcommand("up", "Apply every migration not applied yet (or up to --target)");
   up->add_option("--database-url", *url, url_help);

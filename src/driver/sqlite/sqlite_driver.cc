@@ -723,8 +723,10 @@ class SqliteDriver final : public Driver {
     // the caller did next, which is what a Tx call promises it will not.
     if (sqlite3_get_autocommit(db) != 0) {
       return Status::InvalidArgument(
-          "SqliteTx(db): the connection has no open transaction: run BEGIN on it first (the "
-          "job then exists only if you COMMIT)");
+          "SqliteTx(db): the connection has no open transaction: run BEGIN IMMEDIATE on it "
+          "first, and check that it succeeded (the job then exists only if you COMMIT); a BEGIN "
+          "IMMEDIATE that failed with \"database is locked\" needs a busy timeout on your "
+          "connection (sqlite3_busy_timeout), as the client may be writing");
     }
     // A job inserted into another file with spool's tables would be committed there and never
     // worked by this client: the same file, or an error naming both.
