@@ -59,7 +59,8 @@ void RegisterNew(CLI::App& parent) {
   cmd->add_option("NAME", args->name, "App name: lowercase letters, digits, '_' or '-'")
       ->required();
   cmd->add_option("--db", args->db,
-                  "Database kind: sqlite (default) or postgres; --force over an app keeps its own")
+                  "Database kind: sqlite or postgres (default: --database-url's kind, else sqlite; "
+                  "--force over an app keeps its own)")
       ->check(CLI::IsMember({"sqlite", "postgres"}));
   cmd->add_option("--database-url", args->database_url,
                   "Database URL (default: sqlite://app.db, or postgres://127.0.0.1:5432/NAME)");
@@ -70,7 +71,7 @@ void RegisterNew(CLI::App& parent) {
       "database/migrations/, .spoolrc, README.md and .gitignore.\n\n"
       "Examples:\n"
       "  spool new shop\n"
-      "  spool new shop --db postgres --database-url postgres://127.0.0.1:5432/shop\n"
+      "  spool new shop --database-url postgres://127.0.0.1:5432/shop\n"
       "  spool new shop --dir services/shop --dry-run");
   cmd->callback([args] {
     RefuseFlagLike(args->name, "app name");

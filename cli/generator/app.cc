@@ -19,6 +19,12 @@ DbKind ParseDbKind(const std::string& value, const std::string& what, int exit_c
                      exit_code);
 }
 
+std::optional<DbKind> DbKindOfUrl(std::string_view url) {
+  if (url.starts_with("sqlite://")) return DbKind::kSqlite;
+  if (url.starts_with("postgres://") || url.starts_with("postgresql://")) return DbKind::kPostgres;
+  return std::nullopt;
+}
+
 std::string DefaultDatabaseUrl(DbKind kind, const std::string& app) {
   if (kind == DbKind::kSqlite) return "sqlite://app.db";
   std::string db = app;
@@ -32,14 +38,11 @@ void CheckUrlMatchesDb(DbKind kind, const std::string& url, const std::string& w
   // A url given as an argument is bad usage (exit 2); one read from .spoolrc, a refusal (1).
   const bool from_flag = where == "--database-url";
   const int exit_code = from_flag ? kExitUsage : kExitFailed;
-  const std::string scheme = url.substr(0, url.find("://"));
-  const bool is_sqlite = scheme == "sqlite";
-  const bool is_postgres = scheme == "postgres" || scheme == "postgresql";
-  const bool matches = kind == DbKind::kSqlite ? is_sqlite : is_postgres;
-  if (!matches) {
-    // From the command line the fix is usually the other --db (spool new defaults to sqlite).
+  const std::optional<DbKind> of_url = DbKindOfUrl(url);
+  if (of_url != kind) {
+    // From the command line the fix is usually the other --db.
     const std::string other = kind == DbKind::kSqlite ? "postgres" : "sqlite";
-    const bool other_matches = kind == DbKind::kSqlite ? is_postgres : is_sqlite;
+    const bool other_matches = of_url.has_value();
     throw CommandError(fmt::format("{}: database_url \"{}\" does not match db={}: use a {} URL{}",
                                    where, UrlWithoutPassword(url), DbKindName(kind),
                                    kind == DbKind::kSqlite ? "sqlite://" : "postgres://",

@@ -1,7 +1,9 @@
 #pragma once
 
 #include <filesystem>
+#include <optional>
 #include <string>
+#include <string_view>
 
 namespace spool::cli {
 
@@ -11,6 +13,8 @@ enum class DbKind { kSqlite, kPostgres };
 const char* DbKindName(DbKind kind);
 // Parses a db kind; throws CommandError(exit_code) naming `what` and the valid values.
 DbKind ParseDbKind(const std::string& value, const std::string& what, int exit_code);
+// The kind of database a url's scheme names (sqlite://, postgres://, postgresql://), if any.
+std::optional<DbKind> DbKindOfUrl(std::string_view url);
 // The URL `spool new` writes when none is given: sqlite://app.db or postgres://127.0.0.1/<app>.
 std::string DefaultDatabaseUrl(DbKind kind, const std::string& app);
 

@@ -332,7 +332,10 @@ Generated PlanNew(const NewOptions& options) {
   // skeleton again must not move the app to a new, empty database.
   const auto rc_db = existing_rc ? existing_rc->Get("db") : std::nullopt;
   const auto rc_url = existing_rc ? existing_rc->Get("database_url") : std::nullopt;
+  // Without --db, a --database-url says which database it is.
+  const std::optional<DbKind> url_db = DbKindOfUrl(options.database_url);
   app.db = options.db ? *options.db
+           : url_db   ? *url_db
            : rc_db    ? ParseDbKind(*rc_db, fmt::format("db in {}", existing_rc->path.string()),
                                     kExitFailed)
                       : DbKind::kSqlite;

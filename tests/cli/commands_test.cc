@@ -383,6 +383,18 @@ TEST_F(CommandsTest, NewRefusesAUrlWhosePasswordIsNotEncodedWithoutShowingIt) {
   EXPECT_FALSE(fs::exists(tmp_.path() / "leaky"));
 }
 
+// Without --db the url's scheme says which database the app uses; a --db that disagrees with it
+// is refused, naming the one that fits.
+TEST_F(CommandsTest, NewTakesTheDatabaseKindFromTheUrl) {
+  CliRun r = Spool({"new", "shop", "--database-url", "postgres://127.0.0.1:5432/shop"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(Slurp(tmp_.path() / "shop/.spoolrc").find("db=postgres"), std::string::npos);
+  r = Spool({"new", "notes", "--db", "postgres", "--database-url", "sqlite://notes.db"});
+  EXPECT_EQ(r.code, kExitUsage);
+  EXPECT_NE(r.err.find("or pass --db sqlite"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(tmp_.path() / "notes"));
+}
+
 TEST_F(CommandsTest, AppMigrationsNameABadDatabaseAndNeverItsPassword) {
   NewApp();
   WriteText(app() / "notes.txt", "not a database\n");

@@ -358,8 +358,8 @@ TEST_F(GeneratorTest, NewWithForceOverAnAppWithAQueueKeepsTheQueueWiredIn) {
   ExpectRefused([&] { Queue(app); },
                 "queue already set up (jobs/registry.h exists): nothing changed");
 
-  // Another database: the queue's migration was written for SQLite, and the note says so.
-  options.db = DbKind::kPostgres;
+  // Another database: the queue's migration was written for SQLite, and the note says so. The
+  // url alone says which kind it is.
   options.database_url = "postgres://127.0.0.1:5432/demo";
   const Generated other_db = PlanNew(options);
   EXPECT_TRUE(HasNote(other_db,
