@@ -351,6 +351,41 @@ JobListParams FilterParams(const JobFilter& f) {
   return params;
 }
 
+// An app's job kinds as a message lists them.
+std::string KindsList(const std::vector<std::string>& kinds) {
+  return kinds.empty() ? std::string("none yet") : fmt::format("{}", fmt::join(kinds, ", "));
+}
+
+// A filter that matched nothing: when no job at all has its kind or queue, it is likely a typo
+// (spool jobs add refuses one; a filter cannot tell), so say so on stderr, with the app's kinds.
+void NoteEmptyFilter(Client& client, const JobListParams& params) {
+  const auto none_with = [&](JobListParams only) {
+    only.limit = 1;
+    const auto found = client.JobList(only);
+    return found && found->empty();
+  };
+  if (!params.kind.empty()) {
+    std::optional<std::vector<std::string>> app_kinds;
+    if (const auto root = FindAppRoot(); root && !AppWithoutQueueHere()) {
+      app_kinds = AppJobKinds(*root);
+    }
+    // One of the app's own kinds is spelt right, whatever the table holds.
+    const bool apps_own = app_kinds && std::find(app_kinds->begin(), app_kinds->end(),
+                                                 params.kind) != app_kinds->end();
+    if (!apps_own && none_with({.kind = params.kind})) {
+      fmt::print(stderr, "note: no job of kind \"{}\" is in the database{}: check the spelling\n",
+                 params.kind,
+                 app_kinds ? fmt::format(" (this app's kinds: {})", KindsList(*app_kinds)) : "");
+    }
+  }
+  if (!params.queue.empty() && none_with({.queue = params.queue})) {
+    fmt::print(stderr,
+               "note: no job is in queue \"{}\": check the spelling (spool queues list shows "
+               "the queues)\n",
+               params.queue);
+  }
+}
+
 void RunList(const ListFlags& f) {
   JobListParams params = FilterParams(f.filter);
   params.limit = f.limit;
@@ -373,6 +408,7 @@ void RunList(const ListFlags& f) {
                  jobs->back().id);
     }
   };
+  if (jobs->empty()) NoteEmptyFilter(*client, params);
   if (f.json) {
     Json out = Json::array();
     for (const auto& job : *jobs) {
@@ -443,10 +479,10 @@ void CheckKindIsTheApps(const std::string& kind) {
   if (!root || AppWithoutQueueHere()) return;
   const std::vector<std::string> kinds = AppJobKinds(*root);
   if (std::find(kinds.begin(), kinds.end(), kind) != kinds.end()) return;
-  throw CommandError(fmt::format(
-      "this app has no job of kind \"{}\" (its jobs: {}): check the spelling, or pass "
-      "--any-kind for a kind another program works; nothing was inserted",
-      kind, kinds.empty() ? std::string("none yet") : fmt::format("{}", fmt::join(kinds, ", "))));
+  throw CommandError(
+      fmt::format("this app has no job of kind \"{}\" (its jobs: {}): check the spelling, or pass "
+                  "--any-kind for a kind another program works; nothing was inserted",
+                  kind, KindsList(kinds)));
 }
 
 // A job made available in a paused queue waits, silently, until someone resumes the queue: say
@@ -726,6 +762,7 @@ void RunOp(Op op, const OpFlags& f) {
     }
     if (tried == 0) {
       fmt::print("no jobs matched\n");
+      NoteEmptyFilter(*client, params);
     } else {
       fmt::print("{} job(s) matched\n", tried);
     }

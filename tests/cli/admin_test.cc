@@ -291,6 +291,25 @@ TEST_F(AdminTest, ListFilters) {
       << page.err;
 }
 
+// A filter that matches nothing because no job has that kind or queue (a typo, most likely) says
+// so on stderr; one that matches nothing in the states asked for stays quiet.
+TEST_F(AdminTest, AnEmptyFilterNamesAKindOrQueueNoJobHas) {
+  Add({"send_email", "--queue", "mail"});
+  CliRun r = Run({"jobs", "list", "--kind", "SendEmail"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "no jobs\n");
+  EXPECT_NE(r.err.find("note: no job of kind \"SendEmail\" is in the database"), std::string::npos)
+      << r.err;
+  r = Run({"jobs", "retry", "--state", "discarded", "--queue", "Mail"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "no jobs matched\n");
+  EXPECT_NE(r.err.find("note: no job is in queue \"Mail\""), std::string::npos) << r.err;
+  r = Run({"jobs", "retry", "--state", "discarded", "--kind", "send_email", "--queue", "mail"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "no jobs matched\n");
+  EXPECT_EQ(r.err, "");
+}
+
 TEST_F(AdminTest, ScheduleIn) {
   const auto before = std::chrono::system_clock::now();
   json j = Add({"later", "--schedule-in", "1h30m"});
