@@ -201,8 +201,9 @@ class Client {
   // completes first. Final: returned unchanged. NotFound naming the id.
   Result<JobRow> JobCancel(int64_t id);
   // Makes a job that is not running available now; attempts already used are kept (max_attempts
-  // grows by one if they are used up). FailedPrecondition for a running job, and for a unique
-  // job whose key another waiting or running job now holds.
+  // grows by one if they are used up). FailedPrecondition for a running job, for one that has
+  // used kMaxMaxAttempts attempts, and for a unique job whose key another job now holds in one of
+  // its states (the message names that job).
   Result<JobRow> JobRetry(int64_t id);
   // Deletes a job that is not running and returns it. FailedPrecondition for a running job. A
   // row that cannot be read (edited by hand, or of an altered column) is deleted all the same and

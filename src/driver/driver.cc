@@ -112,6 +112,26 @@ Status RunningJobRefused(const JobRow& job, std::string_view doing) {
       "job {} is running: cancel it or wait for it to finish before {} it", job.id, doing));
 }
 
+Status RetryRefused(const JobRow& job) {
+  if (job.state == JobState::kRunning) return RunningJobRefused(job, "retrying");
+  if (job.attempt >= kMaxMaxAttempts) {
+    return Status::FailedPrecondition(fmt::format(
+        "job {} has used all {} attempts a job may have, so it cannot be retried: insert a new "
+        "job with its args instead",
+        job.id, kMaxMaxAttempts));
+  }
+  return Status::Internal(fmt::format("cannot retry job {}: it changed concurrently", job.id));
+}
+
+Status UniqueKeyHeld(const Result<JobRow>& holder) {
+  if (!holder) {
+    return Status::AlreadyExists(
+        "another job with its unique key is waiting or running (list the kind's jobs to find it)");
+  }
+  return Status::AlreadyExists(
+      fmt::format("job {} ({}) holds its unique key", holder->id, JobStateName(holder->state)));
+}
+
 Status CheckFinalizedState(JobState state) {
   if (IsFinalState(state)) return Status::Ok();
   return Status::InvalidArgument(

@@ -357,6 +357,12 @@ Status CheckFinalizedState(JobState state);
 // Why a running `job` cannot be retried or deleted (`doing`: "retrying", "deleting"), saying what
 // to do, and that its cancel is under way when one was requested.
 Status RunningJobRefused(const JobRow& job, std::string_view doing);
+// Why `job`, which a retry left unchanged, cannot be retried: it is running, or it has used every
+// attempt a job may have (kMaxMaxAttempts), so max_attempts cannot grow. FailedPrecondition.
+Status RetryRefused(const JobRow& job);
+// The error of a retry that the unique index refused: AlreadyExists naming `holder`, the job that
+// has the key in one of its states, when the driver could read it.
+Status UniqueKeyHeld(const Result<JobRow>& holder);
 // Reading job rows, the same words from every driver: `r`, or its error prefixed with the column
 // it came from; the error for job `job` (its id, or a placeholder) whose row cannot be read; and
 // the error a claim returns when it gave its batch back because of such a row, which says what

@@ -448,13 +448,12 @@ class Client::Impl {
   Result<JobRow> Retry(int64_t id) {
     auto retried = driver_->executor().JobRetry({.id = id, .now = clock_->Now()});
     if (!retried && retried.error().IsAlreadyExists()) {
-      // The unique index: a duplicate of this unique job was inserted since it finished.
-      auto job = driver_->executor().JobGetByID(id);
+      // The unique index: a duplicate of this unique job was inserted since it finished. The
+      // driver's message names it when it could.
       return Status::FailedPrecondition(fmt::format(
-          "job {} cannot be retried: it is a unique job, and another job {}with its unique key "
-          "is waiting or running (list the kind's jobs to find it); retry this one once that one "
-          "has finished, or delete that one",
-          id, job ? fmt::format("of kind \"{}\" ", job->kind) : std::string()));
+          "job {} cannot be retried: it is a unique job, and {}; retry this one once that one has "
+          "finished, or delete that one",
+          id, retried.error().message()));
     }
     SPOOL_ASSIGN_OR_RETURN(JobRow row, std::move(retried));
     WakeQueue(row.queue);

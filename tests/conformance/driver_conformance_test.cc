@@ -1788,6 +1788,25 @@ int64_t CountOf(const std::map<JobState, int64_t>& counts, JobState s) {
 
 }  // namespace
 
+// A retry the unique index refuses names the job that holds the key, and changes nothing.
+TEST_P(DriverConformanceTest, RetryRefusedByTheUniqueIndexNamesTheJobWithTheKey) {
+  CONF_ASSIGN_OR_FAIL(auto first,
+                      exec().JobInsertMany(Many({Unique("u", Key('r'), kUniqueMask, "uq_retry")})));
+  const int64_t id = first[0].job.id;
+  CONF_ASSIGN_OR_FAIL(JobRow cancelled, exec().JobCancel({id, kT0}));
+  ASSERT_EQ(cancelled.state, JobState::kCancelled);  // not in the mask: the key is free
+  CONF_ASSIGN_OR_FAIL(auto second,
+                      exec().JobInsertMany(Many({Unique("u", Key('r'), kUniqueMask, "uq_retry")})));
+  ASSERT_FALSE(second[0].duplicate);
+  auto r = exec().JobRetry({id, kT0});
+  ASSERT_FALSE(r.has_value());
+  EXPECT_TRUE(r.error().IsAlreadyExists()) << r.error().ToString();
+  EXPECT_EQ(r.error().message(),
+            fmt::format("job {} (available) holds its unique key", second[0].job.id));
+  CONF_ASSIGN_OR_FAIL(JobRow stored, exec().JobGetByID(id));
+  EXPECT_EQ(stored.state, JobState::kCancelled);
+}
+
 TEST_P(DriverConformanceTest, UniqueInsertReturnsExistingRowWhileItsStateIsInTheMask) {
   CONF_ASSIGN_OR_FAIL(auto first,
                       exec().JobInsertMany(Many({Unique("u", Key('a'), kUniqueMask, "uq")})));

@@ -361,6 +361,27 @@ TEST_F(PostgresDriverTest, SessionsAreNamedSpoolUnlessTheUrlNamesThem) {
   }
 }
 
+// max_attempts is a smallint: a retry of a job that used kMaxMaxAttempts attempts is refused in
+// words, where its growth by one failed with "smallint out of range".
+TEST_F(PostgresDriverTest, RetryOfAJobThatUsedEveryAttemptIsRefused) {
+  auto rows = driver_->executor().JobInsertMany(OneJob("q_used_up"));
+  ASSERT_TRUE(rows.has_value()) << rows.error().ToString();
+  const int64_t id = (*rows)[0].job.id;
+  PgConnPtr app = Connect(url_);
+  Query(app.get(), fmt::format("UPDATE spool_job SET attempt = {0}, max_attempts = {0}, state = "
+                               "{1}, finalized_at = created_at WHERE id = {2}",
+                               kMaxMaxAttempts, static_cast<int>(JobState::kDiscarded), id));
+  auto r = driver_->executor().JobRetry({id, kT0});
+  ASSERT_FALSE(r.has_value());
+  EXPECT_TRUE(r.error().IsFailedPrecondition()) << r.error().ToString();
+  EXPECT_NE(r.error().message().find(fmt::format("job {} has used all 32767 attempts", id)),
+            std::string::npos)
+      << r.error().ToString();
+  auto stored = driver_->executor().JobGetByID(id);
+  ASSERT_TRUE(stored.has_value());
+  EXPECT_EQ(stored->state, JobState::kDiscarded);
+}
+
 TEST_F(PostgresDriverTest, LostConnectionIsReportedThenReconnects) {
   ASSERT_NE(driver_, nullptr);
   auto rows = driver_->executor().JobInsertMany(OneJob());

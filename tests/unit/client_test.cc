@@ -20,6 +20,7 @@
 
 #include "core/job_hooks.h"
 #include "driver/driver.h"
+#include "driver/state_codes.h"
 #include "runtime/completer.h"
 #include "spool/spool.h"
 #include "support/test_util.h"
@@ -1531,11 +1532,39 @@ TEST_F(ClientTest, RetryOfAUniqueJobWhoseKeyIsTakenSaysWhy) {
   ASSERT_FALSE(retried);
   EXPECT_TRUE(retried.error().IsFailedPrecondition()) << retried.error().ToString();
   EXPECT_NE(retried.error().message().find(fmt::format(
-                "job {} cannot be retried: it is a unique job, and another job of kind \"email\" "
-                "with its unique key is waiting or running",
-                first)),
+                "job {} cannot be retried: it is a unique job, and job {} (available) holds its "
+                "unique key; retry this one once that one has finished, or delete that one",
+                first, second->job.id)),
             std::string::npos)
       << retried.error().ToString();
+}
+
+// max_attempts grows by one on a retry of a used-up job, but never past kMaxMaxAttempts: the
+// retry is refused in words (SQLite stored 32768; PostgreSQL's smallint refused it raw).
+TEST_F(ClientTest, RetryOfAJobThatUsedEveryAttemptIsRefused) {
+  auto c = Open(Options());
+  ASSERT_TRUE(c);
+  const int64_t id = c->Insert(EmailArgs{"a@b"}, {.max_attempts = kMaxMaxAttempts})->job.id;
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir_.path() / "test.db").c_str(), &db), SQLITE_OK);
+  // Discarded after its last attempt: set by hand, as 32,767 runs would take minutes.
+  const std::string used_up = fmt::format(
+      "UPDATE spool_job SET attempt = {0}, max_attempts = {0}, finalized_at = "
+      "created_at, state = " SPOOL_DISCARDED " WHERE id = {1}",
+      kMaxMaxAttempts, id);
+  ASSERT_EQ(sqlite3_exec(db, used_up.c_str(), nullptr, nullptr, nullptr), SQLITE_OK)
+      << sqlite3_errmsg(db);
+  sqlite3_close(db);
+  ASSERT_EQ(c->JobGet(id)->state, JobState::kDiscarded);
+  const auto retried = c->JobRetry(id);
+  ASSERT_FALSE(retried);
+  EXPECT_TRUE(retried.error().IsFailedPrecondition()) << retried.error().ToString();
+  EXPECT_NE(retried.error().message().find(
+                fmt::format("job {} has used all 32767 attempts a job may have", id)),
+            std::string::npos)
+      << retried.error().ToString();
+  EXPECT_EQ(c->JobGet(id)->max_attempts, kMaxMaxAttempts);
+  EXPECT_EQ(c->JobGet(id)->state, JobState::kDiscarded);
 }
 
 }  // namespace

@@ -359,8 +359,19 @@ const std::string& RetrySql() {
                     "finalized_at = NULL, max_attempts = CASE WHEN j.attempt >= j.max_attempts "
                     "THEN j.attempt + 1 ELSE j.max_attempts END, "
                     "metadata = j.metadata - 'cancel_requested_at' "
-                    "WHERE j.id = $1 AND j.state <> " SPOOL_RUNNING " RETURNING j.*) SELECT ",
+                    "WHERE j.id = $1 AND j.state <> " SPOOL_RUNNING " AND j.attempt < " +
+              std::to_string(kMaxMaxAttempts) + " RETURNING j.*) SELECT ",
           ", pg_notify($3, j.queue) FROM retried AS j"));
+  return *kSql;
+}
+
+// The job other than $1 that holds $1's unique key in one of its states.
+const std::string& UniqueHolderSql() {
+  static const std::string* const kSql = new std::string(
+      Sql("SELECT ",
+          " FROM spool_job AS j WHERE j.unique_key = (SELECT unique_key FROM spool_job WHERE id = "
+          "$1) AND j.id <> $1 AND j.unique_key IS NOT NULL AND j.unique_states IS NOT NULL AND "
+          "(j.unique_states >> j.state) & 1 = 1 LIMIT 1"));
   return *kSql;
 }
 
@@ -1168,12 +1179,10 @@ Result<std::map<JobState, int64_t>> CountOn(Conn& c, std::string_view queue) {
 // ---- admin and maintenance queries -------------------------------------------------------------
 
 // The row `id` when a conditional write skipped it: NotFound, or FailedPrecondition if running.
-Status NotWritable(Conn& c, int64_t id, std::string_view what) {
+Status NotDeletable(Conn& c, int64_t id) {
   SPOOL_ASSIGN_OR_RETURN(JobRow row, GetByIdOn(c, id));
-  if (row.state == JobState::kRunning) {
-    return RunningJobRefused(row, what == "retry" ? "retrying" : "deleting");
-  }
-  return Status::Internal(fmt::format("cannot {} job {}: it changed concurrently", what, id));
+  if (row.state == JobState::kRunning) return RunningJobRefused(row, "deleting");
+  return Status::Internal(fmt::format("cannot delete job {}: it changed concurrently", id));
 }
 
 Result<JobRow> CancelOn(Conn& c, const JobCancelParams& p, const std::string& control_channel) {
@@ -1185,19 +1194,33 @@ Result<JobRow> CancelOn(Conn& c, const JobCancelParams& p, const std::string& co
   return ReadOneRow(res.get());
 }
 
-Result<JobRow> RetryOn(Conn& c, const JobRetryParams& p, const std::string& insert_channel) {
-  SPOOL_ASSIGN_OR_RETURN(
-      PgResult res,
-      c.Query("spool_retry", RetrySql(), {std::to_string(p.id), Micros(p.now), insert_channel},
-              pg::Format::kBinary));
-  if (PQntuples(res.get()) == 0) return NotWritable(c, p.id, "retry");
+Result<JobRow> UniqueHolderOn(Conn& c, int64_t id) {
+  SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query("spool_unique_holder", UniqueHolderSql(),
+                                               {std::to_string(id)}, pg::Format::kBinary));
+  if (PQntuples(res.get()) == 0) {
+    return Status::NotFound(fmt::format("no job holds the unique key of {}", id));
+  }
   return ReadOneRow(res.get());
+}
+
+Result<JobRow> RetryOn(Conn& c, const JobRetryParams& p, const std::string& insert_channel) {
+  auto res = c.Query("spool_retry", RetrySql(),
+                     {std::to_string(p.id), Micros(p.now), insert_channel}, pg::Format::kBinary);
+  // Inside a caller's transaction the failed statement aborted it: the lookup then fails too, and
+  // the error says so without naming the holder.
+  if (!res && res.error().IsAlreadyExists()) return UniqueKeyHeld(UniqueHolderOn(c, p.id));
+  if (!res) return std::move(res).error();
+  if (PQntuples(res->get()) == 0) {
+    SPOOL_ASSIGN_OR_RETURN(JobRow row, GetByIdOn(c, p.id));
+    return RetryRefused(row);
+  }
+  return ReadOneRow(res->get());
 }
 
 Result<JobRow> DeleteOn(Conn& c, int64_t id) {
   SPOOL_ASSIGN_OR_RETURN(PgResult res, c.Query("spool_delete", DeleteSql(), {std::to_string(id)},
                                                pg::Format::kBinary));
-  if (PQntuples(res.get()) == 0) return NotWritable(c, id, "delete");
+  if (PQntuples(res.get()) == 0) return NotDeletable(c, id);
   return RowOrIdOnly(id, ReadOneRow(res.get()));
 }
 

@@ -1198,17 +1198,33 @@ Result<JobRow> SqliteQueries::JobRetry(const JobRetryParams& params) {
       "max_attempts = CASE WHEN attempt >= max_attempts THEN attempt + 1 ELSE max_attempts END, "
       "metadata = CASE WHEN json_type(metadata, '$.cancel_requested_at') IS NULL THEN metadata "
       "ELSE json_remove(metadata, '$.cancel_requested_at') END "
-      "WHERE id = ?1 AND state <> " SPOOL_RUNNING " RETURNING {}",
-      kJobColumns);
-  SPOOL_ASSIGN_OR_RETURN(auto row, WriteOneRow(kSql, "retry job", [&](sqlite3_stmt* stmt) {
-                           int rc = sqlite3_bind_int64(stmt, 1, params.id);
-                           if (rc == SQLITE_OK)
-                             rc = sqlite3_bind_int64(stmt, 2, Micros(params.now));
-                           return rc;
-                         }));
-  if (row.has_value()) return std::move(*row);
+      "WHERE id = ?1 AND state <> " SPOOL_RUNNING " AND attempt < {} RETURNING {}",
+      kMaxMaxAttempts, kJobColumns);
+  auto row = WriteOneRow(kSql, "retry job", [&](sqlite3_stmt* stmt) {
+    int rc = sqlite3_bind_int64(stmt, 1, params.id);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_int64(stmt, 2, Micros(params.now));
+    return rc;
+  });
+  if (!row && row.error().IsAlreadyExists()) return UniqueKeyHeld(UniqueKeyHolder(params.id));
+  if (!row) return std::move(row).error();
+  if (row->has_value()) return std::move(**row);
   SPOOL_ASSIGN_OR_RETURN(JobRow job, JobGetByID(params.id));
-  return RunningJobRefused(job, "retrying");
+  return RetryRefused(job);
+}
+
+Result<JobRow> SqliteQueries::UniqueKeyHolder(int64_t id) {
+  static const std::string kSql = fmt::format(
+      "SELECT {} FROM spool_job WHERE unique_key = (SELECT unique_key FROM spool_job WHERE id = "
+      "?1) AND id <> ?1 AND unique_key IS NOT NULL AND unique_states IS NOT NULL AND "
+      "(unique_states >> state) & 1 = 1 LIMIT 1",
+      kJobColumns);
+  SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt, cache_.Get(kSql));
+  StmtScope use(stmt);
+  SPOOL_RETURN_IF_ERROR(CheckBind(sqlite3_bind_int64(stmt, 1, id), stmt));
+  std::vector<JobRow> rows;
+  SPOOL_RETURN_IF_ERROR(ReadJobRows(stmt, "get the job with a unique key", &rows));
+  if (rows.empty()) return Status::NotFound(fmt::format("no job holds the unique key of {}", id));
+  return std::move(rows.front());
 }
 
 Result<JobRow> SqliteQueries::JobDelete(int64_t id) {

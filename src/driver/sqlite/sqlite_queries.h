@@ -105,6 +105,8 @@ class SqliteQueries {
 
   Result<JobRow> JobCancel(const JobCancelParams& params);
   Result<JobRow> JobRetry(const JobRetryParams& params);
+  // The job other than `id` that holds `id`'s unique key in one of its states (NotFound if none).
+  Result<JobRow> UniqueKeyHolder(int64_t id);
   Result<JobRow> JobDelete(int64_t id);
   Result<std::vector<int64_t>> JobGetCancelRequested(const std::vector<int64_t>& ids);
   Result<std::vector<JobRow>> JobGetStuck(const JobGetStuckParams& params);
