@@ -259,5 +259,9 @@ inline constexpr int kMaxJsonDepth = 512;
 // InvalidArgument naming `what` ("args") when the JSON text `json` nests arrays and objects
 // deeper than kMaxJsonDepth. Does not check that it is valid JSON.
 Status ValidateJsonDepth(std::string_view json, std::string_view what);
+// What an insert checks of args and metadata text beyond being a JSON object: ValidateJsonDepth,
+// and no \u0000 character, which PostgreSQL's jsonb cannot store (refused on SQLite too, so an
+// app tested there behaves the same). InvalidArgument naming `what`.
+Status ValidateArgsText(std::string_view json, std::string_view what);
 
 }  // namespace spool

@@ -53,6 +53,48 @@ bool IsUtf8(std::string_view s) {
   return true;
 }
 
+// Text stored as a name (a kind, tag, client id or periodic job name): printable, UTF-8, and at
+// most `max` bytes. A control byte broke listings and PostgreSQL's array literals (a NUL tag);
+// bytes that are not UTF-8 made nlohmann's dump throw on a worker thread (a client_id ended the
+// process) or PostgreSQL refuse every statement.
+Status CheckName(std::string_view what, std::string_view text, size_t max) {
+  if (text.size() > max) {
+    return Status::InvalidArgument(
+        fmt::format("{} \"{}...\" is longer than {} bytes", what, text.substr(0, 20), max));
+  }
+  for (char c : text) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f) {
+      return Status::InvalidArgument(
+          fmt::format("{} {:?} has a control character (byte {:#04x}): use printable characters",
+                      what, text.substr(0, 40), u));
+    }
+  }
+  if (!IsUtf8(text)) {
+    return Status::InvalidArgument(
+        fmt::format("{} {:?} is not valid UTF-8: use UTF-8 text", what, text.substr(0, 40)));
+  }
+  return Status::Ok();
+}
+
+// True when the JSON text holds the escape \u0000: PostgreSQL's jsonb refuses it, so SQLite
+// must too, or an app tested on SQLite fails its inserts on PostgreSQL.
+bool HasNulEscape(std::string_view json) {
+  if (json.find("u0000") == std::string_view::npos) return false;
+  bool in_string = false;
+  for (size_t i = 0; i < json.size(); ++i) {
+    if (!in_string) {
+      in_string = json[i] == '"';
+    } else if (json[i] == '"') {
+      in_string = false;
+    } else if (json[i] == '\\') {
+      if (json.substr(i + 1, 5) == "u0000") return true;
+      ++i;
+    }
+  }
+  return false;
+}
+
 bool IsQueueChar(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
          c == '-' || c == '.' || c == ':';
@@ -92,23 +134,16 @@ Status ValidateQueueName(std::string_view name) {
 }
 
 Status ValidateKind(std::string_view kind) {
-  constexpr size_t kMaxKindLength = 255;
   if (kind.empty()) return Status::InvalidArgument("the kind is empty: set Args::kKind");
-  if (kind.size() > kMaxKindLength) {
-    return Status::InvalidArgument(
-        fmt::format("kind \"{}...\" is longer than {} bytes", kind.substr(0, 20), kMaxKindLength));
-  }
-  for (char c : kind) {
-    const auto u = static_cast<unsigned char>(c);
-    if (u < 0x20 || u == 0x7f) {
-      return Status::InvalidArgument(
-          fmt::format("kind {:?} has a control character (byte {:#04x}): use printable characters",
-                      kind.substr(0, 40), u));
-    }
-  }
-  if (!IsUtf8(kind)) {
-    return Status::InvalidArgument(
-        fmt::format("kind {:?} is not valid UTF-8: use UTF-8 text", kind.substr(0, 40)));
+  return CheckName("kind", kind, 255);
+}
+
+Status ValidateArgsText(std::string_view json, std::string_view what) {
+  SPOOL_RETURN_IF_ERROR(ValidateJsonDepth(json, what));
+  if (HasNulEscape(json)) {
+    return Status::InvalidArgument(fmt::format(
+        "{}: the character \\u0000 cannot be stored (PostgreSQL's jsonb refuses it): remove it",
+        what));
   }
   return Status::Ok();
 }
@@ -188,9 +223,10 @@ Status ValidateInsertOptions(const InsertOptions& opts) {
       return Status::InvalidArgument(
           fmt::format("InsertOptions.tags has {:?}: a tag must be valid UTF-8", tag));
     }
+    SPOOL_RETURN_IF_ERROR(CheckName("InsertOptions.tags: the tag", tag, kMaxTagLength));
   }
   if (opts.metadata != "{}") {
-    SPOOL_RETURN_IF_ERROR(ValidateJsonDepth(opts.metadata, "InsertOptions.metadata"));
+    SPOOL_RETURN_IF_ERROR(ValidateArgsText(opts.metadata, "InsertOptions.metadata"));
     const auto j = nlohmann::json::parse(opts.metadata, nullptr, /*allow_exceptions=*/false);
     if (!j.is_object()) {
       return Status::InvalidArgument("InsertOptions.metadata must be a JSON object, e.g. {}");
@@ -201,6 +237,10 @@ Status ValidateInsertOptions(const InsertOptions& opts) {
 }
 
 Status ValidateClientOptions(const ClientOptions& opts) {
+  SPOOL_RETURN_IF_ERROR(CheckName("ClientOptions.client_id", opts.client_id, 255));
+  for (const PeriodicJob& p : opts.periodic_jobs) {
+    SPOOL_RETURN_IF_ERROR(CheckName("periodic job name", p.name, 255));
+  }
   for (const auto& [name, q] : opts.queues) {
     SPOOL_RETURN_IF_ERROR(ValidateQueueName(name).WithContext("ClientOptions.queues"));
     if (q.max_workers < 1 || q.max_workers > kMaxWorkersLimit) {

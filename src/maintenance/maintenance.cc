@@ -66,6 +66,8 @@ Status ValidatePeriodicJobs(const ClientOptions& opts, const Workers& workers) {
       return Status::InvalidArgument(
           fmt::format("periodic job \"{}\": args are not a JSON object: {:.80}", p.name, p.args));
     }
+    SPOOL_RETURN_IF_ERROR(
+        ValidateArgsText(p.args, "args").WithContext(fmt::format("periodic job \"{}\"", p.name)));
     if (const WorkerBase* worker = workers.Find(p.kind)) {
       SPOOL_RETURN_IF_ERROR(
           worker->CheckArgs(p.args).WithContext(fmt::format("periodic job \"{}\"", p.name)));

@@ -357,8 +357,8 @@ class Client::Impl {
             fmt::format("args of kind \"{}\" are not a JSON object{}: {:?}", in.kind, why,
                         in.args.substr(0, 80)));
       }
-      if (Status deep = ValidateJsonDepth(in.args, "args"); !deep.ok()) {
-        return deep.WithContext(fmt::format("kind \"{}\"", in.kind));
+      if (Status bad = ValidateArgsText(in.args, "args"); !bad.ok()) {
+        return bad.WithContext(fmt::format("kind \"{}\"", in.kind));
       }
       internal::JobInsertParams j;
       j.kind = std::move(in.kind);

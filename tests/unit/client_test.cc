@@ -1186,6 +1186,59 @@ TEST(ClientOpenTest, BadUrlsAndOptionsAreInvalidArguments) {
   EXPECT_TRUE(Client::Open(dir.SqliteUrl(), o).error().IsInvalidArgument());
 }
 
+// A client id or periodic job name that is not printable UTF-8 ended the process on SQLite (the
+// claim's JSON dump threw on a worker thread) and failed every statement on PostgreSQL: refused
+// at Open, naming the option.
+TEST(ClientOpenTest, ClientIdsAndPeriodicNamesMustBePrintableUtf8) {
+  TempDir dir;
+  for (const char* bad : {"worker-\xff", "worker\n2"}) {
+    ClientOptions o;
+    o.auto_migrate = true;
+    o.client_id = bad;
+    auto c = Client::Open(dir.SqliteUrl(), o);
+    ASSERT_FALSE(c.has_value()) << bad;
+    EXPECT_TRUE(c.error().IsInvalidArgument());
+    EXPECT_NE(c.error().message().find("ClientOptions.client_id"), std::string::npos)
+        << c.error().ToString();
+  }
+  ClientOptions o;
+  o.auto_migrate = true;
+  o.periodic_jobs.push_back(MakePeriodicJob("per\xff", "@daily", EmailArgs{"x"}));
+  auto c = Client::Open(dir.SqliteUrl(), o);
+  ASSERT_FALSE(c.has_value());
+  EXPECT_NE(c.error().message().find("periodic job name \"per\\xff\" is not valid UTF-8"),
+            std::string::npos)
+      << c.error().ToString();
+  o.periodic_jobs[0].name = "nightly \u00e9t\u00e9";
+  o.client_id = "pod-7 \u00e9";
+  EXPECT_TRUE(Client::Open(dir.SqliteUrl(), o).has_value());
+}
+
+// What PostgreSQL cannot store is refused on SQLite too: an app tested on SQLite would otherwise
+// fail these inserts in production.
+TEST_F(ClientTest, TextPostgresCannotStoreIsRefusedOnEveryDatabase) {
+  auto c = Open(Options());
+  ASSERT_TRUE(c);
+  auto r = c->InsertRaw({"email", R"({"to":"a\u0000b"})", {}});
+  ASSERT_FALSE(r.has_value());
+  EXPECT_TRUE(r.error().IsInvalidArgument());
+  EXPECT_NE(r.error().message().find("args: the character \\u0000 cannot be stored"),
+            std::string::npos)
+      << r.error().ToString();
+  InsertOptions o;
+  o.metadata = R"({"note":"\u0000"})";
+  EXPECT_TRUE(c->InsertRaw({"email", R"({"to":"x"})", o}).error().IsInvalidArgument());
+  o.metadata = "{}";
+  o.tags = {std::string("a\0b", 3)};
+  r = c->InsertRaw({"email", R"({"to":"x"})", o});
+  ASSERT_FALSE(r.has_value());
+  EXPECT_NE(r.error().message().find("has a control character (byte 0x00)"), std::string::npos)
+      << r.error().ToString();
+  // An escaped backslash before "u0000" is text, not the character.
+  EXPECT_TRUE(c->InsertRaw({"email", R"({"to":"a\\u0000b"})", {}}).has_value());
+  EXPECT_TRUE(c->InsertRaw({"email", R"({"to":"u0000"})", {}}).has_value());
+}
+
 struct DupArgs {
   static constexpr std::string_view kKind = "dup";
   int x = 0;
