@@ -128,7 +128,8 @@ class WorkerBase {
 //     spool::Outcome Work(spool::JobContext& ctx, const SendEmailArgs& args) override;
 //   };
 // Work runs on a pool thread, possibly on several threads at once for different jobs: it must
-// be thread safe. Throwing anything records a failed attempt with the exception's message.
+// be thread safe. Throwing anything records a failed attempt with the exception's message (a
+// std::exception's what(), a thrown std::string or string literal, else the thrown type's name).
 template <JobArgs A>
 class Worker : public WorkerBase {
  public:

@@ -360,6 +360,9 @@ TEST(DescribeCurrentExceptionTest, NamesTheTypeAndTheMessage) {
   auto app = Caught(AppError{});
   EXPECT_NE(app.type.find("AppError"), std::string::npos) << app.type;
   EXPECT_EQ(app.message, "non-standard exception thrown: " + app.type);
+  // A thrown string is its own message (the audit saw only "basic_string<char, ...>").
+  EXPECT_EQ(Caught(std::string("disk full")).message, "std::string thrown: disk full");
+  EXPECT_EQ(Caught("no route").message, "const char* thrown: no route");
 }
 
 TEST(OutcomeTest, StatusConvertsToOutcome) {
