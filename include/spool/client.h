@@ -146,10 +146,11 @@ class Client {
   // are cancelled (hard stop) and Stop waits for them to return. All finished outcomes are
   // written before Stop returns, unless the database stalls: 10 s past the timeout the
   // statements still running are cancelled (PostgreSQL) and unwritten outcomes are left to the
-  // rescuer. Idempotent (a later or concurrent call waits for the first and
-  // returns its result); safe before Start. A timeout over kMaxDelay is kMaxDelay.
-  // FailedPrecondition from a job's Work or an event subscriber, where waiting for the jobs would
-  // wait for itself.
+  // rescuer. SQLite statements cannot be cancelled: there a stalled write ends once it has waited
+  // out ClientOptions.sqlite.busy_timeout (5 s by default), which may come on top. Idempotent (a
+  // later or concurrent call waits for the first and returns its result); safe before Start. A
+  // timeout over kMaxDelay is kMaxDelay. FailedPrecondition from a job's Work or an event
+  // subscriber, where waiting for the jobs would wait for itself.
   Status Stop(Duration timeout);
   // Hard stop at once: cancels running jobs' contexts, waits for them, writes outcomes; also
   // during a Stop in progress on another thread, which it turns into a hard stop. Refused where

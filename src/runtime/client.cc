@@ -234,9 +234,9 @@ class Client::Impl {
     // as long as it stalled: an audit's Stop(2s) took 42 s behind a 45 s lock. Past the timeout
     // and kStopStall more, the statements still running are cancelled, each second, and the
     // loops, seeing the stop, give up on them (unwritten outcomes are rescued later).
-    StopWatchdog watchdog(
-        *driver_, logger_,
-        std::chrono::steady_clock::now() + timeout.value_or(Duration::zero()) + kStopStall);
+    const auto give_up_at =
+        std::chrono::steady_clock::now() + timeout.value_or(Duration::zero()) + kStopStall;
+    StopWatchdog watchdog(*driver_, logger_, give_up_at);
     for (auto& [_, r] : runners_) r->StopFetching();
     bool idle = true;
     if (timeout) {
@@ -261,7 +261,7 @@ class Client::Impl {
     if (scheduler_.joinable()) scheduler_.join();
     if (notifier_.joinable()) notifier_.join();
     deadlines_.Stop();
-    Status st = completer_.Stop();
+    Status st = completer_.Stop(give_up_at);
     // After the last outcome is written: the rescuer must not see this client's jobs as
     // abandoned, and resigning lets another process lead at once.
     if (maintenance_) maintenance_->Stop();
@@ -292,9 +292,9 @@ class Client::Impl {
           while (!cv_.wait_until(lock, next, [&] { return done_; })) {
             if (next == at && logger) {
               logger(LogLevel::kWarn,
-                     "stopping: the database has not answered for 10 s past the stop timeout; "
-                     "cancelling spool's statements (outcomes not yet written are rescued and "
-                     "run again)");
+                     "stopping: still waiting 10 s past the stop timeout (for the database, or "
+                     "for jobs that ignore their cancelled context); cancelling spool's "
+                     "statements (outcomes not yet written are rescued and run again)");
             }
             driver.CancelStatements();
             next = std::chrono::steady_clock::now() + std::chrono::seconds(1);

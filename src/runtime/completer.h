@@ -51,8 +51,10 @@ class Completer {
   // would share the write is coming soon.
   void FlushSoon();
   // Writes everything queued, then stops the thread. Returns the last write error, if any, when
-  // outcomes could not be written (those jobs stay running until rescued).
-  Status Stop();
+  // outcomes could not be written (those jobs stay running until rescued). Failing writes are
+  // retried for 10 s, and not past `give_up_at` (the client's Stop deadline).
+  Status Stop(std::chrono::steady_clock::time_point give_up_at =
+                  std::chrono::steady_clock::time_point::max());
 
   // A write starts once kBatchTarget outcomes wait, or kLinger after the first of them, or at
   // FlushSoon. Under load a longer linger means fewer, larger writes, each of which on SQLite holds
@@ -92,9 +94,10 @@ class Completer {
   std::condition_variable space_cv_;  // wakes workers blocked on backpressure
   // A vector swapped out whole by the writer thread: a deque allocated a node per outcome (an
   // outcome is larger than its 512-byte nodes) and the writer moved each one under the lock.
-  std::vector<Completion> pending_;                  // guarded by mu_
-  bool stopping_ = false;                            // guarded by mu_
-  std::chrono::steady_clock::time_point stop_at_{};  // when Stop was called; guarded by mu_
+  std::vector<Completion> pending_;  // guarded by mu_
+  bool stopping_ = false;            // guarded by mu_
+  // When Stop gives up on failing writes; guarded by mu_.
+  std::chrono::steady_clock::time_point give_up_at_{};
   bool flush_ = false;  // FlushSoon since the last batch was taken; guarded by mu_
   const std::chrono::microseconds linger_;
   const std::atomic<uint64_t>* const possible_losses_;

@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <future>
 #include <map>
@@ -443,6 +444,68 @@ TEST_F(PostgresDriverTest, StopDoesNotWaitForAStalledDatabase) {
   Query(app.get(), "ROLLBACK");  // whatever happened, so that a stuck stop ends
   ASSERT_EQ(waited, std::future_status::ready) << "Stop waited for the lock";
   EXPECT_TRUE(stopping.get().ok());
+}
+
+struct GateArgs {
+  static constexpr std::string_view kKind = "gate";
+  int n = 0;
+  NLOHMANN_DEFINE_TYPE_INTRUSIVE(GateArgs, n)
+};
+// Runs until the test opens the gate, so that its outcome comes after the test's lock.
+struct GateWorker : Worker<GateArgs> {
+  static inline std::mutex mu;
+  static inline std::condition_variable cv;
+  static inline bool started = false;
+  static inline bool open = false;
+  Outcome Work(JobContext&, const GateArgs&) override {
+    std::unique_lock lock(mu);
+    started = true;
+    cv.notify_all();
+    cv.wait(lock, [] { return open; });
+    return Outcome::Done();
+  }
+};
+
+// An outcome written behind a lock on spool's table: the stop gives up on it 10 s past its
+// timeout, as documented. The completer used to count its own 10 s from the moment the client
+// reached it, itself 10 s past the timeout (an audit's Stop(1s) took 23 s).
+TEST_F(PostgresDriverTest, StopGivesUpOnAnOutcomeBehindALockTenSecondsPastItsTimeout) {
+  Workers workers;
+  workers.Add<GateWorker>();
+  ClientOptions o;
+  o.queues["default"] = {.max_workers = 2};
+  o.poll_interval = std::chrono::milliseconds(50);
+  auto c = Client::Open(url_, o, std::move(workers));
+  ASSERT_TRUE(c.has_value()) << c.error().ToString();
+  ASSERT_TRUE((*c)->Start().ok());
+  ASSERT_TRUE((*c)->Insert(GateArgs{}).has_value());
+  {
+    std::unique_lock lock(GateWorker::mu);
+    ASSERT_TRUE(GateWorker::cv.wait_for(lock, seconds(30), [] { return GateWorker::started; }));
+  }
+  PgConnPtr app = Connect(url_);
+  Query(app.get(), "BEGIN");
+  Query(app.get(), "LOCK TABLE spool_job IN ACCESS EXCLUSIVE MODE");
+  {
+    std::lock_guard lock(GateWorker::mu);
+    GateWorker::open = true;
+  }
+  GateWorker::cv.notify_all();
+  // Until the outcome's write and the producer's claim both wait for the lock.
+  PgConnPtr admin = Connect(*pgtest::ClusterUrl());
+  const auto deadline = std::chrono::steady_clock::now() + seconds(30);
+  while (std::stoi(Query(admin.get(),
+                         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                         "AND query LIKE '%spool_job%'")) < 2) {
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "no two statements waited";
+    std::this_thread::yield();
+  }
+  auto stopping = std::async(std::launch::async, [&] { return (*c)->Stop(seconds(1)); });
+  // 1 s + 10 s, and slack for a loaded machine; the old stop took 21-23 s.
+  const auto waited = stopping.wait_for(seconds(17));
+  Query(app.get(), "ROLLBACK");
+  ASSERT_EQ(waited, std::future_status::ready) << "the stop's waits added up";
+  (void)stopping.get();
 }
 
 TEST_F(PostgresDriverTest, WaitForChangeRelistensAfterTheConnectionDrops) {
