@@ -140,7 +140,8 @@ class Client {
   Client& operator=(const Client&) = delete;
 
   // Starts fetching and working jobs of the configured queues. FailedPrecondition if already
-  // started or stopped, or if the system refuses a thread (the client is then stopped).
+  // started or stopped, if ClientOptions.queues is empty (an insert-only client, which needs no
+  // Start), or if the system refuses a thread (the client is then stopped).
   Status Start();
   // Soft stop: no new fetches; running jobs finish. When `timeout` passes, running jobs' contexts
   // are cancelled (hard stop) and Stop waits for them to return. All finished outcomes are
@@ -257,7 +258,10 @@ struct MigrationInfo {
 };
 // Applies (up) or reverts (down) migrations of spool's tables at `database_url`.
 // up: to the newest version (or `target`). down: one step (or to `target`; 0 removes all).
-// Both refuse (FailedPrecondition, nothing changed) a schema newer than this build knows.
+// Both refuse (FailedPrecondition, nothing changed) a schema newer than this build knows. Only up
+// creates a missing SQLite file (down and status: FailedPrecondition naming the path). Down checks
+// nothing else: `spool migration down` is the command that refuses while clients run or jobs
+// are unfinished.
 Status MigrateUp(std::string_view database_url, std::optional<int> target = std::nullopt);
 Status MigrateDown(std::string_view database_url, std::optional<int> target = std::nullopt);
 Result<std::vector<MigrationInfo>> MigrationStatus(std::string_view database_url);

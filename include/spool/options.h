@@ -198,7 +198,9 @@ struct ClientOptions {
   // ended takes its place, and the jobs the ended one left running are rescued at the leader's
   // next rescue pass.
   std::string client_id{};
-  // Periodic (cron) jobs; names must be unique. Default: none.
+  // Periodic (cron) jobs; names must be unique. Default: none. Checked at Open; enqueued by the
+  // leader, which is a started client: an insert-only client (no queues) cannot Start, so it
+  // never enqueues its own.
   std::vector<PeriodicJob> periodic_jobs{};
   // The application's own objects its workers need (a connection pool, an HTTP client), as a
   // std::shared_ptr<T>: Work reaches them as ctx.App<T>(), so workers stay default-constructible

@@ -23,6 +23,13 @@ Result<std::unique_ptr<Driver>> Driver::Open(std::string_view url, const DriverO
           "database url \"sqlite://\" names no file: use sqlite://app.db (relative) or "
           "sqlite:///abs/path/app.db");
     }
+    if (path.find('?') != std::string::npos) {
+      // SQLite would take "?mode=ro" as part of the file's name, and migrate a new, empty file.
+      return Status::InvalidArgument(fmt::format(
+          "SQLite urls take no parameters: \"{}\" would open a file of that whole name; drop "
+          "the part from '?' on (spool always opens the file for reading and writing)",
+          path));
+    }
     if (path == ":memory:" || path.find("mode=memory") != std::string::npos) {
       return Status::InvalidArgument(
           "in-memory SQLite databases are not supported: the jobs would vanish with the process "

@@ -10,8 +10,12 @@ using internal::Driver;
 
 namespace {
 
-Result<std::unique_ptr<Driver>> OpenForMigration(std::string_view url) {
-  return Driver::Open(url, internal::DriverOptions{});
+// Only `migration up` may create a SQLite file: status and down on a mistyped path made an empty
+// one and answered for it.
+Result<std::unique_ptr<Driver>> OpenForMigration(std::string_view url, bool create) {
+  internal::DriverOptions options;
+  options.create_if_missing = create;
+  return Driver::Open(url, options);
 }
 
 Status CheckTarget(const Driver& driver, int target) {
@@ -39,7 +43,7 @@ Result<int> KnownSchemaVersion(Driver& driver, std::string_view fix) {
 }  // namespace
 
 Status MigrateUp(std::string_view database_url, std::optional<int> target) {
-  SPOOL_ASSIGN_OR_RETURN(auto driver, OpenForMigration(database_url));
+  SPOOL_ASSIGN_OR_RETURN(auto driver, OpenForMigration(database_url, true));
   SPOOL_RETURN_IF_ERROR(
       KnownSchemaVersion(*driver,
                          "nothing to apply, and this spool cannot use it; upgrade spool to the "
@@ -52,7 +56,7 @@ Status MigrateUp(std::string_view database_url, std::optional<int> target) {
 }
 
 Status MigrateDown(std::string_view database_url, std::optional<int> target) {
-  SPOOL_ASSIGN_OR_RETURN(auto driver, OpenForMigration(database_url));
+  SPOOL_ASSIGN_OR_RETURN(auto driver, OpenForMigration(database_url, false));
   SPOOL_ASSIGN_OR_RETURN(
       const int current,
       KnownSchemaVersion(
@@ -64,7 +68,7 @@ Status MigrateDown(std::string_view database_url, std::optional<int> target) {
 }
 
 Result<std::vector<MigrationInfo>> MigrationStatus(std::string_view database_url) {
-  SPOOL_ASSIGN_OR_RETURN(auto driver, OpenForMigration(database_url));
+  SPOOL_ASSIGN_OR_RETURN(auto driver, OpenForMigration(database_url, false));
   SPOOL_ASSIGN_OR_RETURN(const int current, driver->SchemaVersion());
   std::vector<MigrationInfo> out;
   for (const auto& m : driver->Migrations()) {

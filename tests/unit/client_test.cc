@@ -1203,7 +1203,7 @@ TEST(ClientOpenTest, ClientIdsAndPeriodicNamesMustBePrintableUtf8) {
   }
   ClientOptions o;
   o.auto_migrate = true;
-  o.periodic_jobs.push_back(MakePeriodicJob("per\xff", "@daily", EmailArgs{"x"}));
+  o.periodic_jobs.push_back(MakePeriodicJob("per\xff", "@daily", EmailArgs{"to"}));
   auto c = Client::Open(dir.SqliteUrl(), o);
   ASSERT_FALSE(c.has_value());
   EXPECT_NE(c.error().message().find("periodic job name \"per\\xff\" is not valid UTF-8"),
@@ -1237,6 +1237,26 @@ TEST_F(ClientTest, TextPostgresCannotStoreIsRefusedOnEveryDatabase) {
   // An escaped backslash before "u0000" is text, not the character.
   EXPECT_TRUE(c->InsertRaw({"email", R"({"to":"a\\u0000b"})", {}}).has_value());
   EXPECT_TRUE(c->InsertRaw({"email", R"({"to":"u0000"})", {}}).has_value());
+}
+
+// Migration status and down never create a SQLite file (a mistyped path made an empty one), and
+// a SQLite url's parameters are refused rather than made part of the file's name.
+TEST(ClientOpenTest, OnlyMigrateUpCreatesAFileAndSqliteUrlsTakeNoParameters) {
+  TempDir dir;
+  const std::string url = dir.SqliteUrl("typo.db");
+  auto status = MigrationStatus(url);
+  ASSERT_FALSE(status.has_value());
+  EXPECT_TRUE(status.error().IsFailedPrecondition()) << status.error().ToString();
+  EXPECT_FALSE(MigrateDown(url, 0).ok());
+  EXPECT_FALSE(std::filesystem::exists(dir.path() / "typo.db"));
+  ClientOptions o;
+  o.auto_migrate = true;
+  auto c = Client::Open(dir.SqliteUrl("q.db?mode=ro"), o);
+  ASSERT_FALSE(c.has_value());
+  EXPECT_TRUE(c.error().IsInvalidArgument());
+  EXPECT_NE(c.error().message().find("SQLite urls take no parameters"), std::string::npos)
+      << c.error().ToString();
+  EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
 }
 
 struct DupArgs {
