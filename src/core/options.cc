@@ -219,10 +219,6 @@ Status ValidateInsertOptions(const InsertOptions& opts) {
       return Status::InvalidArgument(fmt::format(
           "InsertOptions.tags has \"{}\": a tag is 1-255 characters without commas", tag));
     }
-    if (!IsUtf8(tag)) {
-      return Status::InvalidArgument(
-          fmt::format("InsertOptions.tags has {:?}: a tag must be valid UTF-8", tag));
-    }
     SPOOL_RETURN_IF_ERROR(CheckName("InsertOptions.tags: the tag", tag, kMaxTagLength));
   }
   if (opts.metadata != "{}") {

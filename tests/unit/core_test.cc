@@ -302,7 +302,9 @@ TEST(WorkersTest, KindsAndTagsMustBeUtf8) {
   o.tags = {"ok", "bad\xff"};
   const Status st = ValidateInsertOptions(o);
   EXPECT_TRUE(st.IsInvalidArgument());
-  EXPECT_NE(st.message().find("a tag must be valid UTF-8"), std::string::npos) << st.message();
+  EXPECT_NE(st.message().find("InsertOptions.tags: the tag \"bad\\xff\" is not valid UTF-8"),
+            std::string::npos)
+      << st.message();
   o.tags = {"\u00e9t\u00e9"};
   EXPECT_TRUE(ValidateInsertOptions(o).ok());
 }
