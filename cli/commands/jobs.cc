@@ -380,8 +380,8 @@ void NoteEmptyFilter(Client& client, const JobListParams& params) {
   }
   if (!params.queue.empty() && none_with({.queue = params.queue})) {
     fmt::print(stderr,
-               "note: no job is in queue \"{}\": check the spelling (spool queues list shows "
-               "the queues)\n",
+               "note: no job is in queue \"{}\" (mistyped? spool queues list shows the queues "
+               "that have jobs or workers)\n",
                params.queue);
   }
 }
