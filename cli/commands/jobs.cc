@@ -351,6 +351,13 @@ JobListParams FilterParams(const JobFilter& f) {
   return params;
 }
 
+// The job kinds of the app this command runs in, when it runs in one whose queue is set up.
+std::optional<std::vector<std::string>> KindsOfAppHere() {
+  const auto root = FindAppRoot();
+  if (!root || AppWithoutQueueHere()) return std::nullopt;
+  return AppJobKinds(*root);
+}
+
 // An app's job kinds as a message lists them.
 std::string KindsList(const std::vector<std::string>& kinds) {
   return kinds.empty() ? std::string("none yet") : fmt::format("{}", fmt::join(kinds, ", "));
@@ -365,10 +372,7 @@ void NoteEmptyFilter(Client& client, const JobListParams& params) {
     return found && found->empty();
   };
   if (!params.kind.empty()) {
-    std::optional<std::vector<std::string>> app_kinds;
-    if (const auto root = FindAppRoot(); root && !AppWithoutQueueHere()) {
-      app_kinds = AppJobKinds(*root);
-    }
+    const std::optional<std::vector<std::string>> app_kinds = KindsOfAppHere();
     // One of the app's own kinds is spelt right, whatever the table holds.
     const bool apps_own = app_kinds && std::find(app_kinds->begin(), app_kinds->end(),
                                                  params.kind) != app_kinds->end();
@@ -475,14 +479,12 @@ struct AddFlags {
 // Inside an app, a kind none of its jobs has is almost always a typo: the job would fail every
 // attempt with "no worker registered" before it is discarded.
 void CheckKindIsTheApps(const std::string& kind) {
-  const auto root = FindAppRoot();
-  if (!root || AppWithoutQueueHere()) return;
-  const std::vector<std::string> kinds = AppJobKinds(*root);
-  if (std::find(kinds.begin(), kinds.end(), kind) != kinds.end()) return;
+  const auto kinds = KindsOfAppHere();
+  if (!kinds || std::find(kinds->begin(), kinds->end(), kind) != kinds->end()) return;
   throw CommandError(
       fmt::format("this app has no job of kind \"{}\" (its jobs: {}): check the spelling, or pass "
                   "--any-kind for a kind another program works; nothing was inserted",
-                  kind, KindsList(kinds)));
+                  kind, KindsList(*kinds)));
 }
 
 // A job made available in a paused queue waits, silently, until someone resumes the queue: say

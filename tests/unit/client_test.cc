@@ -1062,6 +1062,15 @@ TEST_F(ClientTest, WrongKindOfTransactionIsRefused) {
   EXPECT_TRUE(r.error().IsInvalidArgument());
 }
 
+// A SQLite file with an app's table and none of spool's.
+void MakeDatabaseWithoutSpoolTables(const std::filesystem::path& file) {
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(file.c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "CREATE TABLE app (id INTEGER)", nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3_close(db);
+}
+
 TEST(ClientOpenTest, RefusesMissingSchemaNamingTheCommand) {
   TempDir dir;
   // No file: refused without creating one (a mistyped path leaves nothing behind).
@@ -1072,12 +1081,7 @@ TEST(ClientOpenTest, RefusesMissingSchemaNamingTheCommand) {
       << c.error().ToString();
   EXPECT_NE(c.error().message().find("spool migration up"), std::string::npos);
   EXPECT_FALSE(std::filesystem::exists(dir.path() / "test.db"));
-  // A file without spool's tables.
-  sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open((dir.path() / "test.db").c_str(), &db), SQLITE_OK);
-  ASSERT_EQ(sqlite3_exec(db, "CREATE TABLE app (id INTEGER)", nullptr, nullptr, nullptr),
-            SQLITE_OK);
-  sqlite3_close(db);
+  ASSERT_NO_FATAL_FAILURE(MakeDatabaseWithoutSpoolTables(dir.path() / "test.db"));
   c = Client::Open(dir.SqliteUrl(), {});
   ASSERT_FALSE(c.has_value());
   EXPECT_TRUE(c.error().IsFailedPrecondition());
@@ -1118,11 +1122,7 @@ TEST(ClientOpenTest, TheCommandInAMessageQuotesItsUrl) {
   TempDir dir;
   std::filesystem::create_directory(dir.path() / "my jobs");
   const std::string url = "sqlite://" + (dir.path() / "my jobs" / "app.db").string();
-  sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open((dir.path() / "my jobs" / "app.db").c_str(), &db), SQLITE_OK);
-  ASSERT_EQ(sqlite3_exec(db, "CREATE TABLE app (id INTEGER)", nullptr, nullptr, nullptr),
-            SQLITE_OK);
-  sqlite3_close(db);
+  ASSERT_NO_FATAL_FAILURE(MakeDatabaseWithoutSpoolTables(dir.path() / "my jobs" / "app.db"));
   auto c = Client::Open(url, {});
   ASSERT_FALSE(c.has_value());
   EXPECT_NE(c.error().message().find("run `spool migration up --database-url '" + url + "'`"),

@@ -1051,16 +1051,23 @@ Result<JobScheduleResult> SqliteQueries::JobSchedule(const JobScheduleParams& pa
 
 // ---- reads ------------------------------------------------------------------------------------
 
-Result<JobRow> SqliteQueries::JobGetByID(int64_t id) {
-  static const std::string kSql =
-      fmt::format("SELECT {} FROM spool_job WHERE id = ?1", kJobColumns);
-  SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt, cache_.Get(kSql));
+Result<std::optional<JobRow>> SqliteQueries::ReadOneJob(const std::string& sql, int64_t id,
+                                                        std::string_view context) {
+  SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt, cache_.Get(sql));
   StmtScope use(stmt);
   SPOOL_RETURN_IF_ERROR(CheckBind(sqlite3_bind_int64(stmt, 1, id), stmt));
   std::vector<JobRow> rows;
-  SPOOL_RETURN_IF_ERROR(ReadJobRows(stmt, "get job", &rows));
-  if (rows.empty()) return Status::NotFound(fmt::format("no job with id {}", id));
-  return std::move(rows.front());
+  SPOOL_RETURN_IF_ERROR(ReadJobRows(stmt, context, &rows));
+  if (rows.empty()) return std::optional<JobRow>();
+  return std::optional<JobRow>(std::move(rows.front()));
+}
+
+Result<JobRow> SqliteQueries::JobGetByID(int64_t id) {
+  static const std::string kSql =
+      fmt::format("SELECT {} FROM spool_job WHERE id = ?1", kJobColumns);
+  SPOOL_ASSIGN_OR_RETURN(std::optional<JobRow> row, ReadOneJob(kSql, id, "get job"));
+  if (!row) return Status::NotFound(fmt::format("no job with id {}", id));
+  return std::move(*row);
 }
 
 Result<std::vector<JobRow>> SqliteQueries::JobList(const JobListParams& params) {
@@ -1218,13 +1225,10 @@ Result<JobRow> SqliteQueries::UniqueKeyHolder(int64_t id) {
       "?1) AND id <> ?1 AND unique_key IS NOT NULL AND unique_states IS NOT NULL AND "
       "(unique_states >> state) & 1 = 1 LIMIT 1",
       kJobColumns);
-  SPOOL_ASSIGN_OR_RETURN(sqlite3_stmt * stmt, cache_.Get(kSql));
-  StmtScope use(stmt);
-  SPOOL_RETURN_IF_ERROR(CheckBind(sqlite3_bind_int64(stmt, 1, id), stmt));
-  std::vector<JobRow> rows;
-  SPOOL_RETURN_IF_ERROR(ReadJobRows(stmt, "get the job with a unique key", &rows));
-  if (rows.empty()) return Status::NotFound(fmt::format("no job holds the unique key of {}", id));
-  return std::move(rows.front());
+  SPOOL_ASSIGN_OR_RETURN(std::optional<JobRow> row,
+                         ReadOneJob(kSql, id, "get the job with a unique key"));
+  if (!row) return Status::NotFound(fmt::format("no job holds the unique key of {}", id));
+  return std::move(*row);
 }
 
 Result<JobRow> SqliteQueries::JobDelete(int64_t id) {

@@ -105,8 +105,6 @@ class SqliteQueries {
 
   Result<JobRow> JobCancel(const JobCancelParams& params);
   Result<JobRow> JobRetry(const JobRetryParams& params);
-  // The job other than `id` that holds `id`'s unique key in one of its states (NotFound if none).
-  Result<JobRow> UniqueKeyHolder(int64_t id);
   Result<JobRow> JobDelete(int64_t id);
   Result<std::vector<int64_t>> JobGetCancelRequested(const std::vector<int64_t>& ids);
   Result<std::vector<JobRow>> JobGetStuck(const JobGetStuckParams& params);
@@ -144,6 +142,11 @@ class SqliteQueries {
   // WriteRaw of a statement that returns at most one job row, decoded.
   Result<std::optional<JobRow>> WriteOneRow(std::string_view sql, std::string_view context,
                                             const std::function<int(sqlite3_stmt*)>& bind);
+  // The job other than `id` that holds `id`'s unique key in one of its states (NotFound if none).
+  Result<JobRow> UniqueKeyHolder(int64_t id);
+  // The first job row `sql` (a cached statement taking `id` as ?1) reads, if any.
+  Result<std::optional<JobRow>> ReadOneJob(const std::string& sql, int64_t id,
+                                           std::string_view context);
   // Runs a write statement that returns no rows; returns sqlite3_changes.
   Result<int64_t> Write(std::string_view sql, std::string_view context,
                         const std::function<int(sqlite3_stmt*)>& bind);
